@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", oauthapp_operator::crd::crd_yaml().expect("crd"));
+}

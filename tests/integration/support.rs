@@ -1,0 +1,333 @@
+//! The shared fixture: one real control plane per test run, a fresh namespace per test, clients
+//! acting as admin or as a ServiceAccount with a real TokenRequest token, and operator processes.
+//!
+//! Nothing is left running when the run ends, however it ends: the control plane's watchdog
+//! (tests/controlplane/up.sh --owner-pid) stops it, and the operator processes this fixture starts,
+//! as soon as this test process is gone — after a panic, an interrupt or a SIGKILL alike.
+
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    future::Future,
+    io::Write,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use kube::{
+    Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// The repo root (where Cargo.toml is).
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
+
+/// The control plane of this test run, started on first use (and the OAuthApp CRD installed).
+pub fn control_plane() -> &'static ControlPlane {
+    CONTROL_PLANE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("oauthapp-it-{}", std::process::id()));
+        let out = Command::new(repo().join("tests/controlplane/up.sh"))
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--owner-pid")
+            .arg(std::process::id().to_string())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run tests/controlplane/up.sh");
+        assert!(out.status.success(), "tests/controlplane/up.sh failed: {}", out.status);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut kubeconfig = None;
+        let mut bin_dir = None;
+        for line in stdout.lines() {
+            if let Some(v) = line.strip_prefix("export KUBECONFIG=") {
+                kubeconfig = Some(PathBuf::from(v));
+            } else if let Some(v) = line.strip_prefix("export PATH=") {
+                bin_dir = Some(PathBuf::from(v.trim_end_matches(":$PATH")));
+            }
+        }
+        let cp = ControlPlane {
+            dir,
+            kubeconfig: kubeconfig.expect("up.sh printed KUBECONFIG"),
+            bin_dir: bin_dir.expect("up.sh printed PATH"),
+        };
+        let crd = repo().join("crds/oauthapps.oauthapp.io.yaml");
+        let applied = cp.kubectl(&["apply", "--server-side", "-f", crd.to_str().expect("utf-8 path")]);
+        assert!(applied.status.success(), "apply CRD: {}", stderr(&applied));
+        let established = cp.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/oauthapps.oauthapp.io",
+        ]);
+        assert!(established.status.success(), "CRD not established: {}", stderr(&established));
+        cp
+    })
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl ControlPlane {
+    /// A pinned binary (kubectl, helm, ...) from the control plane's bin directory.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    /// Runs kubectl as admin.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_as(&self.kubeconfig, args)
+    }
+
+    /// Runs kubectl with the given kubeconfig.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+        Command::new(self.bin("kubectl"))
+            .env("KUBECONFIG", kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// Runs kubectl as admin and panics with its stderr when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", stderr(&out));
+        stdout(&out)
+    }
+
+    /// Records the PID of a process this fixture started, so the watchdog stops it too.
+    pub fn adopt(&self, pid: u32) {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("extra.pids"))
+            .expect("open extra.pids");
+        writeln!(f, "{pid}").expect("write extra.pids");
+    }
+}
+
+/// A kube client acting as cluster admin.
+pub async fn admin_client() -> Client {
+    client_from(&control_plane().kubeconfig).await
+}
+
+pub async fn client_from(kubeconfig: &Path) -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig to config");
+    Client::try_from(config).expect("client")
+}
+
+/// A fresh namespace for one test, named after it.
+pub fn namespace(test: &str) -> String {
+    let suffix: u32 = rand_suffix();
+    let mut name: String = test
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    name.truncate(40);
+    let name = format!("{}-{suffix:06x}", name.trim_matches('-'));
+    control_plane().kubectl_ok(&["create", "namespace", &name]);
+    name
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    (h.finish() & 0xff_ffff) as u32
+}
+
+/// Creates ServiceAccount `sa` in `ns` (if missing), requests a token for it with the
+/// TokenRequest API (`kubectl create token`) and writes a kubeconfig that uses it.
+pub fn service_account_kubeconfig(ns: &str, sa: &str) -> PathBuf {
+    let cp = control_plane();
+    let exists = cp.kubectl(&["get", "serviceaccount", sa, "-n", ns]);
+    if !exists.status.success() {
+        cp.kubectl_ok(&["create", "serviceaccount", sa, "-n", ns]);
+    }
+    let token = service_account_token(ns, sa);
+    let server = cp.kubectl_ok(&["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"]);
+    let ca = cp.kubectl_ok(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+    ]);
+    let path = cp.dir.join(format!("sa-{ns}-{sa}.kubeconfig"));
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {sa}\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: {sa}, namespace: {ns}}}\ncurrent-context: c\n"
+    );
+    fs::write(&path, config).expect("write SA kubeconfig");
+    path
+}
+
+/// A fresh token for ServiceAccount `sa` in `ns`, from the TokenRequest API.
+pub fn service_account_token(ns: &str, sa: &str) -> String {
+    control_plane()
+        .kubectl_ok(&["create", "token", sa, "-n", ns, "--duration=1h"])
+        .trim()
+        .to_string()
+}
+
+/// A kube client acting as ServiceAccount `sa` in `ns`.
+pub async fn service_account_client(ns: &str, sa: &str) -> Client {
+    client_from(&service_account_kubeconfig(ns, sa)).await
+}
+
+/// Polls `check` until it returns Some, and returns that; panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a free port")
+}
+
+/// An operator process (`oauthapp-operator run`) for one test; killed when dropped.
+pub struct Operator {
+    child: Child,
+    pub api_port: u16,
+    pub admin_port: u16,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts the operator binary with `kubeconfig`, watching only `ns`, with extra args and env.
+    pub fn start(kubeconfig: &Path, ns: &str, args: &[&str], env: &[(&str, &str)]) -> Operator {
+        let cp = control_plane();
+        let api_port = free_port();
+        let admin_port = free_port();
+        let log = cp.dir.join(format!("operator-{ns}-{api_port}.log"));
+        let log_file = fs::File::create(&log).expect("create operator log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_oauthapp-operator"));
+        cmd.arg("run")
+            .arg("--watch-namespaces")
+            .arg(ns)
+            .arg("--api-addr")
+            .arg(format!("127.0.0.1:{api_port}"))
+            .arg("--admin-addr")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,oauthapp_operator=debug")
+            .env_remove("OAUTHAPP_FAILPOINT")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone log handle"))
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start oauthapp-operator");
+        cp.adopt(child.id());
+        Operator { child, api_port, admin_port, log }
+    }
+
+    /// Sends SIGKILL and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit; returns its exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the operator has logged so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The Prometheus text exposition from the admin server, or None while it does not answer.
+    pub async fn metrics(&self) -> Option<String> {
+        http_get(self.admin_port, "/metrics").await
+    }
+
+    /// The value of one sample line (`name{labels}`) in /metrics, summed when it appears many times.
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let text = self.metrics().await?;
+        let mut sum = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                if rest.starts_with(' ') || rest.starts_with('{') {
+                    let v: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+                    sum = Some(sum.unwrap_or(0.0) + v);
+                }
+            }
+        }
+        sum
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback; the body when the answer is 200.
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    Some(body.to_string())
+}
