@@ -30,6 +30,8 @@ pub const MIN_ROTATION_INTERVAL: &str = "1h";
 /// namespace, and records an argon2id hash and a short hint of the secret in `status`, so that
 /// whoever verifies client credentials needs read access to OAuthApps only, never to Secrets.
 /// Annotate with `oauthapp.io/rotate=<new value>` to rotate the secret.
+// kube-derive expands each printcolumn into attributes clippy sees as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "oauthapp.io",
@@ -47,8 +49,16 @@ pub const MIN_ROTATION_INTERVAL: &str = "1h";
     printcolumn(name = "App ID", type_ = "string", json_path = ".status.appId"),
     printcolumn(name = "Client ID", type_ = "string", json_path = ".status.clientId"),
     printcolumn(name = "Hint", type_ = "string", json_path = ".status.clientSecretHint"),
-    printcolumn(name = "Last Rotation", type_ = "date", json_path = ".status.lastRotationTime"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Last Rotation",
+        type_ = "date",
+        json_path = ".status.lastRotationTime"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -75,7 +85,10 @@ pub struct OAuthAppSpec {
 
     /// OAuth scopes the application may request (RFC 6749 scope tokens, e.g. `invoices:read`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(min = 1, max = 128), regex(pattern = r"^[\x21\x23-\x5B\x5D-\x7E]+$")))]
+    #[schemars(
+        length(max = 64),
+        inner(length(min = 1, max = 128), regex(pattern = r"^[\x21\x23-\x5B\x5D-\x7E]+$"))
+    )]
     pub scopes: Vec<String>,
 
     /// The OAuth client id written to the Secret. Defaults to the app id (`status.appId`).
@@ -133,9 +146,7 @@ pub struct RotationSpec {
 }
 
 /// What made a rotation happen.
-#[derive(
-    Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash,
-)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RotationTrigger {
     /// The first secret of a new app.
     Created,
@@ -206,7 +217,7 @@ pub struct OAuthAppStatus {
     pub rotation_id: Option<String>,
     /// How many secrets this app has had, the first one included.
     #[serde(default)]
-    pub rotation_count: u64,
+    pub rotation_count: i64,
     /// When the current secret was generated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation_time: Option<Time>,
@@ -239,7 +250,12 @@ impl OAuthApp {
             .secret
             .as_ref()
             .and_then(|s| s.name.clone())
-            .unwrap_or_else(|| format!("{}-oauth-client", self.metadata.name.as_deref().unwrap_or_default()))
+            .unwrap_or_else(|| {
+                format!(
+                    "{}-oauth-client",
+                    self.metadata.name.as_deref().unwrap_or_default()
+                )
+            })
     }
 
     /// The current value of the rotate annotation, if any.
@@ -283,14 +299,23 @@ mod tests {
         assert_eq!(crd.spec.scope, "Namespaced");
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
-        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
         let columns: Vec<_> = version
             .additional_printer_columns
             .iter()
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["App ID", "Client ID", "Hint", "Last Rotation", "Ready", "Age"]);
+        assert_eq!(
+            columns,
+            ["App ID", "Client ID", "Hint", "Last Rotation", "Ready", "Age"]
+        );
     }
 
     #[test]
@@ -302,7 +327,7 @@ mod tests {
             if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
                 for (name, child) in props {
                     let here = format!("{path}.{name}");
-                    let skip = path == "" && matches!(name.as_str(), "apiVersion" | "kind" | "metadata");
+                    let skip = path.is_empty() && matches!(name.as_str(), "apiVersion" | "kind" | "metadata");
                     if !skip && child.get("description").is_none() && !path.contains("conditions") {
                         missing.push(here.clone());
                     }
@@ -319,7 +344,10 @@ mod tests {
     fn secret_name_defaults_to_the_app_name() {
         let mut app = OAuthApp::new("billing", OAuthAppSpec::default());
         assert_eq!(app.secret_name(), "billing-oauth-client");
-        app.spec.secret = Some(SecretSpec { name: Some("custom".into()), ..Default::default() });
+        app.spec.secret = Some(SecretSpec {
+            name: Some("custom".into()),
+            ..Default::default()
+        });
         assert_eq!(app.secret_name(), "custom");
     }
 

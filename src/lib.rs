@@ -3,6 +3,13 @@
 //! The pure core (`secret`, `id`, `controller::plan`) holds every decision; the reconciler and
 //! the HTTP handlers only do I/O around it. All rotation triggers go through `rotation::rotate`.
 
+pub mod admin;
+pub mod context;
+pub mod controller;
 pub mod crd;
+pub mod error;
+pub mod hasher;
 pub mod id;
+pub mod metrics;
+pub mod rotation;
 pub mod secret;

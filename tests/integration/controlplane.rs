@@ -16,10 +16,16 @@ async fn the_api_server_is_the_pinned_version_and_lists_namespaces() {
     let client = admin_client().await;
     let version = client.apiserver_version().await.expect("GET /version");
     assert_eq!(version.git_version, "v1.37.2");
-    let namespaces = Api::<Namespace>::all(client).list(&ListParams::default()).await.expect("list");
+    let namespaces = Api::<Namespace>::all(client)
+        .list(&ListParams::default())
+        .await
+        .expect("list");
     let names: Vec<_> = namespaces.iter().map(|n| n.name_any()).collect();
     assert!(names.contains(&"default".to_string()), "namespaces: {names:?}");
-    assert!(names.contains(&"kube-system".to_string()), "namespaces: {names:?}");
+    assert!(
+        names.contains(&"kube-system".to_string()),
+        "namespaces: {names:?}"
+    );
 }
 
 #[tokio::test]
@@ -29,21 +35,35 @@ async fn a_service_account_token_authenticates_and_rbac_governs_it() {
     let sa_kubeconfig = service_account_kubeconfig(&ns, "reader");
 
     // Authenticated as the ServiceAccount: `auth whoami` goes through a real TokenReview path.
-    let whoami = cp.kubectl_as(&sa_kubeconfig, &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]);
+    let whoami = cp.kubectl_as(
+        &sa_kubeconfig,
+        &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+    );
     assert!(whoami.status.success(), "whoami: {}", stderr(&whoami));
     assert_eq!(stdout(&whoami), format!("system:serviceaccount:{ns}:reader"));
 
     // No RoleBinding yet: RBAC denies.
     let client = client_from(&sa_kubeconfig).await;
     let cms: Api<ConfigMap> = Api::namespaced(client, &ns);
-    let denied = cms.list(&ListParams::default()).await.expect_err("RBAC must deny");
+    let denied = cms
+        .list(&ListParams::default())
+        .await
+        .expect_err("RBAC must deny");
     match denied {
         kube::Error::Api(s) => assert_eq!(s.code, 403, "{s:?}"),
         other => panic!("expected 403, got {other:?}"),
     }
 
     // Grant list on configmaps: now allowed.
-    cp.kubectl_ok(&["create", "role", "cm-reader", "-n", &ns, "--verb=list", "--resource=configmaps"]);
+    cp.kubectl_ok(&[
+        "create",
+        "role",
+        "cm-reader",
+        "-n",
+        &ns,
+        "--verb=list",
+        "--resource=configmaps",
+    ]);
     cp.kubectl_ok(&[
         "create",
         "rolebinding",
@@ -53,14 +73,26 @@ async fn a_service_account_token_authenticates_and_rbac_governs_it() {
         "--role=cm-reader",
         &format!("--serviceaccount={ns}:reader"),
     ]);
-    let listed = eventually("RBAC to allow the ServiceAccount", Duration::from_secs(30), || {
-        let cms = cms.clone();
-        async move { cms.list(&ListParams::default()).await.ok() }
-    })
+    let listed = eventually(
+        "RBAC to allow the ServiceAccount",
+        Duration::from_secs(30),
+        || {
+            let cms = cms.clone();
+            async move { cms.list(&ListParams::default()).await.ok() }
+        },
+    )
     .await;
-    assert!(listed.items.iter().all(|c| c.namespace().as_deref() == Some(ns.as_str())));
+    assert!(
+        listed
+            .items
+            .iter()
+            .all(|c| c.namespace().as_deref() == Some(ns.as_str()))
+    );
     // Still denied for what the Role does not grant.
-    let can_delete = cp.kubectl_as(&sa_kubeconfig, &["auth", "can-i", "delete", "configmaps", "-n", &ns]);
+    let can_delete = cp.kubectl_as(
+        &sa_kubeconfig,
+        &["auth", "can-i", "delete", "configmaps", "-n", &ns],
+    );
     assert_eq!(stdout(&can_delete).trim(), "no");
 }
 
@@ -71,7 +103,13 @@ async fn an_object_whose_owner_is_deleted_is_garbage_collected() {
     let owner = cms
         .create(
             &PostParams::default(),
-            &ConfigMap { metadata: ObjectMeta { name: Some("owner".into()), ..Default::default() }, ..Default::default() },
+            &ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some("owner".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
         )
         .await
         .expect("create owner");
@@ -89,12 +127,20 @@ async fn an_object_whose_owner_is_deleted_is_garbage_collected() {
         },
         ..Default::default()
     };
-    cms.create(&PostParams::default(), &child).await.expect("create child");
-    cms.delete("owner", &DeleteParams::background()).await.expect("delete owner");
-    eventually("the child to be garbage-collected", Duration::from_secs(60), || {
-        let cms = cms.clone();
-        async move { matches!(cms.get_opt("child").await, Ok(None)).then_some(()) }
-    })
+    cms.create(&PostParams::default(), &child)
+        .await
+        .expect("create child");
+    cms.delete("owner", &DeleteParams::background())
+        .await
+        .expect("delete owner");
+    eventually(
+        "the child to be garbage-collected",
+        Duration::from_secs(60),
+        || {
+            let cms = cms.clone();
+            async move { matches!(cms.get_opt("child").await, Ok(None)).then_some(()) }
+        },
+    )
     .await;
 }
 
@@ -125,11 +171,19 @@ spec:
     )
     .expect("write CRD");
     cp.kubectl_ok(&["apply", "-f", file.to_str().expect("utf-8")]);
-    cp.kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", "crd/widgets.test.oauthapp.io"]);
+    cp.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/widgets.test.oauthapp.io",
+    ]);
     let ns = namespace("crd");
     let widget = dir.path().join("w.yaml");
-    std::fs::write(&widget, "apiVersion: test.oauthapp.io/v1\nkind: Widget\nmetadata: {name: w}\nspec: {size: 0}\n")
-        .expect("write widget");
+    std::fs::write(
+        &widget,
+        "apiVersion: test.oauthapp.io/v1\nkind: Widget\nmetadata: {name: w}\nspec: {size: 0}\n",
+    )
+    .expect("write widget");
     let rejected = cp.kubectl(&["apply", "-n", &ns, "-f", widget.to_str().expect("utf-8")]);
     assert!(!rejected.status.success(), "size 0 violates minimum 1");
     assert!(stderr(&rejected).contains("spec.size"), "{}", stderr(&rejected));

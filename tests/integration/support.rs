@@ -48,7 +48,11 @@ pub fn control_plane() -> &'static ControlPlane {
             .stderr(Stdio::inherit())
             .output()
             .expect("run tests/controlplane/up.sh");
-        assert!(out.status.success(), "tests/controlplane/up.sh failed: {}", out.status);
+        assert!(
+            out.status.success(),
+            "tests/controlplane/up.sh failed: {}",
+            out.status
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let mut kubeconfig = None;
         let mut bin_dir = None;
@@ -73,7 +77,11 @@ pub fn control_plane() -> &'static ControlPlane {
             "--timeout=60s",
             "crd/oauthapps.oauthapp.io",
         ]);
-        assert!(established.status.success(), "CRD not established: {}", stderr(&established));
+        assert!(
+            established.status.success(),
+            "CRD not established: {}",
+            stderr(&established)
+        );
         cp
     })
 }
@@ -167,7 +175,13 @@ pub fn service_account_kubeconfig(ns: &str, sa: &str) -> PathBuf {
         cp.kubectl_ok(&["create", "serviceaccount", sa, "-n", ns]);
     }
     let token = service_account_token(ns, sa);
-    let server = cp.kubectl_ok(&["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"]);
+    let server = cp.kubectl_ok(&[
+        "config",
+        "view",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
     let ca = cp.kubectl_ok(&[
         "config",
         "view",
@@ -208,7 +222,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -257,7 +274,12 @@ impl Operator {
         }
         let child = cmd.spawn().expect("start oauthapp-operator");
         cp.adopt(child.id());
-        Operator { child, api_port, admin_port, log }
+        Operator {
+            child,
+            api_port,
+            admin_port,
+            log,
+        }
     }
 
     /// Sends SIGKILL and waits for the process to be gone.
@@ -268,7 +290,10 @@ impl Operator {
 
     /// Sends SIGTERM and waits (bounded) for the process to exit; returns its exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -298,11 +323,11 @@ impl Operator {
         let text = self.metrics().await?;
         let mut sum = None;
         for line in text.lines() {
-            if let Some(rest) = line.strip_prefix(prefix) {
-                if rest.starts_with(' ') || rest.starts_with('{') {
-                    let v: f64 = rest.rsplit(' ').next()?.parse().ok()?;
-                    sum = Some(sum.unwrap_or(0.0) + v);
-                }
+            if let Some(rest) = line.strip_prefix(prefix)
+                && (rest.starts_with(' ') || rest.starts_with('{'))
+            {
+                let v: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+                sum = Some(sum.unwrap_or(0.0) + v);
             }
         }
         sum

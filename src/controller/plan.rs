@@ -1,0 +1,634 @@
+//! What should happen to an app now: a pure function of the app, its Secret's metadata and the
+//! clock. The reconciler and the REST API only do the I/O around these decisions.
+//!
+//! The Secret is the source of truth for the current secret; the status is derived from the
+//! Secret's annotations (`status_from_secret`), so a crash between the Secret write and the
+//! status write converges by re-deriving the status — never by generating another secret.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+
+use crate::crd::{OAuthApp, OAuthAppStatus, RotationTrigger};
+use crate::id;
+
+/// Annotations the operator keeps on every Secret it writes (invariant 1 of DESIGN.md).
+pub mod annotations {
+    /// Unique id of the secret in the Secret; `status.rotationId` follows it.
+    pub const ROTATION_ID: &str = "oauthapp.io/rotation-id";
+    /// argon2id PHC hash of `client_secret`.
+    pub const HASH: &str = "oauthapp.io/client-secret-hash";
+    /// Non-secret hint of `client_secret`.
+    pub const HINT: &str = "oauthapp.io/client-secret-hint";
+    /// What generated this secret.
+    pub const TRIGGER: &str = "oauthapp.io/rotation-trigger";
+    /// When this secret was generated (RFC 3339).
+    pub const ROTATED_AT: &str = "oauthapp.io/rotated-at";
+    /// How many secrets the app has had, this one included.
+    pub const ROTATION_COUNT: &str = "oauthapp.io/rotation-count";
+    /// The `oauthapp.io/rotate` value this secret satisfied (for exactly-once after a crash).
+    pub const OBSERVED_ROTATE_TOKEN: &str = "oauthapp.io/observed-rotate-token";
+}
+
+/// Labels on every Secret the operator writes; the operator watches only Secrets that carry them.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = crate::crd::MANAGER;
+
+/// The Ready condition's reasons.
+pub mod reasons {
+    /// Secret and status agree.
+    pub const SECRET_READY: &str = "SecretReady";
+    /// A Secret of the same name exists and the app does not own it.
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+}
+
+/// The next step toward the desired state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Generate a new secret and write it (Secret first, then status).
+    Rotate(RotationTrigger),
+    /// The Secret changed since it was last verified: check its content (costly: argon2).
+    Verify,
+    /// Rewrite the Secret's labels, annotations or `client_id` without changing the secret.
+    SyncSecret,
+    /// Write this status (derived from the Secret); no new secret.
+    WriteStatus(Box<OAuthAppStatus>),
+    /// A Secret of the same name exists and is not ours: leave it alone, report it.
+    Conflict(Box<OAuthAppStatus>),
+    /// Nothing to write; look again after this long (a scheduled rotation) if set.
+    Done { requeue_after: Option<SignedDuration> },
+}
+
+/// The result of checking a Secret's content against its own hash annotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentCheck {
+    /// `client_secret` verifies against the `client-secret-hash` annotation.
+    pub secret_ok: bool,
+    /// `client_id` is the app's client id.
+    pub client_id_ok: bool,
+}
+
+/// What the planner knows about the Secret.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretView<'a> {
+    pub meta: &'a ObjectMeta,
+    /// The content check at the Secret's current resourceVersion, if one was made.
+    pub check: Option<ContentCheck>,
+}
+
+/// Decides the next step for `app` given its Secret (None: there is none).
+pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> Step {
+    if app.metadata.deletion_timestamp.is_some() {
+        // The Secret goes with the app (ownerReference); nothing to keep in sync.
+        return Step::Done { requeue_after: None };
+    }
+    let status = app.status.clone().unwrap_or_default();
+    let Some(secret) = secret else {
+        return Step::Rotate(if status.rotation_id.is_none() {
+            RotationTrigger::Created
+        } else {
+            RotationTrigger::SecretMissing
+        });
+    };
+    if !is_controlled_by(secret.meta, app) {
+        return Step::Conflict(Box::new(conflict_status(app, now)));
+    }
+    let ann = annotations_of(secret.meta);
+    let (Some(rotation_id), Some(_hash)) = (ann.get(annotations::ROTATION_ID), ann.get(annotations::HASH))
+    else {
+        // Ours, but stripped of what ties it to a hash: its content cannot be trusted.
+        return Step::Rotate(RotationTrigger::SecretDrift);
+    };
+
+    // Content: trusted when the status recorded this exact resourceVersion as verified.
+    let trusted = status.rotation_id.as_deref() == Some(rotation_id.as_str())
+        && status.secret_resource_version.is_some()
+        && status.secret_resource_version == secret.meta.resource_version;
+    if !trusted {
+        match secret.check {
+            None => return Step::Verify,
+            Some(ContentCheck { secret_ok: false, .. }) => return Step::Rotate(RotationTrigger::SecretDrift),
+            Some(_) => {}
+        }
+    }
+
+    // Exactly once per annotation value: compare with what the Secret (the source of truth)
+    // says was acted on, so a crash before the status write cannot cause a second rotation.
+    if let Some(token) = app.rotate_token()
+        && ann.get(annotations::OBSERVED_ROTATE_TOKEN).map(String::as_str) != Some(token)
+    {
+        return Step::Rotate(RotationTrigger::Annotation);
+    }
+
+    let rotated_at = ann
+        .get(annotations::ROTATED_AT)
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    let next_rotation = next_rotation_time(app, rotated_at);
+    if let Some(next) = next_rotation
+        && now >= next
+    {
+        return Step::Rotate(RotationTrigger::Schedule);
+    }
+
+    if !secret_metadata_in_sync(app, secret.meta) || secret.check.is_some_and(|c| !c.client_id_ok) {
+        return Step::SyncSecret;
+    }
+
+    let desired = status_from_secret(app, secret.meta, now);
+    if Some(&desired) != app.status.as_ref() {
+        return Step::WriteStatus(Box::new(desired));
+    }
+    Step::Done {
+        requeue_after: next_rotation.map(|next| now.duration_until(next)),
+    }
+}
+
+/// The app's id (`app_…`), from its uid.
+pub fn app_id(app: &OAuthApp) -> Option<String> {
+    let uid = app.metadata.uid.as_deref()?;
+    uuid::Uuid::parse_str(uid).ok().map(id::encode)
+}
+
+/// The client id written to the Secret: `spec.clientId`, or the app id.
+pub fn client_id(app: &OAuthApp) -> Option<String> {
+    app.spec.client_id.clone().or_else(|| app_id(app))
+}
+
+/// True when `meta` has a controller ownerReference to this app (by uid).
+pub fn is_controlled_by(meta: &ObjectMeta, app: &OAuthApp) -> bool {
+    let Some(uid) = app.metadata.uid.as_deref() else {
+        return false;
+    };
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == uid && r.kind == "OAuthApp")
+}
+
+fn annotations_of(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    meta.annotations.clone().unwrap_or_default()
+}
+
+/// The labels the Secret must carry: the user's (`spec.secret.labels`) and the operator's.
+pub fn desired_secret_labels(app: &OAuthApp) -> BTreeMap<String, String> {
+    let mut labels = app
+        .spec
+        .secret
+        .as_ref()
+        .map(|s| s.labels.clone())
+        .unwrap_or_default();
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    labels
+}
+
+/// The user's annotations for the Secret (`spec.secret.annotations`).
+pub fn desired_secret_annotations(app: &OAuthApp) -> BTreeMap<String, String> {
+    app.spec
+        .secret
+        .as_ref()
+        .map(|s| s.annotations.clone())
+        .unwrap_or_default()
+}
+
+/// Every desired label and annotation is on the Secret (others' additions are left alone).
+fn secret_metadata_in_sync(app: &OAuthApp, meta: &ObjectMeta) -> bool {
+    let labels = meta.labels.clone().unwrap_or_default();
+    let ann = annotations_of(meta);
+    desired_secret_labels(app)
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v))
+        && desired_secret_annotations(app)
+            .iter()
+            .all(|(k, v)| ann.get(k) == Some(v))
+}
+
+fn next_rotation_time(app: &OAuthApp, rotated_at: Option<Timestamp>) -> Option<Timestamp> {
+    let interval = parse_interval(&app.spec.rotation.as_ref()?.interval)?;
+    rotated_at?.checked_add(interval).ok()
+}
+
+/// Parses `spec.rotation.interval` (`720h`, `36h30m`, `90m`; the CRD's pattern). None when it
+/// does not parse, which the API server's validation already prevents.
+pub fn parse_interval(s: &str) -> Option<SignedDuration> {
+    let mut total: i64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let n: i64 = digits.parse().ok()?;
+        digits.clear();
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    if !digits.is_empty() || s.is_empty() {
+        return None;
+    }
+    Some(SignedDuration::from_secs(total))
+}
+
+/// The status that describes the Secret `meta` (written by the operator) for `app`.
+/// Keeps `lastTransitionTime` of a Ready condition that does not change.
+pub fn status_from_secret(app: &OAuthApp, meta: &ObjectMeta, now: Timestamp) -> OAuthAppStatus {
+    let ann = annotations_of(meta);
+    let get = |k: &str| ann.get(k).cloned();
+    let rotated_at = get(annotations::ROTATED_AT).and_then(|t| t.parse::<Timestamp>().ok());
+    let previous = app.status.clone().unwrap_or_default();
+    let secret_name = app.secret_name();
+    OAuthAppStatus {
+        app_id: app_id(app),
+        client_id: client_id(app),
+        secret_name: Some(secret_name.clone()),
+        client_secret_hash: get(annotations::HASH),
+        client_secret_hint: get(annotations::HINT),
+        rotation_id: get(annotations::ROTATION_ID),
+        rotation_count: get(annotations::ROTATION_COUNT)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1),
+        last_rotation_time: rotated_at.map(time),
+        last_rotation_trigger: get(annotations::TRIGGER).and_then(|t| RotationTrigger::parse(&t)),
+        next_rotation_time: next_rotation_time(app, rotated_at).map(time),
+        observed_rotate_token: get(annotations::OBSERVED_ROTATE_TOKEN),
+        secret_resource_version: meta.resource_version.clone(),
+        observed_generation: app.metadata.generation,
+        conditions: vec![ready_condition(
+            &previous,
+            app.metadata.generation,
+            "True",
+            reasons::SECRET_READY,
+            format!("Secret {secret_name} holds the current client secret"),
+            now,
+        )],
+    }
+}
+
+/// The status of an app whose Secret name is taken by a Secret it does not own.
+pub fn conflict_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
+    let previous = app.status.clone().unwrap_or_default();
+    let secret_name = app.secret_name();
+    let message = format!(
+        "Secret {secret_name} exists and is not owned by OAuthApp {}; delete it, or recreate the app with another spec.secret.name",
+        app.metadata.name.as_deref().unwrap_or_default()
+    );
+    OAuthAppStatus {
+        app_id: app_id(app),
+        client_id: client_id(app),
+        secret_name: Some(secret_name),
+        observed_generation: app.metadata.generation,
+        conditions: vec![ready_condition(
+            &previous,
+            app.metadata.generation,
+            "False",
+            reasons::SECRET_CONFLICT,
+            message,
+            now,
+        )],
+        ..previous
+    }
+}
+
+/// A `Time` as the API server stores it: whole seconds. Comparing a status computed here with
+/// one read back must not differ in sub-seconds, or every reconcile would write again.
+fn time(ts: Timestamp) -> Time {
+    Time(Timestamp::from_second(ts.as_second()).unwrap_or(ts))
+}
+
+fn ready_condition(
+    previous: &OAuthAppStatus,
+    generation: Option<i64>,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> Condition {
+    let old = previous.conditions.iter().find(|c| c.type_ == "Ready");
+    let last_transition_time = match old {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => time(now),
+    };
+    Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{OAuthAppSpec, RotationSpec, SecretSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    const UID: &str = "ffffffff-ffff-ffff-ffff-ffffffffffff";
+
+    fn app() -> OAuthApp {
+        let mut app = OAuthApp::new("demo", OAuthAppSpec::default());
+        app.metadata.namespace = Some("team-a".into());
+        app.metadata.uid = Some(UID.into());
+        app.metadata.generation = Some(1);
+        app
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-26T12:00:00Z".parse().expect("timestamp")
+    }
+
+    fn owned_secret(rotation_id: &str, rv: &str, token: Option<&str>) -> ObjectMeta {
+        let mut ann = BTreeMap::from([
+            (annotations::ROTATION_ID.to_string(), rotation_id.to_string()),
+            (
+                annotations::HASH.to_string(),
+                "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA".to_string(),
+            ),
+            (annotations::HINT.to_string(), "oas_AbCd...Xz12".to_string()),
+            (annotations::TRIGGER.to_string(), "Created".to_string()),
+            (
+                annotations::ROTATED_AT.to_string(),
+                "2026-11-26T11:00:00Z".to_string(),
+            ),
+            (annotations::ROTATION_COUNT.to_string(), "1".to_string()),
+        ]);
+        if let Some(t) = token {
+            ann.insert(annotations::OBSERVED_ROTATE_TOKEN.into(), t.into());
+        }
+        ObjectMeta {
+            name: Some("demo-oauth-client".into()),
+            resource_version: Some(rv.into()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.to_string(),
+                MANAGED_BY.to_string(),
+            )])),
+            annotations: Some(ann),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "oauthapp.io/v1alpha1".into(),
+                kind: "OAuthApp".into(),
+                name: "demo".into(),
+                uid: UID.into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        }
+    }
+
+    fn view(meta: &ObjectMeta) -> SecretView<'_> {
+        SecretView { meta, check: None }
+    }
+
+    fn checked(meta: &ObjectMeta, secret_ok: bool) -> SecretView<'_> {
+        SecretView {
+            meta,
+            check: Some(ContentCheck {
+                secret_ok,
+                client_id_ok: true,
+            }),
+        }
+    }
+
+    /// An app whose status was derived from `meta` and stored by the API server (a JSON round
+    /// trip: times keep whole seconds) — the steady state.
+    fn settled(mut app: OAuthApp, meta: &ObjectMeta) -> OAuthApp {
+        let at = now() + SignedDuration::from_millis(1234);
+        app.status = Some(status_from_secret(&app, meta, at));
+        serde_json::from_value(serde_json::to_value(&app).expect("to json")).expect("from json")
+    }
+
+    #[test]
+    fn a_new_app_gets_its_first_secret() {
+        assert_eq!(plan(&app(), None, now()), Step::Rotate(RotationTrigger::Created));
+    }
+
+    #[test]
+    fn a_deleted_secret_is_replaced_as_missing() {
+        let meta = owned_secret("r1", "10", None);
+        let app = settled(app(), &meta);
+        assert_eq!(
+            plan(&app, None, now()),
+            Step::Rotate(RotationTrigger::SecretMissing)
+        );
+    }
+
+    #[test]
+    fn a_foreign_secret_is_a_conflict_and_is_never_rotated() {
+        let mut meta = owned_secret("r1", "10", None);
+        meta.owner_references = None;
+        match plan(&app(), Some(checked(&meta, true)), now()) {
+            Step::Conflict(status) => {
+                let ready = &status.conditions[0];
+                assert_eq!(
+                    (ready.status.as_str(), ready.reason.as_str()),
+                    ("False", "SecretConflict")
+                );
+                assert!(ready.message.contains("demo-oauth-client"), "{}", ready.message);
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn steady_state_plans_nothing() {
+        let meta = owned_secret("r1", "10", None);
+        let app = settled(app(), &meta);
+        assert_eq!(
+            plan(&app, Some(view(&meta)), now()),
+            Step::Done { requeue_after: None }
+        );
+    }
+
+    #[test]
+    fn status_lagging_the_secret_is_completed_from_it_without_a_new_secret() {
+        // A crash between the Secret write (r2) and the status write: status still says r1.
+        let old = owned_secret("r1", "10", None);
+        let app = settled(app(), &old);
+        let mut new = owned_secret("r2", "11", Some("x"));
+        new.annotations
+            .as_mut()
+            .expect("ann")
+            .insert(annotations::ROTATION_COUNT.into(), "2".into());
+        let mut app = app;
+        app.metadata.annotations = Some(BTreeMap::from([(
+            "oauthapp.io/rotate".to_string(),
+            "x".to_string(),
+        )]));
+        // The Secret changed since the status recorded it: verify first...
+        assert_eq!(plan(&app, Some(view(&new)), now()), Step::Verify);
+        // ...then the status follows the Secret, and the annotation is not acted on twice.
+        match plan(&app, Some(checked(&new, true)), now()) {
+            Step::WriteStatus(status) => {
+                assert_eq!(status.rotation_id.as_deref(), Some("r2"));
+                assert_eq!(status.rotation_count, 2);
+                assert_eq!(status.observed_rotate_token.as_deref(), Some("x"));
+                assert_eq!(status.secret_resource_version.as_deref(), Some("11"));
+            }
+            other => panic!("expected a status repair, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_edited_client_secret_is_drift() {
+        let meta = owned_secret("r1", "10", None);
+        let app = settled(app(), &meta);
+        let mut edited = meta.clone();
+        edited.resource_version = Some("12".into());
+        assert_eq!(plan(&app, Some(view(&edited)), now()), Step::Verify);
+        assert_eq!(
+            plan(&app, Some(checked(&edited, false)), now()),
+            Step::Rotate(RotationTrigger::SecretDrift)
+        );
+    }
+
+    #[test]
+    fn a_secret_stripped_of_its_annotations_is_drift() {
+        let mut meta = owned_secret("r1", "10", None);
+        meta.annotations = None;
+        let app = settled(app(), &owned_secret("r1", "10", None));
+        assert_eq!(
+            plan(&app, Some(view(&meta)), now()),
+            Step::Rotate(RotationTrigger::SecretDrift)
+        );
+    }
+
+    #[test]
+    fn each_new_annotation_value_rotates_exactly_once() {
+        let meta = owned_secret("r1", "10", Some("a"));
+        let mut app = settled(app(), &meta);
+        app.metadata.annotations = Some(BTreeMap::from([(
+            "oauthapp.io/rotate".to_string(),
+            "a".to_string(),
+        )]));
+        assert_eq!(
+            plan(&app, Some(view(&meta)), now()),
+            Step::Done { requeue_after: None }
+        );
+        app.metadata.annotations = Some(BTreeMap::from([(
+            "oauthapp.io/rotate".to_string(),
+            "b".to_string(),
+        )]));
+        assert_eq!(
+            plan(&app, Some(view(&meta)), now()),
+            Step::Rotate(RotationTrigger::Annotation)
+        );
+        // Removing the annotation requests nothing.
+        app.metadata.annotations = None;
+        assert_eq!(
+            plan(&app, Some(view(&meta)), now()),
+            Step::Done { requeue_after: None }
+        );
+    }
+
+    #[test]
+    fn the_schedule_rotates_when_the_interval_has_elapsed_and_requeues_until_then() {
+        let meta = owned_secret("r1", "10", None); // rotated at 11:00
+        let mut app = app();
+        app.spec.rotation = Some(RotationSpec {
+            interval: "2h".into(),
+        });
+        let app = settled(app, &meta);
+        assert_eq!(
+            app.status.as_ref().and_then(|s| s.next_rotation_time.clone()),
+            Some(Time("2026-11-26T13:00:00Z".parse().expect("ts")))
+        );
+        assert_eq!(
+            plan(&app, Some(view(&meta)), now()),
+            Step::Done {
+                requeue_after: Some(SignedDuration::from_hours(1))
+            }
+        );
+        let later: Timestamp = "2026-11-26T13:00:00Z".parse().expect("ts");
+        assert_eq!(
+            plan(&app, Some(view(&meta)), later),
+            Step::Rotate(RotationTrigger::Schedule)
+        );
+    }
+
+    #[test]
+    fn user_labels_missing_from_the_secret_are_synced_without_rotating() {
+        let meta = owned_secret("r1", "10", None);
+        let mut app = app();
+        app.spec.secret = Some(SecretSpec {
+            labels: BTreeMap::from([("reloader".to_string(), "true".to_string())]),
+            ..Default::default()
+        });
+        let app = settled(app, &meta);
+        assert_eq!(plan(&app, Some(view(&meta)), now()), Step::SyncSecret);
+    }
+
+    #[test]
+    fn a_wrong_client_id_is_synced_without_rotating() {
+        let meta = owned_secret("r1", "10", None);
+        let mut app = settled(app(), &meta);
+        app.status.as_mut().expect("status").secret_resource_version = None;
+        let check = ContentCheck {
+            secret_ok: true,
+            client_id_ok: false,
+        };
+        assert_eq!(
+            plan(
+                &app,
+                Some(SecretView {
+                    meta: &meta,
+                    check: Some(check)
+                }),
+                now()
+            ),
+            Step::SyncSecret
+        );
+    }
+
+    #[test]
+    fn a_spec_change_only_updates_observed_generation() {
+        let meta = owned_secret("r1", "10", None);
+        let mut app = settled(app(), &meta);
+        app.metadata.generation = Some(2);
+        match plan(&app, Some(view(&meta)), now()) {
+            Step::WriteStatus(status) => {
+                assert_eq!(status.observed_generation, Some(2));
+                assert_eq!(status.conditions[0].observed_generation, Some(2));
+                // Ready stayed True: its transition time is kept.
+                let before = &app.status.as_ref().expect("status").conditions[0];
+                assert_eq!(
+                    status.conditions[0].last_transition_time,
+                    before.last_transition_time
+                );
+            }
+            other => panic!("expected a status write, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn status_fields_follow_the_design() {
+        let meta = owned_secret("r1", "10", None);
+        let app = settled(app(), &meta);
+        let status = app.status.expect("status");
+        assert_eq!(status.app_id.as_deref(), Some("app_7n42DGM5Tflk9n8mt7Fhc7"));
+        assert_eq!(status.client_id.as_deref(), Some("app_7n42DGM5Tflk9n8mt7Fhc7"));
+        assert_eq!(status.secret_name.as_deref(), Some("demo-oauth-client"));
+        assert_eq!(status.client_secret_hint.as_deref(), Some("oas_AbCd...Xz12"));
+        assert_eq!(status.last_rotation_trigger, Some(RotationTrigger::Created));
+        assert_eq!(status.conditions[0].reason, "SecretReady");
+    }
+
+    #[test]
+    fn intervals_parse_like_the_crd_pattern() {
+        assert_eq!(parse_interval("720h"), Some(SignedDuration::from_hours(720)));
+        assert_eq!(
+            parse_interval("36h30m"),
+            Some(SignedDuration::from_mins(36 * 60 + 30))
+        );
+        assert_eq!(parse_interval("90s"), Some(SignedDuration::from_secs(90)));
+        for bad in ["", "h", "10", "10d", "1.5h", "-1h", "99999999999999999999h"] {
+            assert_eq!(parse_interval(bad), None, "{bad}");
+        }
+    }
+}

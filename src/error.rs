@@ -1,0 +1,114 @@
+//! The library's errors. Each has a short fixed `reason()`, used as a metric label and in logs.
+//! No error's text contains a client secret: secrets never enter an error, and text that comes
+//! from the API server is passed through `redact` in case it echoes a value.
+
+use crate::secret::{GenerateError, HashError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed (other than the cases below).
+    #[error("Kubernetes API request failed: {}", redact(&.0.to_string()))]
+    Kube(#[source] kube::Error),
+    /// The OAuthApp does not exist (or is being deleted).
+    #[error("OAuthApp {0} not found")]
+    NotFound(String),
+    /// The Secret's name is taken by a Secret the app does not own.
+    #[error(
+        "Secret {secret} exists and is not owned by OAuthApp {app}; delete it, or recreate the app with another spec.secret.name"
+    )]
+    SecretConflict { secret: String, app: String },
+    /// Another rotation of the same app won the race (resourceVersion precondition).
+    #[error("OAuthApp {0} was rotated or changed concurrently; retry the request")]
+    Conflict(String),
+    /// argon2 failed (bad parameters or a malformed stored hash).
+    #[error("hashing failed: {0}")]
+    Hash(#[from] HashError),
+    /// The OS random source failed.
+    #[error("generating a secret failed: {0}")]
+    Random(#[from] GenerateError),
+    /// The app has no uid yet (it was never stored by the API server).
+    #[error("OAuthApp {0} has no metadata.uid")]
+    MissingUid(String),
+    /// A blocking task (hashing) panicked or was cancelled.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A short fixed name for metrics labels and log fields.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeError",
+            Error::NotFound(_) => "NotFound",
+            Error::SecretConflict { .. } => "SecretConflict",
+            Error::Conflict(_) => "Conflict",
+            Error::Hash(_) => "HashError",
+            Error::Random(_) => "RandomError",
+            Error::MissingUid(_) => "MissingUid",
+            Error::Internal(_) => "Internal",
+        }
+    }
+
+    /// True for a 409 from the API server (a failed resourceVersion precondition or AlreadyExists).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict(_))
+            || matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 409)
+    }
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        Error::Kube(e)
+    }
+}
+
+/// True when `e` is an API answer with HTTP status `code`.
+pub fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// Replaces anything shaped like a client secret (`oas_` + 49 base62 characters) with a marker.
+pub fn redact(text: &str) -> String {
+    const BODY: usize = crate::secret::SECRET_LEN - crate::secret::SECRET_PREFIX.len();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find(crate::secret::SECRET_PREFIX) {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + crate::secret::SECRET_PREFIX.len()..];
+        let run = after.bytes().take_while(u8::is_ascii_alphanumeric).count();
+        if run >= BODY {
+            out.push_str("oas_<redacted>");
+            rest = &after[run..];
+        } else {
+            out.push_str(crate::secret::SECRET_PREFIX);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::ClientSecret;
+
+    #[test]
+    fn redact_removes_secrets_and_keeps_the_rest() {
+        let s = ClientSecret::generate().expect("secret");
+        let text = format!("bad value \"{}\" in data; hint oas_AbCd...Xz12", s.expose());
+        let red = redact(&text);
+        assert!(!red.contains(s.expose()), "{red}");
+        assert_eq!(red, "bad value \"oas_<redacted>\" in data; hint oas_AbCd...Xz12");
+    }
+
+    #[test]
+    fn errors_name_what_failed_and_what_to_do() {
+        let e = Error::SecretConflict {
+            secret: "demo-oauth-client".into(),
+            app: "demo".into(),
+        };
+        assert_eq!(e.reason(), "SecretConflict");
+        assert!(e.to_string().contains("delete it"), "{e}");
+    }
+}

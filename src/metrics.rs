@@ -1,0 +1,180 @@
+//! Prometheus metrics (prefix `oauthapp_`). No per-object labels: cardinality stays bounded
+//! whatever the number of apps.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, text::encode};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::crd::RotationTrigger;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RotationLabels {
+    pub trigger: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    pub ready: &'static str,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Rotations by trigger and result (`success`, `conflict`, `error`).
+    pub rotations: Family<RotationLabels, Counter>,
+    /// Seconds from the start of a rotation (hash included) to its status write.
+    pub rotation_duration: Histogram,
+    /// Reconciliations run.
+    pub reconciles: Counter,
+    /// Seconds per reconciliation.
+    pub reconcile_duration: Histogram,
+    /// Failed reconciliations by error reason.
+    pub reconcile_errors: Family<ReasonLabels, Counter>,
+    /// Writes to the API server (Secrets and status), for watching steady-state behaviour.
+    pub writes: Counter,
+    /// Apps by Ready condition (`true`, `false`, `unknown`), as seen by the last reconcile of each.
+    pub apps: Family<ReadyLabels, Gauge>,
+    /// 1 when this replica leads (runs the controller), else 0.
+    pub leader: Gauge,
+    /// Unix time of the last successful rotation.
+    pub last_rotation_timestamp: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("oauthapp");
+        let rotations = Family::<RotationLabels, Counter>::default();
+        // Histogram buckets from 5 ms to ~10 s: a rotation is one argon2 hash and two writes.
+        let rotation_duration =
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        let reconciles = Counter::default();
+        let reconcile_duration = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
+        let reconcile_errors = Family::<ReasonLabels, Counter>::default();
+        let writes = Counter::default();
+        let apps = Family::<ReadyLabels, Gauge>::default();
+        let leader = Gauge::default();
+        let last_rotation_timestamp = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "rotations",
+            "Client secret rotations by trigger and result",
+            rotations.clone(),
+        );
+        registry.register(
+            "rotation_duration_seconds",
+            "Time to rotate a client secret, hashing included",
+            rotation_duration.clone(),
+        );
+        registry.register("reconciles", "Reconciliations run", reconciles.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time per reconciliation",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciliations by reason",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Writes to the Kubernetes API (Secrets and status)",
+            writes.clone(),
+        );
+        registry.register("apps", "OAuthApps by Ready condition", apps.clone());
+        registry.register(
+            "leader",
+            "1 when this replica runs the controller",
+            leader.clone(),
+        );
+        registry.register(
+            "last_rotation_timestamp_seconds",
+            "Unix time of the last successful rotation",
+            last_rotation_timestamp.clone(),
+        );
+        for trigger in RotationTrigger::ALL {
+            for result in ["success", "conflict", "error"] {
+                let _ = rotations.get_or_create(&RotationLabels {
+                    trigger: trigger.as_str(),
+                    result,
+                });
+            }
+        }
+        Self {
+            registry,
+            rotations,
+            rotation_duration,
+            reconciles,
+            reconcile_duration,
+            reconcile_errors,
+            writes,
+            apps,
+            leader,
+            last_rotation_timestamp,
+        }
+    }
+
+    pub fn rotation(&self, trigger: RotationTrigger, result: &'static str, took: Option<Duration>) {
+        self.rotations
+            .get_or_create(&RotationLabels {
+                trigger: trigger.as_str(),
+                result,
+            })
+            .inc();
+        if let Some(took) = took {
+            self.rotation_duration.observe(took.as_secs_f64());
+            self.last_rotation_timestamp.set(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or_default(),
+            );
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_the_prefix_and_total_suffix() {
+        let m = Metrics::new();
+        m.rotation(RotationTrigger::Api, "success", Some(Duration::from_millis(30)));
+        let text = m.render();
+        assert!(
+            text.contains("oauthapp_rotations_total{trigger=\"Api\",result=\"success\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("oauthapp_rotations_total{trigger=\"Schedule\",result=\"success\"} 0"));
+        assert!(
+            text.contains("oauthapp_rotation_duration_seconds_count 1"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

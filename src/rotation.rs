@@ -1,0 +1,402 @@
+//! The one `rotate()` that every trigger uses (annotation, REST API, schedule, self-repair), and
+//! the other writes of the reconcile loop. Write order and preconditions (DESIGN.md, invariant 1):
+//! the Secret first, then the status, each with the resourceVersion it was read at; a conflict
+//! is re-read, never overwritten.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use crate::context::Context;
+use crate::controller::plan::{self, ContentCheck, annotations};
+use crate::crd::{CLIENT_ID_KEY, CLIENT_SECRET_KEY, MANAGER, OAuthApp, OAuthAppStatus, RotationTrigger};
+use crate::error::{Error, is_status};
+use crate::secret::ClientSecret;
+
+/// How many times a status write is retried after a resourceVersion conflict.
+const STATUS_WRITE_ATTEMPTS: usize = 8;
+
+/// The outcome of a rotation: the new secret (shown once, to an API caller) and the app as
+/// written.
+pub struct Rotated {
+    pub secret: ClientSecret,
+    pub hint: String,
+    pub rotation_id: String,
+    pub app: OAuthApp,
+}
+
+pub fn post_params() -> PostParams {
+    PostParams {
+        dry_run: false,
+        field_manager: Some(MANAGER.into()),
+    }
+}
+
+/// `namespace/name` of an app, the key of its lock.
+pub fn app_key(app: &OAuthApp) -> String {
+    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
+}
+
+/// Replaces the app's secret. The caller holds the app's lock and passes fresh reads of the
+/// app and its Secret (`current`: None when there is none); both writes are conditional on
+/// their resourceVersions, so a concurrent writer makes this fail with [`Error::Conflict`]
+/// instead of being overwritten.
+pub async fn rotate(
+    ctx: &Context,
+    app: &OAuthApp,
+    current: Option<Secret>,
+    trigger: RotationTrigger,
+    caller: Option<&str>,
+) -> Result<Rotated, Error> {
+    let started = Instant::now();
+    let result = rotate_inner(ctx, app, current, trigger, caller).await;
+    match &result {
+        Ok(_) => ctx.metrics.rotation(trigger, "success", Some(started.elapsed())),
+        Err(e) if e.is_conflict() => ctx.metrics.rotation(trigger, "conflict", None),
+        Err(_) => ctx.metrics.rotation(trigger, "error", None),
+    }
+    result
+}
+
+async fn rotate_inner(
+    ctx: &Context,
+    app: &OAuthApp,
+    current: Option<Secret>,
+    trigger: RotationTrigger,
+    caller: Option<&str>,
+) -> Result<Rotated, Error> {
+    let ns = app.namespace().unwrap_or_default();
+    let name = app.name_any();
+    let client_id = plan::client_id(app).ok_or_else(|| Error::MissingUid(name.clone()))?;
+    if let Some(s) = &current
+        && !plan::is_controlled_by(&s.metadata, app)
+    {
+        return Err(Error::SecretConflict {
+            secret: s.name_any(),
+            app: name,
+        });
+    }
+
+    let (secret, hash) = ctx.hasher.generate().await?;
+    let hint = secret.hint();
+    let rotation_id = uuid::Uuid::from_u128(rand::random()).simple().to_string();
+    // Whole seconds, as the API server stores times (see plan::status_from_secret).
+    let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
+    let previous_count = app.status.as_ref().map_or(0, |s| s.rotation_count).max(
+        current
+            .as_ref()
+            .and_then(|s| s.annotations().get(annotations::ROTATION_COUNT))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+    );
+    let mut ours = BTreeMap::from([
+        (annotations::ROTATION_ID.to_string(), rotation_id.clone()),
+        (annotations::HASH.to_string(), hash.clone()),
+        (annotations::HINT.to_string(), hint.clone()),
+        (annotations::TRIGGER.to_string(), trigger.as_str().to_string()),
+        (annotations::ROTATED_AT.to_string(), now.to_string()),
+        (
+            annotations::ROTATION_COUNT.to_string(),
+            (previous_count + 1).to_string(),
+        ),
+    ]);
+    // Any new secret satisfies a pending rotate request: record the current annotation value.
+    if let Some(token) = app.rotate_token() {
+        ours.insert(annotations::OBSERVED_ROTATE_TOKEN.into(), token.into());
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let existed = current.is_some();
+    let mut object = current.unwrap_or_else(|| new_secret(app));
+    apply_desired_metadata(app, &mut object.metadata);
+    let ann = object.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    ann.remove(annotations::OBSERVED_ROTATE_TOKEN);
+    ann.extend(ours);
+    object.data = Some(BTreeMap::from([
+        (CLIENT_ID_KEY.to_string(), ByteString(client_id.into_bytes())),
+        (
+            CLIENT_SECRET_KEY.to_string(),
+            ByteString(secret.expose().as_bytes().to_vec()),
+        ),
+    ]));
+    object.string_data = None;
+    object.type_ = Some("Opaque".into());
+    let written = if existed {
+        secrets.replace(&object.name_any(), &post_params(), &object).await
+    } else {
+        secrets.create(&post_params(), &object).await
+    };
+    // The Secret object holds the plaintext: drop our copy as soon as it is written.
+    drop(object);
+    let written = written.map_err(|e| {
+        if is_status(&e, 409) {
+            Error::Conflict(app_key(app))
+        } else {
+            Error::Kube(e)
+        }
+    })?;
+    ctx.metrics.writes.inc();
+    let secret_key = format!("{ns}/{}", written.name_any());
+    if let (Some(rv), true) = (written.resource_version(), true) {
+        ctx.verified.put(
+            &secret_key,
+            &rv,
+            &hash,
+            ContentCheck {
+                secret_ok: true,
+                client_id_ok: true,
+            },
+        );
+    }
+
+    if ctx.failpoint.as_deref() == Some("pause-after-secret-write") {
+        warn!(app = %app_key(app), "failpoint pause-after-secret-write: the Secret is written, the status is not");
+        std::future::pending::<()>().await;
+    }
+
+    let app = write_status_for_secret(ctx, app, &written, &rotation_id).await?;
+    info!(
+        app = %app_key(&app),
+        trigger = trigger.as_str(),
+        rotation_id = %rotation_id,
+        hint = %hint,
+        caller = caller.unwrap_or("-"),
+        "rotated client secret"
+    );
+    let (type_, reason) = match trigger {
+        RotationTrigger::Created => (EventType::Normal, "SecretCreated"),
+        RotationTrigger::Annotation | RotationTrigger::Api | RotationTrigger::Schedule => {
+            (EventType::Normal, "SecretRotated")
+        }
+        RotationTrigger::SecretMissing | RotationTrigger::SecretDrift => {
+            (EventType::Warning, "SecretRepaired")
+        }
+    };
+    let cause = match trigger {
+        RotationTrigger::Created => "first secret of a new app".to_string(),
+        RotationTrigger::Annotation => format!("new value of annotation {}", crate::crd::ROTATE_ANNOTATION),
+        RotationTrigger::Api => format!("REST API request by {}", caller.unwrap_or("an unknown caller")),
+        RotationTrigger::Schedule => "spec.rotation.interval elapsed".to_string(),
+        RotationTrigger::SecretMissing => format!("Secret {} was deleted", written.name_any()),
+        RotationTrigger::SecretDrift => {
+            format!(
+                "Secret {}'s client_secret no longer matched the status hash",
+                written.name_any()
+            )
+        }
+    };
+    publish(
+        ctx,
+        &app,
+        type_,
+        reason,
+        format!(
+            "Generated a new client secret ({hint}), trigger {}: {cause}",
+            trigger.as_str()
+        ),
+    )
+    .await;
+    Ok(Rotated {
+        secret,
+        hint,
+        rotation_id,
+        app,
+    })
+}
+
+/// Writes the status that describes `secret` (which carries `rotation_id`), retrying on
+/// conflicts while the Secret still holds that rotation; fails with [`Error::Conflict`] once
+/// another rotation has replaced it.
+async fn write_status_for_secret(
+    ctx: &Context,
+    app: &OAuthApp,
+    secret: &Secret,
+    rotation_id: &str,
+) -> Result<OAuthApp, Error> {
+    let ns = app.namespace().unwrap_or_default();
+    let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut app = app.clone();
+    let mut secret_meta = secret.metadata.clone();
+    for _ in 0..STATUS_WRITE_ATTEMPTS {
+        let status = plan::status_from_secret(&app, &secret_meta, Timestamp::now());
+        match write_status(ctx, &app, status).await {
+            Ok(written) => return Ok(written),
+            Err(e) if e.is_conflict() => {}
+            Err(e) => return Err(e),
+        }
+        // Someone else changed the app meanwhile: re-read both, and go on only while the
+        // Secret still holds this rotation.
+        app = apps
+            .get_opt(&app.name_any())
+            .await?
+            .ok_or_else(|| Error::NotFound(app_key(&app)))?;
+        let Some(fresh) = secrets.get_opt(&secret.name_any()).await? else {
+            return Err(Error::Conflict(app_key(&app)));
+        };
+        if fresh
+            .annotations()
+            .get(annotations::ROTATION_ID)
+            .map(String::as_str)
+            != Some(rotation_id)
+        {
+            return Err(Error::Conflict(app_key(&app)));
+        }
+        secret_meta = fresh.metadata;
+        if app.status.as_ref().and_then(|s| s.rotation_id.as_deref()) == Some(rotation_id)
+            && app
+                .status
+                .as_ref()
+                .and_then(|s| s.secret_resource_version.as_deref())
+                == secret_meta.resource_version.as_deref()
+        {
+            // Another replica completed the status from our Secret already.
+            return Ok(app);
+        }
+    }
+    Err(Error::Conflict(app_key(&app)))
+}
+
+/// Replaces the app's status (conditional on the app's resourceVersion).
+pub async fn write_status(ctx: &Context, app: &OAuthApp, status: OAuthAppStatus) -> Result<OAuthApp, Error> {
+    let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let mut object = app.clone();
+    object.status = Some(status);
+    // Managed fields are not ours to send back.
+    object.metadata.managed_fields = None;
+    let written = apps
+        .replace_status(&app.name_any(), &post_params(), &object)
+        .await
+        .map_err(|e| {
+            if is_status(&e, 409) {
+                Error::Conflict(app_key(app))
+            } else if is_status(&e, 404) {
+                Error::NotFound(app_key(app))
+            } else {
+                Error::Kube(e)
+            }
+        })?;
+    ctx.metrics.writes.inc();
+    Ok(written)
+}
+
+/// Brings the Secret's labels, annotations and `client_id` in line with the app, keeping the
+/// secret itself (conditional on the Secret's resourceVersion).
+pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> Result<Secret, Error> {
+    let ns = app.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    apply_desired_metadata(app, &mut secret.metadata);
+    let client_id = plan::client_id(app).ok_or_else(|| Error::MissingUid(app.name_any()))?;
+    secret
+        .data
+        .get_or_insert_with(BTreeMap::new)
+        .insert(CLIENT_ID_KEY.into(), ByteString(client_id.into_bytes()));
+    let hash = secret
+        .annotations()
+        .get(annotations::HASH)
+        .cloned()
+        .unwrap_or_default();
+    let written = secrets
+        .replace(&secret.name_any(), &post_params(), &secret)
+        .await
+        .map_err(|e| {
+            if is_status(&e, 409) {
+                Error::Conflict(app_key(app))
+            } else {
+                Error::Kube(e)
+            }
+        })?;
+    ctx.metrics.writes.inc();
+    if let Some(rv) = written.resource_version() {
+        // The content was checked before this write and the write kept it.
+        ctx.verified.put(
+            &format!("{ns}/{}", written.name_any()),
+            &rv,
+            &hash,
+            ContentCheck {
+                secret_ok: true,
+                client_id_ok: true,
+            },
+        );
+    }
+    info!(app = %app_key(app), secret = %written.name_any(), "synced Secret labels, annotations and client_id");
+    Ok(written)
+}
+
+/// Checks the Secret's `client_secret` against its own hash annotation and its `client_id`
+/// against the app's (argon2: off the executor), and remembers the answer for this version.
+pub async fn check_content(ctx: &Context, app: &OAuthApp, secret: &Secret) -> Result<ContentCheck, Error> {
+    let key = format!("{}/{}", secret.namespace().unwrap_or_default(), secret.name_any());
+    let hash = secret
+        .annotations()
+        .get(annotations::HASH)
+        .cloned()
+        .unwrap_or_default();
+    let rv = secret.resource_version().unwrap_or_default();
+    if let Some(check) = ctx.verified.get(&key, &rv, &hash) {
+        return Ok(check);
+    }
+    let data = secret.data.clone().unwrap_or_default();
+    let plaintext = data
+        .get(CLIENT_SECRET_KEY)
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        .unwrap_or_default();
+    let client_id_ok =
+        data.get(CLIENT_ID_KEY).map(|b| b.0.as_slice()) == plan::client_id(app).as_deref().map(str::as_bytes);
+    let secret_ok = ctx.hasher.verify(plaintext, hash.clone()).await?;
+    let check = ContentCheck {
+        secret_ok,
+        client_id_ok,
+    };
+    ctx.verified.put(&key, &rv, &hash, check);
+    Ok(check)
+}
+
+/// A new Secret for `app`, owned by it (deleting the app garbage-collects the Secret).
+fn new_secret(app: &OAuthApp) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(app.secret_name()),
+            namespace: app.namespace(),
+            owner_references: app.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Adds the desired labels and annotations; leaves what others added.
+fn apply_desired_metadata(app: &OAuthApp, meta: &mut ObjectMeta) {
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(plan::desired_secret_labels(app));
+    meta.annotations
+        .get_or_insert_with(BTreeMap::new)
+        .extend(plan::desired_secret_annotations(app));
+    meta.managed_fields = None;
+}
+
+/// Publishes an Event about the app; a failure is logged, never fatal.
+pub async fn publish(ctx: &Context, app: &OAuthApp, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &app.object_ref(&())).await {
+        warn!(app = %app_key(app), reason, error = %crate::error::redact(&e.to_string()), "failed to publish event");
+    }
+}
+
+/// How long an API caller waits for a rotation already running on the same app in this
+/// process before the request is answered 409.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
