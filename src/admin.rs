@@ -2,7 +2,6 @@
 //! `/metrics` (Prometheus text), apart from the REST API so probes and scrapes need no token.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -10,12 +9,13 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReadyLabels};
+use crate::watches::Watches;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
-    pub ready: Arc<AtomicBool>,
+    pub watches: Arc<Watches>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -27,7 +27,7 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Acquire) {
+    if s.watches.is_ready() {
         (StatusCode::OK, "ready")
     } else {
         (
@@ -38,6 +38,28 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    // Apps by Ready condition, counted from the cache at scrape time: always exact, no
+    // bookkeeping on deletes.
+    let (mut ready, mut not_ready, mut unknown) = (0, 0, 0);
+    for app in s.watches.apps() {
+        match app.ready_condition().map(|c| c.status.as_str()) {
+            Some("True") => ready += 1,
+            Some("False") => not_ready += 1,
+            _ => unknown += 1,
+        }
+    }
+    s.metrics
+        .apps
+        .get_or_create(&ReadyLabels { ready: "true" })
+        .set(ready);
+    s.metrics
+        .apps
+        .get_or_create(&ReadyLabels { ready: "false" })
+        .set(not_ready);
+    s.metrics
+        .apps
+        .get_or_create(&ReadyLabels { ready: "unknown" })
+        .set(unknown);
     (
         [(
             header::CONTENT_TYPE,

@@ -4,6 +4,7 @@
 //! the HTTP handlers only do I/O around it. All rotation triggers go through `rotation::rotate`.
 
 pub mod admin;
+pub mod api;
 pub mod context;
 pub mod controller;
 pub mod crd;
@@ -13,3 +14,4 @@ pub mod id;
 pub mod metrics;
 pub mod rotation;
 pub mod secret;
+pub mod watches;

@@ -2,21 +2,21 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use oauthapp_operator::admin::{self, AdminState};
+use oauthapp_operator::api::{self, ApiConfig, ApiState};
 use oauthapp_operator::context::Context;
-use oauthapp_operator::controller::{self, Caches, Settings};
+use oauthapp_operator::controller::{self, Settings};
 use oauthapp_operator::hasher::Hasher;
 use oauthapp_operator::metrics::Metrics;
 use oauthapp_operator::secret::HashParams;
+use oauthapp_operator::watches::Watches;
 
 #[derive(Parser)]
 #[command(
@@ -75,6 +75,40 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "OAUTHAPP_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Run the controller only while holding a Lease (for more than one replica). The REST API
+    /// is served by every replica either way.
+    #[arg(long, env = "OAUTHAPP_LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "OAUTHAPP_LEASE_NAME", default_value = "oauthapp-operator")]
+    lease_name: String,
+    /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else `default`).
+    #[arg(long, env = "OAUTHAPP_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// How long a leader's Lease is valid without renewal; a standby takes over after it.
+    #[arg(long, env = "OAUTHAPP_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// PEM certificate chain for the REST API (HTTPS); re-read when the file changes.
+    #[arg(long, env = "OAUTHAPP_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key for the REST API.
+    #[arg(long, env = "OAUTHAPP_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<std::path::PathBuf>,
+    /// Requests per second one caller may make to the REST API.
+    #[arg(long, env = "OAUTHAPP_RATE_LIMIT_PER_CALLER", default_value_t = 10.0)]
+    rate_limit_per_caller: f64,
+    /// Burst allowed per caller above the rate.
+    #[arg(long, env = "OAUTHAPP_RATE_LIMIT_PER_CALLER_BURST", default_value_t = 20)]
+    rate_limit_per_caller_burst: u32,
+    /// Requests per second the REST API accepts in all.
+    #[arg(long, env = "OAUTHAPP_RATE_LIMIT_GLOBAL", default_value_t = 100.0)]
+    rate_limit_global: f64,
+    /// Burst allowed in all above the global rate.
+    #[arg(long, env = "OAUTHAPP_RATE_LIMIT_GLOBAL_BURST", default_value_t = 200)]
+    rate_limit_global_burst: u32,
+    /// How long TokenReview and SubjectAccessReview answers are reused.
+    #[arg(long, env = "OAUTHAPP_AUTH_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
+    auth_cache_ttl: Duration,
     /// How long SIGTERM waits for in-flight work before exiting.
     #[arg(long, env = "OAUTHAPP_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
@@ -124,7 +158,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         p_cost: args.hash_parallelism,
     };
     // Refuse bad hash parameters at start, not at the first rotation.
-    oauthapp_operator::secret::hash("oas_startup_check", &params).context("invalid argon2 parameters")?;
+    oauthapp_operator::secret::hash("startup-check", &params).context("invalid argon2 parameters")?;
     let workers = args
         .hash_workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -132,16 +166,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let instance = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| format!("pid-{}", std::process::id()));
+    let instance = format!("{instance}-{}", std::process::id());
     let ctx = Arc::new(Context::new(
-        client,
+        client.clone(),
         Hasher::new(params, workers),
         metrics.clone(),
-        instance,
+        instance.clone(),
     ));
 
     let shutdown = CancellationToken::new();
-    let ready = Arc::new(AtomicBool::new(false));
     tokio::spawn(watch_signals(shutdown.clone()));
+    let watches = Watches::start(client.clone(), &args.watch_namespaces, shutdown.clone());
 
     let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
@@ -150,38 +185,145 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let admin = axum::serve(
         admin_listener,
         admin::router(AdminState {
-            metrics,
-            ready: ready.clone(),
+            metrics: metrics.clone(),
+            watches: watches.clone(),
         }),
     )
     .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let admin = tokio::spawn(async move { admin.await });
+
+    let api_config = ApiConfig {
+        addr: args.api_addr,
+        tls_cert_file: args.tls_cert_file.clone(),
+        tls_key_file: args.tls_key_file.clone(),
+        rate_per_caller: args.rate_limit_per_caller,
+        burst_per_caller: args.rate_limit_per_caller_burst,
+        rate_global: args.rate_limit_global,
+        burst_global: args.rate_limit_global_burst,
+        auth_cache_ttl: args.auth_cache_ttl,
+    };
+    let api_state = ApiState {
+        ctx: ctx.clone(),
+        watches: watches.clone(),
+    };
+    let api = tokio::spawn(api::serve(api_state, api_config, shutdown.clone()));
 
     let settings = Settings {
-        namespaces: args.watch_namespaces.clone(),
         resync: args.resync_interval,
         concurrency: args.concurrency,
     };
-    let stop = shutdown.clone().cancelled_owned().shared();
-    let (caches, controller): (Vec<Caches>, _) = controller::build(ctx.clone(), settings, stop);
-    let readiness = {
-        let ready = ready.clone();
-        let caches = caches.clone();
-        async move {
-            for c in &caches {
-                c.wait_until_ready().await;
-            }
-            ready.store(true, Ordering::Release);
+    {
+        let watches = watches.clone();
+        tokio::spawn(async move {
+            watches.wait_until_ready().await;
             info!("watches synced; ready");
-        }
-    };
-    tokio::spawn(readiness);
-    let admin = tokio::spawn(async move { admin.await });
+        });
+    }
+    if args.leader_elect {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into());
+        lead(
+            ctx,
+            watches,
+            settings,
+            &args,
+            namespace,
+            instance,
+            shutdown.clone(),
+        )
+        .await?;
+    } else {
+        metrics.leader.set(1);
+        controller::run(ctx, watches, settings, shutdown.clone()).await;
+    }
 
-    controller.await;
+    // The controller has stopped (SIGTERM): let the servers drain, within the timeout.
     shutdown.cancel();
-    match tokio::time::timeout(args.shutdown_timeout, admin).await {
-        Ok(_) => info!("stopped"),
-        Err(_) => warn!("admin server did not stop within {:?}", args.shutdown_timeout),
+    let drained = tokio::time::timeout(args.shutdown_timeout, async {
+        let _ = admin.await;
+        match api.await {
+            Ok(Err(e)) => warn!(error = %e, "REST API server failed"),
+            Err(e) => warn!(error = %e, "REST API server task failed"),
+            Ok(Ok(())) => {}
+        }
+    })
+    .await;
+    match drained {
+        Ok(()) => info!("stopped"),
+        Err(_) => warn!(
+            "servers did not drain within {:?}; exiting",
+            args.shutdown_timeout
+        ),
+    }
+    Ok(())
+}
+
+/// Runs the controller while this replica holds the Lease; stops it as soon as it does not.
+async fn lead(
+    ctx: Arc<Context>,
+    watches: Arc<oauthapp_operator::watches::Watches>,
+    settings: Settings,
+    args: &RunArgs,
+    namespace: String,
+    identity: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let duration = args.lease_duration.as_secs().max(2);
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &args.lease_name)
+        .with_namespace(&namespace)
+        .with_identity(&identity)
+        .with_duration(duration)
+        .with_grace((duration / 3).max(1))
+        .build()
+        .await
+        .with_context(|| {
+            format!(
+                "creating the leader-election Lease {namespace}/{}",
+                args.lease_name
+            )
+        })?;
+    let (mut leading, task) = manager.watch().await;
+    info!(lease = %format!("{namespace}/{}", args.lease_name), identity = %identity, "waiting for leadership");
+    'outer: loop {
+        while !*leading.borrow_and_update() {
+            tokio::select! {
+                changed = leading.changed() => if changed.is_err() { break 'outer },
+                _ = shutdown.cancelled() => break 'outer,
+            }
+        }
+        info!("leading: starting the controller");
+        ctx.metrics.leader.set(1);
+        let stop = shutdown.child_token();
+        let run = controller::run(ctx.clone(), watches.clone(), settings.clone(), stop.clone());
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                _ = &mut run => break 'outer,
+                changed = leading.changed() => {
+                    if changed.is_err() || !*leading.borrow_and_update() {
+                        warn!("lost leadership: stopping the controller");
+                        stop.cancel();
+                        run.await;
+                        ctx.metrics.leader.set(0);
+                        continue 'outer;
+                    }
+                }
+            }
+        }
+    }
+    ctx.metrics.leader.set(0);
+    drop(leading);
+    match task.await {
+        Ok(Ok(manager)) => {
+            if let Err(e) = manager.release().await {
+                warn!(error = %e, "releasing the Lease failed; a standby takes over when it expires");
+            }
+        }
+        Ok(Err(e)) => warn!(error = %e, "leader election failed"),
+        Err(e) => warn!(error = %e, "leader election task failed"),
     }
     Ok(())
 }

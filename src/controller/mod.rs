@@ -7,7 +7,6 @@
 
 pub mod plan;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -27,13 +25,13 @@ use crate::crd::OAuthApp;
 use crate::error::Error;
 use crate::metrics::ReasonLabels;
 use crate::rotation::{self, app_key};
+use crate::watches::{Change, Watches};
 use plan::{SecretView, Step};
+use tokio_util::sync::CancellationToken;
 
 /// How the controller runs.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Namespaces to watch; empty: all namespaces.
-    pub namespaces: Vec<String>,
     /// Every app is looked at again after this long even without a change.
     pub resync: Duration,
     /// Apps reconciled at the same time.
@@ -47,99 +45,69 @@ const CONFLICT_REQUEUE: Duration = Duration::from_secs(30);
 /// Writes one reconcile may make before it yields (each followed by a fresh read).
 const MAX_STEPS: usize = 8;
 
-/// One watched scope (a namespace, or the whole cluster): its caches and the shared context.
+/// One watched scope (a namespace, or the whole cluster): its Secret cache and the context.
 pub struct Scope {
     ctx: Arc<Context>,
     secrets: Store<PartialObjectMeta<Secret>>,
     resync: Duration,
 }
 
-/// The caches of one watched scope, for readiness and for the REST API's index.
-#[derive(Clone)]
-pub struct Caches {
-    pub apps: Store<OAuthApp>,
-    pub secrets: Store<PartialObjectMeta<Secret>>,
-}
-
-impl Caches {
-    /// Resolves once both caches have been filled by their first list.
-    pub async fn wait_until_ready(&self) {
-        // `Store::wait_until_ready` wakes only the most recent waiter of a store, and the
-        // controller waits on the apps store too; re-polling on a short timer sidesteps that.
-        while tokio::time::timeout(Duration::from_millis(100), self.apps.wait_until_ready())
-            .await
-            .is_err()
-        {}
-        while tokio::time::timeout(Duration::from_millis(100), self.secrets.wait_until_ready())
-            .await
-            .is_err()
-        {}
-    }
-}
-
-/// Builds the controller: the caches of each watched scope (they fill once the returned future
-/// runs) and the future that runs it until `shutdown` resolves.
-pub fn build(
-    ctx: Arc<Context>,
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
-) -> (Vec<Caches>, impl Future<Output = ()>) {
-    let mut caches = Vec::new();
-    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        settings.namespaces.iter().cloned().map(Some).collect()
-    };
+/// Runs the controller on the shared watches until `shutdown` is cancelled. Every app is
+/// reconciled once at start (the change streams only carry what happens from now on).
+pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, shutdown: CancellationToken) {
     let mut runs = Vec::new();
-    for ns in scopes {
-        let (apps_api, secrets_api): (Api<OAuthApp>, Api<PartialObjectMeta<Secret>>) = match &ns {
-            Some(ns) => (
-                Api::namespaced(ctx.client.clone(), ns),
-                Api::namespaced(ctx.client.clone(), ns),
-            ),
-            None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
-        };
-        let (secret_store, secret_writer) = reflector::store();
-        let secret_selector = format!("{}={}", plan::MANAGED_BY_LABEL, plan::MANAGED_BY);
-        // Metadata only: decisions need the annotations, and the plaintext stays out of the cache.
-        let secret_stream = reflector::reflector(
-            secret_writer,
-            watcher(
-                secrets_api,
-                watcher::Config::default().labels(&secret_selector).any_semantic(),
-            ),
-        )
-        .touched_objects()
-        .default_backoff();
-        let controller = Controller::new(apps_api, watcher::Config::default().any_semantic())
-            .owns_stream(secret_stream)
-            .with_config(ControllerConfig::default().concurrency(settings.concurrency))
-            .graceful_shutdown_on(shutdown.clone());
-        caches.push(Caches {
-            apps: controller.store(),
-            secrets: secret_store.clone(),
+    for caches in &watches.scopes {
+        let (resync_all, resync_all_rx) = futures::channel::mpsc::unbounded::<()>();
+        let _ = resync_all.unbounded_send(());
+        let on_missed = resync_all.clone();
+        let apps = caches.app_changes().filter_map(move |change| {
+            futures::future::ready(match change {
+                Change::Object(app) => Some(app),
+                Change::Missed => {
+                    // Changes were dropped while this controller lagged: look at everything.
+                    let _ = on_missed.unbounded_send(());
+                    None
+                }
+            })
         });
+        let on_missed = resync_all.clone();
+        let secrets = caches.secret_changes().filter_map(move |change| {
+            futures::future::ready(match change {
+                Change::Object(secret) => Some(secret),
+                Change::Missed => {
+                    let _ = on_missed.unbounded_send(());
+                    None
+                }
+            })
+        });
+        let stop = shutdown.clone();
+        let controller = Controller::for_shared_stream(apps, caches.apps.clone())
+            .owns_shared_stream(secrets)
+            .reconcile_all_on(resync_all_rx)
+            .with_config(ControllerConfig::default().concurrency(settings.concurrency))
+            .graceful_shutdown_on(async move { stop.cancelled().await });
         let scope = Arc::new(Scope {
             ctx: ctx.clone(),
-            secrets: secret_store,
+            secrets: caches.secrets.clone(),
             resync: settings.resync,
         });
         info!(
-            namespace = ns.as_deref().unwrap_or("<all>"),
+            namespace = caches.namespace.as_deref().unwrap_or("<all>"),
             "starting controller"
         );
         runs.push(controller.run(reconcile, error_policy, scope).for_each(|result| async move {
             match result {
-                Ok((obj, _)) => debug!(app = %format!("{}/{}", obj.namespace.unwrap_or_default(), obj.name), "reconciled"),
+                Ok((obj, _)) => {
+                    debug!(app = %format!("{}/{}", obj.namespace.unwrap_or_default(), obj.name), "reconciled")
+                }
                 Err(e) => debug!(error = %crate::error::redact(&e.to_string()), "reconcile stream"),
             }
         }));
+        // Keep the sender alive as long as the controller runs.
+        std::mem::forget(resync_all);
     }
-    let run = async move {
-        futures::future::join_all(runs).await;
-        info!("controller stopped");
-    };
-    (caches, run)
+    futures::future::join_all(runs).await;
+    info!("controller stopped");
 }
 
 async fn reconcile(app: Arc<OAuthApp>, scope: Arc<Scope>) -> Result<Action, Error> {

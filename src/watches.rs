@@ -1,0 +1,278 @@
+//! The watch caches every replica keeps: OAuthApps (with an index by uid, for the REST API's
+//! id lookups) and the operator's Secrets (metadata only: decisions need annotations, and the
+//! plaintext stays out of long-lived memory).
+//!
+//! One watch per kind and scope feeds both the REST API (every replica) and the controller (the
+//! leader only), which subscribes to the change stream while it runs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::controller::plan::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::crd::OAuthApp;
+
+/// Change notifications kept for a subscriber that lags; beyond this it is told to resync.
+const CHANGE_BUFFER: usize = 1024;
+
+/// A change seen by a watch, or a notice that some were missed.
+#[derive(Clone)]
+pub enum Change<K> {
+    Object(Arc<K>),
+    Missed,
+}
+
+/// The caches of one watched scope (a namespace, or the whole cluster).
+#[derive(Clone)]
+pub struct ScopeCaches {
+    pub namespace: Option<String>,
+    pub apps: Store<OAuthApp>,
+    pub secrets: Store<PartialObjectMeta<Secret>>,
+    app_changes: broadcast::Sender<Arc<OAuthApp>>,
+    secret_changes: broadcast::Sender<Arc<PartialObjectMeta<Secret>>>,
+}
+
+impl ScopeCaches {
+    /// Every later change of an app in this scope.
+    pub fn app_changes(&self) -> impl Stream<Item = Change<OAuthApp>> + Send + 'static {
+        changes(self.app_changes.subscribe())
+    }
+
+    /// Every later change of an operator Secret in this scope.
+    pub fn secret_changes(&self) -> impl Stream<Item = Change<PartialObjectMeta<Secret>>> + Send + 'static {
+        changes(self.secret_changes.subscribe())
+    }
+}
+
+fn changes<K: Send + Sync + 'static>(
+    rx: broadcast::Receiver<Arc<K>>,
+) -> impl Stream<Item = Change<K>> + Send {
+    futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(obj) => Some((Change::Object(obj), rx)),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some((Change::Missed, rx)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    })
+}
+
+/// All watched scopes, their readiness and the uid index.
+pub struct Watches {
+    pub scopes: Vec<ScopeCaches>,
+    index: RwLock<HashMap<String, ObjectRef<OAuthApp>>>,
+    ready: watch::Receiver<usize>,
+}
+
+impl Watches {
+    /// Starts the watches (in background tasks, until `shutdown`) for `namespaces` (empty: all).
+    pub fn start(client: Client, namespaces: &[String], shutdown: CancellationToken) -> Arc<Watches> {
+        let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+            vec![None]
+        } else {
+            namespaces.iter().cloned().map(Some).collect()
+        };
+        let (ready_tx, ready_rx) = watch::channel(0usize);
+        let mut caches = Vec::new();
+        let mut writers = Vec::new();
+        for ns in &scopes {
+            let (apps, app_writer) = reflector::store::<OAuthApp>();
+            let (secrets, secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
+            let (app_changes, _) = broadcast::channel(CHANGE_BUFFER);
+            let (secret_changes, _) = broadcast::channel(CHANGE_BUFFER);
+            caches.push(ScopeCaches {
+                namespace: ns.clone(),
+                apps,
+                secrets,
+                app_changes,
+                secret_changes,
+            });
+            writers.push((app_writer, secret_writer));
+        }
+        let watches = Arc::new(Watches {
+            scopes: caches,
+            index: RwLock::new(HashMap::new()),
+            ready: ready_rx,
+        });
+        let ready_tx = Arc::new(ready_tx);
+        for (scope, (app_writer, secret_writer)) in watches.scopes.iter().zip(writers) {
+            let (apps_api, secrets_api): (Api<OAuthApp>, Api<PartialObjectMeta<Secret>>) =
+                match &scope.namespace {
+                    Some(ns) => (
+                        Api::namespaced(client.clone(), ns),
+                        Api::namespaced(client.clone(), ns),
+                    ),
+                    None => (Api::all(client.clone()), Api::all(client.clone())),
+                };
+            let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+            let app_events = watcher(apps_api, watcher::Config::default().any_semantic()).default_backoff();
+            let secret_events = watcher(
+                secrets_api,
+                watcher::Config::default().labels(&selector).any_semantic(),
+            )
+            .default_backoff();
+            let w = watches.clone();
+            let tx = scope.app_changes.clone();
+            let store = scope.apps.clone();
+            let ns = scope.namespace.clone();
+            tokio::spawn(pump(
+                app_writer,
+                app_events,
+                shutdown.clone(),
+                ready_tx.clone(),
+                "OAuthApp",
+                move |ev| {
+                    w.on_app_event(ev, &store, ns.as_deref());
+                    forward(ev, &store, &tx)
+                },
+            ));
+            let tx = scope.secret_changes.clone();
+            let store = scope.secrets.clone();
+            tokio::spawn(pump(
+                secret_writer,
+                secret_events,
+                shutdown.clone(),
+                ready_tx.clone(),
+                "Secret",
+                move |ev| forward(ev, &store, &tx),
+            ));
+        }
+        watches
+    }
+
+    /// True once every watch has completed its first list.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow() >= 2 * self.scopes.len()
+    }
+
+    /// Resolves once every watch has completed its first list.
+    pub async fn wait_until_ready(&self) {
+        let mut rx = self.ready.clone();
+        let want = 2 * self.scopes.len();
+        let _ = rx.wait_for(|n| *n >= want).await;
+    }
+
+    /// The app with this uid, from the cache.
+    pub fn find(&self, uid: &str) -> Option<Arc<OAuthApp>> {
+        let key = self
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid)
+            .cloned()?;
+        self.scopes
+            .iter()
+            .filter(|s| s.namespace.is_none() || s.namespace == key.namespace)
+            .find_map(|s| s.apps.get(&key))
+            .filter(|app| app.meta().uid.as_deref() == Some(uid))
+    }
+
+    /// Every cached app.
+    pub fn apps(&self) -> Vec<Arc<OAuthApp>> {
+        self.scopes.iter().flat_map(|s| s.apps.state()).collect()
+    }
+
+    /// The cache of the scope that holds `namespace`, if it is watched.
+    pub fn scope_of(&self, namespace: &str) -> Option<&ScopeCaches> {
+        self.scopes
+            .iter()
+            .find(|s| s.namespace.is_none() || s.namespace.as_deref() == Some(namespace))
+    }
+
+    fn on_app_event(
+        &self,
+        event: &watcher::Event<OAuthApp>,
+        store: &Store<OAuthApp>,
+        namespace: Option<&str>,
+    ) {
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        match event {
+            watcher::Event::Apply(app) | watcher::Event::InitApply(app) => {
+                if let Some(uid) = app.meta().uid.clone() {
+                    index.insert(uid, ObjectRef::from_obj(app));
+                }
+            }
+            watcher::Event::Delete(app) => {
+                if let Some(uid) = app.meta().uid.as_deref() {
+                    index.remove(uid);
+                }
+            }
+            // A relist may have dropped apps without a Delete: keep only what the store has.
+            watcher::Event::InitDone => index.retain(|_, r| {
+                let in_scope = namespace.is_none() || r.namespace.as_deref() == namespace;
+                !in_scope || store.get(r).is_some()
+            }),
+            watcher::Event::Init => {}
+        }
+    }
+}
+
+/// Sends an applied or deleted object to the subscribers (the store's own copy: no duplicate in
+/// memory).
+fn forward<K>(event: &watcher::Event<K>, store: &Store<K>, tx: &broadcast::Sender<Arc<K>>)
+where
+    K: Lookup + Clone + 'static,
+    <K as Lookup>::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    match event {
+        watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+            let stored = store.get(&obj.to_object_ref(Default::default()));
+            if let Some(stored) = stored {
+                let _ = tx.send(stored);
+            }
+        }
+        watcher::Event::Delete(obj) => {
+            let _ = tx.send(Arc::new(obj.clone()));
+        }
+        watcher::Event::Init | watcher::Event::InitDone => {}
+    }
+}
+
+/// Drives one watch: applies its events to the store, then to `on_event`; counts its first
+/// complete list toward readiness.
+async fn pump<K>(
+    mut writer: reflector::store::Writer<K>,
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    shutdown: CancellationToken,
+    ready: Arc<watch::Sender<usize>>,
+    kind: &'static str,
+    mut on_event: impl FnMut(&watcher::Event<K>) + Send,
+) where
+    K: Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let mut events = std::pin::pin!(events);
+    let mut first_done = false;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = events.next() => next,
+        };
+        match next {
+            Some(Ok(event)) => {
+                writer.apply_watcher_event(&event);
+                on_event(&event);
+                if matches!(event, watcher::Event::InitDone) {
+                    if first_done {
+                        info!(kind, "watch relisted");
+                    } else {
+                        first_done = true;
+                        ready.send_modify(|n| *n += 1);
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                warn!(kind, error = %crate::error::redact(&e.to_string()), "watch failed; retrying")
+            }
+            None => break,
+        }
+    }
+}
