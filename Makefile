@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CP := tests/controlplane
 CARGO ?= cargo
 
-.PHONY: help build controlplane-bin controlplane controlplane-down run test lint unit integration crds bench clean-cache
+.PHONY: help build controlplane-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -34,7 +34,20 @@ unit: ## unit tests (no cluster needed)
 integration: controlplane-bin ## integration tests on a real control plane started for the run
 	$(CARGO) test --test integration -- --test-threads=$${TEST_THREADS:-4}
 
-test: lint controlplane-bin ## every test: lint, unit and integration tests
+CHART := charts/oauthapp-operator
+chart-lint: controlplane-bin ## helm lint --strict and helm template of the chart, with default and each ci/*-values.yaml
+	@set -euo pipefail; helm="$$($(CP)/build.sh)/helm"; \
+	cmp -s crds/oauthapps.oauthapp.io.yaml $(CHART)/crds/oauthapps.oauthapp.io.yaml \
+	  || { echo "$(CHART)/crds/ differs from crds/: run make crds" >&2; exit 1; }; \
+	for values in "" $(CHART)/ci/*-values.yaml; do \
+	  args=$${values:+--values $$values}; \
+	  echo "chart-lint: $${values:-default values}"; \
+	  out=$$("$$helm" lint --strict $(CHART) $$args 2>&1) || { echo "$$out" >&2; exit 1; }; \
+	  out=$$("$$helm" template oauthapp-operator $(CHART) --namespace oauthapp-system $$args 2>&1) \
+	    || { echo "$$out" >&2; exit 1; }; \
+	done
+
+test: lint chart-lint controlplane-bin ## every test: lint, chart lint, unit and integration tests
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
 
 crds: ## regenerate the CRD files from the code

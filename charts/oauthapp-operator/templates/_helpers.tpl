@@ -1,0 +1,89 @@
+{{/* The chart name, or nameOverride. */}}
+{{- define "oauthapp-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The full name of namespaced objects: <release>-<chart>, or <release> when it contains the chart name. */}}
+{{- define "oauthapp-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The name of cluster-scoped objects (ClusterRoles and their bindings): the full name plus the
+release namespace, so that releases of the same name in different namespaces (one operator per
+team, with watchNamespaces) do not fight over them.
+*/}}
+{{- define "oauthapp-operator.clusterName" -}}
+{{- printf "%s-%s" (include "oauthapp-operator.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "oauthapp-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object. */}}
+{{- define "oauthapp-operator.labels" -}}
+helm.sh/chart: {{ include "oauthapp-operator.chart" . }}
+{{ include "oauthapp-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: oauthapp-operator
+{{- end }}
+
+{{/* Labels that select the operator's pods. */}}
+{{- define "oauthapp-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "oauthapp-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "oauthapp-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "oauthapp-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "oauthapp-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the API's certificate, when TLS is on; fails when none is given. */}}
+{{- define "oauthapp-operator.tlsSecretName" -}}
+{{- $tls := .Values.api.tls }}
+{{- if $tls.certManager.enabled }}
+{{- default (printf "%s-api-tls" (include "oauthapp-operator.fullname" .)) $tls.secretName }}
+{{- else }}
+{{- required "api.tls.secretName is required when api.tls.enabled is true (or set api.tls.certManager.enabled to have cert-manager create it)" $tls.secretName }}
+{{- end }}
+{{- end }}
+
+{{/* Fails early on combinations that cannot work. */}}
+{{- define "oauthapp-operator.validate" -}}
+{{- if and .Values.api.tls.certManager.enabled (not .Values.api.tls.enabled) }}
+{{- fail "api.tls.certManager.enabled needs api.tls.enabled: true (the certificate is for the REST API's HTTPS)" }}
+{{- end }}
+{{- if and .Values.api.tls.certManager.enabled (not .Values.api.tls.certManager.issuerRef.name) }}
+{{- fail "api.tls.certManager.issuerRef.name is required when api.tls.certManager.enabled is true" }}
+{{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicaCount > 1 needs leaderElection.enabled: true (otherwise every replica runs the controller)" }}
+{{- end }}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- if and $pdb.enabled (gt (int .Values.replicaCount) 1) (not (kindIs "string" $pdb.minAvailable)) (ge (int $pdb.minAvailable) (int .Values.replicaCount)) }}
+{{- fail "podDisruptionBudget.minAvailable must be below replicaCount, or no node could ever be drained" }}
+{{- end }}
+{{- end }}
