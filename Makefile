@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CP := tests/controlplane
 CARGO ?= cargo
 
-.PHONY: help build controlplane-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache
+.PHONY: help build controlplane-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache openapi
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ chart-lint: controlplane-bin ## helm lint --strict and helm template of the char
 
 test: lint chart-lint controlplane-bin ## every test: lint, chart lint, unit and integration tests
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
+
+openapi: ## regenerate docs/openapi.json (the REST API's OpenAPI document) from the code
+	$(CARGO) run --quiet -- openapi > docs/openapi.json
 
 crds: ## regenerate the CRD files from the code
 	$(CARGO) run --quiet -- crd > crds/oauthapps.oauthapp.io.yaml

@@ -35,6 +35,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the OAuthApp CustomResourceDefinition (YAML).
     Crd,
+    /// Print the REST API's OpenAPI document (JSON).
+    Openapi,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -125,6 +127,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => {
             print!("{}", oauthapp_operator::crd::crd_yaml()?);
+            Ok(())
+        }
+        Command::Openapi => {
+            print!("{}", api::openapi_json());
             Ok(())
         }
         Command::Run(args) => {

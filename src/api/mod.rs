@@ -1,5 +1,20 @@
 //! The REST API (`--api-addr`): rotate, list, get, create and delete OAuthApps, authenticated by
-//! TokenReview and authorized by SubjectAccessReview. Served on every replica.
+//! TokenReview and authorized by SubjectAccessReview. Served on every replica (it reads the
+//! watch caches every replica keeps, and writes through `rotation::rotate` under the app's
+//! lock and resourceVersion preconditions, so it need not be the leader).
+//!
+//! A request passes, in order: the global rate limit (every request, before any work), the
+//! request timeout, authentication (TokenReview, cached), the per-caller rate limit, then the
+//! handler (id lookup in the cache, SubjectAccessReview, the operation). Every error answer is
+//! JSON `{code, message}` (see [`error`]).
+
+mod auth;
+mod error;
+mod handlers;
+mod limit;
+mod model;
+mod openapi;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,10 +22,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tracing::{debug, error, info, warn};
+
+pub use auth::Caller;
+pub use error::{ApiError, ErrorCode, RestErrorResponse};
+pub use limit::InvalidRate;
+pub use model::{CreateOAuthApp, CreatedOAuthApp, OAuthAppId, OAuthAppList, OAuthAppView, RotatedSecret};
+pub use openapi::openapi_json;
+pub use tls::ReloadingCert;
 
 use crate::context::Context;
 use crate::watches::Watches;
+
+/// The largest request body accepted (413 beyond).
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// A request that takes longer is answered 503 (the API server is too slow to be useful).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often idle callers' rate-limit buckets are forgotten.
+const FORGET_IDLE_CALLERS: Duration = Duration::from_secs(60);
 
 /// Settings of the REST API, from the command line.
 #[derive(Clone, Debug)]
@@ -36,17 +72,267 @@ pub struct ApiState {
     pub watches: Arc<Watches>,
 }
 
-/// The API's routes.
-pub fn router(_state: ApiState, _config: &ApiConfig) -> Router {
-    Router::new()
+/// The handlers' state: the shared pieces plus the API's own.
+struct Shared {
+    ctx: Arc<Context>,
+    watches: Arc<Watches>,
+    auth: auth::Authenticator,
+    limits: limit::RateLimits,
 }
 
-/// Serves the API until `shutdown` is cancelled.
+/// The API's routes and middleware; fails on rate limits that cannot be token buckets.
+pub fn router(state: ApiState, config: &ApiConfig) -> Result<Router, InvalidRate> {
+    Ok(router_with(Arc::new(shared(state, config)?)))
+}
+
+fn shared(state: ApiState, config: &ApiConfig) -> Result<Shared, InvalidRate> {
+    Ok(Shared {
+        auth: auth::Authenticator::new(state.ctx.client.clone(), config.auth_cache_ttl),
+        limits: limit::RateLimits::new(
+            config.rate_global,
+            config.burst_global,
+            config.rate_per_caller,
+            config.burst_per_caller,
+        )?,
+        ctx: state.ctx,
+        watches: state.watches,
+    })
+}
+
+fn router_with(shared: Arc<Shared>) -> Router {
+    let authenticated = Router::new()
+        .route(
+            "/api/v1/oauth-apps",
+            get(handlers::list_oauth_apps).post(handlers::create_oauth_app),
+        )
+        .route(
+            "/api/v1/oauth-apps/{id}",
+            get(handlers::get_oauth_app).delete(handlers::delete_oauth_app),
+        )
+        .route(
+            "/api/v1/oauth-apps/{id}/rotate",
+            post(handlers::rotate_client_secret),
+        )
+        .route_layer(middleware::from_fn_with_state(shared.clone(), authenticate))
+        .route_layer(middleware::from_fn(request_timeout));
+    with_error_handling(
+        Router::new()
+            .route("/api-docs/openapi.json", get(openapi_document))
+            .merge(authenticated)
+            .with_state(shared.clone()),
+    )
+    .layer(middleware::from_fn_with_state(shared, global_limit))
+    .layer(middleware::from_fn(log_request))
+}
+
+/// The 404 fallback, the body limit, panics as 500s, and `{code, message}` for every error.
+fn with_error_handling(router: Router) -> Router {
+    router
+        .fallback(unknown_route)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .layer(middleware::from_fn(error::json_errors))
+}
+
+/// Serves the API until `shutdown` is cancelled. When it cannot start (address in use, TLS
+/// files that do not load, invalid rate limits) it logs why and cancels `shutdown`: an operator
+/// without its API stops instead of running half-working.
 pub async fn serve(state: ApiState, config: ApiConfig, shutdown: CancellationToken) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.addr).await?;
-    let app = router(state, &config);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-    Ok(())
+    let result = serve_until(state, &config, shutdown.clone()).await;
+    if let Err(e) = &result {
+        error!(addr = %config.addr, error = %e, "the REST API server failed; stopping the operator");
+        shutdown.cancel();
+    }
+    result
+}
+
+async fn serve_until(
+    state: ApiState,
+    config: &ApiConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let shared = Arc::new(
+        shared(state, config).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+    );
+    {
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FORGET_IDLE_CALLERS);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => shared.limits.forget_idle_callers(),
+                }
+            }
+        });
+    }
+    let app = router_with(shared);
+    let tcp = tokio::net::TcpListener::bind(config.addr).await?;
+    match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let cert = Arc::new(ReloadingCert::load(cert_file, key_file, provider.clone())?);
+            tokio::spawn(cert.clone().watch(tls::RELOAD_INTERVAL, shutdown.clone()));
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(cert, provider)?));
+            let listener = tls::TlsListener::new(tcp, acceptor, shutdown.clone())?;
+            info!(addr = %config.addr, cert = %cert_file.display(), "REST API listening (HTTPS)");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+        _ => {
+            warn!(
+                addr = %config.addr,
+                "REST API listening on plain HTTP: bearer tokens and client secrets cross the network \
+                 unencrypted; set --tls-cert-file and --tls-key-file"
+            );
+            axum::serve(tcp, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+    }
+}
+
+/// The global bucket: every request, authenticated or not, before any other work.
+async fn global_limit(State(api): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    match api.limits.check_global() {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Authenticates the caller, then applies their own bucket; handlers get the [`Caller`].
+async fn authenticate(State(api): State<Arc<Shared>>, mut request: Request, next: Next) -> Response {
+    let caller = match api.auth.authenticate(request.headers()).await {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = api.limits.check_caller(&caller.username) {
+        return e.into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+async fn request_timeout(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            warn!("a REST API request timed out");
+            ApiError::unavailable("the request timed out waiting for the Kubernetes API server; retry")
+                .into_response()
+        }
+    }
+}
+
+/// One debug line per request: method, path, status, duration (never headers or bodies).
+async fn log_request(request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    debug!(%method, %path, status = response.status().as_u16(), took_ms = started.elapsed().as_millis() as u64, "REST API request");
+    response
+}
+
+async fn openapi_document() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::not_found("no such route; the API is described at /api-docs/openapi.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Method, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn panics() -> &'static str {
+        panic!("a detail that must not leak")
+    }
+
+    async fn echo(handlers::Body(v): handlers::Body<serde_json::Value>) -> String {
+        v.to_string()
+    }
+
+    async fn typed(handlers::Body(v): handlers::Body<CreateOAuthApp>) -> String {
+        v.name
+    }
+
+    /// Sends a request through the error handling every route gets; the status, the `Allow`
+    /// header and the JSON error body.
+    async fn send(
+        method: Method,
+        uri: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Option<String>, RestErrorResponse) {
+        let app = with_error_handling(
+            Router::new()
+                .route("/panic", get(panics))
+                .route("/echo", post(echo))
+                .route("/typed", post(typed)),
+        );
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .expect("request");
+        let response = app.oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let allow = response
+            .headers()
+            .get(header::ALLOW)
+            .map(|v| v.to_str().expect("ascii").to_string());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let error = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("not a JSON error ({e}): {}", String::from_utf8_lossy(&bytes)));
+        (status, allow, error)
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_500_without_detail() {
+        let (status, _, error) = send(Method::GET, "/panic", vec![]).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(error.code, ErrorCode::InternalServerError);
+        assert!(!error.message.contains("must not leak"), "{}", error.message);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_route_is_a_json_404() {
+        let (status, _, error) = send(Method::GET, "/nope", vec![]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(error.code, ErrorCode::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_is_a_json_405_that_keeps_allow() {
+        let (status, allow, error) = send(Method::DELETE, "/echo", vec![]).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(error.code, ErrorCode::BadRequest);
+        assert_eq!(allow.as_deref(), Some("POST"));
+    }
+
+    #[tokio::test]
+    async fn bad_and_oversized_bodies_are_json_errors() {
+        let (status, _, error) = send(Method::POST, "/echo", b"{not json".to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(error.code, ErrorCode::BadRequest);
+        let (status, _, error) = send(Method::POST, "/typed", br#"{"name": 1}"#.to_vec()).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "JSON of the wrong shape is a 400 too"
+        );
+        assert_eq!(error.code, ErrorCode::BadRequest);
+        let big = serde_json::to_vec(&"x".repeat(BODY_LIMIT)).expect("json");
+        let (status, _, error) = send(Method::POST, "/echo", big).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(error.code, ErrorCode::BadRequest);
+    }
 }

@@ -1,5 +1,6 @@
 //! Integration tests, all in one binary so that they share one real control plane
 //! (kube-apiserver + etcd + kube-controller-manager, started by `support::control_plane`).
 
+mod api;
 mod controlplane;
 mod support;

@@ -1,0 +1,121 @@
+//! Rate limits: token buckets (GCRA, `governor`), one global and one per caller.
+//!
+//! The global bucket is checked first, before authentication, on every request: a flood of
+//! unauthenticated or garbage-token requests is bounded too, and so are the TokenReviews it
+//! would cause. The per-caller bucket is checked right after authentication, keyed by the user
+//! name from the TokenReview (a caller with many tokens is still one caller), before any
+//! authorization review or handler work.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::error::ApiError;
+
+/// A rate that cannot be a token bucket.
+#[derive(Debug, thiserror::Error)]
+#[error("rate limit {name} must be a positive number of requests per second, not {rate}")]
+pub struct InvalidRate {
+    name: &'static str,
+    rate: f64,
+}
+
+pub struct RateLimits {
+    global: DefaultDirectRateLimiter,
+    per_caller: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+}
+
+impl RateLimits {
+    pub fn new(
+        rate_global: f64,
+        burst_global: u32,
+        rate_per_caller: f64,
+        burst_per_caller: u32,
+    ) -> Result<Self, InvalidRate> {
+        Ok(Self {
+            global: RateLimiter::direct(quota("global", rate_global, burst_global)?),
+            per_caller: RateLimiter::keyed(quota("per caller", rate_per_caller, burst_per_caller)?),
+            clock: DefaultClock::default(),
+        })
+    }
+
+    /// Takes one token from the global bucket; 429 when it is empty.
+    pub fn check_global(&self) -> Result<(), ApiError> {
+        self.global.check().map_err(|not_until| {
+            too_many(
+                "the REST API is receiving too many requests",
+                not_until.wait_time_from(self.clock.now()),
+            )
+        })
+    }
+
+    /// Takes one token from `caller`'s bucket; 429 when it is empty.
+    pub fn check_caller(&self, caller: &str) -> Result<(), ApiError> {
+        self.per_caller
+            .check_key(&caller.to_string())
+            .map_err(|not_until| {
+                too_many(
+                    &format!("too many requests from {caller}"),
+                    not_until.wait_time_from(self.clock.now()),
+                )
+            })
+    }
+
+    /// Forgets callers whose buckets are full again (they would be recreated full anyway).
+    pub fn forget_idle_callers(&self) {
+        self.per_caller.retain_recent();
+        self.per_caller.shrink_to_fit();
+    }
+}
+
+fn quota(name: &'static str, rate: f64, burst: u32) -> Result<Quota, InvalidRate> {
+    let invalid = InvalidRate { name, rate };
+    if !rate.is_finite() || rate <= 0.0 {
+        return Err(invalid);
+    }
+    let period = Duration::try_from_secs_f64(1.0 / rate).map_err(|_| InvalidRate { name, rate })?;
+    let quota = Quota::with_period(period.max(Duration::from_nanos(1))).ok_or(invalid)?;
+    Ok(quota.allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN)))
+}
+
+/// A 429 whose `Retry-After` is the wait rounded up to whole seconds (at least 1).
+fn too_many(what: &str, wait: Duration) -> ApiError {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    ApiError::too_many_requests(format!("{what}; retry in {}s", secs.max(1)), secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_over_its_burst_is_told_when_to_retry_and_others_are_not_affected() {
+        let limits = RateLimits::new(1000.0, 1000, 0.5, 3).expect("valid");
+        for _ in 0..3 {
+            limits.check_caller("alice").expect("within burst");
+        }
+        let refused = limits.check_caller("alice").expect_err("over burst");
+        assert_eq!(refused.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.retry_after, Some(2), "one token per 2s");
+        limits.check_caller("bob").expect("bob has his own bucket");
+    }
+
+    #[test]
+    fn the_global_bucket_counts_everyone() {
+        let limits = RateLimits::new(1.0, 2, 1000.0, 1000).expect("valid");
+        limits.check_global().expect("1");
+        limits.check_global().expect("2");
+        let refused = limits.check_global().expect_err("over");
+        assert_eq!(refused.retry_after, Some(1));
+    }
+
+    #[test]
+    fn rates_must_be_positive() {
+        assert!(RateLimits::new(0.0, 1, 1.0, 1).is_err());
+        assert!(RateLimits::new(1.0, 1, f64::NAN, 1).is_err());
+        assert!(RateLimits::new(1.0, 0, 1.0, 0).is_ok(), "a burst of 0 means 1");
+    }
+}

@@ -1,0 +1,224 @@
+//! The JSON the REST API speaks. `OAuthApp` keeps Meteroid's field names where the meaning is
+//! the same; `OAuthAppId`, `RotatedSecret`, `RestErrorResponse` and `ErrorCode` are the seed's
+//! schemas, exactly (so they carry no doc comments of their own: those would become
+//! descriptions the seed does not have).
+
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::controller::plan;
+use crate::crd::OAuthApp;
+
+// The seed's `OAuthAppId`: `app_` + base62 of the resource's uid (see `crate::id`); a bare UUID
+// is accepted too.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq, Eq)]
+#[schema(value_type = String, format = "MeteroidId", examples("app_7n42DGM5Tflk9n8mt7Fhc7"))]
+pub struct OAuthAppId(pub String);
+
+/// Result of rotating a client secret
+#[derive(Serialize, Deserialize, ToSchema, Clone, PartialEq, Eq)]
+pub struct RotatedSecret {
+    pub client_secret: String,
+    pub client_secret_hint: String,
+}
+
+// Never print the secret.
+impl std::fmt::Debug for RotatedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotatedSecret")
+            .field("client_secret_hint", &self.client_secret_hint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An OAuth application (an `OAuthApp` resource).
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq, Eq)]
+#[schema(as = OAuthApp)]
+pub struct OAuthAppView {
+    /// The app id: `app_` + base62 of the resource's uid.
+    pub id: OAuthAppId,
+    /// Display name (`spec.displayName`), or the resource name.
+    pub name: String,
+    /// The OAuth client id written to the Secret.
+    pub client_id: String,
+    /// A short, non-secret hint of the current client secret; null until the first one exists.
+    pub client_secret_hint: Option<String>,
+    /// Redirect URIs the authorization server may send the user back to.
+    pub redirect_uris: Vec<String>,
+    /// OAuth scopes the application may request.
+    pub scopes: Vec<String>,
+    /// True when the app is Ready: its Secret holds the secret its status describes.
+    pub is_active: bool,
+    /// When the resource was created (RFC 3339).
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// When the secret was last rotated, or the resource created (RFC 3339).
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// The Kubernetes namespace of the resource.
+    pub namespace: String,
+    /// The Kubernetes name of the resource (`metadata.name`).
+    pub resource_name: String,
+    /// When the current secret was generated (RFC 3339); null until the first one exists.
+    #[schema(format = DateTime)]
+    pub last_rotated_at: Option<String>,
+}
+
+impl OAuthAppView {
+    pub fn of(app: &OAuthApp) -> Self {
+        let status = app.status.clone().unwrap_or_default();
+        let created_at = app
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        let last_rotated_at = status.last_rotation_time.as_ref().map(|t| t.0.to_string());
+        Self {
+            id: OAuthAppId(
+                status
+                    .app_id
+                    .clone()
+                    .or_else(|| plan::app_id(app))
+                    .unwrap_or_default(),
+            ),
+            name: app
+                .spec
+                .display_name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| app.name_any()),
+            client_id: status
+                .client_id
+                .clone()
+                .or_else(|| plan::client_id(app))
+                .unwrap_or_default(),
+            client_secret_hint: status.client_secret_hint.clone(),
+            redirect_uris: app.spec.redirect_uris.clone(),
+            scopes: app.spec.scopes.clone(),
+            is_active: app.ready_condition().is_some_and(|c| c.status == "True"),
+            updated_at: last_rotated_at.clone().unwrap_or_else(|| created_at.clone()),
+            created_at,
+            namespace: app.namespace().unwrap_or_default(),
+            resource_name: app.name_any(),
+            last_rotated_at,
+        }
+    }
+}
+
+/// The apps the caller may list.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq, Eq)]
+#[schema(as = OAuthAppList)]
+pub struct OAuthAppList {
+    pub data: Vec<OAuthAppView>,
+}
+
+/// A new OAuth application.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOAuthApp {
+    /// Name of the application. Without `resource_name` it is also the resource name
+    /// (`metadata.name`), and must be a valid one: lowercase letters, digits, `-` and `.`,
+    /// starting and ending with a letter or digit.
+    #[schema(min_length = 1, max_length = 240)]
+    pub name: String,
+    /// The resource name (`metadata.name`); `name` then becomes the display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 240)]
+    pub resource_name: Option<String>,
+    /// Redirect URIs: absolute https URLs, or http on localhost or 127.0.0.1.
+    pub redirect_uris: Vec<String>,
+    /// OAuth scopes the application may request.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+}
+
+/// A created OAuth application and its first client secret: the only time the secret is shown.
+#[derive(Serialize, Deserialize, ToSchema, Clone, PartialEq, Eq)]
+pub struct CreatedOAuthApp {
+    pub app: OAuthAppView,
+    /// The client secret. It is not shown again: store it now, or rotate to get a new one.
+    pub client_secret: String,
+}
+
+// Never print the secret.
+impl std::fmt::Debug for CreatedOAuthApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedOAuthApp")
+            .field("app", &self.app)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use kube::api::ObjectMeta;
+
+    use super::*;
+    use crate::crd::{OAuthAppSpec, OAuthAppStatus};
+
+    fn app() -> OAuthApp {
+        let created: jiff::Timestamp = "2026-11-01T10:00:00Z".parse().expect("time");
+        OAuthApp {
+            metadata: ObjectMeta {
+                name: Some("billing-portal".into()),
+                namespace: Some("team-a".into()),
+                uid: Some("ffffffff-ffff-ffff-ffff-ffffffffffff".into()),
+                creation_timestamp: Some(Time(created)),
+                ..Default::default()
+            },
+            spec: OAuthAppSpec {
+                redirect_uris: vec!["https://billing.example.com/cb".into()],
+                scopes: vec!["invoices:read".into()],
+                ..Default::default()
+            },
+            status: None,
+        }
+    }
+
+    #[test]
+    fn a_new_app_shows_its_id_and_creation_time() {
+        let view = OAuthAppView::of(&app());
+        assert_eq!(view.id.0, "app_7n42DGM5Tflk9n8mt7Fhc7");
+        assert_eq!(view.client_id, "app_7n42DGM5Tflk9n8mt7Fhc7");
+        assert_eq!(view.name, "billing-portal");
+        assert_eq!(view.resource_name, "billing-portal");
+        assert_eq!(view.namespace, "team-a");
+        assert!(!view.is_active);
+        assert_eq!(view.client_secret_hint, None);
+        assert_eq!(view.created_at, "2026-11-01T10:00:00Z");
+        assert_eq!(view.updated_at, view.created_at);
+        assert_eq!(view.last_rotated_at, None);
+    }
+
+    #[test]
+    fn a_rotated_app_shows_its_hint_display_name_and_rotation_time() {
+        let mut app = app();
+        app.spec.display_name = Some("Billing portal".into());
+        let rotated: jiff::Timestamp = "2026-11-26T19:00:00Z".parse().expect("time");
+        app.status = Some(OAuthAppStatus {
+            client_id: Some("billing".into()),
+            client_secret_hint: Some("oas_AbCd...Xz12".into()),
+            last_rotation_time: Some(Time(rotated)),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                last_transition_time: Time(rotated),
+                message: String::new(),
+                observed_generation: None,
+                reason: "SecretReady".into(),
+            }],
+            ..Default::default()
+        });
+        let view = OAuthAppView::of(&app);
+        assert_eq!(view.name, "Billing portal");
+        assert_eq!(view.resource_name, "billing-portal");
+        assert_eq!(view.client_id, "billing");
+        assert!(view.is_active);
+        assert_eq!(view.client_secret_hint.as_deref(), Some("oas_AbCd...Xz12"));
+        assert_eq!(view.updated_at, "2026-11-26T19:00:00Z");
+        assert_eq!(view.last_rotated_at.as_deref(), Some("2026-11-26T19:00:00Z"));
+    }
+}

@@ -1,0 +1,882 @@
+//! The REST API, as automation meets it: real ServiceAccount tokens, RBAC Roles made with
+//! kubectl, one operator process per test (acting as admin), one namespace per test.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use oauthapp_operator::api::{CreatedOAuthApp, OAuthAppList, OAuthAppView, RestErrorResponse, RotatedSecret};
+use oauthapp_operator::crd::OAuthApp;
+use oauthapp_operator::{id, secret};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+const ROTATER_RULES: &str = r#"
+- apiGroups: ["oauthapp.io"]
+  resources: ["oauthapps/rotate"]
+  verbs: ["create"]
+"#;
+const READ_RULES: &str = r#"
+- apiGroups: ["oauthapp.io"]
+  resources: ["oauthapps"]
+  verbs: ["get", "list"]
+"#;
+const ALL_RULES: &str = r#"
+- apiGroups: ["oauthapp.io"]
+  resources: ["oauthapps", "oauthapps/rotate"]
+  verbs: ["get", "list", "create", "delete"]
+"#;
+
+/// An HTTP client (rustls with ring, for the HTTPS test; no aws-lc).
+fn http() -> reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            install_ring();
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("http client")
+        })
+        .clone()
+}
+
+fn install_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A test namespace with its own operator and admin clients.
+struct Setup {
+    ns: String,
+    client: Client,
+    apps: Api<OAuthApp>,
+    secrets: Api<Secret>,
+    operator: Operator,
+    base: String,
+}
+
+async fn setup(test: &str, args: &[&str]) -> Setup {
+    let ns = namespace(test);
+    let client = admin_client().await;
+    let operator = Operator::start(&control_plane().kubeconfig, &ns, args, &[]);
+    let base = format!("http://127.0.0.1:{}", operator.api_port);
+    wait_ready(&operator).await;
+    Setup {
+        apps: Api::namespaced(client.clone(), &ns),
+        secrets: Api::namespaced(client.clone(), &ns),
+        client,
+        ns,
+        operator,
+        base,
+    }
+}
+
+async fn wait_ready(operator: &Operator) {
+    eventually("the operator's /readyz", WAIT, || async {
+        http_get(operator.admin_port, "/readyz").await
+    })
+    .await;
+}
+
+/// What a call answered: status, headers and body.
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not the expected JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The `{code, message}` of an error answer, after checking its status.
+    fn error(&self, status: StatusCode, code: &str) -> RestErrorResponse {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let e: RestErrorResponse = self.json();
+        assert_eq!(serde_json::to_value(e.code).expect("code"), code, "{}", e.message);
+        e
+    }
+}
+
+impl Setup {
+    /// Calls the API; `token` None sends no Authorization header.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Answer {
+        call(&self.base, method, path, token, body).await
+    }
+
+    async fn rotate(&self, id: &str, token: &str) -> Answer {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/oauth-apps/{id}/rotate"),
+            Some(token),
+            None,
+        )
+        .await
+    }
+
+    /// `kubectl apply` of a manifest, as a user would.
+    fn apply(&self, ns: &str, manifest: &str) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("manifest.yaml");
+        std::fs::write(&file, manifest).expect("write manifest");
+        control_plane().kubectl_ok(&["apply", "-n", ns, "-f", file.to_str().expect("utf-8")]);
+    }
+
+    /// An app named `name` in `ns`, created with kubectl; waits until it is Ready.
+    async fn app(&self, ns: &str, name: &str) -> (OAuthApp, Secret) {
+        self.apply(
+            ns,
+            &format!(
+                "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: {name}\nspec:\n  redirectUris: [\"https://{name}.example.com/cb\"]\n"
+            ),
+        );
+        settled(&self.client, ns, name).await
+    }
+
+    /// A ServiceAccount in this namespace with a Role of `rules` in `role_ns`; its token.
+    fn caller(&self, sa: &str, role_ns: &str, rules: &str) -> String {
+        let cp = control_plane();
+        if !cp
+            .kubectl(&["get", "serviceaccount", sa, "-n", &self.ns])
+            .status
+            .success()
+        {
+            cp.kubectl_ok(&["create", "serviceaccount", sa, "-n", &self.ns]);
+        }
+        self.grant(sa, role_ns, rules);
+        service_account_token(&self.ns, sa)
+    }
+
+    /// A Role of `rules` in `role_ns`, bound to ServiceAccount `sa` of this namespace.
+    fn grant(&self, sa: &str, role_ns: &str, rules: &str) {
+        if rules.is_empty() {
+            return;
+        }
+        self.apply(
+            role_ns,
+            &format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {sa}-{ns}\nrules:{rules}\n---\n\
+                 apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: {sa}-{ns}\n\
+                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {sa}-{ns}}}\n\
+                 subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]\n",
+                ns = self.ns
+            ),
+        );
+    }
+
+    async fn events(&self, app: &str) -> Vec<(String, String)> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        events
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(app))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+}
+
+async fn call(
+    base: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Answer {
+    let mut request = http().request(method, format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("the API answers");
+    Answer {
+        status: response.status(),
+        headers: response.headers().clone(),
+        body: response.bytes().await.expect("body").to_vec(),
+    }
+}
+
+/// Waits until app `ns/name` is Ready and its status describes the Secret it names.
+async fn settled(client: &Client, ns: &str, name: &str) -> (OAuthApp, Secret) {
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    eventually(
+        &format!("OAuthApp {ns}/{name} to be Ready and in sync with its Secret"),
+        WAIT,
+        || async {
+            let app = apps.get_opt(name).await.ok()??;
+            let status = app.status.clone()?;
+            let ready = app.ready_condition().is_some_and(|c| c.status == "True");
+            let secret = secrets.get_opt(status.secret_name.as_deref()?).await.ok()??;
+            let in_sync = secret.annotations().get("oauthapp.io/rotation-id") == status.rotation_id.as_ref()
+                && secret.resource_version() == status.secret_resource_version;
+            (ready && in_sync).then_some((app, secret))
+        },
+    )
+    .await
+}
+
+fn plaintext(secret: &Secret) -> String {
+    let data = secret.data.as_ref().expect("secret data");
+    String::from_utf8(data.get("client_secret").expect("client_secret").0.clone()).expect("utf-8")
+}
+
+fn hash_of(app: &OAuthApp) -> String {
+    app.status
+        .as_ref()
+        .and_then(|s| s.client_secret_hash.clone())
+        .expect("status hash")
+}
+
+fn rotation_count(app: &OAuthApp) -> i64 {
+    app.status.as_ref().map(|s| s.rotation_count).unwrap_or_default()
+}
+
+fn app_id(app: &OAuthApp) -> String {
+    let uid = uuid::Uuid::parse_str(&app.uid().expect("uid")).expect("uuid");
+    id::encode(uid)
+}
+
+fn verifies(plain: &str, app: &OAuthApp) -> bool {
+    secret::verify(plain, &hash_of(app)).expect("a valid PHC hash")
+}
+
+#[tokio::test]
+async fn rotating_returns_a_secret_that_is_in_the_secret_and_verifies_against_the_status() {
+    let s = setup("api-rotate", &[]).await;
+    let (app, before) = s.app(&s.ns, "billing").await;
+    let old = plaintext(&before);
+    let token = s.caller("rotater", &s.ns, ROTATER_RULES);
+
+    let answer = s.rotate(&app_id(&app), &token).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let rotated: RotatedSecret = answer.json();
+
+    // Invariant 7: a 200 means the returned secret is in the Secret and its hash in the status.
+    let app_now = s.apps.get("billing").await.expect("app");
+    let secret_now = s.secrets.get("billing-oauth-client").await.expect("secret");
+    assert!(
+        plaintext(&secret_now) == rotated.client_secret,
+        "the Secret holds the returned secret"
+    );
+    assert!(
+        verifies(&rotated.client_secret, &app_now),
+        "the returned secret verifies against the status"
+    );
+    assert!(
+        !verifies(&old, &app_now),
+        "the previous secret no longer verifies"
+    );
+    assert_eq!(
+        Some(rotated.client_secret_hint.clone()),
+        secret::hint(&rotated.client_secret)
+    );
+    let status = app_now.status.clone().expect("status");
+    assert_eq!(
+        status.client_secret_hint.as_deref(),
+        Some(rotated.client_secret_hint.as_str())
+    );
+    assert_eq!(status.rotation_count, rotation_count(&app) + 1);
+    assert_eq!(status.last_rotation_trigger.map(|t| t.as_str()), Some("Api"));
+
+    // Audit: an Event names the trigger and the caller; the log names the caller, never the secret.
+    let caller = format!("system:serviceaccount:{}:rotater", s.ns);
+    let events = eventually("a SecretRotated event naming the caller", WAIT, || async {
+        let events = s.events("billing").await;
+        events
+            .iter()
+            .any(|(reason, note)| reason == "SecretRotated" && note.contains("Api") && note.contains(&caller))
+            .then_some(events)
+    })
+    .await;
+    assert!(
+        events
+            .iter()
+            .all(|(_, note)| !note.contains(&rotated.client_secret))
+    );
+    let log = s.operator.log_text();
+    assert!(log.contains(&caller), "the operator's log names the caller");
+    assert!(
+        !log.contains(&rotated.client_secret) && !log.contains(&old),
+        "no secret in the log"
+    );
+    assert!(!log.contains(&token), "no token in the log");
+    assert!(log.contains("plain HTTP"), "serving without TLS is warned about");
+}
+
+#[tokio::test]
+async fn callers_need_a_valid_token_and_rbac_and_ids_are_checked() {
+    let s = setup("api-auth", &[]).await;
+    let (app, _) = s.app(&s.ns, "portal").await;
+    let id = app_id(&app);
+
+    let none = s.rotate_without_token(&id).await;
+    none.error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    assert_eq!(none.headers["www-authenticate"], "Bearer");
+    s.rotate(&id, "garbage")
+        .await
+        .error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+
+    let nobody = s.caller("nobody", &s.ns, "");
+    let denied = s
+        .rotate(&id, &nobody)
+        .await
+        .error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert!(denied.message.contains("oauthapps/rotate"), "{}", denied.message);
+    assert!(!denied.message.contains(&nobody), "no token in messages");
+    s.call(
+        Method::GET,
+        &format!("/api/v1/oauth-apps/{id}"),
+        Some(&nobody),
+        None,
+    )
+    .await
+    .error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    // Reading is not rotating: a reader may get the app, not rotate it.
+    let reader = s.caller("reader", &s.ns, READ_RULES);
+    let got = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/oauth-apps/{id}"),
+            Some(&reader),
+            None,
+        )
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+    let view: OAuthAppView = got.json();
+    assert_eq!(view.id.0, id);
+    assert!(
+        !String::from_utf8_lossy(&got.body).contains("client_secret\""),
+        "get never shows a secret"
+    );
+    s.rotate(&id, &reader)
+        .await
+        .error(StatusCode::FORBIDDEN, "FORBIDDEN");
+
+    let rotater = s.caller("rotater", &s.ns, ROTATER_RULES);
+    let unknown = id::encode(uuid::Uuid::from_u128(rand_u128()));
+    s.rotate(&unknown, &rotater)
+        .await
+        .error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    s.rotate("app_!!", &rotater)
+        .await
+        .error(StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    s.rotate("not-an-id", &rotater)
+        .await
+        .error(StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    let by_uuid = s.rotate(&app.uid().expect("uid"), &rotater).await;
+    assert_eq!(by_uuid.status, StatusCode::OK, "a bare UUID works too");
+    let rotated: RotatedSecret = by_uuid.json();
+    assert!(verifies(
+        &rotated.client_secret,
+        &s.apps.get("portal").await.expect("app")
+    ));
+
+    // Every other error is JSON too.
+    s.call(Method::GET, "/api/v1/nope", Some(&rotater), None)
+        .await
+        .error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    let wrong_method = s
+        .call(
+            Method::PUT,
+            &format!("/api/v1/oauth-apps/{id}/rotate"),
+            Some(&rotater),
+            None,
+        )
+        .await;
+    wrong_method.error(StatusCode::METHOD_NOT_ALLOWED, "BAD_REQUEST");
+    let too_big = json!({"name": "x".repeat(70 * 1024), "redirect_uris": []});
+    s.call(
+        Method::POST,
+        &format!("/api/v1/oauth-apps?namespace={}", s.ns),
+        Some(&rotater),
+        Some(too_big),
+    )
+    .await
+    .error(StatusCode::PAYLOAD_TOO_LARGE, "BAD_REQUEST");
+
+    // The document needs no token, and is the one the code generates.
+    let doc = s.call(Method::GET, "/api-docs/openapi.json", None, None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert_eq!(
+        String::from_utf8_lossy(&doc.body),
+        oauthapp_operator::api::openapi_json()
+    );
+}
+
+impl Setup {
+    async fn rotate_without_token(&self, id: &str) -> Answer {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/oauth-apps/{id}/rotate"),
+            None,
+            None,
+        )
+        .await
+    }
+}
+
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let state = std::collections::hash_map::RandomState::new();
+    let (mut a, mut b) = (state.build_hasher(), state.build_hasher());
+    a.write_u8(1);
+    b.write_u8(2);
+    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+}
+
+#[tokio::test]
+async fn concurrent_rotations_serialize_and_every_200_is_one_rotation() {
+    let s = Arc::new(setup("api-concurrent", &[]).await);
+    let (app, _) = s.app(&s.ns, "busy").await;
+    let before = rotation_count(&app);
+    let id = app_id(&app);
+    let tokens: Vec<String> = (0..4)
+        .map(|i| s.caller(&format!("caller{i}"), &s.ns, ROTATER_RULES))
+        .collect();
+
+    let calls = (0..40).map(|i| {
+        let (s, id, token) = (s.clone(), id.clone(), tokens[i % 4].clone());
+        tokio::spawn(async move { s.rotate(&id, &token).await })
+    });
+    let answers: Vec<Answer> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+
+    let mut ok = Vec::new();
+    for a in &answers {
+        match a.status {
+            StatusCode::OK => ok.push(a.json::<RotatedSecret>().client_secret),
+            StatusCode::CONFLICT => {
+                a.error(StatusCode::CONFLICT, "CONFLICT");
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                a.error(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS");
+            }
+            other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&a.body)),
+        }
+    }
+    let count = |code: StatusCode| answers.iter().filter(|a| a.status == code).count();
+    eprintln!(
+        "40 concurrent rotations: {} × 200, {} × 409, {} × 429",
+        ok.len(),
+        count(StatusCode::CONFLICT),
+        count(StatusCode::TOO_MANY_REQUESTS)
+    );
+    assert!(!ok.is_empty(), "some rotations succeed");
+    assert_eq!(
+        ok.iter().collect::<BTreeSet<_>>().len(),
+        ok.len(),
+        "every 200 has its own secret"
+    );
+
+    let (after, secret) = settled(&s.client, &s.ns, "busy").await;
+    assert_eq!(
+        rotation_count(&after) - before,
+        ok.len() as i64,
+        "rotationCount grew by exactly the number of 200s"
+    );
+    let current = plaintext(&secret);
+    assert!(verifies(&current, &after), "the Secret and the status agree");
+    assert!(
+        ok.contains(&current),
+        "the Secret holds the secret of one of the 200s"
+    );
+}
+
+#[tokio::test]
+async fn a_caller_over_its_rate_limit_gets_429_and_others_are_not_affected() {
+    // Per caller: a burst of 3, then one request per 100 s. In all: a burst of 12.
+    let s = setup(
+        "api-ratelimit",
+        &[
+            "--rate-limit-per-caller",
+            "0.01",
+            "--rate-limit-per-caller-burst",
+            "3",
+            "--rate-limit-global",
+            "0.01",
+            "--rate-limit-global-burst",
+            "12",
+        ],
+    )
+    .await;
+    let alice = s.caller("alice", &s.ns, READ_RULES);
+    let bob = s.caller("bob", &s.ns, READ_RULES);
+
+    let mut statuses = Vec::new();
+    let mut refused = None;
+    for _ in 0..5 {
+        let a = s
+            .call(Method::GET, "/api/v1/oauth-apps", Some(&alice), None)
+            .await;
+        statuses.push(a.status.as_u16());
+        if a.status == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(a);
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "a burst of 3, then 429");
+    let refused = refused.expect("a 429");
+    refused.error(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS");
+    let retry_after: u64 = refused.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("Retry-After is whole seconds");
+    assert!(retry_after >= 1, "Retry-After {retry_after}");
+
+    let b = s.call(Method::GET, "/api/v1/oauth-apps", Some(&bob), None).await;
+    assert_eq!(b.status, StatusCode::OK, "bob has his own bucket");
+
+    // The global bucket comes before authentication: a flood of bad tokens runs into it too.
+    let mut flood = Vec::new();
+    for _ in 0..8 {
+        let a = s
+            .call(Method::GET, "/api/v1/oauth-apps", Some("garbage"), None)
+            .await;
+        flood.push(a.status.as_u16());
+    }
+    assert_eq!(flood[..6], [401; 6], "12 global tokens, 6 used: then 6 more");
+    assert_eq!(
+        flood[6..],
+        [429; 2],
+        "the global limit applies before authentication"
+    );
+}
+
+#[tokio::test]
+async fn list_shows_only_the_apps_of_namespaces_the_caller_may_list() {
+    let other = namespace("api-list-other");
+    let s = setup(
+        "api-list",
+        &["--watch-namespaces", &other, "--auth-cache-ttl", "1s"],
+    )
+    .await;
+    s.app(&s.ns, "a1").await;
+    s.app(&s.ns, "a2").await;
+    let (b1, _) = s.app(&other, "b1").await;
+    let token = s.caller("lister", &s.ns, READ_RULES);
+
+    let names = |answer: &Answer| -> Vec<(String, String)> {
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        let list: OAuthAppList = answer.json();
+        list.data
+            .into_iter()
+            .map(|a| (a.namespace, a.resource_name))
+            .collect()
+    };
+    let listed = names(
+        &s.call(Method::GET, "/api/v1/oauth-apps", Some(&token), None)
+            .await,
+    );
+    assert_eq!(
+        listed,
+        [(s.ns.clone(), "a1".to_string()), (s.ns.clone(), "a2".to_string())]
+    );
+    s.call(
+        Method::GET,
+        &format!("/api/v1/oauth-apps/{}", app_id(&b1)),
+        Some(&token),
+        None,
+    )
+    .await
+    .error(StatusCode::FORBIDDEN, "FORBIDDEN");
+
+    // Granted list in the other namespace: its apps appear once the cached review expires.
+    s.grant("lister", &other, READ_RULES);
+    let listed = eventually("the other namespace's app in the list", WAIT, || async {
+        let listed = names(
+            &s.call(Method::GET, "/api/v1/oauth-apps", Some(&token), None)
+                .await,
+        );
+        (listed.len() == 3).then_some(listed)
+    })
+    .await;
+    assert!(listed.contains(&(other.clone(), "b1".to_string())), "{listed:?}");
+    let only_other = names(
+        &s.call(
+            Method::GET,
+            &format!("/api/v1/oauth-apps?namespace={other}"),
+            Some(&token),
+            None,
+        )
+        .await,
+    );
+    assert_eq!(only_other, [(other.clone(), "b1".to_string())]);
+    // The earlier "no" to `get` is cached too, for its own second.
+    let view: OAuthAppView = eventually("get to be allowed in the other namespace", WAIT, || async {
+        let path = format!("/api/v1/oauth-apps/{}", app_id(&b1));
+        let answer = s.call(Method::GET, &path, Some(&token), None).await;
+        (answer.status == StatusCode::OK).then(|| answer.json())
+    })
+    .await;
+    assert_eq!(view.resource_name, "b1");
+    assert!(view.is_active);
+    assert_eq!(view.redirect_uris, ["https://b1.example.com/cb"]);
+    assert_eq!(
+        view.client_secret_hint,
+        b1.status.as_ref().and_then(|st| st.client_secret_hint.clone())
+    );
+}
+
+#[tokio::test]
+async fn create_shows_the_secret_once_and_delete_garbage_collects_the_secret() {
+    let s = setup("api-create", &[]).await;
+    let token = s.caller("admin", &s.ns, ALL_RULES);
+    let create = |body: serde_json::Value| {
+        let (s, token) = (&s, token.clone());
+        async move {
+            s.call(
+                Method::POST,
+                &format!("/api/v1/oauth-apps?namespace={}", s.ns),
+                Some(&token),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let body = json!({
+        "name": "Billing portal",
+        "resource_name": "billing",
+        "redirect_uris": ["https://billing.example.com/cb"],
+        "scopes": ["invoices:read"],
+    });
+    let answer = create(body.clone()).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let created: CreatedOAuthApp = answer.json();
+    assert_eq!(created.app.name, "Billing portal");
+    assert_eq!(created.app.resource_name, "billing");
+    assert_eq!(created.app.namespace, s.ns);
+    assert_eq!(created.app.scopes, ["invoices:read"]);
+    assert!(created.app.is_active);
+    let (app, secret) = settled(&s.client, &s.ns, "billing").await;
+    assert_eq!(created.app.id.0, app_id(&app));
+    assert!(
+        plaintext(&secret) == created.client_secret,
+        "the shown secret is the Secret's"
+    );
+    assert!(verifies(&created.client_secret, &app));
+    assert_eq!(
+        created.app.client_secret_hint,
+        secret::hint(&created.client_secret)
+    );
+
+    // Shown once: reading the app shows the hint, never the secret.
+    let id = created.app.id.0.clone();
+    let got = eventually("the new app in the operator's cache", WAIT, || async {
+        let a = s
+            .call(
+                Method::GET,
+                &format!("/api/v1/oauth-apps/{id}"),
+                Some(&token),
+                None,
+            )
+            .await;
+        (a.status == StatusCode::OK).then_some(a)
+    })
+    .await;
+    assert!(!String::from_utf8_lossy(&got.body).contains(&created.client_secret));
+
+    // Refusals.
+    create(body.clone()).await.error(StatusCode::CONFLICT, "CONFLICT");
+    let bad_uri = create(json!({"name": "ftp", "redirect_uris": ["ftp://x.example.com/cb"]}))
+        .await
+        .error(StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    assert!(
+        bad_uri.message.contains("redirect URI"),
+        "the API server's message: {}",
+        bad_uri.message
+    );
+    create(json!({"name": "Not A Name", "redirect_uris": []}))
+        .await
+        .error(StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    create(json!({"name": "x", "redirect_uris": [], "surprise": 1}))
+        .await
+        .error(StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    s.call(
+        Method::POST,
+        "/api/v1/oauth-apps",
+        Some(&token),
+        Some(body.clone()),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    s.call(
+        Method::POST,
+        "/api/v1/oauth-apps?namespace=default",
+        Some(&token),
+        Some(body),
+    )
+    .await
+    .error(StatusCode::FORBIDDEN, "FORBIDDEN");
+
+    // Delete: 204, the app is gone and its Secret garbage-collected.
+    let deleted = s
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/oauth-apps/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        deleted.status,
+        StatusCode::NO_CONTENT,
+        "{}",
+        String::from_utf8_lossy(&deleted.body)
+    );
+    eventually("the app and its Secret to be gone", WAIT, || async {
+        let app = s.apps.get_opt("billing").await.ok()?;
+        let secret = s.secrets.get_opt("billing-oauth-client").await.ok()?;
+        (app.is_none() && secret.is_none()).then_some(())
+    })
+    .await;
+    eventually("the deleted app to leave the cache", WAIT, || async {
+        let a = s
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/oauth-apps/{id}"),
+                Some(&token),
+                None,
+            )
+            .await;
+        (a.status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+}
+
+/// A serving certificate for 127.0.0.1 signed by `ca`: (cert PEM, key PEM, cert DER).
+fn serving_cert(ca: &rcgen::Issuer<'_, rcgen::KeyPair>) -> (String, String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("params");
+    let cert = params.signed_by(&key, ca).expect("sign");
+    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+}
+
+/// The certificate the server presents on a TLS connection that trusts `ca_der`.
+async fn peer_certificate(port: u16, ca_der: &[u8]) -> Option<Vec<u8>> {
+    install_ring();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_der.to_vec().into()).ok()?;
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let tls = connector.connect(name, tcp).await.ok()?;
+    Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
+}
+
+#[tokio::test]
+async fn https_is_served_and_a_renewed_certificate_is_picked_up_without_a_restart() {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
+    let ca_der = ca_cert.der().to_vec();
+    let ca = rcgen::Issuer::new(ca_params, ca_key);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let (cert_a, key_a, der_a) = serving_cert(&ca);
+    std::fs::write(&cert_file, cert_a).expect("write");
+    std::fs::write(&key_file, key_a).expect("write");
+
+    let ns = namespace("api-tls");
+    let operator = Operator::start(
+        &control_plane().kubeconfig,
+        &ns,
+        &[
+            "--tls-cert-file",
+            cert_file.to_str().expect("utf-8"),
+            "--tls-key-file",
+            key_file.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    wait_ready(&operator).await;
+    let port = operator.api_port;
+    let served = eventually("the API to answer TLS", WAIT, || peer_certificate(port, &ca_der)).await;
+    assert!(served == der_a, "the configured certificate is served");
+
+    // A real HTTPS call, trusting only the CA.
+    install_ring();
+    let https = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_der(&ca_der).expect("CA")])
+        .build()
+        .expect("client");
+    let doc = https
+        .get(format!("https://127.0.0.1:{port}/api-docs/openapi.json"))
+        .send()
+        .await
+        .expect("HTTPS answers");
+    assert_eq!(doc.status(), StatusCode::OK);
+    let denied = https
+        .post(format!("https://127.0.0.1:{port}/api/v1/oauth-apps/app_0/rotate"))
+        .send()
+        .await
+        .expect("HTTPS answers");
+    assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+    // No plain HTTP on the TLS port.
+    assert!(http_get(port, "/api-docs/openapi.json").await.is_none());
+
+    // Renewal: new files, same paths; the new certificate is served without a restart.
+    let (cert_b, key_b, der_b) = serving_cert(&ca);
+    std::fs::write(&key_file, key_b).expect("write");
+    std::fs::write(&cert_file, cert_b).expect("write");
+    eventually("the renewed certificate to be served", WAIT, || async {
+        (peer_certificate(port, &ca_der).await? == der_b).then_some(())
+    })
+    .await;
+    let log = operator.log_text();
+    assert!(log.contains("TLS certificate reloaded"), "the reload is logged");
+    assert!(!log.contains("plain HTTP"), "no plain-HTTP warning with TLS");
+}
