@@ -2,5 +2,6 @@
 //! (kube-apiserver + etcd + kube-controller-manager, started by `support::control_plane`).
 
 mod api;
+mod chart;
 mod controlplane;
 mod support;

@@ -87,3 +87,51 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail "podDisruptionBudget.minAvailable must be below replicaCount, or no node could ever be drained" }}
 {{- end }}
 {{- end }}
+
+{{/*
+The operator's command line: the chart's flags, then extraArgs. A flag given in extraArgs
+(`--name=value`, `--name value` or `--name`) replaces the chart's own, since the operator
+refuses a flag given twice.
+*/}}
+{{- define "oauthapp-operator.args" -}}
+{{- $v := .Values }}
+{{- $args := list "run" (printf "--api-addr=0.0.0.0:%d" (int $v.api.port)) (printf "--admin-addr=0.0.0.0:%d" (int $v.metrics.port)) }}
+{{- with $v.watchNamespaces }}
+{{- $args = append $args (printf "--watch-namespaces=%s" (join "," .)) }}
+{{- end }}
+{{- if $v.leaderElection.enabled }}
+{{- $args = concat $args (list "--leader-elect" (printf "--lease-name=%s" $v.leaderElection.leaseName) (printf "--lease-namespace=%s" .Release.Namespace) (printf "--lease-duration=%s" $v.leaderElection.leaseDuration)) }}
+{{- end }}
+{{- $args = concat $args (list
+  (printf "--resync-interval=%s" $v.controller.resyncInterval)
+  (printf "--concurrency=%d" (int64 $v.controller.concurrency))
+  (printf "--hash-memory-kib=%d" (int64 $v.hashing.memoryKiB))
+  (printf "--hash-iterations=%d" (int64 $v.hashing.iterations))
+  (printf "--hash-parallelism=%d" (int64 $v.hashing.parallelism))
+  (printf "--hash-workers=%d" (int64 $v.hashing.workers)) ) }}
+{{- if $v.api.tls.enabled }}
+{{- $args = concat $args (list "--tls-cert-file=/etc/oauthapp-operator/tls/tls.crt" "--tls-key-file=/etc/oauthapp-operator/tls/tls.key") }}
+{{- end }}
+{{- $args = concat $args (list
+  (printf "--rate-limit-per-caller=%v" $v.api.rateLimit.perCaller)
+  (printf "--rate-limit-per-caller-burst=%d" (int64 $v.api.rateLimit.perCallerBurst))
+  (printf "--rate-limit-global=%v" $v.api.rateLimit.global)
+  (printf "--rate-limit-global-burst=%d" (int64 $v.api.rateLimit.globalBurst))
+  (printf "--auth-cache-ttl=%s" $v.api.authCacheTTL)
+  (printf "--log-format=%s" $v.logFormat)
+  (printf "--shutdown-timeout=%s" $v.shutdownTimeout) ) }}
+{{- $overridden := dict }}
+{{- range $v.extraArgs }}
+{{- if hasPrefix "--" . }}
+{{- $_ := set $overridden (regexReplaceAll "=.*$" . "") true }}
+{{- end }}
+{{- end }}
+{{- range $args }}
+{{- if not (hasKey $overridden (regexReplaceAll "=.*$" . "")) }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- range $v.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}

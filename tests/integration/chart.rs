@@ -1,0 +1,964 @@
+//! The Helm chart, as a platform team meets it: lint and render it with their values, install it,
+//! and check that the RBAC it grants is what the operator needs and nothing more — by asking the
+//! API server (`kubectl auth can-i`) and by running the operator with nothing but the chart's
+//! ServiceAccount.
+//!
+//! TODO(api): the REST API with the chart's RBAC — run the operator as the chart's ServiceAccount
+//! and call `POST /api/v1/oauth-apps/{id}/rotate` (and create/delete) with a caller bound to
+//! `oauthapp-rotator`, so the TokenReview/SubjectAccessReview ClusterRole and the oauthapps
+//! create/delete rules are exercised end to end (to be added with the REST API).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::ListParams;
+use oauthapp_operator::crd::OAuthApp;
+use oauthapp_operator::secret;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+const CHART: &str = "charts/oauthapp-operator";
+/// The release name every test installs; cluster-scoped names also carry the release namespace.
+const RELEASE: &str = "oauthapp-operator";
+/// The chart's ServiceAccount for release `RELEASE`.
+const SA: &str = "oauthapp-operator";
+
+const NAMESPACED_TLS_VALUES: &str = "charts/oauthapp-operator/ci/namespaced-tls-values.yaml";
+const CERT_MANAGER_VALUES: &str = "charts/oauthapp-operator/ci/cert-manager-values.yaml";
+
+// --- helm and kubectl ----------------------------------------------------------------------------
+
+/// Runs the pinned helm against the test cluster, from the repo root, with its own config and
+/// cache directories (nothing from the developer's ~/.config/helm leaks in).
+fn helm(args: &[&str]) -> Output {
+    let cp = control_plane();
+    let home = cp.dir.join("helm");
+    Command::new(cp.bin("helm"))
+        .current_dir(repo())
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .args(args)
+        .output()
+        .expect("run helm")
+}
+
+fn helm_ok(args: &[&str]) -> String {
+    let out = helm(args);
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// `helm template` into namespace `oauthapp-system`: the rendered text and its documents.
+fn render(extra: &[&str]) -> (String, Vec<Value>) {
+    let mut args = vec!["template", RELEASE, CHART, "--namespace", "oauthapp-system"];
+    args.extend_from_slice(extra);
+    let text = helm_ok(&args);
+    let docs = serde_norway::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect();
+    (text, docs)
+}
+
+/// `helm install` of the chart into `ns` (the fixture has installed the CRD already).
+fn install(ns: &str, extra: &[&str]) {
+    let mut args = vec!["install", RELEASE, CHART, "--namespace", ns];
+    args.extend_from_slice(extra);
+    helm_ok(&args);
+}
+
+/// `kubectl auth can-i` as `user`: true for yes, false for no; panics on anything else.
+fn can_i(user: &str, ns: Option<&str>, verb: &str, resource: &str, subresource: Option<&str>) -> bool {
+    let mut args = vec!["auth", "can-i", verb, resource, "--as", user];
+    if let Some(ns) = ns {
+        args.extend(["--namespace", ns]);
+    }
+    if let Some(sub) = subresource {
+        args.extend(["--subresource", sub]);
+    }
+    let out = control_plane().kubectl(&args);
+    match stdout(&out).trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!("kubectl {args:?}: unexpected answer {other:?}: {}", stderr(&out)),
+    }
+}
+
+fn operator_sa(release_ns: &str) -> String {
+    format!("system:serviceaccount:{release_ns}:{SA}")
+}
+
+/// Runs the aggregation controller of kube-controller-manager (once per test run): the fixture's
+/// controller-manager runs only the garbage collector and the namespace controller, and without
+/// this one the rules of `oauthapp-viewer`/`oauthapp-rotator` never reach `view`/`edit`.
+fn start_role_aggregation() {
+    // Kept for the whole run: the fixture's watchdog stops it with the control plane.
+    static CONTROLLER: OnceLock<Mutex<Child>> = OnceLock::new();
+    CONTROLLER.get_or_init(|| {
+        let cp = control_plane();
+        let log = std::fs::File::create(cp.dir.join("clusterrole-aggregation.log")).expect("create log");
+        let child = Command::new(cp.bin("kube-controller-manager"))
+            .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+            .arg("--controllers=clusterrole-aggregation-controller")
+            .arg("--leader-elect=false")
+            .arg("--secure-port=0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start kube-controller-manager");
+        cp.adopt(child.id());
+        Mutex::new(child)
+    });
+}
+
+// --- rendered objects ------------------------------------------------------------------------------
+
+fn kind_of(doc: &Value) -> &str {
+    doc["kind"].as_str().unwrap_or_default()
+}
+
+fn name_of(doc: &Value) -> &str {
+    doc["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+fn all<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| kind_of(d) == kind).collect()
+}
+
+fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found = all(docs, kind);
+    assert_eq!(
+        found.len(),
+        1,
+        "exactly one {kind} expected, found {}",
+        found.len()
+    );
+    found[0]
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+/// The operator container of the Deployment.
+fn container(docs: &[Value]) -> &Value {
+    &one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn args(docs: &[Value]) -> Vec<String> {
+    strings(&container(docs)["args"])
+}
+
+/// Whether a (Cluster)Role has a rule granting `verb` on `resource` of `group`.
+fn grants(role: &Value, group: &str, resource: &str, verb: &str) -> bool {
+    role["rules"].as_array().into_iter().flatten().any(|rule| {
+        strings(&rule["apiGroups"]).iter().any(|g| g == group)
+            && strings(&rule["resources"]).iter().any(|r| r == resource)
+            && strings(&rule["verbs"]).iter().any(|v| v == verb || v == "*")
+    })
+}
+
+/// The verbs a (Cluster)Role grants on `resource` of `group`.
+fn verbs_on(role: &Value, group: &str, resource: &str) -> Vec<String> {
+    let mut verbs: Vec<String> = role["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|rule| {
+            strings(&rule["apiGroups"]).iter().any(|g| g == group)
+                && strings(&rule["resources"]).iter().any(|r| r == resource)
+        })
+        .flat_map(|rule| strings(&rule["verbs"]))
+        .collect();
+    verbs.sort();
+    verbs
+}
+
+fn sorted(verbs: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = verbs.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+// --- lint, render, schema ----------------------------------------------------------------------------
+
+#[test]
+fn helm_lint_passes_with_default_and_non_default_values() {
+    for values in [None, Some(NAMESPACED_TLS_VALUES), Some(CERT_MANAGER_VALUES)] {
+        let mut args = vec!["lint", "--strict", CHART];
+        if let Some(v) = values {
+            args.extend(["--values", v]);
+        }
+        let out = helm_ok(&args);
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
+}
+
+#[test]
+fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_pods() {
+    let (text, docs) = render(&[]);
+
+    let deployment = one(&docs, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let args = args(&docs);
+    for flag in [
+        "run",
+        "--leader-elect",
+        "--lease-namespace=oauthapp-system",
+        "--lease-name=oauthapp-operator",
+        "--api-addr=0.0.0.0:8080",
+        "--admin-addr=0.0.0.0:9090",
+        "--hash-memory-kib=19456",
+        "--hash-iterations=2",
+        "--hash-parallelism=1",
+        "--hash-workers=4",
+        "--rate-limit-per-caller=10",
+        "--rate-limit-global=100",
+    ] {
+        assert!(args.contains(&flag.to_string()), "{flag} missing from {args:?}");
+    }
+    assert!(
+        !args.iter().any(|a| a.starts_with("--watch-namespaces")),
+        "{args:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--tls-")),
+        "no TLS by default: {args:?}"
+    );
+
+    let c = container(&docs);
+    let env_field = |name: &str| {
+        c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == name)
+            .map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone())
+    };
+    assert_eq!(env_field("POD_NAME"), Some(Value::from("metadata.name")));
+    assert_eq!(
+        env_field("POD_NAMESPACE"),
+        Some(Value::from("metadata.namespace"))
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(c["resources"]["requests"]["cpu"], "50m");
+    assert_eq!(c["resources"]["requests"]["memory"], "64Mi");
+    assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
+
+    // The restricted Pod Security Standard.
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+
+    let service = one(&docs, "Service");
+    let ports: Vec<(String, i64)> = service["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_string(),
+                p["port"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        vec![("http".to_string(), 8080), ("metrics".to_string(), 9090)]
+    );
+    assert_eq!(one(&docs, "PodDisruptionBudget")["spec"]["minAvailable"], 1);
+    for kind in ["NetworkPolicy", "ServiceMonitor", "Certificate"] {
+        assert!(all(&docs, kind).is_empty(), "no {kind} by default");
+    }
+
+    // Cluster-wide mode: the work rules in a ClusterRole, no Role touching Secrets.
+    let work = all(&docs, "ClusterRole")
+        .into_iter()
+        .find(|r| grants(r, "", "secrets", "get"))
+        .expect("a ClusterRole for Secrets");
+    assert_eq!(
+        verbs_on(work, "", "secrets"),
+        sorted(&["get", "list", "watch", "create", "update", "patch"])
+    );
+    assert_eq!(
+        verbs_on(work, "oauthapp.io", "oauthapps"),
+        sorted(&["get", "list", "watch", "create", "delete"])
+    );
+    assert_eq!(
+        verbs_on(work, "oauthapp.io", "oauthapps/status"),
+        sorted(&["get", "update", "patch"])
+    );
+    assert_eq!(
+        verbs_on(work, "oauthapp.io", "oauthapps/finalizers"),
+        sorted(&["update"])
+    );
+    assert_eq!(
+        verbs_on(work, "events.k8s.io", "events"),
+        sorted(&["create", "patch"])
+    );
+    assert!(
+        all(&docs, "Role")
+            .iter()
+            .all(|r| !grants(r, "", "secrets", "get"))
+    );
+    let lease_role = one(&docs, "Role");
+    assert_eq!(lease_role["metadata"]["namespace"], "oauthapp-system");
+    assert_eq!(
+        verbs_on(lease_role, "coordination.k8s.io", "leases"),
+        sorted(&["create", "get", "update", "patch"])
+    );
+
+    // People's roles, aggregated into view and edit.
+    let viewer = all(&docs, "ClusterRole")
+        .into_iter()
+        .find(|r| name_of(r) == "oauthapp-viewer")
+        .expect("oauthapp-viewer");
+    assert_eq!(
+        viewer["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    let rotator = all(&docs, "ClusterRole")
+        .into_iter()
+        .find(|r| name_of(r) == "oauthapp-rotator")
+        .expect("oauthapp-rotator");
+    assert_eq!(
+        rotator["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    assert!(grants(rotator, "oauthapp.io", "oauthapps/rotate", "create"));
+    assert!(grants(rotator, "oauthapp.io", "oauthapps", "patch"));
+
+    // Every object carries the app.kubernetes.io labels.
+    for doc in &docs {
+        let labels = &doc["metadata"]["labels"];
+        for key in [
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/managed-by",
+        ] {
+            assert!(
+                labels[key].is_string(),
+                "{} {} lacks {key}",
+                kind_of(doc),
+                name_of(doc)
+            );
+        }
+    }
+
+    // A comment on every RBAC rule: in the rendered YAML, the line before each rule is one.
+    let lines: Vec<&str> = text.lines().collect();
+    let mut rules = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim_start().starts_with("- apiGroups:") {
+            rules += 1;
+            assert!(
+                i > 0 && lines[i - 1].trim_start().starts_with('#'),
+                "RBAC rule without a comment at rendered line {}: {line}",
+                i + 1
+            );
+        }
+    }
+    assert!(rules >= 12, "only {rules} rules found");
+}
+
+#[test]
+fn namespaced_values_render_roles_only_in_the_watched_namespaces_and_https_from_a_secret() {
+    let (_, docs) = render(&["--values", NAMESPACED_TLS_VALUES]);
+    let args = args(&docs);
+    assert!(
+        args.contains(&"--watch-namespaces=team-a,team-b".to_string()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--tls-cert-file=/etc/oauthapp-operator/tls/tls.crt".to_string()));
+    assert!(args.contains(&"--tls-key-file=/etc/oauthapp-operator/tls/tls.key".to_string()));
+    assert!(args.contains(&"--hash-memory-kib=65536".to_string()), "{args:?}");
+    assert!(
+        args.contains(&"--rate-limit-per-caller=2.5".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--resync-interval=5m".to_string()),
+        "extraArgs: {args:?}"
+    );
+    assert_eq!(one(&docs, "Deployment")["spec"]["replicas"], 3);
+
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "oauthapp-api-tls");
+    assert_eq!(
+        container(&docs)["volumeMounts"][0]["mountPath"],
+        "/etc/oauthapp-operator/tls"
+    );
+    assert!(
+        container(&docs)["image"]
+            .as_str()
+            .expect("image")
+            .contains("@sha256:"),
+        "a digest wins over the tag"
+    );
+    let service = one(&docs, "Service");
+    assert_eq!(service["spec"]["ports"][0]["name"], "https");
+
+    // Secrets: Roles in team-a and team-b only; the only ClusterRole is for the reviews.
+    let secret_roles: Vec<&str> = all(&docs, "Role")
+        .into_iter()
+        .filter(|r| grants(r, "", "secrets", "get"))
+        .map(|r| r["metadata"]["namespace"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(secret_roles, vec!["team-a", "team-b"]);
+    let cluster_roles = all(&docs, "ClusterRole");
+    assert_eq!(
+        cluster_roles.len(),
+        1,
+        "userRoles.create=false: only the review ClusterRole"
+    );
+    assert_eq!(
+        verbs_on(cluster_roles[0], "authentication.k8s.io", "tokenreviews"),
+        sorted(&["create"])
+    );
+    assert_eq!(
+        verbs_on(cluster_roles[0], "authorization.k8s.io", "subjectaccessreviews"),
+        sorted(&["create"])
+    );
+    assert!(!grants(cluster_roles[0], "", "secrets", "get"));
+    let bindings: Vec<&str> = all(&docs, "RoleBinding")
+        .into_iter()
+        .map(|b| b["metadata"]["namespace"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(bindings, vec!["team-a", "team-b", "oauthapp-system"]);
+
+    let policy = one(&docs, "NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], "api");
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "team-a"
+    );
+}
+
+#[test]
+fn cert_manager_values_render_a_certificate_for_the_service_and_a_service_monitor() {
+    let (_, docs) = render(&["--values", CERT_MANAGER_VALUES]);
+    let cert = one(&docs, "Certificate");
+    let secret_name = cert["spec"]["secretName"].as_str().expect("secretName");
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"], secret_name,
+        "the Deployment mounts what cert-manager writes"
+    );
+    let dns = strings(&cert["spec"]["dnsNames"]);
+    let service = name_of(one(&docs, "Service"));
+    assert!(dns.contains(&format!("{service}.oauthapp-system.svc")), "{dns:?}");
+    assert!(dns.contains(&"oauthapp.example.com".to_string()), "{dns:?}");
+    assert_eq!(cert["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    assert_eq!(cert["spec"]["issuerRef"]["name"], "internal-ca");
+
+    let monitor = one(&docs, "ServiceMonitor");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(one(&docs, "Service")["spec"]["ports"][0]["name"], "https");
+}
+
+#[test]
+fn the_schema_and_the_templates_reject_values_that_cannot_work() {
+    let fails = |extra: &[&str], expected: &str| {
+        let mut args = vec!["template", RELEASE, CHART];
+        args.extend_from_slice(extra);
+        let out = helm(&args);
+        assert!(!out.status.success(), "helm {args:?} succeeded");
+        let err = stderr(&out);
+        assert!(
+            err.contains(expected),
+            "helm {args:?}: expected {expected:?} in: {err}"
+        );
+    };
+    fails(&["--set-string", "replicaCount=two"], "/replicaCount");
+    fails(&["--set", "replicaCount=0"], "/replicaCount");
+    fails(
+        &["--set", "replicas=3"],
+        "additional properties 'replicas' not allowed",
+    );
+    fails(
+        &["--set", "hashing.memoryKib=65536"],
+        "additional properties 'memoryKib' not allowed",
+    );
+    fails(
+        &["--set", "controller.resyncInterval=10 minutes"],
+        "/controller/resyncInterval",
+    );
+    fails(
+        &["--set", "api.tls.enabled=true"],
+        "api.tls.secretName is required",
+    );
+    fails(
+        &[
+            "--set",
+            "api.tls.certManager.enabled=true",
+            "--set",
+            "api.tls.enabled=true",
+        ],
+        "issuerRef.name is required",
+    );
+    fails(
+        &["--set", "leaderElection.enabled=false"],
+        "needs leaderElection.enabled",
+    );
+}
+
+#[test]
+fn the_operator_accepts_every_flag_the_chart_renders() {
+    for values in [None, Some(NAMESPACED_TLS_VALUES), Some(CERT_MANAGER_VALUES)] {
+        let (_, docs) = render(&values.map(|v| vec!["--values", v]).unwrap_or_default());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_oauthapp-operator"));
+        cmd.args(args(&docs));
+        for var in container(&docs)["env"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(value)) = (var["name"].as_str(), var["value"].as_str()) {
+                cmd.env(name, value);
+            }
+        }
+        // No cluster: the process gets past the flags and stops at the missing configuration.
+        let nowhere = std::env::temp_dir().join("oauthapp-chart-test-no-such-kubeconfig");
+        let out = cmd
+            .env("KUBECONFIG", &nowhere)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("run oauthapp-operator");
+        let err = stderr(&out);
+        assert_ne!(out.status.code(), Some(2), "{values:?}: flags rejected: {err}");
+        assert!(
+            err.contains("no Kubernetes configuration found"),
+            "{values:?}: expected to stop at the kubeconfig, got: {err}"
+        );
+    }
+}
+
+// --- install and RBAC ------------------------------------------------------------------------------
+
+#[test]
+fn a_default_install_is_accepted_and_grants_rights_cluster_wide_and_to_view_and_edit() {
+    let release_ns = namespace("chart-default-install");
+    let elsewhere = namespace("chart-default-other");
+    // Default values, CRDs included: helm leaves the CRD the fixture installed alone.
+    install(&release_ns, &[]);
+    let cp = control_plane();
+
+    // Every object is there (the pods never start: there is no kubelet).
+    let status = helm_ok(&["status", RELEASE, "--namespace", &release_ns]);
+    assert!(status.contains("STATUS: deployed"), "{status}");
+    let replicas = cp.kubectl_ok(&[
+        "get",
+        "deployment",
+        RELEASE,
+        "-n",
+        &release_ns,
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]);
+    assert_eq!(replicas, "2");
+    for object in [
+        "serviceaccount/oauthapp-operator",
+        "service/oauthapp-operator",
+        "poddisruptionbudget/oauthapp-operator",
+        "role/oauthapp-operator-leader-election",
+        "rolebinding/oauthapp-operator-leader-election",
+    ] {
+        cp.kubectl_ok(&["get", object, "-n", &release_ns]);
+    }
+    for object in [
+        format!("clusterrole/oauthapp-operator-{release_ns}"),
+        format!("clusterrolebinding/oauthapp-operator-{release_ns}"),
+        format!("clusterrole/oauthapp-operator-{release_ns}-auth"),
+        format!("clusterrolebinding/oauthapp-operator-{release_ns}-auth"),
+        "clusterrole/oauthapp-viewer".to_string(),
+        "clusterrole/oauthapp-rotator".to_string(),
+    ] {
+        cp.kubectl_ok(&["get", &object]);
+    }
+
+    // The operator may do its job in any namespace ...
+    let sa = operator_sa(&release_ns);
+    for ns in [elsewhere.as_str(), "default"] {
+        for verb in ["get", "list", "watch", "create", "update", "patch"] {
+            assert!(
+                can_i(&sa, Some(ns), verb, "secrets", None),
+                "{verb} secrets in {ns}"
+            );
+        }
+        assert!(
+            can_i(&sa, Some(ns), "update", "oauthapps", Some("status")),
+            "status in {ns}"
+        );
+        assert!(can_i(&sa, Some(ns), "update", "oauthapps", Some("finalizers")));
+        assert!(can_i(&sa, Some(ns), "create", "events.events.k8s.io", None));
+        // ... and nothing more.
+        assert!(
+            !can_i(&sa, Some(ns), "delete", "secrets", None),
+            "delete secrets in {ns}"
+        );
+        assert!(
+            !can_i(&sa, Some(ns), "update", "oauthapps", None),
+            "update app specs in {ns}"
+        );
+        assert!(!can_i(&sa, Some(ns), "get", "configmaps", None));
+        assert!(!can_i(
+            &sa,
+            Some(ns),
+            "create",
+            "leases.coordination.k8s.io",
+            None
+        ));
+    }
+    assert!(
+        all_namespaces_secrets(&sa),
+        "cluster-wide mode lists Secrets across namespaces"
+    );
+    assert!(can_i(
+        &sa,
+        None,
+        "create",
+        "tokenreviews.authentication.k8s.io",
+        None
+    ));
+    assert!(can_i(
+        &sa,
+        None,
+        "create",
+        "subjectaccessreviews.authorization.k8s.io",
+        None
+    ));
+    assert!(can_i(
+        &sa,
+        Some(&release_ns),
+        "get",
+        "leases.coordination.k8s.io/oauthapp-operator",
+        None
+    ));
+    assert!(!can_i(
+        &sa,
+        Some(&release_ns),
+        "get",
+        "leases.coordination.k8s.io/someone-else",
+        None
+    ));
+
+    // People: oauthapp-rotator reaches edit, oauthapp-viewer reaches view.
+    start_role_aggregation();
+    let editor = format!("editor-{elsewhere}");
+    let viewer = format!("viewer-{elsewhere}");
+    cp.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "edit",
+        "--clusterrole=edit",
+        "--user",
+        &editor,
+        "-n",
+        &elsewhere,
+    ]);
+    cp.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "view",
+        "--clusterrole=view",
+        "--user",
+        &viewer,
+        "-n",
+        &elsewhere,
+    ]);
+    eventually_sync("edit to include oauthapp-rotator", || {
+        can_i(&editor, Some(&elsewhere), "create", "oauthapps", Some("rotate"))
+    });
+    assert!(
+        can_i(&editor, Some(&elsewhere), "patch", "oauthapps", None),
+        "edit: annotate"
+    );
+    assert!(
+        !can_i(&editor, Some(&release_ns), "create", "oauthapps", Some("rotate")),
+        "only where bound"
+    );
+    eventually_sync("view to include oauthapp-viewer", || {
+        can_i(&viewer, Some(&elsewhere), "list", "oauthapps", None)
+    });
+    assert!(can_i(&viewer, Some(&elsewhere), "get", "oauthapps", None));
+    assert!(
+        !can_i(&viewer, Some(&elsewhere), "patch", "oauthapps", None),
+        "view: no annotate"
+    );
+    assert!(
+        !can_i(&viewer, Some(&elsewhere), "create", "oauthapps", Some("rotate")),
+        "view: no rotate"
+    );
+    assert!(
+        !can_i(&viewer, Some(&elsewhere), "get", "secrets", None),
+        "view: no Secrets"
+    );
+}
+
+/// Polls a blocking check (kubectl) until it holds.
+fn eventually_sync(what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_namespaced_install_grants_secrets_only_in_the_watched_namespace() {
+    let release_ns = namespace("chart-namespaced-install");
+    let watched = namespace("chart-namespaced-watched");
+    let other = namespace("chart-namespaced-other");
+    install(
+        &release_ns,
+        &[
+            "--skip-crds",
+            "--set",
+            &format!("watchNamespaces={{{watched}}}"),
+            "--set",
+            "rbac.userRoles.create=false",
+            "--set",
+            "networkPolicy.enabled=true",
+        ],
+    );
+    let sa = operator_sa(&release_ns);
+
+    for verb in ["get", "list", "watch", "create", "update", "patch"] {
+        assert!(
+            can_i(&sa, Some(&watched), verb, "secrets", None),
+            "{verb} secrets in {watched}"
+        );
+    }
+    assert!(can_i(&sa, Some(&watched), "update", "oauthapps", Some("status")));
+    assert!(can_i(&sa, Some(&watched), "list", "oauthapps", None));
+    assert!(can_i(&sa, Some(&watched), "create", "events.events.k8s.io", None));
+    assert!(
+        !can_i(&sa, Some(&watched), "delete", "secrets", None),
+        "no delete, even where watched"
+    );
+
+    for ns in [other.as_str(), release_ns.as_str()] {
+        assert!(
+            !can_i(&sa, Some(ns), "get", "secrets", None),
+            "get secrets in {ns}"
+        );
+        assert!(
+            !can_i(&sa, Some(ns), "create", "secrets", None),
+            "create secrets in {ns}"
+        );
+        assert!(
+            !can_i(&sa, Some(ns), "list", "oauthapps", None),
+            "list apps in {ns}"
+        );
+        assert!(!can_i(&sa, Some(ns), "update", "oauthapps", Some("status")));
+        assert!(!can_i(&sa, Some(ns), "delete", "secrets", None));
+    }
+    assert!(
+        !all_namespaces_secrets(&sa),
+        "namespaced mode cannot list Secrets cluster-wide"
+    );
+
+    assert!(can_i(
+        &sa,
+        None,
+        "create",
+        "tokenreviews.authentication.k8s.io",
+        None
+    ));
+    assert!(can_i(
+        &sa,
+        None,
+        "create",
+        "subjectaccessreviews.authorization.k8s.io",
+        None
+    ));
+    // The Lease lives in the release namespace, whatever is watched.
+    assert!(can_i(
+        &sa,
+        Some(&release_ns),
+        "create",
+        "leases.coordination.k8s.io",
+        None
+    ));
+    assert!(can_i(
+        &sa,
+        Some(&release_ns),
+        "update",
+        "leases.coordination.k8s.io/oauthapp-operator",
+        None
+    ));
+    assert!(!can_i(
+        &sa,
+        Some(&watched),
+        "create",
+        "leases.coordination.k8s.io",
+        None
+    ));
+
+    // Every object was accepted, the NetworkPolicy too.
+    control_plane().kubectl_ok(&["get", "networkpolicy", RELEASE, "-n", &release_ns]);
+}
+
+/// Whether `user` may list Secrets across all namespaces.
+fn all_namespaces_secrets(user: &str) -> bool {
+    let out = control_plane().kubectl(&[
+        "auth",
+        "can-i",
+        "list",
+        "secrets",
+        "--all-namespaces",
+        "--as",
+        user,
+    ]);
+    stdout(&out).trim() == "yes"
+}
+
+// --- the operator with the chart's RBAC ----------------------------------------------------------------
+
+#[tokio::test]
+async fn the_operator_rotates_on_annotation_with_nothing_but_the_charts_rbac() {
+    let release_ns = namespace("chart-operator");
+    let watched = namespace("chart-operator-apps");
+    install(
+        &release_ns,
+        &[
+            "--skip-crds",
+            "--set",
+            &format!("watchNamespaces={{{watched}}}"),
+            "--set",
+            "rbac.userRoles.create=false",
+        ],
+    );
+    // The operator acts as the chart's ServiceAccount, with a TokenRequest token: exactly what a
+    // pod of the Deployment would have.
+    let kubeconfig: PathBuf = service_account_kubeconfig(&release_ns, SA);
+    let operator = Operator::start(
+        &kubeconfig,
+        &watched,
+        &["--leader-elect", "--lease-namespace", &release_ns],
+        &[],
+    );
+
+    eventually("the operator to be ready (its watches synced)", WAIT, || async {
+        http_get(operator.admin_port, "/readyz").await
+    })
+    .await;
+    let admin = admin_client().await;
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), &release_ns);
+    eventually(
+        "the operator to hold the Lease in the release namespace",
+        WAIT,
+        || async {
+            let lease = leases.get_opt("oauthapp-operator").await.ok()??;
+            lease.spec?.holder_identity.filter(|h| !h.is_empty())
+        },
+    )
+    .await;
+
+    let manifest = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        manifest.path(),
+        "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: portal\nspec:\n  redirectUris: [\"https://portal.example.com/cb\"]\n",
+    )
+    .expect("write manifest");
+    control_plane().kubectl_ok(&[
+        "apply",
+        "-n",
+        &watched,
+        "-f",
+        manifest.path().to_str().expect("utf-8"),
+    ]);
+
+    let apps: Api<OAuthApp> = Api::namespaced(admin.clone(), &watched);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &watched);
+    let first = settled(&apps, &secrets, "portal", 1).await;
+
+    control_plane().kubectl_ok(&[
+        "annotate",
+        "oauthapp",
+        "portal",
+        "oauthapp.io/rotate=one",
+        "-n",
+        &watched,
+    ]);
+    let second = settled(&apps, &secrets, "portal", 2).await;
+    assert_ne!(first, second, "the annotation replaced the secret");
+
+    // Events were allowed too (a refused Event is only logged, so look for them).
+    let events: Api<Event> = Api::namespaced(admin.clone(), &watched);
+    eventually("SecretCreated and SecretRotated events", WAIT, || async {
+        let reasons: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect();
+        (reasons.iter().any(|r| r == "SecretCreated") && reasons.iter().any(|r| r == "SecretRotated"))
+            .then_some(())
+    })
+    .await;
+
+    let log = operator.log_text();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the operator was refused something:\n{log}"
+    );
+}
+
+/// Waits until app `name` is Ready with `rotations` rotations and its Secret verifies against
+/// the status hash; returns the plaintext.
+async fn settled(apps: &Api<OAuthApp>, secrets: &Api<Secret>, name: &str, rotations: i64) -> String {
+    eventually(
+        &format!("{name} Ready after {rotations} rotation(s), Secret verifying"),
+        WAIT,
+        || async {
+            let app = apps.get_opt(name).await.ok()??;
+            let status = app.status.clone()?;
+            let ready = app.ready_condition().is_some_and(|c| c.status == "True");
+            if !ready || status.rotation_count != rotations {
+                return None;
+            }
+            let secret = secrets.get_opt(status.secret_name.as_deref()?).await.ok()??;
+            let plain = String::from_utf8(secret.data?.get("client_secret")?.0.clone()).ok()?;
+            let in_sync = secret
+                .metadata
+                .annotations
+                .as_ref()?
+                .get("oauthapp.io/rotation-id")
+                == status.rotation_id.as_ref();
+            (in_sync && secret::verify(&plain, status.client_secret_hash.as_deref()?).ok()?).then_some(plain)
+        },
+    )
+    .await
+}
