@@ -559,6 +559,56 @@ fn the_operator_accepts_every_flag_the_chart_renders() {
     }
 }
 
+#[test]
+fn the_pods_pass_the_restricted_pod_security_standard() {
+    let ns = namespace("chart-pod-security");
+    control_plane().kubectl_ok(&[
+        "label",
+        "namespace",
+        &ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    // A pod made from the Deployment's template, checked by the PodSecurity admission plugin
+    // (a server-side dry run: nothing is created, and there is no kubelet to run it anyway).
+    let admitted = |template_spec: &Value| {
+        let pod = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "chart-pod"},
+            "spec": template_spec,
+        });
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), pod.to_string()).expect("write pod");
+        control_plane().kubectl(&[
+            "create",
+            "--dry-run=server",
+            "-n",
+            &ns,
+            "-f",
+            file.path().to_str().expect("utf-8"),
+        ])
+    };
+    for values in [None, Some(NAMESPACED_TLS_VALUES), Some(CERT_MANAGER_VALUES)] {
+        let (_, docs) = render(&values.map(|v| vec!["--values", v]).unwrap_or_default());
+        let spec = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+        let out = admitted(spec);
+        assert!(out.status.success(), "{values:?}: {}", stderr(&out));
+    }
+    // The check bites: the same pod without its container securityContext is refused.
+    let (_, docs) = render(&[]);
+    let mut spec = one(&docs, "Deployment")["spec"]["template"]["spec"].clone();
+    spec["containers"][0]
+        .as_object_mut()
+        .expect("container")
+        .remove("securityContext");
+    let out = admitted(&spec);
+    assert!(
+        !out.status.success(),
+        "a pod without securityContext was admitted"
+    );
+    assert!(stderr(&out).contains("violates PodSecurity"), "{}", stderr(&out));
+}
+
 // --- install and RBAC ------------------------------------------------------------------------------
 
 #[test]
