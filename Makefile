@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CP := tests/controlplane
 CARGO ?= cargo
 
-.PHONY: help build controlplane-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache openapi
+.PHONY: help build controlplane-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache openapi schemathesis
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -47,8 +47,12 @@ chart-lint: controlplane-bin ## helm lint --strict and helm template of the char
 	    || { echo "$$out" >&2; exit 1; }; \
 	done
 
-test: lint chart-lint controlplane-bin ## every test: lint, chart lint, unit and integration tests
+test: lint chart-lint controlplane-bin ## every test: lint, chart lint, unit and integration tests, API fuzzing
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
+	tests/schemathesis.sh
+
+schemathesis: controlplane-bin ## fuzz the REST API against its OpenAPI document (schemathesis, own control plane)
+	tests/schemathesis.sh
 
 openapi: ## regenerate docs/openapi.json (the REST API's OpenAPI document) from the code
 	$(CARGO) run --quiet -- openapi > docs/openapi.json

@@ -104,6 +104,7 @@ pub struct ListQuery {
 #[into_params(parameter_in = Query)]
 pub struct CreateQuery {
     /// The namespace to create the app in.
+    #[param(min_length = 1, max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
     pub namespace: String,
 }
 

@@ -125,7 +125,11 @@ pub struct CreateOAuthApp {
     pub name: String,
     /// The resource name (`metadata.name`); `name` then becomes the display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 240)]
+    #[schema(
+        min_length = 1,
+        max_length = 240,
+        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    )]
     pub resource_name: Option<String>,
     /// Redirect URIs: absolute https URLs, or http on localhost or 127.0.0.1.
     pub redirect_uris: Vec<String>,
