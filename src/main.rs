@@ -251,14 +251,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let drained = tokio::time::timeout(args.shutdown_timeout, async {
         let _ = admin.await;
         match api.await {
-            Ok(Err(e)) => warn!(error = %e, "REST API server failed"),
-            Err(e) => warn!(error = %e, "REST API server task failed"),
-            Ok(Ok(())) => {}
+            Ok(Err(e)) => Err(e),
+            Err(e) => {
+                warn!(error = %e, "REST API server task failed");
+                Ok(())
+            }
+            Ok(Ok(())) => Ok(()),
         }
     })
     .await;
     match drained {
-        Ok(()) => info!("stopped"),
+        Ok(Ok(())) => info!("stopped"),
+        // The REST API could not serve (its address taken, its TLS files unreadable, ...) and
+        // stopped the operator: exit non-zero, like any other start-up failure.
+        Ok(Err(e)) => return Err(e).context("the REST API server failed"),
         Err(_) => warn!(
             "servers did not drain within {:?}; exiting",
             args.shutdown_timeout

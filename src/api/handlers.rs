@@ -285,6 +285,7 @@ pub async fn get_oauth_app(
         (status = 400, description = "Invalid request (the API server's validation message)", body = RestErrorResponse),
         (status = 401, description = "Unauthorized", body = RestErrorResponse),
         (status = 403, description = "The caller may not create oauthapps in the namespace", body = RestErrorResponse),
+        (status = 404, description = "The namespace does not exist", body = RestErrorResponse),
         (status = 409, description = "An app of that name exists", body = RestErrorResponse),
         (status = 413, description = "Request body too large", body = RestErrorResponse),
         (status = 429, description = "Too many requests", body = RestErrorResponse),
@@ -355,6 +356,8 @@ pub async fn create_oauth_app(
                 "an OAuthApp named {resource_name} already exists in namespace {ns}"
             )),
             kube::Error::Api(s) if s.code == 400 || s.code == 422 => ApiError::bad_request(s.message.clone()),
+            // When every namespace is watched, a namespace that does not exist gets this far.
+            kube::Error::Api(s) if s.code == 404 => ApiError::not_found(format!("namespace {ns} not found")),
             _ => ApiError::from_kube("creating an OAuthApp", &e),
         })?;
     let uid = created.uid().unwrap_or_default();

@@ -160,16 +160,9 @@ impl Setup {
 
     /// A ServiceAccount in this namespace with a Role of `rules` in `role_ns`; its token.
     fn caller(&self, sa: &str, role_ns: &str, rules: &str) -> String {
-        let cp = control_plane();
-        if !cp
-            .kubectl(&["get", "serviceaccount", sa, "-n", &self.ns])
-            .status
-            .success()
-        {
-            cp.kubectl_ok(&["create", "serviceaccount", sa, "-n", &self.ns]);
-        }
+        let token = service_account_token_for(&self.ns, sa);
         self.grant(sa, role_ns, rules);
-        service_account_token(&self.ns, sa)
+        token
     }
 
     /// A Role of `rules` in `role_ns`, bound to ServiceAccount `sa` of this namespace.
@@ -879,4 +872,96 @@ async fn https_is_served_and_a_renewed_certificate_is_picked_up_without_a_restar
     let log = operator.log_text();
     assert!(log.contains("TLS certificate reloaded"), "the reload is logged");
     assert!(!log.contains("plain HTTP"), "no plain-HTTP warning with TLS");
+}
+
+#[tokio::test]
+async fn an_unreachable_api_server_is_a_503_that_says_when_to_retry() {
+    // The operator's kubeconfig points at a port where nothing listens.
+    let ns = namespace("api-unreachable");
+    let cp = control_plane();
+    let kubeconfig = cp.dir.join(format!("unreachable-{ns}.kubeconfig"));
+    let server = cp.kubectl_ok(&[
+        "config",
+        "view",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    let raw = cp.kubectl_ok(&["config", "view", "--raw", "--minify"]);
+    assert!(raw.contains(server.trim()), "the kubeconfig names its server");
+    std::fs::write(&kubeconfig, raw.replace(server.trim(), &dead)).expect("write kubeconfig");
+    let operator = Operator::start(&kubeconfig, &ns, &[], &[]);
+    let base = format!("http://127.0.0.1:{}", operator.api_port);
+    let token = service_account_token_for(&ns, "caller");
+
+    let answer = eventually("the API to answer", WAIT, || async {
+        let request = http()
+            .post(format!("{base}/api/v1/oauth-apps/app_0/rotate"))
+            .bearer_auth(&token);
+        let response = request.send().await.ok()?;
+        let status = response.status();
+        let retry_after = response.headers().get("retry-after").cloned();
+        let body = response.bytes().await.ok()?.to_vec();
+        Some((status, retry_after, body))
+    })
+    .await;
+    let (status, retry_after, body) = answer;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(retry_after.is_some(), "a 503 says when to retry");
+    let error: RestErrorResponse = serde_json::from_slice(&body).expect("a JSON error");
+    assert_eq!(
+        serde_json::to_value(error.code).expect("code"),
+        "INTERNAL_SERVER_ERROR"
+    );
+    assert!(!error.message.contains(&token));
+    assert!(error.message.contains("unavailable"), "{}", error.message);
+}
+
+/// A token of ServiceAccount `sa` (created if missing) in `ns`.
+fn service_account_token_for(ns: &str, sa: &str) -> String {
+    let cp = control_plane();
+    if !cp
+        .kubectl(&["get", "serviceaccount", sa, "-n", ns])
+        .status
+        .success()
+    {
+        cp.kubectl_ok(&["create", "serviceaccount", sa, "-n", ns]);
+    }
+    service_account_token(ns, sa)
+}
+
+#[tokio::test]
+async fn certificate_files_that_do_not_load_stop_the_operator_with_an_error() {
+    let ns = namespace("api-bad-tls");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_file, "not a certificate").expect("write");
+    std::fs::write(&key_file, "not a key").expect("write");
+    let mut operator = Operator::start(
+        &control_plane().kubeconfig,
+        &ns,
+        &[
+            "--tls-cert-file",
+            cert_file.to_str().expect("utf-8"),
+            "--tls-key-file",
+            key_file.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    eventually("the operator to give up on its REST API", WAIT, || async {
+        operator
+            .log_text()
+            .contains("the REST API server failed; stopping the operator")
+            .then_some(())
+    })
+    .await;
+    // Already exiting on its own: a SIGTERM'd healthy operator would exit 0.
+    let status = operator.terminate(WAIT).expect("the operator exits");
+    assert_eq!(status.code(), Some(1), "a start-up failure is a non-zero exit");
 }
