@@ -6,6 +6,15 @@ use std::sync::{Arc, Mutex, Weak};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+impl Context {
+    /// A recorder for one Event. Each Event is its own: a shared `Recorder` would fold a second
+    /// rotation within minutes into the first one's series and lose its note (hint, trigger,
+    /// caller), which the audit trail needs.
+    pub fn recorder(&self) -> Recorder {
+        Recorder::new(self.client.clone(), self.reporter.clone())
+    }
+}
+
 use crate::controller::plan::ContentCheck;
 use crate::hasher::Hasher;
 use crate::metrics::Metrics;
@@ -13,7 +22,8 @@ use crate::metrics::Metrics;
 pub struct Context {
     pub client: Client,
     pub hasher: Hasher,
-    pub recorder: Recorder,
+    /// Who publishes the operator's Events.
+    pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     /// Serializes work on one app inside this process (controller and API alike). Across
     /// processes, resourceVersion preconditions do the same job.
@@ -31,7 +41,7 @@ impl Context {
             instance: Some(instance),
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             hasher,
             metrics,

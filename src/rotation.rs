@@ -392,7 +392,7 @@ pub async fn publish(ctx: &Context, app: &OAuthApp, type_: EventType, reason: &s
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &app.object_ref(&())).await {
+    if let Err(e) = ctx.recorder().publish(&event, &app.object_ref(&())).await {
         warn!(app = %app_key(app), reason, error = %crate::error::redact(&e.to_string()), "failed to publish event");
     }
 }

@@ -55,6 +55,12 @@ pub struct Scope {
 /// Runs the controller on the shared watches until `shutdown` is cancelled. Every app is
 /// reconciled once at start (the change streams only carry what happens from now on).
 pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, shutdown: CancellationToken) {
+    // Subscribe to changes once the caches hold everything, then look at everything once: no
+    // app can fall between the first list and the subscription.
+    tokio::select! {
+        _ = watches.wait_until_ready() => {}
+        _ = shutdown.cancelled() => return,
+    }
     let mut runs = Vec::new();
     for caches in &watches.scopes {
         let (resync_all, resync_all_rx) = futures::channel::mpsc::unbounded::<()>();

@@ -4,4 +4,5 @@
 mod api;
 mod chart;
 mod controlplane;
+mod operator;
 mod support;

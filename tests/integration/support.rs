@@ -337,6 +337,15 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            // The test failed: show what the operator was doing (the run's files are removed).
+            let log = self.log_text();
+            let tail: Vec<_> = log.lines().rev().take(60).collect();
+            eprintln!("---- operator log ({}), last lines ----", self.log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
