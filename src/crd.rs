@@ -341,6 +341,19 @@ mod tests {
     }
 
     #[test]
+    fn the_crd_files_match_the_code() {
+        let generated = crd_yaml().expect("crd yaml");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for file in [
+            "crds/oauthapps.oauthapp.io.yaml",
+            "charts/oauthapp-operator/crds/oauthapps.oauthapp.io.yaml",
+        ] {
+            let on_disk = std::fs::read_to_string(root.join(file)).expect(file);
+            assert!(on_disk == generated, "{file} is out of date: run `make crds`");
+        }
+    }
+
+    #[test]
     fn secret_name_defaults_to_the_app_name() {
         let mut app = OAuthApp::new("billing", OAuthAppSpec::default());
         assert_eq!(app.secret_name(), "billing-oauth-client");

@@ -16,8 +16,11 @@ log() { echo "controlplane: $*" >&2; }
 
 # has_version BINARY EXPECTED ARGS...: the binary exists and prints EXPECTED for ARGS.
 has_version() {
-  local b=$1 want=$2; shift 2
-  [ -x "$b" ] && "$b" "$@" 2>/dev/null | grep -qF -- "$want"
+  local b=$1 want=$2 out; shift 2
+  [ -x "$b" ] || return 1
+  # Captured first: `grep -q` closing the pipe early would fail the pipeline under pipefail.
+  out=$("$b" "$@" 2>/dev/null) || return 1
+  [[ $out == *"$want"* ]]
 }
 
 # build NAME PACKAGE MODULE_DIR LDFLAGS: go build with a ticking progress line.

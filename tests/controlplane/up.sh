@@ -142,9 +142,9 @@ current-context: oauthapp-local
 EOF
 chmod 600 "$kubeconfig"
 
-log "starting kube-controller-manager (garbage collector, namespace controller)"
+log "starting kube-controller-manager (garbage collector, namespace, ClusterRole aggregation)"
 start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$kubeconfig" \
-  --controllers=garbage-collector-controller,namespace-controller \
+  --controllers=garbage-collector-controller,namespace-controller,clusterrole-aggregation-controller \
   --leader-elect=false --secure-port=0 --root-ca-file="$pki/ca.crt" \
   --service-account-private-key-file="$pki/sa.key"
 
