@@ -4,5 +4,6 @@
 mod api;
 mod chart;
 mod controlplane;
+mod operations;
 mod operator;
 mod support;

@@ -39,51 +39,76 @@ static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
 /// The control plane of this test run, started on first use (and the OAuthApp CRD installed).
 pub fn control_plane() -> &'static ControlPlane {
     CONTROL_PLANE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("oauthapp-it-{}", std::process::id()));
-        let out = Command::new(repo().join("tests/controlplane/up.sh"))
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--owner-pid")
-            .arg(std::process::id().to_string())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run tests/controlplane/up.sh");
-        assert!(
-            out.status.success(),
-            "tests/controlplane/up.sh failed: {}",
-            out.status
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let mut kubeconfig = None;
-        let mut bin_dir = None;
-        for line in stdout.lines() {
-            if let Some(v) = line.strip_prefix("export KUBECONFIG=") {
-                kubeconfig = Some(PathBuf::from(v));
-            } else if let Some(v) = line.strip_prefix("export PATH=") {
-                bin_dir = Some(PathBuf::from(v.trim_end_matches(":$PATH")));
-            }
-        }
-        let cp = ControlPlane {
-            dir,
-            kubeconfig: kubeconfig.expect("up.sh printed KUBECONFIG"),
-            bin_dir: bin_dir.expect("up.sh printed PATH"),
-        };
-        let crd = repo().join("crds/oauthapps.oauthapp.io.yaml");
-        let applied = cp.kubectl(&["apply", "--server-side", "-f", crd.to_str().expect("utf-8 path")]);
-        assert!(applied.status.success(), "apply CRD: {}", stderr(&applied));
-        let established = cp.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/oauthapps.oauthapp.io",
-        ]);
-        assert!(
-            established.status.success(),
-            "CRD not established: {}",
-            stderr(&established)
-        );
-        cp
+        start_control_plane(std::env::temp_dir().join(format!("oauthapp-it-{}", std::process::id())))
     })
+}
+
+/// A control plane of one test's own, for tests that disrupt it (restarting kube-apiserver).
+/// Stopped when dropped (and by the watchdog if the run dies first).
+pub struct PrivateControlPlane(pub ControlPlane);
+
+impl PrivateControlPlane {
+    pub fn start(name: &str) -> PrivateControlPlane {
+        let dir = std::env::temp_dir().join(format!("oauthapp-it-{}-{name}", std::process::id()));
+        PrivateControlPlane(start_control_plane(dir))
+    }
+}
+
+impl Drop for PrivateControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("tests/controlplane/down.sh"))
+            .arg("--dir")
+            .arg(&self.0.dir)
+            .arg("--purge")
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn start_control_plane(dir: PathBuf) -> ControlPlane {
+    let out = Command::new(repo().join("tests/controlplane/up.sh"))
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--owner-pid")
+        .arg(std::process::id().to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tests/controlplane/up.sh");
+    assert!(
+        out.status.success(),
+        "tests/controlplane/up.sh failed: {}",
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut kubeconfig = None;
+    let mut bin_dir = None;
+    for line in stdout.lines() {
+        if let Some(v) = line.strip_prefix("export KUBECONFIG=") {
+            kubeconfig = Some(PathBuf::from(v));
+        } else if let Some(v) = line.strip_prefix("export PATH=") {
+            bin_dir = Some(PathBuf::from(v.trim_end_matches(":$PATH")));
+        }
+    }
+    let cp = ControlPlane {
+        dir,
+        kubeconfig: kubeconfig.expect("up.sh printed KUBECONFIG"),
+        bin_dir: bin_dir.expect("up.sh printed PATH"),
+    };
+    let crd = repo().join("crds/oauthapps.oauthapp.io.yaml");
+    let applied = cp.kubectl(&["apply", "--server-side", "-f", crd.to_str().expect("utf-8 path")]);
+    assert!(applied.status.success(), "apply CRD: {}", stderr(&applied));
+    let established = cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/oauthapps.oauthapp.io",
+    ]);
+    assert!(
+        established.status.success(),
+        "CRD not established: {}",
+        stderr(&established)
+    );
+    cp
 }
 
 pub fn stderr(out: &Output) -> String {
@@ -119,6 +144,23 @@ impl ControlPlane {
         let out = self.kubectl(args);
         assert!(out.status.success(), "kubectl {args:?} failed: {}", stderr(&out));
         stdout(&out)
+    }
+
+    /// Stops (`stop`) or starts again (`start`) this control plane's kube-apiserver.
+    pub fn apiserver(&self, action: &str) {
+        let status = Command::new(repo().join("tests/controlplane/apiserver.sh"))
+            .arg(action)
+            .arg("--dir")
+            .arg(&self.dir)
+            .status()
+            .expect("run apiserver.sh");
+        assert!(status.success(), "apiserver.sh {action} failed");
+    }
+
+    /// Creates a namespace for one test on this control plane.
+    pub fn namespace(&self, name: &str) -> String {
+        self.kubectl_ok(&["create", "namespace", name]);
+        name.to_string()
     }
 
     /// Records the PID of a process this fixture started, so the watchdog stops it too.
@@ -249,7 +291,17 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator binary with `kubeconfig`, watching only `ns`, with extra args and env.
     pub fn start(kubeconfig: &Path, ns: &str, args: &[&str], env: &[(&str, &str)]) -> Operator {
-        let cp = control_plane();
+        Self::start_on(control_plane(), kubeconfig, ns, args, env)
+    }
+
+    /// Like [`Operator::start`], on a given control plane.
+    pub fn start_on(
+        cp: &ControlPlane,
+        kubeconfig: &Path,
+        ns: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Operator {
         let api_port = free_port();
         let admin_port = free_port();
         let log = cp.dir.join(format!("operator-{ns}-{api_port}.log"));
@@ -347,6 +399,22 @@ impl Drop for Operator {
             }
         }
     }
+}
+
+/// A plain HTTP/1.1 GET on loopback with a bearer token: the status code and the body.
+pub async fn http_get_with_token(port: u16, path: &str, token: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split(' ').nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
 }
 
 /// A plain HTTP/1.1 GET on loopback; the body when the answer is 200.
