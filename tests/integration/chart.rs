@@ -9,8 +9,7 @@
 //! create/delete rules are exercised end to end (to be added with the REST API).
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -102,30 +101,6 @@ fn can_i(user: &str, ns: Option<&str>, verb: &str, resource: &str, subresource: 
 
 fn operator_sa(release_ns: &str) -> String {
     format!("system:serviceaccount:{release_ns}:{SA}")
-}
-
-/// Runs the aggregation controller of kube-controller-manager (once per test run): the fixture's
-/// controller-manager runs only the garbage collector and the namespace controller, and without
-/// this one the rules of `oauthapp-viewer`/`oauthapp-rotator` never reach `view`/`edit`.
-fn start_role_aggregation() {
-    // Kept for the whole run: the fixture's watchdog stops it with the control plane.
-    static CONTROLLER: OnceLock<Mutex<Child>> = OnceLock::new();
-    CONTROLLER.get_or_init(|| {
-        let cp = control_plane();
-        let log = std::fs::File::create(cp.dir.join("clusterrole-aggregation.log")).expect("create log");
-        let child = Command::new(cp.bin("kube-controller-manager"))
-            .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
-            .arg("--controllers=clusterrole-aggregation-controller")
-            .arg("--leader-elect=false")
-            .arg("--secure-port=0")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start kube-controller-manager");
-        cp.adopt(child.id());
-        Mutex::new(child)
-    });
 }
 
 // --- rendered objects ------------------------------------------------------------------------------
@@ -718,8 +693,8 @@ fn a_default_install_is_accepted_and_grants_rights_cluster_wide_and_to_view_and_
         None
     ));
 
-    // People: oauthapp-rotator reaches edit, oauthapp-viewer reaches view.
-    start_role_aggregation();
+    // People: oauthapp-rotator reaches edit, oauthapp-viewer reaches view (the fixture's
+    // kube-controller-manager runs the ClusterRole aggregation controller).
     let editor = format!("editor-{elsewhere}");
     let viewer = format!("viewer-{elsewhere}");
     cp.kubectl_ok(&[
