@@ -113,12 +113,17 @@ impl Watches {
                     None => (Api::all(client.clone()), Api::all(client.clone())),
                 };
             let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
-            let app_events = watcher(apps_api, watcher::Config::default().any_semantic()).default_backoff();
+            // managedFields are dropped: they can outweigh the rest of an object, and nothing
+            // here reads them.
+            let app_events = watcher(apps_api, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .modify(|app: &mut OAuthApp| app.metadata.managed_fields = None);
             let secret_events = watcher(
                 secrets_api,
                 watcher::Config::default().labels(&selector).any_semantic(),
             )
-            .default_backoff();
+            .default_backoff()
+            .modify(|s: &mut PartialObjectMeta<Secret>| s.metadata.managed_fields = None);
             let w = watches.clone();
             let tx = scope.app_changes.clone();
             let store = scope.apps.clone();
