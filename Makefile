@@ -60,3 +60,8 @@ openapi: ## regenerate docs/openapi.json (the REST API's OpenAPI document) from 
 crds: ## regenerate the CRD files from the code
 	$(CARGO) run --quiet -- crd > crds/oauthapps.oauthapp.io.yaml
 	cp crds/oauthapps.oauthapp.io.yaml charts/oauthapp-operator/crds/oauthapps.oauthapp.io.yaml
+
+bench: controlplane-bin ## benchmarks on a local control plane, release build (~20 min): bench/results/latest.{md,json}; BENCH_QUICK=1 for a smoke run
+	$(CARGO) build --release
+	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --release --manifest-path bench/Cargo.toml
+	target/release/oauthapp-bench

@@ -1,0 +1,708 @@
+//! `make bench`: how fast and how small the operator is, and how little it asks of the API server,
+//! measured on a real local control plane with the release build. Writes
+//! `bench/results/latest.json` and `bench/results/latest.md`.
+//!
+//! Every run measures its own floors (one argon2id hash; one write round-trip from a plain kube
+//! client), so the results are ratios that survive a noisy machine. The phases:
+//!
+//! 1. REST rotate latency, one call at a time;
+//! 2. annotation-to-rotation latency (annotate, then see `status.rotationId` change on a watch);
+//! 3. throughput: 16 concurrent callers on distinct apps;
+//! 5. phases 1 and 2 again with two replicas, the REST calls going to the standby;
+//! 4. scale: provision N apps (10,000), restart the operator, idle window (writes, CPU, RSS).
+//!
+//! Phase 4 runs last so that its 10,000 apps do not weigh on the latency phases.
+//!
+//! Environment: `BENCH_QUICK=1` (a smoke run: everything shorter and smaller), `BENCH_APPS`,
+//! `BENCH_CALLS`, `BENCH_THROUGHPUT_SECS`, `BENCH_IDLE_SECS` (default 300), `BENCH_OPERATOR`
+//! (the operator binary; default target/release/oauthapp-operator), `BENCH_OUT` (default
+//! bench/results).
+
+#![recursion_limit = "256"]
+
+mod cluster;
+mod operator;
+mod report;
+mod tracker;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use oauthapp_operator::crd::{OAuthApp, OAuthAppSpec, OAuthAppStatus, ROTATE_ANNOTATION};
+use oauthapp_operator::secret::{self, HashParams};
+use serde_json::json;
+
+use cluster::ControlPlane;
+use operator::Operator;
+use report::{Report, Stats};
+use tracker::Tracker;
+
+/// Apps the latency and throughput phases rotate (one per throughput caller).
+const LATENCY_APPS: usize = 16;
+/// Creates in flight while provisioning the scale phase's apps.
+const CREATES_IN_FLIGHT: usize = 48;
+/// Calls or rotations before each timed series, not counted (connections, caches, allocator).
+const WARMUP: usize = 5;
+
+pub struct Settings {
+    pub quick: bool,
+    pub calls: usize,
+    pub throughput_secs: u64,
+    pub apps: usize,
+    pub idle_secs: u64,
+    pub floor_samples: usize,
+    pub operator: PathBuf,
+    pub out: PathBuf,
+    pub hash: HashParams,
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}={v} is not a number")),
+        _ => Ok(default),
+    }
+}
+
+impl Settings {
+    fn from_env(repo: &Path) -> anyhow::Result<Settings> {
+        let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let path = |name: &str, default: PathBuf| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map_or(default, PathBuf::from)
+        };
+        Ok(Settings {
+            quick,
+            calls: env_num("BENCH_CALLS", if quick { 40 } else { 200 })?,
+            throughput_secs: env_num("BENCH_THROUGHPUT_SECS", if quick { 5 } else { 30 })?,
+            apps: env_num("BENCH_APPS", if quick { 300 } else { 10_000 })?,
+            idle_secs: env_num("BENCH_IDLE_SECS", if quick { 15 } else { 300 })?,
+            floor_samples: if quick { 15 } else { 41 },
+            operator: path("BENCH_OPERATOR", repo.join("target/release/oauthapp-operator")),
+            out: path("BENCH_OUT", repo.join("bench/results")),
+            hash: HashParams::default(),
+        })
+    }
+
+    fn hash_flags(&self) -> Vec<String> {
+        vec![
+            "--hash-memory-kib".into(),
+            self.hash.m_cost_kib.to_string(),
+            "--hash-iterations".into(),
+            self.hash.t_cost.to_string(),
+            "--hash-parallelism".into(),
+            self.hash.p_cost.to_string(),
+        ]
+    }
+}
+
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// A progress line on stderr, with the time since the start.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        eprintln!(
+            "bench [{:>6.1}s] {}",
+            STARTED.get_or_init(Instant::now).elapsed().as_secs_f64(),
+            format!($($arg)*)
+        )
+    };
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    STARTED.get_or_init(Instant::now);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("bench/ has a parent")?
+        .to_path_buf();
+    let settings = Settings::from_env(&repo)?;
+    if !settings.operator.is_file() {
+        bail!(
+            "no operator binary at {}; run `cargo build --release` (make bench does)",
+            settings.operator.display()
+        );
+    }
+    tokio::select! {
+        result = run(&repo, &settings) => result,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    }
+}
+
+async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
+    let mut report = Report::new(repo, settings);
+    say!(
+        "machine: {} cores, {:.1} GiB, {}",
+        report.machine.cores,
+        report.machine.memory_gib,
+        report.machine.cpu_model
+    );
+    let cp = ControlPlane::up(repo)?;
+    let client = cp.client().await?;
+    report.versions.kubernetes = client
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_default();
+    say!("control plane up: Kubernetes {}", report.versions.kubernetes);
+
+    // --- floors -------------------------------------------------------------------------------
+    let (hash_ms, phc) = floor_hash(settings.hash, settings.floor_samples).await?;
+    report.floor_hash = Stats::of(&hash_ms);
+    say!("floor_hash_ms = {:.1}", report.floor_hash.p50);
+    cp.kubectl(&["create", "namespace", "bench-floor"])?;
+    let (all, secret_writes, status_writes) =
+        floor_writes(&client, "bench-floor", &phc, settings.floor_samples).await?;
+    report.floor_write = Stats::of(&all);
+    report.floor_secret_write = Stats::of(&secret_writes);
+    report.floor_status_write = Stats::of(&status_writes);
+    say!(
+        "floor_write_ms = {:.1} (Secret {:.1}, status {:.1})",
+        report.floor_write.p50,
+        report.floor_secret_write.p50,
+        report.floor_status_write.p50
+    );
+
+    // --- 1, 2, 3: one operator ----------------------------------------------------------------
+    let ns = "bench-latency";
+    let token = cp.namespace_with_caller(ns)?;
+    let tracker = Tracker::start(client.clone(), ns);
+    let hash_flags = settings.hash_flags();
+    let mut op = Operator::start(&cp, &settings.operator, "latency", ns, &hash_flags, &[])?;
+    op.wait_ready(Duration::from_secs(60)).await?;
+    let names: Vec<String> = (0..LATENCY_APPS).map(|i| format!("lat-{i:02}")).collect();
+    create_apps(&client, ns, &names, CREATES_IN_FLIGHT).await?;
+    let ids = wait_all_ready(&tracker, &names, Duration::from_secs(120)).await?;
+    let http = reqwest::Client::new();
+
+    say!("1. REST rotate latency: {} calls, one at a time", settings.calls);
+    let before = op.metrics().await?;
+    report.rest = Stats::of(&rest_latency(&http, op.api_port, &token, &ids, settings.calls).await?);
+    let after = op.metrics().await?;
+    report.rest_operator_mean_ms = mean_rotation_ms(&before, &after);
+    say!(
+        "   p50 {:.1} ms, p99 {:.1} ms (operator-side mean {:.1} ms)",
+        report.rest.p50,
+        report.rest.p99,
+        report.rest_operator_mean_ms
+    );
+
+    say!("2. annotation-to-rotation latency: {} rotations", settings.calls);
+    let before = op.metrics().await?;
+    let (lat, patch) = annotation_latency(&client, ns, &tracker, &names, settings.calls, "a").await?;
+    let after = op.metrics().await?;
+    report.annotation = Stats::of(&lat);
+    report.annotation_patch = Stats::of(&patch);
+    report.annotation_operator_mean_ms = mean_rotation_ms(&before, &after);
+    say!(
+        "   p50 {:.1} ms, p99 {:.1} ms (the annotate call itself: p50 {:.1} ms)",
+        report.annotation.p50,
+        report.annotation.p99,
+        report.annotation_patch.p50
+    );
+
+    say!(
+        "3. throughput: {} callers on distinct apps for {} s",
+        LATENCY_APPS,
+        settings.throughput_secs
+    );
+    let pids = [
+        ("operator", Some(op.pid())),
+        ("kube-apiserver", cp.pid_of("kube-apiserver")),
+        ("etcd", cp.pid_of("etcd")),
+        ("bench client", Some(std::process::id())),
+    ];
+    let cpu_before: Vec<Option<f64>> = pids
+        .iter()
+        .map(|(_, p)| p.and_then(operator::cpu_seconds))
+        .collect();
+    let before = op.metrics().await?;
+    let (ok, failed, window) = throughput(
+        &http,
+        op.api_port,
+        &token,
+        &ids,
+        Duration::from_secs(settings.throughput_secs),
+    )
+    .await?;
+    let after = op.metrics().await?;
+    report.throughput_ok = ok;
+    report.throughput_failed = failed;
+    report.throughput_per_s = ok as f64 / window;
+    report.throughput_operator_mean_ms = mean_rotation_ms(&before, &after);
+    for ((name, pid), before) in pids.iter().zip(cpu_before) {
+        if let (Some(b), Some(a)) = (before, pid.and_then(operator::cpu_seconds)) {
+            report
+                .throughput_cpu
+                .insert((*name).to_string(), (a - b) / window);
+        }
+    }
+    say!(
+        "   {:.1} rotations/s ({} failed); hashing bound {:.1}/s; CPU cores used: {:?}",
+        report.throughput_per_s,
+        failed,
+        report.hashing_bound_per_s(),
+        report.throughput_cpu
+    );
+    op.stop(Duration::from_secs(30));
+    drop(op);
+
+    // --- 5: leader and standby ----------------------------------------------------------------
+    say!("5. two replicas with leader election; REST calls to the standby");
+    let lease = ["--leader-elect", "--lease-namespace", ns];
+    let mut a = Operator::start(&cp, &settings.operator, "replica-a", ns, &hash_flags, &lease)?;
+    let mut b = Operator::start(&cp, &settings.operator, "replica-b", ns, &hash_flags, &lease)?;
+    a.wait_ready(Duration::from_secs(60)).await?;
+    b.wait_ready(Duration::from_secs(60)).await?;
+    let (leader, standby) = wait_for_leader(&a, &b, Duration::from_secs(60)).await?;
+    say!("   {} leads, {} stands by", leader.name, standby.name);
+    report.rest_standby =
+        Stats::of(&rest_latency(&http, standby.api_port, &token, &ids, settings.calls).await?);
+    let (lat, _) = annotation_latency(&client, ns, &tracker, &names, settings.calls, "s").await?;
+    report.annotation_standby = Stats::of(&lat);
+    say!(
+        "   REST via standby p50 {:.1} ms, p99 {:.1} ms; annotation p50 {:.1} ms, p99 {:.1} ms",
+        report.rest_standby.p50,
+        report.rest_standby.p99,
+        report.annotation_standby.p50,
+        report.annotation_standby.p99
+    );
+    a.stop(Duration::from_secs(30));
+    b.stop(Duration::from_secs(30));
+    drop((a, b));
+    drop(tracker);
+
+    // --- 4: scale -----------------------------------------------------------------------------
+    scale(&cp, &client, settings, &mut report).await?;
+
+    report.finish();
+    let (json_path, md_path) = report.write(&settings.out)?;
+    say!("wrote {} and {}", json_path.display(), md_path.display());
+    println!("{}", report.markdown());
+    Ok(())
+}
+
+async fn scale(
+    cp: &ControlPlane,
+    client: &Client,
+    settings: &Settings,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let n = settings.apps;
+    let ns = "bench-scale";
+    cp.kubectl(&["create", "namespace", ns])?;
+    let tracker = Tracker::start(client.clone(), ns);
+    let hash_flags = settings.hash_flags();
+    let mut op = Operator::start(cp, &settings.operator, "scale", ns, &hash_flags, &[])?;
+    op.wait_ready(Duration::from_secs(60)).await?;
+    tracker
+        .wait_for("the bench's watch to sync", Duration::from_secs(60), |s| {
+            s.synced.then_some(())
+        })
+        .await?;
+
+    say!("4. provisioning {n} apps ({CREATES_IN_FLIGHT} creates in flight)");
+    let names: Vec<String> = (0..n).map(|i| format!("app-{i:05}")).collect();
+    let started = Instant::now();
+    let progress = {
+        // One line every 30 s, so a long provisioning shows it is moving.
+        let state = Arc::new(AtomicUsize::new(0));
+        let shown = state.clone();
+        let ticker = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                say!("   ... {} apps Ready", shown.load(Ordering::Relaxed));
+            }
+        });
+        (state, ticker)
+    };
+    create_apps(client, ns, &names, CREATES_IN_FLIGHT).await?;
+    report.create_all_s = started.elapsed().as_secs_f64();
+    let timeout = Duration::from_secs((n as u64 / 2).max(600));
+    tracker
+        .wait_for("every app to be Ready", timeout, |s| {
+            progress.0.store(s.ready, Ordering::Relaxed);
+            (s.ready >= n).then_some(())
+        })
+        .await?;
+    progress.1.abort();
+    report.provision_s = started.elapsed().as_secs_f64();
+    let m = op.metrics().await?;
+    report.provision_writes = m.value("oauthapp_api_writes_total");
+    report.rss_provision_mib = operator::vm_mib(op.pid(), "VmHWM").unwrap_or(f64::NAN);
+    say!(
+        "   {n} apps Ready in {:.1} s (creates done at {:.1} s), {:.1} apps/s; {} writes; peak RSS {:.1} MiB",
+        report.provision_s,
+        report.create_all_s,
+        n as f64 / report.provision_s,
+        report.provision_writes,
+        report.rss_provision_mib
+    );
+
+    say!("   restarting the operator");
+    op.stop(Duration::from_secs(30));
+    drop(op);
+    let started = Instant::now();
+    let mut op = Operator::start(cp, &settings.operator, "scale-restarted", ns, &hash_flags, &[])?;
+    let deadline = started + Duration::from_secs(300);
+    loop {
+        if let Ok(m) = op.metrics().await
+            && m.value("oauthapp_reconcile_duration_seconds_count") >= n as f64
+            && m.value("oauthapp_apps{ready=\"true\"}") >= n as f64
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the restarted operator did not reconcile all {n} apps within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    report.restart_ready_s = started.elapsed().as_secs_f64();
+    let at_ready = op.metrics().await?.value("oauthapp_api_writes_total");
+    // Writes that trail the last reconcile still count as the restart's.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let m = op.metrics().await?;
+    report.restart_writes = m.value("oauthapp_api_writes_total");
+    say!(
+        "   all {n} reconciled and Ready {:.2} s after the restart; {} writes ({} at that moment)",
+        report.restart_ready_s,
+        report.restart_writes,
+        at_ready
+    );
+
+    say!("   idle for {} s", settings.idle_secs);
+    let cpu0 = operator::cpu_seconds(op.pid()).context("reading the operator's CPU time")?;
+    let writes0 = m.value("oauthapp_api_writes_total");
+    let reconciles0 = m.value("oauthapp_reconcile_duration_seconds_count");
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(settings.idle_secs)).await;
+    let m = op.metrics().await?;
+    let cpu1 = operator::cpu_seconds(op.pid()).context("reading the operator's CPU time")?;
+    let idle = t0.elapsed().as_secs_f64();
+    report.idle_writes = m.value("oauthapp_api_writes_total") - writes0;
+    report.idle_reconciles = m.value("oauthapp_reconcile_duration_seconds_count") - reconciles0;
+    report.idle_cpu_percent = 100.0 * (cpu1 - cpu0) / idle;
+    report.rss_restarted_mib = operator::vm_mib(op.pid(), "VmHWM").unwrap_or(f64::NAN);
+    report.rss_idle_mib = operator::vm_mib(op.pid(), "VmRSS").unwrap_or(f64::NAN);
+    say!(
+        "   idle: {} writes, {} reconciles, CPU {:.3} %, RSS {:.1} MiB (peak {:.1} MiB)",
+        report.idle_writes,
+        report.idle_reconciles,
+        report.idle_cpu_percent,
+        report.rss_idle_mib,
+        report.rss_restarted_mib
+    );
+    op.stop(Duration::from_secs(30));
+    Ok(())
+}
+
+/// One argon2id hash with `params`, `samples` times in a row (after a warm-up): the times in
+/// ms, and one PHC string for the write floor's payload.
+async fn floor_hash(params: HashParams, samples: usize) -> anyhow::Result<(Vec<f64>, String)> {
+    tokio::task::spawn_blocking(move || {
+        let mut times = Vec::with_capacity(samples);
+        let mut phc = String::new();
+        for i in 0..samples + 2 {
+            let started = Instant::now();
+            phc = secret::hash(&format!("oas_floor-{i}"), &params)?;
+            if i >= 2 {
+                times.push(ms(started.elapsed()));
+            }
+        }
+        Ok((times, phc))
+    })
+    .await?
+}
+
+/// Write round-trips from a plain kube client, alternating a Secret replace and a status
+/// replace of an OAuthApp, each carrying what the operator's writes carry (resourceVersion
+/// precondition, annotations, hash). The namespace is watched by no operator.
+async fn floor_writes(
+    client: &Client,
+    ns: &str,
+    phc: &str,
+    samples: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), ns);
+    let pp = PostParams::default();
+    let mut secret = secrets
+        .create(
+            &pp,
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("floor-oauth-client".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut app = apps.create(&pp, &new_app("floor")).await?;
+    let (mut all, mut secret_ms, mut status_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..samples + WARMUP {
+        let rotation_id = format!("{:032x}", rand_u128());
+        let now = jiff::Timestamp::now().to_string();
+        let annotations = BTreeMap::from([
+            ("oauthapp.io/rotation-id".to_string(), rotation_id.clone()),
+            ("oauthapp.io/client-secret-hash".to_string(), phc.to_string()),
+            (
+                "oauthapp.io/client-secret-hint".to_string(),
+                "oas_AbCd...Xz12".to_string(),
+            ),
+            ("oauthapp.io/rotation-trigger".to_string(), "Api".to_string()),
+            ("oauthapp.io/rotated-at".to_string(), now.clone()),
+            ("oauthapp.io/rotation-count".to_string(), i.to_string()),
+        ]);
+        secret.metadata.annotations = Some(annotations);
+        secret.metadata.managed_fields = None;
+        secret.data = Some(BTreeMap::from([
+            ("client_id".to_string(), ByteString(b"floor-client".to_vec())),
+            (
+                "client_secret".to_string(),
+                ByteString(format!("oas_{rotation_id}0123456789ab").into_bytes()),
+            ),
+        ]));
+        let started = Instant::now();
+        secret = secrets.replace("floor-oauth-client", &pp, &secret).await?;
+        let secret_took = ms(started.elapsed());
+
+        app.status = Some(serde_json::from_value::<OAuthAppStatus>(json!({
+            "appId": "app_7n42DGM5Tflk9n8mt7Fhc7",
+            "clientId": "floor-client",
+            "secretName": "floor-oauth-client",
+            "clientSecretHash": phc,
+            "clientSecretHint": "oas_AbCd...Xz12",
+            "rotationId": rotation_id,
+            "rotationCount": i + 1,
+            "lastRotationTime": now.split('.').next().map(|s| format!("{}Z", s.trim_end_matches('Z'))),
+            "lastRotationTrigger": "Api",
+            "secretResourceVersion": secret.resource_version(),
+            "observedGeneration": 1,
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "SecretReady",
+                "message": "the Secret holds the current secret",
+                "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1
+            }],
+        }))?);
+        app.metadata.managed_fields = None;
+        let started = Instant::now();
+        app = apps.replace_status("floor", &pp, &app).await?;
+        let status_took = ms(started.elapsed());
+        if i >= WARMUP {
+            secret_ms.push(secret_took);
+            status_ms.push(status_took);
+            all.extend([secret_took, status_took]);
+        }
+    }
+    Ok((all, secret_ms, status_ms))
+}
+
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    let a = h.finish();
+    h.write_u64(a);
+    (u128::from(a) << 64) | u128::from(h.finish())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn new_app(name: &str) -> OAuthApp {
+    OAuthApp::new(
+        name,
+        OAuthAppSpec {
+            redirect_uris: vec![format!("https://{name}.bench.example/callback")],
+            scopes: vec!["bench:read".into()],
+            ..Default::default()
+        },
+    )
+}
+
+async fn create_apps(client: &Client, ns: &str, names: &[String], in_flight: usize) -> anyhow::Result<()> {
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), ns);
+    let pp = PostParams::default();
+    futures::stream::iter(names)
+        .map(|name| {
+            let (apps, pp) = (&apps, &pp);
+            async move {
+                apps.create(pp, &new_app(name))
+                    .await
+                    .with_context(|| format!("creating OAuthApp {ns}/{name}"))
+            }
+        })
+        .buffer_unordered(in_flight)
+        .try_for_each(|_| async { Ok(()) })
+        .await
+}
+
+/// Waits until every app in `names` is Ready; their app ids, in the same order.
+async fn wait_all_ready(
+    tracker: &Tracker,
+    names: &[String],
+    timeout: Duration,
+) -> anyhow::Result<Vec<String>> {
+    tracker
+        .wait_for("the apps to be Ready", timeout, |s| {
+            names
+                .iter()
+                .map(|n| s.apps.get(n).filter(|a| a.ready).and_then(|a| a.app_id.clone()))
+                .collect()
+        })
+        .await
+}
+
+/// POST /api/v1/oauth-apps/{id}/rotate; fails unless 200 with a body.
+async fn rotate(http: &reqwest::Client, port: u16, token: &str, id: &str) -> anyhow::Result<()> {
+    let response = http
+        .post(format!("http://127.0.0.1:{port}/api/v1/oauth-apps/{id}/rotate"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if status != reqwest::StatusCode::OK {
+        bail!("rotate answered {status}: {}", String::from_utf8_lossy(&body));
+    }
+    if !body.starts_with(b"{\"client_secret\"") {
+        bail!("rotate answered 200 without a secret");
+    }
+    Ok(())
+}
+
+/// `calls` rotations, one at a time, round-robin over the apps; each call's time in ms.
+async fn rest_latency(
+    http: &reqwest::Client,
+    port: u16,
+    token: &str,
+    ids: &[String],
+    calls: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(calls);
+    for i in 0..calls + WARMUP {
+        let started = Instant::now();
+        rotate(http, port, token, &ids[i % ids.len()]).await?;
+        if i >= WARMUP {
+            times.push(ms(started.elapsed()));
+        }
+    }
+    Ok(times)
+}
+
+/// `n` rotations by annotation, one at a time: from sending the annotate request to seeing
+/// `status.rotationId` change on the watch. Also the annotate request's own times.
+async fn annotation_latency(
+    client: &Client,
+    ns: &str,
+    tracker: &Tracker,
+    names: &[String],
+    n: usize,
+    tag: &str,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), ns);
+    let (mut times, mut patches) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n + WARMUP {
+        let name = &names[i % names.len()];
+        let before = tracker.get(name).and_then(|a| a.rotation_id);
+        let patch = json!({"metadata": {"annotations": {ROTATE_ANNOTATION: format!("bench-{tag}-{i}")}}});
+        let started = Instant::now();
+        apps.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let patched = ms(started.elapsed());
+        let seen = tracker
+            .wait_for("a rotation after an annotation", Duration::from_secs(60), |s| {
+                s.apps
+                    .get(name)
+                    .filter(|a| a.rotation_id != before)
+                    .map(|a| a.seen_at)
+            })
+            .await?;
+        if i >= WARMUP {
+            times.push(ms(seen.saturating_duration_since(started)));
+            patches.push(patched);
+        }
+    }
+    Ok((times, patches))
+}
+
+/// One caller per app, each rotating its app back to back for `window`: the rotations that
+/// completed within the window, the failed calls, and the window in seconds.
+async fn throughput(
+    http: &reqwest::Client,
+    port: u16,
+    token: &str,
+    ids: &[String],
+    window: Duration,
+) -> anyhow::Result<(usize, usize, f64)> {
+    let started = Instant::now();
+    let deadline = started + window;
+    let callers = ids.iter().map(|id| async move {
+        let (mut ok, mut failed) = (0usize, 0usize);
+        while Instant::now() < deadline {
+            let result = rotate(http, port, token, id).await;
+            if Instant::now() <= deadline {
+                match result {
+                    Ok(()) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+        }
+        (ok, failed)
+    });
+    let results = futures::future::join_all(callers).await;
+    let ok = results.iter().map(|r| r.0).sum();
+    let failed = results.iter().map(|r| r.1).sum();
+    Ok((ok, failed, window.as_secs_f64()))
+}
+
+/// The operator-side mean rotation time between two scrapes (its rotation histogram).
+fn mean_rotation_ms(before: &operator::Metrics, after: &operator::Metrics) -> f64 {
+    let sum = after.value("oauthapp_rotation_duration_seconds_sum")
+        - before.value("oauthapp_rotation_duration_seconds_sum");
+    let count = after.value("oauthapp_rotation_duration_seconds_count")
+        - before.value("oauthapp_rotation_duration_seconds_count");
+    if count > 0.0 {
+        1000.0 * sum / count
+    } else {
+        f64::NAN
+    }
+}
+
+/// Which of two replicas leads (`oauthapp_leader` 1), once exactly one does.
+async fn wait_for_leader<'a>(
+    a: &'a Operator,
+    b: &'a Operator,
+    timeout: Duration,
+) -> anyhow::Result<(&'a Operator, &'a Operator)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let la = a.metrics().await?.value("oauthapp_leader");
+        let lb = b.metrics().await?.value("oauthapp_leader");
+        match (la == 1.0, lb == 1.0) {
+            (true, false) => return Ok((a, b)),
+            (false, true) => return Ok((b, a)),
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            bail!("no single leader after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,526 @@
+//! The results: `latest.json` (every figure, for tools) and `latest.md` (a table a person reads:
+//! each figure, its goal, and whether it is met). Goals are recorded, never enforced.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::Settings;
+
+/// Latency p50 goal: within this factor of floor_hash + 2 × floor_write.
+const LATENCY_FACTOR: f64 = 1.3;
+/// Throughput and provisioning goal: this share of the hashing bound.
+const HASHING_SHARE: f64 = 0.8;
+const RESTART_READY_GOAL_S: f64 = 20.0;
+const RSS_GOAL_MIB: f64 = 64.0;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub n: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    /// Nearest-rank percentiles of `samples`.
+    pub fn of(samples: &[f64]) -> Stats {
+        let mut v = samples.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n == 0 {
+            return Stats::default();
+        }
+        let rank = |q: f64| v[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
+        Stats {
+            n,
+            p50: rank(0.50),
+            p99: rank(0.99),
+            mean: v.iter().sum::<f64>() / n as f64,
+            min: v[0],
+            max: v[n - 1],
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({"n": self.n, "p50": r2(self.p50), "p99": r2(self.p99), "mean": r2(self.mean),
+               "min": r2(self.min), "max": r2(self.max)})
+    }
+}
+
+pub struct Machine {
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub cpu_model: String,
+    pub kernel: String,
+}
+
+#[derive(Default)]
+pub struct Versions {
+    pub operator_commit: String,
+    pub kubernetes: String,
+    pub etcd: String,
+    pub rustc: String,
+}
+
+/// One goal: the figure, what it must reach, whether it does.
+struct Goal {
+    key: &'static str,
+    label: String,
+    value: String,
+    goal: String,
+    met: Option<bool>,
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub machine: Machine,
+    pub versions: Versions,
+    pub settings: BTreeMap<&'static str, Value>,
+    pub started: String,
+    pub hash_m_kib: u32,
+    pub hash_t: u32,
+    pub hash_p: u32,
+
+    pub floor_hash: Stats,
+    pub floor_write: Stats,
+    pub floor_secret_write: Stats,
+    pub floor_status_write: Stats,
+
+    pub rest: Stats,
+    pub rest_operator_mean_ms: f64,
+    pub annotation: Stats,
+    pub annotation_patch: Stats,
+    pub annotation_operator_mean_ms: f64,
+
+    pub throughput_per_s: f64,
+    pub throughput_ok: usize,
+    pub throughput_failed: usize,
+    pub throughput_operator_mean_ms: f64,
+    /// CPU cores each process used during the throughput window.
+    pub throughput_cpu: BTreeMap<String, f64>,
+
+    pub rest_standby: Stats,
+    pub annotation_standby: Stats,
+
+    pub apps: usize,
+    pub create_all_s: f64,
+    pub provision_s: f64,
+    pub provision_writes: f64,
+    pub rss_provision_mib: f64,
+    pub restart_ready_s: f64,
+    pub restart_writes: f64,
+    pub idle_secs: u64,
+    pub idle_writes: f64,
+    pub idle_reconciles: f64,
+    pub idle_cpu_percent: f64,
+    pub rss_restarted_mib: f64,
+    pub rss_idle_mib: f64,
+
+    goals: Vec<Goal>,
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Machine::detect()
+    }
+}
+
+impl Machine {
+    pub fn detect() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_gib: mem_kib / 1024.0 / 1024.0,
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            kernel: run(Command::new("uname").arg("-r")),
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    cmd.output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn r2(v: f64) -> Value {
+    if v.is_finite() {
+        json!((v * 100.0).round() / 100.0)
+    } else {
+        Value::Null
+    }
+}
+
+impl Report {
+    pub fn new(repo: &Path, settings: &Settings) -> Report {
+        let git = |args: &[&str]| run(Command::new("git").arg("-C").arg(repo).args(args));
+        let mut commit = git(&["rev-parse", "--short=12", "HEAD"]);
+        // The operator binary is built from the work tree: say so when it differs from HEAD.
+        if !git(&[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            "src",
+            "Cargo.toml",
+            "Cargo.lock",
+        ])
+        .is_empty()
+        {
+            commit.push_str("-dirty");
+        }
+        let versions_env =
+            std::fs::read_to_string(repo.join("tests/controlplane/versions.env")).unwrap_or_default();
+        let etcd = versions_env
+            .lines()
+            .find_map(|l| l.strip_prefix("ETCD_VERSION="))
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_string();
+        let settings_json = BTreeMap::from([
+            ("quick", json!(settings.quick)),
+            ("calls", json!(settings.calls)),
+            ("throughput_secs", json!(settings.throughput_secs)),
+            ("throughput_callers", json!(crate::LATENCY_APPS)),
+            ("apps", json!(settings.apps)),
+            ("idle_secs", json!(settings.idle_secs)),
+            ("floor_samples", json!(settings.floor_samples)),
+            ("creates_in_flight", json!(crate::CREATES_IN_FLIGHT)),
+        ]);
+        Report {
+            machine: Machine::detect(),
+            versions: Versions {
+                operator_commit: commit,
+                etcd,
+                rustc: run(Command::new("rustc").arg("--version")),
+                ..Default::default()
+            },
+            settings: settings_json,
+            started: jiff::Timestamp::now()
+                .round(jiff::Unit::Second)
+                .unwrap_or_default()
+                .to_string(),
+            hash_m_kib: settings.hash.m_cost_kib,
+            hash_t: settings.hash.t_cost,
+            hash_p: settings.hash.p_cost,
+            apps: settings.apps,
+            idle_secs: settings.idle_secs,
+            ..Default::default()
+        }
+    }
+
+    /// cores / floor_hash: rotations per second if the machine did nothing but hash.
+    pub fn hashing_bound_per_s(&self) -> f64 {
+        self.machine.cores as f64 * 1000.0 / self.floor_hash.p50
+    }
+
+    fn latency_floor_ms(&self) -> f64 {
+        self.floor_hash.p50 + 2.0 * self.floor_write.p50
+    }
+
+    fn latency_goal_ms(&self) -> f64 {
+        LATENCY_FACTOR * self.latency_floor_ms()
+    }
+
+    /// Evaluates every goal.
+    pub fn finish(&mut self) {
+        let goal_ms = self.latency_goal_ms();
+        let bound = self.hashing_bound_per_s();
+        let mut goals = Vec::new();
+        let latency = |key, label: &str, s: &Stats| Goal {
+            key,
+            label: label.into(),
+            value: format!("p50 {:.1} ms · p99 {:.1} ms", s.p50, s.p99),
+            goal: format!("p50 ≤ {goal_ms:.1} ms"),
+            met: Some(s.p50 <= goal_ms),
+        };
+        goals.push(latency(
+            "rest_rotate_p50_ms",
+            "REST rotate, one at a time",
+            &self.rest,
+        ));
+        goals.push(latency(
+            "annotation_rotate_p50_ms",
+            "annotate → status.rotationId changes (watch)",
+            &self.annotation,
+        ));
+        goals.push(Goal {
+            key: "throughput_rotations_per_s",
+            label: format!("throughput, {} callers on distinct apps", crate::LATENCY_APPS),
+            value: format!(
+                "{:.1} rotations/s ({:.0} % of {bound:.1}/s)",
+                self.throughput_per_s,
+                100.0 * self.throughput_per_s / bound
+            ),
+            goal: format!("≥ {:.1}/s (80 % of the hashing bound)", HASHING_SHARE * bound),
+            met: Some(self.throughput_per_s >= HASHING_SHARE * bound),
+        });
+        let provision_rate = self.apps as f64 / self.provision_s;
+        goals.push(Goal {
+            key: "provision_10k_s",
+            label: format!("provision {} apps (create → all Ready)", self.apps),
+            value: format!(
+                "{:.1} s ({provision_rate:.1} apps/s, {:.0} % of the bound)",
+                self.provision_s,
+                100.0 * provision_rate / bound
+            ),
+            goal: format!(
+                "≤ {:.1} s (80 % of the hashing bound)",
+                self.apps as f64 / (HASHING_SHARE * bound)
+            ),
+            met: Some(provision_rate >= HASHING_SHARE * bound),
+        });
+        goals.push(Goal {
+            key: "restart_ready_10k_s",
+            label: format!("restart → all {} reconciled and Ready", self.apps),
+            value: format!("{:.2} s", self.restart_ready_s),
+            goal: format!("< {RESTART_READY_GOAL_S:.0} s"),
+            met: Some(self.restart_ready_s < RESTART_READY_GOAL_S),
+        });
+        goals.push(Goal {
+            key: "restart_writes_10k",
+            label: "API writes during the restart".into(),
+            value: format!("{}", self.restart_writes),
+            goal: "0".into(),
+            met: Some(self.restart_writes == 0.0),
+        });
+        goals.push(Goal {
+            key: "idle_writes",
+            label: format!("API writes in {} idle seconds", self.idle_secs),
+            value: format!("{}", self.idle_writes),
+            goal: "0".into(),
+            met: Some(self.idle_writes == 0.0),
+        });
+        goals.push(Goal {
+            key: "rss_10k_mib",
+            label: format!("operator peak RSS, {} apps", self.apps),
+            value: format!(
+                "{:.1} MiB (provisioning {:.1}, after restart {:.1}, idle now {:.1})",
+                self.rss_peak_mib(),
+                self.rss_provision_mib,
+                self.rss_restarted_mib,
+                self.rss_idle_mib
+            ),
+            goal: format!("≤ {RSS_GOAL_MIB:.0} MiB"),
+            met: Some(self.rss_peak_mib() <= RSS_GOAL_MIB),
+        });
+        goals.push(Goal {
+            key: "idle_cpu_percent",
+            label: "operator CPU while idle (of one core)".into(),
+            value: format!("{:.3} %", self.idle_cpu_percent),
+            goal: "—".into(),
+            met: None,
+        });
+        goals.push(latency(
+            "rest_rotate_standby_p50_ms",
+            "REST rotate sent to the standby replica",
+            &self.rest_standby,
+        ));
+        goals.push(latency(
+            "annotation_rotate_standby_p50_ms",
+            "annotate → rotationId, two replicas",
+            &self.annotation_standby,
+        ));
+        self.goals = goals;
+    }
+
+    fn rss_peak_mib(&self) -> f64 {
+        self.rss_provision_mib.max(self.rss_restarted_mib)
+    }
+
+    pub fn json(&self) -> Value {
+        let bound = self.hashing_bound_per_s();
+        let floor = self.latency_floor_ms();
+        json!({
+            "started": self.started,
+            "machine": {
+                "cores": self.machine.cores,
+                "memory_gib": r2(self.machine.memory_gib),
+                "cpu_model": self.machine.cpu_model,
+                "kernel": self.machine.kernel,
+            },
+            "versions": {
+                "operator_commit": self.versions.operator_commit,
+                "kubernetes": self.versions.kubernetes,
+                "etcd": self.versions.etcd,
+                "rustc": self.versions.rustc,
+            },
+            "argon2": {"algorithm": "argon2id", "m_cost_kib": self.hash_m_kib, "t_cost": self.hash_t,
+                       "p_cost": self.hash_p, "hash_workers": self.machine.cores},
+            "settings": self.settings,
+
+            "floor_hash_ms": r2(self.floor_hash.p50),
+            "floor_write_ms": r2(self.floor_write.p50),
+            "floor_secret_write_ms": r2(self.floor_secret_write.p50),
+            "floor_status_write_ms": r2(self.floor_status_write.p50),
+            "latency_floor_ms": r2(floor),
+            "latency_goal_ms": r2(self.latency_goal_ms()),
+            "hashing_bound_per_s": r2(bound),
+
+            "rest_rotate_p50_ms": r2(self.rest.p50),
+            "rest_rotate_p99_ms": r2(self.rest.p99),
+            "annotation_rotate_p50_ms": r2(self.annotation.p50),
+            "annotation_rotate_p99_ms": r2(self.annotation.p99),
+            "annotation_patch_p50_ms": r2(self.annotation_patch.p50),
+            "throughput_rotations_per_s": r2(self.throughput_per_s),
+            "provision_10k_s": r2(self.provision_s),
+            "restart_ready_10k_s": r2(self.restart_ready_s),
+            "restart_writes_10k": self.restart_writes,
+            "idle_writes": self.idle_writes,
+            "rss_10k_mib": r2(self.rss_peak_mib()),
+            "idle_cpu_percent": (self.idle_cpu_percent * 1000.0).round() / 1000.0,
+            "rest_rotate_standby_p50_ms": r2(self.rest_standby.p50),
+            "rest_rotate_standby_p99_ms": r2(self.rest_standby.p99),
+            "annotation_rotate_standby_p50_ms": r2(self.annotation_standby.p50),
+            "annotation_rotate_standby_p99_ms": r2(self.annotation_standby.p99),
+
+            "ratios": {
+                "rest_rotate_p50_over_floor": r2(self.rest.p50 / floor),
+                "annotation_rotate_p50_over_floor": r2(self.annotation.p50 / floor),
+                "rest_rotate_standby_p50_over_floor": r2(self.rest_standby.p50 / floor),
+                "annotation_rotate_standby_p50_over_floor": r2(self.annotation_standby.p50 / floor),
+                "throughput_over_hashing_bound": r2(self.throughput_per_s / bound),
+                "provision_over_hashing_bound": r2(self.apps as f64 / self.provision_s / bound),
+            },
+            "goals_met": self.goals.iter().filter_map(|g| g.met.map(|m| (g.key, m))).collect::<BTreeMap<_, _>>(),
+            "detail": {
+                "floor_hash": self.floor_hash.json(),
+                "floor_write": self.floor_write.json(),
+                "floor_secret_write": self.floor_secret_write.json(),
+                "floor_status_write": self.floor_status_write.json(),
+                "rest_rotate": self.rest.json(),
+                "rest_rotate_operator_mean_ms": r2(self.rest_operator_mean_ms),
+                "annotation_rotate": self.annotation.json(),
+                "annotation_patch": self.annotation_patch.json(),
+                "annotation_rotate_operator_mean_ms": r2(self.annotation_operator_mean_ms),
+                "throughput_rotations": self.throughput_ok,
+                "throughput_failed_calls": self.throughput_failed,
+                "throughput_operator_mean_ms": r2(self.throughput_operator_mean_ms),
+                "throughput_cpu_cores": self.throughput_cpu.iter().map(|(k, v)| (k.clone(), r2(*v))).collect::<BTreeMap<_, _>>(),
+                "rest_rotate_standby": self.rest_standby.json(),
+                "annotation_rotate_standby": self.annotation_standby.json(),
+                "apps": self.apps,
+                "create_all_s": r2(self.create_all_s),
+                "provision_writes": self.provision_writes,
+                "rss_provision_mib": r2(self.rss_provision_mib),
+                "rss_after_restart_peak_mib": r2(self.rss_restarted_mib),
+                "rss_idle_mib": r2(self.rss_idle_mib),
+                "idle_reconciles": self.idle_reconciles,
+            },
+        })
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let m = &self.machine;
+        let v = &self.versions;
+        md.push_str("# oauthapp-operator benchmarks (`make bench`)\n\n");
+        md.push_str(&format!(
+            "Run {} · operator `{}` · Kubernetes {} · etcd {} · {}  \n",
+            self.started, v.operator_commit, v.kubernetes, v.etcd, v.rustc
+        ));
+        md.push_str(&format!(
+            "Machine: {} cores, {:.1} GiB, {} (Linux {})  \n",
+            m.cores, m.memory_gib, m.cpu_model, m.kernel
+        ));
+        md.push_str(&format!(
+            "argon2id m={} KiB, t={}, p={}; {} hash workers · {} apps · idle window {} s{}\n\n",
+            self.hash_m_kib,
+            self.hash_t,
+            self.hash_p,
+            m.cores,
+            self.apps,
+            self.idle_secs,
+            if self.settings.get("quick") == Some(&json!(true)) {
+                " · **BENCH_QUICK smoke run: not comparable**"
+            } else {
+                ""
+            }
+        ));
+        md.push_str(&format!(
+            "Floors, measured in this run: one argon2id hash **{:.1} ms** (`floor_hash_ms`, median of {}); \
+             one write round-trip from a plain kube client **{:.1} ms** (`floor_write_ms`; Secret replace \
+             {:.1} ms, status replace {:.1} ms). Latency goal: p50 ≤ 1.3 × ({:.1} + 2 × {:.1}) = **{:.1} ms**. \
+             Hashing bound: {} cores / floor_hash = **{:.1} rotations/s**.\n\n",
+            self.floor_hash.p50,
+            self.floor_hash.n,
+            self.floor_write.p50,
+            self.floor_secret_write.p50,
+            self.floor_status_write.p50,
+            self.floor_hash.p50,
+            self.floor_write.p50,
+            self.latency_goal_ms(),
+            m.cores,
+            self.hashing_bound_per_s()
+        ));
+        md.push_str("| measure | result | goal | met |\n| --- | --- | --- | --- |\n");
+        for g in &self.goals {
+            let met = match g.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            };
+            md.push_str(&format!(
+                "| {} (`{}`) | {} | {} | {met} |\n",
+                g.label, g.key, g.value, g.goal
+            ));
+        }
+        md.push_str(&format!(
+            "\nDetail: the operator's own mean rotation time (its histogram) was {:.1} ms in the REST run, \
+             {:.1} ms in the annotation run and {:.1} ms under the throughput load; the annotate request \
+             itself took p50 {:.1} ms (included in the annotation latency). During the throughput \
+             window the processes used these CPU cores: {}. Provisioning made {} API writes; the creates \
+             were all accepted after {:.1} s. The idle window saw {} reconciles.\n",
+            self.rest_operator_mean_ms,
+            self.annotation_operator_mean_ms,
+            self.throughput_operator_mean_ms,
+            self.annotation_patch.p50,
+            self.throughput_cpu
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.provision_writes,
+            self.create_all_s,
+            self.idle_reconciles,
+        ));
+        md
+    }
+
+    /// Writes latest.json and latest.md into `dir` (through temporary files: a run that fails
+    /// half-way leaves the previous results whole).
+    pub fn write(&self, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(dir)?;
+        let json_path = dir.join("latest.json");
+        let md_path = dir.join("latest.md");
+        for (path, text) in [
+            (&json_path, serde_json::to_string_pretty(&self.json())? + "\n"),
+            (&md_path, self.markdown()),
+        ] {
+            let tmp = path.with_extension(format!(
+                "{}.tmp",
+                path.extension().and_then(|e| e.to_str()).unwrap_or("")
+            ));
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, path)?;
+        }
+        Ok((json_path, md_path))
+    }
+}
