@@ -5,17 +5,19 @@
 //! threads) would let a burst of new apps use gigabytes. So: `spawn_blocking`, at most `permits`
 //! at a time (one per core by default).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
 use crate::error::Error;
-use crate::secret::{self, ClientSecret, HashParams};
+use crate::secret::{self, ClientSecret, HashMemory, HashParams};
 
 #[derive(Clone)]
 pub struct Hasher {
     params: HashParams,
     permits: Arc<Semaphore>,
+    /// Working memory of the hashes not running now (at most one per permit).
+    memory: Arc<Mutex<Vec<HashMemory>>>,
 }
 
 impl Hasher {
@@ -23,6 +25,7 @@ impl Hasher {
         Self {
             params,
             permits: Arc::new(Semaphore::new(parallelism.max(1))),
+            memory: Arc::default(),
         }
     }
 
@@ -33,9 +36,9 @@ impl Hasher {
     /// A fresh secret and its PHC hash.
     pub async fn generate(&self) -> Result<(ClientSecret, String), Error> {
         let params = self.params;
-        self.blocking(move || {
+        self.blocking(move |memory| {
             let s = ClientSecret::generate()?;
-            let phc = secret::hash(s.expose(), &params)?;
+            let phc = secret::hash_in(s.expose(), &params, memory)?;
             Ok((s, phc))
         })
         .await
@@ -43,23 +46,31 @@ impl Hasher {
 
     /// Whether `plaintext` verifies against `phc`. A malformed hash counts as "does not verify".
     pub async fn verify(&self, plaintext: String, phc: String) -> Result<bool, Error> {
-        self.blocking(move || {
-            Ok(secret::check_format(&plaintext).is_ok() && secret::verify(&plaintext, &phc).unwrap_or(false))
+        self.blocking(move |memory| {
+            Ok(secret::check_format(&plaintext).is_ok()
+                && secret::verify_in(&plaintext, &phc, memory).unwrap_or(false))
         })
         .await
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+        f: impl FnOnce(&mut HashMemory) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| Error::Internal("hasher closed".into()))?;
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))?
+        let pool = self.memory.clone();
+        tokio::task::spawn_blocking(move || {
+            let take = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let mut memory = take.unwrap_or_default();
+            let result = f(&mut memory);
+            pool.lock().unwrap_or_else(|e| e.into_inner()).push(memory);
+            result
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))?
     }
 }
