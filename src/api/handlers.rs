@@ -137,7 +137,11 @@ pub async fn rotate_client_secret(
     AppUid(uid): AppUid,
 ) -> Result<Json<RotatedSecret>, ApiError> {
     let app = api.lookup(&uid)?;
-    let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
+    let (ns, name, secret_name) = (
+        app.namespace().unwrap_or_default(),
+        app.name_any(),
+        app.secret_name(),
+    );
     api.auth
         .authorize(
             &caller,
@@ -150,7 +154,9 @@ pub async fn rotate_client_secret(
         )
         .await?;
     let rotated = api
-        .rotate_locked(ns, name, uid, caller.username.clone(), |_| RotationTrigger::Api)
+        .rotate_locked(ns, name, uid, secret_name, caller.username.clone(), |_| {
+            RotationTrigger::Api
+        })
         .await?
         .map_err(|e| ApiError::from_rotation("rotating a client secret", e))?;
     Ok(Json(RotatedSecret {
@@ -373,6 +379,7 @@ pub async fn create_oauth_app(
                 ns.clone(),
                 resource_name.clone(),
                 uid.clone(),
+                created.secret_name(),
                 caller.username.clone(),
                 |existing| {
                     if existing.is_some() {
@@ -493,6 +500,7 @@ impl Shared {
         ns: String,
         name: String,
         uid: String,
+        secret_name: String,
         caller: String,
         trigger: impl FnOnce(Option<&Secret>) -> RotationTrigger + Send + 'static,
     ) -> Result<Result<Rotated, Error>, ApiError> {
@@ -508,18 +516,20 @@ impl Shared {
                 })?;
             let apps: Api<OAuthApp> = Api::namespaced(api.ctx.client.clone(), &ns);
             let secrets: Api<Secret> = Api::namespaced(api.ctx.client.clone(), &ns);
-            let fresh = apps
-                .get_opt(&name)
-                .await
+            // Both reads at once: the Secret's name is fixed when the app is created (CEL).
+            let (fresh, secret) = futures::join!(apps.get_opt(&name), secrets.get_opt(&secret_name));
+            let fresh = fresh
                 .map_err(|e| ApiError::from_kube("reading an OAuthApp", &e))?
                 .filter(|a| {
                     a.uid().as_deref() == Some(uid.as_str()) && a.metadata.deletion_timestamp.is_none()
                 })
                 .ok_or_else(|| ApiError::not_found(format!("OAuthApp {key} no longer exists")))?;
-            let secret = secrets
-                .get_opt(&fresh.secret_name())
-                .await
-                .map_err(|e| ApiError::from_kube("reading a Secret", &e))?;
+            let secret = if fresh.secret_name() == secret_name {
+                secret
+            } else {
+                secrets.get_opt(&fresh.secret_name()).await
+            }
+            .map_err(|e| ApiError::from_kube("reading a Secret", &e))?;
             let trigger = trigger(secret.as_ref());
             Ok(rotation::rotate(&api.ctx, &fresh, secret, trigger, Some(&caller)).await)
         });

@@ -175,11 +175,18 @@ async fn converge(ctx: &Context, cached: &OAuthApp, resync: Duration) -> Result<
     let ns = cached.namespace().unwrap_or_default();
     let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let (name, secret_name) = (cached.name_any(), cached.secret_name());
     for _ in 0..MAX_STEPS {
-        let Some(app) = apps.get_opt(&cached.name_any()).await? else {
+        // Both reads at once: the Secret's name is fixed when the app is created (CEL).
+        let (app, secret) = futures::join!(apps.get_opt(&name), secrets.get_opt(&secret_name));
+        let Some(app) = app? else {
             return Ok(Action::await_change());
         };
-        let secret = secrets.get_opt(&app.secret_name()).await?;
+        let secret = if app.secret_name() == secret_name {
+            secret?
+        } else {
+            secrets.get_opt(&app.secret_name()).await?
+        };
         let mut check = None;
         let step = loop {
             let view = secret.as_ref().map(|s| SecretView {
