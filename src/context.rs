@@ -30,6 +30,8 @@ pub struct Context {
     pub locks: AppLocks,
     /// Content checks already made, so an unchanged Secret is verified once.
     pub verified: VerifiedCache,
+    /// This process's own writes that the watches may not have shown yet.
+    pub own_writes: OwnWrites,
     /// Test-only fault injection (`OAUTHAPP_FAILPOINT`), e.g. `pause-after-secret-write`.
     pub failpoint: Option<String>,
 }
@@ -47,6 +49,7 @@ impl Context {
             metrics,
             locks: AppLocks::default(),
             verified: VerifiedCache::default(),
+            own_writes: OwnWrites::default(),
             failpoint: std::env::var("OAUTHAPP_FAILPOINT").ok().filter(|v| !v.is_empty()),
         }
     }
@@ -73,6 +76,14 @@ impl AppLocks {
             }
         };
         lock.lock_owned().await
+    }
+
+    /// True while a task of this process holds the app's lock (a rotation is being written).
+    pub fn is_held(&self, key: &str) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key)
+            .and_then(Weak::upgrade)
+            .is_some_and(|lock| lock.try_lock().is_err())
     }
 }
 
@@ -101,6 +112,46 @@ impl VerifiedCache {
     }
 }
 
+/// Per object (`OAuthApp ns/name` or `Secret ns/name`), the resourceVersion that this
+/// process's last write of it replaced (empty for a create).
+///
+/// Right after a rotation the watch events of the Secret and of the app arrive in either order:
+/// one cache still holds the version before our write, and the planner asks for a write that
+/// was already made. When a cached object is exactly the version our own successful write
+/// replaced, the cache is behind that write, and the write's own watch event (which reconciles
+/// the app again) is on its way: no need to take the lock and re-read both objects (two GETs
+/// per rotation).
+#[derive(Default)]
+pub struct OwnWrites(Mutex<HashMap<String, String>>);
+
+/// Entries kept before all are dropped (dropping one only costs a re-read).
+const MAX_OWN_WRITES: usize = 4096;
+
+impl OwnWrites {
+    /// Records that our write of `object` replaced version `replaced` ("" for a create).
+    pub fn put(&self, object: String, replaced: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_OWN_WRITES {
+            map.clear();
+        }
+        map.insert(object, replaced.to_string());
+    }
+
+    /// True when `cached` ("" for none) is the version our last write of `object` replaced: the
+    /// cache lags that write. Any other version means the watch has moved on: the entry goes.
+    pub fn lagging(&self, object: &str, cached: &str) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(object) {
+            Some(replaced) if replaced == cached => true,
+            Some(_) => {
+                map.remove(object);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,8 +166,27 @@ mod tests {
                 .is_err()
         );
         let _other = locks.lock("ns/b").await;
+        assert!(locks.is_held("ns/a"));
+        assert!(!locks.is_held("ns/c"));
         drop(held);
+        assert!(!locks.is_held("ns/a"));
         let _again = locks.lock("ns/a").await;
+    }
+
+    #[test]
+    fn only_the_version_our_write_replaced_lags_it() {
+        let writes = OwnWrites::default();
+        assert!(!writes.lagging("OAuthApp ns/a", "10"));
+        writes.put("OAuthApp ns/a".into(), "10");
+        assert!(writes.lagging("OAuthApp ns/a", "10"));
+        assert!(!writes.lagging("OAuthApp ns/b", "10"));
+        // The watch showed a newer version: the entry is gone, even for the old version.
+        assert!(!writes.lagging("OAuthApp ns/a", "11"));
+        assert!(!writes.lagging("OAuthApp ns/a", "10"));
+        // A create replaced nothing: a cache without the object lags it.
+        writes.put("Secret ns/a".into(), "");
+        assert!(writes.lagging("Secret ns/a", ""));
+        assert!(!writes.lagging("Secret ns/a", "12"));
     }
 
     #[test]

@@ -114,6 +114,10 @@ async fn rotate_inner(
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let existed = current.is_some();
+    let replaced = current
+        .as_ref()
+        .and_then(|s| s.resource_version())
+        .unwrap_or_default();
     let mut object = current.unwrap_or_else(|| new_secret(app));
     apply_desired_metadata(app, &mut object.metadata);
     let ann = object.metadata.annotations.get_or_insert_with(BTreeMap::new);
@@ -144,6 +148,7 @@ async fn rotate_inner(
     })?;
     ctx.metrics.writes.inc();
     let secret_key = format!("{ns}/{}", written.name_any());
+    ctx.own_writes.put(format!("Secret {secret_key}"), &replaced);
     if let (Some(rv), true) = (written.resource_version(), true) {
         ctx.verified.put(
             &secret_key,
@@ -285,6 +290,10 @@ pub async fn write_status(ctx: &Context, app: &OAuthApp, status: OAuthAppStatus)
             }
         })?;
     ctx.metrics.writes.inc();
+    ctx.own_writes.put(
+        format!("OAuthApp {}", app_key(app)),
+        &app.resource_version().unwrap_or_default(),
+    );
     Ok(written)
 }
 
@@ -304,6 +313,7 @@ pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> R
         .get(annotations::HASH)
         .cloned()
         .unwrap_or_default();
+    let replaced = secret.resource_version().unwrap_or_default();
     let written = secrets
         .replace(&secret.name_any(), &post_params(), &secret)
         .await
@@ -315,6 +325,8 @@ pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> R
             }
         })?;
     ctx.metrics.writes.inc();
+    ctx.own_writes
+        .put(format!("Secret {ns}/{}", written.name_any()), &replaced);
     if let Some(rv) = written.resource_version() {
         // The content was checked before this write and the write kept it.
         ctx.verified.put(

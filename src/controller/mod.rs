@@ -42,7 +42,10 @@ pub struct Settings {
 const ERROR_REQUEUE: Duration = Duration::from_secs(5);
 /// A conflicting foreign Secret is not watched; look again after this long.
 const CONFLICT_REQUEUE: Duration = Duration::from_secs(30);
-/// Writes one reconcile may make before it yields (each followed by a fresh read).
+/// After a write, or while the caches lag this process's own writes, look again after this long
+/// at the latest (the writes' watch events normally bring the app back first).
+const LAGGING_REQUEUE: Duration = Duration::from_secs(2);
+/// Attempts one reconcile makes when its writes lose resourceVersion races, before it yields.
 const MAX_STEPS: usize = 8;
 
 /// One watched scope (a namespace, or the whole cluster): its Secret cache and the context.
@@ -154,8 +157,25 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
         meta: &s.metadata,
         check,
     });
+    // A cache still showing the version our own last write replaced lags that write, and a
+    // rotation in progress in this process (the REST API's) is about to write: either way the
+    // write's watch event brings the app back, so no fresh reads now (the two lag checks both
+    // run: each forgets a caught-up entry).
+    let key = app_key(app);
+    let app_lags = ctx.own_writes.lagging(
+        &format!("OAuthApp {key}"),
+        &app.resource_version().unwrap_or_default(),
+    );
+    let secret_lags = ctx.own_writes.lagging(
+        &format!("Secret {ns}/{secret_name}"),
+        &cached
+            .as_ref()
+            .and_then(|s| s.resource_version())
+            .unwrap_or_default(),
+    );
     match plan::plan(app, view, Timestamp::now()) {
         Step::Done { requeue_after } => Ok(requeue(requeue_after, scope.resync)),
+        _ if app_lags || secret_lags || ctx.locks.is_held(&key) => Ok(Action::requeue(LAGGING_REQUEUE)),
         _ => converge(ctx, app, scope.resync).await,
     }
 }
@@ -263,14 +283,17 @@ async fn converge(ctx: &Context, cached: &OAuthApp, resync: Duration) -> Result<
             }
         };
         match written {
-            Ok(()) => {}
+            // The write's own watch events bring the app back for its next step, if any (the
+            // cache-lag checks in `reconcile_app` keep that from re-reading too early): no
+            // confirming re-read here.
+            Ok(()) => return Ok(Action::requeue(LAGGING_REQUEUE)),
             // Someone else wrote first: read again and plan again.
             Err(e) if e.is_conflict() => debug!(app = %key, "write conflict; re-reading"),
             Err(Error::SecretConflict { .. }) => continue,
             Err(e) => return Err(e),
         }
     }
-    // Not converged within MAX_STEPS writes (heavy contention): look again soon.
+    // Lost MAX_STEPS races in a row (heavy contention): look again soon.
     Ok(Action::requeue(Duration::from_secs(1)))
 }
 
