@@ -21,6 +21,7 @@
 #![recursion_limit = "256"]
 
 mod cluster;
+mod floors;
 mod operator;
 mod report;
 mod tracker;
@@ -33,15 +34,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
-use oauthapp_operator::crd::{OAuthApp, OAuthAppSpec, OAuthAppStatus, ROTATE_ANNOTATION};
-use oauthapp_operator::secret::{self, HashParams};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use oauthapp_operator::crd::{OAuthApp, OAuthAppSpec, ROTATE_ANNOTATION};
+use oauthapp_operator::secret::HashParams;
 use serde_json::json;
 
 use cluster::ControlPlane;
+use floors::Floors;
 use operator::Operator;
 use report::{Report, Stats};
 use tracker::Tracker;
@@ -50,6 +50,8 @@ use tracker::Tracker;
 const LATENCY_APPS: usize = 16;
 /// Creates in flight while provisioning the scale phase's apps.
 const CREATES_IN_FLIGHT: usize = 48;
+/// Floor samples are taken after every this many latency calls (outside the timed calls).
+const FLOOR_EVERY: usize = 4;
 /// Calls or rotations before each timed series, not counted (connections, caches, allocator).
 const WARMUP: usize = 5;
 
@@ -159,20 +161,19 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
     say!("control plane up: Kubernetes {}", report.versions.kubernetes);
 
     // --- floors -------------------------------------------------------------------------------
-    let (hash_ms, phc) = floor_hash(settings.hash, settings.floor_samples).await?;
-    report.floor_hash = Stats::of(&hash_ms);
-    say!("floor_hash_ms = {:.1}", report.floor_hash.p50);
+    let busy = settle(&cp).await;
+    say!("control plane settled ({busy:.2} cores busy)");
     cp.kubectl(&["create", "namespace", "bench-floor"])?;
-    let (all, secret_writes, status_writes) =
-        floor_writes(&client, "bench-floor", &phc, settings.floor_samples).await?;
-    report.floor_write = Stats::of(&all);
-    report.floor_secret_write = Stats::of(&secret_writes);
-    report.floor_status_write = Stats::of(&status_writes);
+    let mut floors = Floors::new(&client, "bench-floor", settings.hash).await?;
+    for _ in 0..settings.floor_samples {
+        floors.sample().await?;
+    }
+    report.floor_hash_start = Stats::of(&floors.hash_ms);
+    report.floor_write_start = Stats::of(&floors.write_ms());
     say!(
-        "floor_write_ms = {:.1} (Secret {:.1}, status {:.1})",
-        report.floor_write.p50,
-        report.floor_secret_write.p50,
-        report.floor_status_write.p50
+        "floors at the start: hash {:.1} ms, write {:.1} ms",
+        report.floor_hash_start.p50,
+        report.floor_write_start.p50
     );
 
     // --- 1, 2, 3: one operator ----------------------------------------------------------------
@@ -189,9 +190,22 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
 
     say!("1. REST rotate latency: {} calls, one at a time", settings.calls);
     let before = op.metrics().await?;
-    report.rest = Stats::of(&rest_latency(&http, op.api_port, &token, &ids, settings.calls).await?);
+    let requests_before = api_requests(&client).await;
+    let samples_before = floors.hash_ms.len();
+    report.rest =
+        Stats::of(&rest_latency(&http, op.api_port, &token, &ids, settings.calls, &mut floors).await?);
     let after = op.metrics().await?;
     report.rest_operator_mean_ms = mean_rotation_ms(&before, &after);
+    report.rest_requests_per_rotation = per_rotation(
+        &requests_before,
+        &api_requests(&client).await,
+        (settings.calls + WARMUP) as f64,
+        floors.hash_ms.len() - samples_before,
+    );
+    say!(
+        "   API requests per rotation: {:?}",
+        report.rest_requests_per_rotation
+    );
     say!(
         "   p50 {:.1} ms, p99 {:.1} ms (operator-side mean {:.1} ms)",
         report.rest.p50,
@@ -201,11 +215,24 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
 
     say!("2. annotation-to-rotation latency: {} rotations", settings.calls);
     let before = op.metrics().await?;
-    let (lat, patch) = annotation_latency(&client, ns, &tracker, &names, settings.calls, "a").await?;
+    let requests_before = api_requests(&client).await;
+    let samples_before = floors.hash_ms.len();
+    let (lat, patch) =
+        annotation_latency(&client, ns, &tracker, &names, settings.calls, "a", &mut floors).await?;
     let after = op.metrics().await?;
     report.annotation = Stats::of(&lat);
     report.annotation_patch = Stats::of(&patch);
     report.annotation_operator_mean_ms = mean_rotation_ms(&before, &after);
+    report.annotation_requests_per_rotation = per_rotation(
+        &requests_before,
+        &api_requests(&client).await,
+        (settings.calls + WARMUP) as f64,
+        floors.hash_ms.len() - samples_before,
+    );
+    say!(
+        "   API requests per rotation: {:?}",
+        report.annotation_requests_per_rotation
+    );
     say!(
         "   p50 {:.1} ms, p99 {:.1} ms (the annotate call itself: p50 {:.1} ms)",
         report.annotation.p50,
@@ -250,10 +277,10 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
         }
     }
     say!(
-        "   {:.1} rotations/s ({} failed); hashing bound {:.1}/s; CPU cores used: {:?}",
+        "   {:.1} rotations/s ({} failed); hashing bound so far {:.1}/s; CPU cores used: {:?}",
         report.throughput_per_s,
         failed,
-        report.hashing_bound_per_s(),
+        report.machine.cores as f64 * 1000.0 / Stats::of(&floors.hash_ms).p50,
         report.throughput_cpu
     );
     op.stop(Duration::from_secs(30));
@@ -269,8 +296,9 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
     let (leader, standby) = wait_for_leader(&a, &b, Duration::from_secs(60)).await?;
     say!("   {} leads, {} stands by", leader.name, standby.name);
     report.rest_standby =
-        Stats::of(&rest_latency(&http, standby.api_port, &token, &ids, settings.calls).await?);
-    let (lat, _) = annotation_latency(&client, ns, &tracker, &names, settings.calls, "s").await?;
+        Stats::of(&rest_latency(&http, standby.api_port, &token, &ids, settings.calls, &mut floors).await?);
+    let (lat, _) =
+        annotation_latency(&client, ns, &tracker, &names, settings.calls, "s", &mut floors).await?;
     report.annotation_standby = Stats::of(&lat);
     say!(
         "   REST via standby p50 {:.1} ms, p99 {:.1} ms; annotation p50 {:.1} ms, p99 {:.1} ms",
@@ -283,6 +311,16 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
     b.stop(Duration::from_secs(30));
     drop((a, b));
     drop(tracker);
+    report.floor_hash = Stats::of(&floors.hash_ms);
+    report.floor_write = Stats::of(&floors.write_ms());
+    report.floor_secret_write = Stats::of(&floors.secret_ms);
+    report.floor_status_write = Stats::of(&floors.status_ms);
+    say!(
+        "floors over the run: hash {:.1} ms, write {:.1} ms ({} samples)",
+        report.floor_hash.p50,
+        report.floor_write.p50,
+        report.floor_hash.n
+    );
 
     // --- 4: scale -----------------------------------------------------------------------------
     scale(&cp, &client, settings, &mut report).await?;
@@ -315,6 +353,7 @@ async fn scale(
 
     say!("4. provisioning {n} apps ({CREATES_IN_FLIGHT} creates in flight)");
     let names: Vec<String> = (0..n).map(|i| format!("app-{i:05}")).collect();
+    let requests_before = api_requests(client).await;
     let started = Instant::now();
     let progress = {
         // One line every 30 s, so a long provisioning shows it is moving.
@@ -341,6 +380,9 @@ async fn scale(
         .await?;
     progress.1.abort();
     report.provision_s = started.elapsed().as_secs_f64();
+    report.provision_requests_per_app =
+        per_rotation(&requests_before, &api_requests(client).await, n as f64, 0);
+    say!("   API requests per app: {:?}", report.provision_requests_per_app);
     let m = op.metrics().await?;
     report.provision_writes = m.value("oauthapp_api_writes_total");
     report.rss_provision_mib = operator::vm_mib(op.pid(), "VmHWM").unwrap_or(f64::NAN);
@@ -410,109 +452,27 @@ async fn scale(
     Ok(())
 }
 
-/// One argon2id hash with `params`, `samples` times in a row (after a warm-up): the times in
-/// ms, and one PHC string for the write floor's payload.
-async fn floor_hash(params: HashParams, samples: usize) -> anyhow::Result<(Vec<f64>, String)> {
-    tokio::task::spawn_blocking(move || {
-        let mut times = Vec::with_capacity(samples);
-        let mut phc = String::new();
-        for i in 0..samples + 2 {
-            let started = Instant::now();
-            phc = secret::hash(&format!("oas_floor-{i}"), &params)?;
-            if i >= 2 {
-                times.push(ms(started.elapsed()));
-            }
-        }
-        Ok((times, phc))
-    })
-    .await?
-}
-
-/// Write round-trips from a plain kube client, alternating a Secret replace and a status
-/// replace of an OAuthApp, each carrying what the operator's writes carry (resourceVersion
-/// precondition, annotations, hash). The namespace is watched by no operator.
-async fn floor_writes(
-    client: &Client,
-    ns: &str,
-    phc: &str,
-    samples: usize,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), ns);
-    let pp = PostParams::default();
-    let mut secret = secrets
-        .create(
-            &pp,
-            &Secret {
-                metadata: ObjectMeta {
-                    name: Some("floor-oauth-client".into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await?;
-    let mut app = apps.create(&pp, &new_app("floor")).await?;
-    let (mut all, mut secret_ms, mut status_ms) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..samples + WARMUP {
-        let rotation_id = format!("{:032x}", rand_u128());
-        let now = jiff::Timestamp::now().to_string();
-        let annotations = BTreeMap::from([
-            ("oauthapp.io/rotation-id".to_string(), rotation_id.clone()),
-            ("oauthapp.io/client-secret-hash".to_string(), phc.to_string()),
-            (
-                "oauthapp.io/client-secret-hint".to_string(),
-                "oas_AbCd...Xz12".to_string(),
-            ),
-            ("oauthapp.io/rotation-trigger".to_string(), "Api".to_string()),
-            ("oauthapp.io/rotated-at".to_string(), now.clone()),
-            ("oauthapp.io/rotation-count".to_string(), i.to_string()),
-        ]);
-        secret.metadata.annotations = Some(annotations);
-        secret.metadata.managed_fields = None;
-        secret.data = Some(BTreeMap::from([
-            ("client_id".to_string(), ByteString(b"floor-client".to_vec())),
-            (
-                "client_secret".to_string(),
-                ByteString(format!("oas_{rotation_id}0123456789ab").into_bytes()),
-            ),
-        ]));
-        let started = Instant::now();
-        secret = secrets.replace("floor-oauth-client", &pp, &secret).await?;
-        let secret_took = ms(started.elapsed());
-
-        app.status = Some(serde_json::from_value::<OAuthAppStatus>(json!({
-            "appId": "app_7n42DGM5Tflk9n8mt7Fhc7",
-            "clientId": "floor-client",
-            "secretName": "floor-oauth-client",
-            "clientSecretHash": phc,
-            "clientSecretHint": "oas_AbCd...Xz12",
-            "rotationId": rotation_id,
-            "rotationCount": i + 1,
-            "lastRotationTime": now.split('.').next().map(|s| format!("{}Z", s.trim_end_matches('Z'))),
-            "lastRotationTrigger": "Api",
-            "secretResourceVersion": secret.resource_version(),
-            "observedGeneration": 1,
-            "conditions": [{
-                "type": "Ready", "status": "True", "reason": "SecretReady",
-                "message": "the Secret holds the current secret",
-                "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1
-            }],
-        }))?);
-        app.metadata.managed_fields = None;
-        let started = Instant::now();
-        app = apps.replace_status("floor", &pp, &app).await?;
-        let status_took = ms(started.elapsed());
-        if i >= WARMUP {
-            secret_ms.push(secret_took);
-            status_ms.push(status_took);
-            all.extend([secret_took, status_took]);
+/// Waits (at most 60 s) until the control plane has finished starting (its processes use less
+/// than 0.1 core over a second), so that the floors are measured on a quiet machine; returns
+/// the cores they used in the last second.
+async fn settle(cp: &ControlPlane) -> f64 {
+    let pids: Vec<u32> = ["kube-apiserver", "etcd", "kube-controller-manager"]
+        .iter()
+        .filter_map(|name| cp.pid_of(name))
+        .collect();
+    let used = || pids.iter().filter_map(|p| operator::cpu_seconds(*p)).sum::<f64>();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let before = used();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy = used() - before;
+        if busy < 0.1 || Instant::now() > deadline {
+            return busy;
         }
     }
-    Ok((all, secret_ms, status_ms))
 }
 
-fn rand_u128() -> u128 {
+pub(crate) fn rand_u128() -> u128 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(Instant::now().elapsed().as_nanos());
@@ -521,11 +481,11 @@ fn rand_u128() -> u128 {
     (u128::from(a) << 64) | u128::from(h.finish())
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn new_app(name: &str) -> OAuthApp {
+pub(crate) fn new_app(name: &str) -> OAuthApp {
     OAuthApp::new(
         name,
         OAuthAppSpec {
@@ -594,6 +554,7 @@ async fn rest_latency(
     token: &str,
     ids: &[String],
     calls: usize,
+    floors: &mut Floors,
 ) -> anyhow::Result<Vec<f64>> {
     let mut times = Vec::with_capacity(calls);
     for i in 0..calls + WARMUP {
@@ -601,6 +562,9 @@ async fn rest_latency(
         rotate(http, port, token, &ids[i % ids.len()]).await?;
         if i >= WARMUP {
             times.push(ms(started.elapsed()));
+        }
+        if i % FLOOR_EVERY == 0 {
+            floors.sample().await?;
         }
     }
     Ok(times)
@@ -615,6 +579,7 @@ async fn annotation_latency(
     names: &[String],
     n: usize,
     tag: &str,
+    floors: &mut Floors,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let apps: Api<OAuthApp> = Api::namespaced(client.clone(), ns);
     let (mut times, mut patches) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -637,6 +602,9 @@ async fn annotation_latency(
         if i >= WARMUP {
             times.push(ms(seen.saturating_duration_since(started)));
             patches.push(patched);
+        }
+        if i % FLOOR_EVERY == 0 {
+            floors.sample().await?;
         }
     }
     Ok((times, patches))
@@ -670,6 +638,63 @@ async fn throughput(
     let ok = results.iter().map(|r| r.0).sum();
     let failed = results.iter().map(|r| r.1).sum();
     Ok((ok, failed, window.as_secs_f64()))
+}
+
+/// The API server's own request counters (`apiserver_request_total`), by `VERB resource` (and
+/// `/subresource`), summed over codes and scopes: what the operator asks of the API server.
+async fn api_requests(client: &Client) -> BTreeMap<String, f64> {
+    let Ok(request) = http::Request::get("/metrics").body(Vec::new()) else {
+        return BTreeMap::new();
+    };
+    let text = client.request_text(request).await.unwrap_or_default();
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |key: &str| {
+            labels
+                .split("\",")
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
+        let key = if sub.is_empty() {
+            format!("{verb} {resource}")
+        } else {
+            format!("{verb} {resource}/{sub}")
+        };
+        *counts.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    counts
+}
+
+/// Requests per rotation between two snapshots of [`api_requests`] (WATCH and LIST left out:
+/// they are long-lived streams and relists, not per-rotation work; so are the `floor_samples`
+/// floor writes the bench itself made meanwhile).
+fn per_rotation(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    rotations: f64,
+    floor_samples: usize,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .filter(|(k, _)| !k.starts_with("WATCH") && !k.starts_with("LIST"))
+        .filter_map(|(k, a)| {
+            let ours = match k.as_str() {
+                "PUT secrets" | "PUT oauthapps/status" => floor_samples as f64,
+                _ => 0.0,
+            };
+            let d = a - before.get(k).copied().unwrap_or(0.0) - ours;
+            (d > 0.0).then(|| (k.clone(), (d / rotations * 100.0).round() / 100.0))
+        })
+        .collect()
 }
 
 /// The operator-side mean rotation time between two scrapes (its rotation histogram).

@@ -87,15 +87,21 @@ pub struct Report {
     pub hash_p: u32,
 
     pub floor_hash: Stats,
+    pub floor_hash_start: Stats,
+    pub floor_write_start: Stats,
     pub floor_write: Stats,
     pub floor_secret_write: Stats,
     pub floor_status_write: Stats,
 
     pub rest: Stats,
     pub rest_operator_mean_ms: f64,
+    /// API server requests per REST rotation, by verb and resource (the server's counters).
+    pub rest_requests_per_rotation: BTreeMap<String, f64>,
     pub annotation: Stats,
     pub annotation_patch: Stats,
     pub annotation_operator_mean_ms: f64,
+    pub annotation_requests_per_rotation: BTreeMap<String, f64>,
+    pub provision_requests_per_app: BTreeMap<String, f64>,
 
     pub throughput_per_s: f64,
     pub throughput_ok: usize,
@@ -158,6 +164,18 @@ fn run(cmd: &mut Command) -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// `GET secrets 1.00, PUT secrets 1.00, ...`
+fn mix(requests: &BTreeMap<String, f64>) -> String {
+    if requests.is_empty() {
+        return "—".into();
+    }
+    requests
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn r2(v: f64) -> Value {
@@ -402,14 +420,19 @@ impl Report {
             "goals_met": self.goals.iter().filter_map(|g| g.met.map(|m| (g.key, m))).collect::<BTreeMap<_, _>>(),
             "detail": {
                 "floor_hash": self.floor_hash.json(),
+                "floor_hash_at_start": self.floor_hash_start.json(),
+                "floor_write_at_start": self.floor_write_start.json(),
                 "floor_write": self.floor_write.json(),
                 "floor_secret_write": self.floor_secret_write.json(),
                 "floor_status_write": self.floor_status_write.json(),
                 "rest_rotate": self.rest.json(),
                 "rest_rotate_operator_mean_ms": r2(self.rest_operator_mean_ms),
+                "rest_rotate_api_requests_per_rotation": self.rest_requests_per_rotation,
                 "annotation_rotate": self.annotation.json(),
                 "annotation_patch": self.annotation_patch.json(),
                 "annotation_rotate_operator_mean_ms": r2(self.annotation_operator_mean_ms),
+                "annotation_rotate_api_requests_per_rotation": self.annotation_requests_per_rotation,
+                "provision_api_requests_per_app": self.provision_requests_per_app,
                 "throughput_rotations": self.throughput_ok,
                 "throughput_failed_calls": self.throughput_failed,
                 "throughput_operator_mean_ms": r2(self.throughput_operator_mean_ms),
@@ -455,12 +478,14 @@ impl Report {
             }
         ));
         md.push_str(&format!(
-            "Floors, measured in this run: one argon2id hash **{:.1} ms** (`floor_hash_ms`, median of {}); \
+            "Floors, sampled in this run ({} times: at the start on a quiet machine, then between the \
+             latency calls): one argon2id hash **{:.1} ms** (`floor_hash_ms`, median; {:.1} ms at the start); \
              one write round-trip from a plain kube client **{:.1} ms** (`floor_write_ms`; Secret replace \
              {:.1} ms, status replace {:.1} ms). Latency goal: p50 ≤ 1.3 × ({:.1} + 2 × {:.1}) = **{:.1} ms**. \
              Hashing bound: {} cores / floor_hash = **{:.1} rotations/s**.\n\n",
-            self.floor_hash.p50,
             self.floor_hash.n,
+            self.floor_hash.p50,
+            self.floor_hash_start.p50,
             self.floor_write.p50,
             self.floor_secret_write.p50,
             self.floor_status_write.p50,
@@ -487,7 +512,9 @@ impl Report {
              {:.1} ms in the annotation run and {:.1} ms under the throughput load; the annotate request \
              itself took p50 {:.1} ms (included in the annotation latency). During the throughput \
              window the processes used these CPU cores: {}. Provisioning made {} API writes; the creates \
-             were all accepted after {:.1} s. The idle window saw {} reconciles.\n",
+             were all accepted after {:.1} s. The idle window saw {} reconciles.\n\n\
+             API server requests (its own counters, WATCH and LIST left out) per REST rotation: {}; \
+             per annotation rotation: {}; per provisioned app: {}.\n",
             self.rest_operator_mean_ms,
             self.annotation_operator_mean_ms,
             self.throughput_operator_mean_ms,
@@ -500,6 +527,9 @@ impl Report {
             self.provision_writes,
             self.create_all_s,
             self.idle_reconciles,
+            mix(&self.rest_requests_per_rotation),
+            mix(&self.annotation_requests_per_rotation),
+            mix(&self.provision_requests_per_app),
         ));
         md
     }
