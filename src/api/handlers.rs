@@ -516,8 +516,14 @@ impl Shared {
                 })?;
             let apps: Api<OAuthApp> = Api::namespaced(api.ctx.client.clone(), &ns);
             let secrets: Api<Secret> = Api::namespaced(api.ctx.client.clone(), &ns);
-            // Both reads at once: the Secret's name is fixed when the app is created (CEL).
-            let (fresh, secret) = futures::join!(apps.get_opt(&name), secrets.get_opt(&secret_name));
+            // Both reads at once (the Secret's name is fixed when the app is created, by CEL),
+            // and the new secret hashed meanwhile: it does not depend on what they return.
+            let started = std::time::Instant::now();
+            let (fresh, secret, generated) = futures::join!(
+                apps.get_opt(&name),
+                secrets.get_opt(&secret_name),
+                api.ctx.hasher.generate()
+            );
             let fresh = fresh
                 .map_err(|e| ApiError::from_kube("reading an OAuthApp", &e))?
                 .filter(|a| {
@@ -531,7 +537,9 @@ impl Shared {
             }
             .map_err(|e| ApiError::from_kube("reading a Secret", &e))?;
             let trigger = trigger(secret.as_ref());
-            Ok(rotation::rotate(&api.ctx, &fresh, secret, trigger, Some(&caller)).await)
+            // A failed hash is made again, and reported, by rotate_with itself.
+            let generated = generated.ok().map(|g| (g, started));
+            Ok(rotation::rotate_with(&api.ctx, &fresh, secret, trigger, Some(&caller), generated).await)
         });
         task.await.map_err(|e| {
             tracing::error!(error = %e, "rotation task failed");

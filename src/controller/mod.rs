@@ -176,7 +176,7 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
     match plan::plan(app, view, Timestamp::now()) {
         Step::Done { requeue_after } => Ok(requeue(requeue_after, scope.resync)),
         _ if app_lags || secret_lags || ctx.locks.is_held(&key) => Ok(Action::requeue(LAGGING_REQUEUE)),
-        _ => converge(ctx, app, scope.resync).await,
+        step => converge(ctx, app, scope.resync, matches!(step, Step::Rotate(_))).await,
     }
 }
 
@@ -189,16 +189,36 @@ fn requeue(after: Option<SignedDuration>, resync: Duration) -> Action {
 }
 
 /// Brings one app to its desired state from fresh reads, under the app's lock.
-async fn converge(ctx: &Context, cached: &OAuthApp, resync: Duration) -> Result<Action, Error> {
+///
+/// When the cache already says a rotation is due (`rotation_expected`), the new secret is hashed
+/// while the fresh reads are in flight (it does not depend on them); it is dropped unused if the
+/// fresh view decides otherwise.
+async fn converge(
+    ctx: &Context,
+    cached: &OAuthApp,
+    resync: Duration,
+    rotation_expected: bool,
+) -> Result<Action, Error> {
     let key = app_key(cached);
     let _guard = ctx.locks.lock(&key).await;
     let ns = cached.namespace().unwrap_or_default();
     let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let (name, secret_name) = (cached.name_any(), cached.secret_name());
+    let mut generated: Option<rotation::Generated> = None;
     for _ in 0..MAX_STEPS {
         // Both reads at once: the Secret's name is fixed when the app is created (CEL).
-        let (app, secret) = futures::join!(apps.get_opt(&name), secrets.get_opt(&secret_name));
+        let hashing = async {
+            let started = Instant::now();
+            match rotation_expected && generated.is_none() {
+                // A failed hash is made again, and reported, by rotate_with itself.
+                true => ctx.hasher.generate().await.ok().map(|g| (g, started)),
+                false => None,
+            }
+        };
+        let (app, secret, hashed) =
+            futures::join!(apps.get_opt(&name), secrets.get_opt(&secret_name), hashing);
+        generated = generated.or(hashed);
         let Some(app) = app? else {
             return Ok(Action::await_change());
         };
@@ -224,9 +244,11 @@ async fn converge(ctx: &Context, cached: &OAuthApp, resync: Duration) -> Result<
         let written = match step {
             Step::Done { requeue_after } => return Ok(requeue(requeue_after, resync)),
             Step::Verify => unreachable_step(),
-            Step::Rotate(trigger) => rotation::rotate(ctx, &app, secret, trigger, None)
-                .await
-                .map(|_| ()),
+            Step::Rotate(trigger) => {
+                rotation::rotate_with(ctx, &app, secret, trigger, None, generated.take())
+                    .await
+                    .map(|_| ())
+            }
             Step::SyncSecret => match secret {
                 Some(s) => rotation::sync_secret(ctx, &app, s).await.map(|_| ()),
                 None => Ok(()),
