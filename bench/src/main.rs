@@ -351,6 +351,7 @@ async fn scale(
         })
         .await?;
 
+    report.rss_empty_mib = operator::vm_mib(op.pid(), "VmRSS").unwrap_or(f64::NAN);
     say!("4. provisioning {n} apps ({CREATES_IN_FLIGHT} creates in flight)");
     let names: Vec<String> = (0..n).map(|i| format!("app-{i:05}")).collect();
     let requests_before = api_requests(client).await;

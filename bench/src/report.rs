@@ -126,6 +126,8 @@ pub struct Report {
     pub idle_cpu_percent: f64,
     pub rss_restarted_mib: f64,
     pub rss_idle_mib: f64,
+    /// The operator's RSS with its watches synced and no app yet.
+    pub rss_empty_mib: f64,
 
     goals: Vec<Goal>,
 }
@@ -359,6 +361,11 @@ impl Report {
         self.goals = goals;
     }
 
+    /// What one app (with its Secret) adds to the idle operator's RSS after the restart.
+    fn rss_per_app_kib(&self) -> f64 {
+        (self.rss_idle_mib - self.rss_empty_mib) * 1024.0 / self.apps as f64
+    }
+
     fn rss_peak_mib(&self) -> f64 {
         self.rss_provision_mib.max(self.rss_restarted_mib)
     }
@@ -445,6 +452,8 @@ impl Report {
                 "rss_provision_mib": r2(self.rss_provision_mib),
                 "rss_after_restart_peak_mib": r2(self.rss_restarted_mib),
                 "rss_idle_mib": r2(self.rss_idle_mib),
+                "rss_no_apps_mib": r2(self.rss_empty_mib),
+                "rss_per_app_kib": r2(self.rss_per_app_kib()),
                 "idle_reconciles": self.idle_reconciles,
             },
         })
@@ -512,7 +521,9 @@ impl Report {
              {:.1} ms in the annotation run and {:.1} ms under the throughput load; the annotate request \
              itself took p50 {:.1} ms (included in the annotation latency). During the throughput \
              window the processes used these CPU cores: {}. Provisioning made {} API writes; the creates \
-             were all accepted after {:.1} s. The idle window saw {} reconciles.\n\n\
+             were all accepted after {:.1} s. The idle window saw {} reconciles. Memory: {:.1} MiB \
+             with no app, {:.1} MiB idle with {} apps after the restart ({:.1} KiB per app and its \
+             Secret); provisioning adds the hashing workers' argon2 memory ({} × {} KiB).\n\n\
              API server requests (its own counters, WATCH and LIST left out) per REST rotation: {}; \
              per annotation rotation: {}; per provisioned app: {}.\n",
             self.rest_operator_mean_ms,
@@ -527,6 +538,12 @@ impl Report {
             self.provision_writes,
             self.create_all_s,
             self.idle_reconciles,
+            self.rss_empty_mib,
+            self.rss_idle_mib,
+            self.apps,
+            self.rss_per_app_kib(),
+            m.cores,
+            self.hash_m_kib,
             mix(&self.rest_requests_per_rotation),
             mix(&self.annotation_requests_per_rotation),
             mix(&self.provision_requests_per_app),
