@@ -61,7 +61,7 @@ crds: ## regenerate the CRD files from the code
 	$(CARGO) run --quiet -- crd > crds/oauthapps.oauthapp.io.yaml
 	cp crds/oauthapps.oauthapp.io.yaml charts/oauthapp-operator/crds/oauthapps.oauthapp.io.yaml
 
-bench: controlplane-bin ## benchmarks on a local control plane, release build (~20 min): bench/results/latest.{md,json}; BENCH_QUICK=1 for a smoke run
+bench: controlplane-bin ## benchmarks on a local control plane, release build (~12 min): bench/results/latest.{md,json}; BENCH_QUICK=1 for a smoke run
 	$(CARGO) build --release
 	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --release --manifest-path bench/Cargo.toml
 	target/release/oauthapp-bench
