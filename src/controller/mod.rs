@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::PartialObjectMeta;
+use kube::api::{ObjectMeta, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -45,6 +45,9 @@ const CONFLICT_REQUEUE: Duration = Duration::from_secs(30);
 /// After a write, or while the caches lag this process's own writes, look again after this long
 /// at the latest (the writes' watch events normally bring the app back first).
 const LAGGING_REQUEUE: Duration = Duration::from_secs(2);
+/// How long a Secret may be ahead of its app's status before the status is completed from it
+/// (see [`status_write_in_flight`]). `rotated-at` has whole seconds: the wait is 4 to 5 s.
+const REPAIR_GRACE: Duration = Duration::from_secs(5);
 /// Attempts one reconcile makes when its writes lose resourceVersion races, before it yields.
 const MAX_STEPS: usize = 8;
 
@@ -173,11 +176,39 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
             .and_then(|s| s.resource_version())
             .unwrap_or_default(),
     );
-    match plan::plan(app, view, Timestamp::now()) {
+    let now = Timestamp::now();
+    match plan::plan(app, view, now) {
         Step::Done { requeue_after } => Ok(requeue(requeue_after, scope.resync)),
         _ if app_lags || secret_lags || ctx.locks.is_held(&key) => Ok(Action::requeue(LAGGING_REQUEUE)),
+        Step::WriteStatus(_) | Step::Verify
+            if cached
+                .as_ref()
+                .is_some_and(|s| status_write_in_flight(app, &s.metadata, now)) =>
+        {
+            Ok(Action::requeue(REPAIR_GRACE))
+        }
         step => converge(ctx, app, scope.resync, matches!(step, Step::Rotate(_))).await,
     }
+}
+
+/// The Secret holds a rotation that the status does not show yet and was written moments ago:
+/// most likely another replica's REST API is between its two writes, and its status write
+/// lands within milliseconds. Completing the status from the Secret now (an argon2 verify, two
+/// GETs and a status write racing that replica's) is the repair for a writer that crashed, so
+/// it waits [`REPAIR_GRACE`] first.
+fn status_write_in_flight(app: &OAuthApp, secret: &ObjectMeta, now: Timestamp) -> bool {
+    let annotations = secret.annotations.as_ref();
+    let Some(rotation_id) = annotations.and_then(|a| a.get(plan::annotations::ROTATION_ID)) else {
+        return false;
+    };
+    if app.status.as_ref().and_then(|s| s.rotation_id.as_ref()) == Some(rotation_id) {
+        return false;
+    }
+    let grace = SignedDuration::try_from(REPAIR_GRACE).unwrap_or(SignedDuration::ZERO);
+    annotations
+        .and_then(|a| a.get(plan::annotations::ROTATED_AT))
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .is_some_and(|at| now.duration_since(at).abs() < grace)
 }
 
 fn requeue(after: Option<SignedDuration>, resync: Duration) -> Action {
@@ -323,4 +354,46 @@ fn unreachable_step() -> Result<(), Error> {
     Err(Error::Internal(
         "planner returned Verify after the content was checked".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{OAuthAppSpec, OAuthAppStatus};
+    use std::collections::BTreeMap;
+
+    fn app_with_rotation(id: &str) -> OAuthApp {
+        let mut app = OAuthApp::new("a", OAuthAppSpec::default());
+        app.status = Some(OAuthAppStatus {
+            rotation_id: Some(id.into()),
+            ..Default::default()
+        });
+        app
+    }
+
+    fn secret(rotation_id: &str, rotated_at: Timestamp) -> ObjectMeta {
+        ObjectMeta {
+            annotations: Some(BTreeMap::from([
+                (
+                    plan::annotations::ROTATION_ID.to_string(),
+                    rotation_id.to_string(),
+                ),
+                (plan::annotations::ROTATED_AT.to_string(), rotated_at.to_string()),
+            ])),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_fresh_secret_ahead_of_the_status_waits_for_its_writer() {
+        let now = Timestamp::now();
+        let app = app_with_rotation("old");
+        let ago = |s: i64| now - SignedDuration::from_secs(s);
+        assert!(status_write_in_flight(&app, &secret("new", ago(1)), now));
+        // A writer that has not completed the status after the grace has crashed: repair.
+        assert!(!status_write_in_flight(&app, &secret("new", ago(10)), now));
+        // Secret and status agree: nothing in flight.
+        assert!(!status_write_in_flight(&app, &secret("old", ago(1)), now));
+        assert!(!status_write_in_flight(&app, &ObjectMeta::default(), now));
+    }
 }
