@@ -295,8 +295,24 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
     b.wait_ready(Duration::from_secs(60)).await?;
     let (leader, standby) = wait_for_leader(&a, &b, Duration::from_secs(60)).await?;
     say!("   {} leads, {} stands by", leader.name, standby.name);
+    let leader_before = leader.metrics().await?;
+    let requests_before = api_requests(&client).await;
+    let samples_before = floors.hash_ms.len();
     report.rest_standby =
         Stats::of(&rest_latency(&http, standby.api_port, &token, &ids, settings.calls, &mut floors).await?);
+    report.rest_standby_requests_per_rotation = per_rotation(
+        &requests_before,
+        &api_requests(&client).await,
+        (settings.calls + WARMUP) as f64,
+        floors.hash_ms.len() - samples_before,
+    );
+    report.rest_standby_leader_writes = leader.metrics().await?.value("oauthapp_api_writes_total")
+        - leader_before.value("oauthapp_api_writes_total");
+    say!(
+        "   API requests per rotation: {:?}; the leader wrote {} times meanwhile",
+        report.rest_standby_requests_per_rotation,
+        report.rest_standby_leader_writes
+    );
     let (lat, _) =
         annotation_latency(&client, ns, &tracker, &names, settings.calls, "s", &mut floors).await?;
     report.annotation_standby = Stats::of(&lat);

@@ -42,7 +42,10 @@ impl Operator {
     ) -> anyhow::Result<Operator> {
         let api_port = free_port()?;
         let admin_port = free_port()?;
-        let log = cp.dir.join(format!("operator-{name}.log"));
+        // BENCH_LOG_DIR keeps the operators' logs (the control plane's directory is removed).
+        let log = std::env::var_os("BENCH_LOG_DIR")
+            .map_or_else(|| cp.dir.clone(), PathBuf::from)
+            .join(format!("operator-{name}.log"));
         let log_file = std::fs::File::create(&log)?;
         let child = Command::new(binary)
             .arg("run")
@@ -53,7 +56,10 @@ impl Operator {
             .args(hash)
             .args(extra)
             .env("KUBECONFIG", &cp.kubeconfig)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("HOSTNAME", format!("bench-{name}"))
             .env_remove("OAUTHAPP_FAILPOINT")
             .stdin(Stdio::null())

@@ -111,6 +111,9 @@ pub struct Report {
     pub throughput_cpu: BTreeMap<String, f64>,
 
     pub rest_standby: Stats,
+    pub rest_standby_requests_per_rotation: BTreeMap<String, f64>,
+    /// Writes the leader made while the standby served the REST rotations.
+    pub rest_standby_leader_writes: f64,
     pub annotation_standby: Stats,
 
     pub apps: usize,
@@ -445,6 +448,8 @@ impl Report {
                 "throughput_operator_mean_ms": r2(self.throughput_operator_mean_ms),
                 "throughput_cpu_cores": self.throughput_cpu.iter().map(|(k, v)| (k.clone(), r2(*v))).collect::<BTreeMap<_, _>>(),
                 "rest_rotate_standby": self.rest_standby.json(),
+                "rest_rotate_standby_api_requests_per_rotation": self.rest_standby_requests_per_rotation,
+                "rest_rotate_standby_leader_writes": self.rest_standby_leader_writes,
                 "annotation_rotate_standby": self.annotation_standby.json(),
                 "apps": self.apps,
                 "create_all_s": r2(self.create_all_s),
@@ -525,7 +530,8 @@ impl Report {
              with no app, {:.1} MiB idle with {} apps after the restart ({:.1} KiB per app and its \
              Secret); provisioning adds the hashing workers' argon2 memory ({} × {} KiB).\n\n\
              API server requests (its own counters, WATCH and LIST left out) per REST rotation: {}; \
-             per annotation rotation: {}; per provisioned app: {}.\n",
+             per annotation rotation: {}; per provisioned app: {}; per REST rotation served by the \
+             standby: {} (the leader wrote {} times meanwhile).\n",
             self.rest_operator_mean_ms,
             self.annotation_operator_mean_ms,
             self.throughput_operator_mean_ms,
@@ -547,6 +553,8 @@ impl Report {
             mix(&self.rest_requests_per_rotation),
             mix(&self.annotation_requests_per_rotation),
             mix(&self.provision_requests_per_app),
+            mix(&self.rest_standby_requests_per_rotation),
+            self.rest_standby_leader_writes,
         ));
         md
     }
