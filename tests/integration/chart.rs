@@ -3,10 +3,8 @@
 //! API server (`kubectl auth can-i`) and by running the operator with nothing but the chart's
 //! ServiceAccount.
 //!
-//! TODO(api): the REST API with the chart's RBAC — run the operator as the chart's ServiceAccount
-//! and call `POST /api/v1/oauth-apps/{id}/rotate` (and create/delete) with a caller bound to
-//! `oauthapp-rotator`, so the TokenReview/SubjectAccessReview ClusterRole and the oauthapps
-//! create/delete rules are exercised end to end (to be added with the REST API).
+//! The last test also calls the REST API of that operator (`POST .../rotate` as a CI
+//! ServiceAccount), so the chart's TokenReview/SubjectAccessReview rules are exercised end to end.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -870,7 +868,7 @@ fn all_namespaces_secrets(user: &str) -> bool {
 // --- the operator with the chart's RBAC ----------------------------------------------------------------
 
 #[tokio::test]
-async fn the_operator_rotates_on_annotation_with_nothing_but_the_charts_rbac() {
+async fn the_operator_rotates_on_annotation_and_rest_with_nothing_but_the_charts_rbac() {
     let release_ns = namespace("chart-operator");
     let watched = namespace("chart-operator-apps");
     install(
@@ -953,6 +951,55 @@ async fn the_operator_rotates_on_annotation_with_nothing_but_the_charts_rbac() {
             .then_some(())
     })
     .await;
+
+    // The REST API, with the same RBAC: a CI ServiceAccount allowed to rotate in `watched`.
+    let cp = control_plane();
+    cp.kubectl_ok(&["create", "serviceaccount", "ci", "-n", &watched]);
+    cp.kubectl_ok(&[
+        "create",
+        "role",
+        "rotator",
+        "-n",
+        &watched,
+        "--verb=create",
+        "--resource=oauthapps.oauthapp.io/rotate",
+    ]);
+    cp.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "ci-rotator",
+        "-n",
+        &watched,
+        "--role=rotator",
+        &format!("--serviceaccount={watched}:ci"),
+    ]);
+    let token = service_account_token(&watched, "ci");
+    let app_id = apps
+        .get("portal")
+        .await
+        .expect("app")
+        .status
+        .and_then(|s| s.app_id)
+        .expect("app id");
+    let (code, body) = eventually("a 200 from the REST rotate", WAIT, || async {
+        let answer = http_request(
+            operator.api_port,
+            "POST",
+            &format!("/api/v1/oauth-apps/{app_id}/rotate"),
+            &token,
+        )
+        .await?;
+        (answer.0 == 200).then_some(answer)
+    })
+    .await;
+    assert_eq!(code, 200);
+    let rotated: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let third = settled(&apps, &secrets, "portal", 3).await;
+    assert_eq!(
+        rotated["client_secret"].as_str(),
+        Some(third.as_str()),
+        "the answer is the Secret's content"
+    );
 
     let log = operator.log_text();
     assert!(

@@ -403,10 +403,15 @@ impl Drop for Operator {
 
 /// A plain HTTP/1.1 GET on loopback with a bearer token: the status code and the body.
 pub async fn http_get_with_token(port: u16, path: &str, token: &str) -> Option<(u16, String)> {
+    http_request(port, "GET", path, token).await
+}
+
+/// A plain HTTP/1.1 request (no body) on loopback with a bearer token: status code and body.
+pub async fn http_request(port: u16, method: &str, path: &str, token: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     s.write_all(request.as_bytes()).await.ok()?;
     let mut buf = Vec::new();
