@@ -161,17 +161,11 @@ async fn rotate_inner(
     };
     // The Secret object holds the plaintext: drop our copy as soon as it is written.
     drop(object);
-    let written = written.map_err(|e| {
-        if is_status(&e, 409) {
-            Error::Conflict(app_key(app))
-        } else {
-            Error::Kube(e)
-        }
-    })?;
+    let written = written.map_err(|e| write_error(app, e))?;
     ctx.metrics.writes.inc();
     let secret_key = format!("{ns}/{}", written.name_any());
     ctx.own_writes.put(format!("Secret {secret_key}"), &replaced);
-    if let (Some(rv), true) = (written.resource_version(), true) {
+    if let Some(rv) = written.resource_version() {
         ctx.verified.put(
             &secret_key,
             &rv,
@@ -292,6 +286,16 @@ async fn write_status_for_secret(
     Err(Error::Conflict(app_key(&app)))
 }
 
+/// A failed conditional write of the app's Secret or status: a 409 (a concurrent writer won)
+/// is [`Error::Conflict`].
+fn write_error(app: &OAuthApp, e: kube::Error) -> Error {
+    if is_status(&e, 409) {
+        Error::Conflict(app_key(app))
+    } else {
+        Error::Kube(e)
+    }
+}
+
 /// Replaces the app's status (conditional on the app's resourceVersion).
 pub async fn write_status(ctx: &Context, app: &OAuthApp, status: OAuthAppStatus) -> Result<OAuthApp, Error> {
     let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
@@ -303,12 +307,11 @@ pub async fn write_status(ctx: &Context, app: &OAuthApp, status: OAuthAppStatus)
         .replace_status(&app.name_any(), &post_params(), &object)
         .await
         .map_err(|e| {
-            if is_status(&e, 409) {
-                Error::Conflict(app_key(app))
-            } else if is_status(&e, 404) {
+            // The app went away between the read and this write.
+            if is_status(&e, 404) {
                 Error::NotFound(app_key(app))
             } else {
-                Error::Kube(e)
+                write_error(app, e)
             }
         })?;
     ctx.metrics.writes.inc();
@@ -339,13 +342,7 @@ pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> R
     let written = secrets
         .replace(&secret.name_any(), &post_params(), &secret)
         .await
-        .map_err(|e| {
-            if is_status(&e, 409) {
-                Error::Conflict(app_key(app))
-            } else {
-                Error::Kube(e)
-            }
-        })?;
+        .map_err(|e| write_error(app, e))?;
     ctx.metrics.writes.inc();
     ctx.own_writes
         .put(format!("Secret {ns}/{}", written.name_any()), &replaced);
