@@ -74,11 +74,19 @@ pub async fn rotate_with(
 ) -> Result<Rotated, Error> {
     let started = generated.as_ref().map_or_else(Instant::now, |(_, at)| *at);
     let generated = generated.map(|(g, _)| g);
-    let result = rotate_inner(ctx, app, current, trigger, caller, generated).await;
+    // A rotation has happened once its Secret is written (the old secret is invalid from then
+    // on), so it is counted there, before the status write: whoever sees the new status also
+    // sees it counted. A failure after that point is the status's, repaired by a reconcile.
+    let mut counted = false;
+    let result = rotate_inner(ctx, app, current, trigger, caller, generated, || {
+        counted = true;
+        ctx.metrics.rotation(trigger, "success", Some(started.elapsed()));
+    })
+    .await;
     match &result {
-        Ok(_) => ctx.metrics.rotation(trigger, "success", Some(started.elapsed())),
-        Err(e) if e.is_conflict() => ctx.metrics.rotation(trigger, "conflict", None),
-        Err(_) => ctx.metrics.rotation(trigger, "error", None),
+        Err(e) if !counted && e.is_conflict() => ctx.metrics.rotation(trigger, "conflict", None),
+        Err(_) if !counted => ctx.metrics.rotation(trigger, "error", None),
+        _ => {}
     }
     result
 }
@@ -90,6 +98,7 @@ async fn rotate_inner(
     trigger: RotationTrigger,
     caller: Option<&str>,
     generated: Option<(ClientSecret, String)>,
+    secret_written: impl FnOnce(),
 ) -> Result<Rotated, Error> {
     let ns = app.namespace().unwrap_or_default();
     let name = app.name_any();
@@ -163,6 +172,7 @@ async fn rotate_inner(
     drop(object);
     let written = written.map_err(|e| write_error(app, e))?;
     ctx.metrics.writes.inc();
+    secret_written();
     let secret_key = format!("{ns}/{}", written.name_any());
     ctx.own_writes.put(format!("Secret {secret_key}"), &replaced);
     if let Some(rv) = written.resource_version() {
