@@ -59,7 +59,11 @@ pub const MIN_ROTATION_INTERVAL: &str = "1h";
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // The default Secret name, `<name>-oauth-client`, must fit in 253 characters.
+    validation = Rule::new(
+        "self.metadata.name.size() <= 240 || (has(self.spec.secret) && has(self.spec.secret.name))"
+    ).message("metadata.name may be at most 240 characters unless spec.secret.name is set: the Secret is named <metadata.name>-oauth-client")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(

@@ -572,6 +572,17 @@ async fn invalid_specs_are_rejected_by_the_api_server_with_a_clear_message() {
         assert!(!out.status.success(), "{spec} must be rejected");
         assert!(stderr(&out).contains(expected), "{spec}: {}", stderr(&out));
     }
+    // A name too long for the default Secret name, and the same name with a Secret name set.
+    let long = "a".repeat(241);
+    let out = try_apply(&format!(
+        "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata: {{name: {long}}}\nspec: {{}}\n"
+    ));
+    assert!(!out.status.success(), "a 241-character name must be rejected");
+    assert!(stderr(&out).contains("at most 240 characters"), "{}", stderr(&out));
+    let out = try_apply(&format!(
+        "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata: {{name: {long}}}\nspec: {{secret: {{name: long-creds}}}}\n"
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
     // Immutable once set: the client id and the Secret name.
     let ok = try_apply(
         "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata: {name: fixed}\nspec:\n  clientId: billing\n  secret: {name: billing-creds}\n",
