@@ -414,14 +414,9 @@ fn new_secret(app: &OAuthApp) -> Secret {
     }
 }
 
-/// Adds the desired labels and annotations; leaves what others added.
+/// Sets the desired labels and annotations, drops those the spec dropped; leaves what others added.
 fn apply_desired_metadata(app: &OAuthApp, meta: &mut ObjectMeta) {
-    meta.labels
-        .get_or_insert_with(BTreeMap::new)
-        .extend(plan::desired_secret_labels(app));
-    meta.annotations
-        .get_or_insert_with(BTreeMap::new)
-        .extend(plan::desired_secret_annotations(app));
+    plan::apply_secret_metadata(app, meta);
     meta.managed_fields = None;
 }
 

@@ -5,7 +5,7 @@
 //! Secret's annotations (`status_from_secret`), so a crash between the Secret write and the
 //! status write converges by re-deriving the status — never by generating another secret.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
@@ -29,6 +29,10 @@ pub mod annotations {
     pub const ROTATION_COUNT: &str = "oauthapp.io/rotation-count";
     /// The `oauthapp.io/rotate` value this secret satisfied (for exactly-once after a crash).
     pub const OBSERVED_ROTATE_TOKEN: &str = "oauthapp.io/observed-rotate-token";
+    /// The keys of `spec.secret.labels` and `spec.secret.annotations` last written to the
+    /// Secret (JSON), so that a key dropped from the spec is dropped from the Secret too.
+    /// Absent when the spec has none.
+    pub const SPEC_METADATA_KEYS: &str = "oauthapp.io/spec-metadata-keys";
 }
 
 /// Labels on every Secret the operator writes; the operator watches only Secrets that carry them.
@@ -192,7 +196,49 @@ pub fn desired_secret_annotations(app: &OAuthApp) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Every desired label and annotation is on the Secret (others' additions are left alone).
+/// The label and annotation keys the spec puts on the Secret (the value of
+/// [`annotations::SPEC_METADATA_KEYS`]).
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct SpecMetadataKeys {
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    labels: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    annotations: BTreeSet<String>,
+}
+
+impl SpecMetadataKeys {
+    fn of(app: &OAuthApp) -> Self {
+        let spec = app.spec.secret.as_ref();
+        Self {
+            labels: spec
+                .map(|s| s.labels.keys().cloned().collect())
+                .unwrap_or_default(),
+            annotations: spec
+                .map(|s| s.annotations.keys().cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// What the Secret says was applied; an unreadable value counts as nothing.
+    fn recorded(meta: &ObjectMeta) -> Self {
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(annotations::SPEC_METADATA_KEYS))
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// The annotation's value; None when there is nothing to record.
+    fn value(&self) -> Option<String> {
+        if self.labels.is_empty() && self.annotations.is_empty() {
+            return None;
+        }
+        serde_json::to_string(self).ok()
+    }
+}
+
+/// Every desired label and annotation is on the Secret, and none that the spec set before and
+/// no longer does (others' additions are left alone).
 fn secret_metadata_in_sync(app: &OAuthApp, meta: &ObjectMeta) -> bool {
     let labels = meta.labels.clone().unwrap_or_default();
     let ann = annotations_of(meta);
@@ -202,6 +248,32 @@ fn secret_metadata_in_sync(app: &OAuthApp, meta: &ObjectMeta) -> bool {
         && desired_secret_annotations(app)
             .iter()
             .all(|(k, v)| ann.get(k) == Some(v))
+        && ann.get(annotations::SPEC_METADATA_KEYS) == SpecMetadataKeys::of(app).value().as_ref()
+}
+
+/// Puts the spec's labels and annotations on the Secret's metadata and removes those the spec
+/// set before and has since dropped; what others added is left alone.
+pub fn apply_secret_metadata(app: &OAuthApp, meta: &mut ObjectMeta) {
+    let before = SpecMetadataKeys::recorded(meta);
+    let now = SpecMetadataKeys::of(app);
+    let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    for dropped in before.labels.difference(&now.labels) {
+        if dropped != MANAGED_BY_LABEL {
+            labels.remove(dropped);
+        }
+    }
+    labels.extend(desired_secret_labels(app));
+    let ann = meta.annotations.get_or_insert_with(BTreeMap::new);
+    for dropped in before.annotations.difference(&now.annotations) {
+        if !dropped.starts_with("oauthapp.io/") {
+            ann.remove(dropped);
+        }
+    }
+    ann.extend(desired_secret_annotations(app));
+    match now.value() {
+        Some(v) => ann.insert(annotations::SPEC_METADATA_KEYS.into(), v),
+        None => ann.remove(annotations::SPEC_METADATA_KEYS),
+    };
 }
 
 fn next_rotation_time(app: &OAuthApp, rotated_at: Option<Timestamp>) -> Option<Timestamp> {
@@ -562,6 +634,76 @@ mod tests {
         });
         let app = settled(app, &meta);
         assert_eq!(plan(&app, Some(view(&meta)), now()), Step::SyncSecret);
+    }
+
+    #[test]
+    fn labels_and_annotations_dropped_from_the_spec_are_dropped_from_the_secret() {
+        let mut meta = owned_secret("r1", "10", None);
+        meta.labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert("someone-else".into(), "x".into());
+        let mut app = app();
+        app.spec.secret = Some(SecretSpec {
+            labels: BTreeMap::from([("reloader".into(), "true".into()), ("team".into(), "a".into())]),
+            annotations: BTreeMap::from([("note".into(), "n".into())]),
+            ..Default::default()
+        });
+        apply_secret_metadata(&app, &mut meta);
+        let app = settled(app, &meta);
+        assert_eq!(
+            plan(&app, Some(view(&meta)), now()),
+            Step::Done { requeue_after: None }
+        );
+
+        // `team` and the annotation leave the spec: the Secret loses them, and only them.
+        let mut app = app;
+        let secret_spec = app.spec.secret.as_mut().expect("secret spec");
+        secret_spec.labels.remove("team");
+        secret_spec.annotations.clear();
+        assert_eq!(plan(&app, Some(view(&meta)), now()), Step::SyncSecret);
+        apply_secret_metadata(&app, &mut meta);
+        let labels = meta.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get("reloader").map(String::as_str), Some("true"));
+        assert_eq!(labels.get("someone-else").map(String::as_str), Some("x"));
+        assert_eq!(labels.get(MANAGED_BY_LABEL).map(String::as_str), Some(MANAGED_BY));
+        assert!(!labels.contains_key("team"));
+        assert!(!annotations_of(&meta).contains_key("note"));
+        assert!(
+            annotations_of(&meta).contains_key(annotations::HASH),
+            "the operator's own annotations stay"
+        );
+        assert_eq!(
+            plan(&app, Some(view(&meta)), now()),
+            Step::Done { requeue_after: None }
+        );
+
+        // The spec loses its last key: the record goes too, and a plain app needs nothing.
+        app.spec.secret = None;
+        assert_eq!(plan(&app, Some(view(&meta)), now()), Step::SyncSecret);
+        apply_secret_metadata(&app, &mut meta);
+        assert!(!annotations_of(&meta).contains_key(annotations::SPEC_METADATA_KEYS));
+        assert!(!meta.labels.clone().unwrap_or_default().contains_key("reloader"));
+        assert_eq!(
+            plan(&app, Some(view(&meta)), now()),
+            Step::Done { requeue_after: None }
+        );
+    }
+
+    #[test]
+    fn an_unreadable_key_record_is_rewritten_and_removes_nothing() {
+        let mut meta = owned_secret("r1", "10", None);
+        meta.annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(annotations::SPEC_METADATA_KEYS.into(), "not json".into());
+        let app = settled(app(), &meta);
+        assert_eq!(plan(&app, Some(view(&meta)), now()), Step::SyncSecret);
+        let labels_before = meta.labels.clone();
+        apply_secret_metadata(&app, &mut meta);
+        assert_eq!(meta.labels, labels_before);
+        assert_eq!(
+            plan(&app, Some(view(&meta)), now()),
+            Step::Done { requeue_after: None }
+        );
     }
 
     #[test]

@@ -512,6 +512,39 @@ async fn deleting_the_app_garbage_collects_its_secret() {
 }
 
 #[tokio::test]
+async fn the_secrets_labels_and_annotations_follow_the_spec_without_a_rotation() {
+    let s = setup("secret-meta", &[]).await;
+    let with = |labels: &str, annotations: &str| {
+        format!(
+            "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata: {{name: demo}}\nspec:\n  secret: {{labels: {{{labels}}}, annotations: {{{annotations}}}}}\n"
+        )
+    };
+    s.apply(&with("team: billing, reloader: \"true\"", "owner: alice"));
+    let (_, first) = s.settled("demo").await;
+    assert_eq!(first.labels().get("team").map(String::as_str), Some("billing"));
+    assert_eq!(
+        first.annotations().get("owner").map(String::as_str),
+        Some("alice")
+    );
+    // Someone else labels the Secret too; that is theirs to keep.
+    s.kubectl(&["label", "secret", "demo-oauth-client", "backup=daily"]);
+
+    // `team` and `owner` leave the spec (a GitOps edit): they leave the Secret, nothing else does.
+    s.apply(&with("reloader: \"true\"", ""));
+    let secret = eventually("team and owner to leave the Secret", WAIT, || async {
+        let secret = s.secret("demo-oauth-client").await?;
+        (!secret.labels().contains_key("team") && !secret.annotations().contains_key("owner"))
+            .then_some(secret)
+    })
+    .await;
+    assert_eq!(secret.labels().get("reloader").map(String::as_str), Some("true"));
+    assert_eq!(secret.labels().get("backup").map(String::as_str), Some("daily"));
+    let (app, secret) = s.settled("demo").await;
+    assert_eq!(plaintext(&secret), plaintext(&first), "no rotation");
+    assert_eq!(rotation_count(&app), 1);
+}
+
+#[tokio::test]
 async fn the_schedule_rotates_once_the_interval_has_elapsed() {
     let s = setup("schedule", &[]).await;
     s.apply(&DEMO.replace("  scopes:", "  rotation: {interval: 2h}\n  scopes:"));
@@ -578,7 +611,11 @@ async fn invalid_specs_are_rejected_by_the_api_server_with_a_clear_message() {
         "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata: {{name: {long}}}\nspec: {{}}\n"
     ));
     assert!(!out.status.success(), "a 241-character name must be rejected");
-    assert!(stderr(&out).contains("at most 240 characters"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("at most 240 characters"),
+        "{}",
+        stderr(&out)
+    );
     let out = try_apply(&format!(
         "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata: {{name: {long}}}\nspec: {{secret: {{name: long-creds}}}}\n"
     ));
