@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::header;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -121,8 +121,8 @@ fn router_with(shared: Arc<Shared>) -> Router {
             .merge(authenticated)
             .with_state(shared.clone()),
     )
-    .layer(middleware::from_fn_with_state(shared, global_limit))
-    .layer(middleware::from_fn(log_request))
+    .layer(middleware::from_fn_with_state(shared.clone(), global_limit))
+    .layer(middleware::from_fn_with_state(shared, observe_request))
 }
 
 /// The 404 fallback, the body limit, panics as 500s, and `{code, message}` for every error.
@@ -226,11 +226,26 @@ async fn request_timeout(request: Request, next: Next) -> Response {
 }
 
 /// One debug line per request: method, path, status, duration (never headers or bodies).
-async fn log_request(request: Request, next: Next) -> Response {
+/// Logs (at debug) and counts every answer. The metrics name the route template, never the path
+/// (which holds ids); a path that matches no route counts as `unmatched`.
+async fn observe_request(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    debug!(%method, %path, status = response.status().as_u16(), took_ms = started.elapsed().as_millis() as u64, "REST API request");
+    let took = started.elapsed();
+    let code = response.status().as_u16();
+    let method_label = match method {
+        Method::GET | Method::POST | Method::DELETE | Method::PUT | Method::PATCH | Method::HEAD => {
+            method.as_str()
+        }
+        _ => "other",
+    };
+    shared.ctx.metrics.api_request(&route, method_label, code, took);
+    debug!(%method, %path, status = code, took_ms = took.as_millis() as u64, "REST API request");
     response
 }
 

@@ -429,6 +429,30 @@ async fn callers_need_a_valid_token_and_rbac_and_ids_are_checked() {
         String::from_utf8_lossy(&doc.body),
         oauthapp_operator::api::openapi_json()
     );
+
+    // /metrics counts every answer by route template (never the id), method and code.
+    let rotate_answers = |code: u16| {
+        format!(
+            r#"oauthapp_api_requests_total{{route="/api/v1/oauth-apps/{{id}}/rotate",method="POST",code="{code}"}}"#
+        )
+    };
+    for (code, n) in [(200, 1.0), (400, 2.0), (401, 2.0), (403, 2.0), (404, 1.0)] {
+        assert_eq!(s.operator.metric(&rotate_answers(code)).await, Some(n), "{code}");
+    }
+    assert_eq!(
+        s.operator
+            .metric(r#"oauthapp_api_requests_total{route="unmatched",method="GET",code="404"}"#)
+            .await,
+        Some(1.0)
+    );
+    let metrics = s.operator.metrics().await.expect("metrics");
+    assert!(!metrics.contains(&id), "no id in the metrics");
+    assert!(
+        metrics.contains(
+            r#"oauthapp_api_request_duration_seconds_count{route="/api/v1/oauth-apps/{id}/rotate"}"#
+        ),
+        "{metrics}"
+    );
 }
 
 impl Setup {
