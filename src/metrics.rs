@@ -48,7 +48,8 @@ pub struct Metrics {
     registry: Registry,
     /// Rotations by trigger and result (`success`, `conflict`, `error`).
     pub rotations: Family<RotationLabels, Counter>,
-    /// Seconds from the start of a rotation (hash included) to its status write.
+    /// Seconds from the start of a rotation (hash included) to its Secret write, the moment the
+    /// old secret stops working (the status write follows).
     pub rotation_duration: Histogram,
     /// Reconciliations run.
     pub reconciles: Counter,
