@@ -34,6 +34,9 @@ pub struct Context {
     pub own_writes: OwnWrites,
     /// Test-only fault injection (`OAUTHAPP_FAILPOINT`), e.g. `pause-after-secret-write`.
     pub failpoint: Option<String>,
+    /// Work that outlives the request that started it (Events being published): a shutdown
+    /// waits for it, within its timeout, so an audit Event is not lost to a SIGTERM.
+    pub background: tokio_util::task::TaskTracker,
 }
 
 impl Context {
@@ -51,6 +54,7 @@ impl Context {
             verified: VerifiedCache::default(),
             own_writes: OwnWrites::default(),
             failpoint: std::env::var("OAUTHAPP_FAILPOINT").ok().filter(|v| !v.is_empty()),
+            background: tokio_util::task::TaskTracker::new(),
         }
     }
 }

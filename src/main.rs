@@ -180,6 +180,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         instance.clone(),
     ));
 
+    let background = ctx.background.clone();
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     let watches = Watches::start(client.clone(), &args.watch_namespaces, shutdown.clone());
@@ -246,18 +247,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller::run(ctx, watches, settings, shutdown.clone()).await;
     }
 
-    // The controller has stopped (SIGTERM): let the servers drain, within the timeout.
+    // The controller has stopped (SIGTERM): let the servers drain, then the Events they and the
+    // controller are still publishing, within the timeout.
     shutdown.cancel();
     let drained = tokio::time::timeout(args.shutdown_timeout, async {
         let _ = admin.await;
-        match api.await {
+        let served = match api.await {
             Ok(Err(e)) => Err(e),
             Err(e) => {
                 warn!(error = %e, "REST API server task failed");
                 Ok(())
             }
             Ok(Ok(())) => Ok(()),
-        }
+        };
+        background.close();
+        background.wait().await;
+        served
     })
     .await;
     match drained {

@@ -434,8 +434,8 @@ pub async fn publish(ctx: &Context, app: &OAuthApp, type_: EventType, reason: &s
     }
 }
 
-/// Publishes an Event about the app from a task of its own; a failure is logged, never fatal.
-/// An Event still in flight when the process exits is lost, as any Event may be.
+/// Publishes an Event about the app from a task of its own (tracked by `ctx.background`, which a
+/// shutdown waits for); a failure is logged, never fatal.
 pub fn publish_in_background(
     ctx: &Context,
     app: &OAuthApp,
@@ -453,7 +453,7 @@ pub fn publish_in_background(
         action: "Reconcile".into(),
         secondary: None,
     };
-    tokio::spawn(async move {
+    ctx.background.spawn(async move {
         if let Err(e) = recorder.publish(&event, &reference).await {
             warn!(app = %key, reason, error = %crate::error::redact(&e.to_string()), "failed to publish event");
         }

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use oauthapp_operator::crd::OAuthApp;
 
@@ -216,4 +217,15 @@ async fn sigterm_stops_the_operator_promptly_and_cleanly() {
     assert!(status.success(), "exit status {status}");
     eprintln!("sigterm: exited in {:?}", started.elapsed());
     assert!(operator.log_text().contains("stopped"), "it says it stopped");
+    // The audit Event of the rotation, published in the background, was not lost to the exit.
+    let events: Api<Event> = Api::namespaced(admin_client().await, &ns);
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "SecretCreated"), "{reasons:?}");
 }
