@@ -225,9 +225,9 @@ async fn request_timeout(request: Request, next: Next) -> Response {
     }
 }
 
-/// One debug line per request: method, path, status, duration (never headers or bodies).
-/// Logs (at debug) and counts every answer. The metrics name the route template, never the path
-/// (which holds ids); a path that matches no route counts as `unmatched`.
+/// One debug line per request (method, path, status, duration; never headers or bodies), and
+/// the request metrics. Those name the route template, never the path (which holds ids); a path
+/// that matches no route counts as `unmatched`.
 async fn observe_request(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let route = request
