@@ -111,6 +111,21 @@ async fn rotate_inner(
             app: name,
         });
     }
+    // A Secret ahead of the status holds a rotation whose status write has not landed: another
+    // replica is between its two writes (or crashed there; the controller completes the status).
+    // Replacing that secret now could let the other writer's status write land afterwards and
+    // confirm a secret that is no longer in the Secret (invariant 7), so a requested rotation
+    // waits for the status instead. Repairs (a missing or altered secret) go ahead.
+    if let Some(s) = &current
+        && matches!(
+            trigger,
+            RotationTrigger::Api | RotationTrigger::Annotation | RotationTrigger::Schedule
+        )
+        && let Some(secret_rotation) = s.annotations().get(annotations::ROTATION_ID)
+        && app.status.as_ref().and_then(|st| st.rotation_id.as_ref()) != Some(secret_rotation)
+    {
+        return Err(Error::Conflict(app_key(app)));
+    }
 
     let (secret, hash) = match generated {
         Some(generated) => generated,

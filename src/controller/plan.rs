@@ -118,6 +118,12 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
         }
     }
 
+    // A Secret ahead of the status (its writer crashed, or another replica is between its two
+    // writes): the status is completed from it before anything else, never rotated over.
+    if status.rotation_id.as_deref() != Some(rotation_id.as_str()) {
+        return Step::WriteStatus(Box::new(status_from_secret(app, secret.meta, now)));
+    }
+
     // Exactly once per annotation value: compare with what the Secret (the source of truth)
     // says was acted on, so a crash before the status write cannot cause a second rotation.
     if let Some(token) = app.rotate_token()
@@ -545,6 +551,38 @@ mod tests {
             }
             other => panic!("expected a status repair, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_secret_ahead_of_the_status_is_never_rotated_over() {
+        // Another replica wrote r2 and its status write is still on the way; meanwhile a new
+        // annotation value arrives and the schedule comes due. The status follows r2 first.
+        let old = owned_secret("r1", "10", Some("a"));
+        let mut app = app();
+        app.spec.rotation = Some(RotationSpec {
+            interval: "2h".into(),
+        });
+        let mut app = settled(app, &old);
+        app.metadata.annotations = Some(BTreeMap::from([(
+            "oauthapp.io/rotate".to_string(),
+            "b".to_string(),
+        )]));
+        let ahead = owned_secret("r2", "11", Some("a"));
+        let later: Timestamp = "2026-11-26T14:00:00Z".parse().expect("ts");
+        match plan(&app, Some(checked(&ahead, true)), later) {
+            Step::WriteStatus(status) => assert_eq!(status.rotation_id.as_deref(), Some("r2")),
+            other => panic!("expected the status to follow the Secret first, got {other:?}"),
+        }
+        // Once it does, the pending request is acted on.
+        let app = {
+            let mut caught_up = settled(app.clone(), &ahead);
+            caught_up.metadata.annotations = app.metadata.annotations.clone();
+            caught_up
+        };
+        assert_eq!(
+            plan(&app, Some(view(&ahead)), later),
+            Step::Rotate(RotationTrigger::Annotation)
+        );
     }
 
     #[test]

@@ -5,8 +5,10 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use oauthapp_operator::api::{CreatedOAuthApp, OAuthAppList, OAuthAppView, RestErrorResponse, RotatedSecret};
@@ -474,6 +476,91 @@ fn rand_u128() -> u128 {
     a.write_u8(1);
     b.write_u8(2);
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
+}
+
+#[tokio::test]
+async fn a_rotation_another_replica_is_still_writing_is_answered_409_not_rotated_over() {
+    // This replica only serves the REST API: the Lease it would lead by is someone else's for an
+    // hour, so nothing here completes a status but the replica that wrote the Secret.
+    let lease_ns = namespace("api-inflight-lease");
+    let leases: Api<Lease> = Api::namespaced(admin_client().await, &lease_ns);
+    let mut held = Lease::default();
+    held.metadata.name = Some("oauthapp-operator".into());
+    held.spec = Some(LeaseSpec {
+        holder_identity: Some("someone-else".into()),
+        lease_duration_seconds: Some(3600),
+        renew_time: Some(MicroTime(jiff::Timestamp::now())),
+        ..Default::default()
+    });
+    leases
+        .create(&Default::default(), &held)
+        .await
+        .expect("create the Lease");
+    let s = setup(
+        "api-inflight",
+        &["--leader-elect", "--lease-namespace", &lease_ns],
+    )
+    .await;
+    assert_eq!(s.operator.metric("oauthapp_leader").await, Some(0.0), "a standby");
+
+    // The other replica writes the app's first Secret and stops dead before the status write.
+    let mut writer = Operator::start(
+        &control_plane().kubeconfig,
+        &s.ns,
+        &[],
+        &[("OAUTHAPP_FAILPOINT", "pause-after-secret-write")],
+    );
+    s.apply(
+        &s.ns,
+        "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata: {name: portal}\nspec: {}\n",
+    );
+    let written = eventually("the writer's Secret", WAIT, || async {
+        s.secrets.get_opt("portal-oauth-client").await.ok()?
+    })
+    .await;
+    let app = s.apps.get("portal").await.expect("app");
+    assert!(
+        app.status.and_then(|st| st.rotation_id).is_none(),
+        "the status lags"
+    );
+
+    // A rotation requested meanwhile is a 409: replacing the Secret now could let the writer's
+    // status write confirm a secret that is no longer there.
+    let rotater = s.caller("rotater", &s.ns, ROTATER_RULES);
+    let id = app_id(&s.apps.get("portal").await.expect("app"));
+    let answer = eventually("the standby to know the app", WAIT, || async {
+        let answer = s.rotate(&id, &rotater).await;
+        (answer.status != StatusCode::NOT_FOUND).then_some(answer)
+    })
+    .await;
+    let conflict = answer.error(StatusCode::CONFLICT, "CONFLICT");
+    assert!(conflict.message.contains("retry"), "{}", conflict.message);
+    let secret = s.secrets.get("portal-oauth-client").await.expect("secret");
+    assert_eq!(
+        secret.resource_version(),
+        written.resource_version(),
+        "the Secret is untouched"
+    );
+
+    // The writer dies; a replica that leads completes the status from its Secret, and then the
+    // same request succeeds.
+    writer.kill9();
+    let _leader = Operator::start(&control_plane().kubeconfig, &s.ns, &[], &[]);
+    let (repaired, _) = settled(&s.client, &s.ns, "portal").await;
+    assert_eq!(
+        repaired.status.as_ref().and_then(|st| st.rotation_id.as_deref()),
+        written
+            .annotations()
+            .get("oauthapp.io/rotation-id")
+            .map(String::as_str),
+        "the status follows the written Secret: no second secret"
+    );
+    let answer = s.rotate(&id, &rotater).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let rotated: RotatedSecret = answer.json();
+    let (after, secret) = settled(&s.client, &s.ns, "portal").await;
+    assert_eq!(plaintext(&secret), rotated.client_secret);
+    assert!(verifies(&rotated.client_secret, &after));
 }
 
 #[tokio::test]
