@@ -122,20 +122,36 @@ pub struct SecretSpec {
     )]
     pub name: Option<String>,
 
-    /// Labels copied onto the Secret (for example for Reloader or a secret-sync tool).
+    /// Labels copied onto the Secret (for example for Reloader or a secret-sync tool). Keys and
+    /// values follow the Kubernetes label syntax (values at most 63 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend(
+        "maxProperties" = 64,
+        "additionalProperties" = {
+            "type": "string",
+            "maxLength": 63,
+            "pattern": "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+        }
+    ))]
     #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('oauthapp.io/'))")
         .message("labels under oauthapp.io/ are reserved for the operator"))]
+    #[x_kube(validation = Rule::new(QUALIFIED_KEYS)
+        .message("label keys must be qualified names: an optional DNS-subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
     pub labels: BTreeMap<String, String>,
 
-    /// Annotations copied onto the Secret.
+    /// Annotations copied onto the Secret. Keys follow the Kubernetes annotation key syntax.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('oauthapp.io/'))")
         .message("annotations under oauthapp.io/ are reserved for the operator"))]
+    #[x_kube(validation = Rule::new(QUALIFIED_KEYS)
+        .message("annotation keys must be qualified names: an optional DNS-subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
     pub annotations: BTreeMap<String, String>,
 }
+
+/// CEL: every key of the map is a qualified name (`[prefix/]name`), as label and annotation
+/// keys must be; otherwise the API server refuses every write of the Secret.
+const QUALIFIED_KEYS: &str = r"self.all(k, k.size() <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$') && (!k.contains('/') || k.indexOf('/') <= 253))";
 
 /// Scheduled rotation of the client secret.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -596,6 +596,15 @@ async fn invalid_specs_are_rejected_by_the_api_server_with_a_clear_message() {
         ("rotation: {interval: 30m}", "at least 1h"),
         ("rotation: {interval: soon}", "spec.rotation.interval"),
         ("secret: {labels: {oauthapp.io/x: \"y\"}}", "reserved"),
+        ("secret: {labels: {team: \"Team A\"}}", "spec.secret.labels.team"),
+        (
+            "secret: {labels: {\"bad key!\": x}}",
+            "label keys must be qualified names",
+        ),
+        (
+            "secret: {annotations: {\"-bad\": x}}",
+            "annotation keys must be qualified names",
+        ),
         ("clientId: \"-bad\"", "spec.clientId"),
     ];
     for (spec, expected) in cases {
@@ -619,6 +628,11 @@ async fn invalid_specs_are_rejected_by_the_api_server_with_a_clear_message() {
     let out = try_apply(&format!(
         "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata: {{name: {long}}}\nspec: {{secret: {{name: long-creds}}}}\n"
     ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Qualified keys with a prefix are fine.
+    let out = try_apply(
+        "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata: {name: prefixed}\nspec:\n  secret: {labels: {reloader.stakater.com/match: \"true\"}, annotations: {example.com/owner: \"Team A\"}}\n",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     // Immutable once set: the client id and the Secret name.
     let ok = try_apply(
