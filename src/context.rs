@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
@@ -125,28 +126,42 @@ impl VerifiedCache {
 /// replaced, the cache is behind that write, and the write's own watch event (which reconciles
 /// the app again) is on its way: no need to take the lock and re-read both objects (two GETs
 /// per rotation).
+/// An entry counts for [`OWN_WRITE_TTL`] at most: a watch event normally follows a write within
+/// milliseconds, and one the cache never shows (the object was deleted, or changed out of the
+/// watch's selector, before this process looked) must not hold the app back for good.
 #[derive(Default)]
-pub struct OwnWrites(Mutex<HashMap<String, String>>);
+pub struct OwnWrites(Mutex<HashMap<String, (String, Instant)>>);
 
 /// Entries kept before all are dropped (dropping one only costs a re-read).
 const MAX_OWN_WRITES: usize = 4096;
+/// How long an own write may stay unseen before the cache is taken at its word again.
+pub const OWN_WRITE_TTL: Duration = Duration::from_secs(10);
 
 impl OwnWrites {
     /// Records that our write of `object` replaced version `replaced` ("" for a create).
     pub fn put(&self, object: String, replaced: &str) {
+        self.put_at(object, replaced, Instant::now());
+    }
+
+    fn put_at(&self, object: String, replaced: &str, now: Instant) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_OWN_WRITES {
             map.clear();
         }
-        map.insert(object, replaced.to_string());
+        map.insert(object, (replaced.to_string(), now));
     }
 
-    /// True when `cached` ("" for none) is the version our last write of `object` replaced: the
-    /// cache lags that write. Any other version means the watch has moved on: the entry goes.
+    /// True when `cached` ("" for none) is the version our last write of `object` replaced, and
+    /// that write is recent: the cache lags it. Any other version means the watch has moved on:
+    /// the entry goes, as it does once it is older than [`OWN_WRITE_TTL`].
     pub fn lagging(&self, object: &str, cached: &str) -> bool {
+        self.lagging_at(object, cached, Instant::now())
+    }
+
+    fn lagging_at(&self, object: &str, cached: &str, now: Instant) -> bool {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(object) {
-            Some(replaced) if replaced == cached => true,
+            Some((replaced, at)) if replaced == cached && now.duration_since(*at) < OWN_WRITE_TTL => true,
             Some(_) => {
                 map.remove(object);
                 false
@@ -191,6 +206,18 @@ mod tests {
         writes.put("Secret ns/a".into(), "");
         assert!(writes.lagging("Secret ns/a", ""));
         assert!(!writes.lagging("Secret ns/a", "12"));
+    }
+
+    #[test]
+    fn an_own_write_the_cache_never_shows_stops_counting_after_a_while() {
+        // Our create's watch event was folded away: the Secret was deleted before the cache
+        // showed it, so the cache shows "none" again, which is what the create replaced.
+        let writes = OwnWrites::default();
+        let t0 = Instant::now();
+        writes.put_at("Secret ns/a".into(), "", t0);
+        assert!(writes.lagging_at("Secret ns/a", "", t0 + OWN_WRITE_TTL / 2));
+        assert!(!writes.lagging_at("Secret ns/a", "", t0 + OWN_WRITE_TTL));
+        assert!(!writes.lagging_at("Secret ns/a", "", t0), "the entry is gone");
     }
 
     #[test]
