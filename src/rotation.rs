@@ -271,9 +271,10 @@ async fn write_status_for_secret(
     let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let mut app = app.clone();
-    let mut secret_meta = secret.metadata.clone();
     for _ in 0..STATUS_WRITE_ATTEMPTS {
-        let status = plan::status_from_secret(&app, &secret_meta, Timestamp::now());
+        // Always the Secret as written: its content is the one known to be good. A later version
+        // (someone changed the Secret meanwhile) is left for the planner to verify.
+        let status = plan::status_from_secret(&app, &secret.metadata, Timestamp::now());
         match write_status(ctx, &app, status).await {
             Ok(written) => return Ok(written),
             Err(e) if e.is_conflict() => {}
@@ -296,13 +297,14 @@ async fn write_status_for_secret(
         {
             return Err(Error::Conflict(app_key(&app)));
         }
-        secret_meta = fresh.metadata;
+        let recorded = app
+            .status
+            .as_ref()
+            .and_then(|s| s.secret_resource_version.as_deref());
         if app.status.as_ref().and_then(|s| s.rotation_id.as_deref()) == Some(rotation_id)
-            && app
-                .status
-                .as_ref()
-                .and_then(|s| s.secret_resource_version.as_deref())
-                == secret_meta.resource_version.as_deref()
+            && recorded.is_some()
+            && (recorded == fresh.metadata.resource_version.as_deref()
+                || recorded == secret.metadata.resource_version.as_deref())
         {
             // Another replica completed the status from our Secret already.
             return Ok(app);
