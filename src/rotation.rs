@@ -153,9 +153,10 @@ async fn rotate_inner(
             (previous_count + 1).to_string(),
         ),
     ]);
-    // Any new secret satisfies a pending rotate request: record the current annotation value.
-    if let Some(token) = app.rotate_token() {
-        ours.insert(annotations::OBSERVED_ROTATE_TOKEN.into(), token.into());
+    // Any new secret satisfies a pending rotate request: record the current annotation value
+    // (or keep the last one recorded, so that value never rotates again).
+    if let Some(token) = plan::observed_rotate_token(app, current.as_ref().map(|s| &s.metadata)) {
+        ours.insert(annotations::OBSERVED_ROTATE_TOKEN.into(), token);
     }
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);

@@ -155,6 +155,16 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
     }
 }
 
+/// The `oauthapp.io/rotate` value a new secret records as acted on: the annotation's current
+/// value; when the annotation is gone, the last value recorded (on the Secret being replaced, or
+/// in the status when there is no Secret), so that re-adding an old value rotates nothing.
+pub fn observed_rotate_token(app: &OAuthApp, replaced: Option<&ObjectMeta>) -> Option<String> {
+    app.rotate_token()
+        .map(str::to_string)
+        .or_else(|| annotations_of(replaced?).remove(annotations::OBSERVED_ROTATE_TOKEN))
+        .or_else(|| app.status.as_ref()?.observed_rotate_token.clone())
+}
+
 /// The app's id (`app_…`), from its uid.
 pub fn app_id(app: &OAuthApp) -> Option<String> {
     let uid = app.metadata.uid.as_deref()?;
@@ -635,6 +645,34 @@ mod tests {
             plan(&app, Some(view(&meta)), now()),
             Step::Done { requeue_after: None }
         );
+    }
+
+    #[test]
+    fn a_new_secret_keeps_the_last_rotate_value_when_the_annotation_is_gone() {
+        let meta = owned_secret("r1", "10", Some("a"));
+        let mut app = settled(app(), &meta);
+        // The annotation is still there: its value.
+        app.metadata.annotations = Some(BTreeMap::from([(
+            "oauthapp.io/rotate".to_string(),
+            "b".to_string(),
+        )]));
+        assert_eq!(observed_rotate_token(&app, Some(&meta)).as_deref(), Some("b"));
+        // Removed from the manifest: the value the replaced Secret recorded...
+        app.metadata.annotations = None;
+        assert_eq!(observed_rotate_token(&app, Some(&meta)).as_deref(), Some("a"));
+        // ...or, with the Secret gone, the one in the status.
+        assert_eq!(observed_rotate_token(&app, None).as_deref(), Some("a"));
+        // And re-adding that old value later requests nothing.
+        app.metadata.annotations = Some(BTreeMap::from([(
+            "oauthapp.io/rotate".to_string(),
+            "a".to_string(),
+        )]));
+        assert_eq!(
+            plan(&app, Some(view(&meta)), now()),
+            Step::Done { requeue_after: None }
+        );
+        // A new app never had one.
+        assert_eq!(observed_rotate_token(&self::app(), None), None);
     }
 
     #[test]
