@@ -187,7 +187,20 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
         {
             Ok(Action::requeue(REPAIR_GRACE))
         }
-        step => converge(ctx, app, scope.resync, matches!(step, Step::Rotate(_))).await,
+        // A foreign Secret is not in the (label-filtered) cache, so an app in conflict always
+        // looks due a rotation from it: no secret is hashed ahead for those.
+        step => {
+            let in_conflict = app
+                .ready_condition()
+                .is_some_and(|c| c.reason == plan::reasons::SECRET_CONFLICT);
+            converge(
+                ctx,
+                app,
+                scope.resync,
+                matches!(step, Step::Rotate(_)) && !in_conflict,
+            )
+            .await
+        }
     }
 }
 
