@@ -24,11 +24,21 @@ use crate::crd::OAuthApp;
 /// Change notifications kept for a subscriber that lags; beyond this it is told to resync.
 const CHANGE_BUFFER: usize = 1024;
 
-/// A change seen by a watch, or a notice that some were missed.
-#[derive(Clone)]
+/// A change seen by a watch, or a notice that some may have been missed (the subscriber
+/// lagged, or the watch relisted): the subscriber should look at everything.
 pub enum Change<K> {
     Object(Arc<K>),
     Missed,
+}
+
+// Not derived: that would ask `K: Clone`, and only the `Arc` is cloned.
+impl<K> Clone for Change<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Object(obj) => Self::Object(obj.clone()),
+            Self::Missed => Self::Missed,
+        }
+    }
 }
 
 /// The caches of one watched scope (a namespace, or the whole cluster).
@@ -37,8 +47,8 @@ pub struct ScopeCaches {
     pub namespace: Option<String>,
     pub apps: Store<OAuthApp>,
     pub secrets: Store<PartialObjectMeta<Secret>>,
-    app_changes: broadcast::Sender<Arc<OAuthApp>>,
-    secret_changes: broadcast::Sender<Arc<PartialObjectMeta<Secret>>>,
+    app_changes: broadcast::Sender<Change<OAuthApp>>,
+    secret_changes: broadcast::Sender<Change<PartialObjectMeta<Secret>>>,
 }
 
 impl ScopeCaches {
@@ -54,11 +64,11 @@ impl ScopeCaches {
 }
 
 fn changes<K: Send + Sync + 'static>(
-    rx: broadcast::Receiver<Arc<K>>,
+    rx: broadcast::Receiver<Change<K>>,
 ) -> impl Stream<Item = Change<K>> + Send {
     futures::stream::unfold(rx, |mut rx| async move {
         match rx.recv().await {
-            Ok(obj) => Some((Change::Object(obj), rx)),
+            Ok(change) => Some((change, rx)),
             Err(broadcast::error::RecvError::Lagged(_)) => Some((Change::Missed, rx)),
             Err(broadcast::error::RecvError::Closed) => None,
         }
@@ -210,10 +220,14 @@ impl Watches {
                     index.remove(uid);
                 }
             }
-            // A relist may have dropped apps without a Delete: keep only what the store has.
-            watcher::Event::InitDone => index.retain(|_, r| {
+            // A relist may have dropped apps without a Delete (or replaced one by a namesake):
+            // keep only what the store has, by uid.
+            watcher::Event::InitDone => index.retain(|uid, r| {
                 let in_scope = namespace.is_none() || r.namespace.as_deref() == namespace;
-                !in_scope || store.get(r).is_some()
+                !in_scope
+                    || store
+                        .get(r)
+                        .is_some_and(|app| app.meta().uid.as_deref() == Some(uid))
             }),
             watcher::Event::Init => {}
         }
@@ -221,23 +235,28 @@ impl Watches {
 }
 
 /// Sends an applied or deleted object to the subscribers (the store's own copy: no duplicate in
-/// memory).
-fn forward<K>(event: &watcher::Event<K>, store: &Store<K>, tx: &broadcast::Sender<Arc<K>>)
+/// memory). A (re)list is announced once it is complete, as [`Change::Missed`]: its objects
+/// reach the store only then, and what changed while the watch was down (an app created, a
+/// Secret deleted) has no event of its own.
+fn forward<K>(event: &watcher::Event<K>, store: &Store<K>, tx: &broadcast::Sender<Change<K>>)
 where
     K: Lookup + Clone + 'static,
     <K as Lookup>::DynamicType: Eq + std::hash::Hash + Clone + Default,
 {
     match event {
-        watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+        watcher::Event::Apply(obj) => {
             let stored = store.get(&obj.to_object_ref(Default::default()));
             if let Some(stored) = stored {
-                let _ = tx.send(stored);
+                let _ = tx.send(Change::Object(stored));
             }
         }
         watcher::Event::Delete(obj) => {
-            let _ = tx.send(Arc::new(obj.clone()));
+            let _ = tx.send(Change::Object(Arc::new(obj.clone())));
         }
-        watcher::Event::Init | watcher::Event::InitDone => {}
+        watcher::Event::InitDone => {
+            let _ = tx.send(Change::Missed);
+        }
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
     }
 }
 
@@ -279,5 +298,59 @@ async fn pump<K>(
             }
             None => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str, rv: &str) -> OAuthApp {
+        let mut app = OAuthApp::new(name, Default::default());
+        app.metadata.namespace = Some("ns".into());
+        app.metadata.resource_version = Some(rv.into());
+        app
+    }
+
+    /// Applies each event to a store, forwards it, and returns what the subscribers got: the
+    /// name and resourceVersion of each object, "missed" for a notice to look at everything.
+    fn forwarded(events: Vec<watcher::Event<OAuthApp>>) -> Vec<String> {
+        let (store, mut writer) = reflector::store::<OAuthApp>();
+        let (tx, mut rx) = broadcast::channel(16);
+        for event in events {
+            writer.apply_watcher_event(&event);
+            forward(&event, &store, &tx);
+        }
+        let mut got = Vec::new();
+        while let Ok(change) = rx.try_recv() {
+            got.push(match change {
+                Change::Object(obj) => format!(
+                    "{}@{}",
+                    obj.metadata.name.as_deref().unwrap_or_default(),
+                    obj.metadata.resource_version.as_deref().unwrap_or_default()
+                ),
+                Change::Missed => "missed".into(),
+            });
+        }
+        got
+    }
+
+    #[test]
+    fn a_relist_is_announced_once_complete_not_object_by_object() {
+        use watcher::Event::*;
+        let got = forwarded(vec![
+            Init,
+            InitApply(app("a", "1")),
+            InitDone,
+            Apply(app("a", "2")),
+            // The watch broke; what changed meanwhile arrives as a relist: "b" is new, and its
+            // objects are in the store only at InitDone.
+            Init,
+            InitApply(app("a", "3")),
+            InitApply(app("b", "4")),
+            InitDone,
+            Delete(app("a", "3")),
+        ]);
+        assert_eq!(got, ["missed", "a@2", "missed", "a@3"]);
     }
 }
