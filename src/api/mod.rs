@@ -176,9 +176,7 @@ async fn serve_until(
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(cert, provider)?));
             let listener = tls::TlsListener::new(tcp, acceptor, shutdown.clone())?;
             info!(addr = %config.addr, cert = %cert_file.display(), "REST API listening (HTTPS)");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
+            serve_connections(listener, app, shutdown).await
         }
         _ => {
             warn!(
@@ -186,11 +184,50 @@ async fn serve_until(
                 "REST API listening on plain HTTP: bearer tokens and client secrets cross the network \
                  unencrypted; set --tls-cert-file and --tls-key-file"
             );
-            axum::serve(tcp, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
+            serve_connections(tcp, app, shutdown).await
         }
     }
+}
+
+/// A client gets this long to send a request's headers (slow or idle connections are closed:
+/// they would otherwise hold a socket each, for ever).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `app` (HTTP/1.1) on every connection `listener` accepts until `shutdown`, then lets
+/// the open connections finish their requests. Like `axum::serve`, plus a timer: without one,
+/// hyper's header-read timeout is off and a silent connection holds its socket for ever.
+async fn serve_connections<L>(
+    mut listener: L,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (io, _) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => break,
+        };
+        let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "REST API connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// The global bucket: every request, authenticated or not, before any other work.

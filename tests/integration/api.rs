@@ -564,6 +564,33 @@ async fn a_rotation_another_replica_is_still_writing_is_answered_409_not_rotated
 }
 
 #[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup("api-slow", &[]).await;
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", s.operator.api_port))
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /api/v1/oauth-apps HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    // The server closes the connection once its header-read timeout passes (30 s).
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(
+        oauthapp_operator::api::HEADER_READ_TIMEOUT + WAIT,
+        slow.read(&mut buf),
+    )
+    .await
+    .expect("the server closes a connection whose headers never end");
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "closed, not answered: {closed:?}"
+    );
+    // Meanwhile everyone else is served.
+    let doc = s.call(Method::GET, "/api-docs/openapi.json", None, None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn concurrent_rotations_serialize_and_every_200_is_one_rotation() {
     let s = Arc::new(setup("api-concurrent", &[]).await);
     let (app, _) = s.app(&s.ns, "busy").await;
