@@ -102,7 +102,8 @@ struct RunArgs {
     /// Burst allowed per caller above the rate.
     #[arg(long, env = "OAUTHAPP_RATE_LIMIT_PER_CALLER_BURST", default_value_t = 20)]
     rate_limit_per_caller_burst: u32,
-    /// Requests per second the REST API accepts in all.
+    /// Requests per second the REST API accepts in all from authenticated callers; as many
+    /// TokenReviews of tokens not seen recently are allowed besides.
     #[arg(long, env = "OAUTHAPP_RATE_LIMIT_GLOBAL", default_value_t = 100.0)]
     rate_limit_global: f64,
     /// Burst allowed in all above the global rate.

@@ -81,10 +81,20 @@ impl Authenticator {
     }
 
     /// The caller behind the request's `Authorization: Bearer` token; 401 without a valid one.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        before_review: impl FnOnce() -> Result<(), ApiError>,
+    ) -> Result<Caller, ApiError> {
         let token = bearer_token(headers)?;
         let key: Key = Sha256::digest(token.as_bytes()).into();
-        let caller = self.tokens.get_or_fetch(key, || self.review_token(token)).await?;
+        let caller = self
+            .tokens
+            .get_or_fetch(key, || async {
+                before_review()?;
+                self.review_token(token).await
+            })
+            .await?;
         caller
             .ok_or_else(|| ApiError::unauthorized("the bearer token is not valid (TokenReview rejected it)"))
     }

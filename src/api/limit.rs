@@ -1,10 +1,13 @@
-//! Rate limits: token buckets (GCRA, `governor`), one global and one per caller.
+//! Rate limits: token buckets (GCRA, `governor`), one global, one per caller, and one for
+//! token reviews.
 //!
-//! The global bucket is checked first, before authentication, on every request: a flood of
-//! unauthenticated or garbage-token requests is bounded too, and so are the TokenReviews it
-//! would cause. The per-caller bucket is checked right after authentication, keyed by the user
-//! name from the TokenReview (a caller with many tokens is still one caller), before any
-//! authorization review or handler work.
+//! A request with a bearer token the authenticator has not seen (recently) costs a TokenReview
+//! first: those reviews take from their own bucket, so a flood of unauthenticated or
+//! garbage-token requests is bounded, and so is the load it puts on the API server, without
+//! emptying the bucket every known caller depends on. Once authenticated, a request takes from
+//! the global bucket and then from its caller's, keyed by the user name from the TokenReview (a
+//! caller with many tokens is still one caller), before any authorization review or handler
+//! work. Requests that need no token (the OpenAPI document) take from the global bucket.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -24,6 +27,7 @@ pub struct InvalidRate {
 
 pub struct RateLimits {
     global: DefaultDirectRateLimiter,
+    reviews: DefaultDirectRateLimiter,
     per_caller: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
 }
@@ -37,6 +41,7 @@ impl RateLimits {
     ) -> Result<Self, InvalidRate> {
         Ok(Self {
             global: RateLimiter::direct(quota("global", rate_global, burst_global)?),
+            reviews: RateLimiter::direct(quota("global", rate_global, burst_global)?),
             per_caller: RateLimiter::keyed(quota("per caller", rate_per_caller, burst_per_caller)?),
             clock: DefaultClock::default(),
         })
@@ -47,6 +52,17 @@ impl RateLimits {
         self.global.check().map_err(|not_until| {
             too_many(
                 "the REST API is receiving too many requests",
+                not_until.wait_time_from(self.clock.now()),
+            )
+        })
+    }
+
+    /// Takes one token from the token-review bucket (as large as the global one); 429 when it
+    /// is empty.
+    pub fn check_review(&self) -> Result<(), ApiError> {
+        self.reviews.check().map_err(|not_until| {
+            too_many(
+                "the REST API is receiving too many requests with tokens it does not know yet",
                 not_until.wait_time_from(self.clock.now()),
             )
         })
@@ -110,6 +126,17 @@ mod tests {
         limits.check_global().expect("2");
         let refused = limits.check_global().expect_err("over");
         assert_eq!(refused.retry_after, Some(1));
+    }
+
+    #[test]
+    fn token_reviews_have_a_bucket_of_their_own() {
+        let limits = RateLimits::new(1.0, 2, 1000.0, 1000).expect("valid");
+        limits.check_review().expect("1");
+        limits.check_review().expect("2");
+        let refused = limits.check_review().expect_err("over");
+        assert_eq!(refused.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
+        // A flood of unknown tokens leaves the global bucket to the callers already known.
+        limits.check_global().expect("global untouched");
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! watch caches every replica keeps, and writes through `rotation::rotate` under the app's
 //! lock and resourceVersion preconditions, so it need not be the leader).
 //!
-//! A request passes, in order: the global rate limit (every request, before any work), the
-//! request timeout, authentication (TokenReview, cached), the per-caller rate limit, then the
-//! handler (id lookup in the cache, SubjectAccessReview, the operation). Every error answer is
-//! JSON `{code, message}` (see [`error`]).
+//! A request passes, in order: the request timeout, authentication (TokenReview, cached; a token
+//! not seen recently takes from the token-review bucket first), the global and the per-caller
+//! rate limits, then the handler (id lookup in the cache, SubjectAccessReview, the operation).
+//! Every error answer is JSON `{code, message}` (see [`error`]).
 
 mod auth;
 mod error;
@@ -118,10 +118,10 @@ fn router_with(shared: Arc<Shared>) -> Router {
     with_error_handling(
         Router::new()
             .route("/api-docs/openapi.json", get(openapi_document))
+            .route_layer(middleware::from_fn_with_state(shared.clone(), global_limit))
             .merge(authenticated)
             .with_state(shared.clone()),
     )
-    .layer(middleware::from_fn_with_state(shared.clone(), global_limit))
     .layer(middleware::from_fn_with_state(shared, observe_request))
 }
 
@@ -230,7 +230,7 @@ where
     Ok(())
 }
 
-/// The global bucket: every request, authenticated or not, before any other work.
+/// The global bucket, for the routes that need no token.
 async fn global_limit(State(api): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     match api.limits.check_global() {
         Ok(()) => next.run(request).await,
@@ -238,13 +238,22 @@ async fn global_limit(State(api): State<Arc<Shared>>, request: Request, next: Ne
     }
 }
 
-/// Authenticates the caller, then applies their own bucket; handlers get the [`Caller`].
+/// Authenticates the caller (a token not seen recently takes from the token-review bucket
+/// first), then applies the global bucket and the caller's own; handlers get the [`Caller`].
 async fn authenticate(State(api): State<Arc<Shared>>, mut request: Request, next: Next) -> Response {
-    let caller = match api.auth.authenticate(request.headers()).await {
+    let authenticated = api
+        .auth
+        .authenticate(request.headers(), || api.limits.check_review())
+        .await;
+    let caller = match authenticated {
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = api.limits.check_caller(&caller.username) {
+    if let Err(e) = api
+        .limits
+        .check_global()
+        .and_then(|()| api.limits.check_caller(&caller.username))
+    {
         return e.into_response();
     }
     request.extensions_mut().insert(caller);
