@@ -197,7 +197,21 @@ pub async fn list_oauth_apps(
             by_namespace.entry(ns).or_default().push(app);
         }
     }
-    let namespaces: Vec<String> = by_namespace.keys().cloned().collect();
+    let mut namespaces: Vec<String> = by_namespace.keys().cloned().collect();
+    // One review when the caller may list everywhere (a ClusterRole binding): reviews per
+    // namespace only for the others.
+    if namespaces.len() > 1 {
+        let everywhere = Access {
+            verb: "list",
+            namespace: "",
+            name: None,
+            subresource: None,
+        };
+        if api.auth.allowed(&caller, everywhere).await? {
+            namespaces.clear();
+        }
+    }
+    let cluster_wide = namespaces.is_empty();
     let caller = &caller;
     let api_ref = &api;
     let verdicts: Vec<(String, Result<bool, ApiError>)> = futures::stream::iter(namespaces)
@@ -227,7 +241,7 @@ pub async fn list_oauth_apps(
     }
     let mut data: Vec<OAuthAppView> = by_namespace
         .into_iter()
-        .filter(|(ns, _)| allowed.contains(ns))
+        .filter(|(ns, _)| cluster_wide || allowed.contains(ns))
         .flat_map(|(_, apps)| apps)
         .map(|app| OAuthAppView::of(&app))
         .collect();

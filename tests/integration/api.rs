@@ -799,6 +799,40 @@ async fn list_shows_only_the_apps_of_namespaces_the_caller_may_list() {
         view.client_secret_hint,
         b1.status.as_ref().and_then(|st| st.client_secret_hint.clone())
     );
+
+    // A caller bound to a ClusterRole lists everywhere (one review, not one per namespace).
+    let auditor = service_account_token_for(&s.ns, "auditor");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cluster-lister.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: auditor-{ns}}}\n\
+             rules: [{{apiGroups: [oauthapp.io], resources: [oauthapps], verbs: [list]}}]\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: auditor-{ns}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: auditor-{ns}}}\n\
+             subjects: [{{kind: ServiceAccount, name: auditor, namespace: {ns}}}]\n",
+            ns = s.ns
+        ),
+    )
+    .expect("write");
+    control_plane().kubectl_ok(&["apply", "-f", file.to_str().expect("utf-8")]);
+    let everything = names(
+        &s.call(Method::GET, "/api/v1/oauth-apps", Some(&auditor), None)
+            .await,
+    );
+    assert_eq!(
+        everything,
+        [
+            (s.ns.clone(), "a1".to_string()),
+            (s.ns.clone(), "a2".to_string()),
+            (other.clone(), "b1".to_string())
+        ]
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
