@@ -183,7 +183,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let background = ctx.background.clone();
     let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
+    tokio::spawn(watch_signals(shutdown.clone(), args.shutdown_timeout));
     let watches = Watches::start(client.clone(), &args.watch_namespaces, shutdown.clone());
 
     let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
@@ -346,7 +346,10 @@ async fn lead(
     Ok(())
 }
 
-async fn watch_signals(shutdown: CancellationToken) {
+/// Cancels `shutdown` on SIGTERM or SIGINT, and bounds the shutdown: whatever is still running
+/// `timeout` later (a reconcile stuck on an API call, a Lease release that hangs) is cut short
+/// by exiting, so the process is gone before the kubelet's own deadline.
+async fn watch_signals(shutdown: CancellationToken, timeout: Duration) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -359,4 +362,7 @@ async fn watch_signals(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
     }
     shutdown.cancel();
+    tokio::time::sleep(timeout).await;
+    warn!("not stopped within {timeout:?} of the signal; exiting now");
+    std::process::exit(1);
 }
