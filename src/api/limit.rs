@@ -49,23 +49,22 @@ impl RateLimits {
 
     /// Takes one token from the global bucket; 429 when it is empty.
     pub fn check_global(&self) -> Result<(), ApiError> {
-        self.global.check().map_err(|not_until| {
-            too_many(
-                "the REST API is receiving too many requests",
-                not_until.wait_time_from(self.clock.now()),
-            )
-        })
+        self.take(&self.global, "the REST API is receiving too many requests")
     }
 
     /// Takes one token from the token-review bucket (as large as the global one); 429 when it
     /// is empty.
     pub fn check_review(&self) -> Result<(), ApiError> {
-        self.reviews.check().map_err(|not_until| {
-            too_many(
-                "the REST API is receiving too many requests with tokens it does not know yet",
-                not_until.wait_time_from(self.clock.now()),
-            )
-        })
+        self.take(
+            &self.reviews,
+            "the REST API is receiving too many requests with tokens it does not know yet",
+        )
+    }
+
+    fn take(&self, bucket: &DefaultDirectRateLimiter, refusal: &str) -> Result<(), ApiError> {
+        bucket
+            .check()
+            .map_err(|not_until| too_many(refusal, not_until.wait_time_from(self.clock.now())))
     }
 
     /// Takes one token from `caller`'s bucket; 429 when it is empty.

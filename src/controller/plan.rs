@@ -470,6 +470,14 @@ mod tests {
         }
     }
 
+    /// `kubectl annotate oauthapp … oauthapp.io/rotate=<value> --overwrite`.
+    fn request_rotation(app: &mut OAuthApp, value: &str) {
+        app.metadata.annotations = Some(BTreeMap::from([(
+            "oauthapp.io/rotate".to_string(),
+            value.to_string(),
+        )]));
+    }
+
     fn view(meta: &ObjectMeta) -> SecretView<'_> {
         SecretView { meta, check: None }
     }
@@ -545,10 +553,7 @@ mod tests {
             .expect("ann")
             .insert(annotations::ROTATION_COUNT.into(), "2".into());
         let mut app = app;
-        app.metadata.annotations = Some(BTreeMap::from([(
-            "oauthapp.io/rotate".to_string(),
-            "x".to_string(),
-        )]));
+        request_rotation(&mut app, "x");
         // The Secret changed since the status recorded it: verify first...
         assert_eq!(plan(&app, Some(view(&new)), now()), Step::Verify);
         // ...then the status follows the Secret, and the annotation is not acted on twice.
@@ -573,10 +578,7 @@ mod tests {
             interval: "2h".into(),
         });
         let mut app = settled(app, &old);
-        app.metadata.annotations = Some(BTreeMap::from([(
-            "oauthapp.io/rotate".to_string(),
-            "b".to_string(),
-        )]));
+        request_rotation(&mut app, "b");
         let ahead = owned_secret("r2", "11", Some("a"));
         let later: Timestamp = "2026-11-26T14:00:00Z".parse().expect("ts");
         match plan(&app, Some(checked(&ahead, true)), later) {
@@ -623,18 +625,12 @@ mod tests {
     fn each_new_annotation_value_rotates_exactly_once() {
         let meta = owned_secret("r1", "10", Some("a"));
         let mut app = settled(app(), &meta);
-        app.metadata.annotations = Some(BTreeMap::from([(
-            "oauthapp.io/rotate".to_string(),
-            "a".to_string(),
-        )]));
+        request_rotation(&mut app, "a");
         assert_eq!(
             plan(&app, Some(view(&meta)), now()),
             Step::Done { requeue_after: None }
         );
-        app.metadata.annotations = Some(BTreeMap::from([(
-            "oauthapp.io/rotate".to_string(),
-            "b".to_string(),
-        )]));
+        request_rotation(&mut app, "b");
         assert_eq!(
             plan(&app, Some(view(&meta)), now()),
             Step::Rotate(RotationTrigger::Annotation)
@@ -652,10 +648,7 @@ mod tests {
         let meta = owned_secret("r1", "10", Some("a"));
         let mut app = settled(app(), &meta);
         // The annotation is still there: its value.
-        app.metadata.annotations = Some(BTreeMap::from([(
-            "oauthapp.io/rotate".to_string(),
-            "b".to_string(),
-        )]));
+        request_rotation(&mut app, "b");
         assert_eq!(observed_rotate_token(&app, Some(&meta)).as_deref(), Some("b"));
         // Removed from the manifest: the value the replaced Secret recorded...
         app.metadata.annotations = None;
@@ -663,10 +656,7 @@ mod tests {
         // ...or, with the Secret gone, the one in the status.
         assert_eq!(observed_rotate_token(&app, None).as_deref(), Some("a"));
         // And re-adding that old value later requests nothing.
-        app.metadata.annotations = Some(BTreeMap::from([(
-            "oauthapp.io/rotate".to_string(),
-            "a".to_string(),
-        )]));
+        request_rotation(&mut app, "a");
         assert_eq!(
             plan(&app, Some(view(&meta)), now()),
             Step::Done { requeue_after: None }
