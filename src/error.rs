@@ -17,6 +17,10 @@ pub enum Error {
         "Secret {secret} exists and is not owned by OAuthApp {app}; delete it, or recreate the app with another spec.secret.name"
     )]
     SecretConflict { secret: String, app: String },
+    /// The API server refused the app's Secret as invalid (422): the spec asks for something a
+    /// Secret cannot hold (e.g. annotations over 256 KiB in all). `message` is the API server's.
+    #[error("the API server refused Secret {secret}: {message}")]
+    SecretRejected { secret: String, message: String },
     /// Another rotation of the same app won the race (resourceVersion precondition).
     #[error("OAuthApp {0} was rotated or changed concurrently; retry the request")]
     Conflict(String),
@@ -41,6 +45,7 @@ impl Error {
             Error::Kube(_) => "KubeError",
             Error::NotFound(_) => "NotFound",
             Error::SecretConflict { .. } => "SecretConflict",
+            Error::SecretRejected { .. } => "SecretRejected",
             Error::Conflict(_) => "Conflict",
             Error::Hash(_) => "HashError",
             Error::Random(_) => "RandomError",

@@ -179,6 +179,7 @@ async fn rotate_inner(
     ]));
     object.string_data = None;
     object.type_ = Some("Opaque".into());
+    let secret_name = object.name_any();
     let written = if existed {
         secrets.replace(&object.name_any(), &post_params(), &object).await
     } else {
@@ -186,7 +187,7 @@ async fn rotate_inner(
     };
     // The Secret object holds the plaintext: drop our copy as soon as it is written.
     drop(object);
-    let written = written.map_err(|e| write_error(app, e))?;
+    let written = written.map_err(|e| secret_write_error(app, &secret_name, e))?;
     ctx.metrics.writes.inc();
     secret_written();
     let secret_key = format!("{ns}/{}", written.name_any());
@@ -314,6 +315,18 @@ async fn write_status_for_secret(
     Err(Error::Conflict(app_key(&app)))
 }
 
+/// A failed write of the app's Secret: a 422 (the API server finds it invalid, so the spec asks
+/// for something a Secret cannot hold) is [`Error::SecretRejected`]; otherwise as [`write_error`].
+fn secret_write_error(app: &OAuthApp, secret: &str, e: kube::Error) -> Error {
+    match &e {
+        kube::Error::Api(status) if status.code == 422 => Error::SecretRejected {
+            secret: secret.to_string(),
+            message: crate::error::redact(&status.message),
+        },
+        _ => write_error(app, e),
+    }
+}
+
 /// A failed conditional write of the app's Secret or status: a 409 (a concurrent writer won)
 /// is [`Error::Conflict`].
 fn write_error(app: &OAuthApp, e: kube::Error) -> Error {
@@ -370,7 +383,7 @@ pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> R
     let written = secrets
         .replace(&secret.name_any(), &post_params(), &secret)
         .await
-        .map_err(|e| write_error(app, e))?;
+        .map_err(|e| secret_write_error(app, &secret.name_any(), e))?;
     ctx.metrics.writes.inc();
     ctx.own_writes
         .put(format!("Secret {ns}/{}", written.name_any()), &replaced);

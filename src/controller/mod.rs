@@ -21,7 +21,7 @@ use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::context::Context;
-use crate::crd::OAuthApp;
+use crate::crd::{OAuthApp, OAuthAppStatus};
 use crate::error::Error;
 use crate::metrics::ReasonLabels;
 use crate::rotation::{self, app_key};
@@ -188,11 +188,12 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
             Ok(Action::requeue(REPAIR_GRACE))
         }
         // A foreign Secret is not in the (label-filtered) cache, so an app in conflict always
-        // looks due a rotation from it: no secret is hashed ahead for those.
+        // looks due a rotation from it, as does one whose Secret is refused: no secret is hashed
+        // ahead for those.
         step => {
-            let in_conflict = app
-                .ready_condition()
-                .is_some_and(|c| c.reason == plan::reasons::SECRET_CONFLICT);
+            let in_conflict = app.ready_condition().is_some_and(|c| {
+                c.reason == plan::reasons::SECRET_CONFLICT || c.reason == plan::reasons::SECRET_REJECTED
+            });
             converge(
                 ctx,
                 app,
@@ -319,31 +320,8 @@ async fn converge(
                 result.map(|_| ())
             }
             Step::Conflict(status) => {
-                let was_conflict = app
-                    .ready_condition()
-                    .is_some_and(|c| c.reason == plan::reasons::SECRET_CONFLICT && c.status == "False");
-                if app.status.as_ref() != Some(&*status) {
-                    let message = status
-                        .conditions
-                        .first()
-                        .map(|c| c.message.clone())
-                        .unwrap_or_default();
-                    match rotation::write_status(ctx, &app, *status).await {
-                        Ok(_) => {}
-                        Err(e) if e.is_conflict() => continue,
-                        Err(e) => return Err(e),
-                    }
-                    if !was_conflict {
-                        warn!(app = %key, "{message}");
-                        rotation::publish(
-                            ctx,
-                            &app,
-                            EventType::Warning,
-                            plan::reasons::SECRET_CONFLICT,
-                            message,
-                        )
-                        .await;
-                    }
+                if !mark_not_ready(ctx, &app, *status, plan::reasons::SECRET_CONFLICT).await? {
+                    continue;
                 }
                 return Ok(Action::requeue(CONFLICT_REQUEUE.min(resync)));
             }
@@ -356,11 +334,50 @@ async fn converge(
             // Someone else wrote first: read again and plan again.
             Err(e) if e.is_conflict() => debug!(app = %key, "write conflict; re-reading"),
             Err(Error::SecretConflict { .. }) => continue,
+            // The spec asks for a Secret the API server refuses: say so, and wait for a change.
+            Err(Error::SecretRejected { message, .. }) => {
+                let status = plan::rejected_status(&app, &message, Timestamp::now());
+                if !mark_not_ready(ctx, &app, status, plan::reasons::SECRET_REJECTED).await? {
+                    continue;
+                }
+                return Ok(Action::requeue(CONFLICT_REQUEUE.min(resync)));
+            }
             Err(e) => return Err(e),
         }
     }
     // Lost MAX_STEPS races in a row (heavy contention): look again soon.
     Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// Writes a `Ready=False` status for `reason` unless the app shows it already, with a Warning
+/// Event the first time. False when the write lost a race (read again and plan again).
+async fn mark_not_ready(
+    ctx: &Context,
+    app: &OAuthApp,
+    status: OAuthAppStatus,
+    reason: &'static str,
+) -> Result<bool, Error> {
+    if app.status.as_ref() == Some(&status) {
+        return Ok(true);
+    }
+    let already = app
+        .ready_condition()
+        .is_some_and(|c| c.reason == reason && c.status == "False");
+    let message = status
+        .conditions
+        .first()
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    match rotation::write_status(ctx, app, status).await {
+        Ok(_) => {}
+        Err(e) if e.is_conflict() => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    if !already {
+        warn!(app = %app_key(app), "{message}");
+        rotation::publish(ctx, app, EventType::Warning, reason, message).await;
+    }
+    Ok(true)
 }
 
 fn unreachable_step() -> Result<(), Error> {

@@ -46,6 +46,8 @@ pub mod reasons {
     pub const SECRET_READY: &str = "SecretReady";
     /// A Secret of the same name exists and the app does not own it.
     pub const SECRET_CONFLICT: &str = "SecretConflict";
+    /// The API server refuses the Secret the spec asks for (422).
+    pub const SECRET_REJECTED: &str = "SecretRejected";
 }
 
 /// The next step toward the desired state.
@@ -360,22 +362,36 @@ pub fn status_from_secret(app: &OAuthApp, meta: &ObjectMeta, now: Timestamp) -> 
 
 /// The status of an app whose Secret name is taken by a Secret it does not own.
 pub fn conflict_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
-    let previous = app.status.clone().unwrap_or_default();
-    let secret_name = app.secret_name();
     let message = format!(
-        "Secret {secret_name} exists and is not owned by OAuthApp {}; delete it, or recreate the app with another spec.secret.name",
+        "Secret {} exists and is not owned by OAuthApp {}; delete it, or recreate the app with another spec.secret.name",
+        app.secret_name(),
         app.metadata.name.as_deref().unwrap_or_default()
     );
+    not_ready_status(app, reasons::SECRET_CONFLICT, message, now)
+}
+
+/// The status of an app whose Secret the API server refuses (`message`: its reason).
+pub fn rejected_status(app: &OAuthApp, message: &str, now: Timestamp) -> OAuthAppStatus {
+    let message = format!(
+        "the API server refuses Secret {} as spec.secret describes it: {message}",
+        app.secret_name()
+    );
+    not_ready_status(app, reasons::SECRET_REJECTED, message, now)
+}
+
+/// The previous status with `Ready=False` for `reason`: everything else stays as it was.
+fn not_ready_status(app: &OAuthApp, reason: &str, message: String, now: Timestamp) -> OAuthAppStatus {
+    let previous = app.status.clone().unwrap_or_default();
     OAuthAppStatus {
         app_id: app_id(app),
         client_id: client_id(app),
-        secret_name: Some(secret_name),
+        secret_name: Some(app.secret_name()),
         observed_generation: app.metadata.generation,
         conditions: vec![ready_condition(
             &previous,
             app.metadata.generation,
             "False",
-            reasons::SECRET_CONFLICT,
+            reason,
             message,
             now,
         )],

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
-use oauthapp_operator::crd::OAuthApp;
+use oauthapp_operator::crd::{OAuthApp, OAuthAppSpec, SecretSpec};
 use oauthapp_operator::secret;
 
 use crate::support::*;
@@ -541,6 +541,62 @@ async fn the_secrets_labels_and_annotations_follow_the_spec_without_a_rotation()
     assert_eq!(secret.labels().get("backup").map(String::as_str), Some("daily"));
     let (app, secret) = s.settled("demo").await;
     assert_eq!(plaintext(&secret), plaintext(&first), "no rotation");
+    assert_eq!(rotation_count(&app), 1);
+}
+
+#[tokio::test]
+async fn a_secret_the_api_server_refuses_is_ready_false_with_its_reason_until_the_spec_is_fixed() {
+    let s = setup("secret-rejected", &[]).await;
+    // Annotations over 256 KiB in all: valid in the OAuthApp, refused on a Secret. (Made through
+    // the API: `kubectl apply` would copy them into its own last-applied annotation.)
+    let spec = OAuthAppSpec {
+        secret: Some(SecretSpec {
+            annotations: [("notes".to_string(), "x".repeat(300 * 1024))].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    s.apps
+        .create(&Default::default(), &OAuthApp::new("big", spec))
+        .await
+        .expect("the OAuthApp itself is accepted");
+    let ready = eventually("Ready=False, SecretRejected", WAIT, || async {
+        let app = s.apps.get_opt("big").await.ok()??;
+        let ready = app.ready_condition()?.clone();
+        (ready.reason == "SecretRejected").then_some(ready)
+    })
+    .await;
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready.message.contains("metadata.annotations"),
+        "{}",
+        ready.message
+    );
+    assert!(s.secret("big-oauth-client").await.is_none());
+    eventually("a SecretRejected Warning", WAIT, || async {
+        s.events("big")
+            .await
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "SecretRejected")
+            .then_some(())
+    })
+    .await;
+
+    // The spec is fixed: the Secret is written and the app is Ready.
+    s.kubectl(&[
+        "patch",
+        "oauthapp",
+        "big",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"secret":{"annotations":{"notes":"short"}}}}"#,
+    ]);
+    let (app, secret) = s.settled("big").await;
+    assert_eq!(
+        secret.annotations().get("notes").map(String::as_str),
+        Some("short")
+    );
     assert_eq!(rotation_count(&app), 1);
 }
 
