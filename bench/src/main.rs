@@ -190,18 +190,14 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
 
     say!("1. REST rotate latency: {} calls, one at a time", settings.calls);
     let before = op.metrics().await?;
-    let requests_before = api_requests(&client).await;
-    let samples_before = floors.hash_ms.len();
+    let window = RequestWindow::open(&client, floors.hash_ms.len()).await;
     report.rest =
         Stats::of(&rest_latency(&http, op.api_port, &token, &ids, settings.calls, &mut floors).await?);
     let after = op.metrics().await?;
     report.rest_operator_mean_ms = mean_rotation_ms(&before, &after);
-    report.rest_requests_per_rotation = per_rotation(
-        &requests_before,
-        &api_requests(&client).await,
-        (settings.calls + WARMUP) as f64,
-        floors.hash_ms.len() - samples_before,
-    );
+    report.rest_requests_per_rotation = window
+        .per_rotation(&client, floors.hash_ms.len(), (settings.calls + WARMUP) as f64)
+        .await;
     say!(
         "   API requests per rotation: {:?}",
         report.rest_requests_per_rotation
@@ -215,20 +211,16 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
 
     say!("2. annotation-to-rotation latency: {} rotations", settings.calls);
     let before = op.metrics().await?;
-    let requests_before = api_requests(&client).await;
-    let samples_before = floors.hash_ms.len();
+    let window = RequestWindow::open(&client, floors.hash_ms.len()).await;
     let (lat, patch) =
         annotation_latency(&client, ns, &tracker, &names, settings.calls, "a", &mut floors).await?;
     let after = op.metrics().await?;
     report.annotation = Stats::of(&lat);
     report.annotation_patch = Stats::of(&patch);
     report.annotation_operator_mean_ms = mean_rotation_ms(&before, &after);
-    report.annotation_requests_per_rotation = per_rotation(
-        &requests_before,
-        &api_requests(&client).await,
-        (settings.calls + WARMUP) as f64,
-        floors.hash_ms.len() - samples_before,
-    );
+    report.annotation_requests_per_rotation = window
+        .per_rotation(&client, floors.hash_ms.len(), (settings.calls + WARMUP) as f64)
+        .await;
     say!(
         "   API requests per rotation: {:?}",
         report.annotation_requests_per_rotation
@@ -296,16 +288,12 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
     let (leader, standby) = wait_for_leader(&a, &b, Duration::from_secs(60)).await?;
     say!("   {} leads, {} stands by", leader.name, standby.name);
     let leader_before = leader.metrics().await?;
-    let requests_before = api_requests(&client).await;
-    let samples_before = floors.hash_ms.len();
+    let window = RequestWindow::open(&client, floors.hash_ms.len()).await;
     report.rest_standby =
         Stats::of(&rest_latency(&http, standby.api_port, &token, &ids, settings.calls, &mut floors).await?);
-    report.rest_standby_requests_per_rotation = per_rotation(
-        &requests_before,
-        &api_requests(&client).await,
-        (settings.calls + WARMUP) as f64,
-        floors.hash_ms.len() - samples_before,
-    );
+    report.rest_standby_requests_per_rotation = window
+        .per_rotation(&client, floors.hash_ms.len(), (settings.calls + WARMUP) as f64)
+        .await;
     report.rest_standby_leader_writes = leader.metrics().await?.value("oauthapp_api_writes_total")
         - leader_before.value("oauthapp_api_writes_total");
     say!(
@@ -370,7 +358,7 @@ async fn scale(
     report.rss_empty_mib = operator::vm_mib(op.pid(), "VmRSS").unwrap_or(f64::NAN);
     say!("4. provisioning {n} apps ({CREATES_IN_FLIGHT} creates in flight)");
     let names: Vec<String> = (0..n).map(|i| format!("app-{i:05}")).collect();
-    let requests_before = api_requests(client).await;
+    let window = RequestWindow::open(client, 0).await;
     let started = Instant::now();
     let progress = {
         // One line every 30 s, so a long provisioning shows it is moving.
@@ -397,8 +385,7 @@ async fn scale(
         .await?;
     progress.1.abort();
     report.provision_s = started.elapsed().as_secs_f64();
-    report.provision_requests_per_app =
-        per_rotation(&requests_before, &api_requests(client).await, n as f64, 0);
+    report.provision_requests_per_app = window.per_rotation(client, 0, n as f64).await;
     say!("   API requests per app: {:?}", report.provision_requests_per_app);
     let m = op.metrics().await?;
     report.provision_writes = m.value("oauthapp_api_writes_total");
@@ -689,6 +676,38 @@ async fn api_requests(client: &Client) -> BTreeMap<String, f64> {
         *counts.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
     }
     counts
+}
+
+/// The API server's request counts when a measured run starts, and how many floor samples
+/// (each one Secret and one status write by the bench itself) had been taken by then.
+struct RequestWindow {
+    requests: BTreeMap<String, f64>,
+    floor_samples: usize,
+}
+
+impl RequestWindow {
+    async fn open(client: &Client, floor_samples: usize) -> Self {
+        Self {
+            requests: api_requests(client).await,
+            floor_samples,
+        }
+    }
+
+    /// The requests per rotation since [`RequestWindow::open`], `floor_samples` being the count
+    /// of floor samples now.
+    async fn per_rotation(
+        self,
+        client: &Client,
+        floor_samples: usize,
+        rotations: f64,
+    ) -> BTreeMap<String, f64> {
+        per_rotation(
+            &self.requests,
+            &api_requests(client).await,
+            rotations,
+            floor_samples - self.floor_samples,
+        )
+    }
 }
 
 /// Requests per rotation between two snapshots of [`api_requests`] (WATCH and LIST left out:
