@@ -121,8 +121,7 @@ async fn rotate_inner(
             trigger,
             RotationTrigger::Api | RotationTrigger::Annotation | RotationTrigger::Schedule
         )
-        && let Some(secret_rotation) = s.annotations().get(annotations::ROTATION_ID)
-        && app.status.as_ref().and_then(|st| st.rotation_id.as_ref()) != Some(secret_rotation)
+        && plan::secret_ahead_of_status(app, &s.metadata)
     {
         return Err(Error::Conflict(app_key(app)));
     }
@@ -181,7 +180,7 @@ async fn rotate_inner(
     object.type_ = Some("Opaque".into());
     let secret_name = object.name_any();
     let written = if existed {
-        secrets.replace(&object.name_any(), &post_params(), &object).await
+        secrets.replace(&secret_name, &post_params(), &object).await
     } else {
         secrets.create(&post_params(), &object).await
     };

@@ -211,15 +211,13 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
 /// GETs and a status write racing that replica's) is the repair for a writer that crashed, so
 /// it waits [`REPAIR_GRACE`] first.
 fn status_write_in_flight(app: &OAuthApp, secret: &ObjectMeta, now: Timestamp) -> bool {
-    let annotations = secret.annotations.as_ref();
-    let Some(rotation_id) = annotations.and_then(|a| a.get(plan::annotations::ROTATION_ID)) else {
-        return false;
-    };
-    if app.status.as_ref().and_then(|s| s.rotation_id.as_ref()) == Some(rotation_id) {
+    if !plan::secret_ahead_of_status(app, secret) {
         return false;
     }
     let grace = SignedDuration::try_from(REPAIR_GRACE).unwrap_or(SignedDuration::ZERO);
-    annotations
+    secret
+        .annotations
+        .as_ref()
         .and_then(|a| a.get(plan::annotations::ROTATED_AT))
         .and_then(|t| t.parse::<Timestamp>().ok())
         .is_some_and(|at| now.duration_since(at).abs() < grace)

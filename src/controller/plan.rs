@@ -122,7 +122,7 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
 
     // A Secret ahead of the status (its writer crashed, or another replica is between its two
     // writes): the status is completed from it before anything else, never rotated over.
-    if status.rotation_id.as_deref() != Some(rotation_id.as_str()) {
+    if secret_ahead_of_status(app, secret.meta) {
         return Step::WriteStatus(Box::new(status_from_secret(app, secret.meta, now)));
     }
 
@@ -155,6 +155,16 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
     Step::Done {
         requeue_after: next_rotation.map(|next| now.duration_until(next)),
     }
+}
+
+/// The Secret holds a rotation (by its `rotation-id`) that the app's status does not show: its
+/// writer has not written the status yet, or crashed before it could.
+pub fn secret_ahead_of_status(app: &OAuthApp, secret: &ObjectMeta) -> bool {
+    secret
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::ROTATION_ID))
+        .is_some_and(|id| app.status.as_ref().and_then(|s| s.rotation_id.as_ref()) != Some(id))
 }
 
 /// The `oauthapp.io/rotate` value a new secret records as acted on: the annotation's current
