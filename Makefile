@@ -26,13 +26,14 @@ run: ## run the operator against the current cluster, or a local control plane w
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
+	$(CARGO) clippy --lib --bins -- -D warnings
 
 unit: ## unit tests (no cluster needed)
 	$(CARGO) test --lib --bins
 
 integration: controlplane-bin ## integration tests on a real control plane started for the run
-	$(CARGO) test --test integration -- --test-threads=$${TEST_THREADS:-4}
+	$(CARGO) test --features failpoints --test integration -- --test-threads=$${TEST_THREADS:-4}
 
 CHART := charts/oauthapp-operator
 chart-lint: controlplane-bin ## helm lint --strict and helm template of the chart, with default and each ci/*-values.yaml
@@ -48,7 +49,7 @@ chart-lint: controlplane-bin ## helm lint --strict and helm template of the char
 	done
 
 test: lint chart-lint controlplane-bin ## every test: lint, chart lint, unit and integration tests, API fuzzing
-	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
+	$(CARGO) test --all-targets --features failpoints -- --test-threads=$${TEST_THREADS:-4}
 	tests/schemathesis.sh
 
 schemathesis: controlplane-bin ## fuzz the REST API against its OpenAPI document (schemathesis, own control plane)

@@ -19,10 +19,13 @@ impl Context {
 use crate::controller::plan::ContentCheck;
 use crate::hasher::Hasher;
 use crate::metrics::Metrics;
+use crate::record::RecordKey;
 
 pub struct Context {
     pub client: Client,
     pub hasher: Hasher,
+    /// Signs the rotation records on Secrets, and checks them before they are believed.
+    pub record_key: RecordKey,
     /// Who publishes the operator's Events.
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
@@ -33,7 +36,8 @@ pub struct Context {
     pub verified: VerifiedCache,
     /// This process's own writes that the watches may not have shown yet.
     pub own_writes: OwnWrites,
-    /// Test-only fault injection (`OAUTHAPP_FAILPOINT`), e.g. `pause-after-secret-write`.
+    /// Test-only fault injection (`OAUTHAPP_FAILPOINT`), e.g. `pause-after-secret-write`. Read
+    /// only in builds with the `failpoints` feature (the integration tests'); None otherwise.
     pub failpoint: Option<String>,
     /// Work that outlives the request that started it (Events being published): a shutdown
     /// waits for it, within its timeout, so an audit Event is not lost to a SIGTERM.
@@ -41,7 +45,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, hasher: Hasher, metrics: Arc<Metrics>, instance: String) -> Self {
+    pub fn new(
+        client: Client,
+        hasher: Hasher,
+        record_key: RecordKey,
+        metrics: Arc<Metrics>,
+        instance: String,
+    ) -> Self {
         let reporter = Reporter {
             controller: crate::crd::MANAGER.into(),
             instance: Some(instance),
@@ -50,14 +60,25 @@ impl Context {
             reporter,
             client,
             hasher,
+            record_key,
             metrics,
             locks: AppLocks::default(),
             verified: VerifiedCache::default(),
             own_writes: OwnWrites::default(),
-            failpoint: std::env::var("OAUTHAPP_FAILPOINT").ok().filter(|v| !v.is_empty()),
+            failpoint: failpoint_from_env(),
             background: tokio_util::task::TaskTracker::new(),
         }
     }
+}
+
+#[cfg(feature = "failpoints")]
+fn failpoint_from_env() -> Option<String> {
+    std::env::var("OAUTHAPP_FAILPOINT").ok().filter(|v| !v.is_empty())
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn failpoint_from_env() -> Option<String> {
+    None
 }
 
 /// One async mutex per app key, created on demand and dropped when nobody holds it.

@@ -96,9 +96,14 @@ pub struct OAuthAppSpec {
     pub scopes: Vec<String>,
 
     /// The OAuth client id written to the Secret. Defaults to the app id (`status.appId`).
-    /// Immutable: it is fixed when the app is created.
+    /// Immutable: it is fixed when the app is created. It may not start with `app_` (reserved
+    /// for generated ids), and it is unique across the watched namespaces: an app that asks for
+    /// an id another app claimed first gets no Secret (Ready=False, reason ClientIdConflict).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"))]
+    #[x_kube(validation = Rule::new("!self.startsWith('app_')").message(
+        "spec.clientId may not start with app_: that prefix is reserved for generated ids"
+    ))]
     pub client_id: Option<String>,
 
     /// Where and how the credentials Secret is written.

@@ -44,11 +44,17 @@ impl Hasher {
         .await
     }
 
-    /// Whether `plaintext` verifies against `phc`. A malformed hash counts as "does not verify".
+    /// Whether `plaintext` verifies against `phc`. A malformed hash, or one made with other
+    /// parameters than this hasher's (never computed: its cost is the hash string's choice),
+    /// counts as "does not verify".
     pub async fn verify(&self, plaintext: String, phc: String) -> Result<bool, Error> {
+        if !secret::uses_params(&phc, &self.params) {
+            return Ok(false);
+        }
+        let params = self.params;
         self.blocking(move |memory| {
             Ok(secret::check_format(&plaintext).is_ok()
-                && secret::verify_in(&plaintext, &phc, memory).unwrap_or(false))
+                && secret::verify_with(&plaintext, &phc, &params, memory).unwrap_or(false))
         })
         .await
     }

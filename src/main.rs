@@ -15,6 +15,7 @@ use oauthapp_operator::context::Context;
 use oauthapp_operator::controller::{self, Settings};
 use oauthapp_operator::hasher::Hasher;
 use oauthapp_operator::metrics::Metrics;
+use oauthapp_operator::record::RecordKey;
 use oauthapp_operator::secret::HashParams;
 use oauthapp_operator::watches::Watches;
 
@@ -112,6 +113,17 @@ struct RunArgs {
     /// How long TokenReview and SubjectAccessReview answers are reused.
     #[arg(long, env = "OAUTHAPP_AUTH_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
     auth_cache_ttl: Duration,
+    /// Name of the Secret that holds the key signing the rotation records on app Secrets; created
+    /// on first start if absent. Only the operator may read it.
+    #[arg(
+        long,
+        env = "OAUTHAPP_RECORD_KEY_SECRET",
+        default_value = "oauthapp-operator-record-key"
+    )]
+    record_key_secret: String,
+    /// Namespace of that Secret (default: POD_NAMESPACE, else `default`).
+    #[arg(long, env = "OAUTHAPP_RECORD_KEY_NAMESPACE")]
+    record_key_namespace: Option<String>,
     /// How long SIGTERM waits for in-flight work before exiting.
     #[arg(long, env = "OAUTHAPP_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
@@ -174,9 +186,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| format!("pid-{}", std::process::id()));
     let instance = format!("{instance}-{}", std::process::id());
+    let key_namespace = args
+        .record_key_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "default".into());
+    let record_key = RecordKey::load_or_create(client.clone(), &key_namespace, &args.record_key_secret)
+        .await
+        .context("loading the rotation-record signing key")?;
     let ctx = Arc::new(Context::new(
         client.clone(),
         Hasher::new(params, workers),
+        record_key,
         metrics.clone(),
         instance.clone(),
     ));

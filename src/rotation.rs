@@ -15,9 +15,10 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::context::Context;
-use crate::controller::plan::{self, ContentCheck, annotations};
+use crate::controller::plan::{self, ContentCheck};
 use crate::crd::{CLIENT_ID_KEY, CLIENT_SECRET_KEY, MANAGER, OAuthApp, OAuthAppStatus, RotationTrigger};
 use crate::error::{Error, is_status};
+use crate::record::{self, Record, Verdict, annotations};
 use crate::secret::ClientSecret;
 
 /// How many times a status write is retried after a resourceVersion conflict.
@@ -47,7 +48,8 @@ pub fn app_key(app: &OAuthApp) -> String {
 /// Replaces the app's secret. The caller holds the app's lock and passes fresh reads of the
 /// app and its Secret (`current`: None when there is none); both writes are conditional on
 /// their resourceVersions, so a concurrent writer makes this fail with [`Error::Conflict`]
-/// instead of being overwritten.
+/// instead of being overwritten. `detail` is who asked (a REST API caller) or why (what was
+/// wrong with a drifted Secret), for the log and the Event.
 pub async fn rotate(
     ctx: &Context,
     app: &OAuthApp,
@@ -134,29 +136,37 @@ async fn rotate_inner(
     let rotation_id = uuid::Uuid::from_u128(rand::random()).simple().to_string();
     // Whole seconds, as the API server stores times (see plan::status_from_secret).
     let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
+    // What the replaced Secret says counts only when the operator wrote it.
+    let believed = current.as_ref().map(|s| &s.metadata).filter(|meta| {
+        matches!(
+            record::verdict(app, meta, &ctx.record_key, &ctx.hasher.params(), now),
+            Verdict::Signed | Verdict::Legacy
+        )
+    });
     let previous_count = app.status.as_ref().map_or(0, |s| s.rotation_count).max(
-        current
-            .as_ref()
-            .and_then(|s| s.annotations().get(annotations::ROTATION_COUNT))
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0),
+        believed
+            .and_then(|meta| Record::from_annotations("", "", meta))
+            .map_or(0, |r| r.count),
     );
-    let mut ours = BTreeMap::from([
-        (annotations::ROTATION_ID.to_string(), rotation_id.clone()),
-        (annotations::HASH.to_string(), hash.clone()),
-        (annotations::HINT.to_string(), hint.clone()),
-        (annotations::TRIGGER.to_string(), trigger.as_str().to_string()),
-        (annotations::ROTATED_AT.to_string(), now.to_string()),
-        (
-            annotations::ROTATION_COUNT.to_string(),
-            (previous_count + 1).to_string(),
-        ),
-    ]);
-    // Any new secret satisfies a pending rotate request: record the current annotation value
-    // (or keep the last one recorded, so that value never rotates again).
-    if let Some(token) = plan::observed_rotate_token(app, current.as_ref().map(|s| &s.metadata)) {
-        ours.insert(annotations::OBSERVED_ROTATE_TOKEN.into(), token);
-    }
+    let uid = app
+        .metadata
+        .uid
+        .clone()
+        .ok_or_else(|| Error::MissingUid(name.clone()))?;
+    let record = Record {
+        app_uid: uid,
+        client_id: client_id.clone(),
+        rotation_id: rotation_id.clone(),
+        hash: hash.clone(),
+        hint: hint.clone(),
+        rotated_at: now.to_string(),
+        count: previous_count.saturating_add(1),
+        trigger: trigger.as_str().to_string(),
+        // Any new secret satisfies a pending rotate request: record the current annotation
+        // value (or keep the last one recorded, so that value never rotates again).
+        observed_rotate_token: plan::observed_rotate_token(app, believed),
+    };
+    let ours = record.to_annotations(&ctx.record_key);
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let existed = current.is_some();
@@ -168,6 +178,7 @@ async fn rotate_inner(
     apply_desired_metadata(app, &mut object.metadata);
     let ann = object.metadata.annotations.get_or_insert_with(BTreeMap::new);
     ann.remove(annotations::OBSERVED_ROTATE_TOKEN);
+    ann.remove(annotations::SIGNATURE);
     ann.extend(ours);
     object.data = Some(BTreeMap::from([
         (CLIENT_ID_KEY.to_string(), ByteString(client_id.into_bytes())),
@@ -203,6 +214,7 @@ async fn rotate_inner(
         );
     }
 
+    #[cfg(feature = "failpoints")]
     if ctx.failpoint.as_deref() == Some("pause-after-secret-write") {
         warn!(app = %app_key(app), "failpoint pause-after-secret-write: the Secret is written, the status is not");
         std::future::pending::<()>().await;
@@ -214,7 +226,7 @@ async fn rotate_inner(
         trigger = trigger.as_str(),
         rotation_id = %rotation_id,
         hint = %hint,
-        caller = caller.unwrap_or("-"),
+        detail = caller.unwrap_or("-"),
         "rotated client secret"
     );
     let (type_, reason) = match trigger {
@@ -232,12 +244,11 @@ async fn rotate_inner(
         RotationTrigger::Api => format!("REST API request by {}", caller.unwrap_or("an unknown caller")),
         RotationTrigger::Schedule => "spec.rotation.interval elapsed".to_string(),
         RotationTrigger::SecretMissing => format!("Secret {} was deleted", written.name_any()),
-        RotationTrigger::SecretDrift => {
-            format!(
-                "Secret {}'s client_secret no longer matched the status hash",
-                written.name_any()
-            )
-        }
+        RotationTrigger::SecretDrift => format!(
+            "Secret {}: {}",
+            written.name_any(),
+            caller.unwrap_or(record::Drift::Mismatch.describe())
+        ),
     };
     // The answer (an API caller waits for it) does not wait for the audit Event: one API
     // round-trip less per rotation.
@@ -368,6 +379,15 @@ pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> R
     let ns = app.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     apply_desired_metadata(app, &mut secret.metadata);
+    let ann = secret.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    if !ann.contains_key(annotations::SIGNATURE)
+        && let Some(record) = record::record_from_status(app)
+    {
+        // A record from before records were signed, verified and shown by the status: signed
+        // once, from the status (which only the operator writes), without a rotation.
+        ann.extend(record.to_annotations(&ctx.record_key));
+        info!(app = %app_key(app), "signed the Secret's rotation record (written before records were signed)");
+    }
     let client_id = plan::client_id(app).ok_or_else(|| Error::MissingUid(app.name_any()))?;
     secret
         .data

@@ -280,6 +280,9 @@ pub enum HashError {
     /// The parameters in the stored PHC string are invalid for argon2.
     #[error("stored hash has invalid argon2 parameters: {0}")]
     InvalidPhcParams(#[source] password_hash::Error),
+    /// The stored hash was not made with the configured parameters: never verified.
+    #[error("stored hash does not use the configured argon2id parameters")]
+    ForeignParams,
     /// Hashing itself failed, for example because the salt could not be drawn from the OS.
     #[error("argon2 hashing failed: {0}")]
     Hashing(#[source] password_hash::Error),
@@ -394,6 +397,42 @@ pub fn verify_in(secret: &str, phc: &str, memory: &mut HashMemory) -> Result<boo
     // `Output`'s equality is constant-time.
     let computed = phc::Output::new(out).map_err(|e| HashError::Hashing(e.into()))?;
     Ok(computed == *expected)
+}
+
+/// Whether `phc` is an argon2id v0x13 hash made with exactly `params` (and the default output
+/// length). The operator verifies nothing else: a hash string from a Secret or a status is
+/// untrusted input, and its parameters decide how much memory and time a verification costs.
+pub fn uses_params(phc: &str, params: &HashParams) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let Ok(found) = Params::try_from(&parsed) else {
+        return false;
+    };
+    parsed.algorithm.as_str() == Algorithm::Argon2id.as_str()
+        && parsed.version == Some(Version::V0x13.into())
+        && parsed.salt.is_some()
+        && parsed.hash.as_ref().map(|h| h.len()) == Some(Params::DEFAULT_OUTPUT_LEN)
+        && (found.m_cost(), found.t_cost(), found.p_cost())
+            == (params.m_cost_kib, params.t_cost, params.p_cost)
+}
+
+/// [`verify_in`] for the operator itself: a hash that does not use exactly `params`
+/// ([`uses_params`]) is refused with [`HashError::ForeignParams`] before any memory is taken.
+///
+/// # Errors
+///
+/// [`HashError::ForeignParams`], or as [`verify`].
+pub fn verify_with(
+    secret: &str,
+    phc: &str,
+    params: &HashParams,
+    memory: &mut HashMemory,
+) -> Result<bool, HashError> {
+    if !uses_params(phc, params) {
+        return Err(HashError::ForeignParams);
+    }
+    verify_in(secret, phc, memory)
 }
 
 /// Enforces [`MAX_M_COST_KIB`], [`MAX_T_COST`] and [`MAX_P_COST`].
@@ -784,6 +823,47 @@ mod tests {
             "{:?}",
             verify("x", &bad_param)
         );
+    }
+
+    #[test]
+    fn the_operator_verifies_only_hashes_with_its_own_parameters() {
+        let secret = ClientSecret::generate().unwrap();
+        let ours = hash(secret.expose(), &FAST).unwrap();
+        assert!(uses_params(&ours, &FAST));
+        let mut memory = HashMemory::default();
+        assert!(verify_with(secret.expose(), &ours, &FAST, &mut memory).unwrap());
+        for other in [
+            HashParams {
+                m_cost_kib: FAST.m_cost_kib * 2,
+                ..FAST
+            },
+            HashParams {
+                t_cost: FAST.t_cost + 1,
+                ..FAST
+            },
+            HashParams { p_cost: 2, ..FAST },
+        ] {
+            let theirs = hash(secret.expose(), &other).unwrap();
+            assert!(!uses_params(&theirs, &FAST));
+            assert!(matches!(
+                verify_with(secret.expose(), &theirs, &FAST, &mut memory),
+                Err(HashError::ForeignParams)
+            ));
+        }
+        // A 2 GiB hash string is refused without allocating: the buffer stays as it was.
+        let huge = format!(
+            "$argon2id$v=19$m={MAX_M_COST_KIB},t=32,p=64$c29tZXNhbHRzb21lc2FsdA$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"
+        );
+        let before = memory.0.len();
+        assert!(matches!(
+            verify_with(secret.expose(), &huge, &FAST, &mut memory),
+            Err(HashError::ForeignParams)
+        ));
+        assert_eq!(memory.0.len(), before);
+        // Another algorithm or version with the same numbers, and garbage.
+        assert!(!uses_params(&ours.replace("argon2id", "argon2i"), &FAST));
+        assert!(!uses_params(&ours.replace("v=19", "v=16"), &FAST));
+        assert!(!uses_params("not a hash", &FAST));
     }
 
     #[test]

@@ -75,10 +75,11 @@ fn changes<K: Send + Sync + 'static>(
     })
 }
 
-/// All watched scopes, their readiness and the uid index.
+/// All watched scopes, their readiness, the uid index and the client id claims.
 pub struct Watches {
     pub scopes: Vec<ScopeCaches>,
     index: RwLock<HashMap<String, ObjectRef<OAuthApp>>>,
+    client_ids: RwLock<ClientIds>,
     ready: watch::Receiver<usize>,
 }
 
@@ -110,6 +111,7 @@ impl Watches {
         let watches = Arc::new(Watches {
             scopes: caches,
             index: RwLock::new(HashMap::new()),
+            client_ids: RwLock::default(),
             ready: ready_rx,
         });
         let ready_tx = Arc::new(ready_tx);
@@ -202,6 +204,16 @@ impl Watches {
             .find(|s| s.namespace.is_none() || s.namespace.as_deref() == Some(namespace))
     }
 
+    /// Whether `app` may use its client id: it asks for none (a generated id is unique), or it
+    /// is the first claimant of its `spec.clientId` across every watched scope.
+    pub fn owns_client_id(&self, app: &OAuthApp) -> bool {
+        let (Some(id), Some(uid)) = (app.spec.client_id.as_deref(), app.meta().uid.as_deref()) else {
+            return true;
+        };
+        let claims = self.client_ids.read().unwrap_or_else(|e| e.into_inner());
+        claims.owner(id).is_none_or(|owner| owner == uid)
+    }
+
     fn on_app_event(
         &self,
         event: &watcher::Event<OAuthApp>,
@@ -209,28 +221,95 @@ impl Watches {
         namespace: Option<&str>,
     ) {
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut claims = self.client_ids.write().unwrap_or_else(|e| e.into_inner());
         match event {
             watcher::Event::Apply(app) | watcher::Event::InitApply(app) => {
                 if let Some(uid) = app.meta().uid.clone() {
                     index.insert(uid, ObjectRef::from_obj(app));
                 }
+                claims.put(app);
             }
             watcher::Event::Delete(app) => {
                 if let Some(uid) = app.meta().uid.as_deref() {
                     index.remove(uid);
+                    claims.remove(uid);
                 }
             }
             // A relist may have dropped apps without a Delete (or replaced one by a namesake):
             // keep only what the store has, by uid.
-            watcher::Event::InitDone => index.retain(|uid, r| {
-                let in_scope = namespace.is_none() || r.namespace.as_deref() == namespace;
-                !in_scope
-                    || store
-                        .get(r)
-                        .is_some_and(|app| app.meta().uid.as_deref() == Some(uid))
-            }),
+            watcher::Event::InitDone => {
+                index.retain(|uid, r| {
+                    let in_scope = namespace.is_none() || r.namespace.as_deref() == namespace;
+                    !in_scope
+                        || store
+                            .get(r)
+                            .is_some_and(|app| app.meta().uid.as_deref() == Some(uid))
+                });
+                claims.retain(|uid| index.contains_key(uid));
+            }
             watcher::Event::Init => {}
         }
+    }
+}
+
+/// The apps that ask for an explicit `spec.clientId`, by id. Bounded by the number of cached
+/// apps: an entry goes with its app.
+#[derive(Default)]
+struct ClientIds {
+    by_id: HashMap<String, HashMap<String, Claim>>,
+    id_of: HashMap<String, String>,
+}
+
+/// One app's claim on a client id. Claims are ordered: an app that already holds the id (its
+/// status shows it, with a secret) before one that does not, then the oldest, then by uid, so
+/// every replica picks the same owner and an owner keeps its id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Claim {
+    not_holding: bool,
+    created: Option<jiff::Timestamp>,
+    uid: String,
+}
+
+impl ClientIds {
+    fn put(&mut self, app: &OAuthApp) {
+        let (Some(id), Some(uid)) = (app.spec.client_id.clone(), app.meta().uid.clone()) else {
+            return;
+        };
+        let holds = app
+            .status
+            .as_ref()
+            .is_some_and(|s| s.client_id.as_deref() == Some(id.as_str()) && s.rotation_id.is_some());
+        let claim = Claim {
+            not_holding: !holds,
+            created: app.meta().creation_timestamp.as_ref().map(|t| t.0),
+            uid: uid.clone(),
+        };
+        self.id_of.insert(uid.clone(), id.clone());
+        self.by_id.entry(id).or_default().insert(uid, claim);
+    }
+
+    fn remove(&mut self, uid: &str) {
+        let Some(id) = self.id_of.remove(uid) else {
+            return;
+        };
+        if let Some(claims) = self.by_id.get_mut(&id) {
+            claims.remove(uid);
+            if claims.is_empty() {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = self.id_of.keys().filter(|uid| !keep(uid)).cloned().collect();
+        for uid in gone {
+            self.remove(&uid);
+        }
+    }
+
+    /// The uid of the app that owns `id`.
+    fn owner(&self, id: &str) -> Option<&str> {
+        self.by_id.get(id)?.values().min().map(|claim| claim.uid.as_str())
     }
 }
 
@@ -304,6 +383,45 @@ async fn pump<K>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn claimant(uid: &str, created: i64, holds: bool) -> OAuthApp {
+        let mut app = OAuthApp::new(uid, Default::default());
+        app.spec.client_id = Some("shared".into());
+        app.metadata.uid = Some(uid.into());
+        app.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::from_second(created).unwrap(),
+        ));
+        if holds {
+            app.status = Some(crate::crd::OAuthAppStatus {
+                client_id: Some("shared".into()),
+                rotation_id: Some("r".into()),
+                ..Default::default()
+            });
+        }
+        app
+    }
+
+    #[test]
+    fn a_client_id_belongs_to_its_holder_then_the_oldest_claimant() {
+        let mut ids = ClientIds::default();
+        assert_eq!(ids.owner("shared"), None);
+        ids.put(&claimant("b", 200, false));
+        ids.put(&claimant("c", 300, false));
+        assert_eq!(ids.owner("shared"), Some("b"));
+        // An app that holds the id keeps it, even against an older newcomer (one created while
+        // this replica's cache lagged, say).
+        ids.put(&claimant("c", 300, true));
+        ids.put(&claimant("a", 100, false));
+        assert_eq!(ids.owner("shared"), Some("c"));
+        // The holder is deleted: the oldest remaining claimant gets it.
+        ids.remove("c");
+        assert_eq!(ids.owner("shared"), Some("a"));
+        ids.retain(|uid| uid != "a");
+        assert_eq!(ids.owner("shared"), Some("b"));
+        ids.remove("b");
+        assert_eq!(ids.owner("shared"), None);
+        assert!(ids.by_id.is_empty() && ids.id_of.is_empty());
+    }
 
     fn app(name: &str, rv: &str) -> OAuthApp {
         let mut app = OAuthApp::new(name, Default::default());

@@ -21,7 +21,7 @@ use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::context::Context;
-use crate::crd::{OAuthApp, OAuthAppStatus};
+use crate::crd::{OAuthApp, OAuthAppStatus, RotationTrigger};
 use crate::error::Error;
 use crate::metrics::ReasonLabels;
 use crate::rotation::{self, app_key};
@@ -51,9 +51,14 @@ const REPAIR_GRACE: Duration = Duration::from_secs(5);
 /// Attempts one reconcile makes when its writes lose resourceVersion races, before it yields.
 const MAX_STEPS: usize = 8;
 
+/// An app whose client id another app holds looks again after this long (the id passes on
+/// when the holder is deleted; the look is a cache read, no request).
+const CLIENT_ID_REQUEUE: Duration = Duration::from_secs(5);
+
 /// One watched scope (a namespace, or the whole cluster): its Secret cache and the context.
 pub struct Scope {
     ctx: Arc<Context>,
+    watches: Arc<Watches>,
     secrets: Store<PartialObjectMeta<Secret>>,
     resync: Duration,
 }
@@ -100,6 +105,7 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
             .graceful_shutdown_on(async move { stop.cancelled().await });
         let scope = Arc::new(Scope {
             ctx: ctx.clone(),
+            watches: watches.clone(),
             secrets: caches.secrets.clone(),
             resync: settings.resync,
         });
@@ -156,10 +162,10 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
         ctx.verified
             .get(&format!("{ns}/{secret_name}"), &s.resource_version()?, hash)
     });
-    let view = cached.as_ref().map(|s| SecretView {
-        meta: &s.metadata,
-        check,
-    });
+    let now = Timestamp::now();
+    let view = cached
+        .as_ref()
+        .map(|s| secret_view(ctx, app, &s.metadata, check, now));
     // A cache still showing the version our own last write replaced lags that write, and a
     // rotation in progress in this process (the REST API's) is about to write: either way the
     // write's watch event brings the app back, so no fresh reads now (the two lag checks both
@@ -176,7 +182,15 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
             .and_then(|s| s.resource_version())
             .unwrap_or_default(),
     );
-    let now = Timestamp::now();
+    if !scope.watches.owns_client_id(app) {
+        if app
+            .ready_condition()
+            .is_some_and(|c| c.reason == plan::reasons::CLIENT_ID_CONFLICT)
+        {
+            return Ok(Action::requeue(CLIENT_ID_REQUEUE));
+        }
+        return converge(ctx, &scope.watches, app, scope.resync, false).await;
+    }
     match plan::plan(app, view, now) {
         Step::Done { requeue_after } => Ok(requeue(requeue_after, scope.resync)),
         _ if app_lags || secret_lags || ctx.locks.is_held(&key) => Ok(Action::requeue(LAGGING_REQUEUE)),
@@ -196,9 +210,10 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
             });
             converge(
                 ctx,
+                &scope.watches,
                 app,
                 scope.resync,
-                matches!(step, Step::Rotate(_)) && !in_conflict,
+                matches!(step, Step::Rotate(_) | Step::Drift(_)) && !in_conflict,
             )
             .await
         }
@@ -223,6 +238,22 @@ fn status_write_in_flight(app: &OAuthApp, secret: &ObjectMeta, now: Timestamp) -
         .is_some_and(|at| now.duration_since(at).abs() < grace)
 }
 
+/// What the planner sees of a Secret: its metadata, the content check at this version if one
+/// was made, and whether its rotation record is the operator's.
+fn secret_view<'a>(
+    ctx: &Context,
+    app: &OAuthApp,
+    meta: &'a ObjectMeta,
+    check: Option<plan::ContentCheck>,
+    now: Timestamp,
+) -> SecretView<'a> {
+    SecretView {
+        meta,
+        check,
+        record: crate::record::verdict(app, meta, &ctx.record_key, &ctx.hasher.params(), now),
+    }
+}
+
 fn requeue(after: Option<SignedDuration>, resync: Duration) -> Action {
     let after = after
         .and_then(|d| Duration::try_from(d).ok())
@@ -238,6 +269,7 @@ fn requeue(after: Option<SignedDuration>, resync: Duration) -> Action {
 /// fresh view decides otherwise.
 async fn converge(
     ctx: &Context,
+    watches: &Watches,
     cached: &OAuthApp,
     resync: Duration,
     rotation_expected: bool,
@@ -270,13 +302,21 @@ async fn converge(
         } else {
             secrets.get_opt(&app.secret_name()).await?
         };
+        if !watches.owns_client_id(&app) {
+            // Another app claimed this client id first: no Secret for this one.
+            let status = plan::client_id_conflict_status(&app, Timestamp::now());
+            if !mark_not_ready(ctx, &app, status, plan::reasons::CLIENT_ID_CONFLICT).await? {
+                continue;
+            }
+            return Ok(Action::requeue(CLIENT_ID_REQUEUE));
+        }
         let mut check = None;
         let step = loop {
-            let view = secret.as_ref().map(|s| SecretView {
-                meta: &s.metadata,
-                check,
-            });
-            match plan::plan(&app, view, Timestamp::now()) {
+            let now = Timestamp::now();
+            let view = secret
+                .as_ref()
+                .map(|s| secret_view(ctx, &app, &s.metadata, check, now));
+            match plan::plan(&app, view, now) {
                 Step::Verify => match &secret {
                     Some(s) => check = Some(rotation::check_content(ctx, &app, s).await?),
                     None => break Step::Done { requeue_after: None },
@@ -291,6 +331,19 @@ async fn converge(
                 rotation::rotate_with(ctx, &app, secret, trigger, None, generated.take())
                     .await
                     .map(|_| ())
+            }
+            Step::Drift(drift) => {
+                warn!(app = %key, reason = drift.describe(), "the Secret is not what the operator wrote; replacing it");
+                rotation::rotate_with(
+                    ctx,
+                    &app,
+                    secret,
+                    RotationTrigger::SecretDrift,
+                    Some(drift.describe()),
+                    generated.take(),
+                )
+                .await
+                .map(|_| ())
             }
             Step::SyncSecret => match secret {
                 Some(s) => rotation::sync_secret(ctx, &app, s).await.map(|_| ()),

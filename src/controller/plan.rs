@@ -11,29 +11,8 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 
 use crate::crd::{OAuthApp, OAuthAppStatus, RotationTrigger};
-use crate::id;
 
-/// Annotations the operator keeps on every Secret it writes (invariant 1 of DESIGN.md).
-pub mod annotations {
-    /// Unique id of the secret in the Secret; `status.rotationId` follows it.
-    pub const ROTATION_ID: &str = "oauthapp.io/rotation-id";
-    /// argon2id PHC hash of `client_secret`.
-    pub const HASH: &str = "oauthapp.io/client-secret-hash";
-    /// Non-secret hint of `client_secret`.
-    pub const HINT: &str = "oauthapp.io/client-secret-hint";
-    /// What generated this secret.
-    pub const TRIGGER: &str = "oauthapp.io/rotation-trigger";
-    /// When this secret was generated (RFC 3339).
-    pub const ROTATED_AT: &str = "oauthapp.io/rotated-at";
-    /// How many secrets the app has had, this one included.
-    pub const ROTATION_COUNT: &str = "oauthapp.io/rotation-count";
-    /// The `oauthapp.io/rotate` value this secret satisfied (for exactly-once after a crash).
-    pub const OBSERVED_ROTATE_TOKEN: &str = "oauthapp.io/observed-rotate-token";
-    /// The keys of `spec.secret.labels` and `spec.secret.annotations` last written to the
-    /// Secret (JSON), so that a key dropped from the spec is dropped from the Secret too.
-    /// Absent when the spec has none.
-    pub const SPEC_METADATA_KEYS: &str = "oauthapp.io/spec-metadata-keys";
-}
+pub use crate::record::{Drift, Verdict, annotations, app_id, client_id};
 
 /// Labels on every Secret the operator writes; the operator watches only Secrets that carry them.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -46,6 +25,8 @@ pub mod reasons {
     pub const SECRET_READY: &str = "SecretReady";
     /// A Secret of the same name exists and the app does not own it.
     pub const SECRET_CONFLICT: &str = "SecretConflict";
+    /// Another app claimed the same client id first.
+    pub const CLIENT_ID_CONFLICT: &str = "ClientIdConflict";
     /// The API server refuses the Secret the spec asks for (422).
     pub const SECRET_REJECTED: &str = "SecretRejected";
 }
@@ -55,6 +36,8 @@ pub mod reasons {
 pub enum Step {
     /// Generate a new secret and write it (Secret first, then status).
     Rotate(RotationTrigger),
+    /// The Secret is not what the operator wrote: replace it (trigger `SecretDrift`), saying why.
+    Drift(Drift),
     /// The Secret changed since it was last verified: check its content (costly: argon2).
     Verify,
     /// Rewrite the Secret's labels, annotations or `client_id` without changing the secret.
@@ -82,6 +65,8 @@ pub struct SecretView<'a> {
     pub meta: &'a ObjectMeta,
     /// The content check at the Secret's current resourceVersion, if one was made.
     pub check: Option<ContentCheck>,
+    /// Whether the record in its annotations is believed ([`crate::record::verdict`]).
+    pub record: Verdict,
 }
 
 /// Decides the next step for `app` given its Secret (None: there is none).
@@ -102,22 +87,30 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
         return Step::Conflict(Box::new(conflict_status(app, now)));
     }
     let ann = annotations_of(secret.meta);
-    let (Some(rotation_id), Some(_hash)) = (ann.get(annotations::ROTATION_ID), ann.get(annotations::HASH))
-    else {
-        // Ours, but stripped of what ties it to a hash: its content cannot be trusted.
-        return Step::Rotate(RotationTrigger::SecretDrift);
+    // A record the operator did not write (unsigned, foreign hash parameters, from the future) is
+    // never believed, and its hash never verified: the secret is replaced.
+    if let Verdict::Drift(drift) = secret.record {
+        return Step::Drift(drift);
+    }
+    let Some(rotation_id) = ann.get(annotations::ROTATION_ID) else {
+        return Step::Drift(Drift::Stripped);
     };
 
-    // Content: trusted when the status recorded this exact resourceVersion as verified.
+    // Content: trusted when the status recorded this exact resourceVersion as verified. A
+    // legacy record is re-signed only once its content has been verified.
     let trusted = status.rotation_id.as_deref() == Some(rotation_id.as_str())
         && status.secret_resource_version.is_some()
-        && status.secret_resource_version == secret.meta.resource_version;
+        && status.secret_resource_version == secret.meta.resource_version
+        && secret.record == Verdict::Signed;
     if !trusted {
         match secret.check {
             None => return Step::Verify,
-            Some(ContentCheck { secret_ok: false, .. }) => return Step::Rotate(RotationTrigger::SecretDrift),
+            Some(ContentCheck { secret_ok: false, .. }) => return Step::Drift(Drift::Mismatch),
             Some(_) => {}
         }
+    }
+    if secret.record == Verdict::Legacy {
+        return Step::SyncSecret;
     }
 
     // A Secret ahead of the status (its writer crashed, or another replica is between its two
@@ -175,17 +168,6 @@ pub fn observed_rotate_token(app: &OAuthApp, replaced: Option<&ObjectMeta>) -> O
         .map(str::to_string)
         .or_else(|| annotations_of(replaced?).remove(annotations::OBSERVED_ROTATE_TOKEN))
         .or_else(|| app.status.as_ref()?.observed_rotate_token.clone())
-}
-
-/// The app's id (`app_…`), from its uid.
-pub fn app_id(app: &OAuthApp) -> Option<String> {
-    let uid = app.metadata.uid.as_deref()?;
-    uuid::Uuid::parse_str(uid).ok().map(id::encode)
-}
-
-/// The client id written to the Secret: `spec.clientId`, or the app id.
-pub fn client_id(app: &OAuthApp) -> Option<String> {
-    app.spec.client_id.clone().or_else(|| app_id(app))
 }
 
 /// True when `meta` has a controller ownerReference to this app (by uid).
@@ -342,6 +324,7 @@ pub fn status_from_secret(app: &OAuthApp, meta: &ObjectMeta, now: Timestamp) -> 
     let get = |k: &str| ann.get(k).cloned();
     let rotated_at = get(annotations::ROTATED_AT).and_then(|t| t.parse::<Timestamp>().ok());
     let previous = app.status.clone().unwrap_or_default();
+    // Only ever called for a record the operator wrote (signed, or re-signed from the status).
     let secret_name = app.secret_name();
     OAuthAppStatus {
         app_id: app_id(app),
@@ -378,6 +361,21 @@ pub fn conflict_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
         app.metadata.name.as_deref().unwrap_or_default()
     );
     not_ready_status(app, reasons::SECRET_CONFLICT, message, now)
+}
+
+/// The status of an app whose client id another app claimed first. It names no other app: the
+/// claimant may be in a namespace this app's readers may not see.
+pub fn client_id_conflict_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
+    let message = format!(
+        "client id {:?} is already claimed by another OAuthApp; choose another spec.clientId (the app gets no Secret until then)",
+        client_id(app).unwrap_or_default()
+    );
+    OAuthAppStatus {
+        // Not published while another app holds it: a verifier that looks apps up by client
+        // id must find exactly one.
+        client_id: None,
+        ..not_ready_status(app, reasons::CLIENT_ID_CONFLICT, message, now)
+    }
 }
 
 /// The status of an app whose Secret the API server refuses (`message`: its reason).
@@ -505,7 +503,11 @@ mod tests {
     }
 
     fn view(meta: &ObjectMeta) -> SecretView<'_> {
-        SecretView { meta, check: None }
+        SecretView {
+            meta,
+            check: None,
+            record: Verdict::Signed,
+        }
     }
 
     fn checked(meta: &ObjectMeta, secret_ok: bool) -> SecretView<'_> {
@@ -515,6 +517,7 @@ mod tests {
                 secret_ok,
                 client_id_ok: true,
             }),
+            record: Verdict::Signed,
         }
     }
 
@@ -632,7 +635,56 @@ mod tests {
         assert_eq!(plan(&app, Some(view(&edited)), now()), Step::Verify);
         assert_eq!(
             plan(&app, Some(checked(&edited, false)), now()),
-            Step::Rotate(RotationTrigger::SecretDrift)
+            Step::Drift(Drift::Mismatch)
+        );
+    }
+
+    #[test]
+    fn a_record_the_operator_did_not_write_is_drift_before_anything_is_verified() {
+        let meta = owned_secret("r1", "10", None);
+        let app = settled(app(), &meta);
+        // Even a Secret ahead of the status (the crash-repair path) is not copied into it.
+        let ahead = owned_secret("r2", "11", None);
+        for drift in [
+            Drift::Unsigned,
+            Drift::BadSignature,
+            Drift::ForeignParams,
+            Drift::FutureRotatedAt,
+        ] {
+            for secret in [&meta, &ahead] {
+                let view = SecretView {
+                    meta: secret,
+                    check: None,
+                    record: Verdict::Drift(drift),
+                };
+                assert_eq!(plan(&app, Some(view), now()), Step::Drift(drift));
+            }
+        }
+    }
+
+    #[test]
+    fn a_legacy_record_is_verified_then_re_signed_without_a_rotation() {
+        let meta = owned_secret("r1", "10", None);
+        let app = settled(app(), &meta);
+        let legacy = |check| SecretView {
+            meta: &meta,
+            check,
+            record: Verdict::Legacy,
+        };
+        // Trusted by resourceVersion, yet verified once before it is signed.
+        assert_eq!(plan(&app, Some(legacy(None)), now()), Step::Verify);
+        let ok = ContentCheck {
+            secret_ok: true,
+            client_id_ok: true,
+        };
+        assert_eq!(plan(&app, Some(legacy(Some(ok))), now()), Step::SyncSecret);
+        let bad = ContentCheck {
+            secret_ok: false,
+            ..ok
+        };
+        assert_eq!(
+            plan(&app, Some(legacy(Some(bad))), now()),
+            Step::Drift(Drift::Mismatch)
         );
     }
 
@@ -641,10 +693,7 @@ mod tests {
         let mut meta = owned_secret("r1", "10", None);
         meta.annotations = None;
         let app = settled(app(), &owned_secret("r1", "10", None));
-        assert_eq!(
-            plan(&app, Some(view(&meta)), now()),
-            Step::Rotate(RotationTrigger::SecretDrift)
-        );
+        assert_eq!(plan(&app, Some(view(&meta)), now()), Step::Drift(Drift::Stripped));
     }
 
     #[test]
@@ -812,7 +861,8 @@ mod tests {
                 &app,
                 Some(SecretView {
                     meta: &meta,
-                    check: Some(check)
+                    check: Some(check),
+                    record: Verdict::Signed,
                 }),
                 now()
             ),

@@ -13,8 +13,8 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::Api;
 use kube::api::ListParams;
+use kube::{Api, ResourceExt};
 use oauthapp_operator::crd::OAuthApp;
 use oauthapp_operator::secret;
 use serde::Deserialize;
@@ -269,37 +269,86 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         assert!(all(&docs, kind).is_empty(), "no {kind} by default");
     }
 
-    // Cluster-wide mode: the work rules in a ClusterRole, no Role touching Secrets.
+    // Cluster-wide mode: the work rules in a ClusterRole, and they are exactly the API calls the
+    // operator's code makes (a verb it needs and lacks fails
+    // `the_operator_rotates_on_annotation_and_rest_with_nothing_but_the_charts_rbac`):
     let work = all(&docs, "ClusterRole")
         .into_iter()
         .find(|r| grants(r, "", "secrets", "get"))
         .expect("a ClusterRole for Secrets");
+    let calls: [(&str, &str, &[&str]); 5] = [
+        // watches.rs: list+watch (metadata watch); rotation.rs: get_opt, create, replace.
+        ("", "secrets", &["get", "list", "watch", "create", "update"]),
+        // watches.rs: list+watch; controller and API: get_opt; api/handlers.rs: create, delete.
+        (
+            "oauthapp.io",
+            "oauthapps",
+            &["get", "list", "watch", "create", "delete"],
+        ),
+        // rotation.rs write_status: replace_status.
+        ("oauthapp.io", "oauthapps/status", &["update"]),
+        // The Secret's ownerReference sets blockOwnerDeletion.
+        ("oauthapp.io", "oauthapps/finalizers", &["update"]),
+        // rotation.rs publish: a new Recorder per Event, so always a create, never a series patch.
+        ("events.k8s.io", "events", &["create"]),
+    ];
+    for (group, resource, verbs) in calls {
+        assert_eq!(
+            verbs_on(work, group, resource),
+            sorted(verbs),
+            "{group}/{resource}"
+        );
+    }
+    let granted: usize = work["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| strings(&r["resources"]).len())
+        .sum();
     assert_eq!(
-        verbs_on(work, "", "secrets"),
-        sorted(&["get", "list", "watch", "create", "update", "patch"])
+        granted, 6,
+        "no rule beyond the calls above (oauthapps appears twice)"
     );
-    assert_eq!(
-        verbs_on(work, "oauthapp.io", "oauthapps"),
-        sorted(&["get", "list", "watch", "create", "delete"])
-    );
-    assert_eq!(
-        verbs_on(work, "oauthapp.io", "oauthapps/status"),
-        sorted(&["get", "update", "patch"])
-    );
-    assert_eq!(
-        verbs_on(work, "oauthapp.io", "oauthapps/finalizers"),
-        sorted(&["update"])
-    );
-    assert_eq!(
-        verbs_on(work, "events.k8s.io", "events"),
-        sorted(&["create", "patch"])
-    );
+    // The only Role touching Secrets reads one: the record key, in the release namespace.
+    let key_role = all(&docs, "Role")
+        .into_iter()
+        .find(|r| name_of(r).ends_with("-record-key"))
+        .expect("the record key Role");
+    assert_eq!(key_role["metadata"]["namespace"], "oauthapp-system");
+    for rule in key_role["rules"].as_array().expect("rules") {
+        match strings(&rule["verbs"]).as_slice() {
+            [v] if v == "get" => {
+                assert_eq!(strings(&rule["resourceNames"]), ["oauthapp-operator-record-key"])
+            }
+            [v] if v == "create" => {}
+            other => panic!("record key Role grants {other:?}"),
+        }
+    }
+    let env = container(&docs)["env"].as_array().expect("env").clone();
     assert!(
-        all(&docs, "Role")
-            .iter()
-            .all(|r| !grants(r, "", "secrets", "get"))
+        env.iter().any(
+            |e| e["name"] == "OAUTHAPP_RECORD_KEY_SECRET" && e["value"] == "oauthapp-operator-record-key"
+        )
     );
-    let lease_role = one(&docs, "Role");
+    // No role for people reads Secrets.
+    for role in all(&docs, "ClusterRole")
+        .into_iter()
+        .filter(|r| ["oauthapp-viewer", "oauthapp-rotator", "oauthapp-editor"].contains(&name_of(r)))
+    {
+        assert!(
+            role["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|r| !strings(&r["resources"]).iter().any(|x| x == "secrets")),
+            "{} touches Secrets",
+            name_of(role)
+        );
+    }
+    let lease_role = all(&docs, "Role")
+        .into_iter()
+        .find(|r| name_of(r).ends_with("-leader-election"))
+        .expect("the leader-election Role");
     assert_eq!(lease_role["metadata"]["namespace"], "oauthapp-system");
     assert_eq!(
         verbs_on(lease_role, "coordination.k8s.io", "leases"),
@@ -325,6 +374,23 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
     );
     assert!(grants(rotator, "oauthapp.io", "oauthapps/rotate", "create"));
     assert!(grants(rotator, "oauthapp.io", "oauthapps", "patch"));
+    assert!(!grants(rotator, "oauthapp.io", "oauthapps/spec", "update"));
+    let editor = all(&docs, "ClusterRole")
+        .into_iter()
+        .find(|r| name_of(r) == "oauthapp-editor")
+        .expect("oauthapp-editor");
+    assert_eq!(
+        editor["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    assert!(grants(editor, "oauthapp.io", "oauthapps/spec", "update"));
+    // The admission policy that keeps a rotator to rotation, on by default.
+    let policy = one(&docs, "ValidatingAdmissionPolicy");
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    assert_eq!(
+        one(&docs, "ValidatingAdmissionPolicyBinding")["spec"]["policyName"],
+        name_of(policy)
+    );
 
     // Every object carries the app.kubernetes.io labels.
     for doc in &docs {
@@ -399,7 +465,7 @@ fn namespaced_values_render_roles_only_in_the_watched_namespaces_and_https_from_
     // Secrets: Roles in team-a and team-b only; the only ClusterRole is for the reviews.
     let secret_roles: Vec<&str> = all(&docs, "Role")
         .into_iter()
-        .filter(|r| grants(r, "", "secrets", "get"))
+        .filter(|r| grants(r, "", "secrets", "get") && !name_of(r).ends_with("-record-key"))
         .map(|r| r["metadata"]["namespace"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(secret_roles, vec!["team-a", "team-b"]);
@@ -422,7 +488,11 @@ fn namespaced_values_render_roles_only_in_the_watched_namespaces_and_https_from_
         .into_iter()
         .map(|b| b["metadata"]["namespace"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(bindings, vec!["team-a", "team-b", "oauthapp-system"]);
+    assert_eq!(
+        bindings,
+        vec!["team-a", "team-b", "oauthapp-system", "oauthapp-system"],
+        "work roles, the record key, leader election"
+    );
 
     let policy = one(&docs, "NetworkPolicy");
     assert_eq!(
@@ -588,8 +658,18 @@ fn the_pods_pass_the_restricted_pod_security_standard() {
 fn a_default_install_is_accepted_and_grants_rights_cluster_wide_and_to_view_and_edit() {
     let release_ns = namespace("chart-default-install");
     let elsewhere = namespace("chart-default-other");
-    // Default values, CRDs included: helm leaves the CRD the fixture installed alone.
-    install(&release_ns, &[]);
+    // Default values, CRDs included: helm leaves the CRD the fixture installed alone. The
+    // cluster-scoped objects for people (roles, admission policy) belong to the release of
+    // `people_roles_view_rotate_and_edit_and_a_rotator_changes_nothing_but_the_rotate_annotation`.
+    install(
+        &release_ns,
+        &[
+            "--set",
+            "rbac.userRoles.create=false",
+            "--set",
+            "rotatorPolicy.enabled=false",
+        ],
+    );
     let cp = control_plane();
 
     // Every object is there (the pods never start: there is no kubelet).
@@ -619,8 +699,6 @@ fn a_default_install_is_accepted_and_grants_rights_cluster_wide_and_to_view_and_
         format!("clusterrolebinding/oauthapp-operator-{release_ns}"),
         format!("clusterrole/oauthapp-operator-{release_ns}-auth"),
         format!("clusterrolebinding/oauthapp-operator-{release_ns}-auth"),
-        "clusterrole/oauthapp-viewer".to_string(),
-        "clusterrole/oauthapp-rotator".to_string(),
     ] {
         cp.kubectl_ok(&["get", &object]);
     }
@@ -628,12 +706,17 @@ fn a_default_install_is_accepted_and_grants_rights_cluster_wide_and_to_view_and_
     // The operator may do its job in any namespace ...
     let sa = operator_sa(&release_ns);
     for ns in [elsewhere.as_str(), "default"] {
-        for verb in ["get", "list", "watch", "create", "update", "patch"] {
+        for verb in ["get", "list", "watch", "create", "update"] {
             assert!(
                 can_i(&sa, Some(ns), verb, "secrets", None),
                 "{verb} secrets in {ns}"
             );
         }
+        assert!(
+            !can_i(&sa, Some(ns), "patch", "secrets", None),
+            "patch secrets in {ns}"
+        );
+        assert!(!can_i(&sa, Some(ns), "patch", "oauthapps", Some("status")));
         assert!(
             can_i(&sa, Some(ns), "update", "oauthapps", Some("status")),
             "status in {ns}"
@@ -691,7 +774,30 @@ fn a_default_install_is_accepted_and_grants_rights_cluster_wide_and_to_view_and_
         None
     ));
 
-    // People: oauthapp-rotator reaches edit, oauthapp-viewer reaches view (the fixture's
+    // The record key: the operator reads its one Secret in the release namespace.
+    assert!(can_i(
+        &sa,
+        Some(&release_ns),
+        "get",
+        "secrets/oauthapp-operator-record-key",
+        None
+    ));
+}
+
+/// Runs kubectl as ServiceAccount `sa` of `ns` (a TokenRequest token).
+fn kubectl_as_sa(ns: &str, sa: &str, args: &[&str]) -> Output {
+    control_plane().kubectl_as(&service_account_kubeconfig(ns, sa), args)
+}
+
+#[tokio::test]
+async fn people_roles_view_rotate_and_edit_and_a_rotator_changes_nothing_but_the_rotate_annotation() {
+    // This release owns the cluster-scoped objects for people: oauthapp-viewer, -rotator and
+    // -editor, and the admission policy.
+    let release_ns = namespace("chart-people");
+    let elsewhere = namespace("chart-people-apps");
+    install(&release_ns, &["--skip-crds"]);
+    let cp = control_plane();
+    // oauthapp-rotator reaches edit, oauthapp-viewer reaches view (the fixture's
     // kube-controller-manager runs the ClusterRole aggregation controller).
     let editor = format!("editor-{elsewhere}");
     let viewer = format!("viewer-{elsewhere}");
@@ -742,6 +848,169 @@ fn a_default_install_is_accepted_and_grants_rights_cluster_wide_and_to_view_and_
         !can_i(&viewer, Some(&elsewhere), "get", "secrets", None),
         "view: no Secrets"
     );
+
+    assert!(!can_i(
+        &viewer,
+        Some(&elsewhere),
+        "update",
+        "oauthapps",
+        Some("spec")
+    ));
+    eventually_sync("edit to include oauthapp-editor", || {
+        can_i(&editor, Some(&elsewhere), "update", "oauthapps", Some("spec"))
+    });
+
+    // A CI account bound to oauthapp-rotator alone, and a developer with the built-in edit.
+    for (sa, role) in [("ci", "oauthapp-rotator"), ("dev", "edit")] {
+        cp.kubectl_ok(&["create", "serviceaccount", sa, "-n", &elsewhere]);
+        cp.kubectl_ok(&[
+            "create",
+            "rolebinding",
+            &format!("{sa}-binding"),
+            &format!("--clusterrole={role}"),
+            &format!("--serviceaccount={elsewhere}:{sa}"),
+            "-n",
+            &elsewhere,
+        ]);
+    }
+    let operator = Operator::start(&cp.kubeconfig, &elsewhere, &[], &[]);
+    let manifest = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        manifest.path(),
+        "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: portal\nspec:\n  redirectUris: [\"https://portal.example.com/cb\"]\n",
+    )
+    .expect("write manifest");
+    cp.kubectl_ok(&[
+        "apply",
+        "-n",
+        &elsewhere,
+        "-f",
+        manifest.path().to_str().expect("utf-8"),
+    ]);
+    let admin = admin_client().await;
+    let apps: Api<OAuthApp> = Api::namespaced(admin.clone(), &elsewhere);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &elsewhere);
+    settled(&apps, &secrets, "portal", 1).await;
+
+    // The policy is in force once a server-side dry run of a label change is refused (admission
+    // runs on dry runs too; nothing is changed while waiting).
+    let refused = |args: &[&str]| {
+        let out = kubectl_as_sa(&elsewhere, "ci", args);
+        (!out.status.success()).then(|| stderr(&out))
+    };
+    eventually_sync("the admission policy to be in force", || {
+        refused(&[
+            "label",
+            "oauthapp",
+            "portal",
+            "-n",
+            &elsewhere,
+            "probe=1",
+            "--dry-run=server",
+        ])
+        .is_some()
+    });
+
+    // The rotator rotates by annotation ...
+    let out = kubectl_as_sa(
+        &elsewhere,
+        "ci",
+        &[
+            "annotate",
+            "oauthapp",
+            "portal",
+            "-n",
+            &elsewhere,
+            "oauthapp.io/rotate=ci-1",
+            "--overwrite",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    settled(&apps, &secrets, "portal", 2).await;
+    // ... and through the REST API.
+    let token = service_account_token(&elsewhere, "ci");
+    let app_id = apps
+        .get("portal")
+        .await
+        .expect("app")
+        .status
+        .and_then(|s| s.app_id)
+        .expect("app id");
+    let (code, _) = eventually("a 200 from the REST rotate", WAIT, || async {
+        let answer = http_request(
+            operator.api_port,
+            "POST",
+            &format!("/api/v1/oauth-apps/{app_id}/rotate"),
+            &token,
+        )
+        .await?;
+        (answer.0 != 429).then_some(answer)
+    })
+    .await;
+    assert_eq!(code, 200);
+    settled(&apps, &secrets, "portal", 3).await;
+
+    // Nothing else: not the spec, not a label, not another annotation.
+    let attempts: [&[&str]; 4] = [
+        &[
+            "patch",
+            "oauthapp",
+            "portal",
+            "-n",
+            &elsewhere,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"redirectUris":["https://attacker.example.net/cb"]}}"#,
+        ],
+        &["label", "oauthapp", "portal", "-n", &elsewhere, "team=attacker"],
+        &[
+            "annotate",
+            "oauthapp",
+            "portal",
+            "-n",
+            &elsewhere,
+            "replicator.example.com/copy-to=elsewhere",
+        ],
+        &[
+            "annotate",
+            "oauthapp",
+            "portal",
+            "-n",
+            &elsewhere,
+            "oauthapp.io/rotate=ci-2",
+            "other=1",
+            "--overwrite",
+        ],
+    ];
+    for args in attempts {
+        let message = refused(args).unwrap_or_else(|| panic!("the rotator could run {args:?}"));
+        assert!(
+            message.contains("only the oauthapp.io/rotate annotation may be changed"),
+            "{args:?}: {message}"
+        );
+    }
+    let app = apps.get("portal").await.expect("app");
+    assert_eq!(app.spec.redirect_uris, ["https://portal.example.com/cb"]);
+    assert!(!app.labels().contains_key("team"));
+
+    // Someone with edit changes the spec.
+    let out = kubectl_as_sa(
+        &elsewhere,
+        "dev",
+        &[
+            "patch",
+            "oauthapp",
+            "portal",
+            "-n",
+            &elsewhere,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"redirectUris":["https://portal.example.com/new-cb"]}}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let app = apps.get("portal").await.expect("app");
+    assert_eq!(app.spec.redirect_uris, ["https://portal.example.com/new-cb"]);
 }
 
 /// Polls a blocking check (kubectl) until it holds.
@@ -769,6 +1038,8 @@ fn a_namespaced_install_grants_secrets_only_in_the_watched_namespace() {
             &format!("watchNamespaces={{{watched}}}"),
             "--set",
             "rbac.userRoles.create=false",
+            "--set",
+            "rotatorPolicy.enabled=false",
             "--set",
             "networkPolicy.enabled=true",
         ],
@@ -879,6 +1150,8 @@ async fn the_operator_rotates_on_annotation_and_rest_with_nothing_but_the_charts
             &format!("watchNamespaces={{{watched}}}"),
             "--set",
             "rbac.userRoles.create=false",
+            "--set",
+            "rotatorPolicy.enabled=false",
         ],
     );
     // The operator acts as the chart's ServiceAccount, with a TokenRequest token: exactly what a
@@ -887,7 +1160,13 @@ async fn the_operator_rotates_on_annotation_and_rest_with_nothing_but_the_charts
     let operator = Operator::start(
         &kubeconfig,
         &watched,
-        &["--leader-elect", "--lease-namespace", &release_ns],
+        &[
+            "--leader-elect",
+            "--lease-namespace",
+            &release_ns,
+            "--record-key-namespace",
+            &release_ns,
+        ],
         &[],
     );
 

@@ -7,3 +7,4 @@ mod controlplane;
 mod operations;
 mod operator;
 mod support;
+mod trust;

@@ -135,3 +135,8 @@ refuses a flag given twice.
 - {{ . | quote }}
 {{- end }}
 {{- end }}
+
+{{/* The Secret (release namespace) holding the key that signs rotation records. */}}
+{{- define "oauthapp-operator.recordKeySecret" -}}
+{{- printf "%s-record-key" (include "oauthapp-operator.fullname" .) | trunc 253 -}}
+{{- end }}
