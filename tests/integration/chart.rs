@@ -1046,12 +1046,13 @@ fn a_namespaced_install_grants_secrets_only_in_the_watched_namespace() {
     );
     let sa = operator_sa(&release_ns);
 
-    for verb in ["get", "list", "watch", "create", "update", "patch"] {
+    for verb in ["get", "list", "watch", "create", "update"] {
         assert!(
             can_i(&sa, Some(&watched), verb, "secrets", None),
             "{verb} secrets in {watched}"
         );
     }
+    assert!(!can_i(&sa, Some(&watched), "patch", "secrets", None));
     assert!(can_i(&sa, Some(&watched), "update", "oauthapps", Some("status")));
     assert!(can_i(&sa, Some(&watched), "list", "oauthapps", None));
     assert!(can_i(&sa, Some(&watched), "create", "events.events.k8s.io", None));
@@ -1066,8 +1067,8 @@ fn a_namespaced_install_grants_secrets_only_in_the_watched_namespace() {
             "get secrets in {ns}"
         );
         assert!(
-            !can_i(&sa, Some(ns), "create", "secrets", None),
-            "create secrets in {ns}"
+            !can_i(&sa, Some(ns), "list", "secrets", None),
+            "list secrets in {ns}"
         );
         assert!(
             !can_i(&sa, Some(ns), "list", "oauthapps", None),
@@ -1076,6 +1077,16 @@ fn a_namespaced_install_grants_secrets_only_in_the_watched_namespace() {
         assert!(!can_i(&sa, Some(ns), "update", "oauthapps", Some("status")));
         assert!(!can_i(&sa, Some(ns), "delete", "secrets", None));
     }
+    assert!(!can_i(&sa, Some(&other), "create", "secrets", None));
+    // In the release namespace: create the record key, and read that one Secret only.
+    assert!(can_i(&sa, Some(&release_ns), "create", "secrets", None));
+    assert!(can_i(
+        &sa,
+        Some(&release_ns),
+        "get",
+        "secrets/oauthapp-operator-record-key",
+        None
+    ));
     assert!(
         !all_namespaces_secrets(&sa),
         "namespaced mode cannot list Secrets cluster-wide"

@@ -191,33 +191,42 @@ async fn a_forged_rotation_record_never_reaches_the_status() {
     let tenant_secrets: Api<Secret> = Api::namespaced(tenant(&ns).await, &ns);
 
     // Attack B: a chosen secret, a valid hash of it, a new rotation id and a rotated-at far in
-    // the future (the schedule would never fire). Once with weak parameters, once with the
-    // operator's own (only the signature can tell that one apart).
+    // the future (the schedule would never fire): with weak parameters; with the operator's own
+    // parameters; and with the operator's parameters, a plausible time and no signature (only
+    // the signature tells that one apart).
+    let now = jiff::Timestamp::now().to_string();
+    let weak = HashParams {
+        m_cost_kib: 8,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    let ours = HashParams::default();
     let forgeries = [
-        HashParams {
-            m_cost_kib: 8,
-            t_cost: 1,
-            p_cost: 1,
-        },
-        HashParams::default(),
+        (weak, "2099-01-01T00:00:00Z", false, "argon2id parameters"),
+        (ours, "2099-01-01T00:00:00Z", false, "rotated-at is in the future"),
+        (ours, now.as_str(), true, "not signed by the operator"),
     ];
     let mut count = 1;
-    for (i, params) in forgeries.iter().enumerate() {
+    for (i, (params, rotated_at, unsign, reason)) in forgeries.into_iter().enumerate() {
         let chosen = ClientSecret::generate().expect("secret");
-        let forged_hash = secret::hash(chosen.expose(), params).expect("hash");
+        let forged_hash = secret::hash(chosen.expose(), &params).expect("hash");
+        let mut annotations = json!({
+            "oauthapp.io/rotation-id": format!("forged{i}"),
+            "oauthapp.io/client-secret-hash": forged_hash,
+            "oauthapp.io/client-secret-hint": chosen.hint(),
+            "oauthapp.io/rotated-at": rotated_at,
+            "oauthapp.io/rotation-count": "100",
+            "oauthapp.io/rotation-trigger": "Api",
+        });
+        if unsign {
+            annotations["oauthapp.io/record-signature"] = serde_json::Value::Null;
+        }
         tenant_secrets
             .patch(
                 "victim-oauth-client",
                 &PatchParams::default(),
                 &Patch::Merge(json!({
-                    "metadata": {"annotations": {
-                        "oauthapp.io/rotation-id": format!("forged{i}"),
-                        "oauthapp.io/client-secret-hash": forged_hash,
-                        "oauthapp.io/client-secret-hint": chosen.hint(),
-                        "oauthapp.io/rotated-at": "2099-01-01T00:00:00Z",
-                        "oauthapp.io/rotation-count": "100",
-                        "oauthapp.io/rotation-trigger": "Api",
-                    }},
+                    "metadata": {"annotations": annotations},
                     "stringData": {"client_secret": chosen.expose()},
                 })),
             )
@@ -263,17 +272,15 @@ async fn a_forged_rotation_record_never_reaches_the_status() {
             next < jiff::Timestamp::now() + jiff::SignedDuration::from_hours(721),
             "the schedule still fires: {next}"
         );
+        eventually(&format!("a SecretRepaired Warning: {reason}"), WAIT, || async {
+            events(&admin, &ns, "victim")
+                .await
+                .into_iter()
+                .any(|(t, r, n)| t == "Warning" && r == "SecretRepaired" && n.contains(reason))
+                .then_some(())
+        })
+        .await;
     }
-    let notes: Vec<String> = events(&admin, &ns, "victim")
-        .await
-        .into_iter()
-        .filter(|(t, r, _)| t == "Warning" && r == "SecretRepaired")
-        .map(|(_, _, n)| n)
-        .collect();
-    assert!(
-        notes.iter().any(|n| n.contains("not signed by the operator")),
-        "{notes:?}"
-    );
     drop(operator);
 }
 
@@ -380,7 +387,11 @@ async fn a_client_id_belongs_to_the_first_app_that_claims_it() {
         "the Warning names another namespace: {}",
         warning.2
     );
-    assert!(!warning.2.contains("portal\""), "{}", warning.2);
+    assert!(
+        warning.2.contains("already claimed by another OAuthApp"),
+        "{}",
+        warning.2
+    );
 
     // The first app is deleted: the id passes to the remaining claimant.
     first_apps
