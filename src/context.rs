@@ -8,6 +8,14 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
 impl Context {
+    /// The key that signs rotation records. The controller starts and the REST API rotates only
+    /// once it is loaded, so this fails only on a bug.
+    pub fn record_key(&self) -> Result<RecordKey, Error> {
+        self.record_key
+            .get()
+            .ok_or_else(|| Error::Internal("the rotation-record signing key is not loaded yet".into()))
+    }
+
     /// A recorder for one Event. Each Event is its own: a shared `Recorder` would fold a second
     /// rotation within minutes into the first one's series and lose its note (hint, trigger,
     /// caller), which the audit trail needs.
@@ -17,15 +25,17 @@ impl Context {
 }
 
 use crate::controller::plan::ContentCheck;
+use crate::error::Error;
 use crate::hasher::Hasher;
 use crate::metrics::Metrics;
-use crate::record::RecordKey;
+use crate::record::{KeyCell, RecordKey};
 
 pub struct Context {
     pub client: Client,
     pub hasher: Hasher,
-    /// Signs the rotation records on Secrets, and checks them before they are believed.
-    pub record_key: RecordKey,
+    /// Signs the rotation records on Secrets, and checks them before they are believed (loaded
+    /// in the background at start).
+    pub record_key: KeyCell,
     /// Who publishes the operator's Events.
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
@@ -45,13 +55,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(
-        client: Client,
-        hasher: Hasher,
-        record_key: RecordKey,
-        metrics: Arc<Metrics>,
-        instance: String,
-    ) -> Self {
+    pub fn new(client: Client, hasher: Hasher, metrics: Arc<Metrics>, instance: String) -> Self {
         let reporter = Reporter {
             controller: crate::crd::MANAGER.into(),
             instance: Some(instance),
@@ -60,7 +64,7 @@ impl Context {
             reporter,
             client,
             hasher,
-            record_key,
+            record_key: KeyCell::default(),
             metrics,
             locks: AppLocks::default(),
             verified: VerifiedCache::default(),

@@ -17,6 +17,12 @@ pub const GROUP: &str = "oauthapp.io";
 pub const MANAGER: &str = "oauthapp-operator";
 /// Annotation whose every new value requests exactly one rotation.
 pub const ROTATE_ANNOTATION: &str = "oauthapp.io/rotate";
+/// With value `true` next to a new `oauthapp.io/rotate` value: that rotation invalidates the
+/// previous secret at once, whatever `spec.rotation.gracePeriod` says (this secret leaked).
+pub const ROTATE_REVOKE_ANNOTATION: &str = "oauthapp.io/rotate-revoke";
+/// Set to `status.previousSecret.rotationId`: retires that previous secret now, before its
+/// expiry (the kubectl equivalent of `DELETE /api/v1/oauth-apps/{id}/previous-secret`).
+pub const REVOKE_PREVIOUS_ANNOTATION: &str = "oauthapp.io/revoke-previous";
 /// Keys of the generated Secret.
 pub const CLIENT_ID_KEY: &str = "client_id";
 /// Key of the plaintext client secret in the generated Secret.
@@ -158,16 +164,42 @@ pub struct SecretSpec {
 /// keys must be; otherwise the API server refuses every write of the Secret.
 const QUALIFIED_KEYS: &str = r"self.all(k, k.size() <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$') && (!k.contains('/') || k.indexOf('/') <= 253))";
 
-/// Scheduled rotation of the client secret.
+/// Scheduled rotation of the client secret, and how long a replaced secret stays valid.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RotationSpec {
     /// Time between two scheduled rotations, as a duration of hours, minutes and seconds
-    /// (e.g. `720h` or `36h30m`); at least `1h`.
+    /// (e.g. `720h` or `36h30m`); at least `1h`. Absent: no scheduled rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+(h|m|s))+$"))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1h')")
         .message("spec.rotation.interval must be at least 1h"))]
-    pub interval: String,
+    pub interval: Option<String>,
+
+    /// How long the previous secret stays valid after a routine rotation (annotation, REST API,
+    /// schedule), so that clients can move to the new one without an outage: verifiers accept
+    /// both until then (`status.previousSecret`). At most `720h`; default `0s`: the old secret is
+    /// invalid at once. Repairs (`SecretMissing`, `SecretDrift`) and revocations
+    /// (`oauthapp.io/rotate-revoke: "true"`, `?revoke_previous=true`) never keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+(h|m|s))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('720h')")
+        .message("spec.rotation.gracePeriod may be at most 720h"))]
+    pub grace_period: Option<String>,
+}
+
+/// The secret a rotation replaced, still valid until `expiresAt` (`spec.rotation.gracePeriod`).
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousSecret {
+    /// The rotation id of the previous secret.
+    pub rotation_id: String,
+    /// argon2id hash of the previous secret (PHC string).
+    pub client_secret_hash: String,
+    /// Its non-secret hint.
+    pub client_secret_hint: String,
+    /// When it stops being valid.
+    pub expires_at: Time,
 }
 
 /// What made a rotation happen.
@@ -249,6 +281,10 @@ pub struct OAuthAppStatus {
     /// What generated the current secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation_trigger: Option<RotationTrigger>,
+    /// The secret the last rotation replaced, while it is still valid (with
+    /// `spec.rotation.gracePeriod`). At most two secrets are ever valid: this one and the current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<PreviousSecret>,
     /// When the next scheduled rotation is due (only with `spec.rotation.interval`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation_time: Option<Time>,
@@ -281,6 +317,15 @@ impl OAuthApp {
                     self.metadata.name.as_deref().unwrap_or_default()
                 )
             })
+    }
+
+    /// The value of one of the app's annotations, if set.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
     }
 
     /// The current value of the rotate annotation, if any.

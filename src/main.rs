@@ -15,7 +15,6 @@ use oauthapp_operator::context::Context;
 use oauthapp_operator::controller::{self, Settings};
 use oauthapp_operator::hasher::Hasher;
 use oauthapp_operator::metrics::Metrics;
-use oauthapp_operator::record::RecordKey;
 use oauthapp_operator::secret::HashParams;
 use oauthapp_operator::watches::Watches;
 
@@ -191,17 +190,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .unwrap_or_else(|| "default".into());
-    let record_key = RecordKey::load_or_create(client.clone(), &key_namespace, &args.record_key_secret)
-        .await
-        .context("loading the rotation-record signing key")?;
     let ctx = Arc::new(Context::new(
         client.clone(),
         Hasher::new(params, workers),
-        record_key,
         metrics.clone(),
         instance.clone(),
     ));
 
+    {
+        let (ctx, client, name) = (ctx.clone(), client.clone(), args.record_key_secret.clone());
+        tokio::spawn(async move { ctx.record_key.load(client, &key_namespace, &name).await });
+    }
     let background = ctx.background.clone();
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone(), args.shutdown_timeout));

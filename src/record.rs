@@ -43,6 +43,13 @@ pub mod annotations {
     pub const ROTATION_COUNT: &str = "oauthapp.io/rotation-count";
     /// The `oauthapp.io/rotate` value this secret satisfied (for exactly-once after a crash).
     pub const OBSERVED_ROTATE_TOKEN: &str = "oauthapp.io/observed-rotate-token";
+    /// The secret this one replaced, while it stays valid (`spec.rotation.gracePeriod`): its
+    /// rotation id, hash, hint and expiry. Part of the signed record, so that it survives a
+    /// crash between the Secret and status writes like the current secret does.
+    pub const PREVIOUS_ROTATION_ID: &str = "oauthapp.io/previous-rotation-id";
+    pub const PREVIOUS_HASH: &str = "oauthapp.io/previous-client-secret-hash";
+    pub const PREVIOUS_HINT: &str = "oauthapp.io/previous-client-secret-hint";
+    pub const PREVIOUS_EXPIRES_AT: &str = "oauthapp.io/previous-expires-at";
     /// The operator's signature over the record (`v1.` + base64url of an HMAC-SHA256).
     pub const SIGNATURE: &str = "oauthapp.io/record-signature";
     /// The keys of `spec.secret.labels` and `spec.secret.annotations` last written to the
@@ -77,6 +84,28 @@ pub struct Record {
     pub count: i64,
     pub trigger: String,
     pub observed_rotate_token: Option<String>,
+    pub previous: Option<Previous>,
+}
+
+/// The secret a record's secret replaced, valid until `expires_at` (RFC 3339).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Previous {
+    pub rotation_id: String,
+    pub hash: String,
+    pub hint: String,
+    pub expires_at: String,
+}
+
+impl Previous {
+    /// When it expires; None when unreadable (then it is not valid).
+    pub fn expiry(&self) -> Option<Timestamp> {
+        self.expires_at.parse().ok()
+    }
+
+    /// Still valid at `now`.
+    pub fn valid_at(&self, now: Timestamp) -> bool {
+        self.expiry().is_some_and(|at| now < at)
+    }
 }
 
 impl Record {
@@ -97,8 +126,32 @@ impl Record {
                 .unwrap_or(0),
             trigger: get(annotations::TRIGGER).unwrap_or_default(),
             observed_rotate_token: get(annotations::OBSERVED_ROTATE_TOKEN),
+            previous: (|| {
+                Some(Previous {
+                    rotation_id: get(annotations::PREVIOUS_ROTATION_ID)?,
+                    hash: get(annotations::PREVIOUS_HASH)?,
+                    hint: get(annotations::PREVIOUS_HINT)?,
+                    expires_at: get(annotations::PREVIOUS_EXPIRES_AT)?,
+                })
+            })(),
         })
     }
+
+    /// Every annotation a record may write: a new record replaces them all.
+    pub const KEYS: [&'static str; 12] = [
+        annotations::ROTATION_ID,
+        annotations::HASH,
+        annotations::HINT,
+        annotations::TRIGGER,
+        annotations::ROTATED_AT,
+        annotations::ROTATION_COUNT,
+        annotations::OBSERVED_ROTATE_TOKEN,
+        annotations::SIGNATURE,
+        annotations::PREVIOUS_ROTATION_ID,
+        annotations::PREVIOUS_HASH,
+        annotations::PREVIOUS_HINT,
+        annotations::PREVIOUS_EXPIRES_AT,
+    ];
 
     /// The annotations that carry this record, its signature included (the app uid and client
     /// id are signed, not written: the Secret's owner and `client_id` key carry them).
@@ -114,6 +167,12 @@ impl Record {
         ]);
         if let Some(token) = &self.observed_rotate_token {
             ann.insert(annotations::OBSERVED_ROTATE_TOKEN.into(), token.clone());
+        }
+        if let Some(p) = &self.previous {
+            ann.insert(annotations::PREVIOUS_ROTATION_ID.into(), p.rotation_id.clone());
+            ann.insert(annotations::PREVIOUS_HASH.into(), p.hash.clone());
+            ann.insert(annotations::PREVIOUS_HINT.into(), p.hint.clone());
+            ann.insert(annotations::PREVIOUS_EXPIRES_AT.into(), p.expires_at.clone());
         }
         ann
     }
@@ -131,6 +190,9 @@ impl Record {
             self.count,
             self.trigger,
             self.observed_rotate_token,
+            self.previous
+                .as_ref()
+                .map(|p| [&p.rotation_id, &p.hash, &p.hint, &p.expires_at]),
         ]);
         fields.to_string().into_bytes()
     }
@@ -143,6 +205,62 @@ pub struct RecordKey(Arc<Vec<u8>>);
 impl fmt::Debug for RecordKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("RecordKey(<redacted>)")
+    }
+}
+
+/// The key once it is loaded: the REST API serves (503 for rotations) and the controller waits
+/// while the API server cannot be reached at start, instead of the process exiting.
+#[derive(Debug)]
+pub struct KeyCell(tokio::sync::watch::Sender<Option<RecordKey>>);
+
+impl Default for KeyCell {
+    fn default() -> Self {
+        Self(tokio::sync::watch::channel(None).0)
+    }
+}
+
+impl KeyCell {
+    /// The key, once loaded.
+    pub fn get(&self) -> Option<RecordKey> {
+        self.0.borrow().clone()
+    }
+
+    pub fn set(&self, key: RecordKey) {
+        self.0.send_replace(Some(key));
+    }
+
+    /// Resolves once the key is loaded.
+    pub async fn wait(&self) -> RecordKey {
+        let mut rx = self.0.subscribe();
+        loop {
+            if let Some(key) = rx.borrow_and_update().clone() {
+                return key;
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives in the cell itself: not reached while `self` exists.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Loads (or creates) the key from the Secret `namespace/name` into this cell, retrying with
+    /// a growing pause (up to 30 s) while the API server cannot be reached or the Secret is
+    /// malformed (each failure is logged with what to do).
+    pub async fn load(&self, client: Client, namespace: &str, name: &str) {
+        let mut pause = std::time::Duration::from_millis(200);
+        loop {
+            match RecordKey::load_or_create(client.clone(), namespace, name).await {
+                Ok(key) => {
+                    self.set(key);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::redact(&e.to_string()), retry_in = ?pause, "the rotation-record signing key is not loaded; rotations wait for it");
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(30));
+        }
     }
 }
 
@@ -331,7 +449,12 @@ pub fn verdict(
     let Some(record) = Record::from_annotations(uid, &client_id, meta) else {
         return Verdict::Drift(Drift::Stripped);
     };
-    if !crate::secret::uses_params(&record.hash, params) {
+    if !crate::secret::uses_params(&record.hash, params)
+        || record
+            .previous
+            .as_ref()
+            .is_some_and(|p| !crate::secret::uses_params(&p.hash, params))
+    {
         return Verdict::Drift(Drift::ForeignParams);
     }
     let rotated_at = record.rotated_at.parse::<Timestamp>().ok();
@@ -381,6 +504,12 @@ pub fn record_from_status(app: &OAuthApp) -> Option<Record> {
             .map(|t| t.as_str().to_string())
             .unwrap_or_default(),
         observed_rotate_token: status.observed_rotate_token.clone(),
+        previous: status.previous_secret.as_ref().map(|p| Previous {
+            rotation_id: p.rotation_id.clone(),
+            hash: p.client_secret_hash.clone(),
+            hint: p.client_secret_hint.clone(),
+            expires_at: p.expires_at.0.to_string(),
+        }),
     })
 }
 
@@ -428,6 +557,7 @@ mod tests {
             count: 3,
             trigger: "Annotation".into(),
             observed_rotate_token: Some("t1".into()),
+            previous: None,
         }
     }
 
@@ -490,6 +620,53 @@ mod tests {
             verdict(&renamed, &meta(ann), &key(), &FAST, now),
             Verdict::Drift(Drift::BadSignature)
         );
+    }
+
+    #[test]
+    fn the_previous_secret_is_part_of_the_signed_record() {
+        let now = Timestamp::now();
+        let mut rec = record(&our_hash(), now);
+        rec.previous = Some(Previous {
+            rotation_id: "r0".into(),
+            hash: our_hash(),
+            hint: "oas_Prev...ious".into(),
+            expires_at: (now + SignedDuration::from_secs(20)).to_string(),
+        });
+        let ann = rec.to_annotations(&key());
+        assert_eq!(
+            Record::from_annotations(UID, &rec.client_id, &meta(ann.clone())),
+            Some(rec.clone())
+        );
+        assert_eq!(
+            verdict(&app(), &meta(ann.clone()), &key(), &FAST, now),
+            Verdict::Signed
+        );
+        // A longer grace, or a previous secret added or removed by hand: not the operator's.
+        let mut later = ann.clone();
+        later.insert(
+            annotations::PREVIOUS_EXPIRES_AT.into(),
+            "2099-01-01T00:00:00Z".into(),
+        );
+        assert_eq!(
+            verdict(&app(), &meta(later), &key(), &FAST, now),
+            Verdict::Drift(Drift::BadSignature)
+        );
+        let mut without = ann.clone();
+        for k in [
+            annotations::PREVIOUS_ROTATION_ID,
+            annotations::PREVIOUS_HASH,
+            annotations::PREVIOUS_HINT,
+            annotations::PREVIOUS_EXPIRES_AT,
+        ] {
+            without.remove(k);
+        }
+        assert_eq!(
+            verdict(&app(), &meta(without), &key(), &FAST, now),
+            Verdict::Drift(Drift::BadSignature)
+        );
+        let previous = rec.previous.unwrap();
+        assert!(previous.valid_at(now));
+        assert!(!previous.valid_at(now + SignedDuration::from_secs(20)));
     }
 
     #[test]

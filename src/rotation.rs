@@ -74,13 +74,33 @@ pub async fn rotate_with(
     caller: Option<&str>,
     generated: Option<Generated>,
 ) -> Result<Rotated, Error> {
+    rotate_revoking(ctx, app, current, trigger, caller, generated, false).await
+}
+
+/// [`rotate_with`]; with `revoke_previous`, the replaced secret is invalid at once whatever
+/// `spec.rotation.gracePeriod` says (`?revoke_previous=true`).
+pub async fn rotate_revoking(
+    ctx: &Context,
+    app: &OAuthApp,
+    current: Option<Secret>,
+    trigger: RotationTrigger,
+    caller: Option<&str>,
+    generated: Option<Generated>,
+    revoke_previous: bool,
+) -> Result<Rotated, Error> {
     let started = generated.as_ref().map_or_else(Instant::now, |(_, at)| *at);
     let generated = generated.map(|(g, _)| g);
     // A rotation has happened once its Secret is written (the old secret is invalid from then
     // on), so it is counted there, before the status write: whoever sees the new status also
     // sees it counted. A failure after that point is the status's, repaired by a reconcile.
     let mut counted = false;
-    let result = rotate_inner(ctx, app, current, trigger, caller, generated, || {
+    let grace = plan::grace_for(app, trigger, revoke_previous);
+    let cause = Cause {
+        trigger,
+        detail: caller,
+        grace,
+    };
+    let result = rotate_inner(ctx, app, current, cause, generated, || {
         counted = true;
         ctx.metrics.rotation(trigger, "success", Some(started.elapsed()));
     })
@@ -93,15 +113,27 @@ pub async fn rotate_with(
     result
 }
 
+/// Why a rotation happens: its trigger, who asked or what was wrong (`detail`), and how long the
+/// replaced secret stays valid (`grace`; None: invalid at once).
+struct Cause<'a> {
+    trigger: RotationTrigger,
+    detail: Option<&'a str>,
+    grace: Option<jiff::SignedDuration>,
+}
+
 async fn rotate_inner(
     ctx: &Context,
     app: &OAuthApp,
     current: Option<Secret>,
-    trigger: RotationTrigger,
-    caller: Option<&str>,
+    cause: Cause<'_>,
     generated: Option<(ClientSecret, String)>,
     secret_written: impl FnOnce(),
 ) -> Result<Rotated, Error> {
+    let Cause {
+        trigger,
+        detail: caller,
+        grace,
+    } = cause;
     let ns = app.namespace().unwrap_or_default();
     let name = app.name_any();
     let client_id = plan::client_id(app).ok_or_else(|| Error::MissingUid(name.clone()))?;
@@ -136,18 +168,32 @@ async fn rotate_inner(
     let rotation_id = uuid::Uuid::from_u128(rand::random()).simple().to_string();
     // Whole seconds, as the API server stores times (see plan::status_from_secret).
     let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
+    let key = ctx.record_key()?;
     // What the replaced Secret says counts only when the operator wrote it.
     let believed = current.as_ref().map(|s| &s.metadata).filter(|meta| {
         matches!(
-            record::verdict(app, meta, &ctx.record_key, &ctx.hasher.params(), now),
+            record::verdict(app, meta, &key, &ctx.hasher.params(), now),
             Verdict::Signed | Verdict::Legacy
         )
     });
-    let previous_count = app.status.as_ref().map_or(0, |s| s.rotation_count).max(
-        believed
-            .and_then(|meta| Record::from_annotations("", "", meta))
-            .map_or(0, |r| r.count),
-    );
+    let replaced = believed.and_then(|meta| Record::from_annotations("", "", meta));
+    let previous_count = app
+        .status
+        .as_ref()
+        .map_or(0, |s| s.rotation_count)
+        .max(replaced.as_ref().map_or(0, |r| r.count));
+    // With a grace period, the replaced secret stays valid until now + grace; a previous secret
+    // it still carried is dropped (at most two are valid).
+    let dropped = replaced
+        .as_ref()
+        .and_then(|r| r.previous.clone())
+        .filter(|p| p.valid_at(now));
+    let previous = grace.zip(replaced.as_ref()).map(|(grace, r)| record::Previous {
+        rotation_id: r.rotation_id.clone(),
+        hash: r.hash.clone(),
+        hint: r.hint.clone(),
+        expires_at: (now + grace).to_string(),
+    });
     let uid = app
         .metadata
         .uid
@@ -165,8 +211,9 @@ async fn rotate_inner(
         // Any new secret satisfies a pending rotate request: record the current annotation
         // value (or keep the last one recorded, so that value never rotates again).
         observed_rotate_token: plan::observed_rotate_token(app, believed),
+        previous: previous.clone(),
     };
-    let ours = record.to_annotations(&ctx.record_key);
+    let ours = record.to_annotations(&key);
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let existed = current.is_some();
@@ -177,8 +224,7 @@ async fn rotate_inner(
     let mut object = current.unwrap_or_else(|| new_secret(app));
     apply_desired_metadata(app, &mut object.metadata);
     let ann = object.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    ann.remove(annotations::OBSERVED_ROTATE_TOKEN);
-    ann.remove(annotations::SIGNATURE);
+    ann.retain(|k, _| !Record::KEYS.contains(&k.as_str()));
     ann.extend(ours);
     object.data = Some(BTreeMap::from([
         (CLIENT_ID_KEY.to_string(), ByteString(client_id.into_bytes())),
@@ -262,12 +308,91 @@ async fn rotate_inner(
             trigger.as_str()
         ),
     );
+    if let Some(dropped) = dropped {
+        let why = match &previous {
+            Some(_) => "a new rotation within the grace period replaced it (at most two secrets are valid)",
+            None => "the rotation invalidated every earlier secret",
+        };
+        publish_in_background(
+            ctx,
+            &app,
+            EventType::Normal,
+            "PreviousSecretRevoked",
+            format!(
+                "Previous secret {} retired before its expiry {}: {why}",
+                dropped.hint, dropped.expires_at
+            ),
+        );
+    }
     Ok(Rotated {
         secret,
         hint,
         rotation_id,
         app,
     })
+}
+
+/// Retires the previous secret before its expiry (`oauthapp.io/revoke-previous`, or `DELETE
+/// .../previous-secret`): the Secret's record is rewritten without it, then the status. The
+/// current secret stays. The caller holds the app's lock and passes fresh reads; both writes
+/// are conditional. Ok(false) when there was no valid previous secret.
+pub async fn revoke_previous(ctx: &Context, app: &OAuthApp, secret: Secret) -> Result<bool, Error> {
+    let now = Timestamp::now();
+    let key = ctx.record_key()?;
+    if !matches!(
+        record::verdict(app, &secret.metadata, &key, &ctx.hasher.params(), now),
+        Verdict::Signed
+    ) {
+        return Err(Error::Conflict(app_key(app)));
+    }
+    let uid = app.metadata.uid.clone().unwrap_or_default();
+    let client_id = plan::client_id(app).unwrap_or_default();
+    let Some(mut rec) = Record::from_annotations(&uid, &client_id, &secret.metadata) else {
+        return Err(Error::Conflict(app_key(app)));
+    };
+    let Some(retired) = rec.previous.take().filter(|p| p.valid_at(now)) else {
+        return Ok(false);
+    };
+    let ns = app.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let replaced = secret.resource_version().unwrap_or_default();
+    let mut object = secret;
+    object.metadata.managed_fields = None;
+    let ann = object.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    ann.retain(|k, _| !Record::KEYS.contains(&k.as_str()));
+    ann.extend(rec.to_annotations(&key));
+    let name = object.name_any();
+    let written = secrets
+        .replace(&name, &post_params(), &object)
+        .await
+        .map_err(|e| secret_write_error(app, &name, e))?;
+    drop(object);
+    ctx.metrics.writes.inc();
+    ctx.own_writes.put(format!("Secret {ns}/{name}"), &replaced);
+    if let Some(rv) = written.resource_version() {
+        ctx.verified.put(
+            &format!("{ns}/{name}"),
+            &rv,
+            &rec.hash,
+            ContentCheck {
+                secret_ok: true,
+                client_id_ok: true,
+            },
+        );
+    }
+    let app = write_status_for_secret(ctx, app, &written, &rec.rotation_id).await?;
+    info!(app = %app_key(&app), retired = %retired.rotation_id, "previous client secret retired before its expiry");
+    publish_in_background(
+        ctx,
+        &app,
+        EventType::Normal,
+        "PreviousSecretRevoked",
+        format!(
+            "Previous secret {} retired before its expiry {}, on request",
+            retired.hint, retired.expires_at
+        ),
+    );
+    Ok(true)
 }
 
 /// Writes the status that describes `secret` (which carries `rotation_id`), retrying on
@@ -385,7 +510,7 @@ pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> R
     {
         // A record from before records were signed, verified and shown by the status: signed
         // once, from the status (which only the operator writes), without a rotation.
-        ann.extend(record.to_annotations(&ctx.record_key));
+        ann.extend(record.to_annotations(&ctx.record_key()?));
         info!(app = %app_key(app), "signed the Secret's rotation record (written before records were signed)");
     }
     let client_id = plan::client_id(app).ok_or_else(|| Error::MissingUid(app.name_any()))?;

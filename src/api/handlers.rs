@@ -485,9 +485,10 @@ pub async fn delete_oauth_app(
 }
 
 impl Shared {
-    /// 503 until the watch caches have synced (before that, "not found" could be a lie).
+    /// 503 until the watch caches have synced (before that, "not found" could be a lie) and the
+    /// rotation-record signing key is loaded.
     fn ready(&self) -> Result<(), ApiError> {
-        if self.watches.is_ready() {
+        if self.watches.is_ready() && self.ctx.record_key.get().is_some() {
             Ok(())
         } else {
             Err(ApiError::unavailable(

@@ -69,7 +69,7 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
     // Subscribe to changes once the caches hold everything, then look at everything once: no
     // app can fall between the first list and the subscription.
     tokio::select! {
-        _ = watches.wait_until_ready() => {}
+        _ = async { watches.wait_until_ready().await; ctx.record_key.wait().await } => {}
         _ = shutdown.cancelled() => return,
     }
     let mut runs = Vec::new();
@@ -165,7 +165,8 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
     let now = Timestamp::now();
     let view = cached
         .as_ref()
-        .map(|s| secret_view(ctx, app, &s.metadata, check, now));
+        .map(|s| secret_view(ctx, app, &s.metadata, check, now))
+        .transpose()?;
     // A cache still showing the version our own last write replaced lags that write, and a
     // rotation in progress in this process (the REST API's) is about to write: either way the
     // write's watch event brings the app back, so no fresh reads now (the two lag checks both
@@ -246,12 +247,12 @@ fn secret_view<'a>(
     meta: &'a ObjectMeta,
     check: Option<plan::ContentCheck>,
     now: Timestamp,
-) -> SecretView<'a> {
-    SecretView {
+) -> Result<SecretView<'a>, Error> {
+    Ok(SecretView {
         meta,
         check,
-        record: crate::record::verdict(app, meta, &ctx.record_key, &ctx.hasher.params(), now),
-    }
+        record: crate::record::verdict(app, meta, &ctx.record_key()?, &ctx.hasher.params(), now),
+    })
 }
 
 fn requeue(after: Option<SignedDuration>, resync: Duration) -> Action {
@@ -315,7 +316,8 @@ async fn converge(
             let now = Timestamp::now();
             let view = secret
                 .as_ref()
-                .map(|s| secret_view(ctx, &app, &s.metadata, check, now));
+                .map(|s| secret_view(ctx, &app, &s.metadata, check, now))
+                .transpose()?;
             match plan::plan(&app, view, now) {
                 Step::Verify => match &secret {
                     Some(s) => check = Some(rotation::check_content(ctx, &app, s).await?),
@@ -345,6 +347,10 @@ async fn converge(
                 .await
                 .map(|_| ())
             }
+            Step::RevokePrevious => match secret {
+                Some(s) => rotation::revoke_previous(ctx, &app, s).await.map(|_| ()),
+                None => Ok(()),
+            },
             Step::SyncSecret => match secret {
                 Some(s) => rotation::sync_secret(ctx, &app, s).await.map(|_| ()),
                 None => Ok(()),
@@ -353,7 +359,25 @@ async fn converge(
                 let repaired = app.status.as_ref().and_then(|s| s.rotation_id.clone()) != status.rotation_id
                     && app.status.as_ref().is_some_and(|s| s.rotation_id.is_some());
                 let rotation_id = status.rotation_id.clone().unwrap_or_default();
+                let expired = app
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.previous_secret.clone())
+                    .filter(|_| status.previous_secret.is_none() && !repaired);
                 let result = rotation::write_status(ctx, &app, *status).await;
+                if let (Ok(_), Some(expired)) = (&result, expired) {
+                    info!(app = %key, previous = %expired.rotation_id, "previous client secret expired");
+                    rotation::publish_in_background(
+                        ctx,
+                        &app,
+                        EventType::Normal,
+                        "PreviousSecretExpired",
+                        format!(
+                            "Previous secret {} expired at {}; only the current secret is valid",
+                            expired.client_secret_hint, expired.expires_at.0
+                        ),
+                    );
+                }
                 if result.is_ok() && repaired {
                     info!(app = %key, rotation_id = %rotation_id, "status completed from the Secret; no new secret");
                     rotation::publish(

@@ -38,6 +38,9 @@ pub enum Step {
     Rotate(RotationTrigger),
     /// The Secret is not what the operator wrote: replace it (trigger `SecretDrift`), saying why.
     Drift(Drift),
+    /// Retire the previous secret now (`oauthapp.io/revoke-previous`): rewrite the Secret's
+    /// record without it, then the status. The current secret stays.
+    RevokePrevious,
     /// The Secret changed since it was last verified: check its content (costly: argon2).
     Verify,
     /// Rewrite the Secret's labels, annotations or `client_id` without changing the secret.
@@ -127,6 +130,15 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
         return Step::Rotate(RotationTrigger::Annotation);
     }
 
+    let previous = crate::record::Record::from_annotations("", "", secret.meta)
+        .and_then(|r| r.previous)
+        .filter(|p| p.valid_at(now));
+    if let Some(p) = &previous
+        && app.annotation(crate::crd::REVOKE_PREVIOUS_ANNOTATION) == Some(p.rotation_id.as_str())
+    {
+        return Step::RevokePrevious;
+    }
+
     let rotated_at = ann
         .get(annotations::ROTATED_AT)
         .and_then(|t| t.parse::<Timestamp>().ok());
@@ -136,6 +148,11 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
     {
         return Step::Rotate(RotationTrigger::Schedule);
     }
+    // The status drops the previous secret at its expiry: look again then (a timer, no poll).
+    let next_look = [next_rotation, previous.and_then(|p| p.expiry())]
+        .into_iter()
+        .flatten()
+        .min();
 
     if !secret_metadata_in_sync(app, secret.meta) || secret.check.is_some_and(|c| !c.client_id_ok) {
         return Step::SyncSecret;
@@ -146,8 +163,27 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
         return Step::WriteStatus(Box::new(desired));
     }
     Step::Done {
-        requeue_after: next_rotation.map(|next| now.duration_until(next)),
+        requeue_after: next_look.map(|next| now.duration_until(next)),
     }
+}
+
+/// How long the secret a rotation by `trigger` replaces stays valid: `spec.rotation.gracePeriod`
+/// for routine rotations (annotation, REST API, schedule) unless the request revokes it
+/// (`revoke`, or `oauthapp.io/rotate-revoke: "true"` on an annotation rotation); None for
+/// repairs, revocations and a zero grace period.
+pub fn grace_for(app: &OAuthApp, trigger: RotationTrigger, revoke: bool) -> Option<SignedDuration> {
+    let routine = matches!(
+        trigger,
+        RotationTrigger::Annotation | RotationTrigger::Api | RotationTrigger::Schedule
+    );
+    let revoked = revoke
+        || (trigger == RotationTrigger::Annotation
+            && app.annotation(crate::crd::ROTATE_REVOKE_ANNOTATION) == Some("true"));
+    if !routine || revoked {
+        return None;
+    }
+    let grace = parse_interval(app.spec.rotation.as_ref()?.grace_period.as_deref()?)?;
+    (grace > SignedDuration::ZERO).then_some(grace)
 }
 
 /// The Secret holds a rotation (by its `rotation-id`) that the app's status does not show: its
@@ -287,7 +323,7 @@ pub fn apply_secret_metadata(app: &OAuthApp, meta: &mut ObjectMeta) {
 }
 
 fn next_rotation_time(app: &OAuthApp, rotated_at: Option<Timestamp>) -> Option<Timestamp> {
-    let interval = parse_interval(&app.spec.rotation.as_ref()?.interval)?;
+    let interval = parse_interval(app.spec.rotation.as_ref()?.interval.as_deref()?)?;
     rotated_at?.checked_add(interval).ok()
 }
 
@@ -338,6 +374,17 @@ pub fn status_from_secret(app: &OAuthApp, meta: &ObjectMeta, now: Timestamp) -> 
             .unwrap_or(1),
         last_rotation_time: rotated_at.map(time),
         last_rotation_trigger: get(annotations::TRIGGER).and_then(|t| RotationTrigger::parse(&t)),
+        previous_secret: crate::record::Record::from_annotations("", "", meta)
+            .and_then(|r| r.previous)
+            .filter(|p| p.valid_at(now))
+            .and_then(|p| {
+                Some(crate::crd::PreviousSecret {
+                    expires_at: time(p.expiry()?),
+                    rotation_id: p.rotation_id,
+                    client_secret_hash: p.hash,
+                    client_secret_hint: p.hint,
+                })
+            }),
         next_rotation_time: next_rotation_time(app, rotated_at).map(time),
         observed_rotate_token: get(annotations::OBSERVED_ROTATE_TOKEN),
         secret_resource_version: meta.resource_version.clone(),
@@ -604,7 +651,8 @@ mod tests {
         let old = owned_secret("r1", "10", Some("a"));
         let mut app = app();
         app.spec.rotation = Some(RotationSpec {
-            interval: "2h".into(),
+            interval: Some("2h".into()),
+            ..Default::default()
         });
         let mut app = settled(app, &old);
         request_rotation(&mut app, "b");
@@ -745,7 +793,8 @@ mod tests {
         let meta = owned_secret("r1", "10", None); // rotated at 11:00
         let mut app = app();
         app.spec.rotation = Some(RotationSpec {
-            interval: "2h".into(),
+            interval: Some("2h".into()),
+            ..Default::default()
         });
         let app = settled(app, &meta);
         assert_eq!(
@@ -868,6 +917,110 @@ mod tests {
             ),
             Step::SyncSecret
         );
+    }
+
+    fn with_grace(grace: &str) -> OAuthApp {
+        let mut app = app();
+        app.spec.rotation = Some(RotationSpec {
+            grace_period: Some(grace.into()),
+            ..Default::default()
+        });
+        app
+    }
+
+    #[test]
+    fn only_routine_rotations_keep_the_previous_secret_for_the_grace_period() {
+        let app = with_grace("20s");
+        let twenty = Some(SignedDuration::from_secs(20));
+        for trigger in [
+            RotationTrigger::Annotation,
+            RotationTrigger::Api,
+            RotationTrigger::Schedule,
+        ] {
+            assert_eq!(grace_for(&app, trigger, false), twenty, "{trigger:?}");
+            assert_eq!(grace_for(&app, trigger, true), None, "{trigger:?} revoking");
+        }
+        for trigger in [
+            RotationTrigger::Created,
+            RotationTrigger::SecretMissing,
+            RotationTrigger::SecretDrift,
+        ] {
+            assert_eq!(grace_for(&app, trigger, false), None, "{trigger:?}");
+        }
+        assert_eq!(grace_for(&with_grace("0s"), RotationTrigger::Api, false), None);
+        assert_eq!(grace_for(&self::app(), RotationTrigger::Api, false), None);
+        let mut revoking = app.clone();
+        revoking.metadata.annotations = Some(BTreeMap::from([(
+            crate::crd::ROTATE_REVOKE_ANNOTATION.to_string(),
+            "true".to_string(),
+        )]));
+        assert_eq!(grace_for(&revoking, RotationTrigger::Annotation, false), None);
+        assert_eq!(grace_for(&revoking, RotationTrigger::Api, false), twenty);
+    }
+
+    fn with_previous(meta: &mut ObjectMeta, expires_at: Timestamp) {
+        let ann = meta.annotations.as_mut().expect("annotations");
+        ann.insert(annotations::PREVIOUS_ROTATION_ID.into(), "r0".into());
+        ann.insert(
+            annotations::PREVIOUS_HASH.into(),
+            "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$cHJldg".into(),
+        );
+        ann.insert(annotations::PREVIOUS_HINT.into(), "oas_Prev...ious".into());
+        ann.insert(annotations::PREVIOUS_EXPIRES_AT.into(), expires_at.to_string());
+    }
+
+    #[test]
+    fn the_previous_secret_shows_until_its_expiry_and_the_status_drops_it_then() {
+        let mut meta = owned_secret("r1", "10", None);
+        let expiry = now() + SignedDuration::from_secs(20);
+        with_previous(&mut meta, expiry);
+        let app = settled(with_grace("20s"), &meta);
+        let shown = app
+            .status
+            .as_ref()
+            .and_then(|s| s.previous_secret.clone())
+            .expect("previous");
+        assert_eq!(shown.rotation_id, "r0");
+        assert_eq!(shown.expires_at.0, expiry);
+        // Steady state: nothing to write, look again at the expiry (a timer, not a poll).
+        assert_eq!(
+            plan(&app, Some(view(&meta)), now()),
+            Step::Done {
+                requeue_after: Some(SignedDuration::from_secs(20))
+            }
+        );
+        // At the expiry: one status write, without it.
+        match plan(&app, Some(view(&meta)), expiry) {
+            Step::WriteStatus(status) => {
+                assert_eq!(status.previous_secret, None);
+                assert_eq!(status.rotation_id.as_deref(), Some("r1"));
+            }
+            other => panic!("expected a status write at the expiry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_revoke_previous_annotation_retires_exactly_that_previous_secret() {
+        let mut meta = owned_secret("r1", "10", None);
+        with_previous(&mut meta, now() + SignedDuration::from_secs(20));
+        let mut app = settled(with_grace("20s"), &meta);
+        let ann = |v: &str| {
+            Some(BTreeMap::from([(
+                crate::crd::REVOKE_PREVIOUS_ANNOTATION.to_string(),
+                v.to_string(),
+            )]))
+        };
+        app.metadata.annotations = ann("r0");
+        assert_eq!(plan(&app, Some(view(&meta)), now()), Step::RevokePrevious);
+        // Another value, or a previous secret already expired: nothing to retire.
+        app.metadata.annotations = ann("r-other");
+        assert!(matches!(plan(&app, Some(view(&meta)), now()), Step::Done { .. }));
+        app.metadata.annotations = ann("r0");
+        let later = now() + SignedDuration::from_secs(30);
+        assert!(!matches!(
+            plan(&app, Some(view(&meta)), later),
+            Step::RevokePrevious
+        ));
     }
 
     #[test]

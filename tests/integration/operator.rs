@@ -10,7 +10,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use oauthapp_operator::crd::{OAuthApp, OAuthAppSpec, SecretSpec};
-use oauthapp_operator::secret;
+use oauthapp_operator::{record, secret};
 
 use crate::support::*;
 
@@ -102,6 +102,34 @@ impl Setup {
                 )
             })
             .collect()
+    }
+
+    /// Rewrites the app's Secret record with `change`, signed with the operator's key, as only
+    /// someone who may read that key could.
+    async fn resign_record(&self, app: &OAuthApp, change: impl FnOnce(&mut record::Record)) {
+        let keys: Api<Secret> = Api::namespaced(self.client.clone(), "default");
+        let key = keys
+            .get("oauthapp-operator-record-key")
+            .await
+            .expect("the record key Secret");
+        let key = record::RecordKey::from_bytes(&key.data.expect("data")["hmac-key"].0).expect("key");
+        let secret_name = app.secret_name();
+        let secret = self.secret(&secret_name).await.expect("Secret");
+        let client_id = record::client_id(app).expect("client id");
+        let mut rec =
+            record::Record::from_annotations(&app.uid().expect("uid"), &client_id, &secret.metadata)
+                .expect("a record");
+        change(&mut rec);
+        self.secrets
+            .patch(
+                &secret_name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    serde_json::json!({"metadata": {"annotations": rec.to_annotations(&key)}}),
+                ),
+            )
+            .await
+            .expect("patch the record");
     }
 
     /// Waits until the operator has finished `n` reconciles (counted by its /metrics).
@@ -612,15 +640,11 @@ async fn the_schedule_rotates_once_the_interval_has_elapsed() {
         last + jiff::SignedDuration::from_hours(2)
     );
 
-    // Pretend the secret is three hours old: the schedule is due.
+    // Pretend the secret is three hours old: the schedule is due. The record is signed, so this
+    // takes the operator's key (an admin may read it; the default key Secret is in `default`).
     let three_hours_ago = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(3)).to_string();
-    s.kubectl(&[
-        "annotate",
-        "secret",
-        "demo-oauth-client",
-        &format!("oauthapp.io/rotated-at={three_hours_ago}"),
-        "--overwrite",
-    ]);
+    s.resign_record(&app, |record| record.rotated_at = three_hours_ago)
+        .await;
     let (app, _) = eventually("the scheduled rotation", WAIT, || async {
         let (app, secret) = s.settled("demo").await;
         (rotation_count(&app) == 2).then_some((app, secret))
