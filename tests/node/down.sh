@@ -82,6 +82,13 @@ awk -v r="$run/" 'index($2, r) == 1 {print $2}' /proc/self/mounts | sort -r | wh
   umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
 done
 
+# What the kubelet and CNI keep outside the state directory: /var/log/containers links into our
+# pod logs, and libcni's cached results for our network.
+for l in /var/log/containers/*.log; do
+  [[ $(readlink "$l" 2>/dev/null) == "$run/"* ]] && rm -f "$l"
+done
+rm -f /var/lib/cni/results/oauthapp-*
+
 # 5. Network: the bridge (its route_localnet goes with it), kube-proxy's rules, ours.
 ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
 [ -x "$bin/kube-proxy" ] && "$bin/kube-proxy" --cleanup >>"$run/logs/kube-proxy-cleanup.log" 2>&1
