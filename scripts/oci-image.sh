@@ -45,8 +45,11 @@ tag=image
 created=1970-01-01T00:00:00Z
 umoci init --layout "$layout"
 umoci new --image "$layout:$tag"
-umoci insert --image "$layout:$tag" --history.created "$created" \
-  --history.created_by "scripts/oci-image.sh" "$rootfs" /
+# The layer is written by tar (umoci 0.4.7's `insert` can cut the last file short); umoci
+# compresses it and records it in the image.
+tar -C "$rootfs" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$work/layer.tar" .
+umoci raw add-layer --image "$layout:$tag" --history.created "$created" \
+  --history.created_by "scripts/oci-image.sh" "$work/layer.tar"
 config=(--config.user "$user" --config.entrypoint "$entrypoint")
 umoci config --image "$layout:$tag" --no-history --created "$created" --os linux --architecture amd64 \
   "${config[@]}" ${cmd[@]+"${cmd[@]}"} ${labels[@]+"${labels[@]}"} ${ports[@]+"${ports[@]}"}
@@ -56,6 +59,14 @@ jq --arg n "$name" '.manifests[0].annotations = {"io.containerd.image.name": $n,
   "org.opencontainers.image.ref.name": ($n | sub(".*:"; ""))}' \
   "$layout/index.json" >"$work/index.json"
 mv "$work/index.json" "$layout/index.json"
+# Check what was written: every layer decompresses to the files that went in, byte for byte.
+check="$work/check"
+mkdir -p "$check"
+for layer in $(jq -r '.layers[].digest | sub("sha256:"; "")' \
+  "$layout/blobs/sha256/$(jq -r '.manifests[0].digest | sub("sha256:"; "")' "$layout/index.json")"); do
+  tar -xzf "$layout/blobs/sha256/$layer" -C "$check"
+done
+diff -r "$rootfs" "$check" >&2 || { echo "oci-image.sh: the image's layer differs from its files" >&2; exit 1; }
 mkdir -p "$(dirname "$out")"
 tar -C "$layout" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$out.tmp" .
 mv -f "$out.tmp" "$out"

@@ -66,17 +66,10 @@ for p in /proc/[0-9]*; do
   fi
 done
 
-# 4. Network namespaces of the pods (named by containerd's CRI plugin), then mounts under the
-#    state directory (Secret volumes, overlay roots, shm), deepest first.
+# 4. Network namespaces of the pods, then every mount under the state directory (containerd keeps
+#    the namespaces there too; Secret volumes, overlay roots, shm), deepest first.
 for ns in ${netns[@]+"${netns[@]}"}; do
   umount "$ns" 2>/dev/null; rm -f "$ns"
-done
-# A crash may leave namespaces containerd no longer knows: ours are the ones with a pod address.
-for ns in /run/netns/cni-*; do
-  [ -e "$ns" ] || continue
-  if ip netns exec "$(basename "$ns")" ip -4 -o addr show 2>/dev/null | grep -qF " ${POD_GATEWAY%.*}."; then
-    umount "$ns" 2>/dev/null; rm -f "$ns"
-  fi
 done
 awk -v r="$run/" 'index($2, r) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do
   umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null

@@ -156,6 +156,8 @@ state = "$run/containerd/state"
   # This machine has no CAP_SYS_RESOURCE: the kubelet's oom_score_adj of -998 would fail every sandbox.
   restrict_oom_score_adj = true
   enable_selinux = false
+  # Pods' network namespaces under the state directory, not /run/netns.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
