@@ -20,6 +20,17 @@ if ! why=$(tests/node/up.sh --check 2>&1); then
   exit 0
 fi
 
+# What the node may change on this machine, to compare after the way down.
+host_state() {
+  { iptables-save; ip6tables-save; } | grep -v '^#' | sed 's/\[[0-9]*:[0-9]*\]//'
+  ip -o link show | awk '{print $2}'
+  ip route; ip netns list
+  for s in "${SYSCTLS[@]}" net.ipv6.conf.all.forwarding; do echo "$s=$(sysctl -n "$s")"; done
+  awk '{print $2}' /proc/self/mounts | sort
+  ls -d /sys/fs/cgroup/*/kubepods /var/log/containers/* 2>/dev/null || true
+}
+before=$(host_state)
+
 t0=$SECONDS
 image=$(scripts/image.sh)
 tag=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' charts/oauthapp-operator/Chart.yaml)
@@ -54,10 +65,17 @@ until_() {
     sleep 0.5
   done
 }
-jp() { kubectl "$@"; }
 pod_ip() { kubectl -n "$1" get pod "$2" -o jsonpath='{.status.podIP}'; }
 secret_value() { kubectl -n "$APPNS" get secret "$1" -o jsonpath='{.data.client_secret}' | base64 -d; }
 lease_holder() { kubectl -n "$NS" get lease "$REL" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null; }
+# The running operator pod whose replica holds the Lease (its identity is the pod name, then "-PID").
+holder_pod() {
+  local h p; h=$(lease_holder)
+  for p in $(operator_pods); do
+    if [ -n "$h" ] && { [ "$h" = "$p" ] || [[ $h == "$p-"* ]]; }; then echo "$p"; return; fi
+  done
+  return 1
+}
 operator_pods() { kubectl -n "$NS" get pods -l app.kubernetes.io/name=oauthapp-operator \
   --field-selector=status.phase=Running -o jsonpath='{range .items[*]}{.metadata.name}{" "}{end}'; }
 leader_metric() { curl -fsS --max-time 5 "http://$(pod_ip "$NS" "$1"):9090/metrics" | awk '$1 == "oauthapp_leader" {print $2}'; }
@@ -85,8 +103,7 @@ ok "helm install: both replicas Ready (image docker.io/library/oauthapp-operator
 # Exactly one replica holds the Lease and reports oauthapp_leader 1; the other reports 0.
 one_leader() {
   local holder pods p n=0
-  holder=$(lease_holder); pods=$(operator_pods)
-  [[ " $pods " == *" $holder "* ]] || return 1
+  holder=$(holder_pod) || return 1; pods=$(operator_pods)
   for p in $pods; do
     case "$p:$(leader_metric "$p")" in
       "$holder:1") n=$((n + 1)) ;;
@@ -97,7 +114,7 @@ one_leader() {
   [ "$n" = 1 ] && [ "$(wc -w <<<"$pods")" = 2 ]
 }
 until_ 60 "exactly one replica holding the Lease and reporting oauthapp_leader 1" one_leader
-leader=$(lease_holder)
+leader=$(holder_pod)
 ok "exactly one replica ($leader) holds the Lease and reports oauthapp_leader 1, the other 0"
 
 # --- an OAuthApp created with kubectl is provisioned -------------------------------------------
@@ -180,10 +197,10 @@ ok "a REST rotation through the Service ($SVC_IP) from a pod with its own Servic
 
 # --- the leader pod is deleted; a rotation requested during the handover completes once --------
 count_before=$(kubectl -n "$APPNS" get oapp portal -o jsonpath='{.status.rotationCount}')
-leader=$(lease_holder)
+leader=$(holder_pod)
 kubectl -n "$NS" delete pod "$leader" --wait=false >/dev/null
 kubectl -n "$APPNS" annotate oapp portal oauthapp.io/rotate=e2e-handover --overwrite >/dev/null
-new_leader() { local h; h=$(lease_holder); [ -n "$h" ] && [ "$h" != "$leader" ] && [ "$(leader_metric "$h")" = 1 ]; }
+new_leader() { local h; h=$(holder_pod) && [ "$h" != "$leader" ] && [ "$(leader_metric "$h")" = 1 ]; }
 until_ 90 "another replica taking the Lease after $leader was deleted" new_leader
 until_ 90 "the rotation requested during the handover applied" rotated e2e-handover
 until_ 120 "two Ready replicas again" ready
@@ -193,7 +210,7 @@ count_after=$(kubectl -n "$APPNS" get oapp portal -o jsonpath='{.status.rotation
   fail "the rotation during the handover ran $((count_after - count_before)) times, not once"
 [ "$(kubectl -n "$APPNS" get secret "$SECRET" -o jsonpath='{.metadata.annotations.oauthapp\.io/rotation-count}')" = "$count_after" ] ||
   fail "the Secret's rotation-count differs from the status"
-ok "deleting the leader pod ($leader) hands over to $(lease_holder); the rotation requested meanwhile ran exactly once"
+ok "deleting the leader pod ($leader) hands over to $(holder_pod); the rotation requested meanwhile ran exactly once"
 
 # --- helm upgrade to a new image tag, with a client rotating once a second throughout ---------
 ctr_ images tag "docker.io/library/oauthapp-operator:$tag" "docker.io/library/oauthapp-operator:$tag-e2e" >/dev/null
@@ -225,5 +242,14 @@ log "upgrade: $n rotations, $codes; connection errors: $errors, longest gap ${ga
 [ "$errors" = 0 ] || fail "the client saw $errors connection errors during the upgrade (longest gap ${gap_s}s): $(jq -c '[.[] | select(.error != null)]' <<<"$outcomes")"
 ok "helm upgrade to $tag-e2e rolled the pods; a client rotating once a second saw only 200/409 ($codes), no connection error"
 
+if [ "${KEEP_NODE:-}" != 1 ]; then
+  trap - EXIT
+  t0=$SECONDS
+  tests/node/down.sh
+  t_down=$((SECONDS - t0))
+  after=$(host_state)
+  [ "$after" = "$before" ] || fail "make node-down left this machine changed: $(diff <(echo "$before") <(echo "$after"))"
+  ok "make node-down stopped the node in ${t_down}s and left this machine as it was (iptables, links, routes, sysctls, mounts, cgroups)"
+fi
 log "timings: make image ${t_image}s, node up ${t_node}s, checks $((SECONDS - t_tests))s"
 echo "e2e: $passed passed, 0 failed"

@@ -61,7 +61,7 @@ fi
 stop containerd
 # A shim left behind by a containerd that died is found by the socket address it was given.
 for p in /proc/[0-9]*; do
-  if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "-address $CTR_SOCK "; then
+  if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF -- "-address $CTR_SOCK "; then
     kill -KILL "${p#/proc/}" 2>/dev/null
   fi
 done
@@ -85,6 +85,24 @@ rm -f /var/lib/cni/results/oauthapp-*
 # 5. Network: the bridge (its route_localnet goes with it), kube-proxy's rules, ours.
 ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
 [ -x "$bin/kube-proxy" ] && "$bin/kube-proxy" --cleanup >>"$run/logs/kube-proxy-cleanup.log" 2>&1
+# The kubelet's chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT), and anything
+# kube-proxy left: every KUBE-* chain that was not there before up.sh, jumps to it first.
+for ipt in iptables ip6tables; do
+  for table in filter nat mangle; do
+    for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
+      grep -qxF "$ipt $table $chain" "$run/iptables-chains.before" 2>/dev/null && continue
+      "$ipt" -t "$table" -S | awk -v c="$chain" '$1 == "-A" && $2 != c && / -j / && $NF == c' |
+        while read -r rule; do
+          # shellcheck disable=SC2086 # the rule as iptables -S printed it, re-split into words
+          eval "\"\$ipt\" -t \"\$table\" -D ${rule#-A }"
+        done
+      "$ipt" -t "$table" -F "$chain" 2>/dev/null
+    done
+    for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
+      grep -qxF "$ipt $table $chain" "$run/iptables-chains.before" 2>/dev/null || "$ipt" -t "$table" -X "$chain"
+    done
+  done
+done
 while iptables -C FORWARD -j "$FWD_CHAIN" 2>/dev/null; do iptables -D FORWARD -j "$FWD_CHAIN"; done
 iptables -F "$FWD_CHAIN" 2>/dev/null && iptables -X "$FWD_CHAIN"
 while iptables -t nat -C PREROUTING -j "$API_CHAIN" 2>/dev/null; do iptables -t nat -D PREROUTING -j "$API_CHAIN"; done

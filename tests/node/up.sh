@@ -109,6 +109,13 @@ client_kubeconfig kube-proxy system:kube-proxy
 client_kubeconfig kube-scheduler system:kube-scheduler
 
 # --- host settings (saved first: down.sh restores them) -----------------------------------------
+# The KUBE-* iptables chains there already (none on a clean machine): down.sh removes the others,
+# which the kubelet and kube-proxy create.
+for ipt in iptables ip6tables; do
+  for table in filter nat mangle; do
+    "$ipt" -t "$table" -S | awk -v p="$ipt $table" '$1 == "-N" && $2 ~ /^KUBE-/ {print p, $2}'
+  done
+done >"$run/iptables-chains.before"
 for s in "${SYSCTLS[@]}"; do
   echo "$s=$(sysctl -n "$s")"
 done >"$run/sysctl.saved"
@@ -185,7 +192,9 @@ ctr_ images label "$NODETOOL_IMAGE" io.cri-containerd.pinned=pinned >/dev/null
 cat >"$run/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
+# The node's address is the bridge's (the kubelet refuses a loopback node IP): on this machine
+# only, reached by the API server for logs and exec, with webhook authentication.
+address: $POD_GATEWAY
 port: 10250
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -215,7 +224,7 @@ serializeImagePulls: false
 EOF
 node_log "starting kubelet"
 start kubelet "$bin/kubelet" --config="$run/kubelet/config.yaml" --kubeconfig="$run/kubelet.kubeconfig" \
-  --root-dir="$run/kubelet/root" --cert-dir="$run/kubelet/pki" --node-ip=127.0.0.1 \
+  --root-dir="$run/kubelet/root" --cert-dir="$run/kubelet/pki" --node-ip="$POD_GATEWAY" \
   --hostname-override="$NODE_NAME"
 
 # --- kube-proxy and kube-scheduler ---------------------------------------------------------------
