@@ -176,6 +176,17 @@ CLIENT=http://$(pod_ip "$APPNS" client):8080
 SVC_IP=$(kubectl -n "$NS" get svc "$REL" -o jsonpath='{.spec.clusterIP}')
 ROTATE_URL=http://$SVC_IP:8080/api/v1/oauth-apps/$APP_ID/rotate
 
+# The kubelet is not anonymous and does not allow everything: no credentials get 401, a token of an
+# account without nodes/proxy gets 403, the API server's client certificate (kubectl logs) works.
+kubelet_url=https://$POD_GATEWAY:10250/pods
+code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 10 "$kubelet_url")
+[ "$code" = 401 ] || fail "the kubelet answered $code to an anonymous request, not 401"
+token=$(kubectl -n "$APPNS" create token e2e-client)
+code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 10 -H "Authorization: Bearer $token" "$kubelet_url")
+[ "$code" = 403 ] || fail "the kubelet answered $code to a ServiceAccount without nodes/proxy, not 403"
+kubectl -n "$NS" logs "$leader" --tail=1 >/dev/null || fail "kubectl logs (the API server to the kubelet)"
+ok "the kubelet: anonymous 401, a ServiceAccount without nodes/proxy 403, the API server's certificate (kubectl logs) allowed"
+
 # A rotation by annotation reaches the consumer's mounted file (the kubelet updates Secret volumes).
 mounted_is() { [ "$(curl -fsS --max-time 5 "$CONSUMER")" = "$1" ]; }
 old=$(secret_value "$SECRET")

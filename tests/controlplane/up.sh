@@ -119,6 +119,7 @@ cat >"$run/kube-apiserver.args" <<EOF
 --service-account-signing-key-file=$pki/sa.key
 --authorization-mode=Node,RBAC
 $(if $node; then echo "--kubelet-client-certificate=$pki/admin.crt"; echo "--kubelet-client-key=$pki/admin.key"
+  echo --kubelet-preferred-address-types=InternalIP
 else echo --disable-admission-plugins=ServiceAccount; fi)
 --allow-privileged=true
 --endpoint-reconciler-type=none
