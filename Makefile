@@ -7,7 +7,7 @@ CARGO ?= cargo
 .PHONY: help build controlplane-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache openapi schemathesis image node node-down e2e
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
 
 build: ## build the operator (debug)
 	$(CARGO) build
