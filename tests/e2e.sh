@@ -8,7 +8,7 @@
 #   KEEP_NODE=1 tests/e2e.sh   leaves the node running afterwards (make node-down stops it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
+# shellcheck source=tests/node/env.sh
 source tests/node/env.sh
 
 if ! why=$(tests/node/up.sh --check 2>&1); then

@@ -6,7 +6,9 @@
 # state directory.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tests/node/env.sh
 source "$here/env.sh"
+# shellcheck source=tests/controlplane/versions.env
 source "$here/../controlplane/versions.env"
 [ -d "$run" ] || exit 0
 bin="$cache/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
@@ -121,9 +123,9 @@ done
 
 # 8. The control plane, then the state (pod logs, kubelet and containerd roots, certificates).
 [ -d "$run/cp" ] && "$here/../controlplane/down.sh" --dir "$run/cp" 2>/dev/null
-left=$(awk -v r="$run/" 'index($2, r) == 1' /proc/self/mounts)
-if [ -n "$left" ]; then
-  node_log "mounts still under $run, not removing it:"; echo "$left" >&2; exit 1
+mounts_left=$(awk -v r="$run/" 'index($2, r) == 1' /proc/self/mounts)
+if [ -n "$mounts_left" ]; then
+  node_log "mounts still under $run, not removing it:"; echo "$mounts_left" >&2; exit 1
 fi
 rm -rf "$run"
 node_log "stopped, and the host is as it was"

@@ -13,7 +13,9 @@
 # containernetworking-plugins iptables conntrack socat umoci).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tests/node/env.sh
 source "$here/env.sh"
+# shellcheck source=tests/controlplane/versions.env
 source "$here/../controlplane/versions.env"
 images=() check=false
 while [ $# -gt 0 ]; do
