@@ -35,6 +35,7 @@ else
   done
   [ -n "$why" ] || [ -x /usr/lib/cni/bridge ] || why="the CNI plugins are not installed (/usr/lib/cni)"
   [ -n "$why" ] || [ -d /sys/fs/cgroup/memory ] || [ -f /sys/fs/cgroup/cgroup.controllers ] || why="no cgroups"
+  [ -n "$why" ] || [ -f /proc/sys/net/bridge/bridge-nf-call-iptables ] || why="the br_netfilter module is not loaded"
 fi
 if [ -n "$why" ]; then
   echo "node: this machine cannot run a node: $why" >&2
