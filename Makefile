@@ -4,10 +4,10 @@ SHELL := /bin/bash
 CP := tests/controlplane
 CARGO ?= cargo
 
-.PHONY: help build controlplane-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache openapi schemathesis
+.PHONY: help build controlplane-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache openapi schemathesis image node node-down e2e
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
 
 build: ## build the operator (debug)
 	$(CARGO) build
@@ -48,9 +48,10 @@ chart-lint: controlplane-bin ## helm lint --strict and helm template of the char
 	    || { echo "$$out" >&2; exit 1; }; \
 	done
 
-test: lint chart-lint controlplane-bin ## every test: lint, chart lint, unit and integration tests, API fuzzing
+test: lint chart-lint controlplane-bin ## every test: lint, chart lint, unit and integration tests, API fuzzing, e2e in pods
 	$(CARGO) test --all-targets --features failpoints -- --test-threads=$${TEST_THREADS:-4}
 	tests/schemathesis.sh
+	tests/e2e.sh
 
 schemathesis: controlplane-bin ## fuzz the REST API against its OpenAPI document (schemathesis, own control plane)
 	tests/schemathesis.sh
@@ -66,3 +67,15 @@ bench: controlplane-bin ## benchmarks on a local control plane, release build (~
 	$(CARGO) build --release
 	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --release --manifest-path bench/Cargo.toml
 	target/release/oauthapp-bench
+
+image: ## the operator image as an OCI archive, offline (release binary FROM scratch): target/image/
+	@scripts/image.sh >/dev/null
+
+node: ## a single-node cluster on this machine (root, containerd) with the image imported: eval the lines it prints
+	@tests/node/up.sh --image "$$(scripts/image.sh)"
+
+node-down: ## stop the node and undo every change it made to this machine
+	@tests/node/down.sh
+
+e2e: ## the chart and the image in pods on a node (make image, node up, checks, node down); skipped where no node can run
+	@tests/e2e.sh

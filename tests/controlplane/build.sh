@@ -3,7 +3,10 @@
 # modules into a version-keyed cache outside the repo, and prints the bin directory.
 # A binary is rebuilt only when it is missing or its --version is wrong.
 # KUBEBUILDER_ASSETS pointing at a folder with kube-apiserver and etcd skips those builds.
+# --node also builds what a node needs (tests/node/): kubelet, kube-proxy, kube-scheduler.
 set -euo pipefail
+node=false
+[ "${1:-}" = --node ] && node=true
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
@@ -64,5 +67,11 @@ if [ -L "$bin/etcd" ] || has_version "$bin/etcd" "etcd Version: ${ETCD_VERSION#v
 fi
 has_version "$bin/helm" "$HELM_VERSION" version --short ||
   build helm helm.sh/helm/v3/cmd/helm helm "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+if $node; then
+  for name in kubelet kube-proxy kube-scheduler; do
+    has_version "$bin/$name" "Kubernetes $K8S_VERSION" --version ||
+      build "$name" "k8s.io/kubernetes/cmd/$name" k8s "$k8s_ld"
+  done
+fi
 
 echo "$bin"

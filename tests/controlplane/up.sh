@@ -4,22 +4,26 @@
 # controllers only). Waits until it is ready, writes an admin kubeconfig and prints the lines to
 # eval. Every process is recorded by PID in the state directory; down.sh stops them.
 #
-#   up.sh [--dir DIR] [--owner-pid PID]
+#   up.sh [--dir DIR] [--owner-pid PID] [--node]
 #
 # --dir        state directory (default: the cache's controlplane/ folder). A control plane that
 #              is already running there is reused.
 # --owner-pid  stop everything as soon as process PID is gone (test runs: no process is left
 #              behind when the test binary panics, is interrupted or killed).
+# --node       for a node (tests/node/up.sh): the ServiceAccount admission plugin on (pods get
+#              their token), a client certificate for the kubelets, and the controllers pods need.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/versions.env"
 cache=${OAUTHAPP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/oauthapp-operator}
 run="$cache/controlplane"
 owner=""
+node=false
 while [ $# -gt 0 ]; do
   case $1 in
     --dir) run=$2; shift 2 ;;
     --owner-pid) owner=$2; shift 2 ;;
+    --node) node=true; shift ;;
     *) echo "up.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -114,7 +118,9 @@ cat >"$run/kube-apiserver.args" <<EOF
 --service-account-key-file=$pki/sa.pub
 --service-account-signing-key-file=$pki/sa.key
 --authorization-mode=Node,RBAC
---disable-admission-plugins=ServiceAccount
+$(if $node; then echo "--kubelet-client-certificate=$pki/admin.crt"; echo "--kubelet-client-key=$pki/admin.key"
+  echo --kubelet-preferred-address-types=InternalIP
+else echo --disable-admission-plugins=ServiceAccount; fi)
 --allow-privileged=true
 --endpoint-reconciler-type=none
 EOF
@@ -142,9 +148,11 @@ current-context: oauthapp-local
 EOF
 chmod 600 "$kubeconfig"
 
-log "starting kube-controller-manager (garbage collector, namespace, ClusterRole aggregation)"
+controllers=garbage-collector-controller,namespace-controller,clusterrole-aggregation-controller
+$node && controllers+=,deployment-controller,replicaset-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,endpointslice-controller,disruption-controller,node-lifecycle-controller
+log "starting kube-controller-manager ($controllers)"
 start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$kubeconfig" \
-  --controllers=garbage-collector-controller,namespace-controller,clusterrole-aggregation-controller \
+  --controllers="$controllers" \
   --leader-elect=false --secure-port=0 --root-ca-file="$pki/ca.crt" \
   --service-account-private-key-file="$pki/sa.key"
 
