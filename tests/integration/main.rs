@@ -3,6 +3,7 @@
 
 mod api;
 mod chart;
+mod grace;
 mod controlplane;
 mod operations;
 mod operator;
