@@ -43,6 +43,25 @@ pub struct ReadyLabels {
     pub ready: &'static str,
 }
 
+/// The reasons `oauthapp_apps_not_ready{reason}` counts by: the Ready reasons that need someone
+/// to act, and `Other` for any reason not listed (so the label stays a fixed, small set).
+pub const NOT_READY_REASONS: [&str; 4] = [
+    crate::controller::plan::reasons::SECRET_CONFLICT,
+    crate::controller::plan::reasons::SECRET_REJECTED,
+    // A client id another app already uses (issue 9).
+    "ClientIdConflict",
+    "Other",
+];
+
+/// The `reason` label for a Ready=False condition's reason: itself when listed, else `Other`.
+pub fn not_ready_reason(reason: &str) -> &'static str {
+    NOT_READY_REASONS
+        .iter()
+        .find(|r| **r == reason)
+        .copied()
+        .unwrap_or("Other")
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -61,6 +80,10 @@ pub struct Metrics {
     pub writes: Counter,
     /// Apps by Ready condition (`true`, `false`, `unknown`), as seen by the last reconcile of each.
     pub apps: Family<ReadyLabels, Gauge>,
+    /// Apps with Ready=False, by reason (one of [`NOT_READY_REASONS`]).
+    pub apps_not_ready: Family<ReasonLabels, Gauge>,
+    /// Apps whose scheduled rotation (`status.nextRotationTime`) has passed.
+    pub apps_rotation_overdue: Gauge,
     /// 1 when this replica leads (runs the controller), else 0.
     pub leader: Gauge,
     /// Unix time of the last successful rotation.
@@ -98,6 +121,8 @@ impl Metrics {
         let reconcile_errors = Family::<ReasonLabels, Counter>::default();
         let writes = Counter::default();
         let apps = Family::<ReadyLabels, Gauge>::default();
+        let apps_not_ready = Family::<ReasonLabels, Gauge>::default();
+        let apps_rotation_overdue = Gauge::default();
         let leader = Gauge::default();
         let last_rotation_timestamp = Gauge::<f64, AtomicU64>::default();
         let api_requests = Family::<RequestLabels, Counter>::default();
@@ -141,6 +166,16 @@ impl Metrics {
         );
         registry.register("apps", "OAuthApps by Ready condition", apps.clone());
         registry.register(
+            "apps_not_ready",
+            "OAuthApps with Ready=False, by reason",
+            apps_not_ready.clone(),
+        );
+        registry.register(
+            "apps_rotation_overdue",
+            "OAuthApps whose scheduled rotation time has passed",
+            apps_rotation_overdue.clone(),
+        );
+        registry.register(
             "leader",
             "1 when this replica runs the controller",
             leader.clone(),
@@ -158,6 +193,9 @@ impl Metrics {
                 });
             }
         }
+        for reason in NOT_READY_REASONS {
+            let _ = apps_not_ready.get_or_create(&ReasonLabels { reason });
+        }
         Self {
             registry,
             rotations,
@@ -167,6 +205,8 @@ impl Metrics {
             reconcile_errors,
             writes,
             apps,
+            apps_not_ready,
+            apps_rotation_overdue,
             leader,
             last_rotation_timestamp,
             api_requests,
@@ -236,6 +276,20 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn not_ready_reasons_are_a_fixed_set_with_a_zero_for_each() {
+        assert_eq!(not_ready_reason("SecretConflict"), "SecretConflict");
+        assert_eq!(not_ready_reason("ClientIdConflict"), "ClientIdConflict");
+        assert_eq!(not_ready_reason("SomethingNew"), "Other");
+        let text = Metrics::new().render();
+        for reason in NOT_READY_REASONS {
+            assert!(
+                text.contains(&format!("oauthapp_apps_not_ready{{reason=\"{reason}\"}} 0")),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 mod api;
 mod chart;
 mod controlplane;
+mod monitoring;
 mod operations;
 mod operator;
+mod plugin;
 mod support;
