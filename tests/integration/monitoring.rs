@@ -111,10 +111,10 @@ fn exported_names(text: &str) -> BTreeSet<String> {
                 _ => &[""],
             };
             names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
-        } else if !line.starts_with('#') {
-            if let Some(name) = line.split(['{', ' ']).next() {
-                names.insert(name.to_string());
-            }
+        } else if !line.starts_with('#')
+            && let Some(name) = line.split(['{', ' ']).next()
+        {
+            names.insert(name.to_string());
         }
     }
     names
