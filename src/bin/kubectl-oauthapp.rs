@@ -16,7 +16,7 @@ use serde::Serialize;
 
 /// Rotate, inspect and verify OAuthApp client secrets.
 #[derive(Parser, Debug)]
-#[command(name = "kubectl oauthapp", version)]
+#[command(name = "kubectl oauthapp", bin_name = "kubectl oauthapp", version)]
 struct Cli {
     /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
     #[arg(long, global = true)]
