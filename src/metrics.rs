@@ -193,6 +193,9 @@ impl Metrics {
                 });
             }
         }
+        for reason in crate::error::Error::REASONS {
+            let _ = reconcile_errors.get_or_create(&ReasonLabels { reason });
+        }
         for reason in NOT_READY_REASONS {
             let _ = apps_not_ready.get_or_create(&ReasonLabels { reason });
         }
@@ -284,6 +287,10 @@ mod tests {
         assert_eq!(not_ready_reason("ClientIdConflict"), "ClientIdConflict");
         assert_eq!(not_ready_reason("SomethingNew"), "Other");
         let text = Metrics::new().render();
+        assert!(
+            text.contains("oauthapp_reconcile_errors_total{reason=\"KubeError\"} 0"),
+            "{text}"
+        );
         for reason in NOT_READY_REASONS {
             assert!(
                 text.contains(&format!("oauthapp_apps_not_ready{{reason=\"{reason}\"}} 0")),
