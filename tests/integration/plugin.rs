@@ -344,3 +344,44 @@ async fn status_id_and_find_show_what_support_needs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no OAuthApp has"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn verify_refuses_a_status_hash_it_cannot_trust_and_says_why() {
+    // No operator: the status is whatever someone with status access wrote.
+    let ns = namespace("plugin-verify-untrusted");
+    let cp = control_plane();
+    apply(&ns, &app_manifest("billing", ""));
+    let generated = oauthapp_operator::secret::ClientSecret::generate().expect("a secret");
+    let secret = generated.expose();
+
+    let out = plugin_as(&cp.kubeconfig, &["verify", "billing", "-n", &ns], secret);
+    assert_eq!(out.status.code(), Some(2), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains("has no status.clientSecretHash yet"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A hash that asks argon2 for 4 GiB: refused before any hashing, with the reason.
+    let greedy =
+        "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHRzYWx0c2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let patch = serde_json::json!({"status": {"clientSecretHash": greedy}}).to_string();
+    cp.kubectl_ok(&[
+        "patch",
+        "oapp",
+        "billing",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    let out = plugin_as(&cp.kubeconfig, &["verify", "billing", "-n", &ns], secret);
+    assert_eq!(out.status.code(), Some(2), "{}{}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("refusing to verify") && err.contains("m=4194304"),
+        "{err}"
+    );
+}
