@@ -385,3 +385,56 @@ async fn verify_refuses_a_status_hash_it_cannot_trust_and_says_why() {
         "{err}"
     );
 }
+
+#[test]
+fn kubeconfig_and_context_flags_choose_the_cluster_as_kubectl_does() {
+    let ns = namespace("plugin-context");
+    let cp = control_plane();
+    apply(&ns, &app_manifest("billing", ""));
+    // A copy of the kubeconfig whose current context points at nothing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("kubeconfig");
+    std::fs::copy(&cp.kubeconfig, &copy).expect("copy kubeconfig");
+    let good = stdout(&cp.kubectl_as(&copy, &["config", "current-context"]))
+        .trim()
+        .to_string();
+    let user = stdout(&cp.kubectl_as(&copy, &["config", "view", "-o", "jsonpath={.users[0].name}"]));
+    for args in [
+        vec!["config", "set-cluster", "nowhere", "--server=https://127.0.0.1:1"],
+        vec![
+            "config",
+            "set-context",
+            "nowhere",
+            "--cluster=nowhere",
+            "--user",
+            user.trim(),
+        ],
+        vec!["config", "use-context", "nowhere"],
+    ] {
+        let out = cp.kubectl_as(&copy, &args);
+        assert!(out.status.success(), "kubectl {args:?}: {}", stderr(&out));
+    }
+    let elsewhere = Path::new("/nonexistent/kubeconfig");
+
+    // KUBECONFIG points nowhere useful; --kubeconfig and --context pick the working cluster.
+    let status = ["status", "-n", ns.as_str()];
+    let out = plugin_as(
+        elsewhere,
+        &[
+            &["--kubeconfig", copy.to_str().expect("utf-8"), "--context", &good][..],
+            &status,
+        ]
+        .concat(),
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("billing"), "{}", stdout(&out));
+    // The current context of that file is the broken one: without --context, a clear error.
+    let out = plugin_as(&copy, &status, "");
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stderr(&out).starts_with("error: listing OAuthApps"),
+        "{}",
+        stderr(&out)
+    );
+}
