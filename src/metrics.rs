@@ -8,7 +8,7 @@ use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::crd::RotationTrigger;
+use crate::crd::{OAuthApp, RotationTrigger};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RotationLabels {
@@ -60,6 +60,42 @@ pub fn not_ready_reason(reason: &str) -> &'static str {
         .find(|r| **r == reason)
         .copied()
         .unwrap_or("Other")
+}
+
+/// The app gauges, counted from a set of apps.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AppCounts {
+    pub ready: i64,
+    pub not_ready: i64,
+    pub unknown: i64,
+    /// Ready=False apps by reason, in the order of [`NOT_READY_REASONS`].
+    pub not_ready_by_reason: [i64; NOT_READY_REASONS.len()],
+    /// Apps whose `status.nextRotationTime` is before `now`.
+    pub rotation_overdue: i64,
+}
+
+impl AppCounts {
+    pub fn of<'a>(apps: impl IntoIterator<Item = &'a OAuthApp>, now: jiff::Timestamp) -> AppCounts {
+        let mut counts = AppCounts::default();
+        for app in apps {
+            match app.ready_condition() {
+                Some(c) if c.status == "True" => counts.ready += 1,
+                Some(c) if c.status == "False" => {
+                    counts.not_ready += 1;
+                    let reason = not_ready_reason(&c.reason);
+                    if let Some(i) = NOT_READY_REASONS.iter().position(|r| *r == reason) {
+                        counts.not_ready_by_reason[i] += 1;
+                    }
+                }
+                _ => counts.unknown += 1,
+            }
+            let next = app.status.as_ref().and_then(|st| st.next_rotation_time.as_ref());
+            if next.is_some_and(|t| t.0 < now) {
+                counts.rotation_overdue += 1;
+            }
+        }
+        counts
+    }
 }
 
 /// Every metric the operator exports.
@@ -251,6 +287,22 @@ impl Metrics {
         }
     }
 
+    /// Sets the app gauges (`oauthapp_apps`, `oauthapp_apps_not_ready`,
+    /// `oauthapp_apps_rotation_overdue`).
+    pub fn set_app_counts(&self, counts: &AppCounts) {
+        for (ready, n) in [
+            ("true", counts.ready),
+            ("false", counts.not_ready),
+            ("unknown", counts.unknown),
+        ] {
+            self.apps.get_or_create(&ReadyLabels { ready }).set(n);
+        }
+        for (reason, n) in NOT_READY_REASONS.into_iter().zip(counts.not_ready_by_reason) {
+            self.apps_not_ready.get_or_create(&ReasonLabels { reason }).set(n);
+        }
+        self.apps_rotation_overdue.set(counts.rotation_overdue);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -297,6 +349,64 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn apps_are_counted_by_ready_reason_and_overdue_schedule() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        let now = jiff::Timestamp::from_second(1_800_000_000).expect("timestamp");
+        let app = |ready: Option<(&str, &str)>, next_in_secs: Option<i64>| {
+            let mut app = OAuthApp::new("a", Default::default());
+            app.status = Some(crate::crd::OAuthAppStatus {
+                conditions: ready
+                    .map(|(status, reason)| Condition {
+                        type_: "Ready".into(),
+                        status: status.into(),
+                        reason: reason.into(),
+                        message: String::new(),
+                        last_transition_time: Time(now),
+                        observed_generation: None,
+                    })
+                    .into_iter()
+                    .collect(),
+                next_rotation_time: next_in_secs.map(|s| Time(now + jiff::SignedDuration::from_secs(s))),
+                ..Default::default()
+            });
+            app
+        };
+        let apps = [
+            app(Some(("True", "SecretReady")), Some(60)),
+            app(Some(("True", "SecretReady")), Some(-1)),
+            app(Some(("False", "SecretConflict")), Some(-3600)),
+            app(Some(("False", "SecretConflict")), None),
+            app(Some(("False", "ClientIdConflict")), None),
+            app(Some(("False", "SomethingNew")), None),
+            app(None, None),
+        ];
+        let counts = AppCounts::of(&apps, now);
+        assert_eq!(
+            counts,
+            AppCounts {
+                ready: 2,
+                not_ready: 4,
+                unknown: 1,
+                not_ready_by_reason: [2, 0, 1, 1],
+                rotation_overdue: 2,
+            }
+        );
+        let m = Metrics::new();
+        m.set_app_counts(&counts);
+        let text = m.render();
+        assert!(
+            text.contains("oauthapp_apps_not_ready{reason=\"SecretConflict\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("oauthapp_apps_not_ready{reason=\"Other\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("oauthapp_apps_rotation_overdue 2"), "{text}");
+        assert!(text.contains("oauthapp_apps{ready=\"unknown\"} 1"), "{text}");
     }
 
     #[test]
