@@ -232,9 +232,15 @@ async fn every_metric_the_alerts_and_the_dashboard_use_is_exported_by_a_running_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // And the alerts' gauge counts what it says: the app whose Secret name is taken.
-    eventually("oauthapp_apps_not_ready{reason=SecretConflict} 1", WAIT, || async {
-        let n = operator.metric(r#"oauthapp_apps_not_ready{reason="SecretConflict"}"#).await?;
-        (n == 1.0).then_some(())
-    })
+    eventually(
+        "oauthapp_apps_not_ready{reason=SecretConflict} 1",
+        WAIT,
+        || async {
+            let n = operator
+                .metric(r#"oauthapp_apps_not_ready{reason="SecretConflict"}"#)
+                .await?;
+            (n == 1.0).then_some(())
+        },
+    )
     .await;
 }
