@@ -12,6 +12,10 @@ help: ## list the targets
 build: ## build the operator (debug)
 	$(CARGO) build
 
+.PHONY: install-plugin promtool
+install-plugin: ## install the kubectl plugin (`kubectl oauthapp`) into ~/.cargo/bin
+	$(CARGO) install --locked --path . --bin kubectl-oauthapp
+
 controlplane-bin: ## build the pinned kube-apiserver, kube-controller-manager, kubectl, etcd and helm (cached)
 	@$(CP)/build.sh >/dev/null
 
@@ -40,6 +44,8 @@ chart-lint: controlplane-bin ## helm lint --strict and helm template of the char
 	@set -euo pipefail; helm="$$($(CP)/build.sh)/helm"; \
 	cmp -s crds/oauthapps.oauthapp.io.yaml $(CHART)/crds/oauthapps.oauthapp.io.yaml \
 	  || { echo "$(CHART)/crds/ differs from crds/: run make crds" >&2; exit 1; }; \
+	cmp -s docs/grafana-dashboard.json $(CHART)/dashboards/oauthapp-operator.json \
+	  || { echo "docs/grafana-dashboard.json differs from $(CHART)/dashboards/oauthapp-operator.json: copy the chart's" >&2; exit 1; }; \
 	for values in "" $(CHART)/ci/*-values.yaml; do \
 	  args=$${values:+--values $$values}; \
 	  echo "chart-lint: $${values:-default values}"; \
@@ -48,7 +54,17 @@ chart-lint: controlplane-bin ## helm lint --strict and helm template of the char
 	    || { echo "$$out" >&2; exit 1; }; \
 	done
 
-test: lint chart-lint controlplane-bin ## every test: lint, chart lint, unit and integration tests, API fuzzing, e2e in pods
+promtool: controlplane-bin ## promtool check rules and test rules (tests/promtool/) on the chart's PrometheusRule; promtool built from Go modules, cached
+	@set -euo pipefail; helm="$$($(CP)/build.sh)/helm"; promtool="$$(tests/tools/promtool.sh)"; \
+	dir=$$(mktemp -d); trap 'rm -rf "$$dir"' EXIT; \
+	"$$helm" template oauthapp-operator $(CHART) --namespace oauthapp-system \
+	  --values $(CHART)/ci/monitoring-values.yaml --show-only templates/prometheusrule.yaml \
+	  | sed -n '/^spec:$$/,$$p' | tail -n +2 | sed 's/^  //' > "$$dir/rules.yaml"; \
+	cp tests/promtool/*-test.yaml "$$dir/"; \
+	"$$promtool" check rules "$$dir/rules.yaml"; \
+	"$$promtool" test rules "$$dir"/*-test.yaml
+
+test: lint chart-lint promtool controlplane-bin ## every test: lint, chart lint, alert rules, unit and integration tests, API fuzzing, e2e in pods
 	$(CARGO) test --all-targets --features failpoints -- --test-threads=$${TEST_THREADS:-4}
 	tests/schemathesis.sh
 	tests/e2e.sh

@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::metrics::{Metrics, ReadyLabels};
+use crate::metrics::{AppCounts, Metrics};
 use crate::watches::Watches;
 
 #[derive(Clone)]
@@ -40,26 +40,11 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     // Apps by Ready condition, counted from the cache at scrape time: always exact, no
     // bookkeeping on deletes.
-    let (mut ready, mut not_ready, mut unknown) = (0, 0, 0);
-    for app in s.watches.apps() {
-        match app.ready_condition().map(|c| c.status.as_str()) {
-            Some("True") => ready += 1,
-            Some("False") => not_ready += 1,
-            _ => unknown += 1,
-        }
-    }
-    s.metrics
-        .apps
-        .get_or_create(&ReadyLabels { ready: "true" })
-        .set(ready);
-    s.metrics
-        .apps
-        .get_or_create(&ReadyLabels { ready: "false" })
-        .set(not_ready);
-    s.metrics
-        .apps
-        .get_or_create(&ReadyLabels { ready: "unknown" })
-        .set(unknown);
+    let apps = s.watches.apps();
+    s.metrics.set_app_counts(&AppCounts::of(
+        apps.iter().map(|a| a.as_ref()),
+        jiff::Timestamp::now(),
+    ));
     (
         [(
             header::CONTENT_TYPE,

@@ -39,6 +39,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every [`Error::reason`], for metrics that want a zero for each (so a dashboard or an alert
+    /// sees the series before the first error). A new variant's reason goes here too.
+    pub const REASONS: [&'static str; 9] = [
+        "KubeError",
+        "NotFound",
+        "SecretConflict",
+        "SecretRejected",
+        "Conflict",
+        "HashError",
+        "RandomError",
+        "MissingUid",
+        "Internal",
+    ];
+
     /// A short fixed name for metrics labels and log fields.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -97,6 +111,28 @@ pub fn redact(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::secret::ClientSecret;
+
+    #[test]
+    fn every_reason_is_listed_in_reasons() {
+        let s = String::new;
+        for e in [
+            Error::NotFound(s()),
+            Error::SecretConflict {
+                secret: s(),
+                app: s(),
+            },
+            Error::SecretRejected {
+                secret: s(),
+                message: s(),
+            },
+            Error::Conflict(s()),
+            Error::Hash(crate::secret::HashError::IncompletePhc),
+            Error::MissingUid(s()),
+            Error::Internal(s()),
+        ] {
+            assert!(Error::REASONS.contains(&e.reason()), "{}", e.reason());
+        }
+    }
 
     #[test]
     fn redact_removes_secrets_and_keeps_the_rest() {

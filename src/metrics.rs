@@ -8,7 +8,7 @@ use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::crd::RotationTrigger;
+use crate::crd::{OAuthApp, RotationTrigger};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RotationLabels {
@@ -43,6 +43,61 @@ pub struct ReadyLabels {
     pub ready: &'static str,
 }
 
+/// The reasons `oauthapp_apps_not_ready{reason}` counts by: the Ready reasons that need someone
+/// to act, and `Other` for any reason not listed (so the label stays a fixed, small set).
+pub const NOT_READY_REASONS: [&str; 4] = [
+    crate::controller::plan::reasons::SECRET_CONFLICT,
+    crate::controller::plan::reasons::SECRET_REJECTED,
+    // A client id another app already uses (issue 9).
+    "ClientIdConflict",
+    "Other",
+];
+
+/// The `reason` label for a Ready=False condition's reason: itself when listed, else `Other`.
+pub fn not_ready_reason(reason: &str) -> &'static str {
+    NOT_READY_REASONS
+        .iter()
+        .find(|r| **r == reason)
+        .copied()
+        .unwrap_or("Other")
+}
+
+/// The app gauges, counted from a set of apps.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AppCounts {
+    pub ready: i64,
+    pub not_ready: i64,
+    pub unknown: i64,
+    /// Ready=False apps by reason, in the order of [`NOT_READY_REASONS`].
+    pub not_ready_by_reason: [i64; NOT_READY_REASONS.len()],
+    /// Apps whose `status.nextRotationTime` is before `now`.
+    pub rotation_overdue: i64,
+}
+
+impl AppCounts {
+    pub fn of<'a>(apps: impl IntoIterator<Item = &'a OAuthApp>, now: jiff::Timestamp) -> AppCounts {
+        let mut counts = AppCounts::default();
+        for app in apps {
+            match app.ready_condition() {
+                Some(c) if c.status == "True" => counts.ready += 1,
+                Some(c) if c.status == "False" => {
+                    counts.not_ready += 1;
+                    let reason = not_ready_reason(&c.reason);
+                    if let Some(i) = NOT_READY_REASONS.iter().position(|r| *r == reason) {
+                        counts.not_ready_by_reason[i] += 1;
+                    }
+                }
+                _ => counts.unknown += 1,
+            }
+            let next = app.status.as_ref().and_then(|st| st.next_rotation_time.as_ref());
+            if next.is_some_and(|t| t.0 < now) {
+                counts.rotation_overdue += 1;
+            }
+        }
+        counts
+    }
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -61,6 +116,10 @@ pub struct Metrics {
     pub writes: Counter,
     /// Apps by Ready condition (`true`, `false`, `unknown`), as seen by the last reconcile of each.
     pub apps: Family<ReadyLabels, Gauge>,
+    /// Apps with Ready=False, by reason (one of [`NOT_READY_REASONS`]).
+    pub apps_not_ready: Family<ReasonLabels, Gauge>,
+    /// Apps whose scheduled rotation (`status.nextRotationTime`) has passed.
+    pub apps_rotation_overdue: Gauge,
     /// 1 when this replica leads (runs the controller), else 0.
     pub leader: Gauge,
     /// Unix time of the last successful rotation.
@@ -98,6 +157,8 @@ impl Metrics {
         let reconcile_errors = Family::<ReasonLabels, Counter>::default();
         let writes = Counter::default();
         let apps = Family::<ReadyLabels, Gauge>::default();
+        let apps_not_ready = Family::<ReasonLabels, Gauge>::default();
+        let apps_rotation_overdue = Gauge::default();
         let leader = Gauge::default();
         let last_rotation_timestamp = Gauge::<f64, AtomicU64>::default();
         let api_requests = Family::<RequestLabels, Counter>::default();
@@ -141,6 +202,16 @@ impl Metrics {
         );
         registry.register("apps", "OAuthApps by Ready condition", apps.clone());
         registry.register(
+            "apps_not_ready",
+            "OAuthApps with Ready=False, by reason",
+            apps_not_ready.clone(),
+        );
+        registry.register(
+            "apps_rotation_overdue",
+            "OAuthApps whose scheduled rotation time has passed",
+            apps_rotation_overdue.clone(),
+        );
+        registry.register(
             "leader",
             "1 when this replica runs the controller",
             leader.clone(),
@@ -158,6 +229,12 @@ impl Metrics {
                 });
             }
         }
+        for reason in crate::error::Error::REASONS {
+            let _ = reconcile_errors.get_or_create(&ReasonLabels { reason });
+        }
+        for reason in NOT_READY_REASONS {
+            let _ = apps_not_ready.get_or_create(&ReasonLabels { reason });
+        }
         Self {
             registry,
             rotations,
@@ -167,6 +244,8 @@ impl Metrics {
             reconcile_errors,
             writes,
             apps,
+            apps_not_ready,
+            apps_rotation_overdue,
             leader,
             last_rotation_timestamp,
             api_requests,
@@ -208,6 +287,22 @@ impl Metrics {
         }
     }
 
+    /// Sets the app gauges (`oauthapp_apps`, `oauthapp_apps_not_ready`,
+    /// `oauthapp_apps_rotation_overdue`).
+    pub fn set_app_counts(&self, counts: &AppCounts) {
+        for (ready, n) in [
+            ("true", counts.ready),
+            ("false", counts.not_ready),
+            ("unknown", counts.unknown),
+        ] {
+            self.apps.get_or_create(&ReadyLabels { ready }).set(n);
+        }
+        for (reason, n) in NOT_READY_REASONS.into_iter().zip(counts.not_ready_by_reason) {
+            self.apps_not_ready.get_or_create(&ReasonLabels { reason }).set(n);
+        }
+        self.apps_rotation_overdue.set(counts.rotation_overdue);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -236,6 +331,82 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn not_ready_reasons_are_a_fixed_set_with_a_zero_for_each() {
+        assert_eq!(not_ready_reason("SecretConflict"), "SecretConflict");
+        assert_eq!(not_ready_reason("ClientIdConflict"), "ClientIdConflict");
+        assert_eq!(not_ready_reason("SomethingNew"), "Other");
+        let text = Metrics::new().render();
+        assert!(
+            text.contains("oauthapp_reconcile_errors_total{reason=\"KubeError\"} 0"),
+            "{text}"
+        );
+        for reason in NOT_READY_REASONS {
+            assert!(
+                text.contains(&format!("oauthapp_apps_not_ready{{reason=\"{reason}\"}} 0")),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn apps_are_counted_by_ready_reason_and_overdue_schedule() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        let now = jiff::Timestamp::from_second(1_800_000_000).expect("timestamp");
+        let app = |ready: Option<(&str, &str)>, next_in_secs: Option<i64>| {
+            let mut app = OAuthApp::new("a", Default::default());
+            app.status = Some(crate::crd::OAuthAppStatus {
+                conditions: ready
+                    .map(|(status, reason)| Condition {
+                        type_: "Ready".into(),
+                        status: status.into(),
+                        reason: reason.into(),
+                        message: String::new(),
+                        last_transition_time: Time(now),
+                        observed_generation: None,
+                    })
+                    .into_iter()
+                    .collect(),
+                next_rotation_time: next_in_secs.map(|s| Time(now + jiff::SignedDuration::from_secs(s))),
+                ..Default::default()
+            });
+            app
+        };
+        let apps = [
+            app(Some(("True", "SecretReady")), Some(60)),
+            app(Some(("True", "SecretReady")), Some(-1)),
+            app(Some(("False", "SecretConflict")), Some(-3600)),
+            app(Some(("False", "SecretConflict")), None),
+            app(Some(("False", "ClientIdConflict")), None),
+            app(Some(("False", "SomethingNew")), None),
+            app(None, None),
+        ];
+        let counts = AppCounts::of(&apps, now);
+        assert_eq!(
+            counts,
+            AppCounts {
+                ready: 2,
+                not_ready: 4,
+                unknown: 1,
+                not_ready_by_reason: [2, 0, 1, 1],
+                rotation_overdue: 2,
+            }
+        );
+        let m = Metrics::new();
+        m.set_app_counts(&counts);
+        let text = m.render();
+        assert!(
+            text.contains("oauthapp_apps_not_ready{reason=\"SecretConflict\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("oauthapp_apps_not_ready{reason=\"Other\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("oauthapp_apps_rotation_overdue 2"), "{text}");
+        assert!(text.contains("oauthapp_apps{ready=\"unknown\"} 1"), "{text}");
     }
 
     #[test]

@@ -1,0 +1,405 @@
+//! `kubectl oauthapp`: rotate, inspect and verify OAuthApps from kubectl. Uses the current
+//! kubeconfig and context, like kubectl. The logic is in `oauthapp_operator::plugin`.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use oauthapp_operator::plugin::commands::{self, RotateOptions, Scope};
+use oauthapp_operator::plugin::{self, AppRow, FindKey, MAX_STDIN_BYTES, Verdict};
+use serde::Serialize;
+
+/// Rotate, inspect and verify OAuthApp client secrets.
+#[derive(Parser, Debug)]
+#[command(name = "kubectl oauthapp", bin_name = "kubectl oauthapp", version)]
+struct Cli {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// The namespace (default: the context's namespace, else `default`).
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
+    /// Output format: a human-readable table (default), json or yaml.
+    #[arg(short, long, global = true)]
+    output: Option<Format>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Format {
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Rotate the client secret of the named apps, or of every app a selector matches.
+    ///
+    /// Sets a fresh value of the `oauthapp.io/rotate` annotation on each app and waits until the
+    /// operator has acted on it; prints each app's new hint, rotation id and trigger. Exits
+    /// non-zero if any app failed or timed out.
+    Rotate {
+        /// Apps to rotate (in the namespace).
+        names: Vec<String>,
+        /// Rotate every app with these labels (e.g. `team=payments`).
+        #[arg(short = 'l', long = "selector")]
+        selector: Option<String>,
+        /// With --selector: in every namespace.
+        #[arg(short = 'A', long = "all-namespaces")]
+        all_namespaces: bool,
+        /// Wait until the operator has rotated each app.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        wait: bool,
+        /// How long to wait for each app (e.g. `30s`, `2m`).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// How many apps to rotate at a time.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
+    },
+    /// Show apps: a table, or a detailed view (with recent Events) of one app.
+    Status {
+        /// One app to show in detail.
+        name: Option<String>,
+        /// Only apps with these labels.
+        #[arg(short = 'l', long = "selector")]
+        selector: Option<String>,
+        /// Apps in every namespace.
+        #[arg(short = 'A', long = "all-namespaces")]
+        all_namespaces: bool,
+    },
+    /// Check a client secret, read from stdin, against the app's status hash (locally).
+    ///
+    /// Exit 0 when it is the app's current secret, 1 when it is not, 2 when it cannot be checked.
+    /// Needs read access to the OAuthApp only, never to its Secret.
+    Verify {
+        /// The app.
+        name: String,
+    },
+    /// Print the app id (as the REST API knows the app) of a resource.
+    Id {
+        /// The app.
+        name: String,
+    },
+    /// Find the resource behind an app id (`app_…`), a uid or a client id, in every namespace
+    /// (or only in --namespace).
+    Find {
+        /// An app id, a resource uid or a client id.
+        id: String,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s or 2m"))?;
+    match unit {
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?} is not a duration like 30s or 2m")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The client, and the namespace to use when none was given.
+async fn connect(cli: &Cli) -> anyhow::Result<(Client, String)> {
+    let options = KubeConfigOptions {
+        context: cli.context.clone(),
+        ..Default::default()
+    };
+    let config = match (&cli.kubeconfig, &cli.context) {
+        (Some(path), _) => {
+            let kubeconfig =
+                Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &options).await?
+        }
+        (None, Some(_)) => Config::from_kubeconfig(&options).await?,
+        (None, None) => Config::infer().await?,
+    };
+    let namespace = config.default_namespace.clone();
+    Ok((Client::try_from(config)?, namespace))
+}
+
+fn print<T: Serialize>(format: Format, value: &T) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Format::Yaml => print!("{}", serde_norway::to_string(value)?),
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (client, default_ns) = connect(&cli).await?;
+    let namespace = cli.namespace.clone().unwrap_or(default_ns);
+    let scope = |all: bool| {
+        if all {
+            Scope::All
+        } else {
+            Scope::Namespace(namespace.clone())
+        }
+    };
+    match cli.command {
+        Command::Rotate {
+            names,
+            selector,
+            all_namespaces,
+            wait,
+            timeout,
+            concurrency,
+        } => {
+            let targets: Vec<(String, String)> = match (names.is_empty(), selector) {
+                (false, None) if !all_namespaces => {
+                    names.into_iter().map(|n| (namespace.clone(), n)).collect()
+                }
+                (true, Some(selector)) => commands::list(&client, &scope(all_namespaces), Some(&selector))
+                    .await?
+                    .into_iter()
+                    .map(|a| {
+                        (
+                            a.metadata.namespace.unwrap_or_default(),
+                            a.metadata.name.unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+                _ => bail!("give app names, or -l SELECTOR (with -A for every namespace)"),
+            };
+            if targets.is_empty() {
+                bail!("no OAuthApp matches the selector");
+            }
+            let options = RotateOptions {
+                wait,
+                timeout,
+                concurrency: usize::from(concurrency),
+            };
+            let outcomes = commands::rotate(&client, targets, &options).await;
+            if let Some(format) = cli.output {
+                print(format, &outcomes)?;
+            } else {
+                let rows: Vec<Vec<String>> = outcomes
+                    .iter()
+                    .map(|o| {
+                        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                        vec![
+                            o.namespace.clone(),
+                            o.name.clone(),
+                            o.result.to_string(),
+                            dash(&o.hint),
+                            dash(&o.rotation_id),
+                            dash(&o.trigger),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    plugin::table(
+                        &["NAMESPACE", "NAME", "RESULT", "HINT", "ROTATION ID", "TRIGGER"],
+                        &rows
+                    )
+                );
+            }
+            let mut failed = 0;
+            for o in outcomes.iter().filter(|o| !o.ok()) {
+                failed += 1;
+                eprintln!(
+                    "error: {}/{}: {}",
+                    o.namespace,
+                    o.name,
+                    o.error.as_deref().unwrap_or(o.result)
+                );
+            }
+            if failed > 0 {
+                eprintln!("{failed} of {} rotations did not complete", outcomes.len());
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { name: Some(name), .. } => {
+            let app = commands::get(&client, &namespace, &name).await?;
+            let row = AppRow::of(&app);
+            let events = commands::events(&client, &app, 10).await;
+            if let Some(format) = cli.output {
+                #[derive(Serialize)]
+                struct Detail<'a> {
+                    #[serde(flatten)]
+                    row: &'a AppRow,
+                    events: &'a [commands::EventLine],
+                }
+                let events = events.as_deref().unwrap_or_default();
+                print(format, &Detail { row: &row, events })?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            print!("{}", detail(&app, &row));
+            match events {
+                Ok(events) if events.is_empty() => println!("Events:          <none>"),
+                Ok(events) => {
+                    println!("Events:");
+                    let rows: Vec<Vec<String>> = events
+                        .into_iter()
+                        .map(|e| vec![e.time, e.type_, e.reason, e.message])
+                        .collect();
+                    for line in plugin::table(&["TIME", "TYPE", "REASON", "MESSAGE"], &rows).lines() {
+                        println!("  {line}");
+                    }
+                }
+                Err(e) => println!("Events:          (not shown: {e})"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            name: None,
+            selector,
+            all_namespaces,
+        } => {
+            let apps = commands::list(&client, &scope(all_namespaces), selector.as_deref()).await?;
+            let rows: Vec<AppRow> = apps.iter().map(AppRow::of).collect();
+            if let Some(format) = cli.output {
+                print(format, &rows)?;
+            } else if rows.is_empty() {
+                eprintln!("No OAuthApps found.");
+            } else {
+                print!("{}", plugin::status_table(&rows, all_namespaces));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { name } => {
+            let app = commands::get(&client, &namespace, &name).await?;
+            if std::io::stdin().is_terminal() {
+                eprintln!("Paste the client secret, then press Enter and Ctrl-D:");
+            }
+            let mut input = String::new();
+            std::io::stdin()
+                .take(MAX_STDIN_BYTES)
+                .read_to_string(&mut input)
+                .context("reading the client secret from stdin")?;
+            let qualified = format!("{namespace}/{name}");
+            let hash = app.status.as_ref().and_then(|s| s.client_secret_hash.as_deref());
+            let hint = app
+                .status
+                .as_ref()
+                .and_then(|s| s.client_secret_hint.clone())
+                .unwrap_or_default();
+            match plugin::verify(&qualified, input.trim(), hash)? {
+                Verdict::Current => {
+                    println!("match: the current client secret of {qualified} (hint {hint})");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Verdict::NoMatch { why } => {
+                    let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
+                    println!("no match: not the current client secret of {qualified} (hint {hint}){why}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Id { name } => {
+            let app = commands::get(&client, &namespace, &name).await?;
+            let row = AppRow::of(&app);
+            match cli.output {
+                Some(format) => print(format, &IdLine::of(&row))?,
+                None => println!("{}", row.app_id.as_deref().unwrap_or("-")),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Find { id } => {
+            let scope = match cli.namespace {
+                Some(ns) => Scope::Namespace(ns),
+                None => Scope::All,
+            };
+            let found = commands::find(&client, &scope, &FindKey::parse(&id)).await?;
+            let lines: Vec<IdLine> = found.iter().map(|a| IdLine::of(&AppRow::of(a))).collect();
+            if let Some(format) = cli.output {
+                print(format, &lines)?;
+            } else if !lines.is_empty() {
+                let rows: Vec<Vec<String>> = lines
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            l.namespace.clone(),
+                            l.name.clone(),
+                            l.app_id.clone().unwrap_or_default(),
+                            l.client_id.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    plugin::table(&["NAMESPACE", "NAME", "APP ID", "CLIENT ID"], &rows)
+                );
+            }
+            if lines.is_empty() {
+                eprintln!("no OAuthApp has app id, uid or client id {id:?}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IdLine {
+    namespace: String,
+    name: String,
+    app_id: Option<String>,
+    client_id: Option<String>,
+}
+
+impl IdLine {
+    fn of(row: &AppRow) -> IdLine {
+        IdLine {
+            namespace: row.namespace.clone(),
+            name: row.name.clone(),
+            app_id: row.app_id.clone(),
+            client_id: row.client_id.clone(),
+        }
+    }
+}
+
+fn detail(app: &oauthapp_operator::crd::OAuthApp, row: &AppRow) -> String {
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let ready = match &row.message {
+        Some(m) => format!("{}: {m}", row.ready_text()),
+        None => row.ready_text(),
+    };
+    let last = match (&row.last_rotation, &row.trigger) {
+        (Some(t), Some(trigger)) => format!("{t} ({trigger})"),
+        (t, _) => dash(t),
+    };
+    [
+        ("Name", row.name.clone()),
+        ("Namespace", row.namespace.clone()),
+        ("App ID", dash(&row.app_id)),
+        ("Client ID", dash(&row.client_id)),
+        ("Secret", app.secret_name()),
+        ("Hint", dash(&row.hint)),
+        ("Rotation ID", dash(&row.rotation_id)),
+        ("Rotations", row.rotation_count.to_string()),
+        ("Last rotation", last),
+        ("Next rotation", dash(&row.next_rotation)),
+        ("Ready", ready),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{:<17}{v}\n", format!("{k}:")))
+    .collect()
+}
