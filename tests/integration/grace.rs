@@ -5,8 +5,6 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
-use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use oauthapp_operator::crd::{OAuthApp, OAuthAppStatus};
 use oauthapp_operator::secret;
@@ -78,14 +76,10 @@ impl Setup {
     }
 
     async fn reasons(&self) -> Vec<String> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
-        events
-            .list(&ListParams::default())
+        events_about(&self.client, &self.ns, "demo")
             .await
-            .expect("list events")
-            .items
             .into_iter()
-            .filter_map(|e| e.reason)
+            .map(|(_, reason, _)| reason)
             .collect()
     }
 
@@ -106,7 +100,12 @@ fn plaintext(secret: &Secret) -> String {
 /// previous one while the status shows it.
 fn valid(status: &OAuthAppStatus, candidates: &[&str]) -> Vec<String> {
     let mut hashes = vec![status.client_secret_hash.clone().expect("hash")];
-    hashes.extend(status.previous_secret.as_ref().map(|p| p.client_secret_hash.clone()));
+    hashes.extend(
+        status
+            .previous_secret
+            .as_ref()
+            .map(|p| p.client_secret_hash.clone()),
+    );
     candidates
         .iter()
         .filter(|c| hashes.iter().any(|h| secret::verify(c, h).expect("PHC")))
@@ -122,12 +121,24 @@ async fn a_routine_rotation_keeps_the_previous_secret_valid_until_its_expiry() {
 
     s.rotate("routine-1", &[]);
     let (status, new) = s.settled(2).await;
-    let previous = status.previous_secret.clone().expect("the previous secret is kept");
+    let previous = status
+        .previous_secret
+        .clone()
+        .expect("the previous secret is kept");
     assert_eq!(Some(previous.rotation_id.clone()), first.rotation_id);
-    assert_eq!(Some(previous.client_secret_hash.clone()), first.client_secret_hash);
-    assert_eq!(Some(previous.client_secret_hint.clone()), first.client_secret_hint);
+    assert_eq!(
+        Some(previous.client_secret_hash.clone()),
+        first.client_secret_hash
+    );
+    assert_eq!(
+        Some(previous.client_secret_hint.clone()),
+        first.client_secret_hint
+    );
     let rotated = status.last_rotation_time.clone().expect("rotated").0;
-    assert_eq!(previous.expires_at.0, rotated + jiff::SignedDuration::from_secs(12));
+    assert_eq!(
+        previous.expires_at.0,
+        rotated + jiff::SignedDuration::from_secs(12)
+    );
     // Clients get the new secret; verifiers accept both.
     assert_ne!(new, old);
     assert_eq!(valid(&status, &[&old, &new]), [old.clone(), new.clone()]);
@@ -158,7 +169,10 @@ async fn at_most_two_secrets_are_valid_and_revocations_and_repairs_leave_one() {
     // A second rotation inside the grace period replaces the previous secret: still two.
     s.rotate("b", &[]);
     let (status, third) = s.settled(3).await;
-    assert_eq!(valid(&status, &[&first, &second, &third]), [second.clone(), third.clone()]);
+    assert_eq!(
+        valid(&status, &[&first, &second, &third]),
+        [second.clone(), third.clone()]
+    );
     s.event("PreviousSecretRevoked").await;
 
     // Retired early by annotation: the current secret stays, alone.
@@ -198,7 +212,10 @@ async fn at_most_two_secrets_are_valid_and_revocations_and_repairs_leave_one() {
         r#"{"stringData":{"client_secret":"hand-edited"}}"#,
     ]);
     let (status, sixth) = s.settled(6).await;
-    assert_eq!(status.last_rotation_trigger.map(|t| t.as_str()), Some("SecretDrift"));
+    assert_eq!(
+        status.last_rotation_trigger.map(|t| t.as_str()),
+        Some("SecretDrift")
+    );
     assert_eq!(status.previous_secret, None);
     assert_eq!(valid(&status, &[&fifth, &sixth]), [sixth.clone()]);
 }
@@ -232,7 +249,10 @@ async fn a_kill_between_the_writes_keeps_the_previous_secret_until_its_original_
     s.operator = Operator::start(&control_plane().kubeconfig, &s.ns, &[], &[]);
     let (status, new) = s.settled(2).await;
     assert_eq!(new, plaintext(&written), "no second rotation");
-    let previous = status.previous_secret.clone().expect("the previous secret survived");
+    let previous = status
+        .previous_secret
+        .clone()
+        .expect("the previous secret survived");
     assert_eq!(previous.expires_at.0.to_string(), expires_at);
     assert_eq!(valid(&status, &[&old, &new]), [old.clone(), new.clone()]);
 }

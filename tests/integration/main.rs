@@ -3,8 +3,8 @@
 
 mod api;
 mod chart;
-mod grace;
 mod controlplane;
+mod grace;
 mod monitoring;
 mod operations;
 mod operator;

@@ -6,8 +6,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
-use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use oauthapp_operator::crd::{OAuthApp, OAuthAppSpec, SecretSpec};
 use oauthapp_operator::{record, secret};
@@ -86,22 +84,7 @@ impl Setup {
 
     /// Every Event about the app (events.k8s.io/v1), as (type, reason, note).
     async fn events(&self, app: &str) -> Vec<(String, String, String)> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
-        events
-            .list(&ListParams::default())
-            .await
-            .expect("list events")
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(app))
-            .map(|e| {
-                (
-                    e.type_.unwrap_or_default(),
-                    e.reason.unwrap_or_default(),
-                    e.note.unwrap_or_default(),
-                )
-            })
-            .collect()
+        events_about(&self.client, &self.ns, app).await
     }
 
     /// Rewrites the app's Secret record with `change`, signed with the operator's key, as only

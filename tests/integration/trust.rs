@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use oauthapp_operator::crd::OAuthApp;
 use oauthapp_operator::secret::{self, ClientSecret, HashParams};
@@ -81,22 +80,7 @@ async fn settled(apps: &Api<OAuthApp>, secrets: &Api<Secret>, name: &str, count:
 }
 
 async fn events(client: &Client, ns: &str, app: &str) -> Vec<(String, String, String)> {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    events
-        .list(&ListParams::default())
-        .await
-        .expect("list events")
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(app))
-        .map(|e| {
-            (
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.note.unwrap_or_default(),
-            )
-        })
-        .collect()
+    events_about(client, ns, app).await
 }
 
 /// The peak resident set of a process (VmHWM), in KiB.
