@@ -155,7 +155,7 @@ async fn a_routine_rotation_keeps_the_previous_secret_valid_until_its_expiry() {
         previous.expires_at.0
     );
     assert_eq!(expired.rotation_id, status.rotation_id, "no rotation");
-    assert_eq!(valid(&expired, &[&old, &new]), [new.clone()]);
+    assert_eq!(valid(&expired, &[&old, &new]), vec![new.clone()]);
     s.event("PreviousSecretExpired").await;
     drop(s.operator);
 }
@@ -190,13 +190,13 @@ async fn at_most_two_secrets_are_valid_and_revocations_and_repairs_leave_one() {
     })
     .await;
     assert_eq!(status.rotation_count, 3, "no rotation");
-    assert_eq!(valid(&status, &[&second, &third]), [third.clone()]);
+    assert_eq!(valid(&status, &[&second, &third]), vec![third.clone()]);
 
     // A rotation that revokes: one valid secret.
     s.rotate("c", &["oauthapp.io/rotate-revoke=true"]);
     let (status, fourth) = s.settled(4).await;
     assert_eq!(status.previous_secret, None);
-    assert_eq!(valid(&status, &[&third, &fourth]), [fourth.clone()]);
+    assert_eq!(valid(&status, &[&third, &fourth]), vec![fourth.clone()]);
 
     // A repair (someone edited the Secret): one valid secret, whatever the grace period.
     s.kubectl(&["annotate", "oauthapp", "demo", "oauthapp.io/rotate-revoke-"]);
@@ -217,7 +217,7 @@ async fn at_most_two_secrets_are_valid_and_revocations_and_repairs_leave_one() {
         Some("SecretDrift")
     );
     assert_eq!(status.previous_secret, None);
-    assert_eq!(valid(&status, &[&fifth, &sixth]), [sixth.clone()]);
+    assert_eq!(valid(&status, &[&fifth, &sixth]), vec![sixth.clone()]);
 }
 
 #[tokio::test]
