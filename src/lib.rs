@@ -14,4 +14,5 @@ pub mod id;
 pub mod metrics;
 pub mod rotation;
 pub mod secret;
+pub mod serve;
 pub mod watches;

@@ -72,13 +72,27 @@ pub async fn rotate_with(
     caller: Option<&str>,
     generated: Option<Generated>,
 ) -> Result<Rotated, Error> {
+    rotate_committing(ctx, app, current, trigger, caller, generated, || true).await
+}
+
+/// [`rotate_with`], asking `commit` right before the Secret write is sent (the point of no
+/// return): when it answers false, the rotation stops there, having written nothing.
+pub async fn rotate_committing(
+    ctx: &Context,
+    app: &OAuthApp,
+    current: Option<Secret>,
+    trigger: RotationTrigger,
+    caller: Option<&str>,
+    generated: Option<Generated>,
+    commit: impl FnOnce() -> bool,
+) -> Result<Rotated, Error> {
     let started = generated.as_ref().map_or_else(Instant::now, |(_, at)| *at);
     let generated = generated.map(|(g, _)| g);
     // A rotation has happened once its Secret is written (the old secret is invalid from then
     // on), so it is counted there, before the status write: whoever sees the new status also
     // sees it counted. A failure after that point is the status's, repaired by a reconcile.
     let mut counted = false;
-    let result = rotate_inner(ctx, app, current, trigger, caller, generated, || {
+    let result = rotate_inner(ctx, app, current, trigger, caller, generated, commit, || {
         counted = true;
         ctx.metrics.rotation(trigger, "success", Some(started.elapsed()));
     })
@@ -91,6 +105,7 @@ pub async fn rotate_with(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn rotate_inner(
     ctx: &Context,
     app: &OAuthApp,
@@ -98,6 +113,7 @@ async fn rotate_inner(
     trigger: RotationTrigger,
     caller: Option<&str>,
     generated: Option<(ClientSecret, String)>,
+    commit: impl FnOnce() -> bool,
     secret_written: impl FnOnce(),
 ) -> Result<Rotated, Error> {
     let ns = app.namespace().unwrap_or_default();
@@ -179,6 +195,12 @@ async fn rotate_inner(
     object.string_data = None;
     object.type_ = Some("Opaque".into());
     let secret_name = object.name_any();
+    if !commit() {
+        return Err(Error::Internal(format!(
+            "the rotation of {} was abandoned before its Secret write",
+            app_key(app)
+        )));
+    }
     let written = if existed {
         secrets.replace(&secret_name, &post_params(), &object).await
     } else {
@@ -203,9 +225,20 @@ async fn rotate_inner(
         );
     }
 
-    if ctx.failpoint.as_deref() == Some("pause-after-secret-write") {
+    if let Some(pause) = ctx
+        .failpoint
+        .as_deref()
+        .and_then(|f| f.strip_prefix("pause-after-secret-write"))
+    {
         warn!(app = %app_key(app), "failpoint pause-after-secret-write: the Secret is written, the status is not");
-        std::future::pending::<()>().await;
+        // `=<duration>` pauses that long; bare, for ever.
+        match pause
+            .strip_prefix('=')
+            .and_then(crate::controller::plan::parse_interval)
+        {
+            Some(d) => tokio::time::sleep(std::time::Duration::try_from(d).unwrap_or_default()).await,
+            None => std::future::pending::<()>().await,
+        }
     }
 
     let app = write_status_for_secret(ctx, app, &written, &rotation_id).await?;

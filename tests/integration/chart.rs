@@ -961,8 +961,8 @@ async fn the_operator_rotates_on_annotation_and_rest_with_nothing_but_the_charts
         "rotator",
         "-n",
         &watched,
-        "--verb=create",
-        "--resource=oauthapps.oauthapp.io/rotate",
+        "--verb=get,create",
+        "--resource=oauthapps.oauthapp.io,oauthapps.oauthapp.io/rotate",
     ]);
     cp.kubectl_ok(&[
         "create",
