@@ -1333,14 +1333,22 @@ async fn a_flood_of_bad_tokens_never_locks_out_a_known_caller() {
 
 #[tokio::test]
 async fn a_rotation_past_its_secret_write_is_answered_with_the_secret_whatever_the_timeout() {
-    // Every rotation pauses 3 s after its Secret write; requests time out after 1 s.
+    // Every rotation pauses 8 s after its Secret write; requests time out after 3 s. Hashing is
+    // cheap, so a rotation reaches its Secret write well within the timeout.
     let ns = namespace("api-no-lost-answer");
     let client = admin_client().await;
     let operator = Operator::start(
         &control_plane().kubeconfig,
         &ns,
-        &["--api-request-timeout", "1s"],
-        &[("OAUTHAPP_FAILPOINT", "pause-after-secret-write=3s")],
+        &[
+            "--api-request-timeout",
+            "3s",
+            "--hash-memory-kib",
+            "64",
+            "--hash-iterations",
+            "1",
+        ],
+        &[("OAUTHAPP_FAILPOINT", "pause-after-secret-write=8s")],
     );
     wait_ready(&operator).await;
     let s = Setup {
@@ -1564,11 +1572,20 @@ async fn list_pages_through_many_namespaces_at_a_bounded_review_cost() {
     std::fs::write(&file, manifest).expect("write");
     let file = file.to_str().expect("utf-8");
     cp.kubectl_ok(&["apply", "-f", file]);
+    // The first namespace names the operator's log; the flag takes the others too.
+    let others = namespaces[1..].join(",");
     let operator = Operator::start_on(
         cp,
         &cp.kubeconfig,
-        &namespaces.join(","),
-        &["--hash-memory-kib", "64", "--hash-iterations", "1"],
+        &namespaces[0],
+        &[
+            "--watch-namespaces",
+            &others,
+            "--hash-memory-kib",
+            "64",
+            "--hash-iterations",
+            "1",
+        ],
         &[],
     );
     wait_ready(&operator).await;
