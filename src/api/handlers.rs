@@ -395,6 +395,7 @@ pub async fn get_oauth_app(
         (status = 404, description = "The namespace does not exist", body = RestErrorResponse),
         (status = 409, description = "An app of that name exists", body = RestErrorResponse),
         (status = 413, description = "Request body too large", body = RestErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = RestErrorResponse),
         (status = 429, description = "Too many requests", body = RestErrorResponse),
         (status = 500, description = "Internal error", body = RestErrorResponse),
         (status = 503, description = "The Kubernetes API server is unavailable; retry", body = RestErrorResponse),
