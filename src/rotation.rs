@@ -195,6 +195,15 @@ async fn rotate_inner(
     object.string_data = None;
     object.type_ = Some("Opaque".into());
     let secret_name = object.name_any();
+    if let Some(d) = ctx
+        .failpoint
+        .as_deref()
+        .and_then(|f| f.strip_prefix("pause-before-secret-write="))
+    {
+        let d =
+            crate::controller::plan::parse_interval(d).and_then(|d| std::time::Duration::try_from(d).ok());
+        tokio::time::sleep(d.unwrap_or_default()).await;
+    }
     if !commit() {
         return Err(Error::Internal(format!(
             "the rotation of {} was abandoned before its Secret write",

@@ -611,7 +611,7 @@ impl Shared {
     ///
     /// Runs in its own task. Right before the Secret write it commits `commitment`; if the
     /// request was abandoned first (timed out, or the caller went away: this future is dropped)
-    /// the task stops there, having written nothing. Once committed, it runs to the end
+    /// the task stops there, having written nothing (counted as a rotation `error`). Once committed, it runs to the end
     /// whatever happens to the request, so nothing cuts a rotation between its two writes, and
     /// the request timeout waits for the answer that carries the new secret.
     #[allow(clippy::too_many_arguments)]
@@ -672,35 +672,27 @@ impl Shared {
             )
             .await)
         });
-        let task = AbortUnlessCommitted { task, commitment };
-        task.await.map_err(|e| {
+        // Dropped with this future (a timeout, a client gone): the task stops at its point of
+        // no return unless it has passed it already.
+        let mut abandon = AbandonOnDrop(Some(commitment));
+        let ended = task.await;
+        // The task ended: nothing left to abandon (a retry may still commit).
+        abandon.0 = None;
+        ended.map_err(|e| {
             tracing::error!(error = %e, "rotation task failed");
             ApiError::internal()
         })?
     }
 }
 
-/// A rotation task, aborted when dropped before it committed (the request was abandoned).
-struct AbortUnlessCommitted<T> {
-    task: tokio::task::JoinHandle<T>,
-    commitment: Commitment,
-}
+/// Abandons a request's commitment when dropped while its rotation task still runs (a no-op
+/// once it is committed).
+struct AbandonOnDrop(Option<Commitment>);
 
-impl<T> Future for AbortUnlessCommitted<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.task).poll(cx)
-    }
-}
-
-impl<T> Drop for AbortUnlessCommitted<T> {
+impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
-        if !self.task.is_finished() && self.commitment.abandon() {
-            self.task.abort();
+        if let Some(commitment) = &self.0 {
+            commitment.abandon();
         }
     }
 }

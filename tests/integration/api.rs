@@ -1383,6 +1383,63 @@ async fn a_rotation_past_its_secret_write_is_answered_with_the_secret_whatever_t
 }
 
 #[tokio::test]
+async fn a_rotation_that_times_out_before_its_secret_write_writes_nothing() {
+    // Every rotation pauses 4 s right before its Secret write; requests time out after 2 s.
+    let ns = namespace("api-abandoned");
+    let client = admin_client().await;
+    let operator = Operator::start(
+        &control_plane().kubeconfig,
+        &ns,
+        &[
+            "--api-request-timeout",
+            "2s",
+            "--hash-memory-kib",
+            "64",
+            "--hash-iterations",
+            "1",
+        ],
+        &[("OAUTHAPP_FAILPOINT", "pause-before-secret-write=4s")],
+    );
+    wait_ready(&operator).await;
+    let s = Setup {
+        apps: Api::namespaced(client.clone(), &ns),
+        secrets: Api::namespaced(client.clone(), &ns),
+        base: format!("http://127.0.0.1:{}", operator.api_port),
+        client,
+        ns,
+        operator,
+    };
+    let (app, before) = s.app(&s.ns, "late").await;
+    let token = s.caller("rotater", &s.ns, ROTATER_RULES);
+
+    let answer = s.rotate(&app_id(&app), &token).await;
+    let timed_out = answer.error(StatusCode::SERVICE_UNAVAILABLE, "INTERNAL_SERVER_ERROR");
+    assert!(timed_out.message.contains("timed out"), "{}", timed_out.message);
+    // The abandoned rotation reaches its point of no return after the pause, and stops there.
+    eventually("the abandoned rotation to stop", WAIT, || async {
+        let errors = s
+            .operator
+            .metric(r#"oauthapp_rotations_total{trigger="Api",result="error"}"#)
+            .await?;
+        (errors >= 1.0).then_some(())
+    })
+    .await;
+    let secret = s.secrets.get("late-oauth-client").await.expect("secret");
+    assert_eq!(
+        secret.resource_version(),
+        before.resource_version(),
+        "the Secret was not written"
+    );
+    assert_eq!(plaintext(&secret), plaintext(&before));
+    let now = s.apps.get("late").await.expect("app");
+    assert_eq!(rotation_count(&now), rotation_count(&app));
+    assert!(
+        verifies(&plaintext(&secret), &now),
+        "the old secret is still the valid one"
+    );
+}
+
+#[tokio::test]
 async fn with_api_audiences_only_tokens_meant_for_the_operator_are_accepted() {
     let s = setup("api-audience", &["--api-audiences", "oauthapp-operator"]).await;
     let (app, _) = s.app(&s.ns, "aud").await;
