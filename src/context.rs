@@ -118,6 +118,8 @@ impl AppLocks {
 }
 
 /// Remembers, per Secret, the resourceVersion and hash at which its content was checked.
+/// Bounded by the operator's Secrets that exist: [`VerifiedCache::forget_deleted`] drops the
+/// others.
 #[derive(Default)]
 pub struct VerifiedCache(Mutex<HashMap<String, (String, String, ContentCheck)>>);
 
@@ -139,6 +141,58 @@ impl VerifiedCache {
 
     pub fn forget(&self, key: &str) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    /// Keeps only the checks of Secrets for which `exists` (`ns/name`) holds.
+    pub fn retain(&self, exists: impl Fn(&str) -> bool) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| exists(key));
+    }
+
+    /// Forgets the check of every Secret the watches see deleted (with its app, or alone),
+    /// until `shutdown`: so this cache holds at most one entry per operator Secret that exists.
+    /// After a relist or a lag (deletions may have been missed), keeps only the Secrets cached.
+    pub async fn forget_deleted(
+        &self,
+        watches: &crate::watches::Watches,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        use futures::StreamExt;
+        use kube::ResourceExt;
+        use kube::runtime::reflector::ObjectRef;
+
+        let cached = |key: &str| {
+            let (ns, name) = key.split_once('/').unwrap_or(("", key));
+            watches
+                .scopes
+                .iter()
+                .any(|scope| scope.secrets.get(&ObjectRef::new(name).within(ns)).is_some())
+        };
+        let mut changes = futures::stream::select_all(
+            watches
+                .scopes
+                .iter()
+                .map(|scope| Box::pin(scope.secret_changes())),
+        );
+        loop {
+            let change = tokio::select! {
+                () = shutdown.cancelled() => return,
+                change = changes.next() => change,
+            };
+            match change {
+                None => return,
+                Some(crate::watches::Change::Missed) => self.retain(cached),
+                Some(crate::watches::Change::Object(secret)) => {
+                    let key = format!("{}/{}", secret.namespace().unwrap_or_default(), secret.name_any());
+                    // A delete event leaves the object out of the cache (applied first).
+                    if !cached(&key) {
+                        self.forget(&key);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -256,5 +310,21 @@ mod tests {
         assert_eq!(cache.get("ns/s", "10", "h1"), Some(ok));
         assert_eq!(cache.get("ns/s", "11", "h1"), None);
         assert_eq!(cache.get("ns/s", "10", "h2"), None);
+    }
+
+    #[test]
+    fn checks_of_secrets_that_no_longer_exist_are_forgotten() {
+        let cache = VerifiedCache::default();
+        let ok = ContentCheck {
+            secret_ok: true,
+            client_id_ok: true,
+        };
+        cache.put("ns/a", "1", "h", ok);
+        cache.put("ns/b", "1", "h", ok);
+        cache.retain(|key| key == "ns/a");
+        assert_eq!(cache.get("ns/a", "1", "h"), Some(ok));
+        assert_eq!(cache.get("ns/b", "1", "h"), None);
+        cache.forget("ns/a");
+        assert_eq!(cache.get("ns/a", "1", "h"), None);
     }
 }

@@ -16,4 +16,5 @@ pub mod plugin;
 pub mod record;
 pub mod rotation;
 pub mod secret;
+pub mod serve;
 pub mod watches;

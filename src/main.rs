@@ -123,6 +123,25 @@ struct RunArgs {
     /// Namespace of that Secret (default: POD_NAMESPACE, else `default`).
     #[arg(long, env = "OAUTHAPP_RECORD_KEY_NAMESPACE")]
     record_key_namespace: Option<String>,
+    /// Audiences a REST API bearer token must be meant for (comma-separated), e.g.
+    /// `oauthapp-operator` for `kubectl create token NAME --audience oauthapp-operator`; empty:
+    /// any token the API server accepts for its own audience.
+    #[arg(long, env = "OAUTHAPP_API_AUDIENCES", value_delimiter = ',')]
+    api_audiences: Vec<String>,
+    /// A REST API request that takes longer is answered 503 (one whose answer carries a secret
+    /// already written is always answered with it).
+    #[arg(long, env = "OAUTHAPP_API_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    api_request_timeout: Duration,
+    /// How long a client of either listener (REST API, admin) gets to send a request's headers.
+    #[arg(long, env = "OAUTHAPP_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// A connection to either listener with no request in progress for this long is closed.
+    #[arg(long, env = "OAUTHAPP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Connections open at once on each listener; past it, the oldest one without a request in
+    /// progress is closed to make room.
+    #[arg(long, env = "OAUTHAPP_MAX_CONNECTIONS", default_value_t = 1000)]
+    max_connections: usize,
     /// How long SIGTERM waits for in-flight work before exiting.
     #[arg(long, env = "OAUTHAPP_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
@@ -206,19 +225,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(watch_signals(shutdown.clone(), args.shutdown_timeout));
     let watches = Watches::start(client.clone(), &args.watch_namespaces, shutdown.clone());
 
+    {
+        let (ctx, watches, shutdown) = (ctx.clone(), watches.clone(), shutdown.clone());
+        tokio::spawn(async move { ctx.verified.forget_deleted(&watches, shutdown).await });
+    }
     let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding the admin server to {}", args.admin_addr))?;
     info!(addr = %args.admin_addr, "admin server listening");
-    let admin = axum::serve(
+    let connections = oauthapp_operator::serve::ConnectionLimits {
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+    };
+    let admin = tokio::spawn(oauthapp_operator::serve::serve(
         admin_listener,
         admin::router(AdminState {
             metrics: metrics.clone(),
             watches: watches.clone(),
         }),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let admin = tokio::spawn(async move { admin.await });
+        connections,
+        shutdown.clone(),
+    ));
 
     let api_config = ApiConfig {
         addr: args.api_addr,
@@ -229,6 +257,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         rate_global: args.rate_limit_global,
         burst_global: args.rate_limit_global_burst,
         auth_cache_ttl: args.auth_cache_ttl,
+        audiences: args
+            .api_audiences
+            .iter()
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .collect(),
+        request_timeout: args.api_request_timeout,
+        connections,
     };
     let api_state = ApiState {
         ctx: ctx.clone(),

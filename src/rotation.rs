@@ -74,19 +74,39 @@ pub async fn rotate_with(
     caller: Option<&str>,
     generated: Option<Generated>,
 ) -> Result<Rotated, Error> {
-    rotate_revoking(ctx, app, current, trigger, caller, generated, false).await
+    rotate_committing(
+        ctx,
+        app,
+        current,
+        Cause {
+            trigger,
+            detail: caller,
+            revoke_previous: false,
+        },
+        generated,
+        || true,
+    )
+    .await
 }
 
-/// [`rotate_with`]; with `revoke_previous`, the replaced secret is invalid at once whatever
+/// What a rotation is for: its trigger, who asked or what was wrong (`detail`, for the log and
+/// the Event), and whether the replaced secret is invalid at once whatever
 /// `spec.rotation.gracePeriod` says (`?revoke_previous=true`).
-pub async fn rotate_revoking(
+pub struct Cause<'a> {
+    pub trigger: RotationTrigger,
+    pub detail: Option<&'a str>,
+    pub revoke_previous: bool,
+}
+
+/// [`rotate_with`] for `cause`, asking `commit` right before the Secret write is sent (the point
+/// of no return): when it answers false, the rotation stops there, having written nothing.
+pub async fn rotate_committing(
     ctx: &Context,
     app: &OAuthApp,
     current: Option<Secret>,
-    trigger: RotationTrigger,
-    caller: Option<&str>,
+    cause: Cause<'_>,
     generated: Option<Generated>,
-    revoke_previous: bool,
+    commit: impl FnOnce() -> bool,
 ) -> Result<Rotated, Error> {
     let started = generated.as_ref().map_or_else(Instant::now, |(_, at)| *at);
     let generated = generated.map(|(g, _)| g);
@@ -94,13 +114,17 @@ pub async fn rotate_revoking(
     // on), so it is counted there, before the status write: whoever sees the new status also
     // sees it counted. A failure after that point is the status's, repaired by a reconcile.
     let mut counted = false;
-    let grace = plan::grace_for(app, trigger, revoke_previous);
-    let cause = Cause {
+    let Cause {
         trigger,
-        detail: caller,
-        grace,
+        detail,
+        revoke_previous,
+    } = cause;
+    let planned = Planned {
+        trigger,
+        detail,
+        grace: plan::grace_for(app, trigger, revoke_previous),
     };
-    let result = rotate_inner(ctx, app, current, cause, generated, || {
+    let result = rotate_inner(ctx, app, current, planned, generated, commit, || {
         counted = true;
         ctx.metrics.rotation(trigger, "success", Some(started.elapsed()));
     })
@@ -113,9 +137,9 @@ pub async fn rotate_revoking(
     result
 }
 
-/// Why a rotation happens: its trigger, who asked or what was wrong (`detail`), and how long the
-/// replaced secret stays valid (`grace`; None: invalid at once).
-struct Cause<'a> {
+/// A rotation as decided: its trigger, `detail`, and how long the replaced secret stays valid
+/// (`grace`; None: invalid at once).
+struct Planned<'a> {
     trigger: RotationTrigger,
     detail: Option<&'a str>,
     grace: Option<jiff::SignedDuration>,
@@ -125,15 +149,16 @@ async fn rotate_inner(
     ctx: &Context,
     app: &OAuthApp,
     current: Option<Secret>,
-    cause: Cause<'_>,
+    planned: Planned<'_>,
     generated: Option<(ClientSecret, String)>,
+    commit: impl FnOnce() -> bool,
     secret_written: impl FnOnce(),
 ) -> Result<Rotated, Error> {
-    let Cause {
+    let Planned {
         trigger,
         detail: caller,
         grace,
-    } = cause;
+    } = planned;
     let ns = app.namespace().unwrap_or_default();
     let name = app.name_any();
     let client_id = plan::client_id(app).ok_or_else(|| Error::MissingUid(name.clone()))?;
@@ -236,6 +261,22 @@ async fn rotate_inner(
     object.string_data = None;
     object.type_ = Some("Opaque".into());
     let secret_name = object.name_any();
+    #[cfg(feature = "failpoints")]
+    if let Some(d) = ctx
+        .failpoint
+        .as_deref()
+        .and_then(|f| f.strip_prefix("pause-before-secret-write="))
+    {
+        let d =
+            crate::controller::plan::parse_interval(d).and_then(|d| std::time::Duration::try_from(d).ok());
+        tokio::time::sleep(d.unwrap_or_default()).await;
+    }
+    if !commit() {
+        return Err(Error::Internal(format!(
+            "the rotation of {} was abandoned before its Secret write",
+            app_key(app)
+        )));
+    }
     let written = if existed {
         secrets.replace(&secret_name, &post_params(), &object).await
     } else {
@@ -261,9 +302,20 @@ async fn rotate_inner(
     }
 
     #[cfg(feature = "failpoints")]
-    if ctx.failpoint.as_deref() == Some("pause-after-secret-write") {
+    if let Some(pause) = ctx
+        .failpoint
+        .as_deref()
+        .and_then(|f| f.strip_prefix("pause-after-secret-write"))
+    {
         warn!(app = %app_key(app), "failpoint pause-after-secret-write: the Secret is written, the status is not");
-        std::future::pending::<()>().await;
+        // `=<duration>` pauses that long; bare, for ever.
+        match pause
+            .strip_prefix('=')
+            .and_then(crate::controller::plan::parse_interval)
+        {
+            Some(d) => tokio::time::sleep(std::time::Duration::try_from(d).unwrap_or_default()).await,
+            None => std::future::pending::<()>().await,
+        }
     }
 
     let app = write_status_for_secret(ctx, app, &written, &rotation_id).await?;

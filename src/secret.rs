@@ -100,6 +100,15 @@ impl ClientSecret {
     }
 }
 
+// The plaintext is zeroed when dropped. Not observable from a test without `unsafe` (the buffer
+// is freed right after); `zeroize` is the crate made for this, and its writes are not optimized
+// away.
+impl Drop for ClientSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl fmt::Debug for ClientSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ClientSecret(<redacted>)")
@@ -344,6 +353,8 @@ pub fn hash_in(secret: &str, params: &HashParams, memory: &mut HashMemory) -> Re
     Argon2::new(Algorithm::Argon2id, Version::V0x13, argon2_params.clone())
         .hash_password_into_with_memory(secret.as_bytes(), &salt, &mut out, memory.blocks(&argon2_params))
         .map_err(|e| HashError::Hashing(e.into()))?;
+    // argon2 zeroes its own temporaries (its `zeroize` feature); the working memory is ours.
+    memory.0.iter_mut().for_each(zeroize::Zeroize::zeroize);
     let phc = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),

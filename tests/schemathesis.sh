@@ -129,7 +129,7 @@ set +e
 (cd "$work" && "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run \
   "http://127.0.0.1:$api_port/api-docs/openapi.json" \
   --header "Authorization: Bearer $token" \
-  --checks not_a_server_error,response_schema_conformance \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
   --phases examples,coverage,fuzzing \
   --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-100}" \
   ${SCHEMATHESIS_SEED:+--seed "$SCHEMATHESIS_SEED"} \

@@ -1,13 +1,14 @@
 //! The route handlers: I/O around the shared pieces (the watch caches for lookups, the
 //! authenticator for reviews, `rotation::rotate` for every new secret).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -16,10 +17,10 @@ use kube::{Api, ResourceExt};
 use serde::Deserialize;
 use tracing::info;
 
-use super::Shared;
 use super::auth::{Access, Caller};
 use super::error::{ApiError, RestErrorResponse};
 use super::model::{CreateOAuthApp, CreatedOAuthApp, OAuthAppId, OAuthAppList, OAuthAppView, RotatedSecret};
+use super::{Commitment, Shared};
 use crate::crd::{OAuthApp, OAuthAppSpec, RotationTrigger};
 use crate::error::{Error, redact};
 use crate::rotation::{self, Rotated};
@@ -98,6 +99,58 @@ where
 pub struct ListQuery {
     /// Only the apps of this namespace.
     pub namespace: Option<String>,
+    /// The most apps one page holds (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// The `continue` token of the previous page (opaque), to get the next one.
+    #[serde(rename = "continue")]
+    pub continue_token: Option<String>,
+}
+
+/// Default and largest `limit` of a list page.
+const LIST_LIMIT_DEFAULT: u32 = 100;
+const LIST_LIMIT_MAX: u32 = 1000;
+/// SubjectAccessReviews one list request may cost (one per namespace, plus the cluster-wide
+/// one); a page that runs out ends early, with a `continue` token.
+const LIST_MAX_REVIEWS: usize = 32;
+
+/// Where a list page ended: everything up to `(namespace, name)` is done, or the whole of
+/// `namespace` when `name` is None. The `continue` token is its JSON, hex-encoded.
+#[derive(serde::Serialize, Deserialize, Debug, PartialEq, Eq)]
+struct ListPosition {
+    #[serde(rename = "ns")]
+    namespace: String,
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+}
+
+impl ListPosition {
+    fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        json.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn decode(token: &str) -> Result<Self, ApiError> {
+        let invalid = || ApiError::bad_request("the continue token is not one this API gave out");
+        if !token.len().is_multiple_of(2) || token.len() > 2048 {
+            return Err(invalid());
+        }
+        let bytes = (0..token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(token.get(i..i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| invalid())?;
+        serde_json::from_slice(&bytes).map_err(|_| invalid())
+    }
+
+    /// Whether app `(namespace, name)` comes after this position.
+    fn before(&self, namespace: &str, name: &str) -> bool {
+        match namespace.cmp(self.namespace.as_str()) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => self.name.as_deref().is_some_and(|n| name > n),
+        }
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -122,7 +175,7 @@ pub struct CreateQuery {
         (status = 200, description = "Rotated secret", body = RotatedSecret),
         (status = 400, description = "Malformed id", body = RestErrorResponse),
         (status = 401, description = "Unauthorized"),
-        (status = 403, description = "The caller may not create oauthapps/rotate in the app's namespace", body = RestErrorResponse),
+        (status = 403, description = "The caller may get the app but not create oauthapps/rotate on it", body = RestErrorResponse),
         (status = 404, description = "Not found"),
         (status = 409, description = "A concurrent rotation or change of the app won; retry", body = RestErrorResponse),
         (status = 429, description = "Too many requests", body = RestErrorResponse),
@@ -134,40 +187,40 @@ pub struct CreateQuery {
 pub async fn rotate_client_secret(
     State(api): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
+    Extension(commitment): Extension<Commitment>,
     AppUid(uid): AppUid,
-) -> Result<Json<RotatedSecret>, ApiError> {
-    let app = api.lookup(&uid)?;
+) -> Result<Response, ApiError> {
+    let app = api.app_for(&caller, &uid, "create", Some("rotate")).await?;
     let (ns, name, secret_name) = (
         app.namespace().unwrap_or_default(),
         app.name_any(),
         app.secret_name(),
     );
-    api.auth
-        .authorize(
-            &caller,
-            Access {
-                verb: "create",
-                namespace: &ns,
-                name: Some(&name),
-                subresource: Some("rotate"),
-            },
-        )
-        .await?;
     let rotated = api
-        .rotate_locked(ns, name, uid, secret_name, caller.username.clone(), |_| {
-            RotationTrigger::Api
-        })
+        .rotate_locked(
+            ns,
+            name,
+            uid,
+            secret_name,
+            caller.username.clone(),
+            commitment,
+            |_| RotationTrigger::Api,
+        )
         .await?
         .map_err(|e| ApiError::from_rotation("rotating a client secret", e))?;
-    Ok(Json(RotatedSecret {
-        client_secret: rotated.secret.expose().to_string(),
-        client_secret_hint: rotated.hint,
-    }))
+    Ok(secret_response(
+        StatusCode::OK,
+        &RotatedSecret {
+            client_secret: rotated.secret.expose().to_string(),
+            client_secret_hint: rotated.hint.clone(),
+        },
+    ))
 }
 
 /// List OAuth apps
 ///
-/// The OAuth apps in every namespace where the caller may `list` oauthapps.
+/// The OAuth apps in every namespace where the caller may `list` oauthapps, ordered by namespace
+/// and resource name, a page at a time: `limit` and `continue` as in Kubernetes lists.
 #[utoipa::path(
     get,
     path = "/api/v1/oauth-apps",
@@ -190,63 +243,110 @@ pub async fn list_oauth_apps(
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<OAuthAppList>, ApiError> {
     api.ready()?;
+    let limit = query.limit.unwrap_or(LIST_LIMIT_DEFAULT);
+    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {LIST_LIMIT_MAX}"
+        )));
+    }
+    let limit = limit as usize;
+    let after = query
+        .continue_token
+        .as_deref()
+        .map(ListPosition::decode)
+        .transpose()?;
     let mut by_namespace: BTreeMap<String, Vec<Arc<OAuthApp>>> = BTreeMap::new();
     for app in api.watches.apps() {
-        let ns = app.namespace().unwrap_or_default();
-        if query.namespace.as_ref().is_none_or(|q| *q == ns) {
+        let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
+        if query.namespace.as_ref().is_none_or(|q| *q == ns)
+            && after.as_ref().is_none_or(|p| p.before(&ns, &name))
+        {
             by_namespace.entry(ns).or_default().push(app);
         }
     }
-    let mut namespaces: Vec<String> = by_namespace.keys().cloned().collect();
+    let namespaces: Vec<(String, Vec<Arc<OAuthApp>>)> = by_namespace
+        .into_iter()
+        .map(|(ns, mut apps)| {
+            apps.sort_by_key(|a| a.name_any());
+            (ns, apps)
+        })
+        .collect();
+    let mut reviews = 0;
     // One review when the caller may list everywhere (a ClusterRole binding): reviews per
-    // namespace only for the others.
-    if namespaces.len() > 1 {
+    // namespace only for the others, a few at a time, as far as the page needs.
+    let cluster_wide = namespaces.len() > 1 && {
+        reviews += 1;
         let everywhere = Access {
             verb: "list",
             namespace: "",
             name: None,
             subresource: None,
         };
-        if api.auth.allowed(&caller, everywhere).await? {
-            namespaces.clear();
+        api.auth.allowed(&caller, everywhere).await?
+    };
+    let mut verdicts: Vec<bool> = Vec::new();
+    let mut data: Vec<OAuthAppView> = Vec::new();
+    let mut last: Option<ListPosition> = None;
+    let mut next = None;
+    'namespaces: for (i, (ns, apps)) in namespaces.iter().enumerate() {
+        if data.len() >= limit {
+            next = last.take();
+            break;
         }
-    }
-    let cluster_wide = namespaces.is_empty();
-    let caller = &caller;
-    let api_ref = &api;
-    let verdicts: Vec<(String, Result<bool, ApiError>)> = futures::stream::iter(namespaces)
-        .map(|ns| async move {
-            let allowed = api_ref
-                .auth
-                .allowed(
-                    caller,
-                    Access {
+        if !cluster_wide && i >= verdicts.len() {
+            let budget = LIST_MAX_REVIEWS.saturating_sub(reviews);
+            if budget == 0 {
+                // Out of reviews: the next page starts with this namespace.
+                next = i.checked_sub(1).map(|p| ListPosition {
+                    namespace: namespaces[p].0.clone(),
+                    name: None,
+                });
+                break;
+            }
+            let batch = &namespaces[i..(i + budget.min(LIST_REVIEWS_IN_FLIGHT)).min(namespaces.len())];
+            reviews += batch.len();
+            let (caller, api) = (&caller, &api);
+            let batch: Vec<String> = batch.iter().map(|(ns, _)| ns.clone()).collect();
+            let answers: Vec<Result<bool, ApiError>> = futures::stream::iter(batch)
+                .map(|ns| async move {
+                    let list = Access {
                         verb: "list",
                         namespace: &ns,
                         name: None,
                         subresource: None,
-                    },
-                )
+                    };
+                    api.auth.allowed(caller, list).await
+                })
+                .buffered(LIST_REVIEWS_IN_FLIGHT)
+                .collect()
                 .await;
-            (ns, allowed)
-        })
-        .buffer_unordered(LIST_REVIEWS_IN_FLIGHT)
-        .collect()
-        .await;
-    let mut allowed = BTreeSet::new();
-    for (ns, verdict) in verdicts {
-        if verdict? {
-            allowed.insert(ns);
+            for answer in answers {
+                verdicts.push(answer?);
+            }
+        }
+        if !cluster_wide && !verdicts[i] {
+            last = Some(ListPosition {
+                namespace: ns.clone(),
+                name: None,
+            });
+            continue;
+        }
+        for app in apps {
+            if data.len() >= limit {
+                next = last.take();
+                break 'namespaces;
+            }
+            data.push(OAuthAppView::of(app));
+            last = Some(ListPosition {
+                namespace: ns.clone(),
+                name: Some(app.name_any()),
+            });
         }
     }
-    let mut data: Vec<OAuthAppView> = by_namespace
-        .into_iter()
-        .filter(|(ns, _)| cluster_wide || allowed.contains(ns))
-        .flat_map(|(_, apps)| apps)
-        .map(|app| OAuthAppView::of(&app))
-        .collect();
-    data.sort_by(|a, b| (&a.namespace, &a.resource_name).cmp(&(&b.namespace, &b.resource_name)));
-    Ok(Json(OAuthAppList { data }))
+    Ok(Json(OAuthAppList {
+        data,
+        continue_token: next.map(|p| p.encode()),
+    }))
 }
 
 /// Get an OAuth app
@@ -260,8 +360,7 @@ pub async fn list_oauth_apps(
         (status = 200, description = "The app", body = OAuthAppView),
         (status = 400, description = "Malformed id", body = RestErrorResponse),
         (status = 401, description = "Unauthorized", body = RestErrorResponse),
-        (status = 403, description = "The caller may not get oauthapps in the app's namespace", body = RestErrorResponse),
-        (status = 404, description = "Not found", body = RestErrorResponse),
+        (status = 404, description = "No app has this id, or the caller may not get it", body = RestErrorResponse),
         (status = 429, description = "Too many requests", body = RestErrorResponse),
         (status = 500, description = "Internal error", body = RestErrorResponse),
         (status = 503, description = "The Kubernetes API server is unavailable; retry", body = RestErrorResponse),
@@ -273,19 +372,7 @@ pub async fn get_oauth_app(
     Extension(caller): Extension<Caller>,
     AppUid(uid): AppUid,
 ) -> Result<Json<OAuthAppView>, ApiError> {
-    let app = api.lookup(&uid)?;
-    let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
-    api.auth
-        .authorize(
-            &caller,
-            Access {
-                verb: "get",
-                namespace: &ns,
-                name: Some(&name),
-                subresource: None,
-            },
-        )
-        .await?;
+    let app = api.app_for(&caller, &uid, "get", None).await?;
     Ok(Json(OAuthAppView::of(&app)))
 }
 
@@ -308,6 +395,7 @@ pub async fn get_oauth_app(
         (status = 404, description = "The namespace does not exist", body = RestErrorResponse),
         (status = 409, description = "An app of that name exists", body = RestErrorResponse),
         (status = 413, description = "Request body too large", body = RestErrorResponse),
+        (status = 415, description = "The body is not sent as application/json", body = RestErrorResponse),
         (status = 429, description = "Too many requests", body = RestErrorResponse),
         (status = 500, description = "Internal error", body = RestErrorResponse),
         (status = 503, description = "The Kubernetes API server is unavailable; retry", body = RestErrorResponse),
@@ -317,9 +405,10 @@ pub async fn get_oauth_app(
 pub async fn create_oauth_app(
     State(api): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
+    Extension(commitment): Extension<Commitment>,
     QueryParams(query): QueryParams<CreateQuery>,
     Body(body): Body<CreateOAuthApp>,
-) -> Result<(StatusCode, Json<CreatedOAuthApp>), ApiError> {
+) -> Result<Response, ApiError> {
     let ns = query.namespace;
     if !is_dns_label(&ns) {
         return Err(ApiError::bad_request(format!(
@@ -395,6 +484,7 @@ pub async fn create_oauth_app(
                 uid.clone(),
                 created.secret_name(),
                 caller.username.clone(),
+                commitment.clone(),
                 |existing| {
                     if existing.is_some() {
                         RotationTrigger::Api
@@ -416,12 +506,12 @@ pub async fn create_oauth_app(
             Err(e) => return Err(ApiError::from_rotation("provisioning the first client secret", e)),
         }
     };
-    Ok((
+    Ok(secret_response(
         StatusCode::CREATED,
-        Json(CreatedOAuthApp {
+        &CreatedOAuthApp {
             app: OAuthAppView::of(&rotated.app),
             client_secret: rotated.secret.expose().to_string(),
-        }),
+        },
     ))
 }
 
@@ -438,8 +528,8 @@ pub async fn create_oauth_app(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Malformed id", body = RestErrorResponse),
         (status = 401, description = "Unauthorized", body = RestErrorResponse),
-        (status = 403, description = "The caller may not delete oauthapps in the app's namespace", body = RestErrorResponse),
-        (status = 404, description = "Not found", body = RestErrorResponse),
+        (status = 403, description = "The caller may get the app but not delete it", body = RestErrorResponse),
+        (status = 404, description = "No app has this id, or the caller may not get it", body = RestErrorResponse),
         (status = 429, description = "Too many requests", body = RestErrorResponse),
         (status = 500, description = "Internal error", body = RestErrorResponse),
         (status = 503, description = "The Kubernetes API server is unavailable; retry", body = RestErrorResponse),
@@ -451,19 +541,8 @@ pub async fn delete_oauth_app(
     Extension(caller): Extension<Caller>,
     AppUid(uid): AppUid,
 ) -> Result<StatusCode, ApiError> {
-    let app = api.lookup(&uid)?;
+    let app = api.app_for(&caller, &uid, "delete", None).await?;
     let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
-    api.auth
-        .authorize(
-            &caller,
-            Access {
-                verb: "delete",
-                namespace: &ns,
-                name: Some(&name),
-                subresource: None,
-            },
-        )
-        .await?;
     let apps: Api<OAuthApp> = Api::namespaced(api.ctx.client.clone(), &ns);
     let params = DeleteParams {
         // Only the app this id names: not a newer one that took its name.
@@ -497,19 +576,46 @@ impl Shared {
         }
     }
 
-    /// The app with this uid, from the watch cache (no API call).
-    fn lookup(&self, uid: &str) -> Result<Arc<OAuthApp>, ApiError> {
+    /// The prologue of every `/{id}` route: the app `uid` names (from the watch cache), for a
+    /// caller about to `verb` it (or its `subresource`). A caller who may not `get` the app is
+    /// told what a caller is told of an id that does not exist (404, the same body), so ids
+    /// reveal nothing across namespaces; one who may get it but not do `verb` gets 403.
+    async fn app_for(
+        &self,
+        caller: &Caller,
+        uid: &str,
+        verb: &str,
+        subresource: Option<&str>,
+    ) -> Result<Arc<OAuthApp>, ApiError> {
         self.ready()?;
-        self.watches
-            .find(uid)
-            .ok_or_else(|| ApiError::not_found("no OAuthApp has this id"))
+        let not_found = || ApiError::not_found("no OAuthApp has this id");
+        let app = self.watches.find(uid).ok_or_else(not_found)?;
+        let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
+        let access = |verb, subresource| Access {
+            verb,
+            namespace: &ns,
+            name: Some(&name),
+            subresource,
+        };
+        if !self.auth.allowed(caller, access("get", None)).await? {
+            return Err(not_found());
+        }
+        if verb != "get" || subresource.is_some() {
+            self.auth.authorize(caller, access(verb, subresource)).await?;
+        }
+        Ok(app)
     }
 
     /// Rotates app `ns/name` (uid `uid`) under its lock, from fresh reads of the app and its
     /// Secret; `trigger` picks the trigger from the Secret found. The outer error is a failure
-    /// before `rotate()` (lock wait, reads), the inner one is `rotate()`'s. Runs to the end in
-    /// its own task even if the caller goes away, so a dropped connection never cuts a rotation
-    /// between its two writes.
+    /// before `rotate()` (lock wait, reads), the inner one is `rotate()`'s.
+    ///
+    /// Runs in its own task. Right before the Secret write it commits `commitment`; if the
+    /// request was abandoned first (timed out, or the caller went away: this future is dropped)
+    /// the task stops there, having written nothing (counted as a rotation `error`). Once committed, it runs to the end
+    /// whatever happens to the request, so nothing cuts a rotation between its two writes, and
+    /// the request timeout waits for the answer that carries the new secret.
+    #[allow(clippy::too_many_arguments)]
     async fn rotate_locked(
         self: &Arc<Self>,
         ns: String,
@@ -517,9 +623,11 @@ impl Shared {
         uid: String,
         secret_name: String,
         caller: String,
+        commitment: Commitment,
         trigger: impl FnOnce(Option<&Secret>) -> RotationTrigger + Send + 'static,
     ) -> Result<Result<Rotated, Error>, ApiError> {
         let api = self.clone();
+        let commit = commitment.clone();
         let task = tokio::spawn(async move {
             let key = format!("{ns}/{name}");
             let _guard = tokio::time::timeout(rotation::LOCK_WAIT, api.ctx.locks.lock(&key))
@@ -554,12 +662,77 @@ impl Shared {
             let trigger = trigger(secret.as_ref());
             // A failed hash is made again, and reported, by rotate_with itself.
             let generated = generated.ok().map(|g| (g, started));
-            Ok(rotation::rotate_with(&api.ctx, &fresh, secret, trigger, Some(&caller), generated).await)
+            let cause = rotation::Cause {
+                trigger,
+                detail: Some(&caller),
+                revoke_previous: false,
+            };
+            Ok(
+                rotation::rotate_committing(&api.ctx, &fresh, secret, cause, generated, move || {
+                    commit.commit()
+                })
+                .await,
+            )
         });
-        task.await.map_err(|e| {
+        // Dropped with this future (a timeout, a client gone): the task stops at its point of
+        // no return unless it has passed it already.
+        let mut abandon = AbandonOnDrop(Some(commitment));
+        let ended = task.await;
+        // The task ended: nothing left to abandon (a retry may still commit).
+        abandon.0 = None;
+        ended.map_err(|e| {
             tracing::error!(error = %e, "rotation task failed");
             ApiError::internal()
         })?
+    }
+}
+
+/// Abandons a request's commitment when dropped while its rotation task still runs (a no-op
+/// once it is committed).
+struct AbandonOnDrop(Option<Commitment>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(commitment) = &self.0 {
+            commitment.abandon();
+        }
+    }
+}
+
+/// A JSON answer that carries a client secret: `Cache-Control: no-store`, and the buffer it is
+/// serialized into is zeroed when the last copy of the body is dropped (hyper's own write
+/// buffer is out of our hands).
+fn secret_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    // Sized exactly first, so no reallocation leaves a copy behind.
+    let mut counter = ByteCounter(0);
+    let _ = serde_json::to_writer(&mut counter, body);
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(counter.0));
+    if let Err(e) = serde_json::to_writer(&mut *bytes, body) {
+        tracing::error!(error = %e, "serializing an answer failed");
+        return ApiError::internal().into_response();
+    }
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        axum::body::Body::from(axum::body::Bytes::from_owner(bytes)),
+    )
+        .into_response()
+}
+
+/// Counts the bytes written to it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -593,6 +766,30 @@ fn is_dns_subdomain(s: &str, max: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_continue_token_round_trips_and_orders_apps() {
+        let p = ListPosition {
+            namespace: "team-a".into(),
+            name: Some("billing".into()),
+        };
+        let token = p.encode();
+        assert_eq!(ListPosition::decode(&token).expect("round trip"), p);
+        assert!(p.before("team-a", "portal"));
+        assert!(!p.before("team-a", "billing"));
+        assert!(!p.before("team-a", "api"));
+        assert!(p.before("team-b", "a"));
+        assert!(!p.before("default", "z"));
+        let whole = ListPosition {
+            namespace: "team-a".into(),
+            name: None,
+        };
+        assert!(!whole.before("team-a", "zzz"), "the whole namespace is done");
+        assert!(whole.before("team-b", "a"));
+        for bad in ["", "z", "zz", "7b7d", &"00".repeat(2000)] {
+            assert!(ListPosition::decode(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn names_follow_kubernetes_rules() {

@@ -1,14 +1,17 @@
-//! Rate limits: token buckets (GCRA, `governor`), one global, one per caller, and one for
-//! token reviews.
+//! Rate limits: token buckets (GCRA, `governor`): one global, one per caller, and for token
+//! reviews one for unknown tokens in all, one per client address, and one for renewals.
 //!
 //! A request with a bearer token the authenticator has not seen (recently) costs a TokenReview
-//! first: those reviews take from their own bucket, so a flood of unauthenticated or
-//! garbage-token requests is bounded, and so is the load it puts on the API server, without
-//! emptying the bucket every known caller depends on. Once authenticated, a request takes from
+//! first: those reviews take from their client address's bucket and then from the unknown-token
+//! bucket, so a flood of unauthenticated or garbage-token requests is bounded, and so is the load
+//! it puts on the API server. The review that renews a known caller's expired answer takes from
+//! the renewal bucket instead, which unknown tokens never touch: a flood cannot lock out a caller
+//! that authenticated before it. Once authenticated, a request takes from
 //! the global bucket and then from its caller's, keyed by the user name from the TokenReview (a
 //! caller with many tokens is still one caller), before any authorization review or handler
 //! work. Requests that need no token (the OpenAPI document) take from the global bucket.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -28,6 +31,10 @@ pub struct InvalidRate {
 pub struct RateLimits {
     global: DefaultDirectRateLimiter,
     reviews: DefaultDirectRateLimiter,
+    renewals: DefaultDirectRateLimiter,
+    /// Bounded by [`Self::forget_idle_callers`] (like `per_caller`): only addresses whose
+    /// bucket is not full again are kept.
+    per_address: DefaultKeyedRateLimiter<IpAddr>,
     per_caller: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
 }
@@ -42,6 +49,8 @@ impl RateLimits {
         Ok(Self {
             global: RateLimiter::direct(quota("global", rate_global, burst_global)?),
             reviews: RateLimiter::direct(quota("global", rate_global, burst_global)?),
+            renewals: RateLimiter::direct(quota("global", rate_global, burst_global)?),
+            per_address: RateLimiter::keyed(quota("per caller", rate_per_caller, burst_per_caller)?),
             per_caller: RateLimiter::keyed(quota("per caller", rate_per_caller, burst_per_caller)?),
             clock: DefaultClock::default(),
         })
@@ -52,12 +61,30 @@ impl RateLimits {
         self.take(&self.global, "the REST API is receiving too many requests")
     }
 
-    /// Takes one token from the token-review bucket (as large as the global one); 429 when it
-    /// is empty.
-    pub fn check_review(&self) -> Result<(), ApiError> {
+    /// Takes one token for a review of a token not known yet: from the client address's bucket
+    /// (as large as a caller's), then from the unknown-token bucket (as large as the global one);
+    /// 429 when either is empty. Without an address (never, on a socket), only the latter.
+    pub fn check_review(&self, address: Option<IpAddr>) -> Result<(), ApiError> {
+        if let Some(address) = address {
+            self.per_address.check_key(&address).map_err(|not_until| {
+                too_many(
+                    "too many requests with tokens not known yet from this address",
+                    not_until.wait_time_from(self.clock.now()),
+                )
+            })?;
+        }
         self.take(
             &self.reviews,
             "the REST API is receiving too many requests with tokens it does not know yet",
+        )
+    }
+
+    /// Takes one token from the renewal bucket (as large as the global one): the review that
+    /// renews the expired answer of a token that authenticated before.
+    pub fn check_renewal(&self) -> Result<(), ApiError> {
+        self.take(
+            &self.renewals,
+            "the REST API is renewing too many authentications at once",
         )
     }
 
@@ -83,6 +110,8 @@ impl RateLimits {
     pub fn forget_idle_callers(&self) {
         self.per_caller.retain_recent();
         self.per_caller.shrink_to_fit();
+        self.per_address.retain_recent();
+        self.per_address.shrink_to_fit();
     }
 }
 
@@ -130,12 +159,26 @@ mod tests {
     #[test]
     fn token_reviews_have_a_bucket_of_their_own() {
         let limits = RateLimits::new(1.0, 2, 1000.0, 1000).expect("valid");
-        limits.check_review().expect("1");
-        limits.check_review().expect("2");
-        let refused = limits.check_review().expect_err("over");
+        limits.check_review(None).expect("1");
+        limits.check_review(None).expect("2");
+        let refused = limits.check_review(None).expect_err("over");
         assert_eq!(refused.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
-        // A flood of unknown tokens leaves the global bucket to the callers already known.
+        // A flood of unknown tokens leaves the global bucket and the renewals to the callers
+        // already known.
         limits.check_global().expect("global untouched");
+        limits.check_renewal().expect("renewals untouched");
+    }
+
+    #[test]
+    fn unknown_tokens_are_limited_per_address_too() {
+        let limits = RateLimits::new(1000.0, 1000, 1.0, 2).expect("valid");
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().expect("ip"), "10.0.0.2".parse().expect("ip"));
+        limits.check_review(Some(a)).expect("1");
+        limits.check_review(Some(a)).expect("2");
+        limits.check_review(Some(a)).expect_err("over for this address");
+        limits
+            .check_review(Some(b))
+            .expect("another address has its own bucket");
     }
 
     #[test]

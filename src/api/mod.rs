@@ -43,7 +43,8 @@ use crate::watches::Watches;
 
 /// The largest request body accepted (413 beyond).
 pub const BODY_LIMIT: usize = 64 * 1024;
-/// A request that takes longer is answered 503 (the API server is too slow to be useful).
+/// The default of `--api-request-timeout`: a request that takes longer is answered 503 (the API
+/// server is too slow to be useful), unless its answer carries a secret already written.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often idle callers' rate-limit buckets are forgotten.
 const FORGET_IDLE_CALLERS: Duration = Duration::from_secs(60);
@@ -63,6 +64,13 @@ pub struct ApiConfig {
     pub burst_global: u32,
     /// How long TokenReview and SubjectAccessReview answers are reused.
     pub auth_cache_ttl: Duration,
+    /// Audiences a bearer token must be meant for (TokenReview `audiences`); empty: any token the
+    /// API server accepts for its own audience.
+    pub audiences: Vec<String>,
+    /// A request that takes longer is answered 503, unless it is past its point of no return.
+    pub request_timeout: Duration,
+    /// Header-read and idle timeouts, and the connection cap.
+    pub connections: crate::serve::ConnectionLimits,
 }
 
 /// What the handlers share.
@@ -78,6 +86,7 @@ struct Shared {
     watches: Arc<Watches>,
     auth: auth::Authenticator,
     limits: limit::RateLimits,
+    request_timeout: Duration,
 }
 
 /// The API's routes and middleware; fails on rate limits that cannot be token buckets.
@@ -87,7 +96,12 @@ pub fn router(state: ApiState, config: &ApiConfig) -> Result<Router, InvalidRate
 
 fn shared(state: ApiState, config: &ApiConfig) -> Result<Shared, InvalidRate> {
     Ok(Shared {
-        auth: auth::Authenticator::new(state.ctx.client.clone(), config.auth_cache_ttl),
+        auth: auth::Authenticator::new(
+            state.ctx.client.clone(),
+            config.auth_cache_ttl,
+            config.audiences.clone(),
+        ),
+        request_timeout: config.request_timeout,
         limits: limit::RateLimits::new(
             config.rate_global,
             config.burst_global,
@@ -114,7 +128,7 @@ fn router_with(shared: Arc<Shared>) -> Router {
             post(handlers::rotate_client_secret),
         )
         .route_layer(middleware::from_fn_with_state(shared.clone(), authenticate))
-        .route_layer(middleware::from_fn(request_timeout));
+        .route_layer(middleware::from_fn_with_state(shared.clone(), request_timeout));
     with_error_handling(
         Router::new()
             .route("/api-docs/openapi.json", get(openapi_document))
@@ -176,7 +190,7 @@ async fn serve_until(
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(cert, provider)?));
             let listener = tls::TlsListener::new(tcp, acceptor, shutdown.clone())?;
             info!(addr = %config.addr, cert = %cert_file.display(), "REST API listening (HTTPS)");
-            serve_connections(listener, app, shutdown).await
+            crate::serve::serve(listener, app, config.connections, shutdown).await
         }
         _ => {
             warn!(
@@ -184,50 +198,9 @@ async fn serve_until(
                 "REST API listening on plain HTTP: bearer tokens and client secrets cross the network \
                  unencrypted; set --tls-cert-file and --tls-key-file"
             );
-            serve_connections(tcp, app, shutdown).await
+            crate::serve::serve(tcp, app, config.connections, shutdown).await
         }
     }
-}
-
-/// A client gets this long to send a request's headers (slow or idle connections are closed:
-/// they would otherwise hold a socket each, for ever).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Serves `app` (HTTP/1.1) on every connection `listener` accepts until `shutdown`, then lets
-/// the open connections finish their requests. Like `axum::serve`, plus a timer: without one,
-/// hyper's header-read timeout is off and a silent connection holds its socket for ever.
-async fn serve_connections<L>(
-    mut listener: L,
-    app: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-{
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (io, _) = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => break,
-        };
-        let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app.clone()));
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(error = %e, "REST API connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
 }
 
 /// The global bucket, for the routes that need no token.
@@ -238,12 +211,20 @@ async fn global_limit(State(api): State<Arc<Shared>>, request: Request, next: Ne
     }
 }
 
-/// Authenticates the caller (a token not seen recently takes from the token-review bucket
-/// first), then applies the global bucket and the caller's own; handlers get the [`Caller`].
+/// Authenticates the caller (a token not seen recently takes from its address's and the
+/// unknown-token buckets first; the renewal of a known caller's answer from the renewal bucket),
+/// then applies the global bucket and the caller's own; handlers get the [`Caller`].
 async fn authenticate(State(api): State<Arc<Shared>>, mut request: Request, next: Next) -> Response {
+    let address = request
+        .extensions()
+        .get::<crate::serve::ClientAddr>()
+        .map(|a| a.0.ip());
     let authenticated = api
         .auth
-        .authenticate(request.headers(), || api.limits.check_review())
+        .authenticate(request.headers(), |review| match review {
+            auth::Review::Renewal => api.limits.check_renewal(),
+            auth::Review::Unknown => api.limits.check_review(address),
+        })
         .await;
     let caller = match authenticated {
         Ok(caller) => caller,
@@ -260,13 +241,55 @@ async fn authenticate(State(api): State<Arc<Shared>>, mut request: Request, next
     next.run(request).await
 }
 
-async fn request_timeout(request: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            warn!("a REST API request timed out");
-            ApiError::unavailable("the request timed out waiting for the Kubernetes API server; retry")
-                .into_response()
+/// Answers 503 after `--api-request-timeout`, unless the request has passed its point of no
+/// return (a Secret write carrying the secret it answers with was sent): then it waits for
+/// the answer, which is the only place that secret will ever be shown.
+async fn request_timeout(State(api): State<Arc<Shared>>, mut request: Request, next: Next) -> Response {
+    let commitment = Commitment::default();
+    request.extensions_mut().insert(commitment.clone());
+    let answer = next.run(request);
+    tokio::pin!(answer);
+    tokio::select! {
+        response = &mut answer => response,
+        () = tokio::time::sleep(api.request_timeout) => {
+            if commitment.abandon() {
+                warn!("a REST API request timed out");
+                ApiError::unavailable("the request timed out waiting for the Kubernetes API server; retry")
+                    .into_response()
+            } else {
+                debug!("a REST API request is past its timeout and its point of no return: answering anyway");
+                answer.await
+            }
+        }
+    }
+}
+
+/// The point of no return of one request: either the handler commits (right before a write
+/// that makes a new secret the only valid one) or the request is abandoned (timed out, or the
+/// client went away), never both.
+#[derive(Clone, Debug, Default)]
+pub struct Commitment(Arc<std::sync::atomic::AtomicU8>);
+
+const OPEN: u8 = 0;
+const COMMITTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl Commitment {
+    /// True when the request may pass its point of no return (it was not abandoned).
+    pub fn commit(&self) -> bool {
+        self.settle(COMMITTED)
+    }
+
+    /// True when the request is abandoned (it had not committed).
+    pub fn abandon(&self) -> bool {
+        self.settle(ABANDONED)
+    }
+
+    fn settle(&self, to: u8) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        match self.0.compare_exchange(OPEN, to, AcqRel, Acquire) {
+            Ok(_) => true,
+            Err(now) => now == to,
         }
     }
 }
@@ -354,6 +377,20 @@ mod tests {
         let error = serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("not a JSON error ({e}): {}", String::from_utf8_lossy(&bytes)));
         (status, allow, error)
+    }
+
+    #[test]
+    fn a_request_either_commits_or_is_abandoned_never_both() {
+        let committed = Commitment::default();
+        assert!(committed.commit());
+        assert!(committed.commit(), "committing twice is still committed");
+        assert!(!committed.abandon(), "a committed request is never abandoned");
+        let abandoned = Commitment::default();
+        assert!(abandoned.abandon());
+        assert!(
+            !abandoned.commit(),
+            "an abandoned request never passes its point of no return"
+        );
     }
 
     #[tokio::test]

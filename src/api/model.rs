@@ -23,6 +23,13 @@ pub struct RotatedSecret {
     pub client_secret_hint: String,
 }
 
+// The plaintext is zeroed when the answer is dropped.
+impl Drop for RotatedSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.client_secret);
+    }
+}
+
 // Never print the secret.
 impl std::fmt::Debug for RotatedSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,11 +114,15 @@ impl OAuthAppView {
     }
 }
 
-/// The apps the caller may list.
+/// One page of the apps the caller may list, ordered by namespace and resource name.
 #[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq, Eq)]
 #[schema(as = OAuthAppList)]
 pub struct OAuthAppList {
     pub data: Vec<OAuthAppView>,
+    /// The `continue` token for the next page (opaque); absent on the last page. A page may
+    /// hold fewer than `limit` apps, even none, and still have a next one.
+    #[serde(rename = "continue", default, skip_serializing_if = "Option::is_none")]
+    pub continue_token: Option<String>,
 }
 
 /// A new OAuth application.
@@ -144,6 +155,13 @@ pub struct CreatedOAuthApp {
     pub app: OAuthAppView,
     /// The client secret. It is not shown again: store it now, or rotate to get a new one.
     pub client_secret: String,
+}
+
+// The plaintext is zeroed when the answer is dropped.
+impl Drop for CreatedOAuthApp {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.client_secret);
+    }
 }
 
 // Never print the secret.

@@ -1,7 +1,7 @@
 //! The REST API, as automation meets it: real ServiceAccount tokens, RBAC Roles made with
 //! kubectl, one operator process per test (acting as admin), one namespace per test.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -21,6 +21,15 @@ use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 const ROTATER_RULES: &str = r#"
+- apiGroups: ["oauthapp.io"]
+  resources: ["oauthapps"]
+  verbs: ["get"]
+- apiGroups: ["oauthapp.io"]
+  resources: ["oauthapps/rotate"]
+  verbs: ["create"]
+"#;
+/// May rotate, but not see the app: the REST API treats its id as unknown.
+const ROTATE_ONLY_RULES: &str = r#"
 - apiGroups: ["oauthapp.io"]
   resources: ["oauthapps/rotate"]
   verbs: ["create"]
@@ -279,6 +288,10 @@ async fn rotating_returns_a_secret_that_is_in_the_secret_and_verifies_against_th
         "{}",
         String::from_utf8_lossy(&answer.body)
     );
+    assert_eq!(
+        answer.headers["cache-control"], "no-store",
+        "a secret is never cached"
+    );
     let rotated: RotatedSecret = answer.json();
 
     // Invariant 7: a 200 means the returned secret is in the Secret and its hash in the status.
@@ -346,21 +359,27 @@ async fn callers_need_a_valid_token_and_rbac_and_ids_are_checked() {
         .await
         .error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
 
+    // A caller who may not get the app is told exactly what an unknown id tells: nothing about
+    // the app, its namespace or its name. So is one who may rotate it but not see it.
     let nobody = s.caller("nobody", &s.ns, "");
-    let denied = s
-        .rotate(&id, &nobody)
-        .await
-        .error(StatusCode::FORBIDDEN, "FORBIDDEN");
-    assert!(denied.message.contains("oauthapps/rotate"), "{}", denied.message);
-    assert!(!denied.message.contains(&nobody), "no token in messages");
-    s.call(
-        Method::GET,
-        &format!("/api/v1/oauth-apps/{id}"),
-        Some(&nobody),
-        None,
-    )
-    .await
-    .error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    let blind = s.caller("blind", &s.ns, ROTATE_ONLY_RULES);
+    let unknown_id = id::encode(uuid::Uuid::from_u128(rand_u128()));
+    let unknown = s.rotate(&unknown_id, &nobody).await;
+    let unknown_error = unknown.error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    for (token, path, method) in [
+        (&nobody, format!("/api/v1/oauth-apps/{id}/rotate"), Method::POST),
+        (&nobody, format!("/api/v1/oauth-apps/{id}"), Method::GET),
+        (&nobody, format!("/api/v1/oauth-apps/{id}"), Method::DELETE),
+        (&blind, format!("/api/v1/oauth-apps/{id}/rotate"), Method::POST),
+    ] {
+        let hidden = s.call(method.clone(), &path, Some(token), None).await;
+        assert_eq!(
+            hidden.body, unknown.body,
+            "{method} {path}: the same body as an unknown id"
+        );
+        assert_eq!(hidden.error(StatusCode::NOT_FOUND, "NOT_FOUND"), unknown_error);
+    }
+    assert!(!unknown_error.message.contains(&s.ns) && !unknown_error.message.contains("portal"));
     // Reading is not rotating: a reader may get the app, not rotate it.
     let reader = s.caller("reader", &s.ns, READ_RULES);
     let got = s
@@ -378,9 +397,13 @@ async fn callers_need_a_valid_token_and_rbac_and_ids_are_checked() {
         !String::from_utf8_lossy(&got.body).contains("client_secret\""),
         "get never shows a secret"
     );
-    s.rotate(&id, &reader)
+    // One who may get it but not rotate it is told so.
+    let denied = s
+        .rotate(&id, &reader)
         .await
         .error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert!(denied.message.contains("oauthapps/rotate"), "{}", denied.message);
+    assert!(!denied.message.contains(&reader), "no token in messages");
 
     let rotater = s.caller("rotater", &s.ns, ROTATER_RULES);
     let unknown = id::encode(uuid::Uuid::from_u128(rand_u128()));
@@ -438,7 +461,7 @@ async fn callers_need_a_valid_token_and_rbac_and_ids_are_checked() {
             r#"oauthapp_api_requests_total{{route="/api/v1/oauth-apps/{{id}}/rotate",method="POST",code="{code}"}}"#
         )
     };
-    for (code, n) in [(200, 1.0), (400, 2.0), (401, 2.0), (403, 2.0), (404, 1.0)] {
+    for (code, n) in [(200, 1.0), (400, 2.0), (401, 2.0), (403, 1.0), (404, 4.0)] {
         assert_eq!(s.operator.metric(&rotate_answers(code)).await, Some(n), "{code}");
     }
     assert_eq!(
@@ -566,21 +589,18 @@ async fn a_rotation_another_replica_is_still_writing_is_answered_409_not_rotated
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = setup("api-slow", &[]).await;
+    let s = setup("api-slow", &["--header-read-timeout", "2s"]).await;
     let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", s.operator.api_port))
         .await
         .expect("connect");
     slow.write_all(b"GET /api/v1/oauth-apps HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("write");
-    // The server closes the connection once its header-read timeout passes (30 s).
+    // The server closes the connection once its header-read timeout passes.
     let mut buf = [0u8; 1024];
-    let closed = tokio::time::timeout(
-        oauthapp_operator::api::HEADER_READ_TIMEOUT + WAIT,
-        slow.read(&mut buf),
-    )
-    .await
-    .expect("the server closes a connection whose headers never end");
+    let closed = tokio::time::timeout(Duration::from_secs(2) + WAIT, slow.read(&mut buf))
+        .await
+        .expect("the server closes a connection whose headers never end");
     assert!(
         matches!(closed, Ok(0) | Err(_)),
         "closed, not answered: {closed:?}"
@@ -613,7 +633,7 @@ async fn concurrent_rotations_serialize_and_every_200_is_one_rotation() {
     let mut ok = Vec::new();
     for a in &answers {
         match a.status {
-            StatusCode::OK => ok.push(a.json::<RotatedSecret>().client_secret),
+            StatusCode::OK => ok.push(a.json::<RotatedSecret>().client_secret.clone()),
             StatusCode::CONFLICT => {
                 a.error(StatusCode::CONFLICT, "CONFLICT");
             }
@@ -696,8 +716,9 @@ async fn a_caller_over_its_rate_limit_gets_429_and_others_are_not_affected() {
     let b = s.call(Method::GET, "/api/v1/oauth-apps", Some(&bob), None).await;
     assert_eq!(b.status, StatusCode::OK, "bob has his own bucket");
 
-    // A flood of tokens nobody knows: each costs a TokenReview, and those take from a bucket of
-    // their own (as large as the global one; alice's and bob's first calls used 2 of 12).
+    // A flood of tokens nobody knows: each costs a TokenReview, and those take from buckets of
+    // their own: one per client address (as large as a caller's: alice's and bob's first calls,
+    // from this address too, used 2 of 3), and one in all (as large as the global one).
     let mut flood = Vec::new();
     for i in 0..12 {
         let a = s
@@ -710,8 +731,8 @@ async fn a_caller_over_its_rate_limit_gets_429_and_others_are_not_affected() {
             .await;
         flood.push(a.status.as_u16());
     }
-    assert_eq!(flood[..10], [401; 10], "10 reviews left: 401s");
-    assert_eq!(flood[10..], [429; 2], "then the reviews are rate-limited");
+    assert_eq!(flood[..1], [401; 1], "1 review left for this address: a 401");
+    assert_eq!(flood[1..], [429; 11], "then its reviews are rate-limited");
     // The flood did not touch the global bucket: bob, whose token is known, is still served.
     let b = s.call(Method::GET, "/api/v1/oauth-apps", Some(&bob), None).await;
     assert_eq!(
@@ -762,7 +783,7 @@ async fn list_shows_only_the_apps_of_namespaces_the_caller_may_list() {
         None,
     )
     .await
-    .error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    .error(StatusCode::NOT_FOUND, "NOT_FOUND");
 
     // Granted list in the other namespace: its apps appear once the cached review expires.
     s.grant("lister", &other, READ_RULES);
@@ -863,6 +884,10 @@ async fn create_shows_the_secret_once_and_delete_garbage_collects_the_secret() {
         StatusCode::CREATED,
         "{}",
         String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(
+        answer.headers["cache-control"], "no-store",
+        "a secret is never cached"
     );
     let created: CreatedOAuthApp = answer.json();
     assert_eq!(created.app.name, "Billing portal");
@@ -1150,4 +1175,545 @@ async fn certificate_files_that_do_not_load_stop_the_operator_with_an_error() {
     // Already exiting on its own: a SIGTERM'd healthy operator would exit 0.
     let status = operator.terminate(WAIT).expect("the operator exits");
     assert_eq!(status.code(), Some(1), "a start-up failure is a non-zero exit");
+}
+
+/// CPU time (user + system) of process `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based, from the pid).
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(14) + field(15)
+}
+
+/// Resident set size of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn clock_ticks_per_second() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_tokens_never_locks_out_a_known_caller() {
+    // Answers kept 2 s. Reviews of unknown tokens: 10/s in all, 5/s per client address.
+    const TTL: Duration = Duration::from_secs(2);
+    let s = Arc::new(
+        setup(
+            "api-flood",
+            &[
+                "--auth-cache-ttl",
+                "2s",
+                "--rate-limit-global",
+                "10",
+                "--rate-limit-global-burst",
+                "10",
+                "--rate-limit-per-caller",
+                "5",
+                "--rate-limit-per-caller-burst",
+                "5",
+            ],
+        )
+        .await,
+    );
+    let (app, _) = s.app(&s.ns, "target").await;
+    let id = app_id(&app);
+    let known = s.caller("known", &s.ns, ROTATER_RULES);
+    // The caller is known before the flood starts (RBAC may take a moment to see the binding).
+    eventually("a first rotation by the known caller", WAIT, || async {
+        (s.rotate(&id, &known).await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+
+    // The flood: 8 loopback addresses, each sending a random token every 40 ms (200/s in all,
+    // 20 times the review rate), for 6 times the TTL.
+    let flood_for = TTL * 6;
+    let stop = std::time::Instant::now() + flood_for;
+    let pid = s.operator.pid();
+    let cpu_before = cpu_ticks(pid);
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = (0..8u8)
+        .map(|w| {
+            let base = s.base.clone();
+            tokio::spawn(async move {
+                install_ring();
+                let client = reqwest::Client::builder()
+                    .local_address(std::net::IpAddr::from([127, 0, 0, 2 + w]))
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .expect("client");
+                let mut statuses: Vec<u16> = Vec::new();
+                while std::time::Instant::now() < stop {
+                    let token = format!("flood-{:032x}", rand_u128());
+                    let answer = client
+                        .get(format!("{base}/api/v1/oauth-apps"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await;
+                    statuses.push(answer.map_or(0, |a| a.status().as_u16()));
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                }
+                statuses
+            })
+        })
+        .collect();
+    // Meanwhile, the known caller rotates once a second (whether or not its previous call has
+    // been answered), and the operator's RSS is sampled.
+    let mut calls = Vec::new();
+    let mut max_rss = 0;
+    while std::time::Instant::now() < stop {
+        let tick = tokio::time::Instant::now() + Duration::from_secs(1);
+        let (s, id, known) = (s.clone(), id.clone(), known.clone());
+        calls.push(tokio::spawn(async move {
+            let answer = s.rotate(&id, &known).await;
+            if !matches!(answer.status, StatusCode::OK | StatusCode::CONFLICT) {
+                eprintln!(
+                    "known caller got {}: {}",
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body)
+                );
+            }
+            answer.status.as_u16()
+        }));
+        max_rss = max_rss.max(rss_kib(pid));
+        tokio::time::sleep_until(tick).await;
+    }
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.expect("known caller"));
+    }
+    let mut flood: BTreeMap<u16, usize> = BTreeMap::new();
+    for worker in workers {
+        for status in worker.await.expect("flood worker") {
+            *flood.entry(status).or_default() += 1;
+        }
+    }
+    let wall = started.elapsed();
+    let cpu = (cpu_ticks(pid) - cpu_before) as f64 / clock_ticks_per_second() as f64;
+    let sent: usize = flood.values().sum();
+    let mut known_counts: BTreeMap<u16, usize> = BTreeMap::new();
+    for a in &answers {
+        *known_counts.entry(*a).or_default() += 1;
+    }
+    eprintln!(
+        "flood figures: {sent} flood requests in {:.1}s ({flood:?}); known caller answers {known_counts:?}; \
+         operator CPU {cpu:.2}s ({:.0}% of one core), max RSS {} MiB",
+        wall.as_secs_f64(),
+        100.0 * cpu / wall.as_secs_f64(),
+        max_rss / 1024
+    );
+    assert!(answers.len() >= 10, "the known caller kept calling: {answers:?}");
+    assert!(
+        answers.iter().all(|a| *a == 200 || *a == 409),
+        "the known caller gets only 200 and 409 throughout: {answers:?}"
+    );
+    assert!(
+        flood.keys().all(|k| *k == 401 || *k == 429),
+        "the flood gets 401 or 429: {flood:?}"
+    );
+    assert!(
+        flood.get(&429).is_some_and(|n| *n > sent / 2),
+        "the flood was mostly refused unreviewed: {flood:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_rotation_past_its_secret_write_is_answered_with_the_secret_whatever_the_timeout() {
+    // Every rotation pauses 8 s after its Secret write; requests time out after 3 s. Hashing is
+    // cheap, so a rotation reaches its Secret write well within the timeout.
+    let ns = namespace("api-no-lost-answer");
+    let client = admin_client().await;
+    let operator = Operator::start(
+        &control_plane().kubeconfig,
+        &ns,
+        &[
+            "--api-request-timeout",
+            "3s",
+            "--hash-memory-kib",
+            "64",
+            "--hash-iterations",
+            "1",
+        ],
+        &[("OAUTHAPP_FAILPOINT", "pause-after-secret-write=8s")],
+    );
+    wait_ready(&operator).await;
+    let s = Setup {
+        apps: Api::namespaced(client.clone(), &ns),
+        secrets: Api::namespaced(client.clone(), &ns),
+        base: format!("http://127.0.0.1:{}", operator.api_port),
+        client,
+        ns,
+        operator,
+    };
+    let (app, _) = s.app(&s.ns, "slow").await;
+    let token = s.caller("rotater", &s.ns, ROTATER_RULES);
+
+    let answer = s.rotate(&app_id(&app), &token).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.headers["cache-control"], "no-store");
+    let rotated: RotatedSecret = answer.json();
+    let secret = s.secrets.get("slow-oauth-client").await.expect("secret");
+    assert_eq!(
+        plaintext(&secret),
+        rotated.client_secret,
+        "the answer carries the secret that is in the Secret"
+    );
+    let (after, _) = settled(&s.client, &s.ns, "slow").await;
+    assert!(verifies(&rotated.client_secret, &after));
+    assert_eq!(rotation_count(&after), rotation_count(&app) + 1);
+}
+
+#[tokio::test]
+async fn a_rotation_that_times_out_before_its_secret_write_writes_nothing() {
+    // Every rotation pauses 4 s right before its Secret write; requests time out after 2 s.
+    let ns = namespace("api-abandoned");
+    let client = admin_client().await;
+    let operator = Operator::start(
+        &control_plane().kubeconfig,
+        &ns,
+        &[
+            "--api-request-timeout",
+            "2s",
+            "--hash-memory-kib",
+            "64",
+            "--hash-iterations",
+            "1",
+        ],
+        &[("OAUTHAPP_FAILPOINT", "pause-before-secret-write=4s")],
+    );
+    wait_ready(&operator).await;
+    let s = Setup {
+        apps: Api::namespaced(client.clone(), &ns),
+        secrets: Api::namespaced(client.clone(), &ns),
+        base: format!("http://127.0.0.1:{}", operator.api_port),
+        client,
+        ns,
+        operator,
+    };
+    let (app, before) = s.app(&s.ns, "late").await;
+    let token = s.caller("rotater", &s.ns, ROTATER_RULES);
+
+    let answer = s.rotate(&app_id(&app), &token).await;
+    let timed_out = answer.error(StatusCode::SERVICE_UNAVAILABLE, "INTERNAL_SERVER_ERROR");
+    assert!(timed_out.message.contains("timed out"), "{}", timed_out.message);
+    // The abandoned rotation reaches its point of no return after the pause, and stops there.
+    eventually("the abandoned rotation to stop", WAIT, || async {
+        let errors = s
+            .operator
+            .metric(r#"oauthapp_rotations_total{trigger="Api",result="error"}"#)
+            .await?;
+        (errors >= 1.0).then_some(())
+    })
+    .await;
+    let secret = s.secrets.get("late-oauth-client").await.expect("secret");
+    assert_eq!(
+        secret.resource_version(),
+        before.resource_version(),
+        "the Secret was not written"
+    );
+    assert_eq!(plaintext(&secret), plaintext(&before));
+    let now = s.apps.get("late").await.expect("app");
+    assert_eq!(rotation_count(&now), rotation_count(&app));
+    assert!(
+        verifies(&plaintext(&secret), &now),
+        "the old secret is still the valid one"
+    );
+}
+
+#[tokio::test]
+async fn with_api_audiences_only_tokens_meant_for_the_operator_are_accepted() {
+    let s = setup("api-audience", &["--api-audiences", "oauthapp-operator"]).await;
+    let (app, _) = s.app(&s.ns, "aud").await;
+    let default_token = s.caller("ci", &s.ns, READ_RULES);
+    let path = format!("/api/v1/oauth-apps/{}", app_id(&app));
+    let refused = s.call(Method::GET, &path, Some(&default_token), None).await;
+    refused.error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+
+    let bound = control_plane()
+        .kubectl_ok(&[
+            "create",
+            "token",
+            "ci",
+            "-n",
+            &s.ns,
+            "--audience",
+            "oauthapp-operator",
+            "--duration=1h",
+        ])
+        .trim()
+        .to_string();
+    let accepted = eventually("the audience-bound token to be accepted", WAIT, || async {
+        let answer = s.call(Method::GET, &path, Some(&bound), None).await;
+        (answer.status == StatusCode::OK).then_some(answer)
+    })
+    .await;
+    let view: OAuthAppView = accepted.json();
+    assert_eq!(view.resource_name, "aud");
+    // Still refused: the refusal is not because the token was unknown.
+    s.call(Method::GET, &path, Some(&default_token), None)
+        .await
+        .error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+}
+
+/// Opens `n` connections to `port` that send half a request's headers and then nothing.
+async fn slow_connections(port: u16, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut open = Vec::new();
+    for _ in 0..n {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        open.push(c);
+    }
+    open
+}
+
+/// How many of `conns` the server has closed.
+fn closed(conns: &[tokio::net::TcpStream]) -> usize {
+    let mut buf = [0u8; 64];
+    conns
+        .iter()
+        .filter(|c| match c.try_read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn slow_clients_never_keep_a_probe_or_a_caller_out() {
+    // A cap of 50 connections per listener; timeouts far away, so only the cap closes anything.
+    let s = setup(
+        "api-slowloris",
+        &[
+            "--max-connections",
+            "50",
+            "--header-read-timeout",
+            "300s",
+            "--idle-timeout",
+            "300s",
+        ],
+    )
+    .await;
+    let token = s.caller("reader", &s.ns, READ_RULES);
+    let admin = slow_connections(s.operator.admin_port, 150).await;
+    let api = slow_connections(s.operator.api_port, 150).await;
+
+    // Fresh clients are served on both listeners.
+    let health = eventually("/healthz from a fresh connection", WAIT, || async {
+        http_get(s.operator.admin_port, "/healthz").await
+    })
+    .await;
+    assert_eq!(health, "ok");
+    let listed = s
+        .call(Method::GET, "/api/v1/oauth-apps", Some(&token), None)
+        .await;
+    assert_eq!(
+        listed.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&listed.body)
+    );
+    // Because the oldest slow ones were closed to make room: at most 50 stay open per listener.
+    for (name, conns) in [("admin", &admin), ("api", &api)] {
+        eventually(
+            &format!("the {name} listener to close slow connections past the cap"),
+            WAIT,
+            || async { (closed(conns) >= 100).then_some(()) },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup("api-idle", &["--idle-timeout", "1s"]).await;
+    for port in [s.operator.admin_port, s.operator.api_port] {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = c.read(&mut buf).await.expect("an answer");
+        assert!(n > 0, "answered");
+        // Then nothing: the server closes the idle connection.
+        let end = tokio::time::timeout(WAIT, async {
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "port {port}: an idle connection is closed");
+    }
+}
+
+/// SubjectAccessReviews the API server has answered so far (its own request counter).
+fn subject_access_reviews(cp: &ControlPlane) -> f64 {
+    cp.kubectl_ok(&["get", "--raw", "/metrics"])
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{") && l.contains(r#"resource="subjectaccessreviews""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn list_pages_through_many_namespaces_at_a_bounded_review_cost() {
+    // A control plane of its own: the API server's SubjectAccessReview counter is this test's.
+    let private = PrivateControlPlane::start("list-paging");
+    let cp = &private.0;
+    let namespaces: Vec<String> = (0..30).map(|i| format!("page-{i:02}")).collect();
+    for ns in &namespaces {
+        cp.kubectl_ok(&["create", "namespace", ns]);
+    }
+    let mut manifest = String::new();
+    manifest += "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: lister, namespace: page-00}\n---\n";
+    // The caller may list in 20 of the 30 namespaces.
+    let visible: BTreeSet<&String> = namespaces
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, ns)| ns)
+        .collect();
+    for ns in &visible {
+        manifest += &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: lister, namespace: {ns}}}\n\
+             rules: [{{apiGroups: [oauthapp.io], resources: [oauthapps], verbs: [list]}}]\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: lister, namespace: {ns}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: lister}}\n\
+             subjects: [{{kind: ServiceAccount, name: lister, namespace: page-00}}]\n---\n"
+        );
+    }
+    let mut expected = BTreeSet::new();
+    for i in 0..250 {
+        let ns = &namespaces[i % namespaces.len()];
+        manifest += &format!(
+            "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata: {{name: app-{i:03}, namespace: {ns}}}\nspec: {{}}\n---\n"
+        );
+        if visible.contains(ns) {
+            expected.insert((ns.clone(), format!("app-{i:03}")));
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("apps.yaml");
+    std::fs::write(&file, manifest).expect("write");
+    let file = file.to_str().expect("utf-8");
+    cp.kubectl_ok(&["apply", "-f", file]);
+    // The first namespace names the operator's log; the flag takes the others too.
+    let others = namespaces[1..].join(",");
+    let operator = Operator::start_on(
+        cp,
+        &cp.kubeconfig,
+        &namespaces[0],
+        &[
+            "--watch-namespaces",
+            &others,
+            "--hash-memory-kib",
+            "64",
+            "--hash-iterations",
+            "1",
+        ],
+        &[],
+    );
+    wait_ready(&operator).await;
+    let token = cp
+        .kubectl_ok(&["create", "token", "lister", "-n", "page-00", "--duration=1h"])
+        .trim()
+        .to_string();
+    let base = format!("http://127.0.0.1:{}", operator.api_port);
+
+    // Walks every page with limit=40; the apps seen, and the SubjectAccessReviews each page cost.
+    let walk = || async {
+        let mut seen = Vec::new();
+        let mut reviews = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let before = subject_access_reviews(cp);
+            let path = match &next {
+                Some(token) => format!("/api/v1/oauth-apps?limit=40&continue={token}"),
+                None => "/api/v1/oauth-apps?limit=40".to_string(),
+            };
+            let answer = call(&base, Method::GET, &path, Some(&token), None).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "{}",
+                String::from_utf8_lossy(&answer.body)
+            );
+            reviews.push(subject_access_reviews(cp) - before);
+            let page: OAuthAppList = answer.json();
+            assert!(page.data.len() <= 40, "a page holds at most limit apps");
+            seen.extend(
+                page.data
+                    .iter()
+                    .map(|a| (a.namespace.clone(), a.resource_name.clone())),
+            );
+            match page.continue_token {
+                Some(token) => next = Some(token),
+                None => return (seen, reviews),
+            }
+            assert!(reviews.len() < 100, "the walk ends");
+        }
+    };
+    // Once the operator's caches hold every app, a walk sees exactly the visible ones, once each.
+    let (seen, reviews) = eventually("a walk that sees every visible app", WAIT * 2, || async {
+        let (seen, reviews) = walk().await;
+        (seen.len() >= expected.len()).then_some((seen, reviews))
+    })
+    .await;
+    let unique: BTreeSet<(String, String)> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "no app comes back twice");
+    assert_eq!(unique, expected, "every app the caller may see, none it may not");
+    eprintln!(
+        "list paging: {} pages, SubjectAccessReviews per page {reviews:?}",
+        reviews.len()
+    );
+    assert!(
+        reviews.iter().all(|r| *r <= 33.0),
+        "at most 32 namespace reviews and the cluster-wide one per page: {reviews:?}"
+    );
+
+    // Bad paging parameters are 400s.
+    for query in ["limit=0", "limit=1001", "continue=zz", "continue=7b7d"] {
+        call(
+            &base,
+            Method::GET,
+            &format!("/api/v1/oauth-apps?{query}"),
+            Some(&token),
+            None,
+        )
+        .await
+        .error(StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    }
+    drop(operator);
 }

@@ -217,6 +217,10 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         !args.iter().any(|a| a.starts_with("--tls-")),
         "no TLS by default: {args:?}"
     );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--api-audiences")),
+        "any audience the kube-apiserver accepts by default: {args:?}"
+    );
 
     let c = container(&docs);
     let env_field = |name: &str| {
@@ -440,6 +444,11 @@ fn namespaced_values_render_roles_only_in_the_watched_namespaces_and_https_from_
         args.contains(&"--rate-limit-per-caller=2.5".to_string()),
         "{args:?}"
     );
+    assert!(
+        args.contains(&"--api-audiences=oauthapp-operator".to_string()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--max-connections=200".to_string()), "{args:?}");
     assert!(
         args.contains(&"--resync-interval=5m".to_string()),
         "extraArgs: {args:?}"
@@ -1251,8 +1260,8 @@ async fn the_operator_rotates_on_annotation_and_rest_with_nothing_but_the_charts
         "rotator",
         "-n",
         &watched,
-        "--verb=create",
-        "--resource=oauthapps.oauthapp.io/rotate",
+        "--verb=get,create",
+        "--resource=oauthapps.oauthapp.io,oauthapps.oauthapp.io/rotate",
     ]);
     cp.kubectl_ok(&[
         "create",

@@ -118,8 +118,15 @@ refuses a flag given twice.
   (printf "--rate-limit-global=%v" $v.api.rateLimit.global)
   (printf "--rate-limit-global-burst=%d" (int64 $v.api.rateLimit.globalBurst))
   (printf "--auth-cache-ttl=%s" $v.api.authCacheTTL)
+  (printf "--api-request-timeout=%s" $v.api.requestTimeout)
+  (printf "--header-read-timeout=%s" $v.connections.headerReadTimeout)
+  (printf "--idle-timeout=%s" $v.connections.idleTimeout)
+  (printf "--max-connections=%d" (int64 $v.connections.maxConnections))
   (printf "--log-format=%s" $v.logFormat)
   (printf "--shutdown-timeout=%s" $v.shutdownTimeout) ) }}
+{{- with $v.api.audiences }}
+{{- $args = append $args (printf "--api-audiences=%s" (join "," .)) }}
+{{- end }}
 {{- $overridden := dict }}
 {{- range $v.extraArgs }}
 {{- if hasPrefix "--" . }}
