@@ -18,6 +18,9 @@ pub struct Hasher {
     permits: Arc<Semaphore>,
     /// Working memory of the hashes not running now (at most one per permit).
     memory: Arc<Mutex<Vec<HashMemory>>>,
+    /// A hash of a random secret nobody knows, checked in place of an unknown app's so that an
+    /// unknown client id costs what a known one does.
+    dummy: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl Hasher {
@@ -26,7 +29,37 @@ impl Hasher {
             params,
             permits: Arc::new(Semaphore::new(parallelism.max(1))),
             memory: Arc::default(),
+            dummy: Arc::default(),
         }
+    }
+
+    /// Checks `plaintext` against every hash of `phcs` (all of them, whatever matches first, so
+    /// the work does not depend on which one matches), or against a dummy when `phcs` is empty.
+    /// The answer has one entry per hash of `phcs`.
+    pub async fn verify_all(&self, plaintext: String, phcs: Vec<String>) -> Result<Vec<bool>, Error> {
+        let params = self.params;
+        let checked = if phcs.is_empty() {
+            let dummy = self
+                .dummy
+                .get_or_try_init(|| async { self.generate().await.map(|(_, phc)| phc) })
+                .await?
+                .clone();
+            vec![dummy]
+        } else {
+            phcs.clone()
+        };
+        let matches = self
+            .blocking(move |memory| {
+                let well_formed = secret::check_format(&plaintext).is_ok();
+                Ok(checked
+                    .iter()
+                    .map(|phc| {
+                        well_formed && secret::verify_with(&plaintext, phc, &params, memory).unwrap_or(false)
+                    })
+                    .collect::<Vec<bool>>())
+            })
+            .await?;
+        Ok(if phcs.is_empty() { Vec::new() } else { matches })
     }
 
     pub fn params(&self) -> HashParams {

@@ -17,6 +17,14 @@ pub struct RotationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// The results of `POST /api/v1/oauth-apps/verify`, each with a zero from the start.
+pub const VERIFICATION_RESULTS: [&str; 4] = ["current", "previous", "invalid", "unknown"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -128,6 +136,8 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabels, Counter>,
     /// Seconds per REST API request, by route.
     pub api_request_duration: HistogramFamily<RouteLabels>,
+    /// Client credential verifications by result ([`VERIFICATION_RESULTS`]).
+    pub verifications: Family<ResultLabels, Counter>,
 }
 
 fn api_request_histogram() -> Histogram {
@@ -235,7 +245,17 @@ impl Metrics {
         for reason in NOT_READY_REASONS {
             let _ = apps_not_ready.get_or_create(&ReasonLabels { reason });
         }
+        let verifications = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "verifications",
+            "Client credential verifications (POST /api/v1/oauth-apps/verify) by result",
+            verifications.clone(),
+        );
+        for result in VERIFICATION_RESULTS {
+            let _ = verifications.get_or_create(&ResultLabels { result });
+        }
         Self {
+            verifications,
             registry,
             rotations,
             rotation_duration,

@@ -192,6 +192,18 @@ impl Watches {
             .filter(|app| app.meta().uid.as_deref() == Some(uid))
     }
 
+    /// The app whose client id is `client_id` (its status shows it: the holder), from the cache.
+    pub fn find_by_client_id(&self, client_id: &str) -> Option<Arc<OAuthApp>> {
+        let uid = if client_id.starts_with("app_") {
+            crate::id::decode(client_id).ok()?.to_string()
+        } else {
+            let claims = self.client_ids.read().unwrap_or_else(|e| e.into_inner());
+            claims.owner(client_id)?.to_string()
+        };
+        self.find(&uid)
+            .filter(|app| app.status.as_ref().and_then(|s| s.client_id.as_deref()) == Some(client_id))
+    }
+
     /// Every cached app.
     pub fn apps(&self) -> Vec<Arc<OAuthApp>> {
         self.scopes.iter().flat_map(|s| s.apps.state()).collect()

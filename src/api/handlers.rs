@@ -161,6 +161,16 @@ pub struct CreateQuery {
     pub namespace: String,
 }
 
+/// The rotate endpoint's query.
+#[derive(Deserialize, utoipa::IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct RotateQuery {
+    /// Invalidate the previous secret at once, whatever `spec.rotation.gracePeriod` says (the
+    /// secret leaked). Default false.
+    #[serde(default)]
+    pub revoke_previous: bool,
+}
+
 /// Rotate client secret
 ///
 /// Generate a new client secret for an OAuth app. The old secret is
@@ -170,7 +180,7 @@ pub struct CreateQuery {
     path = "/api/v1/oauth-apps/{id}/rotate",
     operation_id = "rotate_client_secret",
     tag = TAG,
-    params(("id" = OAuthAppId, Path, description = "OAuth app ID")),
+    params(("id" = OAuthAppId, Path, description = "OAuth app ID"), RotateQuery),
     responses(
         (status = 200, description = "Rotated secret", body = RotatedSecret),
         (status = 400, description = "Malformed id", body = RestErrorResponse),
@@ -189,6 +199,7 @@ pub async fn rotate_client_secret(
     Extension(caller): Extension<Caller>,
     Extension(commitment): Extension<Commitment>,
     AppUid(uid): AppUid,
+    QueryParams(query): QueryParams<RotateQuery>,
 ) -> Result<Response, ApiError> {
     let app = api.app_for(&caller, &uid, "create", Some("rotate")).await?;
     let (ns, name, secret_name) = (
@@ -200,14 +211,17 @@ pub async fn rotate_client_secret(
         .rotate_locked(
             ns,
             name,
-            uid,
+            uid.clone(),
             secret_name,
             caller.username.clone(),
             commitment,
-            |_| RotationTrigger::Api,
+            move |_| (RotationTrigger::Api, query.revoke_previous),
         )
         .await?
         .map_err(|e| ApiError::from_rotation("rotating a client secret", e))?;
+    if query.revoke_previous {
+        api.verify_answers.forget_app(&uid);
+    }
     Ok(secret_response(
         StatusCode::OK,
         &RotatedSecret {
@@ -215,6 +229,70 @@ pub async fn rotate_client_secret(
             client_secret_hint: rotated.hint.clone(),
         },
     ))
+}
+
+/// Retire the previous secret
+///
+/// Invalidates the app's previous secret (kept valid after a rotation by
+/// `spec.rotation.gracePeriod`) before its expiry. Authorized like rotate. Answers 204 whether or
+/// not there was one.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/oauth-apps/{id}/previous-secret",
+    operation_id = "revoke_previous_secret",
+    tag = TAG,
+    params(("id" = OAuthAppId, Path, description = "OAuth app ID")),
+    responses(
+        (status = 204, description = "Only the current secret is valid"),
+        (status = 400, description = "Malformed id", body = RestErrorResponse),
+        (status = 401, description = "Unauthorized", body = RestErrorResponse),
+        (status = 403, description = "The caller may get the app but not create oauthapps/rotate on it", body = RestErrorResponse),
+        (status = 404, description = "Not found", body = RestErrorResponse),
+        (status = 409, description = "A concurrent rotation or change of the app won; retry", body = RestErrorResponse),
+        (status = 429, description = "Too many requests", body = RestErrorResponse),
+        (status = 500, description = "Internal error", body = RestErrorResponse),
+        (status = 503, description = "The Kubernetes API server is unavailable; retry", body = RestErrorResponse),
+    ),
+    security(("bearer_auth" = []))
+)]
+pub async fn revoke_previous_secret(
+    State(api): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    AppUid(uid): AppUid,
+) -> Result<StatusCode, ApiError> {
+    let app = api.app_for(&caller, &uid, "create", Some("rotate")).await?;
+    let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
+    let key = format!("{ns}/{name}");
+    let _guard = tokio::time::timeout(rotation::LOCK_WAIT, api.ctx.locks.lock(&key))
+        .await
+        .map_err(|_| {
+            ApiError::conflict(format!(
+                "a rotation of OAuthApp {key} is still running; retry the request"
+            ))
+        })?;
+    let apps: Api<OAuthApp> = Api::namespaced(api.ctx.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(api.ctx.client.clone(), &ns);
+    let fresh = apps
+        .get_opt(&name)
+        .await
+        .map_err(|e| ApiError::from_kube("reading an OAuthApp", &e))?
+        .filter(|a| a.uid().as_deref() == Some(uid.as_str()))
+        .ok_or_else(|| ApiError::not_found("no OAuthApp has this id"))?;
+    let Some(secret) = secrets
+        .get_opt(&fresh.secret_name())
+        .await
+        .map_err(|e| ApiError::from_kube("reading a Secret", &e))?
+    else {
+        return Ok(StatusCode::NO_CONTENT);
+    };
+    let retired = rotation::revoke_previous(&api.ctx, &fresh, secret)
+        .await
+        .map_err(|e| ApiError::from_rotation("retiring the previous secret", e))?;
+    api.verify_answers.forget_app(&uid);
+    if retired {
+        info!(app = %key, caller = %caller.username, "previous client secret retired through the REST API");
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// List OAuth apps
@@ -487,9 +565,9 @@ pub async fn create_oauth_app(
                 commitment.clone(),
                 |existing| {
                     if existing.is_some() {
-                        RotationTrigger::Api
+                        (RotationTrigger::Api, false)
                     } else {
-                        RotationTrigger::Created
+                        (RotationTrigger::Created, false)
                     }
                 },
             )
@@ -566,7 +644,7 @@ pub async fn delete_oauth_app(
 impl Shared {
     /// 503 until the watch caches have synced (before that, "not found" could be a lie) and the
     /// rotation-record signing key is loaded.
-    fn ready(&self) -> Result<(), ApiError> {
+    pub(super) fn ready(&self) -> Result<(), ApiError> {
         if self.watches.is_ready() && self.ctx.record_key.get().is_some() {
             Ok(())
         } else {
@@ -580,7 +658,7 @@ impl Shared {
     /// caller about to `verb` it (or its `subresource`). A caller who may not `get` the app is
     /// told what a caller is told of an id that does not exist (404, the same body), so ids
     /// reveal nothing across namespaces; one who may get it but not do `verb` gets 403.
-    async fn app_for(
+    pub(super) async fn app_for(
         &self,
         caller: &Caller,
         uid: &str,
@@ -607,7 +685,8 @@ impl Shared {
     }
 
     /// Rotates app `ns/name` (uid `uid`) under its lock, from fresh reads of the app and its
-    /// Secret; `trigger` picks the trigger from the Secret found. The outer error is a failure
+    /// Secret; `trigger` picks the trigger from the Secret found, and whether the rotation
+    /// revokes the previous secret at once. The outer error is a failure
     /// before `rotate()` (lock wait, reads), the inner one is `rotate()`'s.
     ///
     /// Runs in its own task. Right before the Secret write it commits `commitment`; if the
@@ -624,7 +703,7 @@ impl Shared {
         secret_name: String,
         caller: String,
         commitment: Commitment,
-        trigger: impl FnOnce(Option<&Secret>) -> RotationTrigger + Send + 'static,
+        trigger: impl FnOnce(Option<&Secret>) -> (RotationTrigger, bool) + Send + 'static,
     ) -> Result<Result<Rotated, Error>, ApiError> {
         let api = self.clone();
         let commit = commitment.clone();
@@ -659,13 +738,13 @@ impl Shared {
                 secrets.get_opt(&fresh.secret_name()).await
             }
             .map_err(|e| ApiError::from_kube("reading a Secret", &e))?;
-            let trigger = trigger(secret.as_ref());
+            let (trigger, revoke_previous) = trigger(secret.as_ref());
             // A failed hash is made again, and reported, by rotate_with itself.
             let generated = generated.ok().map(|g| (g, started));
             let cause = rotation::Cause {
                 trigger,
                 detail: Some(&caller),
-                revoke_previous: false,
+                revoke_previous,
             };
             Ok(
                 rotation::rotate_committing(&api.ctx, &fresh, secret, cause, generated, move || {

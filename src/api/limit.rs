@@ -36,6 +36,11 @@ pub struct RateLimits {
     /// bucket is not full again are kept.
     per_address: DefaultKeyedRateLimiter<IpAddr>,
     per_caller: DefaultKeyedRateLimiter<String>,
+    /// Verifications that hash (no cached answer), per caller and per client id: guessing a
+    /// secret, or burning the operator's CPU, is as slow as these buckets. Bounded like
+    /// `per_caller`.
+    verify_per_caller: DefaultKeyedRateLimiter<String>,
+    verify_per_client_id: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
 }
 
@@ -52,6 +57,8 @@ impl RateLimits {
             renewals: RateLimiter::direct(quota("global", rate_global, burst_global)?),
             per_address: RateLimiter::keyed(quota("per caller", rate_per_caller, burst_per_caller)?),
             per_caller: RateLimiter::keyed(quota("per caller", rate_per_caller, burst_per_caller)?),
+            verify_per_caller: RateLimiter::keyed(quota("per caller", rate_per_caller, burst_per_caller)?),
+            verify_per_client_id: RateLimiter::keyed(quota("per caller", rate_per_caller, burst_per_caller)?),
             clock: DefaultClock::default(),
         })
     }
@@ -106,8 +113,34 @@ impl RateLimits {
             })
     }
 
+    /// Takes one token for a verification that hashes, from `caller`'s and from `client_id`'s
+    /// verification buckets; 429 when either is empty.
+    pub fn check_verify(&self, caller: &str, client_id: &str) -> Result<(), ApiError> {
+        let now = self.clock.now();
+        self.verify_per_caller
+            .check_key(&caller.to_string())
+            .map_err(|not_until| {
+                too_many(
+                    "too many verifications from this caller",
+                    not_until.wait_time_from(now),
+                )
+            })?;
+        self.verify_per_client_id
+            .check_key(&client_id.to_string())
+            .map_err(|not_until| {
+                too_many(
+                    "too many verifications of this client id",
+                    not_until.wait_time_from(now),
+                )
+            })
+    }
+
     /// Forgets callers whose buckets are full again (they would be recreated full anyway).
     pub fn forget_idle_callers(&self) {
+        self.verify_per_caller.retain_recent();
+        self.verify_per_caller.shrink_to_fit();
+        self.verify_per_client_id.retain_recent();
+        self.verify_per_client_id.shrink_to_fit();
         self.per_caller.retain_recent();
         self.per_caller.shrink_to_fit();
         self.per_address.retain_recent();

@@ -15,6 +15,7 @@ mod limit;
 mod model;
 mod openapi;
 mod tls;
+mod verify;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -87,6 +88,8 @@ struct Shared {
     auth: auth::Authenticator,
     limits: limit::RateLimits,
     request_timeout: Duration,
+    /// Positive verification answers, briefly.
+    verify_answers: verify::AnswerCache,
 }
 
 /// The API's routes and middleware; fails on rate limits that cannot be token buckets.
@@ -110,6 +113,7 @@ fn shared(state: ApiState, config: &ApiConfig) -> Result<Shared, InvalidRate> {
         )?,
         ctx: state.ctx,
         watches: state.watches,
+        verify_answers: verify::AnswerCache::default(),
     })
 }
 
@@ -126,6 +130,14 @@ fn router_with(shared: Arc<Shared>) -> Router {
         .route(
             "/api/v1/oauth-apps/{id}/rotate",
             post(handlers::rotate_client_secret),
+        )
+        .route(
+            "/api/v1/oauth-apps/{id}/previous-secret",
+            axum::routing::delete(handlers::revoke_previous_secret),
+        )
+        .route(
+            "/api/v1/oauth-apps/verify",
+            post(verify::verify_client_credentials),
         )
         .route_layer(middleware::from_fn_with_state(shared.clone(), authenticate))
         .route_layer(middleware::from_fn_with_state(shared.clone(), request_timeout));

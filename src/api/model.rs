@@ -70,6 +70,14 @@ pub struct OAuthAppView {
     /// When the current secret was generated (RFC 3339); null until the first one exists.
     #[schema(format = DateTime)]
     pub last_rotated_at: Option<String>,
+    /// The hint of the previous secret while it is still valid (`spec.rotation.gracePeriod`);
+    /// absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_client_secret_hint: Option<String>,
+    /// When the previous secret stops being valid (RFC 3339); absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub previous_secret_expires_at: Option<String>,
 }
 
 impl OAuthAppView {
@@ -110,6 +118,79 @@ impl OAuthAppView {
             namespace: app.namespace().unwrap_or_default(),
             resource_name: app.name_any(),
             last_rotated_at,
+            previous_client_secret_hint: status
+                .previous_secret
+                .as_ref()
+                .map(|p| p.client_secret_hint.clone()),
+            previous_secret_expires_at: status
+                .previous_secret
+                .as_ref()
+                .map(|p| p.expires_at.0.to_string()),
+        }
+    }
+}
+
+/// Client credentials to check (`POST /api/v1/oauth-apps/verify`).
+#[derive(Deserialize, ToSchema, Clone)]
+pub struct VerifyRequest {
+    /// The OAuth client id.
+    #[schema(min_length = 1, max_length = 253)]
+    pub client_id: String,
+    /// The client secret presented by the client.
+    #[schema(min_length = 1, max_length = 256)]
+    pub client_secret: String,
+}
+
+// The presented secret is zeroed when the request is dropped, and never printed.
+impl Drop for VerifyRequest {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.client_secret);
+    }
+}
+
+impl std::fmt::Debug for VerifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyRequest")
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which of an app's secrets matched.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchedSecret {
+    /// The current secret.
+    Current,
+    /// The previous secret, within its grace period.
+    Previous,
+}
+
+/// The answer of a verification: `{"valid": false}`, or which secret of which app matched.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq, Eq)]
+pub struct VerifyResult {
+    /// True when the secret is one of the app's valid secrets.
+    pub valid: bool,
+    /// The app the client id belongs to (only when valid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    /// Which secret matched (only when valid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<MatchedSecret>,
+    /// When the matched secret stops being valid (RFC 3339): null for the current secret; only
+    /// when valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Option<String>>,
+}
+
+impl VerifyResult {
+    pub fn invalid() -> Self {
+        Self {
+            valid: false,
+            app_id: None,
+            secret: None,
+            expires_at: None,
         }
     }
 }

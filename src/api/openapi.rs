@@ -7,8 +7,11 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorCode, RestErrorResponse};
-use super::handlers;
-use super::model::{CreateOAuthApp, CreatedOAuthApp, OAuthAppId, OAuthAppList, OAuthAppView, RotatedSecret};
+use super::model::{
+    CreateOAuthApp, CreatedOAuthApp, MatchedSecret, OAuthAppId, OAuthAppList, OAuthAppView, RotatedSecret,
+    VerifyRequest, VerifyResult,
+};
+use super::{handlers, verify};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +28,8 @@ use super::model::{CreateOAuthApp, CreatedOAuthApp, OAuthAppId, OAuthAppList, OA
         handlers::get_oauth_app,
         handlers::delete_oauth_app,
         handlers::rotate_client_secret,
+        handlers::revoke_previous_secret,
+        verify::verify_client_credentials,
     ),
     components(schemas(
         OAuthAppId,
@@ -34,7 +39,10 @@ use super::model::{CreateOAuthApp, CreatedOAuthApp, OAuthAppId, OAuthAppList, OA
         OAuthAppView,
         OAuthAppList,
         CreateOAuthApp,
-        CreatedOAuthApp
+        CreatedOAuthApp,
+        VerifyRequest,
+        VerifyResult,
+        MatchedSecret
     )),
     modifiers(&BearerAuth),
     tags((name = handlers::TAG, description = "Manage OAuth applications and rotate their client secrets"))
@@ -107,8 +115,17 @@ mod tests {
             let theirs = &seed["paths"][ROTATE]["post"];
             let mine = &ours["paths"][ROTATE]["post"];
             let keys = theirs.as_object().expect("seed operation").keys();
-            for key in keys.filter(|k| *k != "responses") {
+            for key in keys.filter(|k| *k != "responses" && *k != "parameters") {
                 assert_eq!(mine[key], theirs[key], "{key} differs from {}", path.display());
+            }
+            // The seed's parameters, identical and first; ours adds only optional query
+            // parameters (`revoke_previous`), which no seed client sends.
+            let their_params = theirs["parameters"].as_array().expect("seed parameters");
+            let my_params = mine["parameters"].as_array().expect("parameters");
+            assert_eq!(&my_params[..their_params.len()], their_params.as_slice());
+            for extra in &my_params[their_params.len()..] {
+                assert_eq!(extra["in"], "query", "{extra}");
+                assert_ne!(extra["required"], true, "{extra}");
             }
             // The seed's responses, identical; ours adds only error answers the seed lacks.
             let their_responses = theirs["responses"].as_object().expect("seed responses");

@@ -1717,3 +1717,173 @@ async fn list_pages_through_many_namespaces_at_a_bounded_review_cost() {
     }
     drop(operator);
 }
+
+const VERIFIER_RULES: &str = r#"
+- apiGroups: ["oauthapp.io"]
+  resources: ["oauthapps/verify"]
+  verbs: ["create"]
+"#;
+
+#[tokio::test]
+async fn verify_accepts_the_current_and_the_unexpired_previous_secret_and_reveals_nothing_else() {
+    let s = setup("api-verify", &[]).await;
+    s.apply(
+        &s.ns,
+        "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: portal\nspec:\n  redirectUris: [\"https://portal.example.com/cb\"]\n  rotation:\n    gracePeriod: 12s\n",
+    );
+    let (app, first) = settled(&s.client, &s.ns, "portal").await;
+    let status = app.status.clone().expect("status");
+    let (app_id, client_id) = (
+        status.app_id.clone().expect("app id"),
+        status.client_id.clone().expect("client id"),
+    );
+    let gateway = s.caller("gateway", &s.ns, VERIFIER_RULES);
+    let stranger = s.caller("stranger", &s.ns, "");
+    let rotater = s.caller("rotater", &s.ns, ROTATER_RULES);
+    let verify = |token: String, client_id: String, secret: String| {
+        let base = s.base.clone();
+        async move {
+            let body = serde_json::json!({"client_id": client_id, "client_secret": secret});
+            let answer = call(
+                &base,
+                Method::POST,
+                "/api/v1/oauth-apps/verify",
+                Some(&token),
+                Some(body),
+            )
+            .await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "{}",
+                String::from_utf8_lossy(&answer.body)
+            );
+            answer.json::<serde_json::Value>()
+        }
+    };
+    let invalid = serde_json::json!({"valid": false});
+    let old = plaintext(&first);
+    let current = verify(gateway.clone(), client_id.clone(), old.clone()).await;
+    assert_eq!(
+        current,
+        serde_json::json!({"valid": true, "app_id": app_id, "secret": "current", "expires_at": null})
+    );
+
+    // A rotation with a grace period: both verify, the old one as "previous" until its expiry.
+    let rotated = s.rotate(&app_id, &rotater).await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    let new = rotated.json::<serde_json::Value>()["client_secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+    let (app, _) = settled(&s.client, &s.ns, "portal").await;
+    let previous = app
+        .status
+        .clone()
+        .and_then(|st| st.previous_secret)
+        .expect("previous");
+    let expected_previous = serde_json::json!({
+        "valid": true, "app_id": app_id, "secret": "previous",
+        "expires_at": previous.expires_at.0.to_string(),
+    });
+    let new_answer = eventually("the new secret to verify", WAIT, || async {
+        let answer = verify(gateway.clone(), client_id.clone(), new.clone()).await;
+        (answer["valid"] == true).then_some(answer)
+    })
+    .await;
+    assert_eq!(new_answer["secret"], "current");
+    assert_eq!(
+        verify(gateway.clone(), client_id.clone(), old.clone()).await,
+        expected_previous
+    );
+    // Cached now: still the same answer.
+    assert_eq!(
+        verify(gateway.clone(), client_id.clone(), old.clone()).await,
+        expected_previous
+    );
+
+    // Wrong secret, unknown client id, a caller without the verb: the same answer.
+    let wrong = oauthapp_operator::secret::ClientSecret::generate().expect("secret");
+    assert_eq!(
+        verify(gateway.clone(), client_id.clone(), wrong.expose().to_string()).await,
+        invalid
+    );
+    assert_eq!(
+        verify(gateway.clone(), "no-such-client".into(), new.clone()).await,
+        invalid
+    );
+    assert_eq!(
+        verify(gateway.clone(), "app_0".into(), new.clone()).await,
+        invalid
+    );
+    assert_eq!(
+        verify(stranger.clone(), client_id.clone(), new.clone()).await,
+        invalid
+    );
+
+    // Retired early through the REST API: the previous secret stops verifying, even from the
+    // cache, as soon as the operator's cache shows the retirement.
+    let retired = s
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/oauth-apps/{app_id}/previous-secret"),
+            Some(&rotater),
+            None,
+        )
+        .await;
+    assert_eq!(retired.status, StatusCode::NO_CONTENT);
+    let status = s.apps.get("portal").await.expect("app").status.expect("status");
+    assert_eq!(status.previous_secret, None);
+    eventually(
+        "the retired secret to stop verifying",
+        Duration::from_secs(5),
+        || async { (verify(gateway.clone(), client_id.clone(), old.clone()).await == invalid).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        verify(gateway.clone(), client_id.clone(), new.clone()).await["secret"],
+        "current"
+    );
+
+    // With revoke_previous, a rotation leaves one valid secret; without, the previous one
+    // expires on its own.
+    let revoking = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/oauth-apps/{app_id}/rotate?revoke_previous=true"),
+            Some(&rotater),
+            None,
+        )
+        .await;
+    assert_eq!(revoking.status, StatusCode::OK);
+    let (app, _) = settled(&s.client, &s.ns, "portal").await;
+    assert_eq!(app.status.expect("status").previous_secret, None);
+    let latest = revoking.json::<serde_json::Value>()["client_secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+    let rotated = s.rotate(&app_id, &rotater).await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    let (app, _) = settled(&s.client, &s.ns, "portal").await;
+    let previous = app.status.and_then(|st| st.previous_secret).expect("previous");
+    eventually("the previous secret to verify", WAIT, || async {
+        (verify(gateway.clone(), client_id.clone(), latest.clone()).await["secret"] == "previous")
+            .then_some(())
+    })
+    .await;
+    eventually("the previous secret to expire", WAIT, || async {
+        (verify(gateway.clone(), client_id.clone(), latest.clone()).await == invalid).then_some(())
+    })
+    .await;
+    assert!(jiff::Timestamp::now() >= previous.expires_at.0, "expired early");
+    let counts = s.operator.metrics().await.expect("metrics");
+    for result in ["current", "previous", "invalid", "unknown"] {
+        let line = format!("oauthapp_verifications_total{{result=\"{result}\"}}");
+        let n: f64 = counts
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(n >= 1.0, "{line}: {n}");
+    }
+}
