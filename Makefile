@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CP := tests/controlplane
 CARGO ?= cargo
 
-.PHONY: help build controlplane-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache openapi schemathesis
+.PHONY: help build controlplane-bin toxiproxy-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache openapi schemathesis
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -14,6 +14,9 @@ build: ## build the operator (debug)
 
 controlplane-bin: ## build the pinned kube-apiserver, kube-controller-manager, kubectl, etcd and helm (cached)
 	@$(CP)/build.sh >/dev/null
+
+toxiproxy-bin: ## build the pinned Toxiproxy server for the fault tests (cached)
+	@tests/toxiproxy/build.sh >/dev/null
 
 controlplane: ## start a local control plane in the background (reused if running); eval the lines it prints
 	@$(CP)/up.sh
@@ -31,7 +34,7 @@ lint: ## rustfmt and clippy, warnings are errors
 unit: ## unit tests (no cluster needed)
 	$(CARGO) test --lib --bins
 
-integration: controlplane-bin ## integration tests on a real control plane started for the run
+integration: controlplane-bin toxiproxy-bin ## integration tests on a real control plane started for the run
 	$(CARGO) test --test integration -- --test-threads=$${TEST_THREADS:-4}
 
 CHART := charts/oauthapp-operator
@@ -47,7 +50,7 @@ chart-lint: controlplane-bin ## helm lint --strict and helm template of the char
 	    || { echo "$$out" >&2; exit 1; }; \
 	done
 
-test: lint chart-lint controlplane-bin ## every test: lint, chart lint, unit and integration tests, API fuzzing
+test: lint chart-lint controlplane-bin toxiproxy-bin ## every test: lint, chart lint, unit and integration tests, API fuzzing
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
 	tests/schemathesis.sh
 

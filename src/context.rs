@@ -38,6 +38,8 @@ pub struct Context {
     /// Work that outlives the request that started it (Events being published): a shutdown
     /// waits for it, within its timeout, so an audit Event is not lost to a SIGTERM.
     pub background: tokio_util::task::TaskTracker,
+    /// Whether the controller may write (closed while this replica does not lead).
+    pub leadership: crate::leader::Leadership,
 }
 
 impl Context {
@@ -56,6 +58,7 @@ impl Context {
             own_writes: OwnWrites::default(),
             failpoint: std::env::var("OAUTHAPP_FAILPOINT").ok().filter(|v| !v.is_empty()),
             background: tokio_util::task::TaskTracker::new(),
+            leadership: crate::leader::Leadership::default(),
         }
     }
 }

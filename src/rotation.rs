@@ -78,11 +78,12 @@ pub async fn rotate_with(
     // on), so it is counted there, before the status write: whoever sees the new status also
     // sees it counted. A failure after that point is the status's, repaired by a reconcile.
     let mut counted = false;
-    let result = rotate_inner(ctx, app, current, trigger, caller, generated, || {
+    // The REST API's rotations are not the leader's to fence (crate::leader).
+    let inner = rotate_inner(ctx, app, current, trigger, caller, generated, || {
         counted = true;
         ctx.metrics.rotation(trigger, "success", Some(started.elapsed()));
-    })
-    .await;
+    });
+    let result = crate::leader::exempt_if(trigger == RotationTrigger::Api, inner).await;
     match &result {
         Err(e) if !counted && e.is_conflict() => ctx.metrics.rotation(trigger, "conflict", None),
         Err(_) if !counted => ctx.metrics.rotation(trigger, "error", None),
@@ -179,6 +180,7 @@ async fn rotate_inner(
     object.string_data = None;
     object.type_ = Some("Opaque".into());
     let secret_name = object.name_any();
+    ctx.leadership.check()?;
     let written = if existed {
         secrets.replace(&secret_name, &post_params(), &object).await
     } else {
@@ -343,6 +345,7 @@ pub async fn write_status(ctx: &Context, app: &OAuthApp, status: OAuthAppStatus)
     object.status = Some(status);
     // Managed fields are not ours to send back.
     object.metadata.managed_fields = None;
+    ctx.leadership.check()?;
     let written = apps
         .replace_status(&app.name_any(), &post_params(), &object)
         .await
@@ -379,6 +382,7 @@ pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> R
         .cloned()
         .unwrap_or_default();
     let replaced = secret.resource_version().unwrap_or_default();
+    ctx.leadership.check()?;
     let written = secrets
         .replace(&secret.name_any(), &post_params(), &secret)
         .await

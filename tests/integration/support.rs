@@ -49,8 +49,13 @@ pub struct PrivateControlPlane(pub ControlPlane);
 
 impl PrivateControlPlane {
     pub fn start(name: &str) -> PrivateControlPlane {
+        Self::start_with(name, &[])
+    }
+
+    /// Like [`PrivateControlPlane::start`], with more `up.sh` flags (e.g. `--audit`).
+    pub fn start_with(name: &str, flags: &[&str]) -> PrivateControlPlane {
         let dir = std::env::temp_dir().join(format!("oauthapp-it-{}-{name}", std::process::id()));
-        PrivateControlPlane(start_control_plane(dir))
+        PrivateControlPlane(start_control_plane_with(dir, flags))
     }
 }
 
@@ -66,7 +71,12 @@ impl Drop for PrivateControlPlane {
 }
 
 fn start_control_plane(dir: PathBuf) -> ControlPlane {
+    start_control_plane_with(dir, &[])
+}
+
+fn start_control_plane_with(dir: PathBuf, flags: &[&str]) -> ControlPlane {
     let out = Command::new(repo().join("tests/controlplane/up.sh"))
+        .args(flags)
         .arg("--dir")
         .arg(&dir)
         .arg("--owner-pid")
