@@ -590,6 +590,7 @@ fn operator_kubeconfig(cp: &ControlPlane, ns: &str, sa: &str, port: u16) -> Path
 /// One request as the audit log shows it (final stage only).
 #[derive(Debug)]
 struct Request {
+    user_agent: String,
     verb: String,
     resource: String,
     code: i64,
@@ -606,6 +607,7 @@ fn audit_requests(cp: &ControlPlane, user: &str) -> Vec<Request> {
         .filter(|e| e["user"]["username"].as_str() == Some(user))
         .filter_map(|e| {
             Some(Request {
+                user_agent: e["userAgent"].as_str().unwrap_or("").to_string(),
                 verb: e["verb"].as_str()?.to_string(),
                 resource: e["objectRef"]["resource"].as_str().unwrap_or("").to_string(),
                 code: e["responseStatus"]["code"].as_i64().unwrap_or(0),
@@ -688,30 +690,72 @@ async fn watches_resume_after_reset_peer_and_a_throttling_api_server_gets_a_boun
     std::fs::write(&file, apf).expect("write APF");
     let file = file.to_str().expect("utf-8").to_string();
     cp.kubectl_ok(&["apply", "-f", &file]);
+    // That level still admits one request at a time: hold its seat with a request of the
+    // operator's own identity whose body trickles in at 1 KB/s, so every other one gets a 429.
+    let token = cp
+        .kubectl_ok(&["create", "token", "operator", "-n", &ns, "--duration=1h"])
+        .trim()
+        .to_string();
+    let body = dir.path().join("seat.json");
+    std::fs::write(
+        &body,
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "seat"}, "data": {"x": "a".repeat(90_000)}})
+            .to_string(),
+    )
+    .expect("write body");
+    let mut seat = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "--limit-rate", "1000", "-X", "POST"])
+        .arg("--cacert")
+        .arg(cp.dir.join("pki/ca.crt"))
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "Content-Type: application/json"])
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()))
+        .arg(format!(
+            "https://{}/api/v1/namespaces/{ns}/configmaps",
+            apiserver_address(&cp.kubeconfig)
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start curl");
+    cp.adopt(seat.id());
+    eventually("the operator's priority level is full", WAIT, || async {
+        let out = cp.kubectl_as(&kubeconfig, &["get", "oauthapps", "-n", &ns]);
+        (!out.status.success() && stderr(&out).contains("TooManyRequests")).then_some(())
+    })
+    .await;
+    let throttled_from = Timestamp::now();
     for name in &names {
         annotate(cp, &ns, name, "during-429");
     }
-    let throttled_from = eventually("a 429 for the operator", WAIT, || async {
-        audit_requests(cp, &user)
-            .iter()
-            .filter(|r| r.code == 429)
-            .map(|r| r.received)
-            .min()
-    })
-    .await;
     // The measurement window: 30 s of throttling.
     const OUTAGE: Duration = Duration::from_secs(30);
     tokio::time::sleep(OUTAGE).await;
     let window_end = Timestamp::now();
+    let _ = seat.kill();
+    let _ = seat.wait();
     cp.kubectl_ok(&["delete", "-f", &file]);
     let recovering = Instant::now();
-    all_rotated(&apps, &names, 3, Some("during-429")).await;
+    for (i, name) in names.iter().enumerate() {
+        // app-1 had one more: its deleted Secret.
+        let count = if i == 1 { 4 } else { 3 };
+        all_rotated(&apps, std::slice::from_ref(name), count, Some("during-429")).await;
+    }
     let recovered = recovering.elapsed();
     let in_window: Vec<Request> = audit_requests(cp, &user)
         .into_iter()
         .filter(|r| r.received >= throttled_from && r.received <= window_end && r.stage != "ResponseStarted")
+        .filter(|r| r.user_agent.starts_with("oauthapp-operator/"))
         .collect();
     let rejected = in_window.iter().filter(|r| r.code == 429).count();
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for r in &in_window {
+        *kinds
+            .entry(format!("{} {} {}", r.verb, r.resource, r.code))
+            .or_default() += 1;
+    }
+    eprintln!("429 window by request: {kinds:?}");
     let secs = window_end.duration_since(throttled_from).as_secs_f64();
     let rate = in_window.len() as f64 / secs;
     eprintln!(
@@ -816,27 +860,43 @@ async fn etcd_killed_under_load_and_restarted_loses_no_rotation_and_applies_none
         answers.push(load.await.expect("load task"));
     }
     let mut codes = std::collections::BTreeMap::<u16, usize>::new();
+    let mut ambiguous_applied = 0;
     for (name, answers) in names.iter().zip(&answers) {
         let oks: Vec<&String> = answers
             .iter()
             .filter(|a| a.0 == 200)
             .filter_map(|a| a.2.as_ref())
             .collect();
+        // A 5xx (the REST API's 30 s request timeout while etcd was away) or a 409 does not say
+        // whether the rotation was applied; a 429 or 404 says it was not.
+        let ambiguous = |a: &(u16, Option<String>, Option<String>)| a.0 >= 500 || a.0 == 409;
         for a in answers {
             *codes.entry(a.0).or_default() += 1;
         }
-        let app = apps.get(name).await.expect("get app");
-        assert_eq!(
-            app.status.as_ref().map(|s| s.rotation_count),
-            Some(1 + oks.len() as i64),
-            "{name}: one rotation per 200, none twice"
+        let count = apps
+            .get(name)
+            .await
+            .expect("get app")
+            .status
+            .map_or(0, |s| s.rotation_count);
+        let unsure = answers.iter().filter(|a| ambiguous(a)).count() as i64;
+        let oks_count = oks.len() as i64;
+        assert!(
+            (1 + oks_count..=1 + oks_count + unsure).contains(&count),
+            "{name}: every 200 applied, none twice: rotationCount {count}, {oks_count} answered 200, {unsure} unsure"
         );
+        ambiguous_applied += count - 1 - oks_count;
         let secret = secret_matches_status(cp, &apps, &ns, name).await;
-        assert_eq!(
-            oks.last().map(|s| s.as_str()),
-            Some(secret.as_str()),
-            "{name}: the last 200's secret is in the Secret"
-        );
+        let last_ok = answers.iter().rposition(|a| a.0 == 200);
+        if let Some(last_ok) = last_ok
+            && !answers[last_ok + 1..].iter().any(ambiguous)
+        {
+            assert_eq!(
+                oks.last().map(|s| s.as_str()),
+                Some(secret.as_str()),
+                "{name}: the last 200's secret is in the Secret"
+            );
+        }
     }
     let counts: Vec<i64> = futures::future::join_all(names.iter().map(|n| apps.get(n)))
         .await
@@ -853,5 +913,7 @@ async fn etcd_killed_under_load_and_restarted_loses_no_rotation_and_applies_none
         operator.metric("oauthapp_leader").await == Some(1.0),
         "the same operator process is still running and leading"
     );
-    eprintln!("etcd killed for {down_for:?} under REST load: answers {codes:?}");
+    eprintln!(
+        "etcd killed for {down_for:?} under REST load: answers {codes:?}; rotations applied without a 200: {ambiguous_applied}"
+    );
 }

@@ -107,12 +107,20 @@ fn start_control_plane_with(dir: PathBuf, flags: &[&str]) -> ControlPlane {
     let crd = repo().join("crds/oauthapps.oauthapp.io.yaml");
     let applied = cp.kubectl(&["apply", "--server-side", "-f", crd.to_str().expect("utf-8 path")]);
     assert!(applied.status.success(), "apply CRD: {}", stderr(&applied));
-    let established = cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/oauthapps.oauthapp.io",
-    ]);
+    // kubectl wait fails at once, instead of waiting, while the CRD has no conditions yet.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let established = loop {
+        let out = cp.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/oauthapps.oauthapp.io",
+        ]);
+        if out.status.success() || !stderr(&out).contains("accessor error") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(
         established.status.success(),
         "CRD not established: {}",
