@@ -703,23 +703,37 @@ async fn watches_resume_after_reset_peer_and_a_throttling_api_server_gets_a_boun
             .to_string(),
     )
     .expect("write body");
-    let mut seat = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "--limit-rate", "1000", "-X", "POST"])
-        .arg("--cacert")
-        .arg(cp.dir.join("pki/ca.crt"))
-        .args(["-H", &format!("Authorization: Bearer {token}")])
-        .args(["-H", "Content-Type: application/json"])
-        .arg("--data-binary")
-        .arg(format!("@{}", body.display()))
-        .arg(format!(
-            "https://{}/api/v1/namespaces/{ns}/configmaps",
-            apiserver_address(&cp.kubeconfig)
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start curl");
-    cp.adopt(seat.id());
+    // Three, in case the level is given more than one seat meanwhile; extra ones get a 429.
+    let mut seats = Vec::new();
+    for _ in 0..3 {
+        let seat = Command::new("curl")
+            .args([
+                "-sS",
+                "--http1.1",
+                "-o",
+                "/dev/null",
+                "--limit-rate",
+                "1000",
+                "-X",
+                "POST",
+            ])
+            .arg("--cacert")
+            .arg(cp.dir.join("pki/ca.crt"))
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args(["-H", "Content-Type: application/json"])
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(format!(
+                "https://{}/api/v1/namespaces/{ns}/configmaps",
+                apiserver_address(&cp.kubeconfig)
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start curl");
+        cp.adopt(seat.id());
+        seats.push(seat);
+    }
     eventually("the operator's priority level is full", WAIT, || async {
         let out = cp.kubectl_as(&kubeconfig, &["get", "oauthapps", "-n", &ns]);
         (!out.status.success() && stderr(&out).contains("TooManyRequests")).then_some(())
@@ -733,8 +747,10 @@ async fn watches_resume_after_reset_peer_and_a_throttling_api_server_gets_a_boun
     const OUTAGE: Duration = Duration::from_secs(30);
     tokio::time::sleep(OUTAGE).await;
     let window_end = Timestamp::now();
-    let _ = seat.kill();
-    let _ = seat.wait();
+    for mut seat in seats {
+        let _ = seat.kill();
+        let _ = seat.wait();
+    }
     cp.kubectl_ok(&["delete", "-f", &file]);
     let recovering = Instant::now();
     for (i, name) in names.iter().enumerate() {
