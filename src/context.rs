@@ -52,6 +52,8 @@ pub struct Context {
     /// Work that outlives the request that started it (Events being published): a shutdown
     /// waits for it, within its timeout, so an audit Event is not lost to a SIGTERM.
     pub background: tokio_util::task::TaskTracker,
+    /// Whether the controller may write (closed while this replica does not lead).
+    pub leadership: crate::leader::Leadership,
 }
 
 impl Context {
@@ -71,6 +73,7 @@ impl Context {
             own_writes: OwnWrites::default(),
             failpoint: failpoint_from_env(),
             background: tokio_util::task::TaskTracker::new(),
+            leadership: crate::leader::Leadership::default(),
         }
     }
 }

@@ -36,6 +36,10 @@ pub enum Error {
     /// A blocking task (hashing) panicked or was cancelled.
     #[error("internal error: {0}")]
     Internal(String),
+    /// This replica stepped down (its Lease was not renewed in time): the controller's write
+    /// was not made.
+    #[error("this replica is no longer the leader; the write was not made")]
+    NotLeader,
 }
 
 impl Error {
@@ -65,6 +69,7 @@ impl Error {
             Error::Random(_) => "RandomError",
             Error::MissingUid(_) => "MissingUid",
             Error::Internal(_) => "Internal",
+            Error::NotLeader => "NotLeader",
         }
     }
 

@@ -11,6 +11,7 @@ pub mod crd;
 pub mod error;
 pub mod hasher;
 pub mod id;
+pub mod leader;
 pub mod metrics;
 pub mod plugin;
 pub mod record;

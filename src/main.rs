@@ -14,6 +14,7 @@ use oauthapp_operator::api::{self, ApiConfig, ApiState};
 use oauthapp_operator::context::Context;
 use oauthapp_operator::controller::{self, Settings};
 use oauthapp_operator::hasher::Hasher;
+use oauthapp_operator::leader;
 use oauthapp_operator::metrics::Metrics;
 use oauthapp_operator::secret::HashParams;
 use oauthapp_operator::watches::Watches;
@@ -87,7 +88,8 @@ struct RunArgs {
     /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else `default`).
     #[arg(long, env = "OAUTHAPP_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
-    /// How long a leader's Lease is valid without renewal; a standby takes over after it.
+    /// How long a leader's Lease is valid without renewal; a standby takes over after it, and a
+    /// leader that could not renew stops acting a sixth of it before.
     #[arg(long, env = "OAUTHAPP_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
     /// PEM certificate chain for the REST API (HTTPS); re-read when the file changes.
@@ -186,9 +188,21 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default()
+    let instance = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| format!("pid-{}", std::process::id()));
+    let instance = format!("{instance}-{}", std::process::id());
+    let mut config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration found (in-cluster or KUBECONFIG)")?;
+    // The API server's audit log tells the replicas apart by this (the instance is also the
+    // Lease holder identity).
+    let agent = format!("oauthapp-operator/{} ({instance})", env!("CARGO_PKG_VERSION"));
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_str(&agent).context("the instance name is not a valid header value")?,
+    ));
+    let client = kube::Client::try_from(config).context("creating the Kubernetes client")?;
     let params = HashParams {
         m_cost_kib: args.hash_memory_kib,
         t_cost: args.hash_iterations,
@@ -200,10 +214,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .hash_workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let metrics = Arc::new(Metrics::new());
-    let instance = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| format!("pid-{}", std::process::id()));
-    let instance = format!("{instance}-{}", std::process::id());
     let key_namespace = args
         .record_key_namespace
         .clone()
@@ -289,13 +299,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| "default".into());
-        lead(
-            ctx,
-            watches,
-            settings,
-            &args,
+        let config = leader::LeaseConfig {
+            name: args.lease_name.clone(),
             namespace,
-            instance,
+            identity: instance,
+            duration: args.lease_duration,
+        };
+        let run_controller = |stop| controller::run(ctx.clone(), watches.clone(), settings.clone(), stop);
+        leader::lead(
+            client.clone(),
+            config,
+            &ctx.leadership,
+            &metrics,
+            run_controller,
             shutdown.clone(),
         )
         .await?;
@@ -331,73 +347,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "servers did not drain within {:?}; exiting",
             args.shutdown_timeout
         ),
-    }
-    Ok(())
-}
-
-/// Runs the controller while this replica holds the Lease; stops it as soon as it does not.
-async fn lead(
-    ctx: Arc<Context>,
-    watches: Arc<oauthapp_operator::watches::Watches>,
-    settings: Settings,
-    args: &RunArgs,
-    namespace: String,
-    identity: String,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let duration = args.lease_duration.as_secs().max(2);
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &args.lease_name)
-        .with_namespace(&namespace)
-        .with_identity(&identity)
-        .with_duration(duration)
-        .with_grace((duration / 3).max(1))
-        .build()
-        .await
-        .with_context(|| {
-            format!(
-                "creating the leader-election Lease {namespace}/{}",
-                args.lease_name
-            )
-        })?;
-    let (mut leading, task) = manager.watch().await;
-    info!(lease = %format!("{namespace}/{}", args.lease_name), identity = %identity, "waiting for leadership");
-    'outer: loop {
-        while !*leading.borrow_and_update() {
-            tokio::select! {
-                changed = leading.changed() => if changed.is_err() { break 'outer },
-                _ = shutdown.cancelled() => break 'outer,
-            }
-        }
-        info!("leading: starting the controller");
-        ctx.metrics.leader.set(1);
-        let stop = shutdown.child_token();
-        let run = controller::run(ctx.clone(), watches.clone(), settings.clone(), stop.clone());
-        tokio::pin!(run);
-        loop {
-            tokio::select! {
-                _ = &mut run => break 'outer,
-                changed = leading.changed() => {
-                    if changed.is_err() || !*leading.borrow_and_update() {
-                        warn!("lost leadership: stopping the controller");
-                        stop.cancel();
-                        run.await;
-                        ctx.metrics.leader.set(0);
-                        continue 'outer;
-                    }
-                }
-            }
-        }
-    }
-    ctx.metrics.leader.set(0);
-    drop(leading);
-    match task.await {
-        Ok(Ok(manager)) => {
-            if let Err(e) = manager.release().await {
-                warn!(error = %e, "releasing the Lease failed; a standby takes over when it expires");
-            }
-        }
-        Ok(Err(e)) => warn!(error = %e, "leader election failed"),
-        Err(e) => warn!(error = %e, "leader election task failed"),
     }
     Ok(())
 }

@@ -124,11 +124,12 @@ pub async fn rotate_committing(
         detail,
         grace: plan::grace_for(app, trigger, revoke_previous),
     };
-    let result = rotate_inner(ctx, app, current, planned, generated, commit, || {
+    // The REST API's rotations are not the leader's to fence (crate::leader).
+    let inner = rotate_inner(ctx, app, current, planned, generated, commit, || {
         counted = true;
         ctx.metrics.rotation(trigger, "success", Some(started.elapsed()));
-    })
-    .await;
+    });
+    let result = crate::leader::exempt_if(trigger == RotationTrigger::Api, inner).await;
     match &result {
         Err(e) if !counted && e.is_conflict() => ctx.metrics.rotation(trigger, "conflict", None),
         Err(_) if !counted => ctx.metrics.rotation(trigger, "error", None),
@@ -277,6 +278,7 @@ async fn rotate_inner(
             app_key(app)
         )));
     }
+    ctx.leadership.check()?;
     let written = if existed {
         secrets.replace(&secret_name, &post_params(), &object).await
     } else {
@@ -414,6 +416,7 @@ pub async fn revoke_previous(ctx: &Context, app: &OAuthApp, secret: Secret) -> R
     ann.retain(|k, _| !Record::KEYS.contains(&k.as_str()));
     ann.extend(rec.to_annotations(&key));
     let name = object.name_any();
+    ctx.leadership.check()?;
     let written = secrets
         .replace(&name, &post_params(), &object)
         .await
@@ -531,6 +534,7 @@ pub async fn write_status(ctx: &Context, app: &OAuthApp, status: OAuthAppStatus)
     object.status = Some(status);
     // Managed fields are not ours to send back.
     object.metadata.managed_fields = None;
+    ctx.leadership.check()?;
     let written = apps
         .replace_status(&app.name_any(), &post_params(), &object)
         .await
@@ -576,6 +580,7 @@ pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> R
         .cloned()
         .unwrap_or_default();
     let replaced = secret.resource_version().unwrap_or_default();
+    ctx.leadership.check()?;
     let written = secrets
         .replace(&secret.name_any(), &post_params(), &secret)
         .await

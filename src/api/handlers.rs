@@ -285,7 +285,8 @@ pub async fn revoke_previous_secret(
     else {
         return Ok(StatusCode::NO_CONTENT);
     };
-    let retired = rotation::revoke_previous(&api.ctx, &fresh, secret)
+    // The REST API's writes are not the leader's to fence (crate::leader).
+    let retired = crate::leader::exempt_if(true, rotation::revoke_previous(&api.ctx, &fresh, secret))
         .await
         .map_err(|e| ApiError::from_rotation("retiring the previous secret", e))?;
     api.verify_answers.forget_app(&uid);

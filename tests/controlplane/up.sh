@@ -4,7 +4,7 @@
 # controllers only). Waits until it is ready, writes an admin kubeconfig and prints the lines to
 # eval. Every process is recorded by PID in the state directory; down.sh stops them.
 #
-#   up.sh [--dir DIR] [--owner-pid PID] [--node]
+#   up.sh [--dir DIR] [--owner-pid PID] [--node] [--audit]
 #
 # --dir        state directory (default: the cache's controlplane/ folder). A control plane that
 #              is already running there is reused.
@@ -12,6 +12,9 @@
 #              behind when the test binary panics, is interrupted or killed).
 # --node       for a node (tests/node/up.sh): the ServiceAccount admission plugin on (pods get
 #              their token), a client certificate for the kubelets, and the controllers pods need.
+# --audit      the API server writes an audit log (Metadata level) of every write request, and of
+#              every request made as a ServiceAccount, to DIR/logs/audit.log (fault tests count
+#              who asked for what, and when).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/versions.env"
@@ -19,11 +22,13 @@ cache=${OAUTHAPP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/oauthapp-operator}
 run="$cache/controlplane"
 owner=""
 node=false
+audit=false
 while [ $# -gt 0 ]; do
   case $1 in
     --dir) run=$2; shift 2 ;;
     --owner-pid) owner=$2; shift 2 ;;
     --node) node=true; shift ;;
+    --audit) audit=true; shift ;;
     *) echo "up.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -97,12 +102,21 @@ start() {
 }
 
 log "starting etcd on 127.0.0.1:$etcd_port"
-start etcd "$bin/etcd" --name default --data-dir "$run/etcd" \
-  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-  --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
-  --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
-  --initial-cluster "default=http://127.0.0.1:$etcd_peer_port" \
-  --unsafe-no-fsync --log-level warn
+# Kept, like the apiserver's, so that a test can restart it (etcd.sh) with the same data and flags.
+echo "$etcd_port" >"$run/etcd.port"
+cat >"$run/etcd.args" <<EOF
+--name=default
+--data-dir=$run/etcd
+--listen-client-urls=http://127.0.0.1:$etcd_port
+--advertise-client-urls=http://127.0.0.1:$etcd_port
+--listen-peer-urls=http://127.0.0.1:$etcd_peer_port
+--initial-advertise-peer-urls=http://127.0.0.1:$etcd_peer_port
+--initial-cluster=default=http://127.0.0.1:$etcd_peer_port
+--unsafe-no-fsync
+--log-level=warn
+EOF
+mapfile -t etcd_args <"$run/etcd.args"
+start etcd "$bin/etcd" "${etcd_args[@]}"
 
 # The apiserver's command line is kept so that a test can restart it on the same port.
 cat >"$run/kube-apiserver.args" <<EOF
@@ -124,6 +138,21 @@ else echo --disable-admission-plugins=ServiceAccount; fi)
 --allow-privileged=true
 --endpoint-reconciler-type=none
 EOF
+if $audit; then
+  cat >"$run/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: Metadata
+  userGroups: [system:serviceaccounts]
+- level: None
+EOF
+  printf -- '--audit-policy-file=%s\n--audit-log-path=%s\n' "$run/audit-policy.yaml" "$run/logs/audit.log" \
+    >>"$run/kube-apiserver.args"
+fi
 log "starting kube-apiserver $K8S_VERSION on 127.0.0.1:$api_port"
 mapfile -t api_args <"$run/kube-apiserver.args"
 start kube-apiserver "$bin/kube-apiserver" "${api_args[@]}"

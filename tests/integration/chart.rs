@@ -356,7 +356,7 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
     assert_eq!(lease_role["metadata"]["namespace"], "oauthapp-system");
     assert_eq!(
         verbs_on(lease_role, "coordination.k8s.io", "leases"),
-        sorted(&["create", "get", "update", "patch"])
+        sorted(&["create", "get", "list", "watch", "update", "patch"])
     );
 
     // People's roles, aggregated into view and edit.

@@ -4,6 +4,7 @@
 mod api;
 mod chart;
 mod controlplane;
+mod faults;
 mod grace;
 mod monitoring;
 mod operations;

@@ -49,8 +49,13 @@ pub struct PrivateControlPlane(pub ControlPlane);
 
 impl PrivateControlPlane {
     pub fn start(name: &str) -> PrivateControlPlane {
+        Self::start_with(name, &[])
+    }
+
+    /// Like [`PrivateControlPlane::start`], with more `up.sh` flags (e.g. `--audit`).
+    pub fn start_with(name: &str, flags: &[&str]) -> PrivateControlPlane {
         let dir = std::env::temp_dir().join(format!("oauthapp-it-{}-{name}", std::process::id()));
-        PrivateControlPlane(start_control_plane(dir))
+        PrivateControlPlane(start_control_plane_with(dir, flags))
     }
 }
 
@@ -66,7 +71,12 @@ impl Drop for PrivateControlPlane {
 }
 
 fn start_control_plane(dir: PathBuf) -> ControlPlane {
+    start_control_plane_with(dir, &[])
+}
+
+fn start_control_plane_with(dir: PathBuf, flags: &[&str]) -> ControlPlane {
     let out = Command::new(repo().join("tests/controlplane/up.sh"))
+        .args(flags)
         .arg("--dir")
         .arg(&dir)
         .arg("--owner-pid")
@@ -97,12 +107,20 @@ fn start_control_plane(dir: PathBuf) -> ControlPlane {
     let crd = repo().join("crds/oauthapps.oauthapp.io.yaml");
     let applied = cp.kubectl(&["apply", "--server-side", "-f", crd.to_str().expect("utf-8 path")]);
     assert!(applied.status.success(), "apply CRD: {}", stderr(&applied));
-    let established = cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/oauthapps.oauthapp.io",
-    ]);
+    // kubectl wait fails at once, instead of waiting, while the CRD has no conditions yet.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let established = loop {
+        let out = cp.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/oauthapps.oauthapp.io",
+        ]);
+        if out.status.success() || !stderr(&out).contains("accessor error") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(
         established.status.success(),
         "CRD not established: {}",
