@@ -137,8 +137,8 @@ ok "an OAuthApp created with kubectl is provisioned: Ready, Secret $SECRET, app 
 
 # --- pods of our own: a consumer mounting the Secret, a REST client with its own token ---------
 kubectl -n "$APPNS" create serviceaccount e2e-client >/dev/null
-kubectl -n "$APPNS" create role rotator --verb=create --resource=oauthapps/rotate >/dev/null
-kubectl -n "$APPNS" create rolebinding e2e-client-rotator --role=rotator --serviceaccount="$APPNS:e2e-client" >/dev/null
+# The chart's own role for rotation (get the app, create oauthapps/rotate), as a user would bind it.
+kubectl -n "$APPNS" create rolebinding e2e-client-rotator --clusterrole=oauthapp-rotator --serviceaccount="$APPNS:e2e-client" >/dev/null
 kubectl -n "$APPNS" apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
