@@ -45,8 +45,9 @@ enum Command {
     /// Rotate the client secret of the named apps, or of every app a selector matches.
     ///
     /// Sets a fresh value of the `oauthapp.io/rotate` annotation on each app and waits until the
-    /// operator has acted on it; prints each app's new hint, rotation id and trigger. Exits
-    /// non-zero if any app failed or timed out.
+    /// operator has acted on it; prints each app's new hint, rotation id, trigger and whether the
+    /// previous secret stays valid (`spec.rotation.gracePeriod`). Exits non-zero if any app
+    /// failed or timed out.
     Rotate {
         /// Apps to rotate (in the namespace).
         names: Vec<String>,
@@ -65,6 +66,10 @@ enum Command {
         /// How many apps to rotate at a time.
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
         concurrency: u16,
+        /// Invalidate the previous secret at once, whatever `spec.rotation.gracePeriod` says (it
+        /// leaked). Sets `oauthapp.io/rotate-revoke: "true"`; without it the annotation is removed.
+        #[arg(long)]
+        revoke_previous: bool,
     },
     /// Show apps: a table, or a detailed view (with recent Events) of one app.
     Status {
@@ -79,7 +84,8 @@ enum Command {
     },
     /// Check a client secret, read from stdin, against the app's status hash (locally).
     ///
-    /// Exit 0 when it is the app's current secret, 1 when it is not, 2 when it cannot be checked.
+    /// Exit 0 when it is the app's current secret, or its previous one before that expires
+    /// (`status.previousSecret`); 1 when it is neither; 2 when it cannot be checked.
     /// Needs read access to the OAuthApp only, never to its Secret.
     Verify {
         /// The app.
@@ -168,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait,
             timeout,
             concurrency,
+            revoke_previous,
         } => {
             let targets: Vec<(String, String)> = match (names.is_empty(), selector) {
                 (false, None) if !all_namespaces => {
@@ -192,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 wait,
                 timeout,
                 concurrency: usize::from(concurrency),
+                revoke_previous,
             };
             let outcomes = commands::rotate(&client, targets, &options).await;
             if let Some(format) = cli.output {
@@ -208,13 +216,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             dash(&o.hint),
                             dash(&o.rotation_id),
                             dash(&o.trigger),
+                            match (o.previous_kept, &o.previous_expires_at) {
+                                (Some(true), Some(t)) => format!("valid until {t}"),
+                                (Some(false), _) if revoke_previous => "revoked".to_string(),
+                                // No grace period: the replaced secret was invalid at once.
+                                (Some(false), _) => "invalid".to_string(),
+                                _ => "-".to_string(),
+                            },
                         ]
                     })
                     .collect();
                 print!(
                     "{}",
                     plugin::table(
-                        &["NAMESPACE", "NAME", "RESULT", "HINT", "ROTATION ID", "TRIGGER"],
+                        &[
+                            "NAMESPACE",
+                            "NAME",
+                            "RESULT",
+                            "HINT",
+                            "ROTATION ID",
+                            "TRIGGER",
+                            "PREVIOUS"
+                        ],
                         &rows
                     )
                 );
@@ -295,19 +318,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("reading the client secret from stdin")?;
             let qualified = format!("{namespace}/{name}");
             let hash = app.status.as_ref().and_then(|s| s.client_secret_hash.as_deref());
+            let previous = app.status.as_ref().and_then(|s| s.previous_secret.as_ref());
             let hint = app
                 .status
                 .as_ref()
                 .and_then(|s| s.client_secret_hint.clone())
                 .unwrap_or_default();
-            match plugin::verify(&qualified, input.trim(), hash)? {
+            let now = jiff::Timestamp::now();
+            match plugin::verify(&qualified, input.trim(), hash, previous, now)? {
                 Verdict::Current => {
-                    println!("match: the current client secret of {qualified} (hint {hint})");
+                    println!("match: current client secret of {qualified} (hint {hint})");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Verdict::Previous { expires_at } => {
+                    let old_hint = previous
+                        .map(|p| p.client_secret_hint.as_str())
+                        .unwrap_or_default();
+                    println!(
+                        "match: previous, valid until {expires_at}: the client secret of {qualified} before its last rotation (hint {old_hint}); move clients to the current one (hint {hint})"
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Verdict::NoMatch { why } => {
                     let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
-                    println!("no match: not the current client secret of {qualified} (hint {hint}){why}");
+                    let which = if previous.is_some_and(|p| now < p.expires_at.0) {
+                        "neither the current nor the previous"
+                    } else {
+                        "not the current"
+                    };
+                    println!("no match: {which} client secret of {qualified} (hint {hint}){why}");
                     Ok(ExitCode::FAILURE)
                 }
             }
@@ -397,6 +436,13 @@ fn detail(app: &oauthapp_operator::crd::OAuthApp, row: &AppRow) -> String {
         ("Rotations", row.rotation_count.to_string()),
         ("Last rotation", last),
         ("Next rotation", dash(&row.next_rotation)),
+        (
+            "Previous secret",
+            match (&row.previous_hint, &row.previous_expires_at) {
+                (Some(hint), Some(t)) => format!("{hint}, valid until {t}"),
+                _ => "-".to_string(),
+            },
+        ),
         ("Ready", ready),
     ]
     .iter()

@@ -10,7 +10,7 @@ use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
 use serde::Serialize;
 
-use super::{AppRow, FindKey, rotate_nonce, rotation_done};
+use super::{AppRow, FindKey, previous_kept_until, rotate_nonce, rotate_patch, rotation_done};
 use crate::crd::{OAuthApp, ROTATE_ANNOTATION};
 
 /// Why a command failed as a whole (per-app failures of `rotate` are results, not errors).
@@ -89,6 +89,11 @@ pub struct RotateOutcome {
     pub hint: Option<String>,
     pub rotation_id: Option<String>,
     pub trigger: Option<String>,
+    /// Whether the replaced secret stays valid (`spec.rotation.gracePeriod`); unknown without
+    /// waiting.
+    pub previous_kept: Option<bool>,
+    /// Until when it stays valid.
+    pub previous_expires_at: Option<String>,
     pub error: Option<String>,
 }
 
@@ -105,6 +110,8 @@ impl RotateOutcome {
             hint: None,
             rotation_id: None,
             trigger: None,
+            previous_kept: None,
+            previous_expires_at: None,
             error: Some(error),
         }
     }
@@ -116,9 +123,12 @@ pub struct RotateOptions {
     pub wait: bool,
     pub timeout: Duration,
     pub concurrency: usize,
+    /// Invalidate each app's previous secret at once (`oauthapp.io/rotate-revoke: "true"`).
+    pub revoke_previous: bool,
 }
 
-/// Requests a rotation of each app (a fresh `oauthapp.io/rotate` value, by merge patch) and, with
+/// Requests a rotation of each app (a fresh `oauthapp.io/rotate` value, by merge patch, see
+/// [`rotate_patch`]) and, with
 /// `wait`, waits until the operator has acted on it. At most `concurrency` apps at a time; the
 /// outcomes come back in the order of `apps`.
 pub async fn rotate(
@@ -136,9 +146,7 @@ pub async fn rotate(
 async fn rotate_one(client: &Client, namespace: &str, name: &str, options: &RotateOptions) -> RotateOutcome {
     let api: Api<OAuthApp> = Api::namespaced(client.clone(), namespace);
     let nonce = rotate_nonce();
-    let mut annotations = serde_json::Map::new();
-    annotations.insert(ROTATE_ANNOTATION.to_string(), nonce.clone().into());
-    let patch = serde_json::json!({"metadata": {"annotations": annotations}});
+    let patch = rotate_patch(&nonce, options.revoke_previous);
     if let Err(e) = api
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -153,6 +161,8 @@ async fn rotate_one(client: &Client, namespace: &str, name: &str, options: &Rota
             hint: None,
             rotation_id: None,
             trigger: None,
+            previous_kept: None,
+            previous_expires_at: None,
             error: None,
         };
     }
@@ -162,6 +172,7 @@ async fn rotate_one(client: &Client, namespace: &str, name: &str, options: &Rota
     };
     match tokio::time::timeout(options.timeout, await_condition(api.clone(), name, done)).await {
         Ok(Ok(Some(app))) => {
+            let kept_until = previous_kept_until(&app, jiff::Timestamp::now());
             let status = app.status.unwrap_or_default();
             RotateOutcome {
                 namespace: namespace.to_string(),
@@ -170,6 +181,8 @@ async fn rotate_one(client: &Client, namespace: &str, name: &str, options: &Rota
                 hint: status.client_secret_hint,
                 rotation_id: status.rotation_id,
                 trigger: status.last_rotation_trigger.map(|t| t.as_str().to_string()),
+                previous_kept: Some(kept_until.is_some()),
+                previous_expires_at: kept_until,
                 error: None,
             }
         }

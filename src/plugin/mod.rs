@@ -10,7 +10,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::controller::plan::app_id;
-use crate::crd::OAuthApp;
+use crate::crd::{OAuthApp, PreviousSecret, ROTATE_ANNOTATION, ROTATE_REVOKE_ANNOTATION};
 use crate::secret::{self, HashError};
 
 /// The most a client secret read from stdin may be: a real one is 53 bytes; anything past this
@@ -31,6 +31,10 @@ pub struct AppRow {
     pub last_rotation: Option<String>,
     pub trigger: Option<String>,
     pub next_rotation: Option<String>,
+    /// The previous secret's hint, while the status carries one (`spec.rotation.gracePeriod`).
+    pub previous_hint: Option<String>,
+    /// When the previous secret stops being valid.
+    pub previous_expires_at: Option<String>,
     pub ready: String,
     pub reason: Option<String>,
     pub message: Option<String>,
@@ -51,6 +55,14 @@ impl AppRow {
             last_rotation: status.last_rotation_time.map(|t| t.0.to_string()),
             trigger: status.last_rotation_trigger.map(|t| t.as_str().to_string()),
             next_rotation: status.next_rotation_time.map(|t| t.0.to_string()),
+            previous_hint: status
+                .previous_secret
+                .as_ref()
+                .map(|p| p.client_secret_hint.clone()),
+            previous_expires_at: status
+                .previous_secret
+                .as_ref()
+                .map(|p| p.expires_at.0.to_string()),
             ready: ready.map_or_else(|| "Unknown".to_string(), |c| c.status.clone()),
             reason: ready.map(|c| c.reason.clone()).filter(|r| !r.is_empty()),
             message: ready.map(|c| c.message.clone()).filter(|m| !m.is_empty()),
@@ -94,7 +106,8 @@ fn push_line<'a>(out: &mut String, widths: &[usize], cells: impl Iterator<Item =
     out.push('\n');
 }
 
-/// The `status` table; with a NAMESPACE column when the apps come from several namespaces.
+/// The `status` table; with a NAMESPACE column when the apps come from several namespaces. The
+/// last column, PREVIOUS EXPIRES, is empty for an app without a previous secret.
 pub fn status_table(rows: &[AppRow], with_namespace: bool) -> String {
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
     let mut header = vec![
@@ -106,6 +119,7 @@ pub fn status_table(rows: &[AppRow], with_namespace: bool) -> String {
         "TRIGGER",
         "NEXT ROTATION",
         "READY",
+        "PREVIOUS EXPIRES",
     ];
     if with_namespace {
         header.insert(0, "NAMESPACE");
@@ -122,6 +136,7 @@ pub fn status_table(rows: &[AppRow], with_namespace: bool) -> String {
                 dash(&r.trigger),
                 dash(&r.next_rotation),
                 r.ready_text(),
+                r.previous_expires_at.clone().unwrap_or_default(),
             ];
             if with_namespace {
                 cells.insert(0, r.namespace.clone());
@@ -136,6 +151,37 @@ pub fn status_table(rows: &[AppRow], with_namespace: bool) -> String {
 /// rotates exactly once for it.
 pub fn rotate_nonce() -> String {
     format!("kubectl-oauthapp-{}", Uuid::from_u128(rand::random()).simple())
+}
+
+/// The merge patch that requests a rotation: `oauthapp.io/rotate` set to `nonce` and, with
+/// `revoke_previous`, `oauthapp.io/rotate-revoke: "true"` (the previous secret is invalid at
+/// once). Without it the patch removes `oauthapp.io/rotate-revoke`, so a value left from an
+/// earlier revocation never makes this routine rotation revoke.
+pub fn rotate_patch(nonce: &str, revoke_previous: bool) -> serde_json::Value {
+    let revoke = if revoke_previous {
+        serde_json::Value::from("true")
+    } else {
+        serde_json::Value::Null
+    };
+    serde_json::json!({
+        "metadata": {
+            "annotations": {
+                ROTATE_ANNOTATION: nonce,
+                ROTATE_REVOKE_ANNOTATION: revoke,
+            }
+        }
+    })
+}
+
+/// After a rotation: when the replaced secret stays valid, until when (`None`: it is invalid
+/// already: revoked, or no grace period).
+pub fn previous_kept_until(app: &OAuthApp, now: jiff::Timestamp) -> Option<String> {
+    let status = app.status.as_ref()?;
+    status
+        .previous_secret
+        .as_ref()
+        .filter(|p| Some(&p.rotation_id) != status.rotation_id.as_ref() && now < p.expires_at.0)
+        .map(|p| p.expires_at.0.to_string())
 }
 
 /// True once the operator has acted on the rotate annotation value `nonce`.
@@ -182,6 +228,8 @@ impl FindKey {
 pub enum Verdict {
     /// The secret is the app's current one.
     Current,
+    /// It is the previous one, still valid until `expires_at` (`spec.rotation.gracePeriod`).
+    Previous { expires_at: String },
     /// It is not (or is not a client secret at all).
     NoMatch { why: Option<String> },
 }
@@ -194,10 +242,11 @@ pub enum VerifyError {
     /// The cluster is untrusted input: a hash asking for more work than any the operator writes
     /// is refused, not computed.
     #[error(
-        "refusing to verify against app {app}: its status.clientSecretHash asks for argon2 m={m_cost_kib} KiB, t={t_cost}, p={p_cost}, over the caps (m<={max_m} KiB, t<={max_t}, p<={max_p}); the operator never writes such a hash, so the status was tampered with"
+        "refusing to verify against app {app}: its {field} asks for argon2 m={m_cost_kib} KiB, t={t_cost}, p={p_cost}, over the caps (m<={max_m} KiB, t<={max_t}, p<={max_p}); the operator never writes such a hash, so the status was tampered with"
     )]
     TooExpensive {
         app: String,
+        field: &'static str,
         m_cost_kib: u32,
         t_cost: u32,
         p_cost: u32,
@@ -205,33 +254,60 @@ pub enum VerifyError {
         max_t: u32,
         max_p: u32,
     },
-    #[error("app {app}'s status.clientSecretHash is unusable: {source}")]
+    #[error("app {app}'s {field} is unusable: {source}")]
     BadHash {
         app: String,
+        field: &'static str,
         #[source]
         source: HashError,
     },
 }
 
 /// Checks `presented` (read from stdin, surrounding whitespace already trimmed) against the
-/// app's status hash, locally. A string that is not a client secret at all is a "no match"
-/// without running argon2.
-pub fn verify(app_name: &str, presented: &str, hash: Option<&str>) -> Result<Verdict, VerifyError> {
+/// app's current status hash and, while it has not expired at `now`, its previous secret's hash,
+/// locally. A string that is not a client secret at all is a "no match" without running argon2.
+/// Both hashes are untrusted: one asking for more work than the caps is refused, not computed.
+pub fn verify(
+    app_name: &str,
+    presented: &str,
+    hash: Option<&str>,
+    previous: Option<&PreviousSecret>,
+    now: jiff::Timestamp,
+) -> Result<Verdict, VerifyError> {
     let hash = hash.ok_or_else(|| VerifyError::NoHash(app_name.to_string()))?;
     if let Err(e) = secret::check_format(presented) {
         return Ok(Verdict::NoMatch {
             why: Some(format!("not a client secret: {e}")),
         });
     }
+    if check(app_name, "status.clientSecretHash", presented, hash)? {
+        return Ok(Verdict::Current);
+    }
+    if let Some(p) = previous.filter(|p| now < p.expires_at.0)
+        && check(
+            app_name,
+            "status.previousSecret.clientSecretHash",
+            presented,
+            &p.client_secret_hash,
+        )?
+    {
+        return Ok(Verdict::Previous {
+            expires_at: p.expires_at.0.to_string(),
+        });
+    }
+    Ok(Verdict::NoMatch { why: None })
+}
+
+fn check(app_name: &str, field: &'static str, presented: &str, hash: &str) -> Result<bool, VerifyError> {
     match secret::verify(presented, hash) {
-        Ok(true) => Ok(Verdict::Current),
-        Ok(false) => Ok(Verdict::NoMatch { why: None }),
+        Ok(matched) => Ok(matched),
         Err(HashError::ParamsTooExpensive {
             m_cost_kib,
             t_cost,
             p_cost,
         }) => Err(VerifyError::TooExpensive {
             app: app_name.to_string(),
+            field,
             m_cost_kib,
             t_cost,
             p_cost,
@@ -241,6 +317,7 @@ pub fn verify(app_name: &str, presented: &str, hash: Option<&str>) -> Result<Ver
         }),
         Err(source) => Err(VerifyError::BadHash {
             app: app_name.to_string(),
+            field,
             source,
         }),
     }
@@ -250,7 +327,29 @@ pub fn verify(app_name: &str, presented: &str, hash: Option<&str>) -> Result<Ver
 mod tests {
     use super::*;
     use crate::crd::{OAuthAppSpec, OAuthAppStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    fn now() -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_800_000_000).expect("a time")
+    }
+
+    fn cheap_hash(secret: &secret::ClientSecret) -> String {
+        let params = secret::HashParams {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        secret::hash(secret.expose(), &params).expect("hash")
+    }
+
+    fn previous(hash: &str, expires_at: jiff::Timestamp) -> PreviousSecret {
+        PreviousSecret {
+            rotation_id: "rot-old".into(),
+            client_secret_hash: hash.into(),
+            client_secret_hint: "oas_Old1...Zz99".into(),
+            expires_at: Time(expires_at),
+        }
+    }
 
     fn app(name: &str, status: Option<OAuthAppStatus>) -> OAuthApp {
         let mut app = OAuthApp::new(name, OAuthAppSpec::default());
@@ -360,26 +459,131 @@ mod tests {
         };
         let hash = secret::hash(secret.expose(), &params).expect("hash");
         assert_eq!(
-            verify("a", secret.expose(), Some(&hash)).ok(),
+            verify("a", secret.expose(), Some(&hash), None, now()).ok(),
             Some(Verdict::Current)
         );
         let other = secret::ClientSecret::generate().expect("secret");
         assert_eq!(
-            verify("a", other.expose(), Some(&hash)).ok(),
+            verify("a", other.expose(), Some(&hash), None, now()).ok(),
             Some(Verdict::NoMatch { why: None })
         );
         assert!(matches!(
-            verify("a", "hunter2", Some(&hash)),
+            verify("a", "hunter2", Some(&hash), None, now()),
             Ok(Verdict::NoMatch { why: Some(_) })
         ));
         assert!(matches!(
-            verify("a", secret.expose(), None),
+            verify("a", secret.expose(), None, None, now()),
             Err(VerifyError::NoHash(_))
         ));
         // A hash asking for 4 GiB of memory is refused before any argon2 work.
         let greedy = hash.replacen("m=64", "m=4194304", 1);
-        let err = verify("a", secret.expose(), Some(&greedy)).expect_err("refused");
+        let err = verify("a", secret.expose(), Some(&greedy), None, now()).expect_err("refused");
         assert!(matches!(err, VerifyError::TooExpensive { .. }), "{err}");
         assert!(err.to_string().contains("refusing to verify"), "{err}");
+    }
+
+    #[test]
+    fn verify_accepts_the_previous_secret_only_until_it_expires() {
+        let (current, old) = (
+            secret::ClientSecret::generate().expect("secret"),
+            secret::ClientSecret::generate().expect("secret"),
+        );
+        let (hash, old_hash) = (cheap_hash(&current), cheap_hash(&old));
+        let later = now() + jiff::SignedDuration::from_secs(600);
+        let kept = previous(&old_hash, later);
+        assert_eq!(
+            verify("a", old.expose(), Some(&hash), Some(&kept), now()).ok(),
+            Some(Verdict::Previous {
+                expires_at: later.to_string()
+            })
+        );
+        assert_eq!(
+            verify("a", current.expose(), Some(&hash), Some(&kept), now()).ok(),
+            Some(Verdict::Current)
+        );
+        // At and after its expiry the previous secret is no match, whatever the status says.
+        for at in [later, later + jiff::SignedDuration::from_secs(1)] {
+            assert_eq!(
+                verify("a", old.expose(), Some(&hash), Some(&kept), at).ok(),
+                Some(Verdict::NoMatch { why: None })
+            );
+        }
+        let stranger = secret::ClientSecret::generate().expect("secret");
+        assert_eq!(
+            verify("a", stranger.expose(), Some(&hash), Some(&kept), now()).ok(),
+            Some(Verdict::NoMatch { why: None })
+        );
+        // The previous hash is as untrusted as the current one.
+        let greedy = previous(&old_hash.replacen("m=64", "m=4194304", 1), later);
+        let err = verify("a", stranger.expose(), Some(&hash), Some(&greedy), now()).expect_err("refused");
+        assert!(matches!(err, VerifyError::TooExpensive { .. }), "{err}");
+        assert!(
+            err.to_string().contains("status.previousSecret.clientSecretHash"),
+            "{err}"
+        );
+        // An expired previous hash is not even looked at.
+        let expired_greedy = previous(&old_hash.replacen("m=64", "m=4194304", 1), now());
+        assert_eq!(
+            verify("a", stranger.expose(), Some(&hash), Some(&expired_greedy), now()).ok(),
+            Some(Verdict::NoMatch { why: None })
+        );
+    }
+
+    #[test]
+    fn the_rotate_patch_sets_or_removes_the_revoke_annotation() {
+        let revoking = rotate_patch("n1", true);
+        assert_eq!(
+            revoking,
+            serde_json::json!({"metadata": {"annotations": {
+                "oauthapp.io/rotate": "n1",
+                "oauthapp.io/rotate-revoke": "true",
+            }}})
+        );
+        // Without the flag the patch carries an explicit null: a merge patch removes the key.
+        let routine = rotate_patch("n2", false);
+        assert_eq!(
+            routine,
+            serde_json::json!({"metadata": {"annotations": {
+                "oauthapp.io/rotate": "n2",
+                "oauthapp.io/rotate-revoke": null,
+            }}})
+        );
+    }
+
+    #[test]
+    fn status_shows_the_previous_expiry_and_rotate_says_whether_it_was_kept() {
+        let later = now() + jiff::SignedDuration::from_secs(600);
+        let with_previous = app(
+            "billing",
+            Some(OAuthAppStatus {
+                rotation_id: Some("rot-new".into()),
+                previous_secret: Some(previous("$argon2id$x", later)),
+                conditions: vec![ready("True", "SecretReady")],
+                ..Default::default()
+            }),
+        );
+        let without = app(
+            "other",
+            Some(OAuthAppStatus {
+                rotation_id: Some("rot-1".into()),
+                conditions: vec![ready("True", "SecretReady")],
+                ..Default::default()
+            }),
+        );
+        let row = AppRow::of(&with_previous);
+        assert_eq!(row.previous_hint.as_deref(), Some("oas_Old1...Zz99"));
+        assert_eq!(row.previous_expires_at, Some(later.to_string()));
+        let text = status_table(&[row, AppRow::of(&without)], false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("   READY   PREVIOUS EXPIRES"), "{text}");
+        assert!(lines[1].ends_with(&format!("   True    {later}")), "{text}");
+        assert!(lines[2].ends_with("   True"), "{text}");
+
+        assert_eq!(
+            previous_kept_until(&with_previous, now()),
+            Some(later.to_string())
+        );
+        assert_eq!(previous_kept_until(&with_previous, later), None);
+        assert_eq!(previous_kept_until(&without, now()), None);
     }
 }

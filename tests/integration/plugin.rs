@@ -110,6 +110,8 @@ async fn rotate_prints_the_new_hint_and_verify_tells_the_new_secret_from_the_old
         status.client_secret_hint.as_deref().expect("hint"),
         status.rotation_id.as_deref().expect("rotation id"),
         "Annotation",
+        // No grace period: the replaced secret is invalid at once.
+        "invalid",
     ] {
         assert!(line.contains(expected), "{expected:?} missing in {text}");
     }
@@ -149,7 +151,7 @@ async fn rotate_prints_the_new_hint_and_verify_tells_the_new_secret_from_the_old
         stderr(&right)
     );
     assert!(
-        stdout(&right).starts_with("match: the current client secret"),
+        stdout(&right).starts_with("match: current client secret"),
         "{}",
         stdout(&right)
     );
@@ -166,6 +168,120 @@ async fn rotate_prints_the_new_hint_and_verify_tells_the_new_secret_from_the_old
     for out in [&right, &wrong] {
         let all = format!("{}{}", stdout(out), stderr(out));
         assert!(!all.contains(&new_secret) && !all.contains(&old_secret), "{all}");
+    }
+}
+
+#[tokio::test]
+async fn with_a_grace_period_rotate_keeps_the_previous_secret_and_revoke_previous_does_not() {
+    let ns = namespace("plugin-grace");
+    let cp = control_plane();
+    let _operator = Operator::start(&cp.kubeconfig, &ns, &[], &[]);
+    let apps: Api<OAuthApp> = Api::namespaced(admin_client().await, &ns);
+    apply(
+        &ns,
+        "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata: {name: billing}\nspec:\n  redirectUris: [\"https://billing.example.com/cb\"]\n  rotation: {gracePeriod: 600s}\n",
+    );
+    ready_with(&apps, "billing", 1).await;
+    let first = client_secret(&ns, "billing").await;
+    // A revoke annotation left from an earlier incident must not make a routine rotation revoke.
+    cp.kubectl_ok(&[
+        "annotate",
+        "oauthapps",
+        "billing",
+        "-n",
+        &ns,
+        "oauthapp.io/rotate-revoke=true",
+    ]);
+
+    let out = plugin(&["rotate", "billing", "-n", &ns]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let app = apps.get("billing").await.expect("app");
+    let annotations = app.metadata.annotations.clone().unwrap_or_default();
+    assert!(
+        !annotations.contains_key("oauthapp.io/rotate-revoke"),
+        "{annotations:?}"
+    );
+    let status = status_of(&app);
+    assert_eq!(status.rotation_count, 2);
+    let previous = status
+        .previous_secret
+        .clone()
+        .expect("the first secret stays valid");
+    let expires = previous.expires_at.0.to_string();
+    let text = stdout(&out);
+    assert!(
+        text.lines().next().is_some_and(|h| h.ends_with("PREVIOUS")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|l| l.ends_with(&format!("valid until {expires}"))),
+        "{text}"
+    );
+    let second = client_secret(&ns, "billing").await;
+
+    // verify says which secret matched; both pass.
+    let old = plugin_as(&cp.kubeconfig, &["verify", "billing", "-n", &ns], &first);
+    assert_eq!(old.status.code(), Some(0), "{}{}", stdout(&old), stderr(&old));
+    assert!(
+        stdout(&old).starts_with(&format!("match: previous, valid until {expires}")),
+        "{}",
+        stdout(&old)
+    );
+    assert!(
+        stdout(&old).contains(&previous.client_secret_hint),
+        "{}",
+        stdout(&old)
+    );
+    let new = plugin_as(&cp.kubeconfig, &["verify", "billing", "-n", &ns], &second);
+    assert_eq!(new.status.code(), Some(0), "{}{}", stdout(&new), stderr(&new));
+    assert!(stdout(&new).starts_with("match: current"), "{}", stdout(&new));
+
+    // status: the expiry in the table's last column, and the previous hint in the detail.
+    let out = plugin(&["status", "-n", &ns]);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].ends_with("PREVIOUS EXPIRES"), "{text}");
+    assert!(lines[1].ends_with(&format!("   {expires}")), "{text}");
+    let out = plugin(&["status", "billing", "-n", &ns]);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "Previous secret: {}, valid until {expires}",
+            previous.client_secret_hint
+        )),
+        "{text}"
+    );
+
+    // --revoke-previous: the replaced secret is invalid at once, and so is the older one.
+    let out = plugin(&["rotate", "billing", "-n", &ns, "--revoke-previous"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.lines().nth(1).is_some_and(|l| l.ends_with("   revoked")),
+        "{text}"
+    );
+    let app = apps.get("billing").await.expect("app");
+    assert_eq!(status_of(&app).rotation_count, 3);
+    assert_eq!(status_of(&app).previous_secret, None);
+    let third = client_secret(&ns, "billing").await;
+    for stale in [&first, &second] {
+        let out = plugin_as(&cp.kubeconfig, &["verify", "billing", "-n", &ns], stale);
+        assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+        assert!(stdout(&out).starts_with("no match"), "{}", stdout(&out));
+    }
+    let current = plugin_as(&cp.kubeconfig, &["verify", "billing", "-n", &ns], &third);
+    assert_eq!(current.status.code(), Some(0), "{}", stderr(&current));
+    // No previous secret: the table's expiry column is empty.
+    let out = plugin(&["status", "-n", &ns]);
+    let text = stdout(&out);
+    assert!(
+        text.lines().nth(1).is_some_and(|l| l.ends_with("   True")),
+        "{text}"
+    );
+    for secret in [&first, &second, &third] {
+        assert!(!text.contains(secret.as_str()), "{text}");
     }
 }
 
