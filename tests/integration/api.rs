@@ -1726,7 +1726,17 @@ const VERIFIER_RULES: &str = r#"
 
 #[tokio::test]
 async fn verify_accepts_the_current_and_the_unexpired_previous_secret_and_reveals_nothing_else() {
-    let s = setup("api-verify", &[]).await;
+    // Callers here poll; the per-caller limit is not what this test is about.
+    let s = setup(
+        "api-verify",
+        &[
+            "--rate-limit-per-caller",
+            "1000",
+            "--rate-limit-per-caller-burst",
+            "1000",
+        ],
+    )
+    .await;
     s.apply(
         &s.ns,
         "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: portal\nspec:\n  redirectUris: [\"https://portal.example.com/cb\"]\n  rotation:\n    gracePeriod: 12s\n",

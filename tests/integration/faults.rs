@@ -371,9 +371,29 @@ impl Toxiproxy {
     }
 }
 
-/// A ServiceAccount that may rotate through the REST API in `ns`, and a token for it.
+/// A ServiceAccount that may rotate through the REST API in `ns` (get the app, create
+/// oauthapps/rotate: the chart's oauthapp-rotator), and a token for it.
 fn rotator_token(cp: &ControlPlane, ns: &str) -> String {
     cp.kubectl_ok(&["create", "serviceaccount", "ci", "-n", ns]);
+    cp.kubectl_ok(&[
+        "create",
+        "role",
+        "reader",
+        "-n",
+        ns,
+        "--verb=get",
+        "--resource=oauthapps",
+    ]);
+    cp.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "ci-reader",
+        "-n",
+        ns,
+        "--role=reader",
+        "--serviceaccount",
+        &format!("{ns}:ci"),
+    ]);
     cp.kubectl_ok(&[
         "create",
         "role",

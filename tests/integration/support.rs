@@ -75,6 +75,10 @@ fn start_control_plane(dir: PathBuf) -> ControlPlane {
 }
 
 fn start_control_plane_with(dir: PathBuf, flags: &[&str]) -> ControlPlane {
+    // One start at a time: up.sh picks free ports by binding and releasing them, so two starts
+    // at once can pick the same port (seen: "bind: address already in use").
+    static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = STARTING.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(repo().join("tests/controlplane/up.sh"))
         .args(flags)
         .arg("--dir")
