@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use oauthapp_operator::crd::{OAuthApp, OAuthAppStatus};
 use oauthapp_operator::secret;
@@ -255,4 +256,81 @@ async fn a_kill_between_the_writes_keeps_the_previous_secret_until_its_original_
         .expect("the previous secret survived");
     assert_eq!(previous.expires_at.0.to_string(), expires_at);
     assert_eq!(valid(&status, &[&old, &new]), [old.clone(), new.clone()]);
+}
+
+#[tokio::test]
+async fn a_restart_with_fifty_apps_mid_grace_writes_nothing_until_the_first_expiry() {
+    const APPS: usize = 50;
+    let ns = namespace("grace-restart");
+    let client = admin_client().await;
+    let mut operator = Operator::start(&control_plane().kubeconfig, &ns, &[], &[]);
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), &ns);
+    let manifest: String = (0..APPS)
+        .map(|i| {
+            format!(
+                "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: app-{i}\nspec:\n  rotation:\n    gracePeriod: 600s\n---\n"
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("apps.yaml");
+    std::fs::write(&file, manifest).expect("write manifest");
+    control_plane().kubectl_ok(&["apply", "-n", &ns, "-f", file.to_str().expect("utf-8")]);
+    let all_at = |count: i64, previous: bool| {
+        let apps = apps.clone();
+        async move {
+            let list = apps.list(&ListParams::default()).await.ok()?;
+            let done = list.items.iter().all(|a| {
+                a.status
+                    .as_ref()
+                    .is_some_and(|s| s.rotation_count == count && s.previous_secret.is_some() == previous)
+                    && a.ready_condition().is_some_and(|c| c.status == "True")
+            });
+            (list.items.len() == APPS && done).then_some(list)
+        }
+    };
+    eventually("every app provisioned", WAIT, || all_at(1, false)).await;
+    control_plane().kubectl_ok(&[
+        "annotate",
+        "oauthapp",
+        "--all",
+        "-n",
+        &ns,
+        "oauthapp.io/rotate=r1",
+    ]);
+    let before = eventually("every app rotated, its previous secret kept", WAIT, || {
+        all_at(2, true)
+    })
+    .await;
+    operator
+        .terminate(Duration::from_secs(30))
+        .expect("operator exits on SIGTERM");
+
+    // A new operator looks at every app (and again every second): all are mid-grace, the
+    // first expiry is minutes away, so it writes nothing.
+    let operator = Operator::start(
+        &control_plane().kubeconfig,
+        &ns,
+        &["--resync-interval", "1s"],
+        &[],
+    );
+    eventually("every app looked at, twice", WAIT, || async {
+        let done = operator
+            .metric("oauthapp_reconcile_duration_seconds_count")
+            .await?;
+        (done >= 2.0 * APPS as f64).then_some(())
+    })
+    .await;
+    assert_eq!(operator.metric("oauthapp_api_writes_total").await, Some(0.0));
+    let after = apps.list(&ListParams::default()).await.expect("list");
+    let versions = |list: &kube::core::ObjectList<OAuthApp>| {
+        let mut v: Vec<(String, Option<String>)> = list
+            .items
+            .iter()
+            .map(|a| (a.name_any(), a.resource_version()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(versions(&after), versions(&before), "no status was written");
 }
