@@ -98,8 +98,9 @@ impl ControlPlane {
         Ok(Client::try_from(config)?)
     }
 
-    /// A namespace with ServiceAccount `bench`, allowed everything on oauthapps (rotate
-    /// included), and a token for it (TokenRequest, 2 h).
+    /// A namespace with ServiceAccount `bench`, allowed everything on oauthapps (rotate and
+    /// verify included: `create oauthapps/verify` is what the chart's `oauthapp-verifier` role
+    /// grants), and a token for it (TokenRequest, 2 h).
     pub fn namespace_with_caller(&self, ns: &str) -> anyhow::Result<String> {
         self.kubectl(&["create", "namespace", ns])?;
         self.kubectl_stdin(
@@ -114,7 +115,7 @@ kind: Role
 metadata: {{name: bench-rotator, namespace: {ns}}}
 rules:
 - apiGroups: [oauthapp.io]
-  resources: [oauthapps, oauthapps/rotate]
+  resources: [oauthapps, oauthapps/rotate, oauthapps/verify]
   verbs: [get, list, watch, create, update, patch, delete]
 ---
 apiVersion: rbac.authorization.k8s.io/v1

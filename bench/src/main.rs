@@ -8,6 +8,9 @@
 //! 1. REST rotate latency, one call at a time;
 //! 2. annotation-to-rotation latency (annotate, then see `status.rotationId` change on a watch);
 //! 3. throughput: 16 concurrent callers on distinct apps;
+//! 6. `POST /api/v1/oauth-apps/verify`: latency uncached (a different wrong but well-formed
+//!    secret per call, so every call hashes) and cached (the same right secret again and again),
+//!    and uncached throughput with 16 concurrent callers;
 //! 5. phases 1 and 2 again with two replicas, the REST calls going to the standby;
 //! 4. scale: provision N apps (10,000), restart the operator, idle window (writes, CPU, RSS).
 //!
@@ -34,10 +37,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use oauthapp_operator::crd::{OAuthApp, OAuthAppSpec, ROTATE_ANNOTATION};
-use oauthapp_operator::secret::HashParams;
+use oauthapp_operator::crd::{CLIENT_ID_KEY, CLIENT_SECRET_KEY, OAuthApp, OAuthAppSpec, ROTATE_ANNOTATION};
+use oauthapp_operator::secret::{ClientSecret, HashParams};
 use serde_json::json;
 
 use cluster::ControlPlane;
@@ -237,16 +241,7 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
         LATENCY_APPS,
         settings.throughput_secs
     );
-    let pids = [
-        ("operator", Some(op.pid())),
-        ("kube-apiserver", cp.pid_of("kube-apiserver")),
-        ("etcd", cp.pid_of("etcd")),
-        ("bench client", Some(std::process::id())),
-    ];
-    let cpu_before: Vec<Option<f64>> = pids
-        .iter()
-        .map(|(_, p)| p.and_then(operator::cpu_seconds))
-        .collect();
+    let cpu = CpuWindow::open(&cp, &op);
     let before = op.metrics().await?;
     let (ok, failed, window) = throughput(
         &http,
@@ -261,13 +256,7 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
     report.throughput_failed = failed;
     report.throughput_per_s = ok as f64 / window;
     report.throughput_operator_mean_ms = mean_rotation_ms(&before, &after);
-    for ((name, pid), before) in pids.iter().zip(cpu_before) {
-        if let (Some(b), Some(a)) = (before, pid.and_then(operator::cpu_seconds)) {
-            report
-                .throughput_cpu
-                .insert((*name).to_string(), (a - b) / window);
-        }
-    }
+    report.throughput_cpu = cpu.cores_used(window);
     say!(
         "   {:.1} rotations/s ({} failed); hashing bound so far {:.1}/s; CPU cores used: {:?}",
         report.throughput_per_s,
@@ -275,6 +264,9 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
         report.machine.cores as f64 * 1000.0 / Stats::of(&floors.hash_ms).p50,
         report.throughput_cpu
     );
+
+    let creds = credentials(&client, ns, &names).await?;
+    verify_phase(&cp, &op, &token, &creds, settings, &mut floors, &mut report).await?;
     op.stop(Duration::from_secs(30));
     drop(op);
 
@@ -642,6 +634,256 @@ async fn throughput(
     let ok = results.iter().map(|r| r.0).sum();
     let failed = results.iter().map(|r| r.1).sum();
     Ok((ok, failed, window.as_secs_f64()))
+}
+
+/// Each app's client id and current client secret, read from its Secret.
+async fn credentials(client: &Client, ns: &str, names: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut creds = Vec::with_capacity(names.len());
+    for name in names {
+        let secret = secrets.get(&apps.get(name).await?.secret_name()).await?;
+        let key = |key: &str| -> anyhow::Result<String> {
+            let bytes = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .with_context(|| format!("the Secret of {ns}/{name} has no {key}"))?;
+            String::from_utf8(bytes.0.clone())
+                .with_context(|| format!("the {key} of {ns}/{name} is not UTF-8"))
+        };
+        creds.push((key(CLIENT_ID_KEY)?, key(CLIENT_SECRET_KEY)?));
+    }
+    Ok(creds)
+}
+
+/// Phase 6: `POST /api/v1/oauth-apps/verify` on the running operator, whose rate limits the
+/// bench raised ([`operator`]'s `UNLIMITED`: the verify limits per caller and per client id
+/// follow the per-caller flags).
+async fn verify_phase(
+    cp: &ControlPlane,
+    op: &Operator,
+    token: &str,
+    creds: &[(String, String)],
+    settings: &Settings,
+    floors: &mut Floors,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    const UNKNOWN: &str = "oauthapp_verifications_total{result=\"unknown\"}";
+    let http = reqwest::Client::new();
+    let port = op.api_port;
+    say!(
+        "6. verify: {} calls uncached (a different wrong secret each), then {} cached (the same right one)",
+        settings.calls,
+        settings.calls
+    );
+    let before = op.metrics().await?;
+    report.verify = Stats::of(&verify_uncached(&http, port, token, creds, settings.calls, floors).await?);
+    let unknown = op.metrics().await?.value(UNKNOWN) - before.value(UNKNOWN);
+    if unknown > 0.0 {
+        bail!(
+            "{unknown} verifications were answered as for an unknown app: may the bench's caller \
+             create oauthapps/verify?"
+        );
+    }
+    report.verify_cached = Stats::of(&verify_cached(&http, port, token, &creds[0], settings.calls).await?);
+    say!(
+        "   uncached p50 {:.1} ms, p99 {:.1} ms (floor_hash so far {:.1} ms); cached p50 {:.2} ms, p99 {:.2} ms",
+        report.verify.p50,
+        report.verify.p99,
+        Stats::of(&floors.hash_ms).p50,
+        report.verify_cached.p50,
+        report.verify_cached.p99
+    );
+    say!(
+        "   verify throughput: {} callers on distinct apps, uncached, for {} s",
+        creds.len(),
+        settings.throughput_secs
+    );
+    let cpu = CpuWindow::open(cp, op);
+    let (ok, failed, window) = verify_throughput(
+        &http,
+        port,
+        token,
+        creds,
+        Duration::from_secs(settings.throughput_secs),
+    )
+    .await?;
+    report.verify_throughput_ok = ok;
+    report.verify_throughput_failed = failed;
+    report.verify_throughput_per_s = ok as f64 / window;
+    report.verify_throughput_cpu = cpu.cores_used(window);
+    say!(
+        "   {:.1} verifications/s ({} failed); hashing bound so far {:.1}/s; CPU cores used: {:?}",
+        report.verify_throughput_per_s,
+        failed,
+        report.machine.cores as f64 * 1000.0 / Stats::of(&floors.hash_ms).p50,
+        report.verify_throughput_cpu
+    );
+    Ok(())
+}
+
+/// A well-formed client secret that is no app's: a verification of it hashes (wrong answers
+/// are never remembered) and answers `{"valid": false}`.
+fn wrong_secret() -> anyhow::Result<String> {
+    let secret = ClientSecret::generate().map_err(|e| anyhow::anyhow!("drawing a secret: {e}"))?;
+    Ok(secret.expose().to_owned())
+}
+
+/// POST /api/v1/oauth-apps/verify; whether the answer is `valid` (fails unless 200 with it).
+async fn verify(
+    http: &reqwest::Client,
+    port: u16,
+    token: &str,
+    client_id: &str,
+    client_secret: &str,
+) -> anyhow::Result<bool> {
+    let body = serde_json::to_vec(&json!({"client_id": client_id, "client_secret": client_secret}))?;
+    let response = http
+        .post(format!("http://127.0.0.1:{port}/api/v1/oauth-apps/verify"))
+        .bearer_auth(token)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if status != reqwest::StatusCode::OK {
+        bail!("verify answered {status}: {}", String::from_utf8_lossy(&body));
+    }
+    let answer: serde_json::Value =
+        serde_json::from_slice(&body).context("verify answered 200 without JSON")?;
+    answer
+        .get("valid")
+        .and_then(serde_json::Value::as_bool)
+        .context("verify answered 200 without `valid`")
+}
+
+/// `calls` verifications, one at a time, round-robin over the apps, each of a different wrong
+/// secret (so each one hashes); each call's time in ms.
+async fn verify_uncached(
+    http: &reqwest::Client,
+    port: u16,
+    token: &str,
+    creds: &[(String, String)],
+    calls: usize,
+    floors: &mut Floors,
+) -> anyhow::Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(calls);
+    for i in 0..calls + WARMUP {
+        let (client_id, _) = &creds[i % creds.len()];
+        let wrong = wrong_secret()?;
+        let started = Instant::now();
+        let valid = verify(http, port, token, client_id, &wrong).await?;
+        let elapsed = ms(started.elapsed());
+        if valid {
+            bail!("a wrong secret verified");
+        }
+        if i >= WARMUP {
+            times.push(elapsed);
+        }
+        if i % FLOOR_EVERY == 0 {
+            floors.sample().await?;
+        }
+    }
+    Ok(times)
+}
+
+/// `calls` verifications of one app's right secret, one at a time, after one that the operator
+/// remembers (retried until the operator's watch has the app's current hash); each call's time
+/// in ms. No floor samples in between: the calls stay well within the answers' 10 s lifetime.
+async fn verify_cached(
+    http: &reqwest::Client,
+    port: u16,
+    token: &str,
+    (client_id, secret): &(String, String),
+    calls: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !verify(http, port, token, client_id, secret).await? {
+        if Instant::now() > deadline {
+            bail!("the app's current secret did not verify within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut times = Vec::with_capacity(calls);
+    for i in 0..calls + WARMUP {
+        let started = Instant::now();
+        let valid = verify(http, port, token, client_id, secret).await?;
+        let elapsed = ms(started.elapsed());
+        if !valid {
+            bail!("the app's current secret stopped verifying");
+        }
+        if i >= WARMUP {
+            times.push(elapsed);
+        }
+    }
+    Ok(times)
+}
+
+/// One caller per app, each verifying a different wrong secret of its app back to back for
+/// `window`: the verifications answered within the window, the failed calls, and the window in
+/// seconds.
+async fn verify_throughput(
+    http: &reqwest::Client,
+    port: u16,
+    token: &str,
+    creds: &[(String, String)],
+    window: Duration,
+) -> anyhow::Result<(usize, usize, f64)> {
+    let deadline = Instant::now() + window;
+    let callers = creds.iter().map(|(client_id, _)| async move {
+        let (mut ok, mut failed) = (0usize, 0usize);
+        while Instant::now() < deadline {
+            let wrong = wrong_secret()?;
+            let result = verify(http, port, token, client_id, &wrong).await;
+            if Instant::now() <= deadline {
+                match result {
+                    Ok(false) => ok += 1,
+                    Ok(true) | Err(_) => failed += 1,
+                }
+            }
+        }
+        anyhow::Ok((ok, failed))
+    });
+    let results = futures::future::try_join_all(callers).await?;
+    let ok = results.iter().map(|r| r.0).sum();
+    let failed = results.iter().map(|r| r.1).sum();
+    Ok((ok, failed, window.as_secs_f64()))
+}
+
+/// The CPU time of the operator, the API server, etcd and the bench itself when a measured
+/// window opens.
+struct CpuWindow {
+    before: Vec<(&'static str, Option<u32>, Option<f64>)>,
+}
+
+impl CpuWindow {
+    fn open(cp: &ControlPlane, op: &Operator) -> CpuWindow {
+        let pids = [
+            ("operator", Some(op.pid())),
+            ("kube-apiserver", cp.pid_of("kube-apiserver")),
+            ("etcd", cp.pid_of("etcd")),
+            ("bench client", Some(std::process::id())),
+        ];
+        CpuWindow {
+            before: pids
+                .into_iter()
+                .map(|(name, pid)| (name, pid, pid.and_then(operator::cpu_seconds)))
+                .collect(),
+        }
+    }
+
+    /// The cores each process used over the `window_s` seconds since [`CpuWindow::open`].
+    fn cores_used(&self, window_s: f64) -> BTreeMap<String, f64> {
+        self.before
+            .iter()
+            .filter_map(|(name, pid, before)| {
+                let after = pid.and_then(operator::cpu_seconds)?;
+                Some(((*name).to_string(), (after - (*before)?) / window_s))
+            })
+            .collect()
+    }
 }
 
 /// The API server's own request counters (`apiserver_request_total`), by `VERB resource` (and

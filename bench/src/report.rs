@@ -14,6 +14,10 @@ const LATENCY_FACTOR: f64 = 1.3;
 /// Throughput and provisioning goal: this share of the hashing bound.
 const HASHING_SHARE: f64 = 0.8;
 const RESTART_READY_GOAL_S: f64 = 20.0;
+/// Uncached verify p50 goal: within this factor of floor_hash (a verification is one hash).
+const VERIFY_HASH_FACTOR: f64 = 1.2;
+/// Cached verify p50 goal.
+const VERIFY_CACHED_GOAL_MS: f64 = 1.0;
 const RSS_GOAL_MIB: f64 = 64.0;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -116,6 +120,16 @@ pub struct Report {
     pub rest_standby_leader_writes: f64,
     pub annotation_standby: Stats,
 
+    /// POST /api/v1/oauth-apps/verify, one at a time, a different wrong secret each call.
+    pub verify: Stats,
+    /// The same, the same right secret each call (answered from the operator's memory).
+    pub verify_cached: Stats,
+    pub verify_throughput_per_s: f64,
+    pub verify_throughput_ok: usize,
+    pub verify_throughput_failed: usize,
+    /// CPU cores each process used during the verify throughput window.
+    pub verify_throughput_cpu: BTreeMap<String, f64>,
+
     pub apps: usize,
     pub create_all_s: f64,
     pub provision_s: f64,
@@ -183,6 +197,14 @@ fn mix(requests: &BTreeMap<String, f64>) -> String {
         .join(", ")
 }
 
+/// `operator 1.10, kube-apiserver 0.60, ...`
+fn cores(used: &BTreeMap<String, f64>) -> String {
+    used.iter()
+        .map(|(k, v)| format!("{k} {v:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn r2(v: f64) -> Value {
     if v.is_finite() {
         json!((v * 100.0).round() / 100.0)
@@ -222,6 +244,7 @@ impl Report {
             ("calls", json!(settings.calls)),
             ("throughput_secs", json!(settings.throughput_secs)),
             ("throughput_callers", json!(crate::LATENCY_APPS)),
+            ("verify_throughput_callers", json!(crate::LATENCY_APPS)),
             ("apps", json!(settings.apps)),
             ("idle_secs", json!(settings.idle_secs)),
             ("floor_samples", json!(settings.floor_samples)),
@@ -260,6 +283,10 @@ impl Report {
 
     fn latency_goal_ms(&self) -> f64 {
         LATENCY_FACTOR * self.latency_floor_ms()
+    }
+
+    fn verify_goal_ms(&self) -> f64 {
+        VERIFY_HASH_FACTOR * self.floor_hash.p50
     }
 
     /// Evaluates every goal.
@@ -361,6 +388,38 @@ impl Report {
             "annotate → rotationId, two replicas",
             &self.annotation_standby,
         ));
+        let verify_goal_ms = self.verify_goal_ms();
+        goals.push(Goal {
+            key: "verify_p50_ms",
+            label: "verify, uncached (a different wrong secret each call), one at a time".into(),
+            value: format!("p50 {:.1} ms · p99 {:.1} ms", self.verify.p50, self.verify.p99),
+            goal: format!("p50 ≤ {verify_goal_ms:.1} ms ({VERIFY_HASH_FACTOR} × floor_hash)"),
+            met: Some(self.verify.p50 <= verify_goal_ms),
+        });
+        goals.push(Goal {
+            key: "verify_cached_p50_ms",
+            label: "verify, cached (the same right secret), one at a time".into(),
+            value: format!(
+                "p50 {:.2} ms · p99 {:.2} ms",
+                self.verify_cached.p50, self.verify_cached.p99
+            ),
+            goal: format!("p50 ≤ {VERIFY_CACHED_GOAL_MS:.0} ms"),
+            met: Some(self.verify_cached.p50 <= VERIFY_CACHED_GOAL_MS),
+        });
+        goals.push(Goal {
+            key: "verify_throughput_per_s",
+            label: format!(
+                "verify throughput, {} callers on distinct apps, uncached",
+                crate::LATENCY_APPS
+            ),
+            value: format!(
+                "{:.1} verifications/s ({:.0} % of {bound:.1}/s)",
+                self.verify_throughput_per_s,
+                100.0 * self.verify_throughput_per_s / bound
+            ),
+            goal: format!("≥ {:.1}/s (80 % of the hashing bound)", HASHING_SHARE * bound),
+            met: Some(self.verify_throughput_per_s >= HASHING_SHARE * bound),
+        });
         self.goals = goals;
     }
 
@@ -418,6 +477,12 @@ impl Report {
             "rest_rotate_standby_p99_ms": r2(self.rest_standby.p99),
             "annotation_rotate_standby_p50_ms": r2(self.annotation_standby.p50),
             "annotation_rotate_standby_p99_ms": r2(self.annotation_standby.p99),
+            "verify_goal_ms": r2(self.verify_goal_ms()),
+            "verify_p50_ms": r2(self.verify.p50),
+            "verify_p99_ms": r2(self.verify.p99),
+            "verify_cached_p50_ms": r2(self.verify_cached.p50),
+            "verify_cached_p99_ms": r2(self.verify_cached.p99),
+            "verify_throughput_per_s": r2(self.verify_throughput_per_s),
 
             "ratios": {
                 "rest_rotate_p50_over_floor": r2(self.rest.p50 / floor),
@@ -426,6 +491,8 @@ impl Report {
                 "annotation_rotate_standby_p50_over_floor": r2(self.annotation_standby.p50 / floor),
                 "throughput_over_hashing_bound": r2(self.throughput_per_s / bound),
                 "provision_over_hashing_bound": r2(self.apps as f64 / self.provision_s / bound),
+                "verify_p50_over_floor_hash": r2(self.verify.p50 / self.floor_hash.p50),
+                "verify_throughput_over_hashing_bound": r2(self.verify_throughput_per_s / bound),
             },
             "goals_met": self.goals.iter().filter_map(|g| g.met.map(|m| (g.key, m))).collect::<BTreeMap<_, _>>(),
             "detail": {
@@ -451,6 +518,11 @@ impl Report {
                 "rest_rotate_standby_api_requests_per_rotation": self.rest_standby_requests_per_rotation,
                 "rest_rotate_standby_leader_writes": self.rest_standby_leader_writes,
                 "annotation_rotate_standby": self.annotation_standby.json(),
+                "verify": self.verify.json(),
+                "verify_cached": self.verify_cached.json(),
+                "verify_throughput_calls": self.verify_throughput_ok,
+                "verify_throughput_failed_calls": self.verify_throughput_failed,
+                "verify_throughput_cpu_cores": self.verify_throughput_cpu.iter().map(|(k, v)| (k.clone(), r2(*v))).collect::<BTreeMap<_, _>>(),
                 "apps": self.apps,
                 "create_all_s": r2(self.create_all_s),
                 "provision_writes": self.provision_writes,
@@ -496,7 +568,8 @@ impl Report {
              latency calls): one argon2id hash **{:.1} ms** (`floor_hash_ms`, median; {:.1} ms at the start); \
              one write round-trip from a plain kube client **{:.1} ms** (`floor_write_ms`; Secret replace \
              {:.1} ms, status replace {:.1} ms). Latency goal: p50 ≤ 1.3 × ({:.1} + 2 × {:.1}) = **{:.1} ms**. \
-             Hashing bound: {} cores / floor_hash = **{:.1} rotations/s**.\n\n",
+             Hashing bound: {} cores / floor_hash = **{:.1} rotations/s** (or uncached verifications/s). \
+             Verify goal: p50 ≤ 1.2 × {:.1} = **{:.1} ms**.\n\n",
             self.floor_hash.n,
             self.floor_hash.p50,
             self.floor_hash_start.p50,
@@ -507,7 +580,9 @@ impl Report {
             self.floor_write.p50,
             self.latency_goal_ms(),
             m.cores,
-            self.hashing_bound_per_s()
+            self.hashing_bound_per_s(),
+            self.floor_hash.p50,
+            self.verify_goal_ms()
         ));
         md.push_str("| measure | result | goal | met |\n| --- | --- | --- | --- |\n");
         for g in &self.goals {
@@ -525,7 +600,8 @@ impl Report {
             "\nDetail: the operator's own mean rotation time (its histogram) was {:.1} ms in the REST run, \
              {:.1} ms in the annotation run and {:.1} ms under the throughput load; the annotate request \
              itself took p50 {:.1} ms (included in the annotation latency). During the throughput \
-             window the processes used these CPU cores: {}. Provisioning made {} API writes; the creates \
+             window the processes used these CPU cores: {}; during the verify throughput window \
+             ({} failed calls): {}. Provisioning made {} API writes; the creates \
              were all accepted after {:.1} s. The idle window saw {} reconciles. Memory: {:.1} MiB \
              with no app, {:.1} MiB idle with {} apps after the restart ({:.1} KiB per app and its \
              Secret); provisioning adds the hashing workers' argon2 memory ({} × {} KiB).\n\n\
@@ -536,11 +612,9 @@ impl Report {
             self.annotation_operator_mean_ms,
             self.throughput_operator_mean_ms,
             self.annotation_patch.p50,
-            self.throughput_cpu
-                .iter()
-                .map(|(k, v)| format!("{k} {v:.2}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            cores(&self.throughput_cpu),
+            self.verify_throughput_failed,
+            cores(&self.verify_throughput_cpu),
             self.provision_writes,
             self.create_all_s,
             self.idle_reconciles,
@@ -577,5 +651,57 @@ impl Report {
             std::fs::rename(&tmp, path)?;
         }
         Ok((json_path, md_path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(p50: f64, p99: f64) -> Stats {
+        Stats {
+            n: 1,
+            p50,
+            p99,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn verify_figures_and_goals_are_reported() {
+        let mut report = Report {
+            machine: Machine {
+                cores: 2,
+                memory_gib: 1.0,
+                cpu_model: "test".into(),
+                kernel: "test".into(),
+            },
+            floor_hash: stats(10.0, 12.0),
+            verify: stats(11.5, 20.0),
+            verify_cached: stats(1.5, 3.0),
+            verify_throughput_per_s: 170.0,
+            apps: 1,
+            ..Default::default()
+        };
+        report.finish();
+        let json = report.json();
+        assert_eq!(json["verify_p50_ms"], json!(11.5));
+        assert_eq!(json["verify_p99_ms"], json!(20.0));
+        assert_eq!(json["verify_cached_p50_ms"], json!(1.5));
+        assert_eq!(json["verify_throughput_per_s"], json!(170.0));
+        // p50 11.5 ≤ 1.2 × 10; cached 1.5 > 1 ms; 170/s ≥ 80 % of 2 cores / 10 ms = 160/s.
+        assert_eq!(json["goals_met"]["verify_p50_ms"], json!(true));
+        assert_eq!(json["goals_met"]["verify_cached_p50_ms"], json!(false));
+        assert_eq!(json["goals_met"]["verify_throughput_per_s"], json!(true));
+        report.verify = stats(12.5, 20.0);
+        report.verify_throughput_per_s = 150.0;
+        report.finish();
+        let json = report.json();
+        assert_eq!(json["goals_met"]["verify_p50_ms"], json!(false));
+        assert_eq!(json["goals_met"]["verify_throughput_per_s"], json!(false));
+        let md = report.markdown();
+        for key in ["verify_p50_ms", "verify_cached_p50_ms", "verify_throughput_per_s"] {
+            assert!(md.contains(&format!("(`{key}`)")), "{key} has a row:\n{md}");
+        }
     }
 }
