@@ -140,9 +140,15 @@ async fn a_routine_rotation_keeps_the_previous_secret_valid_until_its_expiry() {
         previous.expires_at.0,
         rotated + jiff::SignedDuration::from_secs(12)
     );
-    // Clients get the new secret; verifiers accept both.
+    // Clients get the new secret; verifiers accept both, as an independent argon2
+    // implementation (argon2-cffi) confirms against the status.
     assert_ne!(new, old);
     assert_eq!(valid(&status, &[&old, &new]), [old.clone(), new.clone()]);
+    let current_hash = status.client_secret_hash.clone().expect("hash");
+    assert!(independently_verifies(&current_hash, &new));
+    assert!(!independently_verifies(&current_hash, &old));
+    assert!(independently_verifies(&previous.client_secret_hash, &old));
+    assert!(!independently_verifies(&previous.client_secret_hash, &new));
 
     // At the expiry the status drops it (one write, from a timer), and says so.
     let expired = eventually("the previous secret to expire", WAIT, || async {

@@ -480,3 +480,26 @@ pub async fn events_about(client: &Client, ns: &str, name: &str) -> Vec<(String,
         })
         .collect()
 }
+
+/// Whether `secret` verifies against the PHC string `hash` by an argon2 implementation
+/// independent of the operator's crate (argon2-cffi: `tests/tools/argon2-verify.sh`).
+pub fn independently_verifies(hash: &str, secret: &str) -> bool {
+    use std::io::Write as _;
+    let mut child = Command::new(repo().join("tests/tools/argon2-verify.sh"))
+        .arg(hash)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run tests/tools/argon2-verify.sh");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(secret.as_bytes())
+        .expect("write the secret");
+    let status = child.wait().expect("argon2-verify.sh");
+    match status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        other => panic!("argon2-verify.sh failed: {other:?}"),
+    }
+}
