@@ -102,7 +102,7 @@ start() {
 }
 
 log "starting etcd on 127.0.0.1:$etcd_port"
-# Kept, like the apiserver's, so that a test can restart it (etcd.sh) with the same data and flags.
+# Kept, like the apiserver's, so that a test can restart it (component.sh) with the same data and flags.
 echo "$etcd_port" >"$run/etcd.port"
 cat >"$run/etcd.args" <<EOF
 --name=default

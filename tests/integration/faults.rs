@@ -811,17 +811,6 @@ async fn watches_resume_after_reset_peer_and_a_throttling_api_server_gets_a_boun
     );
 }
 
-/// Kills (`kill`) or starts again (`start`) the control plane's etcd (tests/controlplane/etcd.sh).
-fn etcd(cp: &ControlPlane, action: &str) {
-    let status = Command::new(repo().join("tests/controlplane/etcd.sh"))
-        .arg(action)
-        .arg("--dir")
-        .arg(&cp.dir)
-        .status()
-        .expect("run etcd.sh");
-    assert!(status.success(), "etcd.sh {action} failed");
-}
-
 #[tokio::test]
 async fn etcd_killed_under_load_and_restarted_loses_no_rotation_and_applies_none_twice() {
     let private = PrivateControlPlane::start("faults-etcd");
@@ -869,7 +858,7 @@ async fn etcd_killed_under_load_and_restarted_loses_no_rotation_and_applies_none
         (count >= 3).then_some(())
     })
     .await;
-    etcd(cp, "kill");
+    cp.component("etcd", "stop");
     let killed = Instant::now();
     // Restarted once the API server itself reports etcd gone (rotations past their Secret write
     // wait for the outcome of that write, so REST answers alone do not tell).
@@ -878,7 +867,7 @@ async fn etcd_killed_under_load_and_restarted_loses_no_rotation_and_applies_none
         (!out.status.success()).then_some(())
     })
     .await;
-    etcd(cp, "start");
+    cp.component("etcd", "start");
     let down_for = killed.elapsed();
     // Rotations go on after the restart, annotation ones included.
     let after = apps

@@ -170,13 +170,20 @@ impl ControlPlane {
 
     /// Stops (`stop`) or starts again (`start`) this control plane's kube-apiserver.
     pub fn apiserver(&self, action: &str) {
-        let status = Command::new(repo().join("tests/controlplane/apiserver.sh"))
-            .arg(action)
+        self.component("kube-apiserver", action);
+    }
+
+    /// Kills (`stop`, kill -9) or starts again (`start`) one of this control plane's processes
+    /// (`kube-apiserver`, `etcd`) with the same port, flags and data
+    /// (tests/controlplane/component.sh).
+    pub fn component(&self, name: &str, action: &str) {
+        let status = Command::new(repo().join("tests/controlplane/component.sh"))
+            .args([name, action])
             .arg("--dir")
             .arg(&self.dir)
             .status()
-            .expect("run apiserver.sh");
-        assert!(status.success(), "apiserver.sh {action} failed");
+            .expect("run component.sh");
+        assert!(status.success(), "component.sh {name} {action} failed");
     }
 
     /// Creates a namespace for one test on this control plane.
