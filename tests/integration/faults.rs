@@ -296,15 +296,7 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_and_never_acts_again_wi
         "the old leader stays a standby"
     );
     assert_eq!(standby.metric("oauthapp_leader").await, Some(1.0));
-    let holder = cp.kubectl_ok(&[
-        "get",
-        "lease",
-        "oauthapp-operator",
-        "-n",
-        &ns,
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ]);
+    let holder = lease_holder(cp, &ns);
     assert!(
         holder.ends_with(&format!("-{}", standby.pid())),
         "the Lease is the new leader's: {holder}"

@@ -75,15 +75,7 @@ async fn when_the_leader_is_killed_the_standby_takes_over_and_finishes_the_rotat
         Some(0.0),
         "only the leader reconciles"
     );
-    let holder = cp.kubectl_ok(&[
-        "get",
-        "lease",
-        "oauthapp-operator",
-        "-n",
-        &ns,
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ]);
+    let holder = lease_holder(cp, &ns);
     assert!(
         holder.ends_with(&format!("-{}", leader.pid())),
         "lease holder {holder} is the leader"

@@ -510,3 +510,16 @@ pub fn independently_verifies(hash: &str, secret: &str) -> bool {
         other => panic!("argon2-verify.sh failed: {other:?}"),
     }
 }
+
+/// The holder identity of the leader-election Lease `oauthapp-operator` in `ns`.
+pub fn lease_holder(cp: &ControlPlane, ns: &str) -> String {
+    cp.kubectl_ok(&[
+        "get",
+        "lease",
+        "oauthapp-operator",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+}
