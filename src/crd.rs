@@ -119,7 +119,62 @@ pub struct OAuthAppSpec {
     /// Scheduled rotation. Absent: the secret rotates only on request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<RotationSpec>,
+
+    /// Workloads in the app's namespace that read the Secret and must restart to pick up a new
+    /// secret. After each rotation that replaces a secret, each gets exactly one rollout restart:
+    /// the operator sets its pod template annotation `oauthapp.io/restarted-for` to the rotation
+    /// id. A missing target, or one the operator may not patch, does not hold the rotation back:
+    /// the app gets `ConsumersRestarted=False` and the restart is retried with backoff.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
+    pub rollout_restart_targets: Vec<RestartTarget>,
 }
+
+/// A workload restarted after each rotation (`kubectl rollout restart`, keyed by rotation id).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartTarget {
+    /// The workload's kind (group `apps`).
+    pub kind: RestartKind,
+    /// The workload's name, in the app's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+}
+
+impl std::fmt::Display for RestartTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind.as_str(), self.name)
+    }
+}
+
+/// The kinds of workload a rotation can restart.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+pub enum RestartKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl RestartKind {
+    /// The kind's name, as in `kind:`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "Deployment",
+            Self::StatefulSet => "StatefulSet",
+            Self::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+/// The pod template annotation a rollout restart sets: the rotation id it restarts for. The id,
+/// not a time, so that restarting twice for one rotation changes nothing.
+pub const RESTARTED_FOR_ANNOTATION: &str = "oauthapp.io/restarted-for";
 
 /// The Secret that holds the app's plaintext credentials (keys `client_id` and `client_secret`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -186,6 +241,42 @@ pub struct RotationSpec {
     #[x_kube(validation = Rule::new("duration(self) <= duration('720h')")
         .message("spec.rotation.gracePeriod may be at most 720h"))]
     pub grace_period: Option<String>,
+
+    /// How many rotations `status.history` keeps, newest first (default 5, at most 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 20))]
+    pub history_limit: Option<u8>,
+}
+
+/// `spec.rotation.historyLimit` when it is not set.
+pub const DEFAULT_HISTORY_LIMIT: usize = 5;
+
+/// One rotation in `status.history`. Never a hash, never anything secret.
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationHistoryEntry {
+    /// The rotation's id (`status.rotationId` while it was current).
+    pub rotation_id: String,
+    /// The non-secret hint of the secret it generated.
+    pub hint: String,
+    /// What made it happen.
+    pub trigger: RotationTrigger,
+    /// When it happened.
+    pub time: Time,
+    /// Who asked, for rotations through the REST API (the caller's Kubernetes username).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+/// Which `spec.rolloutRestartTargets` have been restarted for which rotation.
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestarts {
+    /// The rotation the restarts were for.
+    pub rotation_id: String,
+    /// The targets restarted for it (or found already restarted for it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<RestartTarget>,
 }
 
 /// The secret a rotation replaced, still valid until `expiresAt` (`spec.rotation.gracePeriod`).
@@ -285,6 +376,13 @@ pub struct OAuthAppStatus {
     /// `spec.rotation.gracePeriod`). At most two secrets are ever valid: this one and the current.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secret: Option<PreviousSecret>,
+    /// The last rotations (at most `spec.rotation.historyLimit`), newest first. Rebuilt from the
+    /// Secret's signed rotation record, like the rest of this status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RotationHistoryEntry>,
+    /// The rollout restarts done for the current rotation (`spec.rolloutRestartTargets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_restarts: Option<RolloutRestarts>,
     /// When the next scheduled rotation is due (only with `spec.rotation.interval`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation_time: Option<Time>,

@@ -15,6 +15,7 @@ pub mod leader;
 pub mod metrics;
 pub mod plugin;
 pub mod record;
+pub mod restart;
 pub mod rotation;
 pub mod secret;
 pub mod serve;

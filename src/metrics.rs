@@ -24,6 +24,16 @@ pub struct ResultLabels {
 /// The results of `POST /api/v1/oauth-apps/verify`, each with a zero from the start.
 pub const VERIFICATION_RESULTS: [&str; 4] = ["current", "previous", "invalid", "unknown"];
 
+/// A rollout restart of a consumer: the workload's kind and the result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestartLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+/// The results of a rollout restart, each with a zero from the start.
+pub const RESTART_RESULTS: [&str; 4] = ["restarted", "not_found", "forbidden", "error"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
@@ -138,6 +148,8 @@ pub struct Metrics {
     pub api_request_duration: HistogramFamily<RouteLabels>,
     /// Client credential verifications by result ([`VERIFICATION_RESULTS`]).
     pub verifications: Family<ResultLabels, Counter>,
+    /// Rollout restarts of `spec.rolloutRestartTargets`, by kind and result ([`RESTART_RESULTS`]).
+    pub rollout_restarts: Family<RestartLabels, Counter>,
 }
 
 fn api_request_histogram() -> Histogram {
@@ -254,7 +266,19 @@ impl Metrics {
         for result in VERIFICATION_RESULTS {
             let _ = verifications.get_or_create(&ResultLabels { result });
         }
+        let rollout_restarts = Family::<RestartLabels, Counter>::default();
+        registry.register(
+            "rollout_restarts",
+            "Rollout restarts of spec.rolloutRestartTargets after rotations, by kind and result",
+            rollout_restarts.clone(),
+        );
+        for kind in ["Deployment", "StatefulSet", "DaemonSet"] {
+            for result in RESTART_RESULTS {
+                let _ = rollout_restarts.get_or_create(&RestartLabels { kind, result });
+            }
+        }
         Self {
+            rollout_restarts,
             verifications,
             registry,
             rotations,

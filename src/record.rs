@@ -19,12 +19,12 @@ use hmac::{Hmac, KeyInit, Mac};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use sha2::Sha256;
 
-use crate::crd::OAuthApp;
+use crate::crd::{OAuthApp, RotationHistoryEntry, RotationTrigger};
 use crate::secret::HashParams;
 
 /// Annotations the operator keeps on every Secret it writes (invariant 1 of DESIGN.md).
@@ -50,6 +50,10 @@ pub mod annotations {
     pub const PREVIOUS_HASH: &str = "oauthapp.io/previous-client-secret-hash";
     pub const PREVIOUS_HINT: &str = "oauthapp.io/previous-client-secret-hint";
     pub const PREVIOUS_EXPIRES_AT: &str = "oauthapp.io/previous-expires-at";
+    /// The last rotations, newest first, this one included (JSON, `status.history`'s entries):
+    /// part of the signed record, so the history is rebuilt from the Secret like the rest of
+    /// the status. Rotation ids, hints, triggers, times and REST callers only: nothing secret.
+    pub const HISTORY: &str = "oauthapp.io/rotation-history";
     /// The operator's signature over the record (`v1.` + base64url of an HMAC-SHA256).
     pub const SIGNATURE: &str = "oauthapp.io/record-signature";
     /// The keys of `spec.secret.labels` and `spec.secret.annotations` last written to the
@@ -85,6 +89,9 @@ pub struct Record {
     pub trigger: String,
     pub observed_rotate_token: Option<String>,
     pub previous: Option<Previous>,
+    /// The history annotation's value, as written and signed (JSON; None in records written
+    /// before the history existed).
+    pub history: Option<String>,
 }
 
 /// The secret a record's secret replaced, valid until `expires_at` (RFC 3339).
@@ -134,11 +141,37 @@ impl Record {
                     expires_at: get(annotations::PREVIOUS_EXPIRES_AT)?,
                 })
             })(),
+            history: get(annotations::HISTORY),
         })
     }
 
+    /// This record's rotation as a history entry (`username`: who asked, for REST rotations).
+    pub fn entry(&self, username: Option<String>) -> Option<RotationHistoryEntry> {
+        Some(RotationHistoryEntry {
+            rotation_id: self.rotation_id.clone(),
+            hint: self.hint.clone(),
+            trigger: RotationTrigger::parse(&self.trigger)?,
+            time: Time(self.rotated_at.parse().ok()?),
+            username,
+        })
+    }
+
+    /// The rotations this record remembers, newest first: its history, or only its own rotation
+    /// for a record written before the history existed.
+    pub fn history_entries(&self) -> Vec<RotationHistoryEntry> {
+        match &self.history {
+            Some(json) => serde_json::from_str(json).unwrap_or_default(),
+            None => self.entry(None).into_iter().collect(),
+        }
+    }
+
+    /// The history annotation's value for `entries` (newest first).
+    pub fn history_value(entries: &[RotationHistoryEntry]) -> Option<String> {
+        serde_json::to_string(entries).ok()
+    }
+
     /// Every annotation a record may write: a new record replaces them all.
-    pub const KEYS: [&'static str; 12] = [
+    pub const KEYS: [&'static str; 13] = [
         annotations::ROTATION_ID,
         annotations::HASH,
         annotations::HINT,
@@ -151,6 +184,7 @@ impl Record {
         annotations::PREVIOUS_HASH,
         annotations::PREVIOUS_HINT,
         annotations::PREVIOUS_EXPIRES_AT,
+        annotations::HISTORY,
     ];
 
     /// The annotations that carry this record, its signature included (the app uid and client
@@ -174,12 +208,16 @@ impl Record {
             ann.insert(annotations::PREVIOUS_HINT.into(), p.hint.clone());
             ann.insert(annotations::PREVIOUS_EXPIRES_AT.into(), p.expires_at.clone());
         }
+        if let Some(history) = &self.history {
+            ann.insert(annotations::HISTORY.into(), history.clone());
+        }
         ann
     }
 
-    /// The signed message: a JSON array, so that no field can bleed into the next.
+    /// The signed message: a JSON array, so that no field can bleed into the next. The history
+    /// is appended only when there is one, so records signed before it existed still verify.
     fn message(&self) -> Vec<u8> {
-        let fields = serde_json::json!([
+        let mut fields = serde_json::json!([
             "oauthapp.io/rotation-record/v1",
             self.app_uid,
             self.client_id,
@@ -194,6 +232,9 @@ impl Record {
                 .as_ref()
                 .map(|p| [&p.rotation_id, &p.hash, &p.hint, &p.expires_at]),
         ]);
+        if let (Some(history), Some(list)) = (&self.history, fields.as_array_mut()) {
+            list.push(serde_json::Value::String(history.clone()));
+        }
         fields.to_string().into_bytes()
     }
 }
@@ -510,6 +551,7 @@ pub fn record_from_status(app: &OAuthApp) -> Option<Record> {
             hint: p.client_secret_hint.clone(),
             expires_at: p.expires_at.0.to_string(),
         }),
+        history: None,
     })
 }
 
@@ -558,6 +600,7 @@ mod tests {
             trigger: "Annotation".into(),
             observed_rotate_token: Some("t1".into()),
             previous: None,
+            history: None,
         }
     }
 
@@ -667,6 +710,59 @@ mod tests {
         let previous = rec.previous.unwrap();
         assert!(previous.valid_at(now));
         assert!(!previous.valid_at(now + SignedDuration::from_secs(20)));
+    }
+
+    #[test]
+    fn the_history_is_signed_and_a_record_without_one_still_verifies() {
+        let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
+        let plain = record(&our_hash(), now);
+        // Signed before the history existed: the same message as then, so it still verifies,
+        // and its history is its own rotation.
+        let ann = plain.to_annotations(&key());
+        assert!(!ann.contains_key(annotations::HISTORY));
+        assert_eq!(verdict(&app(), &meta(ann), &key(), &FAST, now), Verdict::Signed);
+        let own = plain.history_entries();
+        assert_eq!(own.len(), 1);
+        assert_eq!(
+            (own[0].rotation_id.as_str(), own[0].trigger, own[0].time.0),
+            ("r1", RotationTrigger::Annotation, now)
+        );
+
+        let entries = vec![
+            plain.entry(None).unwrap(),
+            RotationHistoryEntry {
+                rotation_id: "r0".into(),
+                hint: "oas_Old0...0000".into(),
+                trigger: RotationTrigger::Api,
+                time: Time(now - SignedDuration::from_hours(1)),
+                username: Some("alice".into()),
+            },
+        ];
+        let mut rec = plain.clone();
+        rec.history = Record::history_value(&entries);
+        let ann = rec.to_annotations(&key());
+        let read = Record::from_annotations(UID, &rec.client_id, &meta(ann.clone())).unwrap();
+        assert_eq!(read.history_entries(), entries);
+        assert_eq!(
+            verdict(&app(), &meta(ann.clone()), &key(), &FAST, now),
+            Verdict::Signed
+        );
+        // A history edited (or removed) by hand is not the operator's.
+        let mut edited = ann.clone();
+        edited.insert(
+            annotations::HISTORY.into(),
+            Record::history_value(&entries[..1]).unwrap(),
+        );
+        assert_eq!(
+            verdict(&app(), &meta(edited), &key(), &FAST, now),
+            Verdict::Drift(Drift::BadSignature)
+        );
+        let mut removed = ann;
+        removed.remove(annotations::HISTORY);
+        assert_eq!(
+            verdict(&app(), &meta(removed), &key(), &FAST, now),
+            Verdict::Drift(Drift::BadSignature)
+        );
     }
 
     #[test]

@@ -16,10 +16,14 @@ use tracing::{info, warn};
 
 use crate::context::Context;
 use crate::controller::plan::{self, ContentCheck};
-use crate::crd::{CLIENT_ID_KEY, CLIENT_SECRET_KEY, MANAGER, OAuthApp, OAuthAppStatus, RotationTrigger};
+use crate::crd::{
+    CLIENT_ID_KEY, CLIENT_SECRET_KEY, MANAGER, OAuthApp, OAuthAppStatus, RotationHistoryEntry,
+    RotationTrigger,
+};
 use crate::error::{Error, is_status};
 use crate::record::{self, Record, Verdict, annotations};
 use crate::secret::ClientSecret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// How many times a status write is retried after a resourceVersion conflict.
 const STATUS_WRITE_ATTEMPTS: usize = 8;
@@ -225,6 +229,16 @@ async fn rotate_inner(
         .uid
         .clone()
         .ok_or_else(|| Error::MissingUid(name.clone()))?;
+    let newest = RotationHistoryEntry {
+        rotation_id: rotation_id.clone(),
+        hint: hint.clone(),
+        trigger,
+        time: Time(now),
+        username: caller
+            .filter(|_| trigger == RotationTrigger::Api)
+            .map(str::to_string),
+    };
+    let history = plan::history_after(app, newest, replaced.as_ref());
     let record = Record {
         app_uid: uid,
         client_id: client_id.clone(),
@@ -238,6 +252,7 @@ async fn rotate_inner(
         // value (or keep the last one recorded, so that value never rotates again).
         observed_rotate_token: plan::observed_rotate_token(app, believed),
         previous: previous.clone(),
+        history: Record::history_value(&history),
     };
     let ours = record.to_annotations(&key);
 

@@ -355,6 +355,13 @@ async fn converge(
                 Some(s) => rotation::sync_secret(ctx, &app, s).await.map(|_| ()),
                 None => Ok(()),
             },
+            Step::RestartConsumers(targets) => {
+                match crate::restart::restart_consumers(ctx, &app, targets).await {
+                    // Some targets could not be restarted: try again after the backoff.
+                    Ok(Some(wait)) => return Ok(Action::requeue(wait.min(resync))),
+                    result => result.map(|_| ()),
+                }
+            }
             Step::WriteStatus(status) => {
                 let repaired = app.status.as_ref().and_then(|s| s.rotation_id.clone()) != status.rotation_id
                     && app.status.as_ref().is_some_and(|s| s.rotation_id.is_some());

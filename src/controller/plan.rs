@@ -10,7 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 
-use crate::crd::{OAuthApp, OAuthAppStatus, RotationTrigger};
+use crate::crd::{
+    DEFAULT_HISTORY_LIMIT, OAuthApp, OAuthAppStatus, RestartTarget, RolloutRestarts, RotationHistoryEntry,
+    RotationTrigger,
+};
 
 pub use crate::record::{Drift, Verdict, annotations, app_id, client_id};
 
@@ -45,6 +48,9 @@ pub enum Step {
     Verify,
     /// Rewrite the Secret's labels, annotations or `client_id` without changing the secret.
     SyncSecret,
+    /// Restart these `spec.rolloutRestartTargets` for the current rotation (they have not been
+    /// yet), then record it in the status.
+    RestartConsumers(Vec<RestartTarget>),
     /// Write this status (derived from the Secret); no new secret.
     WriteStatus(Box<OAuthAppStatus>),
     /// A Secret of the same name exists and is not ours: leave it alone, report it.
@@ -162,6 +168,10 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
     if Some(&desired) != app.status.as_ref() {
         return Step::WriteStatus(Box::new(desired));
     }
+    let pending = pending_restarts(app);
+    if !pending.is_empty() {
+        return Step::RestartConsumers(pending);
+    }
     Step::Done {
         requeue_after: next_look.map(|next| now.duration_until(next)),
     }
@@ -184,6 +194,124 @@ pub fn grace_for(app: &OAuthApp, trigger: RotationTrigger, revoke: bool) -> Opti
     }
     let grace = parse_interval(app.spec.rotation.as_ref()?.grace_period.as_deref()?)?;
     (grace > SignedDuration::ZERO).then_some(grace)
+}
+
+/// The condition type that tells whether `spec.rolloutRestartTargets` follow the current rotation.
+pub const CONSUMERS_RESTARTED: &str = "ConsumersRestarted";
+
+/// The `spec.rolloutRestartTargets` not yet restarted for the current rotation (as the status
+/// shows it). The first secret of an app restarts nothing: no consumer had an older one.
+pub fn pending_restarts(app: &OAuthApp) -> Vec<RestartTarget> {
+    let Some(status) = app.status.as_ref() else {
+        return Vec::new();
+    };
+    let Some(rotation_id) = status.rotation_id.as_deref() else {
+        return Vec::new();
+    };
+    if matches!(
+        status.last_rotation_trigger,
+        None | Some(RotationTrigger::Created)
+    ) {
+        return Vec::new();
+    }
+    let done: &[RestartTarget] = match &status.rollout_restarts {
+        Some(r) if r.rotation_id == rotation_id => &r.targets,
+        _ => &[],
+    };
+    app.spec
+        .rollout_restart_targets
+        .iter()
+        .filter(|t| !done.contains(t))
+        .cloned()
+        .collect()
+}
+
+/// The status after restarting `restarted` for the current rotation, with `failed` (target and
+/// why) still to do: the restart record, and `ConsumersRestarted` True, or False with `reason`.
+pub fn restarts_status(
+    app: &OAuthApp,
+    restarted: &[RestartTarget],
+    failed: &[(RestartTarget, String)],
+    reason: &str,
+    now: Timestamp,
+) -> OAuthAppStatus {
+    let mut status = app.status.clone().unwrap_or_default();
+    let rotation_id = status.rotation_id.clone().unwrap_or_default();
+    let mut targets = match status.rollout_restarts.take() {
+        Some(r) if r.rotation_id == rotation_id => r.targets,
+        _ => Vec::new(),
+    };
+    for t in restarted {
+        if !targets.contains(t) {
+            targets.push(t.clone());
+        }
+    }
+    targets.sort();
+    let (state, reason, message) = if failed.is_empty() {
+        let all = app
+            .spec
+            .rollout_restart_targets
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        (
+            "True",
+            "Restarted",
+            format!("{all} restarted for rotation {rotation_id}"),
+        )
+    } else {
+        let why = failed
+            .iter()
+            .map(|(t, why)| format!("{t}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        (
+            "False",
+            reason,
+            format!("not yet restarted for rotation {rotation_id} (retried with backoff): {why}"),
+        )
+    };
+    let condition = condition(
+        &status,
+        CONSUMERS_RESTARTED,
+        app.metadata.generation,
+        state,
+        reason,
+        message,
+        now,
+    );
+    status.conditions.retain(|c| c.type_ != CONSUMERS_RESTARTED);
+    status.conditions.push(condition);
+    status.rollout_restarts = Some(RolloutRestarts { rotation_id, targets });
+    status
+}
+
+/// How many rotations `status.history` keeps (`spec.rotation.historyLimit`, default 5, at most 20).
+pub fn history_limit(app: &OAuthApp) -> usize {
+    app.spec
+        .rotation
+        .as_ref()
+        .and_then(|r| r.history_limit)
+        .map_or(DEFAULT_HISTORY_LIMIT, |n| usize::from(n).clamp(1, 20))
+}
+
+/// The history a rotation's record carries: its own entry, then what the replaced record (or,
+/// without a believed one, the status) remembers, cut to `spec.rotation.historyLimit`.
+pub fn history_after(
+    app: &OAuthApp,
+    newest: RotationHistoryEntry,
+    replaced: Option<&crate::record::Record>,
+) -> Vec<RotationHistoryEntry> {
+    let older = match replaced {
+        Some(r) => r.history_entries(),
+        None => app.status.as_ref().map(|s| s.history.clone()).unwrap_or_default(),
+    };
+    let id = newest.rotation_id.clone();
+    let mut history = vec![newest];
+    history.extend(older.into_iter().filter(|e| e.rotation_id != id));
+    history.truncate(history_limit(app));
+    history
 }
 
 /// The Secret holds a rotation (by its `rotation-id`) that the app's status does not show: its
@@ -362,6 +490,8 @@ pub fn status_from_secret(app: &OAuthApp, meta: &ObjectMeta, now: Timestamp) -> 
     let previous = app.status.clone().unwrap_or_default();
     // Only ever called for a record the operator wrote (signed, or re-signed from the status).
     let secret_name = app.secret_name();
+    let record = crate::record::Record::from_annotations("", "", meta);
+    let record = record.as_ref();
     OAuthAppStatus {
         app_id: app_id(app),
         client_id: client_id(app),
@@ -374,8 +504,8 @@ pub fn status_from_secret(app: &OAuthApp, meta: &ObjectMeta, now: Timestamp) -> 
             .unwrap_or(1),
         last_rotation_time: rotated_at.map(time),
         last_rotation_trigger: get(annotations::TRIGGER).and_then(|t| RotationTrigger::parse(&t)),
-        previous_secret: crate::record::Record::from_annotations("", "", meta)
-            .and_then(|r| r.previous)
+        previous_secret: record
+            .and_then(|r| r.previous.clone())
             .filter(|p| p.valid_at(now))
             .and_then(|p| {
                 Some(crate::crd::PreviousSecret {
@@ -385,19 +515,52 @@ pub fn status_from_secret(app: &OAuthApp, meta: &ObjectMeta, now: Timestamp) -> 
                     client_secret_hint: p.hint,
                 })
             }),
+        history: {
+            let mut history = record.map(|r| r.history_entries()).unwrap_or_default();
+            history.truncate(history_limit(app));
+            history
+        },
+        // What was restarted for which rotation is the operator's own bookkeeping, kept as is
+        // (lost with the status, the restarts are made again: they change nothing the second
+        // time, the annotation being the rotation id).
+        rollout_restarts: previous
+            .rollout_restarts
+            .clone()
+            .filter(|_| !app.spec.rollout_restart_targets.is_empty()),
         next_rotation_time: next_rotation_time(app, rotated_at).map(time),
         observed_rotate_token: get(annotations::OBSERVED_ROTATE_TOKEN),
         secret_resource_version: meta.resource_version.clone(),
         observed_generation: app.metadata.generation,
-        conditions: vec![ready_condition(
+        conditions: with_ready(
+            app,
             &previous,
-            app.metadata.generation,
-            "True",
-            reasons::SECRET_READY,
-            format!("Secret {secret_name} holds the current client secret"),
-            now,
-        )],
+            ready_condition(
+                &previous,
+                app.metadata.generation,
+                "True",
+                reasons::SECRET_READY,
+                format!("Secret {secret_name} holds the current client secret"),
+                now,
+            ),
+        ),
     }
+}
+
+/// The previous status's conditions with `ready` in place of its Ready condition (and without
+/// `ConsumersRestarted` once the app has no restart targets).
+fn with_ready(app: &OAuthApp, previous: &OAuthAppStatus, ready: Condition) -> Vec<Condition> {
+    let mut conditions = vec![ready];
+    conditions.extend(
+        previous
+            .conditions
+            .iter()
+            .filter(|c| {
+                c.type_ != "Ready"
+                    && (c.type_ != CONSUMERS_RESTARTED || !app.spec.rollout_restart_targets.is_empty())
+            })
+            .cloned(),
+    );
+    conditions
 }
 
 /// The status of an app whose Secret name is taken by a Secret it does not own.
@@ -442,14 +605,11 @@ fn not_ready_status(app: &OAuthApp, reason: &str, message: String, now: Timestam
         client_id: client_id(app),
         secret_name: Some(app.secret_name()),
         observed_generation: app.metadata.generation,
-        conditions: vec![ready_condition(
+        conditions: with_ready(
+            app,
             &previous,
-            app.metadata.generation,
-            "False",
-            reason,
-            message,
-            now,
-        )],
+            ready_condition(&previous, app.metadata.generation, "False", reason, message, now),
+        ),
         ..previous
     }
 }
@@ -468,13 +628,27 @@ fn ready_condition(
     message: String,
     now: Timestamp,
 ) -> Condition {
-    let old = previous.conditions.iter().find(|c| c.type_ == "Ready");
+    condition(previous, "Ready", generation, status, reason, message, now)
+}
+
+/// A condition of `type_`, keeping the previous one's `lastTransitionTime` when its status
+/// does not change.
+fn condition(
+    previous: &OAuthAppStatus,
+    type_: &str,
+    generation: Option<i64>,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> Condition {
+    let old = previous.conditions.iter().find(|c| c.type_ == type_);
     let last_transition_time = match old {
         Some(c) if c.status == status => c.last_transition_time.clone(),
         _ => time(now),
     };
     Condition {
-        type_: "Ready".into(),
+        type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
         message,
@@ -574,6 +748,168 @@ mod tests {
         let at = now() + SignedDuration::from_millis(1234);
         app.status = Some(status_from_secret(&app, meta, at));
         serde_json::from_value(serde_json::to_value(&app).expect("to json")).expect("from json")
+    }
+
+    fn with_targets(mut app: OAuthApp, names: &[&str]) -> OAuthApp {
+        app.spec.rollout_restart_targets = names
+            .iter()
+            .map(|n| RestartTarget {
+                kind: crate::crd::RestartKind::Deployment,
+                name: n.to_string(),
+            })
+            .collect();
+        app
+    }
+
+    fn rotated(meta: &ObjectMeta, id: &str, trigger: &str) -> ObjectMeta {
+        let mut meta = meta.clone();
+        let ann = meta.annotations.as_mut().expect("ann");
+        ann.insert(annotations::ROTATION_ID.into(), id.into());
+        ann.insert(annotations::TRIGGER.into(), trigger.into());
+        meta
+    }
+
+    #[test]
+    fn restart_targets_are_restarted_once_per_rotation_and_never_for_the_first_secret() {
+        let first = owned_secret("r1", "10", None);
+        let app = settled(with_targets(app(), &["web", "worker"]), &first);
+        // The first secret: no consumer had an older one.
+        assert_eq!(
+            plan(&app, Some(view(&first)), now()),
+            Step::Done { requeue_after: None }
+        );
+
+        let second = rotated(&first, "r2", "Annotation");
+        let app = settled(app, &second);
+        let Step::RestartConsumers(targets) = plan(&app, Some(view(&second)), now()) else {
+            panic!("expected restarts");
+        };
+        assert_eq!(
+            targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["web", "worker"]
+        );
+        // One is restarted, one is missing: only the missing one is still due, with a False
+        // condition that says why.
+        let mut app = app;
+        app.status = Some(restarts_status(
+            &app,
+            &targets[..1],
+            &[(targets[1].clone(), "not found".into())],
+            "TargetNotFound",
+            now(),
+        ));
+        let status = app.status.clone().unwrap();
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONSUMERS_RESTARTED)
+            .expect("condition");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "TargetNotFound")
+        );
+        assert!(
+            c.message.contains("Deployment/worker: not found"),
+            "{}",
+            c.message
+        );
+        assert_eq!(
+            plan(&app, Some(view(&second)), now()),
+            Step::RestartConsumers(targets[1..].to_vec())
+        );
+        // Both done: nothing more for r2, whatever happens (a resync, a restart).
+        app.status = Some(restarts_status(&app, &targets[1..], &[], "", now()));
+        let app = settled(app, &second);
+        assert_eq!(
+            plan(&app, Some(view(&second)), now()),
+            Step::Done { requeue_after: None }
+        );
+        let c = app
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONSUMERS_RESTARTED)
+            .cloned()
+            .expect("condition");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Restarted"));
+        // A repair of the Secret is a new secret too: restarted again, for r3 only.
+        let third = rotated(&first, "r3", "SecretMissing");
+        let app = settled(app, &third);
+        assert!(matches!(
+            plan(&app, Some(view(&third)), now()),
+            Step::RestartConsumers(t) if t.len() == 2
+        ));
+        // A target dropped from the spec is not restarted; without targets, no condition.
+        let app = settled(with_targets(app, &[]), &third);
+        assert_eq!(
+            plan(&app, Some(view(&third)), now()),
+            Step::Done { requeue_after: None }
+        );
+        let status = app.status.unwrap();
+        assert!(status.rollout_restarts.is_none());
+        assert!(status.conditions.iter().all(|c| c.type_ == "Ready"));
+    }
+
+    #[test]
+    fn the_history_keeps_the_newest_rotations_up_to_the_limit() {
+        let entry = |id: &str, trigger| RotationHistoryEntry {
+            rotation_id: id.into(),
+            hint: format!("oas_{id}"),
+            trigger,
+            time: Time(now()),
+            username: None,
+        };
+        let mut app = app();
+        assert_eq!(history_limit(&app), 5);
+        app.spec.rotation = Some(RotationSpec {
+            history_limit: Some(3),
+            ..Default::default()
+        });
+        let mut rec =
+            crate::record::Record::from_annotations("", "", &owned_secret("r1", "1", None)).unwrap();
+        let mut history = Vec::new();
+        for i in 2..=5 {
+            history = history_after(&app, entry(&format!("r{i}"), RotationTrigger::Api), Some(&rec));
+            rec.rotation_id = format!("r{i}");
+            rec.history = crate::record::Record::history_value(&history);
+        }
+        assert_eq!(
+            history.iter().map(|e| e.rotation_id.as_str()).collect::<Vec<_>>(),
+            ["r5", "r4", "r3"]
+        );
+        // Without a record to go on (the Secret was deleted), the status's history is kept.
+        app.status = Some(OAuthAppStatus {
+            history: history.clone(),
+            ..Default::default()
+        });
+        let after = history_after(&app, entry("r6", RotationTrigger::SecretMissing), None);
+        assert_eq!(
+            after.iter().map(|e| e.rotation_id.as_str()).collect::<Vec<_>>(),
+            ["r6", "r5", "r4"]
+        );
+        // The status shows the record's history, cut to the limit.
+        let mut meta = owned_secret("r5", "10", None);
+        meta.annotations
+            .as_mut()
+            .unwrap()
+            .insert(annotations::HISTORY.into(), rec.history.clone().unwrap());
+        app.spec.rotation = Some(RotationSpec {
+            history_limit: Some(2),
+            ..Default::default()
+        });
+        let status = status_from_secret(&app, &meta, now());
+        assert_eq!(
+            status
+                .history
+                .iter()
+                .map(|e| e.rotation_id.as_str())
+                .collect::<Vec<_>>(),
+            ["r5", "r4"]
+        );
+        let json = serde_json::to_string(&status.history).unwrap();
+        assert!(!json.contains("argon2"), "{json}");
     }
 
     #[test]
