@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts a real control plane on free loopback ports: etcd, kube-apiserver (secure port, RBAC,
-# ServiceAccount token issuer) and kube-controller-manager (garbage collector and namespace
-# controllers only). Waits until it is ready, writes an admin kubeconfig and prints the lines to
+# ServiceAccount token issuer) and kube-controller-manager (garbage collector, namespace, deployment
+# and replicaset controllers: a rollout restart shows as a new ReplicaSet, no kubelet needed). Waits until it is ready, writes an admin kubeconfig and prints the lines to
 # eval. Every process is recorded by PID in the state directory; down.sh stops them.
 #
 #   up.sh [--dir DIR] [--owner-pid PID] [--node] [--audit]
@@ -177,8 +177,8 @@ current-context: oauthapp-local
 EOF
 chmod 600 "$kubeconfig"
 
-controllers=garbage-collector-controller,namespace-controller,clusterrole-aggregation-controller
-$node && controllers+=,deployment-controller,replicaset-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,endpointslice-controller,disruption-controller,node-lifecycle-controller
+controllers=garbage-collector-controller,namespace-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller
+$node && controllers+=,serviceaccount-controller,root-ca-certificate-publisher-controller,endpointslice-controller,disruption-controller,node-lifecycle-controller
 log "starting kube-controller-manager ($controllers)"
 start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$kubeconfig" \
   --controllers="$controllers" \

@@ -323,6 +323,36 @@ async fn rotating_returns_a_secret_that_is_in_the_secret_and_verifies_against_th
 
     // Audit: an Event names the trigger and the caller; the log names the caller, never the secret.
     let caller = format!("system:serviceaccount:{}:rotater", s.ns);
+    // The history, newest first, names the REST caller; it holds no hash and no secret.
+    let history: Vec<_> = status
+        .history
+        .iter()
+        .map(|e| (e.rotation_id.as_str(), e.trigger.as_str(), e.username.as_deref()))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (
+                status.rotation_id.as_deref().expect("rotation id"),
+                "Api",
+                Some(caller.as_str())
+            ),
+            (
+                app.status
+                    .as_ref()
+                    .and_then(|s| s.rotation_id.as_deref())
+                    .expect("first id"),
+                "Created",
+                None
+            ),
+        ]
+    );
+    assert_eq!(status.history[0].hint, rotated.client_secret_hint);
+    let history_json = serde_json::to_string(&status.history).expect("history json");
+    assert!(
+        !history_json.contains("argon2") && !history_json.contains(&rotated.client_secret),
+        "{history_json}"
+    );
     let events = eventually("a SecretRotated event naming the caller", WAIT, || async {
         let events = s.events("billing").await;
         events

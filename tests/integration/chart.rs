@@ -280,7 +280,7 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         .into_iter()
         .find(|r| grants(r, "", "secrets", "get"))
         .expect("a ClusterRole for Secrets");
-    let calls: [(&str, &str, &[&str]); 5] = [
+    let calls: [(&str, &str, &[&str]); 8] = [
         // watches.rs: list+watch (metadata watch); rotation.rs: get_opt, create, replace.
         ("", "secrets", &["get", "list", "watch", "create", "update"]),
         // watches.rs: list+watch; controller and API: get_opt; api/handlers.rs: create, delete.
@@ -295,6 +295,10 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         ("oauthapp.io", "oauthapps/finalizers", &["update"]),
         // rotation.rs publish: a new Recorder per Event, so always a create, never a series patch.
         ("events.k8s.io", "events", &["create"]),
+        // restart.rs: a merge patch of the pod template (rolloutRestart.enabled, the default).
+        ("apps", "deployments", &["patch"]),
+        ("apps", "statefulsets", &["patch"]),
+        ("apps", "daemonsets", &["patch"]),
     ];
     for (group, resource, verbs) in calls {
         assert_eq!(
@@ -310,7 +314,7 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         .map(|r| strings(&r["resources"]).len())
         .sum();
     assert_eq!(
-        granted, 6,
+        granted, 9,
         "no rule beyond the calls above (oauthapps appears twice)"
     );
     // The only Role touching Secrets reads one: the record key, in the release namespace.
@@ -427,6 +431,33 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         }
     }
     assert!(rules >= 12, "only {rules} rules found");
+}
+
+#[test]
+fn rollout_restarts_can_be_turned_off_and_then_nothing_in_apps_is_granted() {
+    let (_, docs) = render(&["--set", "rolloutRestart.enabled=false"]);
+    for role in all(&docs, "ClusterRole").into_iter().chain(all(&docs, "Role")) {
+        for resource in ["deployments", "statefulsets", "daemonsets"] {
+            assert!(
+                verbs_on(role, "apps", resource).is_empty(),
+                "{} grants {resource}",
+                name_of(role)
+            );
+        }
+    }
+    // Namespaced: the patch rule is in each watched namespace's Role, nowhere cluster-wide.
+    let (_, docs) = render(&["--set", "watchNamespaces={team-a}"]);
+    let roles: Vec<_> = all(&docs, "Role")
+        .into_iter()
+        .filter(|r| grants(r, "apps", "deployments", "patch"))
+        .collect();
+    assert_eq!(roles.len(), 1);
+    assert_eq!(roles[0]["metadata"]["namespace"], "team-a");
+    assert!(
+        all(&docs, "ClusterRole")
+            .into_iter()
+            .all(|r| !grants(r, "apps", "deployments", "patch"))
+    );
 }
 
 #[test]

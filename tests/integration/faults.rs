@@ -599,38 +599,6 @@ fn operator_kubeconfig(cp: &ControlPlane, ns: &str, sa: &str, port: u16) -> Path
     path
 }
 
-/// One request as the audit log shows it (final stage only).
-#[derive(Debug)]
-struct Request {
-    user_agent: String,
-    verb: String,
-    resource: String,
-    code: i64,
-    stage: String,
-    received: Timestamp,
-    /// When this stage was logged.
-    at: Timestamp,
-}
-
-fn audit_requests(cp: &ControlPlane, user: &str) -> Vec<Request> {
-    let text = std::fs::read_to_string(cp.dir.join("logs/audit.log")).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|e| e["user"]["username"].as_str() == Some(user))
-        .filter_map(|e| {
-            Some(Request {
-                user_agent: e["userAgent"].as_str().unwrap_or("").to_string(),
-                verb: e["verb"].as_str()?.to_string(),
-                resource: e["objectRef"]["resource"].as_str().unwrap_or("").to_string(),
-                code: e["responseStatus"]["code"].as_i64().unwrap_or(0),
-                stage: e["stage"].as_str()?.to_string(),
-                received: e["requestReceivedTimestamp"].as_str()?.parse().ok()?,
-                at: e["stageTimestamp"].as_str()?.parse().ok()?,
-            })
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn watches_resume_after_reset_peer_and_a_throttling_api_server_gets_a_bounded_request_rate() {
     let private = PrivateControlPlane::start_with("faults-throttle", &["--audit"]);
@@ -771,7 +739,7 @@ async fn watches_resume_after_reset_peer_and_a_throttling_api_server_gets_a_boun
         all_rotated(&apps, std::slice::from_ref(name), count, Some("during-429")).await;
     }
     let recovered = recovering.elapsed();
-    let in_window: Vec<Request> = audit_requests(cp, &user)
+    let in_window: Vec<AuditRequest> = audit_requests(cp, &user)
         .into_iter()
         .filter(|r| r.received >= throttled_from && r.received <= window_end && r.stage != "ResponseStarted")
         .filter(|r| r.user_agent.starts_with("oauthapp-operator/"))

@@ -3,6 +3,7 @@
 
 mod api;
 mod chart;
+mod consumers;
 mod controlplane;
 mod faults;
 mod grace;

@@ -376,6 +376,25 @@ async fn a_kill_between_the_secret_write_and_the_status_write_converges_without_
     assert_eq!(plaintext(&secret), plaintext(&written), "no second rotation");
     assert_eq!(status.rotation_count, 2);
     assert_eq!(status.observed_rotate_token.as_deref(), Some("crash"));
+    // The history is part of the Secret's record: the repaired status has it whole.
+    assert_eq!(
+        status
+            .history
+            .iter()
+            .map(|e| (e.rotation_id.clone(), e.trigger.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (status.rotation_id.clone().expect("id"), "Annotation"),
+            (
+                before
+                    .status
+                    .as_ref()
+                    .and_then(|st| st.rotation_id.clone())
+                    .expect("first id"),
+                "Created"
+            ),
+        ]
+    );
     assert!(secret::verify(&plaintext(&secret), &hash_of(&app)).expect("PHC"));
     eventually("a StatusRepaired event", WAIT, || async {
         s.events("demo")

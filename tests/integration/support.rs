@@ -240,12 +240,19 @@ fn rand_suffix() -> u32 {
 /// Creates ServiceAccount `sa` in `ns` (if missing), requests a token for it with the
 /// TokenRequest API (`kubectl create token`) and writes a kubeconfig that uses it.
 pub fn service_account_kubeconfig(ns: &str, sa: &str) -> PathBuf {
-    let cp = control_plane();
+    service_account_kubeconfig_on(control_plane(), ns, sa)
+}
+
+/// [`service_account_kubeconfig`] on a given control plane.
+pub fn service_account_kubeconfig_on(cp: &ControlPlane, ns: &str, sa: &str) -> PathBuf {
     let exists = cp.kubectl(&["get", "serviceaccount", sa, "-n", ns]);
     if !exists.status.success() {
         cp.kubectl_ok(&["create", "serviceaccount", sa, "-n", ns]);
     }
-    let token = service_account_token(ns, sa);
+    let token = cp
+        .kubectl_ok(&["create", "token", sa, "-n", ns, "--duration=1h"])
+        .trim()
+        .to_string();
     let server = cp.kubectl_ok(&[
         "config",
         "view",
@@ -522,4 +529,36 @@ pub fn lease_holder(cp: &ControlPlane, ns: &str) -> String {
         "-o",
         "jsonpath={.spec.holderIdentity}",
     ])
+}
+
+/// One request as the audit log of a control plane started with `--audit` shows it.
+#[derive(Debug)]
+pub struct AuditRequest {
+    pub user_agent: String,
+    pub verb: String,
+    pub resource: String,
+    pub code: i64,
+    pub stage: String,
+    pub received: jiff::Timestamp,
+    /// When this stage was logged.
+    pub at: jiff::Timestamp,
+}
+
+pub fn audit_requests(cp: &ControlPlane, user: &str) -> Vec<AuditRequest> {
+    let text = std::fs::read_to_string(cp.dir.join("logs/audit.log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|e| e["user"]["username"].as_str() == Some(user))
+        .filter_map(|e| {
+            Some(AuditRequest {
+                user_agent: e["userAgent"].as_str().unwrap_or("").to_string(),
+                verb: e["verb"].as_str()?.to_string(),
+                resource: e["objectRef"]["resource"].as_str().unwrap_or("").to_string(),
+                code: e["responseStatus"]["code"].as_i64().unwrap_or(0),
+                stage: e["stage"].as_str()?.to_string(),
+                received: e["requestReceivedTimestamp"].as_str()?.parse().ok()?,
+                at: e["stageTimestamp"].as_str()?.parse().ok()?,
+            })
+        })
+        .collect()
 }
