@@ -551,7 +551,9 @@ pub fn record_from_status(app: &OAuthApp) -> Option<Record> {
             hint: p.client_secret_hint.clone(),
             expires_at: p.expires_at.0.to_string(),
         }),
-        history: None,
+        history: (!status.history.is_empty())
+            .then(|| Record::history_value(&status.history))
+            .flatten(),
     })
 }
 

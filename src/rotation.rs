@@ -580,7 +580,9 @@ pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> R
         && let Some(record) = record::record_from_status(app)
     {
         // A record from before records were signed, verified and shown by the status: signed
-        // once, from the status (which only the operator writes), without a rotation.
+        // once, from the status (which only the operator writes), without a rotation. It
+        // replaces every record annotation (none may linger outside the signature).
+        ann.retain(|k, _| !Record::KEYS.contains(&k.as_str()));
         ann.extend(record.to_annotations(&ctx.record_key()?));
         info!(app = %app_key(app), "signed the Secret's rotation record (written before records were signed)");
     }
