@@ -286,6 +286,14 @@ async fn each_rotation_restarts_each_target_once_and_a_missing_target_is_restart
     })
     .await;
     let r2 = rotation_id(&app).expect("rotation id");
+    let history: Vec<_> = app
+        .status
+        .as_ref()
+        .expect("status")
+        .history
+        .iter()
+        .map(|e| (e.rotation_id.clone(), e.trigger.as_str()))
+        .collect();
     for name in ["web", "api", "later"] {
         eventually("revision 3, for the second rotation", WAIT, || async {
             (revisions(&client, &ns, name).await.get(&3) == Some(&Some(r2.clone()))).then_some(())
@@ -303,15 +311,43 @@ async fn each_rotation_restarts_each_target_once_and_a_missing_target_is_restart
         "API requests by the operator for one rotation with three restart targets: {} {by_kind:?}",
         requests.len()
     );
-    // The history shows both rotations and the first secret, newest first.
-    let history: Vec<_> = app
-        .status
-        .as_ref()
-        .expect("status")
-        .history
-        .iter()
-        .map(|e| (e.rotation_id.clone(), e.trigger.as_str()))
-        .collect();
+    // A crash between the Secret write and the status write (so before any restart): the
+    // operator that picks up restarts each target once, for that rotation.
+    operator.kill9();
+    operator = Operator::start_on(
+        cp,
+        &kubeconfig,
+        &ns,
+        &["--record-key-namespace", &release_ns],
+        &[("OAUTHAPP_FAILPOINT", "pause-after-secret-write")],
+    );
+    annotate(cp, &ns, "oauthapp.io/rotate", "r3");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let r3 = eventually("the third rotation's Secret write", WAIT, || async {
+        let secret = secrets.get("web-client-oauth-client").await.ok()?;
+        let id = secret.annotations().get("oauthapp.io/rotation-id")?.clone();
+        (id != r2).then_some(id)
+    })
+    .await;
+    operator.kill9();
+    let crashed_at = Timestamp::now();
+    let _operator = start_operator(cp, &kubeconfig, &ns, &release_ns);
+    eventually("the third rotation's restarts recorded", WAIT, || async {
+        let app = apps.get("web-client").await.ok()?;
+        let done = app.status.as_ref()?.rollout_restarts.as_ref()?;
+        (done.rotation_id == r3 && done.targets.len() == 3).then_some(())
+    })
+    .await;
+    for name in ["web", "api", "later"] {
+        eventually("revision 4, for the third rotation", WAIT, || async {
+            let revisions = revisions(&client, &ns, name).await;
+            (revisions.len() == 4 && revisions.get(&4) == Some(&Some(r3.clone()))).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(patches_of(&requests_since(cp, &user, crashed_at)), 3);
+
+    // The history showed both rotations and the first secret, newest first.
     assert_eq!(
         history,
         [
