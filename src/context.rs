@@ -54,6 +54,8 @@ pub struct Context {
     pub background: tokio_util::task::TaskTracker,
     /// Whether the controller may write (closed while this replica does not lead).
     pub leadership: crate::leader::Leadership,
+    /// The operator-wide limit on scheduled rotations (`--max-scheduled-rotations-per-second`).
+    pub scheduled_rotations: crate::schedule::ScheduledRotations,
 }
 
 impl Context {
@@ -67,14 +69,25 @@ impl Context {
             client,
             hasher,
             record_key: KeyCell::default(),
-            metrics,
             locks: AppLocks::default(),
             verified: VerifiedCache::default(),
             own_writes: OwnWrites::default(),
             failpoint: failpoint_from_env(),
             background: tokio_util::task::TaskTracker::new(),
             leadership: crate::leader::Leadership::default(),
+            scheduled_rotations: crate::schedule::ScheduledRotations::new(
+                crate::schedule::DEFAULT_MAX_PER_SECOND,
+                Some(metrics.clone()),
+            ),
+            metrics,
         }
+    }
+
+    /// At most `per_second` scheduled rotations start per second, operator-wide.
+    pub fn with_max_scheduled_rotations_per_second(mut self, per_second: f64) -> Self {
+        self.scheduled_rotations =
+            crate::schedule::ScheduledRotations::new(per_second, Some(self.metrics.clone()));
+        self
     }
 }
 

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod record;
 pub mod rotation;
+pub mod schedule;
 pub mod secret;
 pub mod serve;
 pub mod watches;

@@ -138,6 +138,10 @@ pub struct Metrics {
     pub api_request_duration: HistogramFamily<RouteLabels>,
     /// Client credential verifications by result ([`VERIFICATION_RESULTS`]).
     pub verifications: Family<ResultLabels, Counter>,
+    /// Scheduled rotations waiting their turn (`--max-scheduled-rotations-per-second`).
+    pub scheduled_rotations_waiting: Gauge,
+    /// Scheduled rotations that had to wait their turn.
+    pub scheduled_rotations_waited: Counter,
 }
 
 fn api_request_histogram() -> Histogram {
@@ -254,8 +258,22 @@ impl Metrics {
         for result in VERIFICATION_RESULTS {
             let _ = verifications.get_or_create(&ResultLabels { result });
         }
+        let scheduled_rotations_waiting = Gauge::default();
+        registry.register(
+            "scheduled_rotations_waiting",
+            "Scheduled rotations waiting their turn under --max-scheduled-rotations-per-second",
+            scheduled_rotations_waiting.clone(),
+        );
+        let scheduled_rotations_waited = Counter::default();
+        registry.register(
+            "scheduled_rotations_waited",
+            "Scheduled rotations that had to wait their turn under --max-scheduled-rotations-per-second",
+            scheduled_rotations_waited.clone(),
+        );
         Self {
             verifications,
+            scheduled_rotations_waiting,
+            scheduled_rotations_waited,
             registry,
             rotations,
             rotation_duration,

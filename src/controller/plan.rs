@@ -29,6 +29,9 @@ pub mod reasons {
     pub const CLIENT_ID_CONFLICT: &str = "ClientIdConflict";
     /// The API server refuses the Secret the spec asks for (422).
     pub const SECRET_REJECTED: &str = "SecretRejected";
+    /// `spec.rotation.schedule` or `timeZone` passed the API server's validation but cannot be
+    /// used (an unknown time zone, a date that never comes): no scheduled rotation until fixed.
+    pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
 }
 
 /// The next step toward the desired state.
@@ -142,7 +145,8 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
     let rotated_at = ann
         .get(annotations::ROTATED_AT)
         .and_then(|t| t.parse::<Timestamp>().ok());
-    let next_rotation = next_rotation_time(app, rotated_at);
+    // An unusable schedule rotates nothing; the status says why (Ready=False, InvalidSchedule).
+    let next_rotation = next_rotation_time(app, rotated_at).ok().flatten();
     if let Some(next) = next_rotation
         && now >= next
     {
@@ -322,9 +326,30 @@ pub fn apply_secret_metadata(app: &OAuthApp, meta: &mut ObjectMeta) {
     };
 }
 
-fn next_rotation_time(app: &OAuthApp, rotated_at: Option<Timestamp>) -> Option<Timestamp> {
-    let interval = parse_interval(app.spec.rotation.as_ref()?.interval.as_deref()?)?;
-    rotated_at?.checked_add(interval).ok()
+/// When the next scheduled rotation of an app last rotated at `rotated_at` is due:
+/// `spec.rotation.interval` after it, or the first time of `spec.rotation.schedule` after it
+/// (in the past when a time was missed: then it is due now, once; see
+/// [`crate::schedule::next_rotation`]). None: no scheduled rotation. Err: a schedule the
+/// operator cannot use.
+pub fn next_rotation_time(
+    app: &OAuthApp,
+    rotated_at: Option<Timestamp>,
+) -> Result<Option<Timestamp>, crate::schedule::ScheduleError> {
+    let Some(rotation) = app.spec.rotation.as_ref() else {
+        return Ok(None);
+    };
+    if let Some(expr) = rotation.schedule.as_deref() {
+        let schedule = crate::schedule::Schedule::parse(expr, rotation.time_zone.as_deref())?;
+        return rotated_at
+            .map(|at| crate::schedule::next_rotation(&schedule, at))
+            .transpose();
+    }
+    Ok(rotation
+        .interval
+        .as_deref()
+        .and_then(parse_interval)
+        .zip(rotated_at)
+        .and_then(|(interval, at)| at.checked_add(interval).ok()))
 }
 
 /// Parses `spec.rotation.interval` (`720h`, `36h30m`, `90m`; the CRD's pattern). None when it
@@ -362,6 +387,22 @@ pub fn status_from_secret(app: &OAuthApp, meta: &ObjectMeta, now: Timestamp) -> 
     let previous = app.status.clone().unwrap_or_default();
     // Only ever called for a record the operator wrote (signed, or re-signed from the status).
     let secret_name = app.secret_name();
+    let next_rotation = next_rotation_time(app, rotated_at);
+    let (ready, reason, message) = match &next_rotation {
+        Ok(_) => (
+            "True",
+            reasons::SECRET_READY,
+            format!("Secret {secret_name} holds the current client secret"),
+        ),
+        // The secret is good; the schedule is not: say so until the spec is fixed.
+        Err(e) => (
+            "False",
+            reasons::INVALID_SCHEDULE,
+            format!(
+                "{e}; no scheduled rotation until it is fixed (Secret {secret_name} holds the current client secret)"
+            ),
+        ),
+    };
     OAuthAppStatus {
         app_id: app_id(app),
         client_id: client_id(app),
@@ -385,18 +426,32 @@ pub fn status_from_secret(app: &OAuthApp, meta: &ObjectMeta, now: Timestamp) -> 
                     client_secret_hint: p.hint,
                 })
             }),
-        next_rotation_time: next_rotation_time(app, rotated_at).map(time),
+        next_rotation_time: next_rotation.ok().flatten().map(time),
         observed_rotate_token: get(annotations::OBSERVED_ROTATE_TOKEN),
         secret_resource_version: meta.resource_version.clone(),
         observed_generation: app.metadata.generation,
         conditions: vec![ready_condition(
             &previous,
             app.metadata.generation,
-            "True",
-            reasons::SECRET_READY,
-            format!("Secret {secret_name} holds the current client secret"),
+            ready,
+            reason,
+            message,
             now,
         )],
+    }
+}
+
+/// The message of a `Ready=False` condition for `reason` that `written` has and `before` did
+/// not: the moment to publish a Warning Event, once.
+pub fn newly_not_ready(before: &OAuthApp, written: &OAuthApp, reason: &str) -> Option<String> {
+    let is = |app: &OAuthApp| {
+        app.ready_condition()
+            .filter(|c| c.status == "False" && c.reason == reason)
+            .map(|c| c.message.clone())
+    };
+    match is(before) {
+        Some(_) => None,
+        None => is(written),
     }
 }
 
