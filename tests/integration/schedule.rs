@@ -267,7 +267,8 @@ async fn missed_schedules_are_caught_up_once_in_turn_and_requested_rotations_do_
 /// again once the spec is fixed.
 #[tokio::test]
 async fn an_unusable_schedule_or_time_zone_is_reported_and_loses_nothing() {
-    let s = setup("bad-schedule", &[]).await;
+    // Every app is looked at each second: a retry loop would show as writes.
+    let s = setup("bad-schedule", &["--resync-interval", "1s"]).await;
     s.apply_ok(&manifest(
         "mars",
         "{schedule: \"0 3 * * *\", timeZone: Mars/Olympus_Mons}",
@@ -302,6 +303,31 @@ async fn an_unusable_schedule_or_time_zone_is_reported_and_loses_nothing() {
     .await;
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].2.contains("IANA"), "{warnings:?}");
+    // Looked at again and again, it writes nothing more.
+    let writes = s
+        .operator
+        .metric("oauthapp_api_writes_total")
+        .await
+        .expect("writes");
+    let reconciles = s
+        .operator
+        .metric("oauthapp_reconciles_total")
+        .await
+        .expect("reconciles");
+    eventually("three more looks at the app", WAIT, || async {
+        let now = s.operator.metric("oauthapp_reconciles_total").await?;
+        (now >= reconciles + 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(s.operator.metric("oauthapp_api_writes_total").await, Some(writes));
+    assert_eq!(
+        events_about(&s.client, &s.ns, "mars")
+            .await
+            .iter()
+            .filter(|(_, r, _)| r == "InvalidSchedule")
+            .count(),
+        1
+    );
 
     // February 30th passes the pattern and never comes.
     s.apply_ok(&manifest("mars", "{schedule: \"0 0 30 2 *\"}"));
