@@ -273,6 +273,21 @@ mod tests {
     }
 
     #[test]
+    fn wildcard_and_step_times_skip_the_gap_and_run_in_both_passes_of_a_repeated_hour() {
+        let tz = Some("America/New_York");
+        // Spring forward: after 01:45 EST comes 03:00 EDT, fifteen real minutes later.
+        assert_eq!(
+            next("*/15 * * * *", tz, "2026-03-08T06:45:00Z"),
+            ts("2026-03-08T07:00:00Z")
+        );
+        // Fall back: 01:00 EDT (05:00Z), then 01:00 EST (06:00Z), then 02:00 EST.
+        let hourly = |after: &str| next("0 * * * *", tz, after);
+        assert_eq!(hourly("2026-11-01T04:30:00Z"), ts("2026-11-01T05:00:00Z"));
+        assert_eq!(hourly("2026-11-01T05:00:00Z"), ts("2026-11-01T06:00:00Z"));
+        assert_eq!(hourly("2026-11-01T06:00:00Z"), ts("2026-11-01T07:00:00Z"));
+    }
+
+    #[test]
     fn a_missed_schedule_is_due_once_then_next_after_now() {
         let schedule = Schedule::parse("0 3 * * *", None).expect("schedule");
         // Last rotated a week ago; the operator was down since. Seven slots were missed.

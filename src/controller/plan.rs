@@ -869,6 +869,71 @@ mod tests {
         );
     }
 
+    fn with_schedule(schedule: &str, time_zone: Option<&str>) -> OAuthApp {
+        let mut app = app();
+        app.spec.rotation = Some(RotationSpec {
+            schedule: Some(schedule.into()),
+            time_zone: time_zone.map(Into::into),
+            ..Default::default()
+        });
+        app
+    }
+
+    #[test]
+    fn a_schedule_rotates_at_its_next_time_after_the_last_rotation_and_requeues_until_then() {
+        let meta = owned_secret("r1", "10", None); // rotated at 11:00Z
+        // Daily at 13:30 in Berlin (12:30Z in November).
+        let app = settled(with_schedule("30 13 * * *", Some("Europe/Berlin")), &meta);
+        let next: Timestamp = "2026-11-26T12:30:00Z".parse().expect("ts");
+        assert_eq!(
+            app.status.as_ref().and_then(|s| s.next_rotation_time.clone()),
+            Some(Time(next))
+        );
+        assert_eq!(
+            plan(&app, Some(view(&meta)), now()),
+            Step::Done {
+                requeue_after: Some(SignedDuration::from_mins(30))
+            }
+        );
+        assert_eq!(
+            plan(&app, Some(view(&meta)), next),
+            Step::Rotate(RotationTrigger::Schedule)
+        );
+        // Found days later (the operator was down): due, once.
+        let days_later = next + SignedDuration::from_hours(72);
+        assert_eq!(
+            plan(&app, Some(view(&meta)), days_later),
+            Step::Rotate(RotationTrigger::Schedule)
+        );
+    }
+
+    #[test]
+    fn an_unusable_schedule_is_reported_and_rotates_nothing() {
+        let meta = owned_secret("r1", "10", None);
+        for app in [
+            with_schedule("0 3 * * *", Some("Mars/Olympus_Mons")),
+            with_schedule("0 0 30 2 *", None),
+        ] {
+            let status = status_from_secret(&app, &meta, now());
+            let ready = &status.conditions[0];
+            assert_eq!(
+                (ready.status.as_str(), ready.reason.as_str()),
+                ("False", reasons::INVALID_SCHEDULE)
+            );
+            assert!(ready.message.contains("spec.rotation."), "{}", ready.message);
+            // Everything verifiers need is still there.
+            assert_eq!(status.client_secret_hint.as_deref(), Some("oas_AbCd...Xz12"));
+            assert_eq!(status.next_rotation_time, None);
+            let app = settled(app, &meta);
+            let much_later = now() + SignedDuration::from_hours(24 * 400);
+            // Written once; then nothing to do, ever (no retry loop), and no scheduled rotation.
+            assert_eq!(
+                plan(&app, Some(view(&meta)), much_later),
+                Step::Done { requeue_after: None }
+            );
+        }
+    }
+
     #[test]
     fn user_labels_missing_from_the_secret_are_synced_without_rotating() {
         let meta = owned_secret("r1", "10", None);
