@@ -64,22 +64,23 @@ impl Context {
             controller: crate::crd::MANAGER.into(),
             instance: Some(instance),
         };
+        let scheduled_rotations = crate::schedule::ScheduledRotations::new(
+            crate::schedule::DEFAULT_MAX_PER_SECOND,
+            Some(metrics.clone()),
+        );
         Self {
             reporter,
             client,
             hasher,
             record_key: KeyCell::default(),
+            metrics,
             locks: AppLocks::default(),
             verified: VerifiedCache::default(),
             own_writes: OwnWrites::default(),
             failpoint: failpoint_from_env(),
             background: tokio_util::task::TaskTracker::new(),
             leadership: crate::leader::Leadership::default(),
-            scheduled_rotations: crate::schedule::ScheduledRotations::new(
-                crate::schedule::DEFAULT_MAX_PER_SECOND,
-                Some(metrics.clone()),
-            ),
-            metrics,
+            scheduled_rotations,
         }
     }
 
