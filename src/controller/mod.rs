@@ -289,15 +289,15 @@ fn requeue(after: Option<SignedDuration>, resync: Duration) -> Action {
 ///
 /// When the cache already says a rotation is due (`rotation_expected`), the new secret is hashed
 /// while the fresh reads are in flight (it does not depend on them); it is dropped unused if the
-/// fresh view decides otherwise. A scheduled rotation starts only with its turn
-/// (`scheduled_turn`, taken from the cached view); without one it is left for the next look.
+/// fresh view decides otherwise. A scheduled rotation starts only with its turn: `scheduled_turn`
+/// when the cached view already took it.
 async fn converge(
     ctx: &Context,
     watches: &Watches,
     cached: &OAuthApp,
     resync: Duration,
     rotation_expected: bool,
-    scheduled_turn: bool,
+    mut scheduled_turn: bool,
 ) -> Result<Action, Error> {
     let key = app_key(cached);
     let _guard = ctx.locks.lock(&key).await;
@@ -350,12 +350,17 @@ async fn converge(
                 step => break step,
             }
         };
+        // Due by the schedule on the fresh view only (the cached one said otherwise): the turn is
+        // taken now, and the app looks again at it if it is later (the lock is not held meanwhile).
+        if matches!(step, Step::Rotate(RotationTrigger::Schedule)) && !scheduled_turn {
+            if let Turn::Wait(wait) = ctx.scheduled_rotations.turn(&key, Instant::now()) {
+                return Ok(Action::requeue(wait));
+            }
+            scheduled_turn = true;
+        }
         let written = match step {
             Step::Done { requeue_after } => return Ok(requeue(requeue_after, resync)),
             Step::Verify => unreachable_step(),
-            Step::Rotate(RotationTrigger::Schedule) if !scheduled_turn => {
-                return Ok(Action::requeue(LAGGING_REQUEUE));
-            }
             Step::Rotate(trigger) => {
                 rotation::rotate_with(ctx, &app, secret, trigger, None, generated.take())
                     .await
