@@ -331,6 +331,16 @@ mod tests {
     }
 
     #[test]
+    fn the_time_zone_database_is_built_in_for_images_without_zoneinfo() {
+        // The image is FROM scratch: no /usr/share/zoneinfo. jiff's `tzdb-bundle-always` puts a
+        // copy in the binary, used when the system has none.
+        let bundled = jiff::tz::TimeZoneDatabase::bundled();
+        for zone in ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"] {
+            assert!(bundled.get(zone).is_ok(), "{zone} is not in the bundled database");
+        }
+    }
+
+    #[test]
     fn scheduled_rotations_take_their_turns_in_order() {
         let limit = ScheduledRotations::new(2.0, None); // one every 500 ms
         let t0 = Instant::now();
