@@ -54,6 +54,8 @@ pub struct Context {
     pub background: tokio_util::task::TaskTracker,
     /// Whether the controller may write (closed while this replica does not lead).
     pub leadership: crate::leader::Leadership,
+    /// The operator-wide limit on scheduled rotations (`--max-scheduled-rotations-per-second`).
+    pub scheduled_rotations: crate::schedule::ScheduledRotations,
 }
 
 impl Context {
@@ -62,6 +64,10 @@ impl Context {
             controller: crate::crd::MANAGER.into(),
             instance: Some(instance),
         };
+        let scheduled_rotations = crate::schedule::ScheduledRotations::new(
+            crate::schedule::DEFAULT_MAX_PER_SECOND,
+            Some(metrics.clone()),
+        );
         Self {
             reporter,
             client,
@@ -74,7 +80,15 @@ impl Context {
             failpoint: failpoint_from_env(),
             background: tokio_util::task::TaskTracker::new(),
             leadership: crate::leader::Leadership::default(),
+            scheduled_rotations,
         }
+    }
+
+    /// At most `per_second` scheduled rotations start per second, operator-wide.
+    pub fn with_max_scheduled_rotations_per_second(mut self, per_second: f64) -> Self {
+        self.scheduled_rotations =
+            crate::schedule::ScheduledRotations::new(per_second, Some(self.metrics.clone()));
+        self
     }
 }
 

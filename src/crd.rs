@@ -222,14 +222,41 @@ const QUALIFIED_KEYS: &str = r"self.all(k, k.size() <= 317 && k.matches('^([a-z0
 /// Scheduled rotation of the client secret, and how long a replaced secret stays valid.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.interval) || !has(self.schedule)")
+    .message("spec.rotation.interval and spec.rotation.schedule are alternatives: set at most one"))]
+#[x_kube(validation = Rule::new("!has(self.timeZone) || has(self.schedule)")
+    .message("spec.rotation.timeZone applies only to spec.rotation.schedule"))]
 pub struct RotationSpec {
     /// Time between two scheduled rotations, as a duration of hours, minutes and seconds
-    /// (e.g. `720h` or `36h30m`); at least `1h`. Absent: no scheduled rotation.
+    /// (e.g. `720h` or `36h30m`); at least `1h`. Absent (and no `schedule`): no scheduled
+    /// rotation. At most one of `interval` and `schedule`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+(h|m|s))+$"))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1h')")
         .message("spec.rotation.interval must be at least 1h"))]
     pub interval: Option<String>,
+
+    /// Rotation window: a cron expression of 5 fields (minute hour day-of-month month
+    /// day-of-week, as in a CronJob), e.g. `0 3 * * 1` for Mondays at 03:00 in `timeZone`.
+    /// Scheduled rotations happen only at its times; one missed while the operator was down is
+    /// made once when it is back, not once per missed time. At most one of `interval` and
+    /// `schedule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 9, max = 128),
+        regex(pattern = r"^ *[0-9A-Za-z*/,?#-]+( +[0-9A-Za-z*/,?#-]+){4} *$")
+    )]
+    pub schedule: Option<String>,
+
+    /// The IANA time zone of `schedule` (e.g. `Europe/Berlin`); default `UTC`. Only with
+    /// `schedule`. Daylight saving time: a time in a skipped hour runs once, at the first minute
+    /// after it; a fixed time in a repeated hour runs once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")
+    )]
+    pub time_zone: Option<String>,
 
     /// How long the previous secret stays valid after a routine rotation (annotation, REST API,
     /// schedule), so that clients can move to the new one without an outage: verifiers accept
@@ -302,7 +329,7 @@ pub enum RotationTrigger {
     Annotation,
     /// `POST /api/v1/oauth-apps/{id}/rotate`.
     Api,
-    /// `spec.rotation.interval` elapsed.
+    /// `spec.rotation.interval` elapsed, or a time of `spec.rotation.schedule` came.
     Schedule,
     /// The Secret was deleted.
     SecretMissing,
@@ -383,7 +410,8 @@ pub struct OAuthAppStatus {
     /// The rollout restarts done for the current rotation (`spec.rolloutRestartTargets`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_restarts: Option<RolloutRestarts>,
-    /// When the next scheduled rotation is due (only with `spec.rotation.interval`).
+    /// When the next scheduled rotation is due (only with `spec.rotation.interval` or
+    /// `spec.rotation.schedule`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation_time: Option<Time>,
     /// The last value of the `oauthapp.io/rotate` annotation that was acted on. A rotation is due

@@ -17,6 +17,7 @@ pub mod plugin;
 pub mod record;
 pub mod restart;
 pub mod rotation;
+pub mod schedule;
 pub mod secret;
 pub mod serve;
 pub mod watches;

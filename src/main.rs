@@ -144,6 +144,11 @@ struct RunArgs {
     /// progress is closed to make room.
     #[arg(long, env = "OAUTHAPP_MAX_CONNECTIONS", default_value_t = 1000)]
     max_connections: usize,
+    /// Scheduled rotations (spec.rotation.schedule or interval) started per second at most,
+    /// operator-wide; those over the limit wait their turn, in order. Requested rotations
+    /// (annotation, REST API) never wait for it.
+    #[arg(long, env = "OAUTHAPP_MAX_SCHEDULED_ROTATIONS_PER_SECOND", default_value_t = oauthapp_operator::schedule::DEFAULT_MAX_PER_SECOND, value_parser = parse_rate)]
+    max_scheduled_rotations_per_second: f64,
     /// How long SIGTERM waits for in-flight work before exiting.
     #[arg(long, env = "OAUTHAPP_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
@@ -153,6 +158,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     oauthapp_operator::controller::plan::parse_interval(s)
         .and_then(|d| Duration::try_from(d).ok())
         .ok_or_else(|| format!("`{s}` is not a duration like 30s, 10m or 1h30m"))
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "`{s}` is not a positive number (per second), e.g. 20 or 0.5"
+        )),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -219,12 +233,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .unwrap_or_else(|| "default".into());
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Hasher::new(params, workers),
-        metrics.clone(),
-        instance.clone(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Hasher::new(params, workers),
+            metrics.clone(),
+            instance.clone(),
+        )
+        .with_max_scheduled_rotations_per_second(args.max_scheduled_rotations_per_second),
+    );
 
     {
         let (ctx, client, name) = (ctx.clone(), client.clone(), args.record_key_secret.clone());

@@ -150,6 +150,10 @@ pub struct Metrics {
     pub verifications: Family<ResultLabels, Counter>,
     /// Rollout restarts of `spec.rolloutRestartTargets`, by kind and result ([`RESTART_RESULTS`]).
     pub rollout_restarts: Family<RestartLabels, Counter>,
+    /// Scheduled rotations waiting their turn (`--max-scheduled-rotations-per-second`).
+    pub scheduled_rotations_waiting: Gauge,
+    /// Scheduled rotations that had to wait their turn.
+    pub scheduled_rotations_waited: Counter,
 }
 
 fn api_request_histogram() -> Histogram {
@@ -277,9 +281,23 @@ impl Metrics {
                 let _ = rollout_restarts.get_or_create(&RestartLabels { kind, result });
             }
         }
+        let scheduled_rotations_waiting = Gauge::default();
+        registry.register(
+            "scheduled_rotations_waiting",
+            "Scheduled rotations waiting their turn under --max-scheduled-rotations-per-second",
+            scheduled_rotations_waiting.clone(),
+        );
+        let scheduled_rotations_waited = Counter::default();
+        registry.register(
+            "scheduled_rotations_waited",
+            "Scheduled rotations that had to wait their turn under --max-scheduled-rotations-per-second",
+            scheduled_rotations_waited.clone(),
+        );
         Self {
             rollout_restarts,
             verifications,
+            scheduled_rotations_waiting,
+            scheduled_rotations_waited,
             registry,
             rotations,
             rotation_duration,

@@ -566,6 +566,16 @@ pub async fn write_status(ctx: &Context, app: &OAuthApp, status: OAuthAppStatus)
         format!("OAuthApp {}", app_key(app)),
         &app.resource_version().unwrap_or_default(),
     );
+    if let Some(message) = plan::newly_not_ready(app, &written, plan::reasons::INVALID_SCHEDULE) {
+        warn!(app = %app_key(app), "{message}");
+        publish_in_background(
+            ctx,
+            app,
+            EventType::Warning,
+            plan::reasons::INVALID_SCHEDULE,
+            message,
+        );
+    }
     Ok(written)
 }
 

@@ -415,6 +415,25 @@ impl IdLine {
     }
 }
 
+/// `spec.rotation` as the detail view shows it: the cron schedule and its time zone, the
+/// interval, or `on request`.
+fn schedule_text(app: &oauthapp_operator::crd::OAuthApp) -> String {
+    let rotation = app.spec.rotation.as_ref();
+    match (
+        rotation.and_then(|r| r.schedule.as_deref()),
+        rotation.and_then(|r| r.interval.as_deref()),
+    ) {
+        (Some(cron), _) => format!(
+            "{cron} ({})",
+            rotation
+                .and_then(|r| r.time_zone.as_deref())
+                .unwrap_or(oauthapp_operator::schedule::DEFAULT_TIME_ZONE)
+        ),
+        (None, Some(interval)) => format!("every {interval}"),
+        (None, None) => "on request".into(),
+    }
+}
+
 fn detail(app: &oauthapp_operator::crd::OAuthApp, row: &AppRow) -> String {
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let ready = match &row.message {
@@ -435,6 +454,7 @@ fn detail(app: &oauthapp_operator::crd::OAuthApp, row: &AppRow) -> String {
         ("Rotation ID", dash(&row.rotation_id)),
         ("Rotations", row.rotation_count.to_string()),
         ("Last rotation", last),
+        ("Schedule", schedule_text(app)),
         ("Next rotation", dash(&row.next_rotation)),
         (
             "Previous secret",

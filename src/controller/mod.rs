@@ -25,6 +25,7 @@ use crate::crd::{OAuthApp, OAuthAppStatus, RotationTrigger};
 use crate::error::Error;
 use crate::metrics::ReasonLabels;
 use crate::rotation::{self, app_key};
+use crate::schedule::{ScheduledRotations, Turn};
 use crate::watches::{Change, Watches};
 use plan::{SecretView, Step};
 use tokio_util::sync::CancellationToken;
@@ -190,9 +191,13 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
         {
             return Ok(Action::requeue(CLIENT_ID_REQUEUE));
         }
-        return converge(ctx, &scope.watches, app, scope.resync, false).await;
+        return converge(ctx, &scope.watches, app, scope.resync, false, false).await;
     }
-    match plan::plan(app, view, now) {
+    let step = plan::plan(app, view, now);
+    if !matches!(step, Step::Rotate(RotationTrigger::Schedule)) {
+        ctx.scheduled_rotations.cancel(&key);
+    }
+    match step {
         Step::Done { requeue_after } => Ok(requeue(requeue_after, scope.resync)),
         _ if app_lags || secret_lags || ctx.locks.is_held(&key) => Ok(Action::requeue(LAGGING_REQUEUE)),
         Step::WriteStatus(_) | Step::Verify
@@ -206,6 +211,10 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
         // looks due a rotation from it, as does one whose Secret is refused: no secret is hashed
         // ahead for those.
         step => {
+            // A scheduled rotation waits its turn without holding a worker: requeued to its slot.
+            if let Turn::Wait(wait) = turn(&ctx.scheduled_rotations, &key, &step, Instant::now()) {
+                return Ok(Action::requeue(wait));
+            }
             let in_conflict = app.ready_condition().is_some_and(|c| {
                 c.reason == plan::reasons::SECRET_CONFLICT || c.reason == plan::reasons::SECRET_REJECTED
             });
@@ -215,9 +224,22 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
                 app,
                 scope.resync,
                 matches!(step, Step::Rotate(_) | Step::Drift(_)) && !in_conflict,
+                matches!(step, Step::Rotate(RotationTrigger::Schedule)),
             )
             .await
         }
+    }
+}
+
+/// Whether `step` may start now. Only scheduled rotations (`spec.rotation.interval` or
+/// `schedule`) take a turn under `--max-scheduled-rotations-per-second`; anything else (requested
+/// rotations, repairs) goes at once and frees a turn its app held.
+fn turn(limit: &ScheduledRotations, key: &str, step: &Step, now: Instant) -> Turn {
+    if matches!(step, Step::Rotate(RotationTrigger::Schedule)) {
+        limit.turn(key, now)
+    } else {
+        limit.cancel(key);
+        Turn::Now
     }
 }
 
@@ -267,13 +289,15 @@ fn requeue(after: Option<SignedDuration>, resync: Duration) -> Action {
 ///
 /// When the cache already says a rotation is due (`rotation_expected`), the new secret is hashed
 /// while the fresh reads are in flight (it does not depend on them); it is dropped unused if the
-/// fresh view decides otherwise.
+/// fresh view decides otherwise. A scheduled rotation starts only with its turn: `scheduled_turn`
+/// when the cached view already took it.
 async fn converge(
     ctx: &Context,
     watches: &Watches,
     cached: &OAuthApp,
     resync: Duration,
     rotation_expected: bool,
+    mut scheduled_turn: bool,
 ) -> Result<Action, Error> {
     let key = app_key(cached);
     let _guard = ctx.locks.lock(&key).await;
@@ -326,6 +350,14 @@ async fn converge(
                 step => break step,
             }
         };
+        // Due by the schedule on the fresh view only (the cached one said otherwise): the turn is
+        // taken now, and the app looks again at it if it is later (the lock is not held meanwhile).
+        if matches!(step, Step::Rotate(RotationTrigger::Schedule)) && !scheduled_turn {
+            if let Turn::Wait(wait) = ctx.scheduled_rotations.turn(&key, Instant::now()) {
+                return Ok(Action::requeue(wait));
+            }
+            scheduled_turn = true;
+        }
         let written = match step {
             Step::Done { requeue_after } => return Ok(requeue(requeue_after, resync)),
             Step::Verify => unreachable_step(),
@@ -494,6 +526,43 @@ mod tests {
             ])),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn only_scheduled_rotations_wait_their_turn_and_requested_ones_never_queue() {
+        let limit = ScheduledRotations::new(1.0, None);
+        let now = Instant::now();
+        let scheduled = Step::Rotate(RotationTrigger::Schedule);
+        assert_eq!(turn(&limit, "ns/a", &scheduled, now), Turn::Now);
+        for app in ["ns/b", "ns/c", "ns/d"] {
+            assert!(
+                matches!(turn(&limit, app, &scheduled, now), Turn::Wait(_)),
+                "{app}"
+            );
+        }
+        assert_eq!(limit.waiting(), 3);
+        // Requested rotations and repairs, on any app, go at once and take no turn, however
+        // long the queue.
+        for step in [
+            Step::Rotate(RotationTrigger::Annotation),
+            Step::Rotate(RotationTrigger::Api),
+            Step::Rotate(RotationTrigger::Created),
+            Step::Rotate(RotationTrigger::SecretMissing),
+            Step::Drift(plan::Drift::Mismatch),
+        ] {
+            assert_eq!(turn(&limit, "ns/e", &step, now), Turn::Now, "{step:?}");
+        }
+        assert_eq!(limit.waiting(), 3);
+        // A queued app rotated on request meanwhile gives its turn up; the others keep theirs,
+        // in order.
+        assert_eq!(
+            turn(&limit, "ns/c", &Step::Rotate(RotationTrigger::Annotation), now),
+            Turn::Now
+        );
+        assert_eq!(limit.waiting(), 2);
+        let later = now + Duration::from_secs(1);
+        assert_eq!(turn(&limit, "ns/b", &scheduled, later), Turn::Now);
+        assert!(matches!(turn(&limit, "ns/d", &scheduled, later), Turn::Wait(_)));
     }
 
     #[test]

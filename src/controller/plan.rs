@@ -32,6 +32,9 @@ pub mod reasons {
     pub const CLIENT_ID_CONFLICT: &str = "ClientIdConflict";
     /// The API server refuses the Secret the spec asks for (422).
     pub const SECRET_REJECTED: &str = "SecretRejected";
+    /// `spec.rotation.schedule` or `timeZone` passed the API server's validation but cannot be
+    /// used (an unknown time zone, a date that never comes): no scheduled rotation until fixed.
+    pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
 }
 
 /// The next step toward the desired state.
@@ -148,7 +151,8 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
     let rotated_at = ann
         .get(annotations::ROTATED_AT)
         .and_then(|t| t.parse::<Timestamp>().ok());
-    let next_rotation = next_rotation_time(app, rotated_at);
+    // An unusable schedule rotates nothing; the status says why (Ready=False, InvalidSchedule).
+    let next_rotation = next_rotation_time(app, rotated_at).ok().flatten();
     if let Some(next) = next_rotation
         && now >= next
     {
@@ -450,9 +454,30 @@ pub fn apply_secret_metadata(app: &OAuthApp, meta: &mut ObjectMeta) {
     };
 }
 
-fn next_rotation_time(app: &OAuthApp, rotated_at: Option<Timestamp>) -> Option<Timestamp> {
-    let interval = parse_interval(app.spec.rotation.as_ref()?.interval.as_deref()?)?;
-    rotated_at?.checked_add(interval).ok()
+/// When the next scheduled rotation of an app last rotated at `rotated_at` is due:
+/// `spec.rotation.interval` after it, or the first time of `spec.rotation.schedule` after it
+/// (in the past when a time was missed: then it is due now, once; see
+/// [`crate::schedule::next_rotation`]). None: no scheduled rotation. Err: a schedule the
+/// operator cannot use.
+pub fn next_rotation_time(
+    app: &OAuthApp,
+    rotated_at: Option<Timestamp>,
+) -> Result<Option<Timestamp>, crate::schedule::ScheduleError> {
+    let Some(rotation) = app.spec.rotation.as_ref() else {
+        return Ok(None);
+    };
+    if let Some(expr) = rotation.schedule.as_deref() {
+        let schedule = crate::schedule::Schedule::parse(expr, rotation.time_zone.as_deref())?;
+        return rotated_at
+            .map(|at| crate::schedule::next_rotation(&schedule, at))
+            .transpose();
+    }
+    Ok(rotation
+        .interval
+        .as_deref()
+        .and_then(parse_interval)
+        .zip(rotated_at)
+        .and_then(|(interval, at)| at.checked_add(interval).ok()))
 }
 
 /// Parses `spec.rotation.interval` (`720h`, `36h30m`, `90m`; the CRD's pattern). None when it
@@ -492,6 +517,22 @@ pub fn status_from_secret(app: &OAuthApp, meta: &ObjectMeta, now: Timestamp) -> 
     let secret_name = app.secret_name();
     let record = crate::record::Record::from_annotations("", "", meta);
     let record = record.as_ref();
+    let next_rotation = next_rotation_time(app, rotated_at);
+    let (ready, reason, message) = match &next_rotation {
+        Ok(_) => (
+            "True",
+            reasons::SECRET_READY,
+            format!("Secret {secret_name} holds the current client secret"),
+        ),
+        // The secret is good; the schedule is not: say so until the spec is fixed.
+        Err(e) => (
+            "False",
+            reasons::INVALID_SCHEDULE,
+            format!(
+                "{e}; no scheduled rotation until it is fixed (Secret {secret_name} holds the current client secret)"
+            ),
+        ),
+    };
     OAuthAppStatus {
         app_id: app_id(app),
         client_id: client_id(app),
@@ -527,21 +568,14 @@ pub fn status_from_secret(app: &OAuthApp, meta: &ObjectMeta, now: Timestamp) -> 
             .rollout_restarts
             .clone()
             .filter(|_| !app.spec.rollout_restart_targets.is_empty()),
-        next_rotation_time: next_rotation_time(app, rotated_at).map(time),
+        next_rotation_time: next_rotation.ok().flatten().map(time),
         observed_rotate_token: get(annotations::OBSERVED_ROTATE_TOKEN),
         secret_resource_version: meta.resource_version.clone(),
         observed_generation: app.metadata.generation,
         conditions: with_ready(
             app,
             &previous,
-            ready_condition(
-                &previous,
-                app.metadata.generation,
-                "True",
-                reasons::SECRET_READY,
-                format!("Secret {secret_name} holds the current client secret"),
-                now,
-            ),
+            ready_condition(&previous, app.metadata.generation, ready, reason, message, now),
         ),
     }
 }
@@ -561,6 +595,20 @@ fn with_ready(app: &OAuthApp, previous: &OAuthAppStatus, ready: Condition) -> Ve
             .cloned(),
     );
     conditions
+}
+
+/// The message of a `Ready=False` condition for `reason` that `written` has and `before` did
+/// not: the moment to publish a Warning Event, once.
+pub fn newly_not_ready(before: &OAuthApp, written: &OAuthApp, reason: &str) -> Option<String> {
+    let is = |app: &OAuthApp| {
+        app.ready_condition()
+            .filter(|c| c.status == "False" && c.reason == reason)
+            .map(|c| c.message.clone())
+    };
+    match is(before) {
+        Some(_) => None,
+        None => is(written),
+    }
 }
 
 /// The status of an app whose Secret name is taken by a Secret it does not own.
@@ -1148,6 +1196,71 @@ mod tests {
             plan(&app, Some(view(&meta)), later),
             Step::Rotate(RotationTrigger::Schedule)
         );
+    }
+
+    fn with_schedule(schedule: &str, time_zone: Option<&str>) -> OAuthApp {
+        let mut app = app();
+        app.spec.rotation = Some(RotationSpec {
+            schedule: Some(schedule.into()),
+            time_zone: time_zone.map(Into::into),
+            ..Default::default()
+        });
+        app
+    }
+
+    #[test]
+    fn a_schedule_rotates_at_its_next_time_after_the_last_rotation_and_requeues_until_then() {
+        let meta = owned_secret("r1", "10", None); // rotated at 11:00Z
+        // Daily at 13:30 in Berlin (12:30Z in November).
+        let app = settled(with_schedule("30 13 * * *", Some("Europe/Berlin")), &meta);
+        let next: Timestamp = "2026-11-26T12:30:00Z".parse().expect("ts");
+        assert_eq!(
+            app.status.as_ref().and_then(|s| s.next_rotation_time.clone()),
+            Some(Time(next))
+        );
+        assert_eq!(
+            plan(&app, Some(view(&meta)), now()),
+            Step::Done {
+                requeue_after: Some(SignedDuration::from_mins(30))
+            }
+        );
+        assert_eq!(
+            plan(&app, Some(view(&meta)), next),
+            Step::Rotate(RotationTrigger::Schedule)
+        );
+        // Found days later (the operator was down): due, once.
+        let days_later = next + SignedDuration::from_hours(72);
+        assert_eq!(
+            plan(&app, Some(view(&meta)), days_later),
+            Step::Rotate(RotationTrigger::Schedule)
+        );
+    }
+
+    #[test]
+    fn an_unusable_schedule_is_reported_and_rotates_nothing() {
+        let meta = owned_secret("r1", "10", None);
+        for app in [
+            with_schedule("0 3 * * *", Some("Mars/Olympus_Mons")),
+            with_schedule("0 0 30 2 *", None),
+        ] {
+            let status = status_from_secret(&app, &meta, now());
+            let ready = &status.conditions[0];
+            assert_eq!(
+                (ready.status.as_str(), ready.reason.as_str()),
+                ("False", reasons::INVALID_SCHEDULE)
+            );
+            assert!(ready.message.contains("spec.rotation."), "{}", ready.message);
+            // Everything verifiers need is still there.
+            assert_eq!(status.client_secret_hint.as_deref(), Some("oas_AbCd...Xz12"));
+            assert_eq!(status.next_rotation_time, None);
+            let app = settled(app, &meta);
+            let much_later = now() + SignedDuration::from_hours(24 * 400);
+            // Written once; then nothing to do, ever (no retry loop), and no scheduled rotation.
+            assert_eq!(
+                plan(&app, Some(view(&meta)), much_later),
+                Step::Done { requeue_after: None }
+            );
+        }
     }
 
     #[test]

@@ -206,6 +206,7 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         "--hash-workers=4",
         "--rate-limit-per-caller=10",
         "--rate-limit-global=100",
+        "--max-scheduled-rotations-per-second=20",
     ] {
         assert!(args.contains(&flag.to_string()), "{flag} missing from {args:?}");
     }

@@ -11,5 +11,6 @@ mod monitoring;
 mod operations;
 mod operator;
 mod plugin;
+mod schedule;
 mod support;
 mod trust;

@@ -437,6 +437,13 @@ async fn status_id_and_find_show_what_support_needs() {
     assert!(text.contains(&format!("App ID:          {app_id}")), "{text}");
     assert!(text.contains("Secret:          billing-oauth-client"), "{text}");
     assert!(text.contains("Ready:           True"), "{text}");
+    assert!(text.contains("Schedule:        on request"), "{text}");
+    let out = plugin(&["status", "portal", "-n", &ns]);
+    assert!(
+        stdout(&out).contains("Schedule:        every 720h"),
+        "{}",
+        stdout(&out)
+    );
     assert!(
         text.contains("Events:") && text.contains("SecretCreated"),
         "{text}"

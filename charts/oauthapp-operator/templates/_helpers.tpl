@@ -105,6 +105,7 @@ refuses a flag given twice.
 {{- $args = concat $args (list
   (printf "--resync-interval=%s" $v.controller.resyncInterval)
   (printf "--concurrency=%d" (int64 $v.controller.concurrency))
+  (printf "--max-scheduled-rotations-per-second=%v" $v.controller.maxScheduledRotationsPerSecond)
   (printf "--hash-memory-kib=%d" (int64 $v.hashing.memoryKiB))
   (printf "--hash-iterations=%d" (int64 $v.hashing.iterations))
   (printf "--hash-parallelism=%d" (int64 $v.hashing.parallelism))
