@@ -127,6 +127,7 @@ fn the_rules_and_the_dashboard_are_rendered_only_when_enabled() {
         "OAuthAppOperatorNoLeader",
         "OAuthAppAPIErrors",
         "OAuthAppScheduledRotationsBehind",
+        "OAuthAppConsumerRestartsFailing",
     ] {
         assert!(alerts.contains(&alert), "{alert} missing from {alerts:?}");
     }
