@@ -10,5 +10,6 @@ mod monitoring;
 mod operations;
 mod operator;
 mod plugin;
+mod soak;
 mod support;
 mod trust;
