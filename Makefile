@@ -87,7 +87,7 @@ bench: controlplane-bin ## benchmarks on a local control plane, release build (~
 	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --release --manifest-path bench/Cargo.toml
 	target/release/oauthapp-bench
 
-soak: controlplane-bin toxiproxy-bin ## the soak, not in make test (~15 min): 50 apps, two replicas behind Toxiproxy, random faults and a leader kill for SOAK_SECONDS (600), seeded (SOAK_SEED); debug build; bench/results/soak.{md,json}
+soak: controlplane-bin toxiproxy-bin ## the soak, not in make test (~12 min): 50 apps, two replicas behind Toxiproxy, random faults and a leader kill for SOAK_SECONDS (600), seeded (SOAK_SEED); debug build; bench/results/soak.{md,json}
 	$(CARGO) test --features failpoints --test integration -- --ignored --exact soak::soak_with_random_faults --nocapture
 
 image: ## the operator image as an OCI archive, offline (release binary FROM scratch): target/image/
