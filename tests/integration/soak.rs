@@ -875,6 +875,111 @@ struct Tally {
     annotation_problems: usize,
 }
 
+impl Tally {
+    /// Adds one app: the rotations its Secret went through, the annotation values written to
+    /// it and the REST answers about it.
+    fn add(
+        &mut self,
+        key: &str,
+        rotations: &[Rotation],
+        written: &[String],
+        answers: &[&Answer],
+        interval: &SignedDuration,
+    ) {
+        for (i, r) in rotations.iter().enumerate() {
+            *self.done_by_trigger.entry(r.trigger.clone()).or_default() += 1;
+            match r.trigger.as_str() {
+                "Created" if i == 0 => {}
+                "Annotation" | "Api" => {}
+                "Schedule" => {
+                    self.scheduled += 1;
+                    let due = i
+                        .checked_sub(1)
+                        .and_then(|p| rotations[p].rotated_at)
+                        .and_then(|prev| prev.checked_add(*interval).ok());
+                    // rotated-at has second precision in places; allow one second.
+                    if let (Some(due), Some(at)) = (due, r.rotated_at)
+                        && at < due - SignedDuration::from_secs(1)
+                    {
+                        self.double
+                            .push(format!("{}: scheduled rotation {} at {at}, due {due}", key, r.id));
+                    }
+                }
+                other => self
+                    .double
+                    .push(format!("{}: unexpected rotation {} by {other}", key, r.id)),
+            }
+        }
+
+        // Annotation values: each acted on exactly once.
+        self.annotation_written += written.len();
+        let before = self.lost.len() + self.double.len();
+        for v in written {
+            let acted = rotations
+                .iter()
+                .filter(|r| r.trigger == "Annotation" && r.token.as_ref() == Some(v))
+                .count();
+            match acted {
+                0 => self
+                    .lost
+                    .push(format!("{}: annotation value {v} never acted on", key)),
+                1 => {}
+                n => self
+                    .double
+                    .push(format!("{}: annotation value {v} acted on {n} times", key)),
+            }
+        }
+        for r in rotations.iter().filter(|r| r.trigger == "Annotation") {
+            if !r.token.as_ref().is_some_and(|t| written.contains(t)) {
+                self.double.push(format!(
+                    "{}: annotation rotation {} for a value never written ({:?})",
+                    key, r.id, r.token
+                ));
+            }
+        }
+        self.annotation_problems += self.lost.len() + self.double.len() - before;
+
+        // REST: every 200's secret was a rotation of its app, by the API; any other API
+        // rotation is matched to an answer that may have been applied.
+        let mut ok_secrets = HashSet::new();
+        for a in answers.iter().filter(|a| matches!(a.outcome, Outcome::Code(200))) {
+            self.rest_200 += 1;
+            match &a.secret {
+                Some(s)
+                    if rotations
+                        .iter()
+                        .any(|r| r.trigger == "Api" && r.secret.as_ref() == Some(s)) =>
+                {
+                    ok_secrets.insert(s.clone());
+                }
+                Some(_) => self
+                    .lost
+                    .push(format!("{}: a 200's secret is in no rotation of the app", key)),
+                None => self.lost.push(format!("{}: a 200 without a secret", key)),
+            }
+        }
+        let maybe_applied = answers
+            .iter()
+            .filter(|a| match a.outcome {
+                Outcome::Broken => true,
+                Outcome::Code(c) => c == 409 || c >= 500,
+                Outcome::Refused => false,
+            })
+            .count();
+        let without_200 = rotations
+            .iter()
+            .filter(|r| r.trigger == "Api" && !r.secret.as_ref().is_some_and(|s| ok_secrets.contains(s)))
+            .count();
+        self.applied_without_200 += without_200.min(maybe_applied);
+        if without_200 > maybe_applied {
+            self.double.push(format!(
+                "{}: {without_200} REST rotations without a 200, {maybe_applied} answers that may have been applied",
+                key
+            ));
+        }
+    }
+}
+
 async fn check(
     admin: &Client,
     apps: &[App],
@@ -944,105 +1049,9 @@ async fn check(
             ));
         }
         tally.done += status.rotation_count - 1;
-        for (i, r) in rotations.iter().enumerate() {
-            *tally.done_by_trigger.entry(r.trigger.clone()).or_default() += 1;
-            match r.trigger.as_str() {
-                "Created" if i == 0 => {}
-                "Annotation" | "Api" => {}
-                "Schedule" => {
-                    tally.scheduled += 1;
-                    let due = i
-                        .checked_sub(1)
-                        .and_then(|p| rotations[p].rotated_at)
-                        .and_then(|prev| prev.checked_add(*interval).ok());
-                    // rotated-at has second precision in places; allow one second.
-                    if let (Some(due), Some(at)) = (due, r.rotated_at)
-                        && at < due - SignedDuration::from_secs(1)
-                    {
-                        tally.double.push(format!(
-                            "{}: scheduled rotation {} at {at}, due {due}",
-                            app.key(),
-                            r.id
-                        ));
-                    }
-                }
-                other => tally
-                    .double
-                    .push(format!("{}: unexpected rotation {} by {other}", app.key(), r.id)),
-            }
-        }
-
-        // Annotation values: each acted on exactly once.
         let written = ledger.written.get(&app.key()).cloned().unwrap_or_default();
-        tally.annotation_written += written.len();
-        let before = tally.lost.len() + tally.double.len();
-        for v in &written {
-            let acted = rotations
-                .iter()
-                .filter(|r| r.trigger == "Annotation" && r.token.as_ref() == Some(v))
-                .count();
-            match acted {
-                0 => tally
-                    .lost
-                    .push(format!("{}: annotation value {v} never acted on", app.key())),
-                1 => {}
-                n => tally
-                    .double
-                    .push(format!("{}: annotation value {v} acted on {n} times", app.key())),
-            }
-        }
-        for r in rotations.iter().filter(|r| r.trigger == "Annotation") {
-            if !r.token.as_ref().is_some_and(|t| written.contains(t)) {
-                tally.double.push(format!(
-                    "{}: annotation rotation {} for a value never written ({:?})",
-                    app.key(),
-                    r.id,
-                    r.token
-                ));
-            }
-        }
-        tally.annotation_problems += tally.lost.len() + tally.double.len() - before;
-
-        // REST: every 200's secret was a rotation of its app, by the API; any other API
-        // rotation is matched to an answer that may have been applied.
         let answers: Vec<&Answer> = ledger.answers.iter().filter(|a| a.app == app.key()).collect();
-        let mut ok_secrets = HashSet::new();
-        for a in answers.iter().filter(|a| matches!(a.outcome, Outcome::Code(200))) {
-            tally.rest_200 += 1;
-            match &a.secret {
-                Some(s)
-                    if rotations
-                        .iter()
-                        .any(|r| r.trigger == "Api" && r.secret.as_ref() == Some(s)) =>
-                {
-                    ok_secrets.insert(s.clone());
-                }
-                Some(_) => tally.lost.push(format!(
-                    "{}: a 200's secret is in no rotation of the app",
-                    app.key()
-                )),
-                None => tally.lost.push(format!("{}: a 200 without a secret", app.key())),
-            }
-        }
-        let maybe_applied = answers
-            .iter()
-            .filter(|a| match a.outcome {
-                Outcome::Broken => true,
-                Outcome::Code(c) => c == 409 || c >= 500,
-                Outcome::Refused => false,
-            })
-            .count();
-        let without_200 = rotations
-            .iter()
-            .filter(|r| r.trigger == "Api" && !r.secret.as_ref().is_some_and(|s| ok_secrets.contains(s)))
-            .count();
-        tally.applied_without_200 += without_200.min(maybe_applied);
-        if without_200 > maybe_applied {
-            tally.double.push(format!(
-                "{}: {without_200} REST rotations without a 200, {maybe_applied} answers that may have been applied",
-                app.key()
-            ));
-        }
+        tally.add(&app.key(), rotations, &written, &answers, interval);
     }
 
     let requested = tally.annotation_written + tally.rest_200 + tally.scheduled;
@@ -1456,4 +1465,79 @@ fn rss_is_flat_unless_the_last_half_grows_past_the_first_by_a_tenth_and_20_mib()
         !rss_verdict(&samples(100_000, 0), 1, 100.0).flat,
         "no samples: not flat"
     );
+}
+
+#[cfg(test)]
+fn rotation(id: &str, trigger: &str, token: Option<&str>, at_s: i64, secret: &str) -> Rotation {
+    Rotation {
+        id: id.into(),
+        trigger: trigger.into(),
+        token: token.map(Into::into),
+        rotated_at: Some(Timestamp::UNIX_EPOCH + SignedDuration::from_secs(at_s)),
+        count: None,
+        secret: Some(secret.into()),
+    }
+}
+
+#[test]
+fn the_tally_counts_every_request_once_and_finds_the_lost_and_the_double() {
+    let every_2m = SignedDuration::from_mins(2);
+    let answer = |outcome, secret: Option<&str>| Answer {
+        app: "ns/a".into(),
+        outcome,
+        secret: secret.map(Into::into),
+    };
+    let (ok1, ok2, busy) = (
+        answer(Outcome::Code(200), Some("s2")),
+        answer(Outcome::Code(200), Some("s4")),
+        answer(Outcome::Code(503), None),
+    );
+    let clean = [
+        rotation("r1", "Created", None, 0, "s1"),
+        rotation("r2", "Api", None, 10, "s2"),
+        rotation("r3", "Annotation", Some("v1"), 20, "s3"),
+        rotation("r4", "Api", Some("v1"), 30, "s4"),
+        rotation("r5", "Api", Some("v1"), 40, "s5"),
+        rotation("r6", "Schedule", Some("v1"), 160, "s6"),
+    ];
+    let mut t = Tally::default();
+    t.add("ns/a", &clean, &["v1".into()], &[&ok1, &ok2, &busy], &every_2m);
+    assert_eq!(
+        (t.lost.len(), t.double.len()),
+        (0, 0),
+        "{:?} {:?}",
+        t.lost,
+        t.double
+    );
+    assert_eq!(
+        (
+            t.annotation_written,
+            t.rest_200,
+            t.scheduled,
+            t.applied_without_200
+        ),
+        (1, 2, 1, 1),
+        "r5 is the 503 that was applied"
+    );
+
+    // The same without the 503: r5 is a REST rotation nobody asked for.
+    let mut t = Tally::default();
+    t.add("ns/a", &clean, &["v1".into()], &[&ok1, &ok2], &every_2m);
+    assert_eq!((t.lost.len(), t.double.len(), t.annotation_problems), (0, 1, 0));
+
+    // A value acted on twice, a value never acted on, a 200 that is in no rotation, a schedule
+    // that fired early, a repair.
+    let bad = [
+        rotation("r1", "Created", None, 0, "s1"),
+        rotation("r2", "Annotation", Some("v1"), 10, "s2"),
+        rotation("r3", "Annotation", Some("v1"), 20, "s3"),
+        rotation("r4", "Schedule", Some("v1"), 100, "s4"),
+        rotation("r5", "SecretDrift", Some("v1"), 110, "s5"),
+    ];
+    let lost_200 = answer(Outcome::Code(200), Some("elsewhere"));
+    let mut t = Tally::default();
+    t.add("ns/a", &bad, &["v1".into(), "v2".into()], &[&lost_200], &every_2m);
+    assert_eq!(t.lost.len(), 2, "{:?}", t.lost);
+    assert_eq!(t.double.len(), 3, "{:?}", t.double);
+    assert_eq!(t.annotation_problems, 2);
 }
