@@ -193,11 +193,44 @@ struct Ledger {
     faults: Vec<Fault>,
     samples: Vec<Sample>,
     kill: Option<Value>,
+    /// Replicas that exited by themselves (and were started again).
+    exits: Vec<Value>,
 }
 
 struct Replicas {
     live: Vec<Operator>,
     retired: Vec<Operator>,
+    /// How to start replica `i` (again): its kubeconfig goes through its own proxy.
+    cp: ControlPlane,
+    kubeconfigs: Vec<PathBuf>,
+    watch_list: String,
+    args: Vec<String>,
+}
+
+impl Replicas {
+    fn start(&self, replica: usize) -> Operator {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Operator::start_on(&self.cp, &self.kubeconfigs[replica], &self.watch_list, &args, &[])
+    }
+
+    /// Kills replica `replica` (kill -9; nothing if it has exited) and starts it again.
+    fn restart(&mut self, replica: usize) -> (u32, u32) {
+        let old_pid = self.live[replica].pid();
+        self.live[replica].kill9();
+        let restarted = self.start(replica);
+        let new_pid = restarted.pid();
+        let old = std::mem::replace(&mut self.live[replica], restarted);
+        self.retired.push(old);
+        (old_pid, new_pid)
+    }
+}
+
+/// Whether process `pid` (a child of this one) has exited: gone, or a zombie not yet reaped.
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |s| {
+        s.lines()
+            .any(|l| l.starts_with("State:") && l.contains("Z (zombie)"))
+    })
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -280,6 +313,14 @@ async fn soak_with_random_faults() {
     let replicas = Arc::new(Mutex::new(Replicas {
         live,
         retired: Vec::new(),
+        cp: ControlPlane {
+            dir: cp.dir.clone(),
+            kubeconfig: cp.kubeconfig.clone(),
+            bin_dir: cp.bin_dir.clone(),
+        },
+        kubeconfigs,
+        watch_list: watch_list.clone(),
+        args: args.iter().map(|a| a.to_string()).collect(),
     }));
 
     // 50 apps, all with their first secret before the clock starts.
@@ -373,7 +414,7 @@ async fn soak_with_random_faults() {
     // half to compare its last half with.
     let kill_at = duration.mul_f64(rng.random_range(0.25..0.35));
     tokio::time::sleep(kill_at).await;
-    let kill = kill_the_leader(cp, &replicas, &kubeconfigs, &watch_list, &args, t0).await;
+    let kill = kill_the_leader(&replicas, t0).await;
     eprintln!("soak: {kill}");
     ledger.lock().expect("ledger").kill = Some(kill);
     tokio::time::sleep(duration.saturating_sub(t0.elapsed())).await;
@@ -716,7 +757,8 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// Samples each replica's RSS (/proc/<pid>/status VmRSS) and `oauthapp_leader`.
+/// Samples each replica's RSS (/proc/<pid>/status VmRSS) and `oauthapp_leader`; starts a
+/// replica that exited by itself again, as a kubelet would (and records why it exited).
 async fn sample(
     replicas: Arc<Mutex<Replicas>>,
     t0: Instant,
@@ -732,6 +774,24 @@ async fn sample(
             .map(|o| (o.pid(), o.admin_port))
             .collect();
         for (replica, (pid, admin_port)) in now.into_iter().enumerate() {
+            if exited(pid) {
+                let mut r = replicas.lock().expect("replicas");
+                let log = r.live[replica].log_text();
+                let error = log
+                    .lines()
+                    .find(|l| l.starts_with("Error: "))
+                    .unwrap_or("(no Error: line)")
+                    .to_string();
+                let (_, restarted) = r.restart(replica);
+                ledger.lock().expect("ledger").exits.push(json!({
+                    "replica": replica_name(replica),
+                    "seen_at_seconds": round1(t0.elapsed().as_secs_f64()),
+                    "pid": pid,
+                    "error": error,
+                    "restarted_pid": restarted,
+                }));
+                continue;
+            }
             let leader = tokio::time::timeout(Duration::from_secs(2), http_get(admin_port, "/metrics"))
                 .await
                 .ok()
@@ -758,14 +818,7 @@ async fn sample(
 }
 
 /// Kills the replica that leads (kill -9) and starts it again, behind the same proxy.
-async fn kill_the_leader(
-    cp: &ControlPlane,
-    replicas: &Arc<Mutex<Replicas>>,
-    kubeconfigs: &[PathBuf],
-    watch_list: &str,
-    args: &[&str],
-    t0: Instant,
-) -> Value {
+async fn kill_the_leader(replicas: &Arc<Mutex<Replicas>>, t0: Instant) -> Value {
     let ports: Vec<u16> = replicas
         .lock()
         .expect("replicas")
@@ -786,13 +839,7 @@ async fn kill_the_leader(
     })
     .await;
     let at_s = t0.elapsed().as_secs_f64();
-    let mut r = replicas.lock().expect("replicas");
-    let old_pid = r.live[leader].pid();
-    r.live[leader].kill9();
-    let restarted = Operator::start_on(cp, &kubeconfigs[leader], watch_list, args, &[]);
-    let new_pid = restarted.pid();
-    let old = std::mem::replace(&mut r.live[leader], restarted);
-    r.retired.push(old);
+    let (old_pid, new_pid) = replicas.lock().expect("replicas").restart(leader);
     json!({
         "replica": replica_name(leader),
         "at_seconds": round1(at_s),
@@ -1127,6 +1174,7 @@ async fn check(
                    "leader_kill": ledger.kill.clone(),
                    "list": ledger.faults.iter().map(|f| json!({"replica": replica_name(f.replica), "kind": f.kind, "stream": f.stream, "attributes": f.attributes, "from_s": round1(f.from_s), "to_s": round1(f.to_s)})).collect::<Vec<_>>()},
         "leader_changes_sampled": leader_changes,
+        "replica_exits": ledger.exits,
         "step_downs_logged": step_downs,
         "rotations": {
             "requested": {"annotation_values_written": tally.annotation_written, "rest_200": tally.rest_200,
@@ -1347,6 +1395,21 @@ fn write_results(report: &Value) {
         report["faults"]["leader_kill"],
         report["leader_changes_sampled"],
         report["step_downs_logged"],
+    ));
+    let exits = report["replica_exits"].as_array().cloned().unwrap_or_default();
+    md.push_str(&format!(
+        "Replicas that exited by themselves (started again by the soak within 5 s, as a kubelet \
+         would): {}{}.\n\n",
+        exits.len(),
+        exits
+            .iter()
+            .map(|e| format!(
+                "; {} at {} s: {}",
+                e["replica"].as_str().unwrap_or(""),
+                e["seen_at_seconds"],
+                e["error"].as_str().unwrap_or("")
+            ))
+            .collect::<String>()
     ));
     md.push_str(&format!(
         "Rotations requested: {} annotation values written ({} writes refused), {} REST answers 200, \
