@@ -1604,3 +1604,22 @@ fn the_tally_counts_every_request_once_and_finds_the_lost_and_the_double() {
     assert_eq!(t.double.len(), 3, "{:?}", t.double);
     assert_eq!(t.annotation_problems, 2);
 }
+
+#[test]
+fn a_child_that_exited_is_told_from_one_that_runs() {
+    let mut running = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    let mut done = std::process::Command::new("true").spawn().expect("true");
+    assert!(!exited(running.id()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !exited(done.id()) {
+        assert!(Instant::now() < deadline, "`true` has not exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = done.wait();
+    assert!(exited(done.id()), "reaped: gone");
+    let _ = running.kill();
+    let _ = running.wait();
+}
