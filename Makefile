@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CP := tests/controlplane
 CARGO ?= cargo
 
-.PHONY: help build controlplane-bin toxiproxy-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache openapi schemathesis image node node-down e2e
+.PHONY: help build controlplane-bin toxiproxy-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache openapi schemathesis image node node-down e2e soak
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ bench: controlplane-bin ## benchmarks on a local control plane, release build (~
 	$(CARGO) build --release
 	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --release --manifest-path bench/Cargo.toml
 	target/release/oauthapp-bench
+
+soak: controlplane-bin toxiproxy-bin ## the soak, not in make test (~12 min): 50 apps, two replicas behind Toxiproxy, random faults and a leader kill for SOAK_SECONDS (600), seeded (SOAK_SEED); debug build; bench/results/soak.{md,json}
+	$(CARGO) test --features failpoints --test integration -- --ignored --exact soak::soak_with_random_faults --nocapture
 
 image: ## the operator image as an OCI archive, offline (release binary FROM scratch): target/image/
 	@scripts/image.sh >/dev/null

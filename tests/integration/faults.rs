@@ -16,14 +16,14 @@ use crate::support::*;
 const WAIT: Duration = Duration::from_secs(120);
 
 /// A Toxiproxy server of one test's own, driven by its HTTP API; killed when dropped.
-struct Toxiproxy {
+pub(crate) struct Toxiproxy {
     child: Child,
     api: String,
     http: reqwest::Client,
 }
 
 impl Toxiproxy {
-    async fn start(cp: &ControlPlane) -> Toxiproxy {
+    pub(crate) async fn start(cp: &ControlPlane) -> Toxiproxy {
         let out = Command::new(repo().join("tests/toxiproxy/build.sh"))
             .stderr(Stdio::inherit())
             .output()
@@ -71,7 +71,7 @@ impl Toxiproxy {
     }
 
     /// A proxy from a free loopback port to `upstream`; returns the port.
-    async fn proxy(&self, name: &str, upstream: &str) -> u16 {
+    pub(crate) async fn proxy(&self, name: &str, upstream: &str) -> u16 {
         let port = free_port();
         self.call(
             reqwest::Method::POST,
@@ -83,7 +83,7 @@ impl Toxiproxy {
     }
 
     /// `down`: the proxy stops listening and drops every connection (or comes back).
-    async fn set_enabled(&self, name: &str, enabled: bool) {
+    pub(crate) async fn set_enabled(&self, name: &str, enabled: bool) {
         self.call(
             reqwest::Method::POST,
             &format!("/proxies/{name}"),
@@ -101,7 +101,7 @@ impl Drop for Toxiproxy {
 }
 
 /// The API server's address (host:port) in a kubeconfig.
-fn apiserver_address(kubeconfig: &Path) -> String {
+pub(crate) fn apiserver_address(kubeconfig: &Path) -> String {
     let text = std::fs::read_to_string(kubeconfig).expect("read kubeconfig");
     let server = text
         .lines()
@@ -112,7 +112,7 @@ fn apiserver_address(kubeconfig: &Path) -> String {
 
 /// A copy of the admin kubeconfig whose server is `127.0.0.1:port` (a Toxiproxy listener; TLS
 /// passes through it, and the serving certificate covers 127.0.0.1).
-fn kubeconfig_via(cp: &ControlPlane, port: u16, name: &str) -> PathBuf {
+pub(crate) fn kubeconfig_via(cp: &ControlPlane, port: u16, name: &str) -> PathBuf {
     let text = std::fs::read_to_string(&cp.kubeconfig).expect("read kubeconfig");
     let upstream = apiserver_address(&cp.kubeconfig);
     let path = cp.dir.join(format!("{name}.kubeconfig"));
@@ -344,7 +344,7 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_and_never_acts_again_wi
 
 impl Toxiproxy {
     /// Adds a toxic to proxy `proxy`.
-    async fn toxic(&self, proxy: &str, name: &str, kind: &str, stream: &str, attributes: Value) {
+    pub(crate) async fn toxic(&self, proxy: &str, name: &str, kind: &str, stream: &str, attributes: Value) {
         self.call(
             reqwest::Method::POST,
             &format!("/proxies/{proxy}/toxics"),
@@ -353,7 +353,7 @@ impl Toxiproxy {
         .await;
     }
 
-    async fn remove_toxic(&self, proxy: &str, name: &str) {
+    pub(crate) async fn remove_toxic(&self, proxy: &str, name: &str) {
         self.call(
             reqwest::Method::DELETE,
             &format!("/proxies/{proxy}/toxics/{name}"),

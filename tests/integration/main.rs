@@ -12,5 +12,6 @@ mod operations;
 mod operator;
 mod plugin;
 mod schedule;
+mod soak;
 mod support;
 mod trust;
