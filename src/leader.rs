@@ -175,22 +175,37 @@ where
     F: Fn(CancellationToken) -> Fut,
     Fut: Future<Output = ()>,
 {
-    use anyhow::Context as _;
     leadership.set(false);
     metrics.leader.set(0);
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.name)
-        .with_namespace(&config.namespace)
-        .with_identity(&config.identity)
-        .with_duration(config.duration_secs())
-        .with_grace(config.grace_secs())
-        .build()
-        .await
-        .with_context(|| {
-            format!(
-                "creating the leader-election Lease {}/{}",
-                config.namespace, config.name
-            )
-        })?;
+    // The Lease is read (and created when missing) here: an API server that cannot be reached
+    // yet, or a connection reset at this moment, is retried with a growing pause (standby
+    // meanwhile), never a reason to exit.
+    let mut pause = Duration::from_millis(200);
+    let manager = loop {
+        let built = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.name)
+            .with_namespace(&config.namespace)
+            .with_identity(&config.identity)
+            .with_duration(config.duration_secs())
+            .with_grace(config.grace_secs())
+            .build()
+            .await;
+        match built {
+            Ok(manager) => break manager,
+            Err(e) => {
+                warn!(
+                    lease = %format!("{}/{}", config.namespace, config.name),
+                    error = %crate::error::redact(&e.to_string()),
+                    retry_in = ?pause,
+                    "cannot read or create the leader-election Lease; standing by"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
     let (mut leading, task) = manager.watch().await;
     let (hold_tx, mut hold) = watch::channel(None);
     let lease_watch = tokio::spawn(watch_lease(

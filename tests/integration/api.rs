@@ -1132,7 +1132,12 @@ async fn an_unreachable_api_server_is_a_503_that_says_when_to_retry() {
     let raw = cp.kubectl_ok(&["config", "view", "--raw", "--minify"]);
     assert!(raw.contains(server.trim()), "the kubeconfig names its server");
     std::fs::write(&kubeconfig, raw.replace(server.trim(), &dead)).expect("write kubeconfig");
-    let operator = Operator::start(&kubeconfig, &ns, &[], &[]);
+    let mut operator = Operator::start(
+        &kubeconfig,
+        &ns,
+        &["--leader-elect", "--lease-namespace", &ns],
+        &[],
+    );
     let base = format!("http://127.0.0.1:{}", operator.api_port);
     let token = service_account_token_for(&ns, "caller");
 
@@ -1162,6 +1167,15 @@ async fn an_unreachable_api_server_is_a_503_that_says_when_to_retry() {
     );
     assert!(!error.message.contains(&token));
     assert!(error.message.contains("unavailable"), "{}", error.message);
+    // Leader election cannot read its Lease either: it stands by and retries, it does not exit.
+    eventually("the Lease retries in the log", WAIT, || async {
+        operator
+            .log_text()
+            .contains("cannot read or create the leader-election Lease; standing by")
+            .then_some(())
+    })
+    .await;
+    assert!(operator.running(), "the operator is still running");
 }
 
 /// A token of ServiceAccount `sa` (created if missing) in `ns`.

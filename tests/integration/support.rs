@@ -392,6 +392,11 @@ impl Operator {
         None
     }
 
+    /// Whether the process has not exited.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
