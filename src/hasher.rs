@@ -31,7 +31,7 @@ use crate::secret::{self, ClientSecret, HashMemory, HashParams};
 pub const IDLE_RELEASE: Duration = Duration::from_secs(5);
 
 /// Default size of the pool of ready (secret, hash) pairs.
-pub const DEFAULT_POOL: usize = 4;
+pub const DEFAULT_POOL: usize = 8;
 
 /// Working memory of the hashes not running now (at most one per permit), and when the last
 /// hash ended.
