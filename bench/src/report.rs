@@ -165,6 +165,8 @@ pub struct Report {
     pub peer_rss_provision_mib: f64,
     pub peer_regenerate: Stats,
     pub peer_patch: Stats,
+    /// The same, each regeneration 100 ms after the last (the peer's client rate limiter idle).
+    pub peer_regenerate_paced: Stats,
     pub peer_requests_per_regeneration: BTreeMap<String, f64>,
     pub peer_idle_secs: u64,
     pub peer_idle_cpu_percent: f64,
@@ -351,13 +353,16 @@ impl Report {
                 self.annotation_secret.p50, self.annotation_secret.p99
             ),
             goal: if self.peer_ran {
-                format!("p50 ≤ {:.1} ms (the peer's regenerate p50)", self.peer_regenerate.p50)
+                format!(
+                    "p50 ≤ {:.1} ms (the peer's regenerate p50, spaced out)",
+                    self.peer_goal_ms()
+                )
             } else {
                 "≤ the peer's (not run)".into()
             },
             met: self
                 .peer_ran
-                .then(|| self.annotation_secret.p50 <= self.peer_regenerate.p50),
+                .then(|| self.annotation_secret.p50 <= self.peer_goal_ms()),
         });
         goals.push(writes_goal(
             "annotation_rotate_p50_ms",
@@ -368,10 +373,20 @@ impl Report {
         if self.peer_ran {
             goals.push(Goal {
                 key: "peer_regenerate_p50_ms",
-                label: "peer: annotate → Secret data changed (watch)".into(),
+                label: "peer: annotate → Secret data changed (watch), back to back".into(),
                 value: format!(
                     "p50 {:.1} ms · p99 {:.1} ms",
                     self.peer_regenerate.p50, self.peer_regenerate.p99
+                ),
+                goal: "—".into(),
+                met: None,
+            });
+            goals.push(Goal {
+                key: "peer_regenerate_paced_p50_ms",
+                label: "peer: the same, 100 ms apart (its client's 20 requests/s limiter idle)".into(),
+                value: format!(
+                    "p50 {:.1} ms · p99 {:.1} ms",
+                    self.peer_regenerate_paced.p50, self.peer_regenerate_paced.p99
                 ),
                 goal: "—".into(),
                 met: None,
@@ -558,6 +573,16 @@ impl Report {
         self.rss_empty_mib + self.rss_per_app_kib() * EXTRAPOLATE_APPS as f64 / 1024.0
     }
 
+    /// The peer's regenerate p50 on its own ground: spaced out, when measured (else back to
+    /// back).
+    fn peer_goal_ms(&self) -> f64 {
+        if self.peer_regenerate_paced.n > 0 {
+            self.peer_regenerate_paced.p50
+        } else {
+            self.peer_regenerate.p50
+        }
+    }
+
     fn idle_rss_goal_mib(&self) -> f64 {
         if self.peer_ran {
             IDLE_RSS_GOAL_MIB.min(self.peer_rss_idle_mib)
@@ -619,6 +644,8 @@ impl Report {
             "operator_cpu_ms_per_rotation": r2(self.operator_cpu_ms_per_rotation),
             "peer_regenerate_p50_ms": self.peer_ran.then(|| r2(self.peer_regenerate.p50)),
             "peer_regenerate_p99_ms": self.peer_ran.then(|| r2(self.peer_regenerate.p99)),
+            "peer_regenerate_paced_p50_ms": self.peer_ran.then(|| r2(self.peer_regenerate_paced.p50)),
+            "peer_regenerate_paced_p99_ms": self.peer_ran.then(|| r2(self.peer_regenerate_paced.p99)),
             "peer_idle_rss_10k_mib": self.peer_ran.then(|| r2(self.peer_rss_idle_mib)),
             "peer_peak_rss_10k_mib": self.peer_ran.then(|| r2(self.peer_rss_peak_mib)),
             "idle_cpu_percent": (self.idle_cpu_percent * 1000.0).round() / 1000.0,
@@ -643,7 +670,7 @@ impl Report {
                 "verify_p50_over_floor_hash": r2(self.verify.p50 / self.floor_hash.p50),
                 "rest_rotate_p50_over_2_floor_write": r2(self.rest.p50 / (2.0 * self.floor_write.p50)),
                 "annotation_rotate_p50_over_3_floor_write": r2(self.annotation.p50 / (3.0 * self.floor_write.p50)),
-                "annotation_secret_p50_over_peer_regenerate_p50": self.peer_ran.then(|| r2(self.annotation_secret.p50 / self.peer_regenerate.p50)),
+                "annotation_secret_p50_over_peer_regenerate_p50": self.peer_ran.then(|| r2(self.annotation_secret.p50 / self.peer_goal_ms())),
                 "operator_cpu_per_rotation_over_floor_hash": r2(self.operator_cpu_ms_per_rotation / self.floor_hash.p50),
                 "verify_throughput_over_hashing_bound": r2(self.verify_throughput_per_s / bound),
             },
@@ -692,6 +719,7 @@ impl Report {
                     "provision_s": r2(self.peer_provision_s),
                     "rss_provision_mib": r2(self.peer_rss_provision_mib),
                     "regenerate": self.peer_regenerate.json(),
+                    "regenerate_paced_100ms": self.peer_regenerate_paced.json(),
                     "annotate_patch": self.peer_patch.json(),
                     "api_requests_per_regeneration": self.peer_requests_per_regeneration,
                     "idle_secs": self.peer_idle_secs,
@@ -805,8 +833,10 @@ impl Report {
                 "\nThe peer, mittwald's kubernetes-secret-generator (no hashing, one write), alone on the \
                  same control plane after our latency phases and before our scale phase: {} Secrets \
                  annotated for a generated `password` were all generated {:.1} s after the first create \
-                 (RSS peak {:.1} MiB then); regenerate (annotate, then the data changes on a watch) p50 \
-                 {:.1} ms, p99 {:.1} ms (the annotate call itself p50 {:.1} ms); API server requests per \
+                 (RSS peak {:.1} MiB then); regenerate (annotate, then the data changes on a watch) back to \
+                 back p50 {:.1} ms, p99 {:.1} ms (the annotate call itself p50 {:.1} ms), 100 ms apart p50 \
+                 {:.1} ms, p99 {:.1} ms (back to back, its client's own limit of 20 requests/s, \
+                 controller-runtime's default, makes each regeneration wait); API server requests per \
                  regeneration: {}; after {} idle seconds: RSS {:.1} MiB, peak {:.1} MiB, CPU {:.3} %. \
                  Ours: annotate → Secret data changed p50 {:.1} ms, p99 {:.1} ms.\n",
                 self.apps,
@@ -815,6 +845,8 @@ impl Report {
                 self.peer_regenerate.p50,
                 self.peer_regenerate.p99,
                 self.peer_patch.p50,
+                self.peer_regenerate_paced.p50,
+                self.peer_regenerate_paced.p99,
                 mix(&self.peer_requests_per_regeneration),
                 self.peer_idle_secs,
                 self.peer_rss_idle_mib,
