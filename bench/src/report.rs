@@ -932,4 +932,56 @@ mod tests {
             assert!(md.contains(&format!("(`{key}`)")), "{key} has a row:\n{md}");
         }
     }
+
+    #[test]
+    fn peer_figures_and_the_goals_against_them_are_reported() {
+        let mut report = Report {
+            machine: Machine {
+                cores: 2,
+                memory_gib: 1.0,
+                cpu_model: "test".into(),
+                kernel: "test".into(),
+            },
+            floor_hash: stats(10.0, 12.0),
+            floor_write: stats(3.0, 4.0),
+            annotation_secret: stats(9.0, 20.0),
+            operator_cpu_ms_per_rotation: 10.5,
+            apps: 10,
+            rss_empty_mib: 10.0,
+            rss_idle_mib: 40.0,
+            peer_ran: true,
+            peer_regenerate: stats(50.0, 55.0),
+            peer_regenerate_paced: stats(8.0, 20.0),
+            peer_rss_idle_mib: 35.0,
+            peer_rss_peak_mib: 36.0,
+            ..Default::default()
+        };
+        report.finish();
+        let json = report.json();
+        assert_eq!(json["peer_regenerate_p50_ms"], json!(50.0));
+        assert_eq!(json["peer_regenerate_p99_ms"], json!(55.0));
+        assert_eq!(json["peer_regenerate_paced_p50_ms"], json!(8.0));
+        assert_eq!(json["peer_idle_rss_10k_mib"], json!(35.0));
+        assert_eq!(json["peer_peak_rss_10k_mib"], json!(36.0));
+        assert_eq!(json["annotation_secret_p50_ms"], json!(9.0));
+        assert_eq!(json["idle_rss_10k_mib"], json!(40.0));
+        assert_eq!(json["operator_cpu_ms_per_rotation"], json!(10.5));
+        // 30 MiB over 10 apps: 3 MiB each.
+        assert_eq!(json["rss_per_app_bytes"], json!(3.0 * 1024.0 * 1024.0));
+        // Against the peer spaced out (8 ms), not back to back (50 ms); idle 40 > 35 (the peer's).
+        assert_eq!(json["goals_met"]["annotation_secret_p50_ms"], json!(false));
+        assert_eq!(json["goals_met"]["idle_rss_10k_mib"], json!(false));
+        // 10.5 ≤ 1.1 × 10.
+        assert_eq!(json["goals_met"]["operator_cpu_ms_per_rotation"], json!(true));
+        report.rss_idle_mib = 30.0;
+        report.finish();
+        assert_eq!(report.json()["goals_met"]["idle_rss_10k_mib"], json!(true));
+
+        report.peer_ran = false;
+        report.finish();
+        let json = report.json();
+        assert_eq!(json["peer_regenerate_p50_ms"], Value::Null);
+        assert!(json["goals_met"].get("annotation_secret_p50_ms").is_none());
+        assert!(report.markdown().contains("The peer was not run"));
+    }
 }
