@@ -351,6 +351,33 @@ mod tests {
         assert_eq!(hasher.pooled(), 3);
     }
 
+    // Several threads, so the refill could race the verifications for the free worker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_is_refilled_only_when_every_worker_is_free() {
+        let hasher = Hasher::with_pool(FAST, 2, 2);
+        eventually("a full pool", || hasher.pooled() == 2).await;
+        // One worker busy (a permit held, as a requested hash holds it), then the pool emptied:
+        // the refill, started by the takes, never takes the free worker (verifications do not
+        // take from the pool; were the refill allowed that worker, it would fill the pool
+        // meanwhile).
+        let busy = hasher.permits.clone().acquire_owned().await.unwrap();
+        let (secret, phc) = hasher.generate().await.unwrap();
+        hasher.generate().await.unwrap();
+        for _ in 0..20 {
+            assert!(
+                hasher
+                    .verify(secret.expose().to_owned(), phc.clone())
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(hasher.pooled(), 0, "the refill waits while a worker is busy");
+        }
+        drop(busy);
+        // Then a hash ends with both workers free, and the refill goes on.
+        assert!(hasher.verify(secret.expose().to_owned(), phc).await.unwrap());
+        eventually("the pool refilled", || hasher.pooled() == 2).await;
+    }
+
     #[tokio::test]
     async fn no_pool_without_a_size() {
         let hasher = Hasher::new(FAST, 2);
