@@ -4,33 +4,163 @@
 //! would stall every task on the worker thread; running it unbounded on the blocking pool (512
 //! threads) would let a burst of new apps use gigabytes. So: `spawn_blocking`, at most `permits`
 //! at a time (one per core by default).
+//!
+//! Two things keep it small and quick:
+//!
+//! - The workers' argon2 memory is kept between hashes (allocating it per hash costs a page fault
+//!   per 4 KiB), and given back to the system once the hasher has been idle for
+//!   [`IDLE_RELEASE`]. Each buffer is a mapping of its own ([`secret::HashMemory`]), so freeing
+//!   it unmaps it whatever the allocator.
+//! - A bounded pool of ready (secret, hash) pairs: neither depends on the app (the secret and the
+//!   salt are random), so they are computed ahead, when every worker is free, and a rotation
+//!   takes one instead of hashing on its request's path. Refilling waits for idle workers, so it
+//!   never delays a requested hash by more than the one hash it has started; the plaintexts are
+//!   only in this process's memory and are zeroized when dropped ([`ClientSecret`]).
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::Error;
 use crate::secret::{self, ClientSecret, HashMemory, HashParams};
 
+/// The workers' argon2 memory goes back to the system after this long without a hash.
+pub const IDLE_RELEASE: Duration = Duration::from_secs(5);
+
+/// Default size of the pool of ready (secret, hash) pairs.
+pub const DEFAULT_POOL: usize = 8;
+
+/// Working memory of the hashes not running now (at most one per permit), and when the last
+/// hash ended.
+#[derive(Default)]
+struct Memory {
+    idle: Vec<HashMemory>,
+    running: usize,
+    last_used: Option<Instant>,
+    /// Whether a task is waiting to release `idle`.
+    releasing: bool,
+    /// How long the buffers stay after the last hash ([`IDLE_RELEASE`]).
+    release_after: Duration,
+}
+
 #[derive(Clone)]
 pub struct Hasher {
     params: HashParams,
+    workers: usize,
     permits: Arc<Semaphore>,
-    /// Working memory of the hashes not running now (at most one per permit).
-    memory: Arc<Mutex<Vec<HashMemory>>>,
+    memory: Arc<Mutex<Memory>>,
+    /// Ready (secret, hash) pairs, at most `pool_size`.
+    pool: Arc<Mutex<VecDeque<(ClientSecret, String)>>>,
+    pool_size: usize,
+    /// Whether a task is refilling `pool`.
+    refilling: Arc<AtomicBool>,
+    /// Signalled whenever a hash ends (a worker may be free).
+    finished: Arc<Notify>,
     /// A hash of a random secret nobody knows, checked in place of an unknown app's so that an
     /// unknown client id costs what a known one does.
     dummy: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl Hasher {
+    /// A hasher running at most `parallelism` hashes at a time, with no pool of ready pairs.
     pub fn new(params: HashParams, parallelism: usize) -> Self {
-        Self {
+        Self::with_pool(params, parallelism, 0)
+    }
+
+    /// [`Hasher::new`] with a pool of up to `pool_size` ready (secret, hash) pairs, filled in
+    /// the background (from now on, when called within a Tokio runtime) when every worker is
+    /// free.
+    pub fn with_pool(params: HashParams, parallelism: usize, pool_size: usize) -> Self {
+        let workers = parallelism.max(1);
+        let hasher = Self {
             params,
-            permits: Arc::new(Semaphore::new(parallelism.max(1))),
-            memory: Arc::default(),
+            workers,
+            permits: Arc::new(Semaphore::new(workers)),
+            memory: Arc::new(Mutex::new(Memory {
+                release_after: IDLE_RELEASE,
+                ..Memory::default()
+            })),
+            pool: Arc::default(),
+            pool_size,
+            refilling: Arc::default(),
+            finished: Arc::default(),
             dummy: Arc::default(),
+        };
+        hasher.refill();
+        hasher
+    }
+
+    /// Ready pairs in the pool now.
+    pub fn pooled(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Workers' argon2 buffers held now (in use or idle).
+    pub fn buffers(&self) -> usize {
+        let m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        m.idle.len() + m.running
+    }
+
+    /// Starts a background task that tops the pool up, unless one runs or there is no runtime.
+    fn refill(&self) {
+        if self.pool_size == 0 || self.refilling.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.refilling.store(false, Ordering::Release);
+            return;
+        };
+        let this = self.clone();
+        runtime.spawn(async move {
+            loop {
+                if this.pooled() >= this.pool_size {
+                    this.refilling.store(false, Ordering::Release);
+                    // A pair taken between the check and the store would otherwise wait for
+                    // the next take.
+                    if this.pooled() >= this.pool_size || this.refilling.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                    continue;
+                }
+                // Lower priority than requested hashes: only when every worker is free. A
+                // requested hash queued on the semaphore gets a released permit before anyone
+                // else, so try_acquire never takes one from it.
+                let permit = (this.permits.available_permits() == this.workers)
+                    .then(|| this.permits.clone().try_acquire_owned().ok())
+                    .flatten();
+                let Some(permit) = permit else {
+                    let finished = this.finished.notified();
+                    // Re-checked after subscribing, so a hash ending meanwhile is not missed.
+                    if this.permits.available_permits() != this.workers {
+                        finished.await;
+                    }
+                    continue;
+                };
+                let params = this.params;
+                let made = this
+                    .run(permit, move |memory| {
+                        let s = ClientSecret::generate()?;
+                        let phc = secret::hash_in(s.expose(), &params, memory)?;
+                        Ok((s, phc))
+                    })
+                    .await;
+                match made {
+                    Ok(pair) => this
+                        .pool
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(pair),
+                    Err(_) => {
+                        // Requested hashes report the cause; the pool stops until the next take.
+                        this.refilling.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Checks `plaintext` against every hash of `phcs` (all of them, whatever matches first, so
@@ -66,8 +196,14 @@ impl Hasher {
         self.params
     }
 
-    /// A fresh secret and its PHC hash.
+    /// A fresh secret and its PHC hash: a ready pair from the pool if there is one (and the
+    /// pool is topped up in the background), else hashed now.
     pub async fn generate(&self) -> Result<(ClientSecret, String), Error> {
+        let ready = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        self.refill();
+        if let Some(pair) = ready {
+            return Ok(pair);
+        }
         let params = self.params;
         self.blocking(move |memory| {
             let s = ClientSecret::generate()?;
@@ -96,20 +232,171 @@ impl Hasher {
         &self,
         f: impl FnOnce(&mut HashMemory) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| Error::Internal("hasher closed".into()))?;
+        self.run(permit, f).await
+    }
+
+    /// Runs `f` on the blocking pool with a worker's memory, holding `permit` until it ends.
+    async fn run<T: Send + 'static>(
+        &self,
+        permit: OwnedSemaphorePermit,
+        f: impl FnOnce(&mut HashMemory) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
         let pool = self.memory.clone();
-        tokio::task::spawn_blocking(move || {
-            let take = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let result = tokio::task::spawn_blocking(move || {
+            let take = {
+                let mut m = pool.lock().unwrap_or_else(|e| e.into_inner());
+                m.running += 1;
+                m.idle.pop()
+            };
             let mut memory = take.unwrap_or_default();
             let result = f(&mut memory);
-            pool.lock().unwrap_or_else(|e| e.into_inner()).push(memory);
+            let mut m = pool.lock().unwrap_or_else(|e| e.into_inner());
+            m.running -= 1;
+            m.idle.push(memory);
+            m.last_used = Some(Instant::now());
+            drop(permit);
             result
         })
         .await
-        .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("hashing task failed: {e}")));
+        self.finished.notify_waiters();
+        self.release_when_idle();
+        result?
+    }
+
+    /// Frees the idle workers' memory once no hash has run for [`IDLE_RELEASE`] (one waiting
+    /// task at a time).
+    fn release_when_idle(&self) {
+        {
+            let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+            if m.releasing || m.idle.is_empty() {
+                return;
+            }
+            m.releasing = true;
+        }
+        let memory = self.memory.clone();
+        tokio::spawn(async move {
+            let mut wait = Duration::ZERO;
+            loop {
+                tokio::time::sleep(wait).await;
+                let mut m = memory.lock().unwrap_or_else(|e| e.into_inner());
+                let after = m.release_after;
+                let since = m.last_used.map_or(after, |t| t.elapsed());
+                if m.running == 0 && since >= after {
+                    // Dropped outside the lock: unmapping 19 MiB is not free.
+                    let idle = std::mem::take(&mut m.idle);
+                    m.releasing = false;
+                    drop(m);
+                    drop(idle);
+                    return;
+                }
+                wait = after.saturating_sub(since).max(Duration::from_millis(10));
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAST: HashParams = HashParams {
+        m_cost_kib: 256,
+        t_cost: 1,
+        p_cost: 1,
+    };
+
+    /// Polls `done` every 10 ms for at most 30 s.
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_pool_fills_up_to_its_bound_and_its_pairs_verify() {
+        let hasher = Hasher::with_pool(FAST, 2, 3);
+        eventually("a full pool", || hasher.pooled() == 3).await;
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..5 {
+            let (secret, phc) = hasher.generate().await.unwrap();
+            assert!(hasher.pooled() <= 3);
+            assert!(
+                hasher
+                    .verify(secret.expose().to_owned(), phc.clone())
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !hasher
+                    .verify(ClientSecret::generate().unwrap().expose().to_owned(), phc)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                seen.insert(secret.expose().to_owned()),
+                "a pair was handed out twice"
+            );
+        }
+        // Taken pairs are replaced, never beyond the bound.
+        eventually("a refilled pool", || hasher.pooled() == 3).await;
+        assert_eq!(hasher.pooled(), 3);
+    }
+
+    // Several threads, so the refill could race the verifications for the free worker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_is_refilled_only_when_every_worker_is_free() {
+        let hasher = Hasher::with_pool(FAST, 2, 2);
+        eventually("a full pool", || hasher.pooled() == 2).await;
+        // One worker busy (a permit held, as a requested hash holds it), then the pool emptied:
+        // the refill, started by the takes, never takes the free worker (verifications do not
+        // take from the pool; were the refill allowed that worker, it would fill the pool
+        // meanwhile).
+        let busy = hasher.permits.clone().acquire_owned().await.unwrap();
+        let (secret, phc) = hasher.generate().await.unwrap();
+        hasher.generate().await.unwrap();
+        for _ in 0..20 {
+            assert!(
+                hasher
+                    .verify(secret.expose().to_owned(), phc.clone())
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(hasher.pooled(), 0, "the refill waits while a worker is busy");
+        }
+        drop(busy);
+        // Then a hash ends with both workers free, and the refill goes on.
+        assert!(hasher.verify(secret.expose().to_owned(), phc).await.unwrap());
+        eventually("the pool refilled", || hasher.pooled() == 2).await;
+    }
+
+    #[tokio::test]
+    async fn no_pool_without_a_size() {
+        let hasher = Hasher::new(FAST, 2);
+        let (secret, phc) = hasher.generate().await.unwrap();
+        assert!(hasher.verify(secret.expose().to_owned(), phc).await.unwrap());
+        assert_eq!(hasher.pooled(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_workers_give_their_memory_back() {
+        let hasher = Hasher::new(FAST, 2);
+        hasher.memory.lock().unwrap().release_after = Duration::from_secs(1);
+        let (a, b) = tokio::join!(hasher.generate(), hasher.generate());
+        a.unwrap();
+        b.unwrap();
+        assert!(hasher.buffers() >= 1, "the buffers are kept between hashes");
+        eventually("the idle buffers to be freed", || hasher.buffers() == 0).await;
+        // And taken again when needed.
+        hasher.generate().await.unwrap();
+        assert_eq!(hasher.buffers(), 1);
     }
 }

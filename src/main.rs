@@ -75,6 +75,11 @@ struct RunArgs {
     /// Hashes computed at the same time (default: the number of CPUs).
     #[arg(long, env = "OAUTHAPP_HASH_WORKERS")]
     hash_workers: Option<usize>,
+    /// Ready (secret, hash) pairs kept in memory, computed ahead when the hash workers are idle,
+    /// so that a rotation need not hash on its request's path (0: none). The plaintexts are
+    /// never written anywhere and are zeroized when dropped.
+    #[arg(long, env = "OAUTHAPP_HASH_POOL", default_value_t = oauthapp_operator::hasher::DEFAULT_POOL)]
+    hash_pool: usize,
     /// Log format.
     #[arg(long, env = "OAUTHAPP_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -236,7 +241,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(
         Context::new(
             client.clone(),
-            Hasher::new(params, workers),
+            Hasher::with_pool(params, workers, args.hash_pool),
             metrics.clone(),
             instance.clone(),
         )

@@ -319,15 +319,33 @@ pub fn hash(secret: &str, params: &HashParams) -> Result<String, HashError> {
 /// Allocating it per hash costs a page fault per 4 KiB, and with glibc it fragments the heap:
 /// the freed 19 MiB are reused piecemeal by long-lived small allocations, so each hash grows
 /// the resident set (measured: 666 MiB after provisioning 300 apps, instead of ~60 MiB).
+///
+/// A buffer above 128 KiB reserves at least [`OWN_MAPPING_BYTES`] of address space (only the
+/// blocks in use are touched, so only they are resident): glibc serves a request that large
+/// with a mapping of its own and unmaps it on free, and never raises its dynamic mmap threshold
+/// for one. A buffer of exactly the 19 MiB would be mapped the first time only: freeing it raises
+/// the threshold to 19 MiB, the next one comes from a heap arena, and freed it stays resident
+/// (the trim threshold becomes 38 MiB): the 109 MiB a release of idle buffers once left behind.
+/// musl maps and unmaps every allocation that large anyway.
 #[derive(Default)]
 pub struct HashMemory(Vec<argon2::Block>);
+
+/// glibc's largest dynamic mmap threshold (32 MiB on 64-bit) plus one block: see [`HashMemory`].
+const OWN_MAPPING_BYTES: usize = 32 * 1024 * 1024 + argon2::Block::SIZE;
+/// Below this (glibc's default mmap threshold) a buffer stays a plain allocation.
+const SMALL_BUFFER_BYTES: usize = 128 * 1024;
 
 impl HashMemory {
     fn blocks(&mut self, params: &Params) -> &mut [argon2::Block] {
         let count = params.block_count();
         if self.0.len() != count {
             // Exactly the size asked for: a smaller hash must not keep a larger buffer alive.
-            self.0 = Vec::new();
+            let reserve = if count * argon2::Block::SIZE >= SMALL_BUFFER_BYTES {
+                count.max(OWN_MAPPING_BYTES.div_ceil(argon2::Block::SIZE))
+            } else {
+                count
+            };
+            self.0 = Vec::with_capacity(reserve);
             self.0.resize(count, argon2::Block::new());
         }
         &mut self.0

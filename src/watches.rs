@@ -21,6 +21,26 @@ use tracing::{info, warn};
 use crate::controller::plan::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::crd::OAuthApp;
 
+/// What the cached copy of an app keeps of its metadata: managedFields and labels are dropped
+/// (they can outweigh the rest of an object, and nothing here reads them), and so are the
+/// annotations of others (a `kubectl apply`'s last-applied-configuration holds the whole
+/// object again): the operator reads only its own, under [`OWN_ANNOTATION_PREFIX`]. Status
+/// writes send the cached copy back, but the API server keeps everything but the status there.
+pub fn strip_app(app: &mut OAuthApp) {
+    let meta = &mut app.metadata;
+    meta.managed_fields = None;
+    meta.labels = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.retain(|k, _| k.starts_with(OWN_ANNOTATION_PREFIX));
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// The prefix of every annotation the operator reads on an app.
+pub const OWN_ANNOTATION_PREFIX: &str = "oauthapp.io/";
+
 /// Change notifications kept for a subscriber that lags; beyond this it is told to resync.
 const CHANGE_BUFFER: usize = 1024;
 
@@ -125,11 +145,9 @@ impl Watches {
                     None => (Api::all(client.clone()), Api::all(client.clone())),
                 };
             let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
-            // managedFields are dropped: they can outweigh the rest of an object, and nothing
-            // here reads them.
             let app_events = watcher(apps_api, watcher::Config::default().any_semantic())
                 .default_backoff()
-                .modify(|app: &mut OAuthApp| app.metadata.managed_fields = None);
+                .modify(strip_app);
             let secret_events = watcher(
                 secrets_api,
                 watcher::Config::default().labels(&selector).any_semantic(),
@@ -395,6 +413,40 @@ async fn pump<K>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cached_app_keeps_only_the_operators_annotations() {
+        use crate::crd::{REVOKE_PREVIOUS_ANNOTATION, ROTATE_ANNOTATION, ROTATE_REVOKE_ANNOTATION};
+        use kube::ResourceExt;
+        let mut app = OAuthApp::new("a", Default::default());
+        let ours = [
+            ROTATE_ANNOTATION,
+            ROTATE_REVOKE_ANNOTATION,
+            REVOKE_PREVIOUS_ANNOTATION,
+        ];
+        let mut annotations: std::collections::BTreeMap<String, String> =
+            ours.iter().map(|k| (k.to_string(), "v".to_string())).collect();
+        annotations.insert(
+            "kubectl.kubernetes.io/last-applied-configuration".into(),
+            "{\"a\": \"whole object\"}".into(),
+        );
+        app.metadata.annotations = Some(annotations);
+        app.metadata.labels = Some([("team".to_string(), "x".to_string())].into());
+        app.metadata.managed_fields = Some(vec![Default::default()]);
+        app.metadata.resource_version = Some("7".into());
+        strip_app(&mut app);
+        let kept: Vec<&str> = app.annotations().keys().map(String::as_str).collect();
+        let mut expected = ours.to_vec();
+        expected.sort_unstable();
+        assert_eq!(kept, expected);
+        assert_eq!(app.metadata.labels, None);
+        assert_eq!(app.metadata.managed_fields, None);
+        assert_eq!(app.metadata.resource_version.as_deref(), Some("7"));
+
+        app.metadata.annotations = Some([("other.io/x".to_string(), "y".to_string())].into());
+        strip_app(&mut app);
+        assert_eq!(app.metadata.annotations, None);
+    }
 
     fn claimant(uid: &str, created: i64, holds: bool) -> OAuthApp {
         let mut app = OAuthApp::new(uid, Default::default());

@@ -21,12 +21,14 @@
 //! (the operator binary; default target/release/oauthapp-operator), `BENCH_OUT` (default
 //! bench/results).
 
-#![recursion_limit = "256"]
+#![recursion_limit = "512"]
 
 mod cluster;
 mod floors;
 mod operator;
+mod peer;
 mod report;
+mod secrets;
 mod tracker;
 
 use std::collections::BTreeMap;
@@ -48,6 +50,7 @@ use cluster::ControlPlane;
 use floors::Floors;
 use operator::Operator;
 use report::{Report, Stats};
+use secrets::SecretWatch;
 use tracker::Tracker;
 
 /// Apps the latency and throughput phases rotate (one per throughput caller).
@@ -155,6 +158,8 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
         report.machine.memory_gib,
         report.machine.cpu_model
     );
+    // Built (or found cached) before the control plane starts, so a cold build disturbs nothing.
+    let peer_binary = peer::build(repo)?;
     let cp = ControlPlane::up(repo)?;
     let client = cp.client().await?;
     report.versions.kubernetes = client
@@ -184,6 +189,7 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
     let ns = "bench-latency";
     let token = cp.namespace_with_caller(ns)?;
     let tracker = Tracker::start(client.clone(), ns);
+    let secret_watch = SecretWatch::start(client.clone(), ns, CLIENT_SECRET_KEY);
     let hash_flags = settings.hash_flags();
     let mut op = Operator::start(&cp, &settings.operator, "latency", ns, &hash_flags, &[])?;
     op.wait_ready(Duration::from_secs(60)).await?;
@@ -216,10 +222,19 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
     say!("2. annotation-to-rotation latency: {} rotations", settings.calls);
     let before = op.metrics().await?;
     let window = RequestWindow::open(&client, floors.hash_ms.len()).await;
-    let (lat, patch) =
-        annotation_latency(&client, ns, &tracker, &names, settings.calls, "a", &mut floors).await?;
+    let (lat, patch, secret_lat) = annotation_latency(
+        &client,
+        ns,
+        (&tracker, &secret_watch),
+        &names,
+        settings.calls,
+        "a",
+        &mut floors,
+    )
+    .await?;
     let after = op.metrics().await?;
     report.annotation = Stats::of(&lat);
+    report.annotation_secret = Stats::of(&secret_lat);
     report.annotation_patch = Stats::of(&patch);
     report.annotation_operator_mean_ms = mean_rotation_ms(&before, &after);
     report.annotation_requests_per_rotation = window
@@ -230,9 +245,10 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
         report.annotation_requests_per_rotation
     );
     say!(
-        "   p50 {:.1} ms, p99 {:.1} ms (the annotate call itself: p50 {:.1} ms)",
+        "   p50 {:.1} ms, p99 {:.1} ms (Secret data changed: p50 {:.1} ms; the annotate call itself: p50 {:.1} ms)",
         report.annotation.p50,
         report.annotation.p99,
+        report.annotation_secret.p50,
         report.annotation_patch.p50
     );
 
@@ -257,6 +273,10 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
     report.throughput_per_s = ok as f64 / window;
     report.throughput_operator_mean_ms = mean_rotation_ms(&before, &after);
     report.throughput_cpu = cpu.cores_used(window);
+    report.operator_cpu_ms_per_rotation = report
+        .throughput_cpu
+        .get("operator")
+        .map_or(f64::NAN, |cores| cores * window * 1000.0 / ok.max(1) as f64);
     say!(
         "   {:.1} rotations/s ({} failed); hashing bound so far {:.1}/s; CPU cores used: {:?}",
         report.throughput_per_s,
@@ -293,8 +313,16 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
         report.rest_standby_requests_per_rotation,
         report.rest_standby_leader_writes
     );
-    let (lat, _) =
-        annotation_latency(&client, ns, &tracker, &names, settings.calls, "s", &mut floors).await?;
+    let (lat, _, _) = annotation_latency(
+        &client,
+        ns,
+        (&tracker, &secret_watch),
+        &names,
+        settings.calls,
+        "s",
+        &mut floors,
+    )
+    .await?;
     report.annotation_standby = Stats::of(&lat);
     say!(
         "   REST via standby p50 {:.1} ms, p99 {:.1} ms; annotation p50 {:.1} ms, p99 {:.1} ms",
@@ -307,6 +335,7 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
     b.stop(Duration::from_secs(30));
     drop((a, b));
     drop(tracker);
+    drop(secret_watch);
     report.floor_hash = Stats::of(&floors.hash_ms);
     report.floor_write = Stats::of(&floors.write_ms());
     report.floor_secret_write = Stats::of(&floors.secret_ms);
@@ -318,7 +347,11 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
         report.floor_hash.n
     );
 
-    // --- 4: scale -----------------------------------------------------------------------------
+    // --- 7: the peer on its own, then 4: our scale phase ---------------------------------------
+    match &peer_binary {
+        Some(binary) => peer_phase(&cp, &client, binary, settings, &mut report).await?,
+        None => say!("7. the peer: skipped (no source; see the line above)"),
+    }
     scale(&cp, &client, settings, &mut report).await?;
 
     report.finish();
@@ -347,6 +380,17 @@ async fn scale(
         })
         .await?;
 
+    // The operator fills its pool of ready hashes at start and frees the hashing memory once
+    // idle: the RSS with no app is read after that (no CPU used for 6 s in a row, past the
+    // hasher's 5 s idle release), at most 60 s on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut quiet = 0;
+    while quiet < 6 && Instant::now() < deadline {
+        let before = operator::cpu_seconds(op.pid()).unwrap_or(0.0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let used = operator::cpu_seconds(op.pid()).unwrap_or(0.0) - before;
+        quiet = if used < 0.005 { quiet + 1 } else { 0 };
+    }
     report.rss_empty_mib = operator::vm_mib(op.pid(), "VmRSS").unwrap_or(f64::NAN);
     say!("4. provisioning {n} apps ({CREATES_IN_FLIGHT} creates in flight)");
     let names: Vec<String> = (0..n).map(|i| format!("app-{i:05}")).collect();
@@ -447,6 +491,148 @@ async fn scale(
     op.stop(Duration::from_secs(30));
     Ok(())
 }
+
+/// Phase 7: the peer (mittwald's kubernetes-secret-generator) alone on the control plane, on
+/// `settings.apps` Secrets of its own: provisioning (each Secret annotated for a generated
+/// `password`), regenerate latency (annotate, then see the data change on a watch) with the API
+/// server's requests per regeneration, an idle window, and its RSS (idle and peak).
+async fn peer_phase(
+    cp: &ControlPlane,
+    client: &Client,
+    binary: &Path,
+    settings: &Settings,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let n = settings.apps;
+    let ns = "bench-peer";
+    cp.kubectl(&["create", "namespace", ns])?;
+    let watch = SecretWatch::start(client.clone(), ns, peer::KEY);
+    watch
+        .wait_for("the bench's Secret watch to sync", Duration::from_secs(60), |s| {
+            s.synced.then_some(())
+        })
+        .await?;
+    let mut p = peer::Peer::start(cp, binary, "scale", ns)?;
+    say!("7. the peer: provisioning {n} annotated Secrets ({CREATES_IN_FLIGHT} creates in flight)");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let names: Vec<String> = (0..n).map(|i| format!("peer-{i:05}")).collect();
+    let started = Instant::now();
+    let pp = PostParams::default();
+    futures::stream::iter(&names)
+        .map(|name| {
+            let (secrets, pp) = (&secrets, &pp);
+            async move {
+                let mut s = Secret::default();
+                s.metadata.name = Some(name.clone());
+                s.metadata.annotations =
+                    Some([(peer::AUTOGENERATE.to_string(), peer::KEY.to_string())].into());
+                secrets
+                    .create(pp, &s)
+                    .await
+                    .with_context(|| format!("creating Secret {ns}/{name}"))
+            }
+        })
+        .buffer_unordered(CREATES_IN_FLIGHT)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    let timeout = Duration::from_secs((n as u64 / 2).max(600));
+    watch
+        .wait_for("every Secret to get its password", timeout, |s| {
+            (s.with_key >= n).then_some(())
+        })
+        .await?;
+    p.check_alive()?;
+    report.peer_provision_s = started.elapsed().as_secs_f64();
+    report.peer_rss_provision_mib = operator::vm_mib(p.pid(), "VmHWM").unwrap_or(f64::NAN);
+    say!(
+        "   {n} Secrets generated in {:.1} s; peak RSS {:.1} MiB",
+        report.peer_provision_s,
+        report.peer_rss_provision_mib
+    );
+
+    say!("   regenerate latency: {} regenerations, one at a time", settings.calls);
+    let window = RequestWindow::open(client, 0).await;
+    let (mut times, mut patches) = (Vec::new(), Vec::new());
+    let patch = json!({"metadata": {"annotations": {peer::REGENERATE: "yes"}}});
+    for i in 0..settings.calls + WARMUP {
+        let name = &names[i % LATENCY_APPS.min(n)];
+        let before = watch.get(name).map(|s| s.data);
+        let started = Instant::now();
+        secrets
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let patched = ms(started.elapsed());
+        let changed = watch.changed(name, before, Duration::from_secs(60)).await?;
+        if i >= WARMUP {
+            times.push(ms(changed.saturating_duration_since(started)));
+            patches.push(patched);
+        }
+    }
+    p.check_alive()?;
+    report.peer_regenerate = Stats::of(&times);
+    report.peer_patch = Stats::of(&patches);
+    report.peer_requests_per_regeneration = window
+        .per_rotation(client, 0, (settings.calls + WARMUP) as f64)
+        .await;
+    // The peer's kube client allows itself 20 requests/s (controller-runtime's default QPS, burst
+    // 30): back to back, each regeneration above waits for that limiter. Spaced out, the bucket
+    // stays full and the regeneration is the peer's own work.
+    let mut paced = Vec::new();
+    for i in 0..settings.calls + WARMUP {
+        tokio::time::sleep(PEER_PACE).await;
+        let name = &names[i % LATENCY_APPS.min(n)];
+        let before = watch.get(name).map(|s| s.data);
+        let started = Instant::now();
+        secrets
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let changed = watch.changed(name, before, Duration::from_secs(60)).await?;
+        if i >= WARMUP {
+            paced.push(ms(changed.saturating_duration_since(started)));
+        }
+    }
+    report.peer_regenerate_paced = Stats::of(&paced);
+    say!(
+        "   spaced {} ms apart: p50 {:.1} ms, p99 {:.1} ms",
+        PEER_PACE.as_millis(),
+        report.peer_regenerate_paced.p50,
+        report.peer_regenerate_paced.p99
+    );
+    say!(
+        "   p50 {:.1} ms, p99 {:.1} ms (the annotate call itself: p50 {:.1} ms); API requests per regeneration: {:?}",
+        report.peer_regenerate.p50,
+        report.peer_regenerate.p99,
+        report.peer_patch.p50,
+        report.peer_requests_per_regeneration
+    );
+
+    report.peer_idle_secs = settings.idle_secs.min(PEER_IDLE_SECS);
+    say!("   idle for {} s", report.peer_idle_secs);
+    let cpu0 = operator::cpu_seconds(p.pid()).context("reading the peer's CPU time")?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(report.peer_idle_secs)).await;
+    p.check_alive()?;
+    let cpu1 = operator::cpu_seconds(p.pid()).context("reading the peer's CPU time")?;
+    report.peer_idle_cpu_percent = 100.0 * (cpu1 - cpu0) / t0.elapsed().as_secs_f64();
+    report.peer_rss_idle_mib = operator::vm_mib(p.pid(), "VmRSS").unwrap_or(f64::NAN);
+    report.peer_rss_peak_mib = operator::vm_mib(p.pid(), "VmHWM").unwrap_or(f64::NAN);
+    say!(
+        "   idle: CPU {:.3} %, RSS {:.1} MiB (peak {:.1} MiB)",
+        report.peer_idle_cpu_percent,
+        report.peer_rss_idle_mib,
+        report.peer_rss_peak_mib
+    );
+    p.stop(Duration::from_secs(30));
+    report.peer_ran = true;
+    Ok(())
+}
+
+/// The pause before each of the peer's paced regenerations: over 1/20 s, so its client's rate
+/// limiter (20 requests/s) never makes one wait.
+const PEER_PACE: Duration = Duration::from_millis(100);
+
+/// The peer's idle window at most (its RSS is read at the end).
+const PEER_IDLE_SECS: u64 = 120;
 
 /// Waits (at most 60 s) until the control plane has finished starting (its processes use less
 /// than 0.1 core over a second), so that the floors are measured on a quiet machine; returns
@@ -571,22 +757,28 @@ async fn rest_latency(
 async fn annotation_latency(
     client: &Client,
     ns: &str,
-    tracker: &Tracker,
+    (tracker, secrets): (&Tracker, &SecretWatch),
     names: &[String],
     n: usize,
     tag: &str,
     floors: &mut Floors,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let apps: Api<OAuthApp> = Api::namespaced(client.clone(), ns);
-    let (mut times, mut patches) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut times, mut patches, mut secret_times) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n + WARMUP {
         let name = &names[i % names.len()];
+        let secret_name = new_app(name).secret_name();
         let before = tracker.get(name).and_then(|a| a.rotation_id);
+        let data_before = secrets.get(&secret_name).map(|s| s.data);
         let patch = json!({"metadata": {"annotations": {ROTATE_ANNOTATION: format!("bench-{tag}-{i}")}}});
         let started = Instant::now();
         apps.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         let patched = ms(started.elapsed());
+        let data_changed = secrets
+            .changed(&secret_name, data_before, Duration::from_secs(60))
+            .await?;
         let seen = tracker
             .wait_for("a rotation after an annotation", Duration::from_secs(60), |s| {
                 s.apps
@@ -597,13 +789,14 @@ async fn annotation_latency(
             .await?;
         if i >= WARMUP {
             times.push(ms(seen.saturating_duration_since(started)));
+            secret_times.push(ms(data_changed.saturating_duration_since(started)));
             patches.push(patched);
         }
         if i % FLOOR_EVERY == 0 {
             floors.sample().await?;
         }
     }
-    Ok((times, patches))
+    Ok((times, patches, secret_times))
 }
 
 /// One caller per app, each rotating its app back to back for `window`: the rotations that

@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 
 use crate::Settings;
 
+/// The app count the idle RSS per app is extrapolated to.
+const EXTRAPOLATE_APPS: usize = 100_000;
 /// Latency p50 goal: within this factor of floor_hash + 2 × floor_write.
 const LATENCY_FACTOR: f64 = 1.3;
 /// Throughput and provisioning goal: this share of the hashing bound.
@@ -19,6 +21,12 @@ const VERIFY_HASH_FACTOR: f64 = 1.2;
 /// Cached verify p50 goal.
 const VERIFY_CACHED_GOAL_MS: f64 = 1.0;
 const RSS_GOAL_MIB: f64 = 64.0;
+/// Idle RSS goal at the scale phase's apps (and no more than the peer's).
+const IDLE_RSS_GOAL_MIB: f64 = 48.0;
+/// REST rotate p50 goal with a warm pool: within this factor of 2 × floor_write.
+const POOL_LATENCY_FACTOR: f64 = 1.3;
+/// Operator CPU per rotation under load: within this factor of floor_hash.
+const CPU_HASH_FACTOR: f64 = 1.1;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
@@ -145,6 +153,25 @@ pub struct Report {
     pub rss_idle_mib: f64,
     /// The operator's RSS with its watches synced and no app yet.
     pub rss_empty_mib: f64,
+
+    /// Annotate → the app's Secret data changed (watch), in the annotation run.
+    pub annotation_secret: Stats,
+    /// The operator's CPU time over the throughput window ÷ the rotations it made.
+    pub operator_cpu_ms_per_rotation: f64,
+
+    /// Whether the peer phase ran (its source was there).
+    pub peer_ran: bool,
+    pub peer_provision_s: f64,
+    pub peer_rss_provision_mib: f64,
+    pub peer_regenerate: Stats,
+    pub peer_patch: Stats,
+    /// The same, each regeneration 100 ms after the last (the peer's client rate limiter idle).
+    pub peer_regenerate_paced: Stats,
+    pub peer_requests_per_regeneration: BTreeMap<String, f64>,
+    pub peer_idle_secs: u64,
+    pub peer_idle_cpu_percent: f64,
+    pub peer_rss_idle_mib: f64,
+    pub peer_rss_peak_mib: f64,
 
     goals: Vec<Goal>,
 }
@@ -301,16 +328,70 @@ impl Report {
             goal: format!("p50 ≤ {goal_ms:.1} ms"),
             met: Some(s.p50 <= goal_ms),
         };
-        goals.push(latency(
+        let write = self.floor_write.p50;
+        let writes_goal = |key, label: &str, s: &Stats, writes: f64| Goal {
+            key,
+            label: label.into(),
+            value: format!("p50 {:.1} ms · p99 {:.1} ms", s.p50, s.p99),
+            goal: format!(
+                "p50 ≤ {:.1} ms (1.3 × {writes} × floor_write)",
+                POOL_LATENCY_FACTOR * writes * write
+            ),
+            met: Some(s.p50 <= POOL_LATENCY_FACTOR * writes * write),
+        };
+        goals.push(writes_goal(
             "rest_rotate_p50_ms",
             "REST rotate, one at a time",
             &self.rest,
+            2.0,
         ));
-        goals.push(latency(
+        goals.push(Goal {
+            key: "annotation_secret_p50_ms",
+            label: "annotate → Secret data changed (watch)".into(),
+            value: format!(
+                "p50 {:.1} ms · p99 {:.1} ms",
+                self.annotation_secret.p50, self.annotation_secret.p99
+            ),
+            goal: if self.peer_ran {
+                format!(
+                    "p50 ≤ {:.1} ms (the peer's regenerate p50, spaced out)",
+                    self.peer_goal_ms()
+                )
+            } else {
+                "≤ the peer's (not run)".into()
+            },
+            met: self
+                .peer_ran
+                .then(|| self.annotation_secret.p50 <= self.peer_goal_ms()),
+        });
+        goals.push(writes_goal(
             "annotation_rotate_p50_ms",
             "annotate → status.rotationId changes (watch)",
             &self.annotation,
+            3.0,
         ));
+        if self.peer_ran {
+            goals.push(Goal {
+                key: "peer_regenerate_p50_ms",
+                label: "peer: annotate → Secret data changed (watch), back to back".into(),
+                value: format!(
+                    "p50 {:.1} ms · p99 {:.1} ms",
+                    self.peer_regenerate.p50, self.peer_regenerate.p99
+                ),
+                goal: "—".into(),
+                met: None,
+            });
+            goals.push(Goal {
+                key: "peer_regenerate_paced_p50_ms",
+                label: "peer: the same, 100 ms apart (its client's 20 requests/s limiter idle)".into(),
+                value: format!(
+                    "p50 {:.1} ms · p99 {:.1} ms",
+                    self.peer_regenerate_paced.p50, self.peer_regenerate_paced.p99
+                ),
+                goal: "—".into(),
+                met: None,
+            });
+        }
         goals.push(Goal {
             key: "throughput_rotations_per_s",
             label: format!("throughput, {} callers on distinct apps", crate::LATENCY_APPS),
@@ -321,6 +402,19 @@ impl Report {
             ),
             goal: format!("≥ {:.1}/s (80 % of the hashing bound)", HASHING_SHARE * bound),
             met: Some(self.throughput_per_s >= HASHING_SHARE * bound),
+        });
+        goals.push(Goal {
+            key: "operator_cpu_ms_per_rotation",
+            label: "operator CPU per rotation, under the throughput load".into(),
+            value: format!(
+                "{:.1} ms (floor_hash {:.1} ms)",
+                self.operator_cpu_ms_per_rotation, self.floor_hash.p50
+            ),
+            goal: format!(
+                "≤ {:.1} ms ({CPU_HASH_FACTOR} × floor_hash)",
+                CPU_HASH_FACTOR * self.floor_hash.p50
+            ),
+            met: Some(self.operator_cpu_ms_per_rotation <= CPU_HASH_FACTOR * self.floor_hash.p50),
         });
         let provision_rate = self.apps as f64 / self.provision_s;
         goals.push(Goal {
@@ -358,19 +452,64 @@ impl Report {
             goal: "0".into(),
             met: Some(self.idle_writes == 0.0),
         });
+        let idle_goal = self.idle_rss_goal_mib();
         goals.push(Goal {
-            key: "rss_10k_mib",
+            key: "idle_rss_10k_mib",
+            label: format!("operator idle RSS, {} apps (after the restart and the idle window)", self.apps),
+            value: format!("{:.1} MiB", self.rss_idle_mib),
+            goal: if self.peer_ran {
+                format!("≤ {idle_goal:.1} MiB (the peer's idle RSS, and ≤ {IDLE_RSS_GOAL_MIB:.0})")
+            } else {
+                format!("≤ {idle_goal:.1} MiB")
+            },
+            met: Some(self.rss_idle_mib <= idle_goal),
+        });
+        goals.push(Goal {
+            key: "peak_rss_10k_mib",
             label: format!("operator peak RSS, {} apps", self.apps),
             value: format!(
-                "{:.1} MiB (provisioning {:.1}, after restart {:.1}, idle now {:.1})",
+                "{:.1} MiB (provisioning {:.1}, after restart {:.1})",
                 self.rss_peak_mib(),
                 self.rss_provision_mib,
                 self.rss_restarted_mib,
-                self.rss_idle_mib
             ),
             goal: format!("≤ {RSS_GOAL_MIB:.0} MiB"),
             met: Some(self.rss_peak_mib() <= RSS_GOAL_MIB),
         });
+        goals.push(Goal {
+            key: "rss_per_app_bytes",
+            label: "idle RSS per app and its Secret (caches)".into(),
+            value: format!(
+                "{:.0} bytes → {} apps ≈ {:.0} MiB (extrapolated)",
+                self.rss_per_app_kib() * 1024.0,
+                EXTRAPOLATE_APPS,
+                self.rss_extrapolated_mib()
+            ),
+            goal: "—".into(),
+            met: None,
+        });
+        if self.peer_ran {
+            goals.push(Goal {
+                key: "peer_idle_rss_10k_mib",
+                label: format!(
+                    "peer idle RSS, {} Secrets (after {} idle seconds)",
+                    self.apps, self.peer_idle_secs
+                ),
+                value: format!("{:.1} MiB", self.peer_rss_idle_mib),
+                goal: "—".into(),
+                met: None,
+            });
+            goals.push(Goal {
+                key: "peer_peak_rss_10k_mib",
+                label: format!("peer peak RSS, {} Secrets", self.apps),
+                value: format!(
+                    "{:.1} MiB (provisioning {:.1})",
+                    self.peer_rss_peak_mib, self.peer_rss_provision_mib
+                ),
+                goal: "—".into(),
+                met: None,
+            });
+        }
         goals.push(Goal {
             key: "idle_cpu_percent",
             label: "operator CPU while idle (of one core)".into(),
@@ -428,6 +567,30 @@ impl Report {
         (self.rss_idle_mib - self.rss_empty_mib) * 1024.0 / self.apps as f64
     }
 
+    /// Idle RSS extrapolated to [`EXTRAPOLATE_APPS`] apps: the RSS with no app plus the
+    /// measured cost per app.
+    fn rss_extrapolated_mib(&self) -> f64 {
+        self.rss_empty_mib + self.rss_per_app_kib() * EXTRAPOLATE_APPS as f64 / 1024.0
+    }
+
+    /// The peer's regenerate p50 on its own ground: spaced out, when measured (else back to
+    /// back).
+    fn peer_goal_ms(&self) -> f64 {
+        if self.peer_regenerate_paced.n > 0 {
+            self.peer_regenerate_paced.p50
+        } else {
+            self.peer_regenerate.p50
+        }
+    }
+
+    fn idle_rss_goal_mib(&self) -> f64 {
+        if self.peer_ran {
+            IDLE_RSS_GOAL_MIB.min(self.peer_rss_idle_mib)
+        } else {
+            IDLE_RSS_GOAL_MIB
+        }
+    }
+
     fn rss_peak_mib(&self) -> f64 {
         self.rss_provision_mib.max(self.rss_restarted_mib)
     }
@@ -472,6 +635,19 @@ impl Report {
             "restart_writes_10k": self.restart_writes,
             "idle_writes": self.idle_writes,
             "rss_10k_mib": r2(self.rss_peak_mib()),
+            "annotation_secret_p50_ms": r2(self.annotation_secret.p50),
+            "annotation_secret_p99_ms": r2(self.annotation_secret.p99),
+            "idle_rss_10k_mib": r2(self.rss_idle_mib),
+            "peak_rss_10k_mib": r2(self.rss_peak_mib()),
+            "rss_per_app_bytes": (self.rss_per_app_kib() * 1024.0).round(),
+            "rss_100k_extrapolated_mib": r2(self.rss_extrapolated_mib()),
+            "operator_cpu_ms_per_rotation": r2(self.operator_cpu_ms_per_rotation),
+            "peer_regenerate_p50_ms": self.peer_ran.then(|| r2(self.peer_regenerate.p50)),
+            "peer_regenerate_p99_ms": self.peer_ran.then(|| r2(self.peer_regenerate.p99)),
+            "peer_regenerate_paced_p50_ms": self.peer_ran.then(|| r2(self.peer_regenerate_paced.p50)),
+            "peer_regenerate_paced_p99_ms": self.peer_ran.then(|| r2(self.peer_regenerate_paced.p99)),
+            "peer_idle_rss_10k_mib": self.peer_ran.then(|| r2(self.peer_rss_idle_mib)),
+            "peer_peak_rss_10k_mib": self.peer_ran.then(|| r2(self.peer_rss_peak_mib)),
             "idle_cpu_percent": (self.idle_cpu_percent * 1000.0).round() / 1000.0,
             "rest_rotate_standby_p50_ms": r2(self.rest_standby.p50),
             "rest_rotate_standby_p99_ms": r2(self.rest_standby.p99),
@@ -492,6 +668,10 @@ impl Report {
                 "throughput_over_hashing_bound": r2(self.throughput_per_s / bound),
                 "provision_over_hashing_bound": r2(self.apps as f64 / self.provision_s / bound),
                 "verify_p50_over_floor_hash": r2(self.verify.p50 / self.floor_hash.p50),
+                "rest_rotate_p50_over_2_floor_write": r2(self.rest.p50 / (2.0 * self.floor_write.p50)),
+                "annotation_rotate_p50_over_3_floor_write": r2(self.annotation.p50 / (3.0 * self.floor_write.p50)),
+                "annotation_secret_p50_over_peer_regenerate_p50": self.peer_ran.then(|| r2(self.annotation_secret.p50 / self.peer_goal_ms())),
+                "operator_cpu_per_rotation_over_floor_hash": r2(self.operator_cpu_ms_per_rotation / self.floor_hash.p50),
                 "verify_throughput_over_hashing_bound": r2(self.verify_throughput_per_s / bound),
             },
             "goals_met": self.goals.iter().filter_map(|g| g.met.map(|m| (g.key, m))).collect::<BTreeMap<_, _>>(),
@@ -532,6 +712,21 @@ impl Report {
                 "rss_no_apps_mib": r2(self.rss_empty_mib),
                 "rss_per_app_kib": r2(self.rss_per_app_kib()),
                 "idle_reconciles": self.idle_reconciles,
+                "annotation_secret": self.annotation_secret.json(),
+                "peer": if self.peer_ran { json!({
+                    "name": "mittwald/kubernetes-secret-generator",
+                    "secrets": self.apps,
+                    "provision_s": r2(self.peer_provision_s),
+                    "rss_provision_mib": r2(self.peer_rss_provision_mib),
+                    "regenerate": self.peer_regenerate.json(),
+                    "regenerate_paced_100ms": self.peer_regenerate_paced.json(),
+                    "annotate_patch": self.peer_patch.json(),
+                    "api_requests_per_regeneration": self.peer_requests_per_regeneration,
+                    "idle_secs": self.peer_idle_secs,
+                    "idle_cpu_percent": (self.peer_idle_cpu_percent * 1000.0).round() / 1000.0,
+                    "rss_idle_mib": r2(self.peer_rss_idle_mib),
+                    "rss_peak_mib": r2(self.peer_rss_peak_mib),
+                }) } else { Value::Null },
             },
         })
     }
@@ -567,7 +762,8 @@ impl Report {
             "Floors, sampled in this run ({} times: at the start on a quiet machine, then between the \
              latency calls): one argon2id hash **{:.1} ms** (`floor_hash_ms`, median; {:.1} ms at the start); \
              one write round-trip from a plain kube client **{:.1} ms** (`floor_write_ms`; Secret replace \
-             {:.1} ms, status replace {:.1} ms). Latency goal: p50 ≤ 1.3 × ({:.1} + 2 × {:.1}) = **{:.1} ms**. \
+             {:.1} ms, status replace {:.1} ms). Latency goal of the two-replica rows (and of the REST and annotation rows before the pool of ready hashes): p50 ≤ 1.3 × ({:.1} + 2 × {:.1}) = **{:.1} ms**; \
+             REST rotate, with the pool: 1.3 × 2 × floor_write = **{:.1} ms**; annotate → status: 1.3 × 3 × floor_write = **{:.1} ms**. \
              Hashing bound: {} cores / floor_hash = **{:.1} rotations/s** (or uncached verifications/s). \
              Verify goal: p50 ≤ 1.2 × {:.1} = **{:.1} ms**.\n\n",
             self.floor_hash.n,
@@ -579,6 +775,8 @@ impl Report {
             self.floor_hash.p50,
             self.floor_write.p50,
             self.latency_goal_ms(),
+            POOL_LATENCY_FACTOR * 2.0 * self.floor_write.p50,
+            POOL_LATENCY_FACTOR * 3.0 * self.floor_write.p50,
             m.cores,
             self.hashing_bound_per_s(),
             self.floor_hash.p50,
@@ -630,6 +828,36 @@ impl Report {
             mix(&self.rest_standby_requests_per_rotation),
             self.rest_standby_leader_writes,
         ));
+        if self.peer_ran {
+            md.push_str(&format!(
+                "\nThe peer, mittwald's kubernetes-secret-generator (no hashing, one write), alone on the \
+                 same control plane after our latency phases and before our scale phase: {} Secrets \
+                 annotated for a generated `password` were all generated {:.1} s after the first create \
+                 (RSS peak {:.1} MiB then); regenerate (annotate, then the data changes on a watch) back to \
+                 back p50 {:.1} ms, p99 {:.1} ms (the annotate call itself p50 {:.1} ms), 100 ms apart p50 \
+                 {:.1} ms, p99 {:.1} ms (back to back, its client's own limit of 20 requests/s, \
+                 controller-runtime's default, makes each regeneration wait); API server requests per \
+                 regeneration: {}; after {} idle seconds: RSS {:.1} MiB, peak {:.1} MiB, CPU {:.3} %. \
+                 Ours: annotate → Secret data changed p50 {:.1} ms, p99 {:.1} ms.\n",
+                self.apps,
+                self.peer_provision_s,
+                self.peer_rss_provision_mib,
+                self.peer_regenerate.p50,
+                self.peer_regenerate.p99,
+                self.peer_patch.p50,
+                self.peer_regenerate_paced.p50,
+                self.peer_regenerate_paced.p99,
+                mix(&self.peer_requests_per_regeneration),
+                self.peer_idle_secs,
+                self.peer_rss_idle_mib,
+                self.peer_rss_peak_mib,
+                self.peer_idle_cpu_percent,
+                self.annotation_secret.p50,
+                self.annotation_secret.p99,
+            ));
+        } else {
+            md.push_str("\nThe peer was not run (no source: `BENCH_PEER_SRC` unset and `../shared/peers` absent).\n");
+        }
         md
     }
 
@@ -703,5 +931,57 @@ mod tests {
         for key in ["verify_p50_ms", "verify_cached_p50_ms", "verify_throughput_per_s"] {
             assert!(md.contains(&format!("(`{key}`)")), "{key} has a row:\n{md}");
         }
+    }
+
+    #[test]
+    fn peer_figures_and_the_goals_against_them_are_reported() {
+        let mut report = Report {
+            machine: Machine {
+                cores: 2,
+                memory_gib: 1.0,
+                cpu_model: "test".into(),
+                kernel: "test".into(),
+            },
+            floor_hash: stats(10.0, 12.0),
+            floor_write: stats(3.0, 4.0),
+            annotation_secret: stats(9.0, 20.0),
+            operator_cpu_ms_per_rotation: 10.5,
+            apps: 10,
+            rss_empty_mib: 10.0,
+            rss_idle_mib: 40.0,
+            peer_ran: true,
+            peer_regenerate: stats(50.0, 55.0),
+            peer_regenerate_paced: stats(8.0, 20.0),
+            peer_rss_idle_mib: 35.0,
+            peer_rss_peak_mib: 36.0,
+            ..Default::default()
+        };
+        report.finish();
+        let json = report.json();
+        assert_eq!(json["peer_regenerate_p50_ms"], json!(50.0));
+        assert_eq!(json["peer_regenerate_p99_ms"], json!(55.0));
+        assert_eq!(json["peer_regenerate_paced_p50_ms"], json!(8.0));
+        assert_eq!(json["peer_idle_rss_10k_mib"], json!(35.0));
+        assert_eq!(json["peer_peak_rss_10k_mib"], json!(36.0));
+        assert_eq!(json["annotation_secret_p50_ms"], json!(9.0));
+        assert_eq!(json["idle_rss_10k_mib"], json!(40.0));
+        assert_eq!(json["operator_cpu_ms_per_rotation"], json!(10.5));
+        // 30 MiB over 10 apps: 3 MiB each.
+        assert_eq!(json["rss_per_app_bytes"], json!(3.0 * 1024.0 * 1024.0));
+        // Against the peer spaced out (8 ms), not back to back (50 ms); idle 40 > 35 (the peer's).
+        assert_eq!(json["goals_met"]["annotation_secret_p50_ms"], json!(false));
+        assert_eq!(json["goals_met"]["idle_rss_10k_mib"], json!(false));
+        // 10.5 ≤ 1.1 × 10.
+        assert_eq!(json["goals_met"]["operator_cpu_ms_per_rotation"], json!(true));
+        report.rss_idle_mib = 30.0;
+        report.finish();
+        assert_eq!(report.json()["goals_met"]["idle_rss_10k_mib"], json!(true));
+
+        report.peer_ran = false;
+        report.finish();
+        let json = report.json();
+        assert_eq!(json["peer_regenerate_p50_ms"], Value::Null);
+        assert!(json["goals_met"].get("annotation_secret_p50_ms").is_none());
+        assert!(report.markdown().contains("The peer was not run"));
     }
 }
