@@ -387,6 +387,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hash_whose_caller_went_away_keeps_its_worker_until_it_ends() {
+        // Slow enough that a caller gives up while its hash runs.
+        let slow = HashParams {
+            m_cost_kib: 4096,
+            t_cost: 2,
+            p_cost: 1,
+        };
+        let hasher = Hasher::new(slow, 1);
+        for _ in 0..3 {
+            let gave_up = tokio::time::timeout(Duration::from_millis(1), hasher.generate()).await;
+            assert!(gave_up.is_err(), "the caller gave up before its hash ended");
+        }
+        hasher.generate().await.unwrap();
+        // One worker, so one buffer: an abandoned hash never lets another start beside it.
+        assert_eq!(hasher.buffers(), 1);
+    }
+
+    #[tokio::test]
     async fn idle_workers_give_their_memory_back() {
         let hasher = Hasher::new(FAST, 2);
         hasher.memory.lock().unwrap().release_after = Duration::from_secs(1);
