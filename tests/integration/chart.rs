@@ -204,6 +204,7 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         "--hash-iterations=2",
         "--hash-parallelism=1",
         "--hash-workers=4",
+        "--hash-pool=8",
         "--rate-limit-per-caller=10",
         "--rate-limit-global=100",
         "--max-scheduled-rotations-per-second=20",

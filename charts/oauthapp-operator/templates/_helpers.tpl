@@ -109,7 +109,8 @@ refuses a flag given twice.
   (printf "--hash-memory-kib=%d" (int64 $v.hashing.memoryKiB))
   (printf "--hash-iterations=%d" (int64 $v.hashing.iterations))
   (printf "--hash-parallelism=%d" (int64 $v.hashing.parallelism))
-  (printf "--hash-workers=%d" (int64 $v.hashing.workers)) ) }}
+  (printf "--hash-workers=%d" (int64 $v.hashing.workers))
+  (printf "--hash-pool=%d" (int64 $v.hashing.pool)) ) }}
 {{- if $v.api.tls.enabled }}
 {{- $args = concat $args (list "--tls-cert-file=/etc/oauthapp-operator/tls/tls.crt" "--tls-key-file=/etc/oauthapp-operator/tls/tls.key") }}
 {{- end }}
