@@ -55,7 +55,8 @@ pub struct OAuthAppView {
     pub redirect_uris: Vec<String>,
     /// OAuth scopes the application may request.
     pub scopes: Vec<String>,
-    /// True when the app is Ready: its Secret holds the secret its status describes.
+    /// True when its Secret holds the secret its status describes: the app is Ready, or only
+    /// its schedule is unusable (Ready=False, reason InvalidSchedule, the secret still works).
     pub is_active: bool,
     /// When the resource was created (RFC 3339).
     #[schema(format = DateTime)]
@@ -112,7 +113,9 @@ impl OAuthAppView {
             client_secret_hint: status.client_secret_hint.clone(),
             redirect_uris: app.spec.redirect_uris.clone(),
             scopes: app.spec.scopes.clone(),
-            is_active: app.ready_condition().is_some_and(|c| c.status == "True"),
+            is_active: app.ready_condition().is_some_and(|c| {
+                c.status == "True" || c.reason == crate::controller::plan::reasons::INVALID_SCHEDULE
+            }),
             updated_at: last_rotated_at.clone().unwrap_or_else(|| created_at.clone()),
             created_at,
             namespace: app.namespace().unwrap_or_default(),
@@ -316,6 +319,24 @@ mod tests {
             ..Default::default()
         });
         let view = OAuthAppView::of(&app);
+        let mut unusable_schedule = app.clone();
+        if let Some(c) = unusable_schedule
+            .status
+            .as_mut()
+            .and_then(|s| s.conditions.first_mut())
+        {
+            c.status = "False".into();
+            c.reason = "InvalidSchedule".into();
+        }
+        assert!(
+            OAuthAppView::of(&unusable_schedule).is_active,
+            "an unusable schedule leaves the secret working"
+        );
+        let mut conflict = unusable_schedule.clone();
+        if let Some(c) = conflict.status.as_mut().and_then(|s| s.conditions.first_mut()) {
+            c.reason = "SecretConflict".into();
+        }
+        assert!(!OAuthAppView::of(&conflict).is_active);
         assert_eq!(view.name, "Billing portal");
         assert_eq!(view.resource_name, "billing-portal");
         assert_eq!(view.client_id, "billing");
