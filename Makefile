@@ -33,6 +33,7 @@ run: ## run the operator against the current cluster, or a local control plane w
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path bench/Cargo.toml -- --check
 	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
 	$(CARGO) clippy --lib --bins -- -D warnings
 
@@ -82,7 +83,7 @@ crds: ## regenerate the CRD files from the code
 	$(CARGO) run --quiet -- crd > crds/oauthapps.oauthapp.io.yaml
 	cp crds/oauthapps.oauthapp.io.yaml charts/oauthapp-operator/crds/oauthapps.oauthapp.io.yaml
 
-bench: controlplane-bin ## benchmarks on a local control plane, release build (~12 min): bench/results/latest.{md,json}; BENCH_QUICK=1 for a smoke run
+bench: controlplane-bin ## benchmarks on a local control plane, release build, the peer too (~25 min): bench/results/latest.{md,json}; BENCH_QUICK=1 for a smoke run
 	$(CARGO) build --release
 	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --release --manifest-path bench/Cargo.toml
 	target/release/oauthapp-bench

@@ -550,7 +550,10 @@ async fn peer_phase(
         report.peer_rss_provision_mib
     );
 
-    say!("   regenerate latency: {} regenerations, one at a time", settings.calls);
+    say!(
+        "   regenerate latency: {} regenerations, one at a time",
+        settings.calls
+    );
     let window = RequestWindow::open(client, 0).await;
     let (mut times, mut patches) = (Vec::new(), Vec::new());
     let patch = json!({"metadata": {"annotations": {peer::REGENERATE: "yes"}}});
@@ -764,8 +767,11 @@ async fn annotation_latency(
     floors: &mut Floors,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let apps: Api<OAuthApp> = Api::namespaced(client.clone(), ns);
-    let (mut times, mut patches, mut secret_times) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut times, mut patches, mut secret_times) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for i in 0..n + WARMUP {
         let name = &names[i % names.len()];
         let secret_name = new_app(name).secret_name();

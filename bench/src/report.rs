@@ -455,7 +455,10 @@ impl Report {
         let idle_goal = self.idle_rss_goal_mib();
         goals.push(Goal {
             key: "idle_rss_10k_mib",
-            label: format!("operator idle RSS, {} apps (after the restart and the idle window)", self.apps),
+            label: format!(
+                "operator idle RSS, {} apps (after the restart and the idle window)",
+                self.apps
+            ),
             value: format!("{:.1} MiB", self.rss_idle_mib),
             goal: if self.peer_ran {
                 format!("≤ {idle_goal:.1} MiB (the peer's idle RSS, and ≤ {IDLE_RSS_GOAL_MIB:.0})")
@@ -856,7 +859,9 @@ impl Report {
                 self.annotation_secret.p99,
             ));
         } else {
-            md.push_str("\nThe peer was not run (no source: `BENCH_PEER_SRC` unset and `../shared/peers` absent).\n");
+            md.push_str(
+                "\nThe peer was not run (no source: `BENCH_PEER_SRC` unset and `../shared/peers` absent).\n",
+            );
         }
         md
     }

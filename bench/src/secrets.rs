@@ -110,7 +110,12 @@ impl SecretWatch {
 
     /// When the watch saw `name`'s data differ from `before` (a fingerprint), waiting at most
     /// `timeout`.
-    pub async fn changed(&self, name: &str, before: Option<u64>, timeout: Duration) -> anyhow::Result<Instant> {
+    pub async fn changed(
+        &self,
+        name: &str,
+        before: Option<u64>,
+        timeout: Duration,
+    ) -> anyhow::Result<Instant> {
         self.wait_for("a Secret's data to change", timeout, |s| {
             s.secrets
                 .get(name)
