@@ -308,12 +308,30 @@ where
     }
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, for a process to bind soon after. It is taken below the
+/// kernel's ephemeral range (`ip_local_port_range`, 32768 and up by default): a port from that
+/// range can be taken meanwhile by any outgoing connection (seen: an operator failing to bind
+/// its admin port while the tests' clients connected to the API server). Each call of this
+/// process moves on to the next port, so two of its callers never get the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Runs started one after the other begin at different places.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % COUNT,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// An operator process (`oauthapp-operator run`) for one test; killed when dropped.
