@@ -7,7 +7,6 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -130,21 +129,17 @@ impl SecretWatch {
         &self,
         what: &str,
         timeout: Duration,
-        mut done: impl FnMut(&State) -> Option<T>,
+        done: impl FnMut(&State) -> Option<T>,
     ) -> anyhow::Result<T> {
-        let mut changes = self.changes.clone();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            changes.borrow_and_update();
-            if let Some(v) = done(&self.lock()) {
-                return Ok(v);
-            }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => bail!("the Secret watch ended while waiting for {what}"),
-                Err(_) => bail!("timed out after {timeout:?} waiting for {what}"),
-            }
-        }
+        crate::tracker::wait_on(
+            &self.state,
+            &self.changes,
+            "the Secret watch",
+            what,
+            timeout,
+            done,
+        )
+        .await
     }
 }
 

@@ -104,20 +104,33 @@ impl Tracker {
         &self,
         what: &str,
         timeout: Duration,
-        mut done: impl FnMut(&State) -> Option<T>,
+        done: impl FnMut(&State) -> Option<T>,
     ) -> anyhow::Result<T> {
-        let mut changes = self.changes.clone();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            changes.borrow_and_update();
-            if let Some(v) = done(&self.lock()) {
-                return Ok(v);
-            }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => bail!("the watch ended while waiting for {what}"),
-                Err(_) => bail!("timed out after {timeout:?} waiting for {what}"),
-            }
+        wait_on(&self.state, &self.changes, "the watch", what, timeout, done).await
+    }
+}
+
+/// Waits until `done` holds for `state`, looking again at each signal on `changes` (sent by the
+/// watch task that keeps `state`), and returns what it returns; `source` names that watch.
+pub async fn wait_on<S, T>(
+    state: &Mutex<S>,
+    changes: &watch::Receiver<u64>,
+    source: &str,
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&S) -> Option<T>,
+) -> anyhow::Result<T> {
+    let mut changes = changes.clone();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        changes.borrow_and_update();
+        if let Some(v) = done(&state.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(v);
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => bail!("{source} ended while waiting for {what}"),
+            Err(_) => bail!("timed out after {timeout:?} waiting for {what}"),
         }
     }
 }
