@@ -43,8 +43,7 @@ pub async fn restart_consumers(
     app: &OAuthApp,
     targets: Vec<RestartTarget>,
 ) -> Result<Option<Duration>, Error> {
-    let status = app.status.clone().unwrap_or_default();
-    let Some(rotation_id) = status.rotation_id.clone() else {
+    let Some(rotation_id) = app.status.as_ref().and_then(|s| s.rotation_id.clone()) else {
         return Ok(None);
     };
     let ns = app.namespace().unwrap_or_default();
@@ -79,16 +78,14 @@ pub async fn restart_consumers(
     }
     let now = Timestamp::now();
     let new_status = plan::restarts_status(app, &restarted, &failed, reason, now);
-    let before = app
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONSUMERS_RESTARTED))
-        .cloned();
-    let after = new_status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == CONSUMERS_RESTARTED)
-        .cloned();
+    let condition = |s: &crate::crd::OAuthAppStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == CONSUMERS_RESTARTED)
+            .cloned()
+    };
+    let before = app.status.as_ref().and_then(condition);
+    let after = condition(&new_status);
     if app.status.as_ref() != Some(&new_status) {
         rotation::write_status(ctx, app, new_status).await?;
     }

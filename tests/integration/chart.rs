@@ -34,20 +34,9 @@ const CERT_MANAGER_VALUES: &str = "charts/oauthapp-operator/ci/cert-manager-valu
 
 // --- helm and kubectl ----------------------------------------------------------------------------
 
-/// Runs the pinned helm against the test cluster, from the repo root, with its own config and
-/// cache directories (nothing from the developer's ~/.config/helm leaks in).
+/// Runs the pinned helm against the test cluster ([`ControlPlane::helm`]).
 fn helm(args: &[&str]) -> Output {
-    let cp = control_plane();
-    let home = cp.dir.join("helm");
-    Command::new(cp.bin("helm"))
-        .current_dir(repo())
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .args(args)
-        .output()
-        .expect("run helm")
+    control_plane().helm(args)
 }
 
 fn helm_ok(args: &[&str]) -> String {

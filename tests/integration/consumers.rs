@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -22,39 +21,23 @@ const SA: &str = "oauthapp-operator";
 /// Installs the chart (RBAC for `watched` only, no cluster-scoped roles for people) into
 /// `release_ns` of `cp`, with the pinned helm.
 fn install_chart(cp: &ControlPlane, release_ns: &str, watched: &str) {
-    let home = cp.dir.join("helm");
-    let out = Command::new(cp.bin("helm"))
-        .current_dir(repo())
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .args([
-            "install",
-            "oauthapp-operator",
-            "charts/oauthapp-operator",
-            "--namespace",
-            release_ns,
-            "--skip-crds",
-            "--set",
-            &format!("watchNamespaces={{{watched}}}"),
-            "--set",
-            "rbac.userRoles.create=false",
-            "--set",
-            "rotatorPolicy.enabled=false",
-            "--set",
-            "replicaCount=1",
-        ])
-        .output()
-        .expect("run helm");
+    let out = cp.helm(&[
+        "install",
+        "oauthapp-operator",
+        "charts/oauthapp-operator",
+        "--namespace",
+        release_ns,
+        "--skip-crds",
+        "--set",
+        &format!("watchNamespaces={{{watched}}}"),
+        "--set",
+        "rbac.userRoles.create=false",
+        "--set",
+        "rotatorPolicy.enabled=false",
+        "--set",
+        "replicaCount=1",
+    ]);
     assert!(out.status.success(), "helm install: {}", stderr(&out));
-}
-
-fn apply(cp: &ControlPlane, ns: &str, manifest: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("manifest.yaml");
-    std::fs::write(&file, manifest).expect("write manifest");
-    cp.kubectl_ok(&["apply", "-n", ns, "-f", file.to_str().expect("utf-8")]);
 }
 
 /// A Deployment with no replicas: the deployment controller still makes a ReplicaSet for each
@@ -148,12 +131,11 @@ async fn each_rotation_restarts_each_target_once_and_a_missing_target_is_restart
     let apps: Api<OAuthApp> = Api::namespaced(client.clone(), &ns);
 
     for name in ["web", "api"] {
-        apply(cp, &ns, &deployment(name));
+        cp.apply_ok(&ns, &deployment(name));
     }
     // Three targets, `later` not there yet; a grace period, so the old secret still verifies
     // while the pods move to the new one.
-    apply(
-        cp,
+    cp.apply_ok(
         &ns,
         "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: web-client\nspec:\n  rotation:\n    gracePeriod: 1h\n  rolloutRestartTargets:\n  - {kind: Deployment, name: web}\n  - {kind: Deployment, name: api}\n  - {kind: Deployment, name: later}\n",
     );
@@ -218,7 +200,7 @@ async fn each_rotation_restarts_each_target_once_and_a_missing_target_is_restart
 
     // The target appears: it is restarted for the current rotation (its template does not carry
     // the id yet), on the next retry of the backoff.
-    apply(cp, &ns, &deployment("later"));
+    cp.apply_ok(&ns, &deployment("later"));
     eventually(
         "the late target restarted for the current rotation",
         WAIT,

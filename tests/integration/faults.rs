@@ -160,13 +160,6 @@ fn app_manifest(name: &str) -> String {
     )
 }
 
-fn apply(cp: &ControlPlane, ns: &str, manifest: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("app.yaml");
-    std::fs::write(&file, manifest).expect("write manifest");
-    cp.kubectl_ok(&["apply", "-n", ns, "-f", file.to_str().expect("utf-8")]);
-}
-
 fn annotate(cp: &ControlPlane, ns: &str, app: &str, value: &str) {
     cp.kubectl_ok(&[
         "annotate",
@@ -236,7 +229,7 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_and_never_acts_again_wi
 
     let names: Vec<String> = (0..4).map(|i| format!("app-{i}")).collect();
     for name in &names {
-        apply(cp, &ns, &app_manifest(name));
+        cp.apply_ok(&ns, &app_manifest(name));
     }
     all_rotated(&apps, &names, 1, None).await;
 
@@ -492,7 +485,7 @@ async fn with_300ms_of_latency_every_rotation_happens_once_and_rest_answers_200_
     let token = rotator_token(cp, &ns);
     let names: Vec<String> = (0..3).map(|i| format!("slow-{i}")).collect();
     for name in &names {
-        apply(cp, &ns, &app_manifest(name));
+        cp.apply_ok(&ns, &app_manifest(name));
     }
     all_rotated(&apps, &names, 1, None).await;
     for name in &names {
@@ -614,7 +607,7 @@ async fn watches_resume_after_reset_peer_and_a_throttling_api_server_gets_a_boun
     let operator = Operator::start_on(cp, &kubeconfig, &ns, &[], &[]);
     let names: Vec<String> = (0..5).map(|i| format!("app-{i}")).collect();
     for name in &names {
-        apply(cp, &ns, &app_manifest(name));
+        cp.apply_ok(&ns, &app_manifest(name));
     }
     all_rotated(&apps, &names, 1, None).await;
 
@@ -781,7 +774,7 @@ async fn etcd_killed_under_load_and_restarted_loses_no_rotation_and_applies_none
     let token = rotator_token(cp, &ns);
     let names: Vec<String> = (0..3).map(|i| format!("app-{i}")).collect();
     for name in &names {
-        apply(cp, &ns, &app_manifest(name));
+        cp.apply_ok(&ns, &app_manifest(name));
     }
     all_rotated(&apps, &names, 1, None).await;
 

@@ -51,16 +51,8 @@ fn ready_reason(app: &OAuthApp) -> Option<(String, String, String)> {
 }
 
 impl Setup {
-    fn apply(&self, manifest: &str) -> std::process::Output {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("app.yaml");
-        std::fs::write(&file, manifest).expect("write manifest");
-        control_plane().kubectl(&["apply", "-n", &self.ns, "-f", file.to_str().expect("utf-8")])
-    }
-
     fn apply_ok(&self, manifest: &str) {
-        let out = self.apply(manifest);
-        assert!(out.status.success(), "{}", stderr(&out));
+        control_plane().apply_ok(&self.ns, manifest);
     }
 
     /// Waits until the app's status describes its Secret (any Ready state) and `until` holds.
@@ -371,12 +363,7 @@ async fn an_unusable_schedule_or_time_zone_is_reported_and_loses_nothing() {
 async fn the_api_server_refuses_conflicting_or_malformed_schedules() {
     let ns = namespace("schedule-cel");
     let cp = control_plane();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let try_apply = |rotation: &str| {
-        let file = dir.path().join("app.yaml");
-        std::fs::write(&file, manifest("cel", rotation)).expect("write");
-        cp.kubectl(&["apply", "-n", &ns, "-f", file.to_str().expect("utf-8")])
-    };
+    let try_apply = |rotation: &str| cp.apply(&ns, &manifest("cel", rotation));
     for (rotation, expected) in [
         (
             "{interval: 24h, schedule: \"0 3 * * *\"}",

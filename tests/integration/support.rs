@@ -168,6 +168,35 @@ impl ControlPlane {
         stdout(&out)
     }
 
+    /// Runs the pinned helm against this control plane, from the repo root, with its own config
+    /// and cache directories (nothing from the developer's ~/.config/helm leaks in).
+    pub fn helm(&self, args: &[&str]) -> Output {
+        let home = self.dir.join("helm");
+        Command::new(self.bin("helm"))
+            .current_dir(repo())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .args(args)
+            .output()
+            .expect("run helm")
+    }
+
+    /// `kubectl apply -n ns -f` of `manifest` (written to a temporary file), as admin.
+    pub fn apply(&self, ns: &str, manifest: &str) -> Output {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("manifest.yaml");
+        fs::write(&file, manifest).expect("write manifest");
+        self.kubectl(&["apply", "-n", ns, "-f", file.to_str().expect("utf-8")])
+    }
+
+    /// [`ControlPlane::apply`], panicking with kubectl's stderr when it fails.
+    pub fn apply_ok(&self, ns: &str, manifest: &str) {
+        let out = self.apply(ns, manifest);
+        assert!(out.status.success(), "kubectl apply failed: {}", stderr(&out));
+    }
+
     /// Stops (`stop`) or starts again (`start`) this control plane's kube-apiserver.
     pub fn apiserver(&self, action: &str) {
         self.component("kube-apiserver", action);
