@@ -113,12 +113,14 @@ pub struct OAuthAppSpec {
     pub client_id: Option<String>,
 
     /// Where and how the credentials Secret is written.
+    // Boxed, as `rotation`, `status.previousSecret` and `status.rolloutRestarts`: absent from most
+    // apps, and inline each would weigh on every cached app (~0.3 KiB together).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<SecretSpec>,
+    pub secret: Option<Box<SecretSpec>>,
 
     /// Scheduled rotation. Absent: the secret rotates only on request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotation: Option<RotationSpec>,
+    pub rotation: Option<Box<RotationSpec>>,
 
     /// Workloads in the app's namespace that read the Secret and must restart to pick up a new
     /// secret. After each rotation that replaces a secret, each gets exactly one rollout restart:
@@ -402,14 +404,14 @@ pub struct OAuthAppStatus {
     /// The secret the last rotation replaced, while it is still valid (with
     /// `spec.rotation.gracePeriod`). At most two secrets are ever valid: this one and the current.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous_secret: Option<PreviousSecret>,
+    pub previous_secret: Option<Box<PreviousSecret>>,
     /// The last rotations (at most `spec.rotation.historyLimit`), newest first. Rebuilt from the
     /// Secret's signed rotation record, like the rest of this status.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RotationHistoryEntry>,
     /// The rollout restarts done for the current rotation (`spec.rolloutRestartTargets`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout_restarts: Option<RolloutRestarts>,
+    pub rollout_restarts: Option<Box<RolloutRestarts>>,
     /// When the next scheduled rotation is due (only with `spec.rotation.interval` or
     /// `spec.rotation.schedule`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -553,10 +555,10 @@ mod tests {
     fn secret_name_defaults_to_the_app_name() {
         let mut app = OAuthApp::new("billing", OAuthAppSpec::default());
         assert_eq!(app.secret_name(), "billing-oauth-client");
-        app.spec.secret = Some(SecretSpec {
+        app.spec.secret = Some(Box::new(SecretSpec {
             name: Some("custom".into()),
             ..Default::default()
-        });
+        }));
         assert_eq!(app.secret_name(), "custom");
     }
 

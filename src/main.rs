@@ -19,6 +19,9 @@ use oauthapp_operator::metrics::Metrics;
 use oauthapp_operator::secret::HashParams;
 use oauthapp_operator::watches::Watches;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "oauthapp-operator",

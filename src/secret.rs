@@ -15,6 +15,7 @@
 
 use core::fmt;
 
+use allocator_api2::alloc::System;
 use argon2::password_hash::{self, phc};
 use argon2::{Algorithm, Argon2, Params, PasswordHash, Version};
 use rand::TryCryptoRng;
@@ -327,8 +328,17 @@ pub fn hash(secret: &str, params: &HashParams) -> Result<String, HashError> {
 /// the threshold to 19 MiB, the next one comes from a heap arena, and freed it stays resident
 /// (the trim threshold becomes 38 MiB): the 109 MiB a release of idle buffers once left behind.
 /// musl maps and unmaps every allocation that large anyway.
-#[derive(Default)]
-pub struct HashMemory(Vec<argon2::Block>);
+///
+/// The buffer comes from the C library's allocator ([`System`]) whatever the process's global
+/// allocator is: the operator's (mimalloc, `src/main.rs`) would keep a freed buffer in its
+/// arena until a later purge, where `free` unmaps it at once.
+pub struct HashMemory(allocator_api2::vec::Vec<argon2::Block, System>);
+
+impl Default for HashMemory {
+    fn default() -> Self {
+        Self(allocator_api2::vec::Vec::new_in(System))
+    }
+}
 
 /// glibc's largest dynamic mmap threshold (32 MiB on 64-bit) plus one block: see [`HashMemory`].
 const OWN_MAPPING_BYTES: usize = 32 * 1024 * 1024 + argon2::Block::SIZE;
@@ -345,7 +355,7 @@ impl HashMemory {
             } else {
                 count
             };
-            self.0 = Vec::with_capacity(reserve);
+            self.0 = allocator_api2::vec::Vec::with_capacity_in(reserve, System);
             self.0.resize(count, argon2::Block::new());
         }
         &mut self.0

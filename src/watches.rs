@@ -38,6 +38,19 @@ pub fn strip_app(app: &mut OAuthApp) {
     }
 }
 
+/// What the cached copy of a Secret's metadata keeps: not its managedFields, uid,
+/// creationTimestamp or type fields (`PartialObjectMetadata`, the same for all; nothing reads them
+/// from the cache, and a write built from the cached copy is conditional on its resourceVersion,
+/// which is kept). Its labels and annotations stay whole,
+/// others' included: a Secret is written back with them.
+pub fn strip_secret(secret: &mut PartialObjectMeta<Secret>) {
+    secret.types = None;
+    let meta = &mut secret.metadata;
+    meta.managed_fields = None;
+    meta.uid = None;
+    meta.creation_timestamp = None;
+}
+
 /// The prefix of every annotation the operator reads on an app.
 pub const OWN_ANNOTATION_PREFIX: &str = "oauthapp.io/";
 
@@ -153,7 +166,7 @@ impl Watches {
                 watcher::Config::default().labels(&selector).any_semantic(),
             )
             .default_backoff()
-            .modify(|s: &mut PartialObjectMeta<Secret>| s.metadata.managed_fields = None);
+            .modify(strip_secret);
             #[cfg(feature = "failpoints")]
             let secret_events = failpoints::stale_secret_cache(secret_events);
             let w = watches.clone();
@@ -257,7 +270,16 @@ impl Watches {
         match event {
             watcher::Event::Apply(app) | watcher::Event::InitApply(app) => {
                 if let Some(uid) = app.meta().uid.clone() {
-                    index.insert(uid, ObjectRef::from_obj(app));
+                    // Its name and namespace only: a lookup in the store needs no more.
+                    let meta = &app.metadata;
+                    let key = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
+                    index.insert(
+                        uid,
+                        match meta.namespace.as_deref() {
+                            Some(ns) => key.within(ns),
+                            None => key,
+                        },
+                    );
                 }
                 claims.put(app);
             }
@@ -492,6 +514,59 @@ mod tests {
         app.metadata.annotations = Some([("other.io/x".to_string(), "y".to_string())].into());
         strip_app(&mut app);
         assert_eq!(app.metadata.annotations, None);
+    }
+
+    #[test]
+    fn the_cached_secret_keeps_what_decisions_and_writes_need() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+        let owner = OwnerReference {
+            api_version: "oauthapp.io/v1alpha1".into(),
+            kind: "OAuthApp".into(),
+            name: "a".into(),
+            uid: "u".into(),
+            controller: Some(true),
+            ..Default::default()
+        };
+        let mut secret: PartialObjectMeta<Secret> = PartialObjectMeta {
+            types: Some(kube::api::TypeMeta {
+                api_version: "meta.k8s.io/v1".into(),
+                kind: "PartialObjectMetadata".into(),
+            }),
+            metadata: kube::api::ObjectMeta {
+                name: Some("a-oauth-client".into()),
+                namespace: Some("ns".into()),
+                resource_version: Some("7".into()),
+                uid: Some("3f0e4b1c-0000-0000-0000-000000000000".into()),
+                creation_timestamp: Some(Time(jiff::Timestamp::from_second(1).unwrap())),
+                managed_fields: Some(vec![Default::default()]),
+                labels: Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())].into()),
+                annotations: Some(
+                    [
+                        ("oauthapp.io/rotation-id".to_string(), "r".to_string()),
+                        ("reloader.example/match".to_string(), "true".to_string()),
+                    ]
+                    .into(),
+                ),
+                owner_references: Some(vec![owner.clone()]),
+                ..Default::default()
+            },
+            _phantom: Default::default(),
+        };
+        let before = secret.metadata.clone();
+        strip_secret(&mut secret);
+        let meta = &secret.metadata;
+        assert_eq!(
+            (&meta.uid, &meta.creation_timestamp, &meta.managed_fields),
+            (&None, &None, &None)
+        );
+        assert_eq!(secret.types, None);
+        assert_eq!(meta.name, before.name);
+        assert_eq!(meta.namespace, before.namespace);
+        assert_eq!(meta.resource_version, before.resource_version);
+        assert_eq!(meta.labels, before.labels);
+        // Others' annotations too: the Secret is written back with them.
+        assert_eq!(meta.annotations, before.annotations);
+        assert_eq!(meta.owner_references, Some(vec![owner]));
     }
 
     fn claimant(uid: &str, created: i64, holds: bool) -> OAuthApp {

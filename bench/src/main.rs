@@ -19,7 +19,8 @@
 //! Environment: `BENCH_QUICK=1` (a smoke run: everything shorter and smaller), `BENCH_APPS`,
 //! `BENCH_CALLS`, `BENCH_THROUGHPUT_SECS`, `BENCH_IDLE_SECS` (default 300), `BENCH_OPERATOR`
 //! (the operator binary; default target/release/oauthapp-operator), `BENCH_OUT` (default
-//! bench/results).
+//! bench/results), `BENCH_SCALE_ONLY=1` (phase 4 alone, for its memory figures: printed, no
+//! results written).
 
 #![recursion_limit = "512"]
 
@@ -64,6 +65,8 @@ const WARMUP: usize = 5;
 
 pub struct Settings {
     pub quick: bool,
+    /// Phase 4 alone (`BENCH_SCALE_ONLY`): its figures are printed, nothing is written.
+    pub scale_only: bool,
     pub calls: usize,
     pub throughput_secs: u64,
     pub apps: usize,
@@ -94,6 +97,7 @@ impl Settings {
         };
         Ok(Settings {
             quick,
+            scale_only: std::env::var("BENCH_SCALE_ONLY").is_ok_and(|v| !v.is_empty() && v != "0"),
             calls: env_num("BENCH_CALLS", if quick { 40 } else { 200 })?,
             throughput_secs: env_num("BENCH_THROUGHPUT_SECS", if quick { 5 } else { 30 })?,
             apps: env_num("BENCH_APPS", if quick { 300 } else { 10_000 })?,
@@ -158,6 +162,21 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
         report.machine.memory_gib,
         report.machine.cpu_model
     );
+    if settings.scale_only {
+        let cp = ControlPlane::up(repo)?;
+        let client = cp.client().await?;
+        scale(&cp, &client, settings, &mut report).await?;
+        say!(
+            "scale only: RSS with no app {:.1} MiB; peak {:.1} MiB provisioning, {:.1} MiB after the restart; idle {:.1} MiB ({:.1} anonymous, {:.1} file-backed)",
+            report.rss_empty_mib,
+            report.rss_provision_mib,
+            report.rss_restarted_mib,
+            report.rss_idle_mib,
+            report.rss_idle_anon_mib,
+            report.rss_idle_file_mib
+        );
+        return Ok(());
+    }
     // Built (or found cached) before the control plane starts, so a cold build disturbs nothing.
     let peer_binary = peer::build(repo)?;
     let cp = ControlPlane::up(repo)?;
@@ -392,6 +411,7 @@ async fn scale(
         quiet = if used < 0.005 { quiet + 1 } else { 0 };
     }
     report.rss_empty_mib = operator::vm_mib(op.pid(), "VmRSS").unwrap_or(f64::NAN);
+    report.rss_empty_file_mib = operator::vm_mib(op.pid(), "RssFile").unwrap_or(f64::NAN);
     say!("4. provisioning {n} apps ({CREATES_IN_FLIGHT} creates in flight)");
     let names: Vec<String> = (0..n).map(|i| format!("app-{i:05}")).collect();
     let window = RequestWindow::open(client, 0).await;
@@ -480,6 +500,8 @@ async fn scale(
     report.idle_cpu_percent = 100.0 * (cpu1 - cpu0) / idle;
     report.rss_restarted_mib = operator::vm_mib(op.pid(), "VmHWM").unwrap_or(f64::NAN);
     report.rss_idle_mib = operator::vm_mib(op.pid(), "VmRSS").unwrap_or(f64::NAN);
+    report.rss_idle_anon_mib = operator::vm_mib(op.pid(), "RssAnon").unwrap_or(f64::NAN);
+    report.rss_idle_file_mib = operator::vm_mib(op.pid(), "RssFile").unwrap_or(f64::NAN);
     say!(
         "   idle: {} writes, {} reconciles, CPU {:.3} %, RSS {:.1} MiB (peak {:.1} MiB)",
         report.idle_writes,

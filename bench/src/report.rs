@@ -153,6 +153,11 @@ pub struct Report {
     pub rss_idle_mib: f64,
     /// The operator's RSS with its watches synced and no app yet.
     pub rss_empty_mib: f64,
+    /// Of that, the file-backed pages (its binary's code and read-only data).
+    pub rss_empty_file_mib: f64,
+    /// The idle RSS, anonymous (heap, stacks) and file-backed.
+    pub rss_idle_anon_mib: f64,
+    pub rss_idle_file_mib: f64,
 
     /// Annotate → the app's Secret data changed (watch), in the annotation run.
     pub annotation_secret: Stats,
@@ -713,6 +718,9 @@ impl Report {
                 "rss_after_restart_peak_mib": r2(self.rss_restarted_mib),
                 "rss_idle_mib": r2(self.rss_idle_mib),
                 "rss_no_apps_mib": r2(self.rss_empty_mib),
+                "rss_no_apps_file_mib": r2(self.rss_empty_file_mib),
+                "rss_idle_anon_mib": r2(self.rss_idle_anon_mib),
+                "rss_idle_file_mib": r2(self.rss_idle_file_mib),
                 "rss_per_app_kib": r2(self.rss_per_app_kib()),
                 "idle_reconciles": self.idle_reconciles,
                 "annotation_secret": self.annotation_secret.json(),
@@ -804,8 +812,9 @@ impl Report {
              window the processes used these CPU cores: {}; during the verify throughput window \
              ({} failed calls): {}. Provisioning made {} API writes; the creates \
              were all accepted after {:.1} s. The idle window saw {} reconciles. Memory: {:.1} MiB \
-             with no app, {:.1} MiB idle with {} apps after the restart ({:.1} KiB per app and its \
-             Secret); provisioning adds the hashing workers' argon2 memory ({} × {} KiB).\n\n\
+             with no app ({:.1} MiB of it file-backed: the binary's code and read-only data), {:.1} \
+             MiB idle with {} apps after the restart ({:.1} anonymous, {:.1} file-backed; {:.1} KiB \
+             per app and its Secret); provisioning adds the hashing workers' argon2 memory ({} × {} KiB).\n\n\
              API server requests (its own counters, WATCH and LIST left out) per REST rotation: {}; \
              per annotation rotation: {}; per provisioned app: {}; per REST rotation served by the \
              standby: {} (the leader wrote {} times meanwhile).\n",
@@ -820,8 +829,11 @@ impl Report {
             self.create_all_s,
             self.idle_reconciles,
             self.rss_empty_mib,
+            self.rss_empty_file_mib,
             self.rss_idle_mib,
             self.apps,
+            self.rss_idle_anon_mib,
+            self.rss_idle_file_mib,
             self.rss_per_app_kib(),
             m.cores,
             self.hash_m_kib,

@@ -206,12 +206,12 @@ mod tests {
         app.status = Some(OAuthAppStatus {
             rotation_id: Some("r2".into()),
             client_secret_hash: Some("h2".into()),
-            previous_secret: Some(PreviousSecret {
+            previous_secret: Some(Box::new(PreviousSecret {
                 rotation_id: "r1".into(),
                 client_secret_hash: "h1".into(),
                 client_secret_hint: "oas_x...y".into(),
                 expires_at: Time(now + jiff::SignedDuration::from_secs(5)),
-            }),
+            })),
             ..Default::default()
         });
         let found: Vec<_> = valid_secrets(&app, now)

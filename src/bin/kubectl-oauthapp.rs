@@ -318,7 +318,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("reading the client secret from stdin")?;
             let qualified = format!("{namespace}/{name}");
             let hash = app.status.as_ref().and_then(|s| s.client_secret_hash.as_deref());
-            let previous = app.status.as_ref().and_then(|s| s.previous_secret.as_ref());
+            let previous = app.status.as_ref().and_then(|s| s.previous_secret.as_deref());
             let hint = app
                 .status
                 .as_ref()

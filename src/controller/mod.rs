@@ -78,6 +78,11 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
     for caches in &watches.scopes {
         let (resync_all, resync_all_rx) = futures::channel::mpsc::unbounded::<()>();
         let _ = resync_all.unbounded_send(());
+        tokio::spawn(resync_every(
+            settings.resync,
+            resync_all.clone(),
+            shutdown.clone(),
+        ));
         let on_missed = resync_all.clone();
         let apps = caches.app_changes().filter_map(move |change| {
             futures::future::ready(match change {
@@ -279,12 +284,36 @@ fn secret_view<'a>(
     })
 }
 
+/// An app with something due before the next resync is looked at then; any other waits for a
+/// change or for [`resync_every`]: one timer for every app, where a requeue per app would hold
+/// an entry per app in the controller's queue (~0.6 KiB each).
 fn requeue(after: Option<SignedDuration>, resync: Duration) -> Action {
-    let after = after
-        .and_then(|d| Duration::try_from(d).ok())
-        .map_or(resync, |d| d.min(resync))
-        .max(Duration::from_millis(100));
-    Action::requeue(after)
+    match after.and_then(|d| Duration::try_from(d).ok()) {
+        Some(after) if after < resync => Action::requeue(after.max(Duration::from_millis(100))),
+        _ => Action::await_change(),
+    }
+}
+
+/// Asks for a look at every app each `resync`, until `shutdown`.
+async fn resync_every(
+    resync: Duration,
+    resync_all: futures::channel::mpsc::UnboundedSender<()>,
+    shutdown: CancellationToken,
+) {
+    // As a requeue, at most every 100 ms (an interval of zero is no interval).
+    let resync = resync.max(Duration::from_millis(100));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {
+                if resync_all.unbounded_send(()).is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Brings one app to its desired state, under the app's lock.
@@ -576,6 +605,28 @@ mod tests {
     use super::*;
     use crate::crd::{OAuthAppSpec, OAuthAppStatus};
     use std::collections::BTreeMap;
+
+    #[test]
+    fn only_what_is_due_before_the_resync_gets_its_own_requeue() {
+        let resync = Duration::from_secs(600);
+        assert_eq!(
+            requeue(Some(SignedDuration::from_secs(30)), resync),
+            Action::requeue(Duration::from_secs(30))
+        );
+        assert_eq!(
+            requeue(Some(SignedDuration::from_millis(1)), resync),
+            Action::requeue(Duration::from_millis(100))
+        );
+        // Later, past, or nothing due: the periodic resync looks again.
+        for after in [
+            Some(SignedDuration::from_secs(600)),
+            Some(SignedDuration::from_secs(3600)),
+            Some(SignedDuration::from_secs(-5)),
+            None,
+        ] {
+            assert_eq!(requeue(after, resync), Action::await_change(), "{after:?}");
+        }
+    }
 
     fn app_with_rotation(id: &str) -> OAuthApp {
         let mut app = OAuthApp::new("a", OAuthAppSpec::default());

@@ -287,7 +287,7 @@ pub fn restarts_status(
     );
     status.conditions.retain(|c| c.type_ != CONSUMERS_RESTARTED);
     status.conditions.push(condition);
-    status.rollout_restarts = Some(RolloutRestarts { rotation_id, targets });
+    status.rollout_restarts = Some(Box::new(RolloutRestarts { rotation_id, targets }));
     status
 }
 
@@ -549,12 +549,12 @@ pub fn status_from_secret(app: &OAuthApp, meta: &ObjectMeta, now: Timestamp) -> 
             .and_then(|r| r.previous.clone())
             .filter(|p| p.valid_at(now))
             .and_then(|p| {
-                Some(crate::crd::PreviousSecret {
+                Some(Box::new(crate::crd::PreviousSecret {
                     expires_at: time(p.expiry()?),
                     rotation_id: p.rotation_id,
                     client_secret_hash: p.hash,
                     client_secret_hint: p.hint,
-                })
+                }))
             }),
         history: {
             let mut history = record.map(|r| r.history_entries()).unwrap_or_default();
@@ -911,10 +911,10 @@ mod tests {
         };
         let mut app = app();
         assert_eq!(history_limit(&app), 5);
-        app.spec.rotation = Some(RotationSpec {
+        app.spec.rotation = Some(Box::new(RotationSpec {
             history_limit: Some(3),
             ..Default::default()
-        });
+        }));
         let mut rec =
             crate::record::Record::from_annotations("", "", &owned_secret("r1", "1", None)).unwrap();
         let mut history = Vec::new();
@@ -943,10 +943,10 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert(annotations::HISTORY.into(), rec.history.clone().unwrap());
-        app.spec.rotation = Some(RotationSpec {
+        app.spec.rotation = Some(Box::new(RotationSpec {
             history_limit: Some(2),
             ..Default::default()
-        });
+        }));
         let status = status_from_secret(&app, &meta, now());
         assert_eq!(
             status
@@ -1034,10 +1034,10 @@ mod tests {
         // annotation value arrives and the schedule comes due. The status follows r2 first.
         let old = owned_secret("r1", "10", Some("a"));
         let mut app = app();
-        app.spec.rotation = Some(RotationSpec {
+        app.spec.rotation = Some(Box::new(RotationSpec {
             interval: Some("2h".into()),
             ..Default::default()
-        });
+        }));
         let mut app = settled(app, &old);
         request_rotation(&mut app, "b");
         let ahead = owned_secret("r2", "11", Some("a"));
@@ -1176,10 +1176,10 @@ mod tests {
     fn the_schedule_rotates_when_the_interval_has_elapsed_and_requeues_until_then() {
         let meta = owned_secret("r1", "10", None); // rotated at 11:00
         let mut app = app();
-        app.spec.rotation = Some(RotationSpec {
+        app.spec.rotation = Some(Box::new(RotationSpec {
             interval: Some("2h".into()),
             ..Default::default()
-        });
+        }));
         let app = settled(app, &meta);
         assert_eq!(
             app.status.as_ref().and_then(|s| s.next_rotation_time.clone()),
@@ -1200,11 +1200,11 @@ mod tests {
 
     fn with_schedule(schedule: &str, time_zone: Option<&str>) -> OAuthApp {
         let mut app = app();
-        app.spec.rotation = Some(RotationSpec {
+        app.spec.rotation = Some(Box::new(RotationSpec {
             schedule: Some(schedule.into()),
             time_zone: time_zone.map(Into::into),
             ..Default::default()
-        });
+        }));
         app
     }
 
@@ -1267,10 +1267,10 @@ mod tests {
     fn user_labels_missing_from_the_secret_are_synced_without_rotating() {
         let meta = owned_secret("r1", "10", None);
         let mut app = app();
-        app.spec.secret = Some(SecretSpec {
+        app.spec.secret = Some(Box::new(SecretSpec {
             labels: BTreeMap::from([("reloader".to_string(), "true".to_string())]),
             ..Default::default()
-        });
+        }));
         let app = settled(app, &meta);
         assert_eq!(plan(&app, Some(view(&meta)), now()), Step::SyncSecret);
     }
@@ -1282,11 +1282,11 @@ mod tests {
             .get_or_insert_with(BTreeMap::new)
             .insert("someone-else".into(), "x".into());
         let mut app = app();
-        app.spec.secret = Some(SecretSpec {
+        app.spec.secret = Some(Box::new(SecretSpec {
             labels: BTreeMap::from([("reloader".into(), "true".into()), ("team".into(), "a".into())]),
             annotations: BTreeMap::from([("note".into(), "n".into())]),
             ..Default::default()
-        });
+        }));
         apply_secret_metadata(&app, &mut meta);
         let app = settled(app, &meta);
         assert_eq!(
@@ -1370,10 +1370,10 @@ mod tests {
 
     fn with_grace(grace: &str) -> OAuthApp {
         let mut app = app();
-        app.spec.rotation = Some(RotationSpec {
+        app.spec.rotation = Some(Box::new(RotationSpec {
             grace_period: Some(grace.into()),
             ..Default::default()
-        });
+        }));
         app
     }
 

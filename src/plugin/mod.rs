@@ -557,7 +557,7 @@ mod tests {
             "billing",
             Some(OAuthAppStatus {
                 rotation_id: Some("rot-new".into()),
-                previous_secret: Some(previous("$argon2id$x", later)),
+                previous_secret: Some(Box::new(previous("$argon2id$x", later))),
                 conditions: vec![ready("True", "SecretReady")],
                 ..Default::default()
             }),

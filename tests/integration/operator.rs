@@ -580,10 +580,10 @@ async fn a_secret_the_api_server_refuses_is_ready_false_with_its_reason_until_th
     // Annotations over 256 KiB in all: valid in the OAuthApp, refused on a Secret. (Made through
     // the API: `kubectl apply` would copy them into its own last-applied annotation.)
     let spec = OAuthAppSpec {
-        secret: Some(SecretSpec {
+        secret: Some(Box::new(SecretSpec {
             annotations: [("notes".to_string(), "x".repeat(300 * 1024))].into(),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     };
     s.apps
