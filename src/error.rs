@@ -24,6 +24,11 @@ pub enum Error {
     /// Another rotation of the same app won the race (resourceVersion precondition).
     #[error("OAuthApp {0} was rotated or changed concurrently; retry the request")]
     Conflict(String),
+    /// What a rotation was decided on is no longer current: its Secret write's resourceVersion
+    /// precondition failed (or the Secret showed another writer between its two writes), so
+    /// nothing was written. Read fresh and decide again. A conflict too ([`Error::is_conflict`]).
+    #[error("OAuthApp {0} was rotated or changed concurrently; retry the request")]
+    StaleView(String),
     /// argon2 failed (bad parameters or a malformed stored hash).
     #[error("hashing failed: {0}")]
     Hash(#[from] HashError),
@@ -64,7 +69,7 @@ impl Error {
             Error::NotFound(_) => "NotFound",
             Error::SecretConflict { .. } => "SecretConflict",
             Error::SecretRejected { .. } => "SecretRejected",
-            Error::Conflict(_) => "Conflict",
+            Error::Conflict(_) | Error::StaleView(_) => "Conflict",
             Error::Hash(_) => "HashError",
             Error::Random(_) => "RandomError",
             Error::MissingUid(_) => "MissingUid",
@@ -75,7 +80,7 @@ impl Error {
 
     /// True for a 409 from the API server (a failed resourceVersion precondition or AlreadyExists).
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Error::Conflict(_))
+        matches!(self, Error::Conflict(_) | Error::StaleView(_))
             || matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 409)
     }
 }
@@ -131,6 +136,7 @@ mod tests {
                 message: s(),
             },
             Error::Conflict(s()),
+            Error::StaleView(s()),
             Error::Hash(crate::secret::HashError::IncompletePhc),
             Error::MissingUid(s()),
             Error::Internal(s()),

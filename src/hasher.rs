@@ -62,6 +62,62 @@ pub struct Hasher {
     /// A hash of a random secret nobody knows, checked in place of an unknown app's so that an
     /// unknown client id costs what a known one does.
     dummy: Arc<tokio::sync::OnceCell<String>>,
+    /// The pool's refill thread (see [`Hasher::background`]), started with the first refill.
+    background: Arc<std::sync::OnceLock<Background>>,
+}
+
+/// A job for the background thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// One thread that runs the pool's refills under `SCHED_IDLE`: it gets a core only when nothing
+/// else wants it, so making hashes ahead never slows the API server, etcd or a rotation in
+/// flight (all of which share the cores). Where the policy cannot be set, it runs as any thread.
+struct Background {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Background {
+    fn start() -> Background {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new()
+            .name("hash-refill".into())
+            .spawn(move || {
+                use thread_priority::{
+                    NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+                    set_thread_priority_and_policy, thread_native_id,
+                };
+                if let Err(e) = set_thread_priority_and_policy(
+                    thread_native_id(),
+                    ThreadPriority::Min,
+                    ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+                ) {
+                    tracing::debug!(error = ?e, "the pool refills at normal priority (SCHED_IDLE refused)");
+                }
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no thread for the pool refills; they run on the blocking pool");
+        }
+        Background { jobs }
+    }
+
+    /// Runs `job` on the thread and returns its result (on the blocking pool if the thread is
+    /// gone).
+    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(job());
+        });
+        if let Err(std::sync::mpsc::SendError(job)) = self.jobs.send(job) {
+            tokio::task::spawn_blocking(job)
+                .await
+                .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))?;
+        }
+        rx.await
+            .map_err(|_| Error::Internal("the refill thread went away".into()))
+    }
 }
 
 impl Hasher {
@@ -88,6 +144,7 @@ impl Hasher {
             refilling: Arc::default(),
             finished: Arc::default(),
             dummy: Arc::default(),
+            background: Arc::default(),
         };
         hasher.refill();
         hasher
@@ -141,7 +198,7 @@ impl Hasher {
                 };
                 let params = this.params;
                 let made = this
-                    .run(permit, move |memory| {
+                    .run(permit, this.background(), move |memory| {
                         let s = ClientSecret::generate()?;
                         let phc = secret::hash_in(s.expose(), &params, memory)?;
                         Ok((s, phc))
@@ -238,17 +295,27 @@ impl Hasher {
             .acquire_owned()
             .await
             .map_err(|_| Error::Internal("hasher closed".into()))?;
-        self.run(permit, f).await
+        self.run(permit, None, f).await
     }
 
     /// Runs `f` on the blocking pool with a worker's memory, holding `permit` until it ends.
+    /// The thread that fills the pool at idle CPU priority, when there is one: only with two
+    /// workers or more. The refill holds one worker's permit while it hashes, so with a single
+    /// worker a requested hash could wait behind a refill that the CPU scheduler holds back.
+    fn background(&self) -> Option<&Background> {
+        (self.workers >= 2).then(|| self.background.get_or_init(Background::start))
+    }
+
+    /// Runs `f` with a worker's memory, holding `permit`: on the blocking pool, or on
+    /// `background`'s thread.
     async fn run<T: Send + 'static>(
         &self,
         permit: OwnedSemaphorePermit,
+        background: Option<&Background>,
         f: impl FnOnce(&mut HashMemory) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let pool = self.memory.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let job = move || {
             let take = {
                 let mut m = pool.lock().unwrap_or_else(|e| e.into_inner());
                 m.running += 1;
@@ -262,9 +329,13 @@ impl Hasher {
             m.last_used = Some(Instant::now());
             drop(permit);
             result
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("hashing task failed: {e}")));
+        };
+        let result = match background {
+            Some(background) => background.run(job).await,
+            None => tokio::task::spawn_blocking(job)
+                .await
+                .map_err(|e| Error::Internal(format!("hashing task failed: {e}"))),
+        };
         self.finished.notify_waiters();
         self.release_when_idle();
         result?
@@ -319,6 +390,36 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// The scheduling policy (field 41 of `/proc/self/task/TID/stat`) of this process's thread
+    /// named `name`, if there is one.
+    fn policy_of_thread(name: &str) -> Option<u32> {
+        std::fs::read_dir("/proc/self/task")
+            .ok()?
+            .flatten()
+            .find_map(|task| {
+                let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+                if comm.trim() != name {
+                    return None;
+                }
+                let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+                // Fields after the command (in parentheses) start at field 3.
+                let after = &stat[stat.rfind(')')? + 2..];
+                after.split(' ').nth(41 - 3)?.parse().ok()
+            })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_is_refilled_by_a_thread_at_idle_priority() {
+        const SCHED_IDLE: u32 = 5;
+        let hasher = Hasher::with_pool(FAST, 2, 2);
+        eventually("a full pool", || hasher.pooled() == 2).await;
+        assert_eq!(policy_of_thread("hash-refill"), Some(SCHED_IDLE));
+        // A requested hash does not use it, and the pool is made again behind it.
+        let (secret, phc) = hasher.generate().await.unwrap();
+        assert!(secret::verify_with(secret.expose(), &phc, &FAST, &mut HashMemory::default()).unwrap());
+        eventually("the pool refilled", || hasher.pooled() == 2).await;
     }
 
     #[tokio::test]

@@ -78,9 +78,10 @@ struct RunArgs {
     /// Hashes computed at the same time (default: the number of CPUs).
     #[arg(long, env = "OAUTHAPP_HASH_WORKERS")]
     hash_workers: Option<usize>,
-    /// Ready (secret, hash) pairs kept in memory, computed ahead when the hash workers are idle,
-    /// so that a rotation need not hash on its request's path (0: none). The plaintexts are
-    /// never written anywhere and are zeroized when dropped.
+    /// Ready (secret, hash) pairs kept in memory, computed ahead when the hash workers are idle
+    /// (with two workers or more, by a thread at idle CPU priority, SCHED_IDLE), so that a
+    /// rotation need not hash on its request's path (0: none). The plaintexts are never written
+    /// anywhere and are zeroized when dropped.
     #[arg(long, env = "OAUTHAPP_HASH_POOL", default_value_t = oauthapp_operator::hasher::DEFAULT_POOL)]
     hash_pool: usize,
     /// Log format.

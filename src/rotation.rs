@@ -49,15 +49,17 @@ pub fn app_key(app: &OAuthApp) -> String {
     format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
 }
 
-/// Replaces the app's secret. The caller holds the app's lock and passes fresh reads of the
-/// app and its Secret (`current`: None when there is none); both writes are conditional on
-/// their resourceVersions, so a concurrent writer makes this fail with [`Error::Conflict`]
-/// instead of being overwritten. `detail` is who asked (a REST API caller) or why (what was
-/// wrong with a drifted Secret), for the log and the Event.
+/// Replaces the app's secret. The caller holds the app's lock and passes the app and its
+/// Secret's metadata (`current`: None when there is none), from fresh reads or from the watch
+/// caches: a rotation replaces the Secret's data whole, so it needs none of it. Both writes are
+/// conditional on the resourceVersions passed, so a concurrent writer, or a cache behind the API
+/// server, makes this fail with [`Error::StaleView`] (read fresh and plan again) instead of
+/// overwriting anything. `detail` is who asked (a REST API caller) or why (what was wrong with a
+/// drifted Secret), for the log and the Event.
 pub async fn rotate(
     ctx: &Context,
     app: &OAuthApp,
-    current: Option<Secret>,
+    current: Option<ObjectMeta>,
     trigger: RotationTrigger,
     caller: Option<&str>,
 ) -> Result<Rotated, Error> {
@@ -73,7 +75,7 @@ pub type Generated = ((ClientSecret, String), Instant);
 pub async fn rotate_with(
     ctx: &Context,
     app: &OAuthApp,
-    current: Option<Secret>,
+    current: Option<ObjectMeta>,
     trigger: RotationTrigger,
     caller: Option<&str>,
     generated: Option<Generated>,
@@ -107,7 +109,7 @@ pub struct Cause<'a> {
 pub async fn rotate_committing(
     ctx: &Context,
     app: &OAuthApp,
-    current: Option<Secret>,
+    current: Option<ObjectMeta>,
     cause: Cause<'_>,
     generated: Option<Generated>,
     commit: impl FnOnce() -> bool,
@@ -153,7 +155,7 @@ struct Planned<'a> {
 async fn rotate_inner(
     ctx: &Context,
     app: &OAuthApp,
-    current: Option<Secret>,
+    current: Option<ObjectMeta>,
     planned: Planned<'_>,
     generated: Option<(ClientSecret, String)>,
     commit: impl FnOnce() -> bool,
@@ -167,11 +169,11 @@ async fn rotate_inner(
     let ns = app.namespace().unwrap_or_default();
     let name = app.name_any();
     let client_id = plan::client_id(app).ok_or_else(|| Error::MissingUid(name.clone()))?;
-    if let Some(s) = &current
-        && !plan::is_controlled_by(&s.metadata, app)
+    if let Some(meta) = &current
+        && !plan::is_controlled_by(meta, app)
     {
         return Err(Error::SecretConflict {
-            secret: s.name_any(),
+            secret: meta.name.clone().unwrap_or_default(),
             app: name,
         });
     }
@@ -180,14 +182,14 @@ async fn rotate_inner(
     // Replacing that secret now could let the other writer's status write land afterwards and
     // confirm a secret that is no longer in the Secret (invariant 7), so a requested rotation
     // waits for the status instead. Repairs (a missing or altered secret) go ahead.
-    if let Some(s) = &current
+    if let Some(meta) = &current
         && matches!(
             trigger,
             RotationTrigger::Api | RotationTrigger::Annotation | RotationTrigger::Schedule
         )
-        && plan::secret_ahead_of_status(app, &s.metadata)
+        && plan::secret_ahead_of_status(app, meta)
     {
-        return Err(Error::Conflict(app_key(app)));
+        return Err(Error::StaleView(app_key(app)));
     }
 
     let (secret, hash) = match generated {
@@ -200,7 +202,7 @@ async fn rotate_inner(
     let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
     let key = ctx.record_key()?;
     // What the replaced Secret says counts only when the operator wrote it.
-    let believed = current.as_ref().map(|s| &s.metadata).filter(|meta| {
+    let believed = current.as_ref().filter(|meta| {
         matches!(
             record::verdict(app, meta, &key, &ctx.hasher.params(), now),
             Verdict::Signed | Verdict::Legacy
@@ -260,9 +262,17 @@ async fn rotate_inner(
     let existed = current.is_some();
     let replaced = current
         .as_ref()
-        .and_then(|s| s.resource_version())
+        .and_then(|meta| meta.resource_version.clone())
         .unwrap_or_default();
-    let mut object = current.unwrap_or_else(|| new_secret(app));
+    let mut object = match current {
+        // The data and type are set whole below; the API server keeps the managedFields a
+        // cached copy no longer has.
+        Some(metadata) => Secret {
+            metadata,
+            ..Default::default()
+        },
+        None => new_secret(app),
+    };
     apply_desired_metadata(app, &mut object.metadata);
     let ann = object.metadata.annotations.get_or_insert_with(BTreeMap::new);
     ann.retain(|k, _| !Record::KEYS.contains(&k.as_str()));
@@ -301,7 +311,11 @@ async fn rotate_inner(
     };
     // The Secret object holds the plaintext: drop our copy as soon as it is written.
     drop(object);
-    let written = written.map_err(|e| secret_write_error(app, &secret_name, e))?;
+    let written = written.map_err(|e| match secret_write_error(app, &secret_name, e) {
+        // The Secret changed since it was read, or one was created meanwhile: nothing is written.
+        Error::Conflict(key) => Error::StaleView(key),
+        e => e,
+    })?;
     ctx.metrics.writes.inc();
     secret_written();
     let secret_key = format!("{ns}/{}", written.name_any());

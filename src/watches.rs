@@ -167,6 +167,8 @@ impl Watches {
             )
             .default_backoff()
             .modify(strip_secret);
+            #[cfg(feature = "failpoints")]
+            let secret_events = failpoints::stale_secret_cache(secret_events);
             let w = watches.clone();
             let tx = scope.app_changes.clone();
             let store = scope.apps.clone();
@@ -429,6 +431,50 @@ async fn pump<K>(
             }
             None => break,
         }
+    }
+}
+
+/// Test-only faults of the watches (builds with the `failpoints` feature).
+#[cfg(feature = "failpoints")]
+mod failpoints {
+    use std::time::{Duration, Instant};
+
+    use futures::{Stream, StreamExt};
+
+    /// `OAUTHAPP_FAILPOINT=stale-secret-cache=<duration>`: every Secret watch event reaches the
+    /// cache that long after it arrived (in order), so the cache is behind the API server the
+    /// way a slow watch leaves it.
+    pub fn stale_secret_cache<S>(events: S) -> futures::stream::BoxStream<'static, S::Item>
+    where
+        S: Stream + Send + 'static,
+        S::Item: Send + 'static,
+    {
+        let delay = std::env::var("OAUTHAPP_FAILPOINT")
+            .ok()
+            .and_then(|f| f.strip_prefix("stale-secret-cache=").map(str::to_string))
+            .and_then(|d| crate::controller::plan::parse_interval(&d))
+            .and_then(|d| Duration::try_from(d).ok());
+        let Some(delay) = delay else {
+            return events.boxed();
+        };
+        tracing::warn!(
+            ?delay,
+            "failpoint stale-secret-cache: Secret watch events are held back"
+        );
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                if tx.unbounded_send((Instant::now(), event)).is_err() {
+                    break;
+                }
+            }
+        });
+        rx.then(move |(arrived, event)| async move {
+            tokio::time::sleep_until((arrived + delay).into()).await;
+            event
+        })
+        .boxed()
     }
 }
 

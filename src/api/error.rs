@@ -133,9 +133,10 @@ impl ApiError {
     pub fn from_rotation(what: &str, e: Error) -> Self {
         match &e {
             Error::NotFound(_) => Self::not_found(e.to_string()),
-            Error::SecretConflict { .. } | Error::SecretRejected { .. } | Error::Conflict(_) => {
-                Self::conflict(e.to_string())
-            }
+            Error::SecretConflict { .. }
+            | Error::SecretRejected { .. }
+            | Error::Conflict(_)
+            | Error::StaleView(_) => Self::conflict(e.to_string()),
             _ if e.is_conflict() => {
                 Self::conflict("the OAuthApp was changed concurrently; retry the request")
             }

@@ -685,10 +685,12 @@ impl Shared {
         Ok(app)
     }
 
-    /// Rotates app `ns/name` (uid `uid`) under its lock, from fresh reads of the app and its
-    /// Secret; `trigger` picks the trigger from the Secret found, and whether the rotation
-    /// revokes the previous secret at once. The outer error is a failure
-    /// before `rotate()` (lock wait, reads), the inner one is `rotate()`'s.
+    /// Rotates app `ns/name` (uid `uid`) under its lock, from the watch caches, or from fresh
+    /// reads of the app and its Secret when the caches lag this process's own writes or the
+    /// rotation's conditional write finds them behind the API server (a conflict: nothing was
+    /// written). `trigger` picks the trigger from the Secret found, and whether the rotation
+    /// revokes the previous secret at once. The outer error is a failure before `rotate()` (lock
+    /// wait, reads), the inner one is `rotate()`'s.
     ///
     /// Runs in its own task. Right before the Secret write it commits `commitment`; if the
     /// request was abandoned first (timed out, or the caller went away: this future is dropped)
@@ -704,7 +706,7 @@ impl Shared {
         secret_name: String,
         caller: String,
         commitment: Commitment,
-        trigger: impl FnOnce(Option<&Secret>) -> (RotationTrigger, bool) + Send + 'static,
+        trigger: impl Fn(Option<&ObjectMeta>) -> (RotationTrigger, bool) + Send + 'static,
     ) -> Result<Result<Rotated, Error>, ApiError> {
         let api = self.clone();
         let commit = commitment.clone();
@@ -717,42 +719,31 @@ impl Shared {
                         "another rotation of OAuthApp {key} is still running; retry the request"
                     ))
                 })?;
-            let apps: Api<OAuthApp> = Api::namespaced(api.ctx.client.clone(), &ns);
-            let secrets: Api<Secret> = Api::namespaced(api.ctx.client.clone(), &ns);
-            // Both reads at once (the Secret's name is fixed when the app is created, by CEL),
-            // and the new secret hashed meanwhile: it does not depend on what they return.
-            let started = std::time::Instant::now();
-            let (fresh, secret, generated) = futures::join!(
-                apps.get_opt(&name),
-                secrets.get_opt(&secret_name),
-                api.ctx.hasher.generate()
-            );
-            let fresh = fresh
-                .map_err(|e| ApiError::from_kube("reading an OAuthApp", &e))?
-                .filter(|a| {
-                    a.uid().as_deref() == Some(uid.as_str()) && a.metadata.deletion_timestamp.is_none()
-                })
-                .ok_or_else(|| ApiError::not_found(format!("OAuthApp {key} no longer exists")))?;
-            let secret = if fresh.secret_name() == secret_name {
-                secret
-            } else {
-                secrets.get_opt(&fresh.secret_name()).await
+            let mut cached = api.cached_for_rotation(&ns, &name, &uid);
+            loop {
+                let from_cache = cached.is_some();
+                let (app, secret, generated) = match cached.take() {
+                    Some((app, secret)) => (app, secret, None),
+                    None => api.fresh_for_rotation(&ns, &name, &uid, &secret_name).await?,
+                };
+                let (trigger, revoke_previous) = trigger(secret.as_ref());
+                let cause = rotation::Cause {
+                    trigger,
+                    detail: Some(&caller),
+                    revoke_previous,
+                };
+                let commit = commit.clone();
+                let result =
+                    rotation::rotate_committing(&api.ctx, &app, secret, cause, generated, move || {
+                        commit.commit()
+                    })
+                    .await;
+                match result {
+                    // The cache was behind the API server (nothing was written): read fresh.
+                    Err(Error::StaleView(_)) if from_cache => continue,
+                    result => return Ok(result),
+                }
             }
-            .map_err(|e| ApiError::from_kube("reading a Secret", &e))?;
-            let (trigger, revoke_previous) = trigger(secret.as_ref());
-            // A failed hash is made again, and reported, by rotate_with itself.
-            let generated = generated.ok().map(|g| (g, started));
-            let cause = rotation::Cause {
-                trigger,
-                detail: Some(&caller),
-                revoke_previous,
-            };
-            Ok(
-                rotation::rotate_committing(&api.ctx, &fresh, secret, cause, generated, move || {
-                    commit.commit()
-                })
-                .await,
-            )
         });
         // Dropped with this future (a timeout, a client gone): the task stops at its point of
         // no return unless it has passed it already.
@@ -764,6 +755,76 @@ impl Shared {
             tracing::error!(error = %e, "rotation task failed");
             ApiError::internal()
         })?
+    }
+}
+
+impl Shared {
+    /// The app and its Secret's metadata as the watch caches hold them, for a rotation under
+    /// the app's lock; None when the caches lag this process's own last write of either (they
+    /// would only lose the write's race), or no longer show the app.
+    fn cached_for_rotation(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+    ) -> Option<(Arc<OAuthApp>, Option<ObjectMeta>)> {
+        let app = self
+            .watches
+            .find(uid)
+            .filter(|a| a.name_any() == name && a.metadata.deletion_timestamp.is_none())?;
+        let secret_name = app.secret_name();
+        let secret = self
+            .watches
+            .scope_of(ns)?
+            .secrets
+            .get(&kube::runtime::reflector::ObjectRef::new(&secret_name).within(ns))
+            .map(|s| s.metadata.clone());
+        let own = &self.ctx.own_writes;
+        let app_lags = own.lagging(
+            &format!("OAuthApp {ns}/{name}"),
+            &app.resource_version().unwrap_or_default(),
+        );
+        let secret_lags = own.lagging(
+            &format!("Secret {ns}/{secret_name}"),
+            secret
+                .as_ref()
+                .and_then(|m| m.resource_version.as_deref())
+                .unwrap_or_default(),
+        );
+        (!app_lags && !secret_lags).then_some((app, secret))
+    }
+
+    /// Fresh reads of the app and its Secret (both at once: the Secret's name is fixed when the
+    /// app is created, by CEL), with a new secret hashed meanwhile (or taken from the pool): it
+    /// does not depend on what they return.
+    async fn fresh_for_rotation(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        secret_name: &str,
+    ) -> Result<(Arc<OAuthApp>, Option<ObjectMeta>, Option<rotation::Generated>), ApiError> {
+        let apps: Api<OAuthApp> = Api::namespaced(self.ctx.client.clone(), ns);
+        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), ns);
+        let started = std::time::Instant::now();
+        let (fresh, secret, generated) = futures::join!(
+            apps.get_opt(name),
+            secrets.get_metadata_opt(secret_name),
+            self.ctx.hasher.generate()
+        );
+        let fresh = fresh
+            .map_err(|e| ApiError::from_kube("reading an OAuthApp", &e))?
+            .filter(|a| a.uid().as_deref() == Some(uid) && a.metadata.deletion_timestamp.is_none())
+            .ok_or_else(|| ApiError::not_found(format!("OAuthApp {ns}/{name} no longer exists")))?;
+        let secret = if fresh.secret_name() == secret_name {
+            secret
+        } else {
+            secrets.get_metadata_opt(&fresh.secret_name()).await
+        }
+        .map_err(|e| ApiError::from_kube("reading a Secret", &e))?;
+        // A failed hash is made again, and reported, by rotate_with itself.
+        let generated = generated.ok().map(|g| (g, started));
+        Ok((Arc::new(fresh), secret.map(|s| s.metadata), generated))
     }
 }
 

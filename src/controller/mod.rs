@@ -60,6 +60,7 @@ const CLIENT_ID_REQUEUE: Duration = Duration::from_secs(5);
 pub struct Scope {
     ctx: Arc<Context>,
     watches: Arc<Watches>,
+    apps: Store<OAuthApp>,
     secrets: Store<PartialObjectMeta<Secret>>,
     resync: Duration,
 }
@@ -112,6 +113,7 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
         let scope = Arc::new(Scope {
             ctx: ctx.clone(),
             watches: watches.clone(),
+            apps: caches.apps.clone(),
             secrets: caches.secrets.clone(),
             resync: settings.resync,
         });
@@ -163,15 +165,10 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
     let ns = app.namespace().unwrap_or_default();
     let secret_name = app.secret_name();
     let cached = scope.secrets.get(&ObjectRef::new(&secret_name).within(&ns));
-    let check = cached.as_ref().and_then(|s| {
-        let hash = s.annotations().get(plan::annotations::HASH)?;
-        ctx.verified
-            .get(&format!("{ns}/{secret_name}"), &s.resource_version()?, hash)
-    });
     let now = Timestamp::now();
     let view = cached
         .as_ref()
-        .map(|s| secret_view(ctx, app, &s.metadata, check, now))
+        .map(|s| secret_view(ctx, app, &s.metadata, cached_check(ctx, s), now))
         .transpose()?;
     // A cache still showing the version our own last write replaced lags that write, and a
     // rotation in progress in this process (the REST API's) is about to write: either way the
@@ -196,7 +193,7 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
         {
             return Ok(Action::requeue(CLIENT_ID_REQUEUE));
         }
-        return converge(ctx, &scope.watches, app, scope.resync, false, false).await;
+        return converge(scope, app, false, false).await;
     }
     let step = plan::plan(app, view, now);
     if !matches!(step, Step::Rotate(RotationTrigger::Schedule)) {
@@ -224,10 +221,8 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
                 c.reason == plan::reasons::SECRET_CONFLICT || c.reason == plan::reasons::SECRET_REJECTED
             });
             converge(
-                ctx,
-                &scope.watches,
+                scope,
                 app,
-                scope.resync,
                 matches!(step, Step::Rotate(_) | Step::Drift(_)) && !in_conflict,
                 matches!(step, Step::Rotate(RotationTrigger::Schedule)),
             )
@@ -264,6 +259,13 @@ fn status_write_in_flight(app: &OAuthApp, secret: &ObjectMeta, now: Timestamp) -
         .and_then(|a| a.get(plan::annotations::ROTATED_AT))
         .and_then(|t| t.parse::<Timestamp>().ok())
         .is_some_and(|at| now.duration_since(at).abs() < grace)
+}
+
+/// The content check made at the cached Secret's version, if one was (no read, no hash).
+fn cached_check(ctx: &Context, secret: &PartialObjectMeta<Secret>) -> Option<plan::ContentCheck> {
+    let hash = secret.annotations().get(plan::annotations::HASH)?;
+    let key = format!("{}/{}", secret.namespace()?, secret.name_any());
+    ctx.verified.get(&key, &secret.resource_version()?, hash)
 }
 
 /// What the planner sees of a Secret: its metadata, the content check at this version if one
@@ -314,22 +316,27 @@ async fn resync_every(
     }
 }
 
-/// Brings one app to its desired state from fresh reads, under the app's lock.
+/// Brings one app to its desired state, under the app's lock.
 ///
-/// When the cache already says a rotation is due (`rotation_expected`), the new secret is hashed
-/// while the fresh reads are in flight (it does not depend on them); it is dropped unused if the
-/// fresh view decides otherwise. A scheduled rotation starts only with its turn: `scheduled_turn`
-/// when the cached view already took it.
+/// When the cache already says a rotation is due (`rotation_expected`), it is made from the
+/// caches first, with no read ([`rotate_from_cache`]); anything else, or a rotation whose
+/// conditional write finds the cache behind, is planned again on fresh reads of the app and its
+/// Secret. The new secret is hashed (or taken from the pool) while those reads are in flight (it
+/// does not depend on them); it is dropped unused if the fresh view decides otherwise. A
+/// scheduled rotation starts only with its turn: `scheduled_turn` when the cached view already
+/// took it.
 async fn converge(
-    ctx: &Context,
-    watches: &Watches,
+    scope: &Scope,
     cached: &OAuthApp,
-    resync: Duration,
     rotation_expected: bool,
     mut scheduled_turn: bool,
 ) -> Result<Action, Error> {
+    let (ctx, watches, resync) = (&*scope.ctx, &*scope.watches, scope.resync);
     let key = app_key(cached);
     let _guard = ctx.locks.lock(&key).await;
+    if rotation_expected && let Some(done) = rotate_from_cache(scope, cached, scheduled_turn).await? {
+        return Ok(done);
+    }
     let ns = cached.namespace().unwrap_or_default();
     let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -390,17 +397,22 @@ async fn converge(
         let written = match step {
             Step::Done { requeue_after } => return Ok(requeue(requeue_after, resync)),
             Step::Verify => unreachable_step(),
-            Step::Rotate(trigger) => {
-                rotation::rotate_with(ctx, &app, secret, trigger, None, generated.take())
-                    .await
-                    .map(|_| ())
-            }
+            Step::Rotate(trigger) => rotation::rotate_with(
+                ctx,
+                &app,
+                secret.map(|s| s.metadata),
+                trigger,
+                None,
+                generated.take(),
+            )
+            .await
+            .map(|_| ()),
             Step::Drift(drift) => {
                 warn!(app = %key, reason = drift.describe(), "the Secret is not what the operator wrote; replacing it");
                 rotation::rotate_with(
                     ctx,
                     &app,
-                    secret,
+                    secret.map(|s| s.metadata),
                     RotationTrigger::SecretDrift,
                     Some(drift.describe()),
                     generated.take(),
@@ -490,6 +502,65 @@ async fn converge(
     }
     // Lost MAX_STEPS races in a row (heavy contention): look again soon.
     Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// A rotation that the cached view asks for (a requested, scheduled or first secret), made from
+/// the watch caches with no read, under the app's lock: the cache is looked at again now that
+/// the lock is held (a rotation this process just made is in it, or known to be missing from
+/// it). Both writes are conditional on the cached resourceVersions and the rotation replaces
+/// the Secret's data whole, so this is the same decision and the same writes as from fresh
+/// reads: a cache behind the API server makes the Secret write fail with a conflict (nothing
+/// written), and a status write that conflicts is re-read and retried while the Secret still
+/// holds this rotation. Some: the rotation is written; None: fresh reads decide (the cache
+/// lags, it no longer asks for a rotation, or the write found it behind).
+async fn rotate_from_cache(
+    scope: &Scope,
+    cached: &OAuthApp,
+    scheduled_turn: bool,
+) -> Result<Option<Action>, Error> {
+    let ctx = &*scope.ctx;
+    let Some(app) = scope.apps.get(&ObjectRef::from_obj(cached)) else {
+        return Ok(None);
+    };
+    let ns = app.namespace().unwrap_or_default();
+    let secret = scope.secrets.get(&ObjectRef::new(&app.secret_name()).within(&ns));
+    let key = app_key(&app);
+    let app_lags = ctx.own_writes.lagging(
+        &format!("OAuthApp {key}"),
+        &app.resource_version().unwrap_or_default(),
+    );
+    let secret_lags = ctx.own_writes.lagging(
+        &format!("Secret {ns}/{}", app.secret_name()),
+        &secret
+            .as_ref()
+            .and_then(|s| s.resource_version())
+            .unwrap_or_default(),
+    );
+    if app_lags || secret_lags || app.uid() != cached.uid() || !scope.watches.owns_client_id(&app) {
+        return Ok(None);
+    }
+    let now = Timestamp::now();
+    let view = secret
+        .as_ref()
+        .map(|s| secret_view(ctx, &app, &s.metadata, cached_check(ctx, s), now))
+        .transpose()?;
+    let trigger = match plan::plan(&app, view, now) {
+        Step::Rotate(RotationTrigger::Schedule) if !scheduled_turn => return Ok(None),
+        Step::Rotate(trigger) => trigger,
+        _ => return Ok(None),
+    };
+    let current = secret.map(|s| s.metadata.clone());
+    match rotation::rotate_with(ctx, &app, current, trigger, None, None).await {
+        // As after any write: its watch events bring the app back for its next step, if any.
+        Ok(_) => Ok(Some(Action::requeue(LAGGING_REQUEUE))),
+        Err(e) if e.is_conflict() => {
+            debug!(app = %key, "the cache was behind the API server; reading fresh");
+            Ok(None)
+        }
+        // Said on the fresh view: a Secret in the way, or one the API server refuses.
+        Err(Error::SecretConflict { .. } | Error::SecretRejected { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes a `Ready=False` status for `reason` unless the app shows it already, with a Warning

@@ -11,6 +11,7 @@ mod monitoring;
 mod operations;
 mod operator;
 mod plugin;
+mod reads;
 mod schedule;
 mod soak;
 mod support;
