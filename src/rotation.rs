@@ -44,6 +44,27 @@ pub fn post_params() -> PostParams {
     }
 }
 
+/// Whether the watch caches lag this process's own last write of `app` or of its Secret
+/// (`secret`: the cached Secret's metadata, None when the cache has none). Both are checked,
+/// whatever the first says: each forgets an entry its cache has caught up with.
+pub fn caches_lag(ctx: &Context, app: &OAuthApp, secret: Option<&ObjectMeta>) -> bool {
+    let app_lags = ctx.own_writes.lagging(
+        &format!("OAuthApp {}", app_key(app)),
+        &app.resource_version().unwrap_or_default(),
+    );
+    let secret_lags = ctx.own_writes.lagging(
+        &format!(
+            "Secret {}/{}",
+            app.namespace().unwrap_or_default(),
+            app.secret_name()
+        ),
+        secret
+            .and_then(|m| m.resource_version.as_deref())
+            .unwrap_or_default(),
+    );
+    app_lags || secret_lags
+}
+
 /// `namespace/name` of an app, the key of its lock.
 pub fn app_key(app: &OAuthApp) -> String {
     format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())

@@ -772,26 +772,13 @@ impl Shared {
             .watches
             .find(uid)
             .filter(|a| a.name_any() == name && a.metadata.deletion_timestamp.is_none())?;
-        let secret_name = app.secret_name();
         let secret = self
             .watches
             .scope_of(ns)?
             .secrets
-            .get(&kube::runtime::reflector::ObjectRef::new(&secret_name).within(ns))
+            .get(&kube::runtime::reflector::ObjectRef::new(&app.secret_name()).within(ns))
             .map(|s| s.metadata.clone());
-        let own = &self.ctx.own_writes;
-        let app_lags = own.lagging(
-            &format!("OAuthApp {ns}/{name}"),
-            &app.resource_version().unwrap_or_default(),
-        );
-        let secret_lags = own.lagging(
-            &format!("Secret {ns}/{secret_name}"),
-            secret
-                .as_ref()
-                .and_then(|m| m.resource_version.as_deref())
-                .unwrap_or_default(),
-        );
-        (!app_lags && !secret_lags).then_some((app, secret))
+        (!rotation::caches_lag(&self.ctx, &app, secret.as_ref())).then_some((app, secret))
     }
 
     /// Fresh reads of the app and its Secret (both at once: the Secret's name is fixed when the

@@ -175,17 +175,7 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
     // write's watch event brings the app back, so no fresh reads now (the two lag checks both
     // run: each forgets a caught-up entry).
     let key = app_key(app);
-    let app_lags = ctx.own_writes.lagging(
-        &format!("OAuthApp {key}"),
-        &app.resource_version().unwrap_or_default(),
-    );
-    let secret_lags = ctx.own_writes.lagging(
-        &format!("Secret {ns}/{secret_name}"),
-        &cached
-            .as_ref()
-            .and_then(|s| s.resource_version())
-            .unwrap_or_default(),
-    );
+    let lags = rotation::caches_lag(ctx, app, cached.as_ref().map(|s| &s.metadata));
     if !scope.watches.owns_client_id(app) {
         if app
             .ready_condition()
@@ -201,7 +191,7 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
     }
     match step {
         Step::Done { requeue_after } => Ok(requeue(requeue_after, scope.resync)),
-        _ if app_lags || secret_lags || ctx.locks.is_held(&key) => Ok(Action::requeue(LAGGING_REQUEUE)),
+        _ if lags || ctx.locks.is_held(&key) => Ok(Action::requeue(LAGGING_REQUEUE)),
         Step::WriteStatus(_) | Step::Verify
             if cached
                 .as_ref()
@@ -525,18 +515,10 @@ async fn rotate_from_cache(
     let ns = app.namespace().unwrap_or_default();
     let secret = scope.secrets.get(&ObjectRef::new(&app.secret_name()).within(&ns));
     let key = app_key(&app);
-    let app_lags = ctx.own_writes.lagging(
-        &format!("OAuthApp {key}"),
-        &app.resource_version().unwrap_or_default(),
-    );
-    let secret_lags = ctx.own_writes.lagging(
-        &format!("Secret {ns}/{}", app.secret_name()),
-        &secret
-            .as_ref()
-            .and_then(|s| s.resource_version())
-            .unwrap_or_default(),
-    );
-    if app_lags || secret_lags || app.uid() != cached.uid() || !scope.watches.owns_client_id(&app) {
+    if rotation::caches_lag(ctx, &app, secret.as_ref().map(|s| &s.metadata))
+        || app.uid() != cached.uid()
+        || !scope.watches.owns_client_id(&app)
+    {
         return Ok(None);
     }
     let now = Timestamp::now();
