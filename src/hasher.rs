@@ -487,22 +487,43 @@ mod tests {
         assert_eq!(hasher.pooled(), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hash_whose_caller_went_away_keeps_its_worker_until_it_ends() {
-        // Slow enough that a caller gives up while its hash runs.
-        let slow = HashParams {
-            m_cost_kib: 4096,
-            t_cost: 2,
-            p_cost: 1,
-        };
-        let hasher = Hasher::new(slow, 1);
-        for _ in 0..3 {
-            let gave_up = tokio::time::timeout(Duration::from_millis(1), hasher.generate()).await;
-            assert!(gave_up.is_err(), "the caller gave up before its hash ended");
-        }
-        hasher.generate().await.unwrap();
+        let hasher = Hasher::new(FAST, 1);
+        // The hash is held at a gate until its caller has gone: the order is the test's, not
+        // the machine's speed.
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let held = hasher.clone();
+        let caller = tokio::spawn(async move {
+            held.blocking(move |memory| {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv();
+                let s = ClientSecret::generate()?;
+                secret::hash_in(s.expose(), &FAST, memory)
+            })
+            .await
+        });
+        started_rx.await.expect("the hash started");
+        caller.abort();
+        assert!(
+            caller.await.expect_err("the caller was cancelled").is_cancelled(),
+            "the caller went away while its hash ran"
+        );
+        // Its hash still runs: it keeps the one worker and its buffer.
+        assert_eq!(hasher.permits.available_permits(), 0);
+        assert_eq!(hasher.buffers(), 1);
+        let next = tokio::spawn({
+            let hasher = hasher.clone();
+            async move { hasher.generate().await }
+        });
+        assert_eq!(hasher.buffers(), 1, "no second hash beside the abandoned one");
+        assert!(!next.is_finished());
+        release_tx.send(()).expect("the held hash is waiting");
+        next.await.unwrap().unwrap();
         // One worker, so one buffer: an abandoned hash never lets another start beside it.
         assert_eq!(hasher.buffers(), 1);
+        assert_eq!(hasher.permits.available_permits(), 1);
     }
 
     #[tokio::test]

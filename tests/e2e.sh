@@ -22,7 +22,16 @@ fi
 
 # What the node may change on this machine, to compare after the way down.
 host_state() {
-  { iptables-save; ip6tables-save; } | grep -v '^#' | sed 's/\[[0-9]*:[0-9]*\]//'
+  # Rules and chains, by table. A table that nothing has touched is absent from iptables-save,
+  # and after the node has gone it is there, empty, with the built-in chains' ACCEPT policies:
+  # the same host. So those lines are left out; any rule, chain or other policy counts.
+  for save in iptables-save ip6tables-save; do
+    "$save" | sed 's/ \[[0-9]*:[0-9]*\]$//' | awk -v cmd="$save" '
+      /^#/ || /^COMMIT$/ { next }
+      /^\*/ { table = substr($0, 2); next }
+      /^:(PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) ACCEPT$/ { next }
+      { print cmd " " table " " $0 }'
+  done
   ip -o link show | awk '{print $2}'
   ip route; ip netns list
   for s in "${SYSCTLS[@]}" net.ipv6.conf.all.forwarding; do echo "$s=$(sysctl -n "$s")"; done
