@@ -45,12 +45,25 @@ pub enum Error {
     /// was not made.
     #[error("this replica is no longer the leader; the write was not made")]
     NotLeader,
+    /// A rotation wrote its Secret, and then its status write failed (not for a conflict: the
+    /// Secret still holds the new secret). The status is completed from the Secret by a
+    /// reconcile (invariant 2); `written` carries the new secret for the one caller that may
+    /// still be shown it (a REST create). Its text names neither.
+    #[error(
+        "OAuthApp {app}: the new secret is in its Secret, but the status write failed ({source}); the controller completes the status from the Secret"
+    )]
+    StatusPending {
+        app: String,
+        #[source]
+        source: Box<Error>,
+        written: Box<crate::rotation::Written>,
+    },
 }
 
 impl Error {
     /// Every [`Error::reason`], for metrics that want a zero for each (so a dashboard or an alert
     /// sees the series before the first error). A new variant's reason goes here too.
-    pub const REASONS: [&'static str; 9] = [
+    pub const REASONS: [&'static str; 10] = [
         "KubeError",
         "NotFound",
         "SecretConflict",
@@ -60,6 +73,7 @@ impl Error {
         "RandomError",
         "MissingUid",
         "Internal",
+        "StatusPending",
     ];
 
     /// A short fixed name for metrics labels and log fields.
@@ -75,6 +89,7 @@ impl Error {
             Error::MissingUid(_) => "MissingUid",
             Error::Internal(_) => "Internal",
             Error::NotLeader => "NotLeader",
+            Error::StatusPending { .. } => "StatusPending",
         }
     }
 

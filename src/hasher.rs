@@ -500,7 +500,7 @@ mod tests {
                 let _ = started_tx.send(());
                 let _ = release_rx.recv();
                 let s = ClientSecret::generate()?;
-                secret::hash_in(s.expose(), &FAST, memory)
+                Ok(secret::hash_in(s.expose(), &FAST, memory)?)
             })
             .await
         });

@@ -37,6 +37,16 @@ pub struct Rotated {
     pub app: OAuthApp,
 }
 
+/// A rotation whose Secret is written and whose status is not ([`Error::StatusPending`]). Its
+/// `Debug` names the rotation only, never the secret.
+pub struct Written(pub Rotated);
+
+impl std::fmt::Debug for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Written(rotation {})", self.0.rotation_id)
+    }
+}
+
 pub fn post_params() -> PostParams {
     PostParams {
         dry_run: false,
@@ -151,12 +161,13 @@ pub async fn rotate_committing(
         detail,
         grace: plan::grace_for(app, trigger, revoke_previous),
     };
-    // The REST API's rotations are not the leader's to fence (crate::leader).
-    let inner = rotate_inner(ctx, app, current, planned, generated, commit, || {
+    // Fenced unless the caller runs it exempt (the REST API does, whatever the trigger: a
+    // create's first secret is `Created`; crate::leader).
+    let result = rotate_inner(ctx, app, current, planned, generated, commit, || {
         counted = true;
         ctx.metrics.rotation(trigger, "success", Some(started.elapsed()));
-    });
-    let result = crate::leader::exempt_if(trigger == RotationTrigger::Api, inner).await;
+    })
+    .await;
     match &result {
         Err(e) if !counted && e.is_conflict() => ctx.metrics.rotation(trigger, "conflict", None),
         Err(_) if !counted => ctx.metrics.rotation(trigger, "error", None),
@@ -370,7 +381,23 @@ async fn rotate_inner(
         }
     }
 
-    let app = write_status_for_secret(ctx, app, &written, &rotation_id).await?;
+    let app = match write_status_for_secret(ctx, app, &written, &rotation_id).await {
+        Ok(app) => app,
+        // Someone replaced the Secret after this write: the new secret is no longer in it.
+        Err(e) if e.is_conflict() => return Err(e),
+        Err(e) => {
+            return Err(Error::StatusPending {
+                app: app_key(app),
+                source: Box::new(e),
+                written: Box::new(Written(Rotated {
+                    secret,
+                    hint,
+                    rotation_id,
+                    app: app.clone(),
+                })),
+            });
+        }
+    };
     info!(
         app = %app_key(&app),
         trigger = trigger.as_str(),

@@ -102,6 +102,12 @@ impl ApiError {
     }
 
     /// A failure whose details are in the operator's log, not in the answer.
+    /// The same answer, with `suffix` added to its message (what became of the request).
+    pub fn with_suffix(mut self, suffix: &str) -> Self {
+        self.message.push_str(suffix);
+        self
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -131,6 +137,9 @@ impl ApiError {
 
     /// Maps an error of `rotation::rotate` (and the reads around it).
     pub fn from_rotation(what: &str, e: Error) -> Self {
+        if let Error::StatusPending { source, .. } = e {
+            return Self::from_rotation(what, *source);
+        }
         match &e {
             Error::NotFound(_) => Self::not_found(e.to_string()),
             Error::SecretConflict { .. }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -15,7 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ObjectMeta, Preconditions, PropagationPolicy};
 use kube::{Api, ResourceExt};
 use serde::Deserialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::auth::{Access, Caller};
 use super::error::{ApiError, RestErrorResponse};
@@ -34,6 +35,8 @@ const LIST_REVIEWS_IN_FLIGHT: usize = 8;
 /// How often creating an app retries provisioning its first secret when a concurrent writer
 /// (another replica's controller) wins a race.
 const CREATE_PROVISION_ATTEMPTS: usize = 4;
+/// Tries at deleting an app a REST create could not answer with a secret for.
+const WITHDRAW_ATTEMPTS: usize = 8;
 
 /// The longest resource name whose Secret name (`<name>-oauth-client`) is still valid.
 const MAX_RESOURCE_NAME_LEN: usize = 253 - "-oauth-client".len();
@@ -550,39 +553,34 @@ pub async fn create_oauth_app(
         })?;
     let uid = created.uid().unwrap_or_default();
     info!(app = %format!("{ns}/{resource_name}"), caller = %caller.username, "created OAuthApp through the REST API");
-
-    // The first secret, through the one rotate(). If the controller got there first, its secret
-    // was never shown to anyone: replace it, so the caller gets one that is valid.
-    let mut attempt = 0;
-    let rotated = loop {
-        attempt += 1;
-        let result = api
-            .rotate_locked(
-                ns.clone(),
-                resource_name.clone(),
-                uid.clone(),
-                created.secret_name(),
-                caller.username.clone(),
-                commitment.clone(),
-                |existing| {
-                    if existing.is_some() {
-                        (RotationTrigger::Api, false)
-                    } else {
-                        (RotationTrigger::Created, false)
-                    }
-                },
-            )
-            .await;
-        match result? {
-            Ok(rotated) => break rotated,
-            Err(e) if lost_a_race(&e) && attempt < CREATE_PROVISION_ATTEMPTS => continue,
-            Err(e) if lost_a_race(&e) => {
-                return Err(ApiError::conflict(format!(
-                    "OAuthApp {ns}/{resource_name} was created, but its first secret lost a race with a \
-                     concurrent writer; rotate it to get a secret"
-                )));
-            }
-            Err(e) => return Err(ApiError::from_rotation("provisioning the first client secret", e)),
+    // From here on, an app whose secret this request does not answer with is withdrawn: nobody
+    // would ever see that secret. Dropped unanswered (a timeout, a client gone), the guard
+    // withdraws it in the background.
+    let mut guard = WithdrawOnDrop(Some(Withdrawal {
+        api: api.clone(),
+        ns: ns.clone(),
+        name: resource_name.clone(),
+        uid: uid.clone(),
+    }));
+    let provisioned = api
+        .provision_created(&ns, &resource_name, &uid, &created, &caller, commitment)
+        .await;
+    let withdrawal = guard.0.take();
+    let rotated = match provisioned {
+        Ok(rotated) => rotated,
+        Err(e) => {
+            let kept = match withdrawal {
+                Some(w) => !w.run().await,
+                None => false,
+            };
+            return Err(if kept {
+                e.with_suffix(&format!(
+                    "; OAuthApp {ns}/{resource_name} was created without a secret anyone has seen, \
+                     and could not be removed: rotate or delete it"
+                ))
+            } else {
+                e.with_suffix("; the app was not kept: create it again")
+            });
         }
     };
     Ok(secret_response(
@@ -592,6 +590,113 @@ pub async fn create_oauth_app(
             client_secret: rotated.secret.expose().to_string(),
         },
     ))
+}
+
+/// An app a REST create made, to delete unless the create answers with its secret.
+struct Withdrawal {
+    api: Arc<Shared>,
+    ns: String,
+    name: String,
+    uid: String,
+}
+
+impl Withdrawal {
+    /// Deletes the app (this uid only), retrying while the API server is unavailable, for at
+    /// most [`WITHDRAW_ATTEMPTS`] tries. True when it is gone.
+    async fn run(self) -> bool {
+        let apps: Api<OAuthApp> = Api::namespaced(self.api.ctx.client.clone(), &self.ns);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..Default::default()
+        };
+        let key = format!("{}/{}", self.ns, self.name);
+        let mut wait = Duration::from_millis(200);
+        for _ in 0..WITHDRAW_ATTEMPTS {
+            match apps.delete(&self.name, &params).await {
+                Ok(_) => {
+                    warn!(app = %key, "withdrew an OAuthApp the REST API created but could not answer with a secret for");
+                    return true;
+                }
+                // Gone already, or the name is another app's now.
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return true,
+                Err(e) => {
+                    warn!(app = %key, error = %crate::error::Error::Kube(e), "withdrawing an unanswered OAuthApp failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        tracing::error!(app = %key, "an OAuthApp the REST API created could not be withdrawn: its first secret was never shown; rotate or delete it");
+        false
+    }
+}
+
+/// Withdraws the app in the background when dropped armed (its request was abandoned).
+struct WithdrawOnDrop(Option<Withdrawal>);
+
+impl Drop for WithdrawOnDrop {
+    fn drop(&mut self) {
+        if let Some(withdrawal) = self.0.take() {
+            tokio::spawn(withdrawal.run());
+        }
+    }
+}
+
+impl Shared {
+    /// The first secret of app `ns/name` just created (`created`), through the one rotate(). If
+    /// the controller got there first, its secret was never shown to anyone: it is replaced, so
+    /// the caller gets one that is valid. A rotation whose status write failed after its Secret
+    /// write still answers with its secret (the status is completed from the Secret).
+    async fn provision_created(
+        self: &Arc<Self>,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        created: &OAuthApp,
+        caller: &Caller,
+        commitment: Commitment,
+    ) -> Result<rotation::Rotated, ApiError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .rotate_locked(
+                    ns.to_string(),
+                    name.to_string(),
+                    uid.to_string(),
+                    created.secret_name(),
+                    caller.username.clone(),
+                    commitment.clone(),
+                    |existing| {
+                        if existing.is_some() {
+                            (RotationTrigger::Api, false)
+                        } else {
+                            (RotationTrigger::Created, false)
+                        }
+                    },
+                )
+                .await;
+            match result? {
+                Ok(rotated) => return Ok(rotated),
+                Err(Error::StatusPending { written, source, .. }) => {
+                    warn!(app = %format!("{ns}/{name}"), error = %source, "the first secret is written, its status is not yet; answering with it");
+                    return Ok(written.0);
+                }
+                Err(e) if lost_a_race(&e) && attempt < CREATE_PROVISION_ATTEMPTS => continue,
+                Err(e) if lost_a_race(&e) => {
+                    return Err(ApiError::conflict(format!(
+                        "the first secret of OAuthApp {ns}/{name} lost a race with a concurrent writer \
+                         {CREATE_PROVISION_ATTEMPTS} times"
+                    )));
+                }
+                Err(e) => return Err(ApiError::from_rotation("provisioning the first client secret", e)),
+            }
+        }
+    }
 }
 
 /// Delete an OAuth app
@@ -733,11 +838,15 @@ impl Shared {
                     revoke_previous,
                 };
                 let commit = commit.clone();
-                let result =
+                // The REST API's writes are not the leader's to fence, whatever the trigger
+                // (crate::leader): a create's first secret is `Created`.
+                let result = crate::leader::exempt_if(
+                    true,
                     rotation::rotate_committing(&api.ctx, &app, secret, cause, generated, move || {
                         commit.commit()
-                    })
-                    .await;
+                    }),
+                )
+                .await;
                 match result {
                     // The cache was behind the API server (nothing was written): read fresh.
                     Err(Error::StaleView(_)) if from_cache => continue,
