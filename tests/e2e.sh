@@ -215,6 +215,22 @@ returned=$(jq -r '.body | fromjson | .client_secret' <<<"$out")
 [ -n "$returned" ] && [ "$returned" = "$(secret_value "$SECRET")" ] || fail "the secret returned by the REST rotation is not the one in the Secret"
 ok "a REST rotation through the Service ($SVC_IP) from a pod with its own ServiceAccount token answers 200 with what the Secret holds"
 
+# REST creates through the Service: the Service spreads them over both replicas, the standby
+# included, and each is answered 201 with the secret its Secret holds.
+kubectl -n "$APPNS" create rolebinding e2e-client-editor --clusterrole=oauthapp-editor --serviceaccount="$APPNS:e2e-client" >/dev/null
+CREATE_URL="http://$SVC_IP:8080/api/v1/oauth-apps?namespace=$APPNS"
+made_ready() { [ "$(kubectl -n "$APPNS" get oapp "made-$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
+for i in 1 2 3 4 5 6; do
+  out=$(curl -fsS --max-time 30 -X POST --data "{\"name\": \"made-$i\", \"redirect_uris\": [\"https://made-$i.example.com/cb\"]}" \
+    "$CLIENT/rotate?url=$(jq -rn --arg u "$CREATE_URL" '$u | @uri')") || fail "the client pod did not answer"
+  [ "$(jq -r .code <<<"$out")" = 201 ] || fail "REST create $i through the Service: $(jq -c 'del(.body)' <<<"$out") $(jq -r .body <<<"$out" | head -c 300)"
+  shown=$(jq -r '.body | fromjson | .client_secret' <<<"$out")
+  until_ 60 "OAuthApp made-$i Ready" made_ready "$i"
+  [ -n "$shown" ] && [ "$shown" = "$(secret_value "made-$i-oauth-client")" ] ||
+    fail "the secret returned by REST create $i is not the one in its Secret"
+done
+ok "six REST creates through the Service (both replicas, the standby included) answer 201 with what each Secret holds"
+
 # --- the leader pod is deleted; a rotation requested during the handover completes once --------
 count_before=$(kubectl -n "$APPNS" get oapp portal -o jsonpath='{.status.rotationCount}')
 leader=$(holder_pod)

@@ -1941,3 +1941,217 @@ async fn verify_accepts_the_current_and_the_unexpired_previous_secret_and_reveal
         assert!(n >= 1.0, "{line}: {n}");
     }
 }
+
+#[tokio::test]
+async fn every_route_works_on_a_standby_and_every_create_there_answers_its_secret() {
+    // Two replicas with leader election, as the chart installs them. The first leads; the
+    // second stands by, and every call below goes to it.
+    let lease_ns = namespace("api-standby-lease");
+    let elect = ["--leader-elect", "--lease-namespace", lease_ns.as_str()];
+    let leading = setup("api-standby", &elect).await;
+    eventually("the first replica to lead", WAIT, || async {
+        (leading.operator.metric("oauthapp_leader").await? == 1.0).then_some(())
+    })
+    .await;
+    let standby = Operator::start(&control_plane().kubeconfig, &leading.ns, &elect, &[]);
+    wait_ready(&standby).await;
+    let s = Setup {
+        ns: leading.ns.clone(),
+        client: leading.client.clone(),
+        apps: leading.apps.clone(),
+        secrets: leading.secrets.clone(),
+        base: format!("http://127.0.0.1:{}", standby.api_port),
+        operator: standby,
+    };
+    assert_eq!(s.operator.metric("oauthapp_leader").await, Some(0.0), "a standby");
+    let owner = s.caller("owner", &s.ns, ALL_RULES);
+    let gateway = s.caller("gateway", &s.ns, VERIFIER_RULES);
+
+    // Creates: each is answered 201 with the secret its Secret holds. The leader's controller
+    // sees each new app at once and races the standby for its first secret.
+    let mut created = Vec::new();
+    for i in 0..6 {
+        let answer = s
+            .call(
+                Method::POST,
+                &format!("/api/v1/oauth-apps?namespace={}", s.ns),
+                Some(&owner),
+                Some(json!({"name": format!("app-{i}"), "redirect_uris": [format!("https://app-{i}.example.com/cb")]})),
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::CREATED,
+            "create {i} on the standby: {}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        let body: CreatedOAuthApp = answer.json();
+        let (app, secret) = settled(&s.client, &s.ns, &format!("app-{i}")).await;
+        assert_eq!(body.app.id.0, app_id(&app));
+        assert!(
+            plaintext(&secret) == body.client_secret,
+            "create {i}: the shown secret is the Secret's"
+        );
+        assert!(verifies(&body.client_secret, &app));
+        created.push((app, body.client_secret.clone()));
+    }
+    assert_eq!(
+        s.operator.metric("oauthapp_leader").await,
+        Some(0.0),
+        "still a standby"
+    );
+
+    // Get and list.
+    let id0 = app_id(&created[0].0);
+    let got = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/oauth-apps/{id0}"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.json::<OAuthAppView>().resource_name, "app-0");
+    let listed = eventually("the standby to list all six", WAIT, || async {
+        let answer = s
+            .call(Method::GET, "/api/v1/oauth-apps", Some(&owner), None)
+            .await;
+        (answer.status == StatusCode::OK)
+            .then(|| answer.json::<OAuthAppList>())
+            .filter(|l| l.data.len() == 6)
+    })
+    .await;
+    assert_eq!(listed.data.len(), 6);
+
+    // Rotate with a grace period, verify both secrets, retire the previous one: all on the
+    // standby.
+    control_plane().kubectl_ok(&[
+        "patch",
+        "oapp",
+        "app-1",
+        "-n",
+        &s.ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"rotation":{"gracePeriod":"1h"}}}"#,
+    ]);
+    let id1 = app_id(&created[1].0);
+    let old = created[1].1.clone();
+    let client_id = created[1]
+        .0
+        .status
+        .as_ref()
+        .and_then(|st| st.client_id.clone())
+        .expect("client id");
+    // The standby's cache may lag the patch: rotate until a rotation carried the grace period.
+    let new = eventually(
+        "a rotation on the standby that keeps the previous secret",
+        WAIT,
+        || async {
+            let answer = s.rotate(&id1, &owner).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "{}",
+                String::from_utf8_lossy(&answer.body)
+            );
+            let new = answer.json::<RotatedSecret>().client_secret.clone();
+            let (app, _) = settled(&s.client, &s.ns, "app-1").await;
+            app.status.and_then(|st| st.previous_secret).map(|_| new)
+        },
+    )
+    .await;
+    let verify = |secret: String| {
+        let (s, gateway, client_id) = (&s, gateway.clone(), client_id.clone());
+        async move {
+            let answer = s
+                .call(
+                    Method::POST,
+                    "/api/v1/oauth-apps/verify",
+                    Some(&gateway),
+                    Some(json!({"client_id": client_id, "client_secret": secret})),
+                )
+                .await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "{}",
+                String::from_utf8_lossy(&answer.body)
+            );
+            answer.json::<serde_json::Value>()
+        }
+    };
+    eventually("the standby to verify the new secret", WAIT, || async {
+        (verify(new.clone()).await["secret"] == "current").then_some(())
+    })
+    .await;
+    let (app1, _) = settled(&s.client, &s.ns, "app-1").await;
+    let previous_rotation = app1
+        .status
+        .as_ref()
+        .and_then(|st| st.previous_secret.clone())
+        .expect("previous");
+    // The previous secret is the one shown before this rotation, or one from an earlier try.
+    if old_is_previous(&old, &previous_rotation.client_secret_hash) {
+        assert_eq!(verify(old.clone()).await["secret"], "previous");
+    }
+    let retired = s
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/oauth-apps/{id1}/previous-secret"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(
+        retired.status,
+        StatusCode::NO_CONTENT,
+        "{}",
+        String::from_utf8_lossy(&retired.body)
+    );
+    let (app1, _) = settled(&s.client, &s.ns, "app-1").await;
+    assert_eq!(
+        app1.status.and_then(|st| st.previous_secret),
+        None,
+        "retired on the standby"
+    );
+    assert_eq!(verify(old).await["valid"], false);
+    assert_eq!(verify(new).await["secret"], "current");
+
+    // Delete.
+    let id2 = app_id(&created[2].0);
+    let deleted = s
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/oauth-apps/{id2}"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(
+        deleted.status,
+        StatusCode::NO_CONTENT,
+        "{}",
+        String::from_utf8_lossy(&deleted.body)
+    );
+    eventually("app-2 to be gone", WAIT, || async {
+        s.apps.get_opt("app-2").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        s.operator.metric("oauthapp_leader").await,
+        Some(0.0),
+        "every call above was served by a standby"
+    );
+    assert!(
+        !s.operator.log_text().contains("no longer the leader"),
+        "no write on the standby was refused by the fence"
+    );
+    drop(leading);
+}
+
+/// Whether `plain` is the secret whose hash is `phc`.
+fn old_is_previous(plain: &str, phc: &str) -> bool {
+    secret::verify(plain, phc).unwrap_or(false)
+}

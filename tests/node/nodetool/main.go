@@ -3,7 +3,8 @@
 //	nodetool pause                 the pod sandbox: waits, reaps orphaned children, exits on SIGTERM/SIGINT
 //	nodetool serve-file ADDR FILE  GET / answers FILE's current content (a consumer pod's mounted Secret)
 //	nodetool client ADDR           a REST client with the pod's own ServiceAccount token:
-//	    POST /rotate?url=U         POSTs to U once; answers {"code":N,"body":"..."} or {"error":"..."}
+//	    POST /rotate?url=U         POSTs to U once, with this request's body as JSON (if any);
+//	                               answers {"code":N,"body":"..."} or {"error":"..."}
 //	    POST /loop?url=U           starts POSTing to U once a second
 //	    POST /loop/stop            stops the loop; answers every outcome as a JSON list
 //
@@ -83,18 +84,22 @@ type outcome struct {
 
 var httpClient = &http.Client{Timeout: 10 * time.Second}
 
-// post sends one rotation request with the pod's current ServiceAccount token.
-func post(url string) outcome {
+// post sends one request (a rotation, or a create with `body`) with the pod's current
+// ServiceAccount token.
+func post(url string, body []byte) outcome {
 	o := outcome{At: time.Now().UTC().Format(time.RFC3339Nano)}
 	token, err := os.ReadFile(tokenFile)
 	if err != nil {
 		o.Error = err.Error()
 		return o
 	}
-	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(nil))
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		o.Error = err.Error()
 		return o
+	}
+	if len(body) > 0 {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Authorization", "Bearer "+string(bytes.TrimSpace(token)))
 	resp, err := httpClient.Do(req)
@@ -103,9 +108,9 @@ func post(url string) outcome {
 		return o
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	answer, err := io.ReadAll(resp.Body)
 	o.Code = resp.StatusCode
-	o.Body = string(body)
+	o.Body = string(answer)
 	if err != nil {
 		o.Error = err.Error()
 	}
@@ -122,7 +127,12 @@ func client(addr string) error {
 		_ = json.NewEncoder(w).Encode(v)
 	}
 	http.HandleFunc("POST /rotate", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, post(r.URL.Query().Get("url")))
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<16))
+		if err != nil {
+			writeJSON(w, outcome{Error: err.Error()})
+			return
+		}
+		writeJSON(w, post(r.URL.Query().Get("url"), body))
 	})
 	http.HandleFunc("POST /loop", func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
@@ -140,7 +150,7 @@ func client(addr string) error {
 			tick := time.NewTicker(time.Second)
 			defer tick.Stop()
 			for {
-				o := post(url)
+				o := post(url, nil)
 				mu.Lock()
 				outcomes = append(outcomes, o)
 				mu.Unlock()
