@@ -2155,3 +2155,95 @@ async fn every_route_works_on_a_standby_and_every_create_there_answers_its_secre
 fn old_is_previous(plain: &str, phc: &str) -> bool {
     secret::verify(plain, phc).unwrap_or(false)
 }
+
+impl Setup {
+    /// `POST /api/v1/oauth-apps` of app `name` in this namespace.
+    async fn create(&self, name: &str, token: &str) -> Answer {
+        let body = json!({"name": name, "redirect_uris": [format!("https://{name}.example.com/cb")]});
+        let path = format!("/api/v1/oauth-apps?namespace={}", self.ns);
+        self.call(Method::POST, &path, Some(token), Some(body)).await
+    }
+}
+
+#[tokio::test]
+async fn a_create_that_times_out_before_its_first_secret_leaves_no_app_behind() {
+    // Every rotation pauses 4 s right before its Secret write; requests time out after 2 s.
+    let ns = namespace("api-create-withdrawn");
+    let client = admin_client().await;
+    let operator = Operator::start(
+        &control_plane().kubeconfig,
+        &ns,
+        &["--api-request-timeout", "2s"],
+        &[("OAUTHAPP_FAILPOINT", "pause-before-secret-write=4s")],
+    );
+    wait_ready(&operator).await;
+    let s = Setup {
+        apps: Api::namespaced(client.clone(), &ns),
+        secrets: Api::namespaced(client.clone(), &ns),
+        base: format!("http://127.0.0.1:{}", operator.api_port),
+        client,
+        ns,
+        operator,
+    };
+    let owner = s.caller("owner", &s.ns, ALL_RULES);
+    let timed_out = s
+        .create("late", &owner)
+        .await
+        .error(StatusCode::SERVICE_UNAVAILABLE, "INTERNAL_SERVER_ERROR");
+    assert!(timed_out.message.contains("timed out"), "{}", timed_out.message);
+    // Nobody was shown its first secret: the app is removed, and with it any Secret the
+    // controller wrote meanwhile.
+    eventually("the unanswered app to be withdrawn", WAIT, || async {
+        s.apps.get_opt("late").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    eventually(
+        "its Secret, if the controller wrote one, to be collected",
+        WAIT,
+        || async {
+            s.secrets
+                .get_opt("late-oauth-client")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_create_whose_secret_name_is_taken_is_refused_and_leaves_no_app_behind() {
+    let s = setup("api-create-taken", &[]).await;
+    let owner = s.caller("owner", &s.ns, ALL_RULES);
+    control_plane().kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "taken-oauth-client",
+        "-n",
+        &s.ns,
+        "--from-literal=client_secret=mine",
+    ]);
+    let taken = s.secrets.get("taken-oauth-client").await.expect("secret");
+    let conflict = s
+        .create("taken", &owner)
+        .await
+        .error(StatusCode::CONFLICT, "CONFLICT");
+    assert!(conflict.message.contains("not kept"), "{}", conflict.message);
+    // No app is left in SecretConflict, and the Secret is untouched.
+    eventually("the conflicting app to be withdrawn", WAIT, || async {
+        s.apps.get_opt("taken").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let after = s
+        .secrets
+        .get("taken-oauth-client")
+        .await
+        .expect("the Secret stays");
+    assert_eq!(
+        after.resource_version(),
+        taken.resource_version(),
+        "the Secret is untouched"
+    );
+}
