@@ -49,6 +49,9 @@ struct Memory {
 #[derive(Clone)]
 pub struct Hasher {
     params: HashParams,
+    /// The parameters whose hashes are verified: `params` first, then those accepted from an
+    /// earlier configuration (`--hash-accept-params`). Anything else is never computed.
+    trusted: Arc<[HashParams]>,
     workers: usize,
     permits: Arc<Semaphore>,
     memory: Arc<Mutex<Memory>>,
@@ -133,6 +136,7 @@ impl Hasher {
         let workers = parallelism.max(1);
         let hasher = Self {
             params,
+            trusted: Arc::from([params]),
             workers,
             permits: Arc::new(Semaphore::new(workers)),
             memory: Arc::new(Mutex::new(Memory {
@@ -148,6 +152,21 @@ impl Hasher {
         };
         hasher.refill();
         hasher
+    }
+
+    /// Also verifies hashes made with `previous` (an earlier configuration's parameters); new
+    /// hashes keep using the current ones.
+    pub fn accepting(mut self, previous: &[HashParams]) -> Self {
+        let mut trusted = vec![self.params];
+        trusted.extend(previous.iter().filter(|p| **p != self.params));
+        trusted.dedup();
+        self.trusted = Arc::from(trusted);
+        self
+    }
+
+    /// The parameters whose hashes this hasher verifies, the current ones first.
+    pub fn trusted(&self) -> &[HashParams] {
+        &self.trusted
     }
 
     /// Ready pairs in the pool now.
@@ -224,7 +243,7 @@ impl Hasher {
     /// the work does not depend on which one matches), or against a dummy when `phcs` is empty.
     /// The answer has one entry per hash of `phcs`.
     pub async fn verify_all(&self, plaintext: String, phcs: Vec<String>) -> Result<Vec<bool>, Error> {
-        let params = self.params;
+        let trusted = self.trusted.clone();
         let checked = if phcs.is_empty() {
             let dummy = self
                 .dummy
@@ -241,7 +260,7 @@ impl Hasher {
                 Ok(checked
                     .iter()
                     .map(|phc| {
-                        well_formed && secret::verify_with(&plaintext, phc, &params, memory).unwrap_or(false)
+                        well_formed && secret::verify_with(&plaintext, phc, &trusted, memory).unwrap_or(false)
                     })
                     .collect::<Vec<bool>>())
             })
@@ -270,17 +289,17 @@ impl Hasher {
         .await
     }
 
-    /// Whether `plaintext` verifies against `phc`. A malformed hash, or one made with other
-    /// parameters than this hasher's (never computed: its cost is the hash string's choice),
-    /// counts as "does not verify".
+    /// Whether `plaintext` verifies against `phc`. A malformed hash, or one made with
+    /// parameters this hasher does not trust (never computed: its cost would be the hash
+    /// string's choice), counts as "does not verify".
     pub async fn verify(&self, plaintext: String, phc: String) -> Result<bool, Error> {
-        if !secret::uses_params(&phc, &self.params) {
+        if !secret::uses_trusted_params(&phc, &self.trusted) {
             return Ok(false);
         }
-        let params = self.params;
+        let trusted = self.trusted.clone();
         self.blocking(move |memory| {
             Ok(secret::check_format(&plaintext).is_ok()
-                && secret::verify_with(&plaintext, &phc, &params, memory).unwrap_or(false))
+                && secret::verify_with(&plaintext, &phc, &trusted, memory).unwrap_or(false))
         })
         .await
     }
@@ -418,7 +437,7 @@ mod tests {
         assert_eq!(policy_of_thread("hash-refill"), Some(SCHED_IDLE));
         // A requested hash does not use it, and the pool is made again behind it.
         let (secret, phc) = hasher.generate().await.unwrap();
-        assert!(secret::verify_with(secret.expose(), &phc, &FAST, &mut HashMemory::default()).unwrap());
+        assert!(secret::verify_with(secret.expose(), &phc, &[FAST], &mut HashMemory::default()).unwrap());
         eventually("the pool refilled", || hasher.pooled() == 2).await;
     }
 

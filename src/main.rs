@@ -75,6 +75,12 @@ struct RunArgs {
     /// argon2id lanes for new hashes.
     #[arg(long, env = "OAUTHAPP_HASH_PARALLELISM", default_value_t = HashParams::default().p_cost)]
     hash_parallelism: u32,
+    /// argon2id parameters of an earlier configuration whose hashes keep verifying, as
+    /// `m=KIB,t=ITERATIONS,p=LANES`, several separated by `;`. New hashes use the parameters
+    /// above; an app's hash moves to them at its next rotation. A hash with parameters neither
+    /// here nor above is drift, and is never computed.
+    #[arg(long, env = "OAUTHAPP_HASH_ACCEPT_PARAMS", value_delimiter = ';', value_parser = oauthapp_operator::secret::parse_params)]
+    hash_accept_params: Vec<HashParams>,
     /// Hashes computed at the same time (default: the number of CPUs).
     #[arg(long, env = "OAUTHAPP_HASH_WORKERS")]
     hash_workers: Option<usize>,
@@ -245,7 +251,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(
         Context::new(
             client.clone(),
-            Hasher::with_pool(params, workers, args.hash_pool),
+            Hasher::with_pool(params, workers, args.hash_pool).accepting(&args.hash_accept_params),
             metrics.clone(),
             instance.clone(),
         )

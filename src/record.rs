@@ -481,7 +481,7 @@ pub fn verdict(
     app: &OAuthApp,
     meta: &ObjectMeta,
     key: &RecordKey,
-    params: &HashParams,
+    trusted: &[HashParams],
     now: Timestamp,
 ) -> Verdict {
     let (Some(uid), Some(client_id)) = (app.metadata.uid.as_deref(), client_id(app)) else {
@@ -490,11 +490,11 @@ pub fn verdict(
     let Some(record) = Record::from_annotations(uid, &client_id, meta) else {
         return Verdict::Drift(Drift::Stripped);
     };
-    if !crate::secret::uses_params(&record.hash, params)
+    if !crate::secret::uses_trusted_params(&record.hash, trusted)
         || record
             .previous
             .as_ref()
-            .is_some_and(|p| !crate::secret::uses_params(&p.hash, params))
+            .is_some_and(|p| !crate::secret::uses_trusted_params(&p.hash, trusted))
     {
         return Verdict::Drift(Drift::ForeignParams);
     }
@@ -627,7 +627,7 @@ mod tests {
             Some(rec.clone())
         );
         assert_eq!(
-            verdict(&app(), &meta(ann.clone()), &key(), &FAST, now),
+            verdict(&app(), &meta(ann.clone()), &key(), &[FAST], now),
             Verdict::Signed
         );
 
@@ -642,7 +642,7 @@ mod tests {
             let mut changed = ann.clone();
             changed.insert(k.into(), v.into());
             assert_eq!(
-                verdict(&app(), &meta(changed), &key(), &FAST, now),
+                verdict(&app(), &meta(changed), &key(), &[FAST], now),
                 Verdict::Drift(Drift::BadSignature),
                 "{k} changed"
             );
@@ -650,19 +650,19 @@ mod tests {
         // Another key, or the record moved to another app or client id.
         let other = RecordKey::from_bytes(&[8u8; KEY_LEN]).unwrap();
         assert_eq!(
-            verdict(&app(), &meta(ann.clone()), &other, &FAST, now),
+            verdict(&app(), &meta(ann.clone()), &other, &[FAST], now),
             Verdict::Drift(Drift::BadSignature)
         );
         let mut elsewhere = app();
         elsewhere.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
         assert_eq!(
-            verdict(&elsewhere, &meta(ann.clone()), &key(), &FAST, now),
+            verdict(&elsewhere, &meta(ann.clone()), &key(), &[FAST], now),
             Verdict::Drift(Drift::BadSignature)
         );
         let mut renamed = app();
         renamed.spec.client_id = Some("other".into());
         assert_eq!(
-            verdict(&renamed, &meta(ann), &key(), &FAST, now),
+            verdict(&renamed, &meta(ann), &key(), &[FAST], now),
             Verdict::Drift(Drift::BadSignature)
         );
     }
@@ -683,7 +683,7 @@ mod tests {
             Some(rec.clone())
         );
         assert_eq!(
-            verdict(&app(), &meta(ann.clone()), &key(), &FAST, now),
+            verdict(&app(), &meta(ann.clone()), &key(), &[FAST], now),
             Verdict::Signed
         );
         // A longer grace, or a previous secret added or removed by hand: not the operator's.
@@ -693,7 +693,7 @@ mod tests {
             "2099-01-01T00:00:00Z".into(),
         );
         assert_eq!(
-            verdict(&app(), &meta(later), &key(), &FAST, now),
+            verdict(&app(), &meta(later), &key(), &[FAST], now),
             Verdict::Drift(Drift::BadSignature)
         );
         let mut without = ann.clone();
@@ -706,7 +706,7 @@ mod tests {
             without.remove(k);
         }
         assert_eq!(
-            verdict(&app(), &meta(without), &key(), &FAST, now),
+            verdict(&app(), &meta(without), &key(), &[FAST], now),
             Verdict::Drift(Drift::BadSignature)
         );
         let previous = rec.previous.unwrap();
@@ -722,7 +722,7 @@ mod tests {
         // and its history is its own rotation.
         let ann = plain.to_annotations(&key());
         assert!(!ann.contains_key(annotations::HISTORY));
-        assert_eq!(verdict(&app(), &meta(ann), &key(), &FAST, now), Verdict::Signed);
+        assert_eq!(verdict(&app(), &meta(ann), &key(), &[FAST], now), Verdict::Signed);
         let own = plain.history_entries();
         assert_eq!(own.len(), 1);
         assert_eq!(
@@ -746,7 +746,7 @@ mod tests {
         let read = Record::from_annotations(UID, &rec.client_id, &meta(ann.clone())).unwrap();
         assert_eq!(read.history_entries(), entries);
         assert_eq!(
-            verdict(&app(), &meta(ann.clone()), &key(), &FAST, now),
+            verdict(&app(), &meta(ann.clone()), &key(), &[FAST], now),
             Verdict::Signed
         );
         // A history edited (or removed) by hand is not the operator's.
@@ -756,13 +756,13 @@ mod tests {
             Record::history_value(&entries[..1]).unwrap(),
         );
         assert_eq!(
-            verdict(&app(), &meta(edited), &key(), &FAST, now),
+            verdict(&app(), &meta(edited), &key(), &[FAST], now),
             Verdict::Drift(Drift::BadSignature)
         );
         let mut removed = ann;
         removed.remove(annotations::HISTORY);
         assert_eq!(
-            verdict(&app(), &meta(removed), &key(), &FAST, now),
+            verdict(&app(), &meta(removed), &key(), &[FAST], now),
             Verdict::Drift(Drift::BadSignature)
         );
     }
@@ -773,7 +773,7 @@ mod tests {
         let huge = "$argon2id$v=19$m=2097152,t=32,p=64$c29tZXNhbHRzb21lc2FsdA$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
         let ann = record(huge, now).to_annotations(&key());
         assert_eq!(
-            verdict(&app(), &meta(ann), &key(), &FAST, now),
+            verdict(&app(), &meta(ann), &key(), &[FAST], now),
             Verdict::Drift(Drift::ForeignParams)
         );
         let weak = crate::secret::hash(
@@ -787,20 +787,20 @@ mod tests {
         .unwrap();
         let ann = record(&weak, now).to_annotations(&key());
         assert_eq!(
-            verdict(&app(), &meta(ann), &key(), &FAST, now),
+            verdict(&app(), &meta(ann), &key(), &[FAST], now),
             Verdict::Drift(Drift::ForeignParams)
         );
 
         let future = now + SignedDuration::from_hours(24 * 365);
         let ann = record(&our_hash(), future).to_annotations(&key());
         assert_eq!(
-            verdict(&app(), &meta(ann), &key(), &FAST, now),
+            verdict(&app(), &meta(ann), &key(), &[FAST], now),
             Verdict::Drift(Drift::FutureRotatedAt)
         );
         // Within the allowed skew: believed.
         let skewed = now + SignedDuration::from_secs(30);
         let ann = record(&our_hash(), skewed).to_annotations(&key());
-        assert_eq!(verdict(&app(), &meta(ann), &key(), &FAST, now), Verdict::Signed);
+        assert_eq!(verdict(&app(), &meta(ann), &key(), &[FAST], now), Verdict::Signed);
     }
 
     #[test]
@@ -810,7 +810,7 @@ mod tests {
         let mut ann = record(&hash, now).to_annotations(&key());
         ann.remove(annotations::SIGNATURE);
         assert_eq!(
-            verdict(&app(), &meta(ann.clone()), &key(), &FAST, now),
+            verdict(&app(), &meta(ann.clone()), &key(), &[FAST], now),
             Verdict::Drift(Drift::Unsigned)
         );
 
@@ -821,20 +821,20 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            verdict(&shown, &meta(ann.clone()), &key(), &FAST, now),
+            verdict(&shown, &meta(ann.clone()), &key(), &[FAST], now),
             Verdict::Legacy
         );
         // The status shows another hash: a forged unsigned record.
         let mut forged = shown.clone();
         forged.status.as_mut().unwrap().client_secret_hash = Some(our_hash());
         assert_eq!(
-            verdict(&forged, &meta(ann.clone()), &key(), &FAST, now),
+            verdict(&forged, &meta(ann.clone()), &key(), &[FAST], now),
             Verdict::Drift(Drift::Unsigned)
         );
         // Stripped of its hash: nothing to judge.
         ann.remove(annotations::HASH);
         assert_eq!(
-            verdict(&shown, &meta(ann), &key(), &FAST, now),
+            verdict(&shown, &meta(ann), &key(), &[FAST], now),
             Verdict::Drift(Drift::Stripped)
         );
     }

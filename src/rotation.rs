@@ -236,7 +236,7 @@ async fn rotate_inner(
     // What the replaced Secret says counts only when the operator wrote it.
     let believed = current.as_ref().filter(|meta| {
         matches!(
-            record::verdict(app, meta, &key, &ctx.hasher.params(), now),
+            record::verdict(app, meta, &key, ctx.hasher.trusted(), now),
             Verdict::Signed | Verdict::Legacy
         )
     });
@@ -471,7 +471,7 @@ pub async fn revoke_previous(ctx: &Context, app: &OAuthApp, secret: Secret) -> R
     let now = Timestamp::now();
     let key = ctx.record_key()?;
     if !matches!(
-        record::verdict(app, &secret.metadata, &key, &ctx.hasher.params(), now),
+        record::verdict(app, &secret.metadata, &key, ctx.hasher.trusted(), now),
         Verdict::Signed
     ) {
         return Err(Error::Conflict(app_key(app)));

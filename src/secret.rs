@@ -231,8 +231,9 @@ fn checksum(payload: &[u8]) -> [u8; CHECKSUM_LEN] {
 
 /// Argon2id cost parameters for newly hashed secrets.
 ///
-/// Existing hashes keep the parameters they were made with, because [`verify`] reads them
-/// from the PHC string. Raising these values only affects secrets hashed afterwards.
+/// Existing hashes keep the parameters they were made with ([`verify`] reads them from the PHC
+/// string), but the operator verifies only hashes whose parameters it trusts
+/// ([`verify_with`]): the current ones and those accepted from an earlier configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HashParams {
     /// Memory cost in KiB.
@@ -456,8 +457,14 @@ pub fn uses_params(phc: &str, params: &HashParams) -> bool {
             == (params.m_cost_kib, params.t_cost, params.p_cost)
 }
 
-/// [`verify_in`] for the operator itself: a hash that does not use exactly `params`
-/// ([`uses_params`]) is refused with [`HashError::ForeignParams`] before any memory is taken.
+/// Whether `phc` uses one of `trusted` exactly ([`uses_params`]).
+pub fn uses_trusted_params(phc: &str, trusted: &[HashParams]) -> bool {
+    trusted.iter().any(|params| uses_params(phc, params))
+}
+
+/// [`verify_in`] for the operator itself: a hash that does not use exactly one of `trusted`
+/// ([`uses_trusted_params`]) is refused with [`HashError::ForeignParams`] before any memory is
+/// taken.
 ///
 /// # Errors
 ///
@@ -465,13 +472,52 @@ pub fn uses_params(phc: &str, params: &HashParams) -> bool {
 pub fn verify_with(
     secret: &str,
     phc: &str,
-    params: &HashParams,
+    trusted: &[HashParams],
     memory: &mut HashMemory,
 ) -> Result<bool, HashError> {
-    if !uses_params(phc, params) {
+    if !uses_trusted_params(phc, trusted) {
         return Err(HashError::ForeignParams);
     }
     verify_in(secret, phc, memory)
+}
+
+/// Parses `m=KIB,t=ITERATIONS,p=LANES` (the PHC string's own notation, in any order).
+///
+/// # Errors
+///
+/// A message naming what is wrong.
+pub fn parse_params(s: &str) -> Result<HashParams, String> {
+    let (mut m, mut t, mut p) = (None, None, None);
+    for part in s.split(',') {
+        let (k, v) = part
+            .trim()
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected m=KIB,t=ITERATIONS,p=LANES"))?;
+        let v: u32 = v
+            .parse()
+            .map_err(|_| format!("{s:?}: {k}={v:?} is not a number"))?;
+        let slot = match k {
+            "m" => &mut m,
+            "t" => &mut t,
+            "p" => &mut p,
+            _ => return Err(format!("{s:?}: unknown parameter {k:?} (m, t and p are)")),
+        };
+        if slot.replace(v).is_some() {
+            return Err(format!("{s:?}: {k} given twice"));
+        }
+    }
+    match (m, t, p) {
+        (Some(m_cost_kib), Some(t_cost), Some(p_cost)) => {
+            let params = HashParams {
+                m_cost_kib,
+                t_cost,
+                p_cost,
+            };
+            check_cost(m_cost_kib, t_cost, p_cost).map_err(|e| format!("{s:?}: {e}"))?;
+            Ok(params)
+        }
+        _ => Err(format!("{s:?}: expected m=KIB,t=ITERATIONS,p=LANES")),
+    }
 }
 
 /// Enforces [`MAX_M_COST_KIB`], [`MAX_T_COST`] and [`MAX_P_COST`].
@@ -870,7 +916,7 @@ mod tests {
         let ours = hash(secret.expose(), &FAST).unwrap();
         assert!(uses_params(&ours, &FAST));
         let mut memory = HashMemory::default();
-        assert!(verify_with(secret.expose(), &ours, &FAST, &mut memory).unwrap());
+        assert!(verify_with(secret.expose(), &ours, &[FAST], &mut memory).unwrap());
         for other in [
             HashParams {
                 m_cost_kib: FAST.m_cost_kib * 2,
@@ -885,7 +931,7 @@ mod tests {
             let theirs = hash(secret.expose(), &other).unwrap();
             assert!(!uses_params(&theirs, &FAST));
             assert!(matches!(
-                verify_with(secret.expose(), &theirs, &FAST, &mut memory),
+                verify_with(secret.expose(), &theirs, &[FAST], &mut memory),
                 Err(HashError::ForeignParams)
             ));
         }
@@ -895,7 +941,7 @@ mod tests {
         );
         let before = memory.0.len();
         assert!(matches!(
-            verify_with(secret.expose(), &huge, &FAST, &mut memory),
+            verify_with(secret.expose(), &huge, &[FAST], &mut memory),
             Err(HashError::ForeignParams)
         ));
         assert_eq!(memory.0.len(), before);
@@ -1020,5 +1066,55 @@ mod tests {
                 prop_assert!(input.starts_with(SECRET_PREFIX));
             }
         }
+    }
+
+    #[test]
+    fn hash_parameters_parse_from_the_phc_notation() {
+        assert_eq!(
+            parse_params("m=19456,t=2,p=1"),
+            Ok(HashParams {
+                m_cost_kib: 19_456,
+                t_cost: 2,
+                p_cost: 1
+            })
+        );
+        assert_eq!(
+            parse_params(" t=3, p=1,m=65536").map(|p| p.m_cost_kib),
+            Ok(65_536)
+        );
+        for bad in [
+            "",
+            "m=19456,t=2",
+            "m=19456,t=2,p=1,x=4",
+            "m=a,t=2,p=1",
+            "m=1,m=2,t=2,p=1",
+            "19456,2,1",
+        ] {
+            assert!(parse_params(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_hash_verifies_only_with_trusted_parameters() {
+        let old = HashParams {
+            m_cost_kib: 8,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        let new = HashParams {
+            m_cost_kib: 16,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        let s = ClientSecret::generate().unwrap();
+        let phc = hash(s.expose(), &old).unwrap();
+        let mut memory = HashMemory::default();
+        assert!(matches!(
+            verify_with(s.expose(), &phc, &[new], &mut memory),
+            Err(HashError::ForeignParams)
+        ));
+        assert!(verify_with(s.expose(), &phc, &[new, old], &mut memory).unwrap());
+        assert!(uses_trusted_params(&phc, &[new, old]));
+        assert!(!uses_trusted_params(&phc, &[new]));
     }
 }

@@ -270,7 +270,7 @@ fn secret_view<'a>(
     Ok(SecretView {
         meta,
         check,
-        record: crate::record::verdict(app, meta, &ctx.record_key()?, &ctx.hasher.params(), now),
+        record: crate::record::verdict(app, meta, &ctx.record_key()?, ctx.hasher.trusted(), now),
     })
 }
 

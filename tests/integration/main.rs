@@ -5,6 +5,7 @@ mod api;
 mod chart;
 mod consumers;
 mod controlplane;
+mod daytwo;
 mod faults;
 mod grace;
 mod monitoring;

@@ -111,6 +111,13 @@ refuses a flag given twice.
   (printf "--hash-parallelism=%d" (int64 $v.hashing.parallelism))
   (printf "--hash-workers=%d" (int64 $v.hashing.workers))
   (printf "--hash-pool=%d" (int64 $v.hashing.pool)) ) }}
+{{- with $v.hashing.acceptPrevious }}
+{{- $accepted := list }}
+{{- range . }}
+{{- $accepted = append $accepted (printf "m=%d,t=%d,p=%d" (int64 .memoryKiB) (int64 .iterations) (int64 .parallelism)) }}
+{{- end }}
+{{- $args = append $args (printf "--hash-accept-params=%s" (join ";" $accepted)) }}
+{{- end }}
 {{- if $v.api.tls.enabled }}
 {{- $args = concat $args (list "--tls-cert-file=/etc/oauthapp-operator/tls/tls.crt" "--tls-key-file=/etc/oauthapp-operator/tls/tls.key") }}
 {{- end }}
