@@ -8,7 +8,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use kube::ResourceExt;
 
+use crate::context::Context;
 use crate::metrics::{AppCounts, Metrics};
 use crate::watches::Watches;
 
@@ -16,6 +18,7 @@ use crate::watches::Watches;
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub watches: Arc<Watches>,
+    pub context: Arc<Context>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -27,12 +30,14 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    if s.watches.is_ready() {
-        (StatusCode::OK, "ready")
+    if let Some(why) = s.context.record_key.waiting() {
+        (StatusCode::SERVICE_UNAVAILABLE, why)
+    } else if s.watches.is_ready() {
+        (StatusCode::OK, "ready".to_string())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the first sync of the watches",
+            "waiting for the first sync of the watches".to_string(),
         )
     }
 }
@@ -45,6 +50,29 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         apps.iter().map(|a| a.as_ref()),
         jiff::Timestamp::now(),
     ));
+    let ring = s.context.record_key.get();
+    s.metrics
+        .record_key_missing
+        .set(i64::from(s.context.record_key.waiting().is_some()));
+    s.metrics
+        .record_keys
+        .set(ring.as_ref().map_or(0, |r| r.ids().count() as i64));
+    if let Some(ring) = ring {
+        // A cheap look at the signature's key id, not a verification.
+        let newest = format!("v2.{}.", ring.signing_id());
+        let to_resign = s
+            .watches
+            .secrets()
+            .iter()
+            .filter(|secret| {
+                secret
+                    .annotations()
+                    .get(crate::record::annotations::SIGNATURE)
+                    .is_some_and(|sig| !sig.starts_with(&newest))
+            })
+            .count();
+        s.metrics.records_to_resign.set(to_resign as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -56,7 +56,13 @@ pub struct Context {
     pub leadership: crate::leader::Leadership,
     /// The operator-wide limit on scheduled rotations (`--max-scheduled-rotations-per-second`).
     pub scheduled_rotations: crate::schedule::ScheduledRotations,
+    /// Records re-signed with a new key of the ring, at most [`RESIGNS_PER_SECOND`]: a new key
+    /// moves every record over in the background, never as a burst of writes.
+    pub resigns: governor::DefaultDirectRateLimiter,
 }
+
+/// Records re-signed per second at most, operator-wide, after a new key joins the ring.
+pub const RESIGNS_PER_SECOND: std::num::NonZeroU32 = std::num::NonZeroU32::new(10).unwrap();
 
 impl Context {
     pub fn new(client: Client, hasher: Hasher, metrics: Arc<Metrics>, instance: String) -> Self {
@@ -81,6 +87,7 @@ impl Context {
             background: tokio_util::task::TaskTracker::new(),
             leadership: crate::leader::Leadership::default(),
             scheduled_rotations,
+            resigns: governor::RateLimiter::direct(governor::Quota::per_second(RESIGNS_PER_SECOND)),
         }
     }
 

@@ -23,6 +23,12 @@ pub const ROTATE_REVOKE_ANNOTATION: &str = "oauthapp.io/rotate-revoke";
 /// Set to `status.previousSecret.rotationId`: retires that previous secret now, before its
 /// expiry (the kubectl equivalent of `DELETE /api/v1/oauth-apps/{id}/previous-secret`).
 pub const REVOKE_PREVIOUS_ANNOTATION: &str = "oauthapp.io/revoke-previous";
+/// Accepts the app's Secret as it is when its rotation record cannot be verified (signed by a
+/// key the operator does not hold, no status to check it against): valued with that record's
+/// rotation id. The operator then checks the Secret's plaintext against the record's hash and,
+/// if it matches, signs the record with its own key: no new secret. Only editors may set it
+/// (the admission policy lets rotators change the rotate annotation alone).
+pub const ACCEPT_SECRET_ANNOTATION: &str = "oauthapp.io/accept-secret";
 /// Keys of the generated Secret.
 pub const CLIENT_ID_KEY: &str = "client_id";
 /// Key of the plaintext client secret in the generated Secret.

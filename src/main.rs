@@ -260,7 +260,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     {
         let (ctx, client, name) = (ctx.clone(), client.clone(), args.record_key_secret.clone());
-        tokio::spawn(async move { ctx.record_key.load(client, &key_namespace, &name).await });
+        let namespaces = args.watch_namespaces.clone();
+        tokio::spawn(async move {
+            let lister = client.clone();
+            let signed_records =
+                move || oauthapp_operator::record::count_signed_records(lister.clone(), namespaces.clone());
+            ctx.record_key
+                .load(client, &key_namespace, &name, signed_records)
+                .await
+        });
     }
     let background = ctx.background.clone();
     let shutdown = CancellationToken::new();
@@ -285,6 +293,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         admin::router(AdminState {
             metrics: metrics.clone(),
             watches: watches.clone(),
+            context: ctx.clone(),
         }),
         connections,
         shutdown.clone(),

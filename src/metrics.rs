@@ -63,8 +63,9 @@ pub struct ReadyLabels {
 
 /// The reasons `oauthapp_apps_not_ready{reason}` counts by: the Ready reasons that need someone
 /// to act, and `Other` for any reason not listed (so the label stays a fixed, small set).
-pub const NOT_READY_REASONS: [&str; 4] = [
+pub const NOT_READY_REASONS: [&str; 5] = [
     crate::controller::plan::reasons::SECRET_CONFLICT,
+    crate::controller::plan::reasons::RECORD_UNVERIFIABLE,
     crate::controller::plan::reasons::SECRET_REJECTED,
     // A client id another app already uses (issue 9).
     "ClientIdConflict",
@@ -140,6 +141,14 @@ pub struct Metrics {
     pub apps_rotation_overdue: Gauge,
     /// 1 when this replica leads (runs the controller), else 0.
     pub leader: Gauge,
+    /// 1 while no record signing key is loaded because signed records exist that a new key
+    /// would strand: the operator waits for a person (restore the key, or make a new one).
+    pub record_key_missing: Gauge,
+    /// Keys in the record key ring this replica holds.
+    pub record_keys: Gauge,
+    /// App Secrets whose record is not signed by the ring's newest key (re-signed in the
+    /// background after a new key; 0 once done, when the old key may be retired).
+    pub records_to_resign: Gauge,
     /// Unix time of the last successful rotation.
     pub last_rotation_timestamp: Gauge<f64, AtomicU64>,
     /// REST API requests answered, by route, method and status code.
@@ -186,6 +195,9 @@ impl Metrics {
         let apps_not_ready = Family::<ReasonLabels, Gauge>::default();
         let apps_rotation_overdue = Gauge::default();
         let leader = Gauge::default();
+        let record_key_missing = Gauge::default();
+        let record_keys = Gauge::default();
+        let records_to_resign = Gauge::default();
         let last_rotation_timestamp = Gauge::<f64, AtomicU64>::default();
         let api_requests = Family::<RequestLabels, Counter>::default();
         let api_request_duration: HistogramFamily<RouteLabels> =
@@ -241,6 +253,17 @@ impl Metrics {
             "leader",
             "1 when this replica runs the controller",
             leader.clone(),
+        );
+        registry.register(
+            "record_key_missing",
+            "1 while the operator waits for a record signing key (signed records exist that a new key would strand)",
+            record_key_missing.clone(),
+        );
+        registry.register("record_keys", "Keys in the record key ring", record_keys.clone());
+        registry.register(
+            "records_to_resign",
+            "App Secrets whose record is not signed by the newest key of the ring",
+            records_to_resign.clone(),
         );
         registry.register(
             "last_rotation_timestamp_seconds",
@@ -309,6 +332,9 @@ impl Metrics {
             apps_not_ready,
             apps_rotation_overdue,
             leader,
+            record_key_missing,
+            record_keys,
+            records_to_resign,
             last_rotation_timestamp,
             api_requests,
             api_request_duration,
@@ -452,7 +478,7 @@ mod tests {
                 ready: 2,
                 not_ready: 4,
                 unknown: 1,
-                not_ready_by_reason: [2, 0, 1, 1],
+                not_ready_by_reason: [2, 0, 0, 1, 1],
                 rotation_overdue: 2,
             }
         );

@@ -67,8 +67,10 @@ pub mod annotations {
 /// API server) before the record counts as forged.
 pub const MAX_CLOCK_SKEW: SignedDuration = SignedDuration::from_secs(60);
 
-/// The signature format's version prefix.
-const SIGNATURE_PREFIX: &str = "v1.";
+/// The signature format's version prefix: `v2.<key id>.<mac>`.
+const SIGNATURE_PREFIX: &str = "v2.";
+/// Format 1, before the key ring: `v1.<mac>`, by the one key there was. Still verified.
+const SIGNATURE_PREFIX_V1: &str = "v1.";
 
 /// The bytes the key Secret must hold at least.
 pub const KEY_LEN: usize = 32;
@@ -239,40 +241,86 @@ impl Record {
     }
 }
 
-/// The operator's signing key: 32 random bytes kept in a Secret of the operator's own namespace.
+/// The operator's signing keys (a ring): 32 random bytes each, kept in Secrets of the
+/// operator's own namespace. The newest signs; every one verifies. A signature names its key
+/// (`v2.<key id>.<mac>`), so a record signed by a key the ring does not hold is told apart from
+/// a forgery by a key it does hold ([`KeyCheck`]).
 #[derive(Clone)]
-pub struct RecordKey(Arc<Vec<u8>>);
+pub struct RecordKey(Arc<Vec<RingKey>>);
+
+/// One key of the ring: its id (derived from its bytes) and its bytes.
+struct RingKey {
+    id: String,
+    bytes: Vec<u8>,
+}
 
 impl fmt::Debug for RecordKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RecordKey(<redacted>)")
+        write!(
+            f,
+            "RecordKey(signing {}, {} keys, <redacted>)",
+            self.signing_id(),
+            self.0.len()
+        )
     }
 }
 
-/// The key once it is loaded: the REST API serves (503 for rotations) and the controller waits
-/// while the API server cannot be reached at start, instead of the process exiting.
+/// What a signature says about a record, to the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// Made by a key of the ring; `newest`: by the one that signs now.
+    Valid { newest: bool },
+    /// Not a signature of this record by the key it names (or malformed): forged or altered.
+    Invalid,
+    /// Made by a key the ring does not hold (a key since lost or replaced, or from a
+    /// format-1 signature no key of the ring makes): neither proven nor disproven.
+    UnknownKey,
+}
+/// The key ring once it is loaded: the REST API serves (503 for rotations) and the controller
+/// waits while the API server cannot be reached at start, instead of the process exiting.
 #[derive(Debug)]
-pub struct KeyCell(tokio::sync::watch::Sender<Option<RecordKey>>);
+pub struct KeyCell {
+    ring: tokio::sync::watch::Sender<Option<RecordKey>>,
+    /// Why no ring is loaded, while the operator waits for a person (signed records exist that
+    /// no key it could load verifies).
+    waiting: std::sync::Mutex<Option<String>>,
+}
 
 impl Default for KeyCell {
     fn default() -> Self {
-        Self(tokio::sync::watch::channel(None).0)
+        Self {
+            ring: tokio::sync::watch::channel(None).0,
+            waiting: std::sync::Mutex::default(),
+        }
     }
 }
 
+/// How often every replica reads the key ring again (a key added or retired is seen without a
+/// restart).
+pub const KEY_POLL: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl KeyCell {
-    /// The key, once loaded.
+    /// The ring, once loaded.
     pub fn get(&self) -> Option<RecordKey> {
-        self.0.borrow().clone()
+        self.ring.borrow().clone()
     }
 
     pub fn set(&self, key: RecordKey) {
-        self.0.send_replace(Some(key));
+        self.ring.send_replace(Some(key));
     }
 
-    /// Resolves once the key is loaded.
+    /// Why no key is loaded, when the operator holds for a person.
+    pub fn waiting(&self) -> Option<String> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_waiting(&self, why: Option<String>) {
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// Resolves once the ring is loaded.
     pub async fn wait(&self) -> RecordKey {
-        let mut rx = self.0.subscribe();
+        let mut rx = self.ring.subscribe();
         loop {
             if let Some(key) = rx.borrow_and_update().clone() {
                 return key;
@@ -284,22 +332,73 @@ impl KeyCell {
         }
     }
 
-    /// Loads (or creates) the key from the Secret `namespace/name` into this cell, retrying with
-    /// a growing pause (up to 30 s) while the API server cannot be reached or the Secret is
-    /// malformed (each failure is logged with what to do).
-    pub async fn load(&self, client: Client, namespace: &str, name: &str) {
+    /// Loads the ring from `namespace` (the default key Secret is `name`), then reads it again
+    /// every [`KEY_POLL`], for ever. With no key at all, a new one is made only when
+    /// `signed_records` finds no Secret with a signed record: otherwise a key was lost (or is
+    /// not restored yet), a new one would strand every record, and the operator waits for a
+    /// person, saying why (log, `/readyz`, `oauthapp_record_key_missing`). Failures to reach
+    /// the API server are retried with a growing pause (up to 30 s).
+    pub async fn load<F, Fut>(&self, client: Client, namespace: &str, name: &str, signed_records: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<usize, kube::Error>>,
+    {
         let mut pause = std::time::Duration::from_millis(200);
+        let mut last = String::new();
         loop {
-            match RecordKey::load_or_create(client.clone(), namespace, name).await {
-                Ok(key) => {
-                    self.set(key);
-                    return;
+            let wait = match RecordKey::load_ring(client.clone(), namespace, name).await {
+                Ok(Some((ring, fingerprint))) => {
+                    if fingerprint != last {
+                        tracing::info!(
+                            keys = ring.0.len(),
+                            signing = ring.signing_id(),
+                            "loaded the record key ring"
+                        );
+                        self.set(ring);
+                        self.set_waiting(None);
+                        last = fingerprint;
+                    }
+                    pause = KEY_POLL;
+                    KEY_POLL
                 }
+                Ok(None) if self.get().is_some() => {
+                    tracing::warn!(
+                        namespace,
+                        "every record key Secret is gone: signing with the keys in memory; restore them (a restart would wait for them)"
+                    );
+                    KEY_POLL
+                }
+                Ok(None) => match signed_records().await {
+                    Ok(0) => match RecordKey::create_secret(client.clone(), namespace, name).await {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %crate::error::redact(&e.to_string()), retry_in = ?pause, "creating the record signing key failed");
+                            pause
+                        }
+                    },
+                    Ok(n) => {
+                        let why = format!(
+                            "no record signing key in namespace {namespace}, and {n} app Secrets carry records signed by one: \
+                             restore the key Secret {name} from a backup, or make a new key (kubectl oauthapp key rotate); \
+                             nothing is rotated meanwhile"
+                        );
+                        if self.waiting().as_deref() != Some(why.as_str()) {
+                            tracing::error!("{why}");
+                        }
+                        self.set_waiting(Some(why));
+                        KEY_POLL.min(pause)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %crate::error::redact(&e.to_string()), retry_in = ?pause, "cannot look for signed records");
+                        pause
+                    }
+                },
                 Err(e) => {
-                    tracing::warn!(error = %crate::error::redact(&e.to_string()), retry_in = ?pause, "the rotation-record signing key is not loaded; rotations wait for it");
+                    tracing::warn!(error = %crate::error::redact(&e.to_string()), retry_in = ?pause, "the record key ring is not loaded; rotations wait for it");
+                    pause
                 }
-            }
-            tokio::time::sleep(pause).await;
+            };
+            tokio::time::sleep(wait).await;
             pause = (pause * 2).min(std::time::Duration::from_secs(30));
         }
     }
@@ -308,10 +407,6 @@ impl KeyCell {
 /// Why a record key cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error(
-        "Secret {namespace}/{name} holds no `{KEY_DATA_KEY}` of at least {KEY_LEN} bytes; delete it to have a new key made (every app then gets a new secret once)"
-    )]
-    Malformed { namespace: String, name: String },
     #[error("the operating system's random number generator failed")]
     Random,
     #[error("reading or creating the record key Secret {namespace}/{name}: {source}")]
@@ -324,110 +419,260 @@ pub enum KeyError {
 }
 
 impl RecordKey {
-    /// A key from its bytes; None when shorter than [`KEY_LEN`].
+    /// A ring of one key, from its bytes; None when shorter than [`KEY_LEN`].
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        (bytes.len() >= KEY_LEN).then(|| Self(Arc::new(bytes.to_vec())))
+        Self::ring(vec![bytes.to_vec()])
+    }
+
+    /// A ring of `keys`, the newest (the one that signs) first; None when empty or when a key
+    /// is shorter than [`KEY_LEN`].
+    pub fn ring(keys: Vec<Vec<u8>>) -> Option<Self> {
+        if keys.is_empty() || keys.iter().any(|k| k.len() < KEY_LEN) {
+            return None;
+        }
+        let mut ring: Vec<RingKey> = Vec::with_capacity(keys.len());
+        for bytes in keys {
+            let id = key_id(&bytes);
+            if !ring.iter().any(|k| k.id == id) {
+                ring.push(RingKey { id, bytes });
+            }
+        }
+        Some(Self(Arc::new(ring)))
     }
 
     /// A fresh key from the OS random source.
     pub fn generate() -> Result<Self, KeyError> {
-        use rand::TryRng as _;
-        let mut bytes = vec![0u8; KEY_LEN];
-        rand::rngs::SysRng
-            .try_fill_bytes(&mut bytes)
-            .map_err(|_| KeyError::Random)?;
-        Ok(Self(Arc::new(bytes)))
+        Self::from_bytes(&random_key()?).ok_or(KeyError::Random)
     }
 
-    fn mac(&self) -> Hmac<Sha256> {
+    /// The id of the key that signs.
+    pub fn signing_id(&self) -> &str {
+        &self.0[0].id
+    }
+
+    /// The ids of every key of the ring, the signing one first.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|k| k.id.as_str())
+    }
+
+    fn mac(key: &RingKey) -> Hmac<Sha256> {
         // HMAC takes keys of any length: this cannot fail.
-        <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC accepts any key length")
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&key.bytes).expect("HMAC accepts any key length")
     }
 
-    /// The signature annotation's value for `record`.
+    /// The format-2 MAC: over the format, the key id and the record.
+    fn mac_v2(key: &RingKey, record: &Record) -> Hmac<Sha256> {
+        let mut mac = Self::mac(key);
+        mac.update(SIGNATURE_PREFIX.as_bytes());
+        mac.update(key.id.as_bytes());
+        mac.update(b".");
+        mac.update(&record.message());
+        mac
+    }
+
+    /// The signature annotation's value for `record`, by the newest key.
     pub fn sign(&self, record: &Record) -> String {
-        let mut mac = self.mac();
-        mac.update(&record.message());
-        format!(
-            "{SIGNATURE_PREFIX}{}",
-            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-        )
+        let key = &self.0[0];
+        let tag = Self::mac_v2(key, record).finalize().into_bytes();
+        format!("{SIGNATURE_PREFIX}{}.{}", key.id, URL_SAFE_NO_PAD.encode(tag))
     }
 
-    /// Whether `signature` is this key's signature of `record` (constant-time comparison).
+    /// What `signature` says about `record` (constant-time comparisons).
+    pub fn check(&self, record: &Record, signature: &str) -> KeyCheck {
+        if let Some(rest) = signature.strip_prefix(SIGNATURE_PREFIX) {
+            let Some((id, encoded)) = rest.split_once('.') else {
+                return KeyCheck::Invalid;
+            };
+            let Some(position) = self.0.iter().position(|k| k.id == id) else {
+                return KeyCheck::UnknownKey;
+            };
+            let Ok(tag) = URL_SAFE_NO_PAD.decode(encoded) else {
+                return KeyCheck::Invalid;
+            };
+            return if Self::mac_v2(&self.0[position], record).verify_slice(&tag).is_ok() {
+                KeyCheck::Valid {
+                    newest: position == 0,
+                }
+            } else {
+                KeyCheck::Invalid
+            };
+        }
+        // Format 1 (`v1.<mac>`, before the ring): it names no key, so any key of the ring may
+        // have made it, and none of them making it proves nothing.
+        let Some(Ok(tag)) = signature
+            .strip_prefix(SIGNATURE_PREFIX_V1)
+            .map(|e| URL_SAFE_NO_PAD.decode(e))
+        else {
+            return KeyCheck::Invalid;
+        };
+        let message = record.message();
+        if self.0.iter().any(|key| {
+            let mut mac = Self::mac(key);
+            mac.update(&message);
+            mac.verify_slice(&tag).is_ok()
+        }) {
+            KeyCheck::Valid { newest: false }
+        } else {
+            KeyCheck::UnknownKey
+        }
+    }
+
+    /// Whether `signature` is a signature of `record` by a key of the ring.
     pub fn verifies(&self, record: &Record, signature: &str) -> bool {
-        let Some(encoded) = signature.strip_prefix(SIGNATURE_PREFIX) else {
-            return false;
-        };
-        let Ok(tag) = URL_SAFE_NO_PAD.decode(encoded) else {
-            return false;
-        };
-        let mut mac = self.mac();
-        mac.update(&record.message());
-        mac.verify_slice(&tag).is_ok()
+        matches!(self.check(record, signature), KeyCheck::Valid { .. })
     }
 
-    /// Reads the key from the Secret `namespace/name`, creating it with a fresh key when absent.
-    /// Replicas starting together race to create it: the loser reads the winner's.
-    pub async fn load_or_create(client: Client, namespace: &str, name: &str) -> Result<Self, KeyError> {
+    /// The ring kept in `namespace`: every Secret labelled [`KEY_LABEL`] and the default key
+    /// Secret `name`, newest first (by creation time, then name), and a fingerprint of what was
+    /// read (names and resourceVersions) to tell a change. None when no Secret holds a key. A
+    /// Secret without a usable key is left out, with a warning.
+    pub async fn load_ring(
+        client: Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<(Self, String)>, KeyError> {
         let secrets: Api<Secret> = Api::namespaced(client, namespace);
         let kube_error = |source| KeyError::Kube {
             namespace: namespace.to_string(),
             name: name.to_string(),
             source,
         };
-        let malformed = || KeyError::Malformed {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        };
-        for _ in 0..3 {
-            if let Some(secret) = secrets.get_opt(name).await.map_err(kube_error)? {
-                let bytes = secret
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(KEY_DATA_KEY))
-                    .map(|b| b.0.as_slice())
-                    .unwrap_or_default();
-                return Self::from_bytes(bytes).ok_or_else(malformed);
+        let labelled = secrets
+            .list(&kube::api::ListParams::default().labels(&format!("{}={}", KEY_LABEL.0, KEY_LABEL.1)))
+            .await
+            .map_err(kube_error)?;
+        let mut found: Vec<Secret> = labelled.items;
+        if !found.iter().any(|s| s.metadata.name.as_deref() == Some(name))
+            && let Some(named) = secrets.get_opt(name).await.map_err(kube_error)?
+        {
+            found.push(named);
+        }
+        found.sort_by(|a, b| {
+            let created = |s: &Secret| s.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            created(b)
+                .cmp(&created(a))
+                .then_with(|| b.name_any().cmp(&a.name_any()))
+        });
+        let mut keys = Vec::new();
+        let mut fingerprint = String::new();
+        for secret in &found {
+            let bytes = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(KEY_DATA_KEY))
+                .map(|b| b.0.clone())
+                .unwrap_or_default();
+            if bytes.len() < KEY_LEN {
+                tracing::warn!(secret = %format!("{namespace}/{}", secret.name_any()), "holds no `{KEY_DATA_KEY}` of at least {KEY_LEN} bytes; not a record key");
+                continue;
             }
-            let key = Self::generate()?;
-            let secret = Secret {
-                metadata: ObjectMeta {
-                    name: Some(name.to_string()),
-                    namespace: Some(namespace.to_string()),
-                    labels: Some(BTreeMap::from([(
-                        "app.kubernetes.io/component".to_string(),
-                        "record-key".to_string(),
-                    )])),
-                    annotations: Some(BTreeMap::from([(
-                        "oauthapp.io/purpose".to_string(),
-                        "Signs the rotation records oauthapp-operator keeps on app Secrets. Deleting it makes every app get a new secret once.".to_string(),
-                    )])),
-                    ..Default::default()
-                },
-                data: Some(BTreeMap::from([(
-                    KEY_DATA_KEY.to_string(),
-                    ByteString(key.0.as_ref().clone()),
-                )])),
-                immutable: Some(true),
-                type_: Some("Opaque".into()),
-                ..Default::default()
-            };
-            let params = PostParams {
-                dry_run: false,
-                field_manager: Some(crate::crd::MANAGER.into()),
-            };
-            match secrets.create(&params, &secret).await {
-                Ok(created) => {
-                    tracing::info!(secret = %format!("{namespace}/{}", created.name_any()), "created the record signing key");
-                    return Ok(key);
-                }
-                // Another replica created it first: read theirs.
-                Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                Err(e) => return Err(kube_error(e)),
+            fingerprint.push_str(&format!(
+                "{}@{};",
+                secret.name_any(),
+                secret.resource_version().unwrap_or_default()
+            ));
+            keys.push(bytes);
+        }
+        Ok(Self::ring(keys).map(|ring| (ring, fingerprint)))
+    }
+
+    /// Creates the key Secret `namespace/name` with a fresh key. A replica that starts at the
+    /// same time may create it first: that is no error (read the ring again).
+    pub async fn create_secret(client: Client, namespace: &str, name: &str) -> Result<(), KeyError> {
+        let secrets: Api<Secret> = Api::namespaced(client, namespace);
+        let secret = key_secret(namespace, name, random_key()?);
+        let params = PostParams {
+            dry_run: false,
+            field_manager: Some(crate::crd::MANAGER.into()),
+        };
+        match secrets.create(&params, &secret).await {
+            Ok(created) => {
+                tracing::info!(secret = %format!("{namespace}/{}", created.name_any()), "created a record signing key");
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(source) => Err(KeyError::Kube {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                source,
+            }),
+        }
+    }
+}
+
+/// How many Secrets the operator wrote (its label) in `namespaces` (all when empty) carry a
+/// signed record: metadata only, paged.
+pub async fn count_signed_records(client: Client, namespaces: Vec<String>) -> Result<usize, kube::Error> {
+    let scopes: Vec<Api<Secret>> = if namespaces.is_empty() {
+        vec![Api::all(client)]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    let mut n = 0;
+    for secrets in scopes {
+        let mut params = kube::api::ListParams::default()
+            .labels(&format!("app.kubernetes.io/managed-by={}", crate::crd::MANAGER))
+            .limit(500);
+        loop {
+            let page = secrets.list_metadata(&params).await?;
+            n += page
+                .items
+                .iter()
+                .filter(|s| s.annotations().contains_key(annotations::SIGNATURE))
+                .count();
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
             }
         }
-        Err(malformed())
+    }
+    Ok(n)
+}
+
+/// The label on every Secret of the key ring.
+pub const KEY_LABEL: (&str, &str) = ("app.kubernetes.io/component", "record-key");
+
+/// 32 bytes from the OS random source.
+fn random_key() -> Result<Vec<u8>, KeyError> {
+    use rand::TryRng as _;
+    let mut bytes = vec![0u8; KEY_LEN];
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|_| KeyError::Random)?;
+    Ok(bytes)
+}
+
+/// A key's id: 8 characters of base64url of a SHA-256 of it. Public (it names the key in
+/// signatures and metrics); tells nothing of the key.
+pub fn key_id(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = Sha256::new_with_prefix(b"oauthapp.io/record-key-id\0")
+        .chain_update(bytes)
+        .finalize();
+    URL_SAFE_NO_PAD.encode(&digest[..6])
+}
+
+/// The Secret that keeps one key of the ring (immutable: a key never changes; a new one is a
+/// new Secret).
+pub fn key_secret(namespace: &str, name: &str, key: Vec<u8>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([(KEY_LABEL.0.to_string(), KEY_LABEL.1.to_string())])),
+            annotations: Some(BTreeMap::from([(
+                "oauthapp.io/purpose".to_string(),
+                "A key that signs or verifies the rotation records oauthapp-operator keeps on app Secrets. Back it up; without it, a restore of app Secrets needs a person (see the README).".to_string(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(KEY_DATA_KEY.to_string(), ByteString(key))])),
+        immutable: Some(true),
+        type_: Some("Opaque".into()),
+        ..Default::default()
     }
 }
 
@@ -469,11 +714,20 @@ impl Drift {
 pub enum Verdict {
     /// Signed by the operator, with its parameters, not from the future.
     Signed,
-    /// Written before records were signed, and exactly what the status already shows (so the
-    /// operator computed that hash): re-signed once, after its content verifies.
+    /// Exactly what the status already shows (so the operator computed that hash), unsigned
+    /// (written before records were signed) or signed by a key the operator no longer holds:
+    /// re-signed once, after its content verifies.
     Legacy,
     /// Not believed.
     Drift(Drift),
+    /// What [`Verdict::Unverifiable`] would be, accepted by a person for this very rotation
+    /// (`oauthapp.io/accept-secret`): believed once its content verifies against its own hash,
+    /// then signed with the operator's key.
+    Accepted,
+    /// Signed by a key the operator does not hold, and no status to check it against (a
+    /// restore without the key): neither believed nor replaced; the app holds
+    /// (`RecordUnverifiable`) until the key is back or a person accepts the Secret.
+    Unverifiable,
 }
 
 /// Judges the record on `meta` (a Secret the app controls) for `app`.
@@ -502,26 +756,61 @@ pub fn verdict(
     if rotated_at.is_some_and(|at| at > now + MAX_CLOCK_SKEW) {
         return Verdict::Drift(Drift::FutureRotatedAt);
     }
+    let status = app.status.as_ref();
+    // The status (only the operator writes it) shows this very record.
+    let shown = status.is_some_and(|s| {
+        s.rotation_id.as_deref() == Some(record.rotation_id.as_str())
+            && s.client_secret_hash.as_deref() == Some(record.hash.as_str())
+    });
     match meta
         .annotations
         .as_ref()
         .and_then(|a| a.get(annotations::SIGNATURE))
     {
-        Some(signature) if key.verifies(&record, signature) && rotated_at.is_some() => Verdict::Signed,
-        Some(_) => Verdict::Drift(Drift::BadSignature),
-        None => {
-            let status = app.status.as_ref();
-            let shown = status.is_some_and(|s| {
-                s.rotation_id.as_deref() == Some(record.rotation_id.as_str())
-                    && s.client_secret_hash.as_deref() == Some(record.hash.as_str())
-            });
-            if shown {
-                Verdict::Legacy
-            } else {
-                Verdict::Drift(Drift::Unsigned)
+        Some(signature) => match key.check(&record, signature) {
+            KeyCheck::Valid { .. } if rotated_at.is_some() => Verdict::Signed,
+            KeyCheck::Valid { .. } | KeyCheck::Invalid => Verdict::Drift(Drift::BadSignature),
+            // Signed by a key this ring does not hold: not drift. What the status shows is
+            // re-signed (after its content verifies); a record the status contradicts is not
+            // believed; with no status to check it against, the operator holds.
+            KeyCheck::UnknownKey if shown => Verdict::Legacy,
+            KeyCheck::UnknownKey if status.is_some_and(|s| s.rotation_id.is_some()) => {
+                Verdict::Drift(Drift::BadSignature)
             }
-        }
+            KeyCheck::UnknownKey
+                if app.annotation(crate::crd::ACCEPT_SECRET_ANNOTATION)
+                    == Some(record.rotation_id.as_str()) =>
+            {
+                Verdict::Accepted
+            }
+            KeyCheck::UnknownKey => Verdict::Unverifiable,
+        },
+        None if shown => Verdict::Legacy,
+        None => Verdict::Drift(Drift::Unsigned),
     }
+}
+
+/// Whether `app` accepts `record` as it is (`oauthapp.io/accept-secret` valued with its
+/// rotation id) while the app has no status rotation of its own.
+pub fn verdict_is_accepted(app: &OAuthApp, record: Option<&Record>) -> bool {
+    record
+        .is_some_and(|r| app.annotation(crate::crd::ACCEPT_SECRET_ANNOTATION) == Some(r.rotation_id.as_str()))
+        && app.status.as_ref().is_none_or(|s| s.rotation_id.is_none())
+}
+
+/// Whether the record on `meta` is signed by the ring's newest key (else a believed record is
+/// re-signed with it, at a bounded rate).
+pub fn signed_by_newest(app: &OAuthApp, meta: &ObjectMeta, key: &RecordKey) -> bool {
+    let (Some(uid), Some(client_id)) = (app.metadata.uid.as_deref(), client_id(app)) else {
+        return false;
+    };
+    let Some(record) = Record::from_annotations(uid, &client_id, meta) else {
+        return false;
+    };
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::SIGNATURE))
+        .is_some_and(|sig| key.check(&record, sig) == KeyCheck::Valid { newest: true })
 }
 
 /// The record a legacy (unsigned) Secret is re-signed with: everything from the status, which
@@ -620,7 +909,8 @@ mod tests {
     #[test]
     fn a_signed_record_round_trips_and_any_changed_field_breaks_the_signature() {
         let now = Timestamp::now();
-        let rec = record(&our_hash(), now);
+        let hash = our_hash();
+        let rec = record(&hash, now);
         let ann = rec.to_annotations(&key());
         assert_eq!(
             Record::from_annotations(UID, &rec.client_id, &meta(ann.clone())),
@@ -647,11 +937,44 @@ mod tests {
                 "{k} changed"
             );
         }
-        // Another key, or the record moved to another app or client id.
+        // A key the operator does not hold: not drift. With no status to check it against the
+        // app holds; shown by the status it is re-signed; contradicted by it, not believed.
         let other = RecordKey::from_bytes(&[8u8; KEY_LEN]).unwrap();
         assert_eq!(
             verdict(&app(), &meta(ann.clone()), &other, &[FAST], now),
+            Verdict::Unverifiable
+        );
+        let mut shown = app();
+        shown.status = Some(OAuthAppStatus {
+            rotation_id: Some("r1".into()),
+            client_secret_hash: Some(hash.clone()),
+            ..Default::default()
+        });
+        assert_eq!(
+            verdict(&shown, &meta(ann.clone()), &other, &[FAST], now),
+            Verdict::Legacy
+        );
+        let mut contradicted = shown.clone();
+        contradicted.status.as_mut().unwrap().rotation_id = Some("r0".into());
+        assert_eq!(
+            verdict(&contradicted, &meta(ann.clone()), &other, &[FAST], now),
             Verdict::Drift(Drift::BadSignature)
+        );
+        // Accepted by a person for this rotation.
+        let mut accepted = app();
+        accepted
+            .annotations_mut()
+            .insert(crate::crd::ACCEPT_SECRET_ANNOTATION.into(), "r1".into());
+        assert_eq!(
+            verdict(&accepted, &meta(ann.clone()), &other, &[FAST], now),
+            Verdict::Accepted
+        );
+        accepted
+            .annotations_mut()
+            .insert(crate::crd::ACCEPT_SECRET_ANNOTATION.into(), "r9".into());
+        assert_eq!(
+            verdict(&accepted, &meta(ann.clone()), &other, &[FAST], now),
+            Verdict::Unverifiable
         );
         let mut elsewhere = app();
         elsewhere.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
@@ -862,7 +1185,11 @@ mod tests {
 
     #[test]
     fn the_key_is_never_printed() {
-        assert_eq!(format!("{:?}", key()), "RecordKey(<redacted>)");
+        let printed = format!("{:?}", key());
+        assert!(
+            printed.contains("<redacted>") && !printed.contains("[7"),
+            "{printed}"
+        );
         assert!(RecordKey::from_bytes(&[1u8; KEY_LEN - 1]).is_none());
         let a = RecordKey::generate().unwrap();
         let b = RecordKey::generate().unwrap();
@@ -870,5 +1197,45 @@ mod tests {
         assert_ne!(a.sign(&rec), b.sign(&rec));
         assert!(!a.verifies(&rec, "v1.not-base64!"));
         assert!(!a.verifies(&rec, &b.sign(&rec)));
+    }
+
+    #[test]
+    fn the_newest_key_signs_and_every_key_of_the_ring_verifies() {
+        let (old, new) = ([1u8; KEY_LEN], [2u8; KEY_LEN]);
+        let rec = record("h", Timestamp::now());
+        let before = RecordKey::from_bytes(&old).unwrap();
+        let ring = RecordKey::ring(vec![new.to_vec(), old.to_vec()]).unwrap();
+        assert_eq!(ring.signing_id(), key_id(&new));
+        let by_old = before.sign(&rec);
+        assert!(by_old.starts_with(&format!("v2.{}.", key_id(&old))), "{by_old}");
+        assert_eq!(ring.check(&rec, &by_old), KeyCheck::Valid { newest: false });
+        assert_eq!(
+            ring.check(&rec, &ring.sign(&rec)),
+            KeyCheck::Valid { newest: true }
+        );
+        // A known key's id with a MAC it did not make: forged.
+        let forged = format!("v2.{}.{}", key_id(&old), URL_SAFE_NO_PAD.encode([0u8; 32]));
+        assert_eq!(ring.check(&rec, &forged), KeyCheck::Invalid);
+        assert_eq!(ring.check(&rec, "v2.nokey"), KeyCheck::Invalid);
+        // A key the ring does not hold: unknown, not forged.
+        let newer = RecordKey::from_bytes(&[3u8; KEY_LEN]).unwrap();
+        assert_eq!(ring.check(&rec, &newer.sign(&rec)), KeyCheck::UnknownKey);
+        // Format 1 (one key, no id): any key of the ring may have made it.
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&old).unwrap();
+        mac.update(&rec.message());
+        let v1 = format!("v1.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
+        assert_eq!(ring.check(&rec, &v1), KeyCheck::Valid { newest: false });
+        assert_eq!(newer.check(&rec, &v1), KeyCheck::UnknownKey);
+        assert_eq!(ring.check(&rec, "v9.x"), KeyCheck::Invalid);
+        // Short keys and empty rings are refused; a key given twice counts once.
+        assert!(RecordKey::ring(vec![]).is_none());
+        assert!(RecordKey::ring(vec![vec![1u8; KEY_LEN - 1]]).is_none());
+        assert_eq!(
+            RecordKey::ring(vec![old.to_vec(), old.to_vec()])
+                .unwrap()
+                .ids()
+                .count(),
+            1
+        );
     }
 }

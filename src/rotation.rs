@@ -21,7 +21,7 @@ use crate::crd::{
     RotationTrigger,
 };
 use crate::error::{Error, is_status};
-use crate::record::{self, Record, Verdict, annotations};
+use crate::record::{self, KeyCheck, Record, RecordKey, Verdict, annotations};
 use crate::secret::ClientSecret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -237,7 +237,7 @@ async fn rotate_inner(
     let believed = current.as_ref().filter(|meta| {
         matches!(
             record::verdict(app, meta, &key, ctx.hasher.trusted(), now),
-            Verdict::Signed | Verdict::Legacy
+            Verdict::Signed | Verdict::Legacy | Verdict::Accepted
         )
     });
     let replaced = believed.and_then(|meta| Record::from_annotations("", "", meta));
@@ -647,16 +647,13 @@ pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> R
     let ns = app.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     apply_desired_metadata(app, &mut secret.metadata);
-    let ann = secret.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    if !ann.contains_key(annotations::SIGNATURE)
-        && let Some(record) = record::record_from_status(app)
-    {
-        // A record from before records were signed, verified and shown by the status: signed
-        // once, from the status (which only the operator writes), without a rotation. It
-        // replaces every record annotation (none may linger outside the signature).
+    let key = ctx.record_key()?;
+    if let Some((record, why)) = record_to_sign(app, &secret.metadata, &key) {
+        // It replaces every record annotation (none may linger outside the signature).
+        let ann = secret.metadata.annotations.get_or_insert_with(BTreeMap::new);
         ann.retain(|k, _| !Record::KEYS.contains(&k.as_str()));
-        ann.extend(record.to_annotations(&ctx.record_key()?));
-        info!(app = %app_key(app), "signed the Secret's rotation record (written before records were signed)");
+        ann.extend(record.to_annotations(&key));
+        info!(app = %app_key(app), key = key.signing_id(), "signed the Secret's rotation record ({why})");
     }
     let client_id = plan::client_id(app).ok_or_else(|| Error::MissingUid(app.name_any()))?;
     secret
@@ -691,6 +688,36 @@ pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> R
     }
     info!(app = %app_key(app), secret = %written.name_any(), "synced Secret labels, annotations and client_id");
     Ok(written)
+}
+
+/// The record a Secret sync signs with the ring's newest key, if its record is not signed by
+/// it already, and why. The planner has verified the content first in every case.
+fn record_to_sign(app: &OAuthApp, meta: &ObjectMeta, key: &RecordKey) -> Option<(Record, &'static str)> {
+    let uid = app.metadata.uid.as_deref()?;
+    let client_id = plan::client_id(app)?;
+    let current = Record::from_annotations(uid, &client_id, meta);
+    let signature = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::SIGNATURE));
+    match current.as_ref().zip(signature).map(|(r, sig)| key.check(r, sig)) {
+        Some(KeyCheck::Valid { newest: true }) => None,
+        // Believed: the same record, by the newest key.
+        Some(KeyCheck::Valid { newest: false }) => current.map(|r| (r, "re-signed with the newest key")),
+        // Accepted by a person for this rotation: the record as it is.
+        _ if record::verdict_is_accepted(app, current.as_ref()) => {
+            current.map(|r| (r, "accepted with oauthapp.io/accept-secret"))
+        }
+        // Unsigned (from before signatures) or by a key the operator does not hold, and shown
+        // by the status: signed from the status, which only the operator writes, so that
+        // nothing a Secret writer added is signed.
+        _ => record::record_from_status(app).map(|r| {
+            (
+                r,
+                "its record was unsigned, or signed by a key this operator does not hold",
+            )
+        }),
+    }
 }
 
 /// Checks the Secret's `client_secret` against its own hash annotation and its `client_id`

@@ -242,6 +242,11 @@ impl Watches {
         self.scopes.iter().flat_map(|s| s.apps.state()).collect()
     }
 
+    /// Every cached Secret (the operator's), across scopes.
+    pub fn secrets(&self) -> Vec<Arc<PartialObjectMeta<Secret>>> {
+        self.scopes.iter().flat_map(|s| s.secrets.state()).collect()
+    }
+
     /// The cache of the scope that holds `namespace`, if it is watched.
     pub fn scope_of(&self, namespace: &str) -> Option<&ScopeCaches> {
         self.scopes

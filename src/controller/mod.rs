@@ -267,10 +267,13 @@ fn secret_view<'a>(
     check: Option<plan::ContentCheck>,
     now: Timestamp,
 ) -> Result<SecretView<'a>, Error> {
+    let key = ctx.record_key()?;
+    let record = crate::record::verdict(app, meta, &key, ctx.hasher.trusted(), now);
     Ok(SecretView {
         meta,
         check,
-        record: crate::record::verdict(app, meta, &ctx.record_key()?, ctx.hasher.trusted(), now),
+        record,
+        resign: record == crate::record::Verdict::Signed && !crate::record::signed_by_newest(app, meta, &key),
     })
 }
 
@@ -469,6 +472,23 @@ async fn converge(
                     continue;
                 }
                 return Ok(Action::requeue(CONFLICT_REQUEUE.min(resync)));
+            }
+            Step::Hold(status) => {
+                if !mark_not_ready(ctx, &app, *status, plan::reasons::RECORD_UNVERIFIABLE).await? {
+                    continue;
+                }
+                return Ok(Action::requeue(CONFLICT_REQUEUE.min(resync)));
+            }
+            Step::Resign => {
+                use governor::clock::Clock as _;
+                if let Err(not_until) = ctx.resigns.check() {
+                    let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                    return Ok(Action::requeue(wait.max(std::time::Duration::from_millis(100))));
+                }
+                match secret {
+                    Some(s) => rotation::sync_secret(ctx, &app, s).await.map(|_| ()),
+                    None => Ok(()),
+                }
             }
         };
         match written {

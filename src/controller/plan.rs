@@ -32,6 +32,10 @@ pub mod reasons {
     pub const CLIENT_ID_CONFLICT: &str = "ClientIdConflict";
     /// The API server refuses the Secret the spec asks for (422).
     pub const SECRET_REJECTED: &str = "SecretRejected";
+    /// The Secret's record is signed by a key the operator does not hold and there is no status
+    /// to check it against (a restore without the key): nothing is rotated until the key is
+    /// back or a person decides.
+    pub const RECORD_UNVERIFIABLE: &str = "RecordUnverifiable";
     /// `spec.rotation.schedule` or `timeZone` passed the API server's validation but cannot be
     /// used (an unknown time zone, a date that never comes): no scheduled rotation until fixed.
     pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
@@ -58,6 +62,12 @@ pub enum Step {
     WriteStatus(Box<OAuthAppStatus>),
     /// A Secret of the same name exists and is not ours: leave it alone, report it.
     Conflict(Box<OAuthAppStatus>),
+    /// The Secret's record can be neither believed nor disproven: hold, report it (this
+    /// status, Ready=False, `RecordUnverifiable`), write nothing to the Secret.
+    Hold(Box<OAuthAppStatus>),
+    /// Everything agrees, and the record is signed by an older key of the ring: re-sign it
+    /// with the newest, changing nothing else (at a bounded rate).
+    Resign,
     /// Nothing to write; look again after this long (a scheduled rotation) if set.
     Done { requeue_after: Option<SignedDuration> },
 }
@@ -79,6 +89,8 @@ pub struct SecretView<'a> {
     pub check: Option<ContentCheck>,
     /// Whether the record in its annotations is believed ([`crate::record::verdict`]).
     pub record: Verdict,
+    /// A believed record signed by an older key of the ring ([`crate::record::signed_by_newest`]).
+    pub resign: bool,
 }
 
 /// Decides the next step for `app` given its Secret (None: there is none).
@@ -104,6 +116,11 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
     if let Verdict::Drift(drift) = secret.record {
         return Step::Drift(drift);
     }
+    // Neither believed nor disproven (a key the operator does not hold, no status): never
+    // rotated over, never copied into the status.
+    if secret.record == Verdict::Unverifiable {
+        return Step::Hold(Box::new(unverifiable_status(app, now)));
+    }
     let Some(rotation_id) = ann.get(annotations::ROTATION_ID) else {
         return Step::Drift(Drift::Stripped);
     };
@@ -121,7 +138,7 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
             Some(_) => {}
         }
     }
-    if secret.record == Verdict::Legacy {
+    if matches!(secret.record, Verdict::Legacy | Verdict::Accepted) {
         return Step::SyncSecret;
     }
 
@@ -171,6 +188,9 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
     let desired = status_from_secret(app, secret.meta, now);
     if Some(&desired) != app.status.as_ref() {
         return Step::WriteStatus(Box::new(desired));
+    }
+    if secret.resign {
+        return Step::Resign;
     }
     let pending = pending_restarts(app);
     if !pending.is_empty() {
@@ -621,6 +641,19 @@ pub fn conflict_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
     not_ready_status(app, reasons::SECRET_CONFLICT, message, now)
 }
 
+/// The status of an app whose Secret's record no key of the operator verifies, with no status
+/// to check it against.
+pub fn unverifiable_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
+    let message = format!(
+        "the rotation record on Secret {} is signed by a key this operator does not hold, and there is no status \
+         to check it against; nothing is rotated. Restore the record key Secret, or accept the Secret as it is \
+         with the annotation {}=<its rotation id> on this app (see the README)",
+        app.secret_name(),
+        crate::crd::ACCEPT_SECRET_ANNOTATION,
+    );
+    not_ready_status(app, reasons::RECORD_UNVERIFIABLE, message, now)
+}
+
 /// The status of an app whose client id another app claimed first. It names no other app: the
 /// claimant may be in a namespace this app's readers may not see.
 pub fn client_id_conflict_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
@@ -776,6 +809,7 @@ mod tests {
             meta,
             check: None,
             record: Verdict::Signed,
+            resign: false,
         }
     }
 
@@ -787,6 +821,7 @@ mod tests {
                 client_id_ok: true,
             }),
             record: Verdict::Signed,
+            resign: false,
         }
     }
 
@@ -1088,6 +1123,7 @@ mod tests {
                     meta: secret,
                     check: None,
                     record: Verdict::Drift(drift),
+                    resign: false,
                 };
                 assert_eq!(plan(&app, Some(view), now()), Step::Drift(drift));
             }
@@ -1102,6 +1138,7 @@ mod tests {
             meta: &meta,
             check,
             record: Verdict::Legacy,
+            resign: false,
         };
         // Trusted by resourceVersion, yet verified once before it is signed.
         assert_eq!(plan(&app, Some(legacy(None)), now()), Step::Verify);
@@ -1361,6 +1398,7 @@ mod tests {
                     meta: &meta,
                     check: Some(check),
                     record: Verdict::Signed,
+                    resign: false,
                 }),
                 now()
             ),
