@@ -163,3 +163,228 @@ async fn a_change_of_hash_parameters_replaces_no_secret_while_the_old_ones_are_a
     settled(&apps, &secrets, "app-0", 2).await;
     drop(third);
 }
+
+const KEY_SECRET: &str = "oauthapp-operator-record-key";
+
+/// The record key Secret's bytes.
+async fn key_bytes(secrets: &Api<Secret>, name: &str) -> Vec<u8> {
+    secrets.get(name).await.expect("key Secret").data.expect("data")["hmac-key"]
+        .0
+        .clone()
+}
+
+/// Every app Secret's signature names key `id`.
+async fn all_signed_by(secrets: &Api<Secret>, names: &[String], id: &str) -> bool {
+    for name in names {
+        let Ok(secret) = secrets.get(&format!("{name}-oauth-client")).await else {
+            return false;
+        };
+        let signed = secret
+            .annotations()
+            .get("oauthapp.io/record-signature")
+            .is_some_and(|s| s.starts_with(&format!("v2.{id}.")));
+        if !signed {
+            return false;
+        }
+    }
+    true
+}
+
+/// A key Secret of the ring, made as the README's procedure says (a labelled Secret of 32
+/// random bytes in the operator's namespace).
+fn make_key(ns: &str, name: &str) -> Vec<u8> {
+    // 32 bytes of a fresh client secret's random part: as random as the key needs.
+    let secret = oauthapp_operator::secret::ClientSecret::generate().expect("random");
+    let bytes = secret.expose().as_bytes()[4..36].to_vec();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("hmac-key");
+    std::fs::write(&file, &bytes).expect("write key");
+    let cp = control_plane();
+    cp.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        name,
+        "-n",
+        ns,
+        &format!("--from-file=hmac-key={}", file.display()),
+    ]);
+    cp.kubectl_ok(&[
+        "label",
+        "secret",
+        name,
+        "-n",
+        ns,
+        "app.kubernetes.io/component=record-key",
+    ]);
+    bytes
+}
+
+#[tokio::test]
+async fn the_record_key_deleted_and_the_operator_restarted_replaces_no_secret() {
+    let ns = namespace("daytwo-key-lost");
+    let key_ns = control_plane().namespace(&format!("{ns}-key"));
+    let client = admin_client().await;
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let keys: Api<Secret> = Api::namespaced(client.clone(), &key_ns);
+    let kubeconfig = &control_plane().kubeconfig;
+    let names: Vec<String> = (0..3).map(|i| format!("app-{i}")).collect();
+    let args = [
+        "--record-key-namespace",
+        key_ns.as_str(),
+        "--resync-interval",
+        "1s",
+    ];
+
+    let mut operator = Operator::start(kubeconfig, &ns, &args, &[]);
+    for name in &names {
+        control_plane().apply_ok(&ns, &app_manifest(name));
+    }
+    for name in &names {
+        settled(&apps, &secrets, name, 1).await;
+    }
+    let before = secret_data(&secrets, &names).await;
+    let backup = key_bytes(&keys, KEY_SECRET).await;
+    let first_id = oauthapp_operator::record::key_id(&backup);
+    assert!(all_signed_by(&secrets, &names, &first_id).await);
+
+    // The key Secret is deleted, the operator restarts: it makes no new key (signed records
+    // exist that it would strand), rotates nothing, and says why.
+    operator
+        .terminate(Duration::from_secs(30))
+        .expect("the operator exits on SIGTERM");
+    control_plane().kubectl_ok(&["delete", "secret", KEY_SECRET, "-n", &key_ns]);
+    let mut operator = Operator::start(kubeconfig, &ns, &args, &[]);
+    let why = eventually("/readyz to say what it waits for", WAIT, || async {
+        let (code, body) = http_request(operator.admin_port, "GET", "/readyz", "").await?;
+        (code == 503 && body.contains("restore")).then_some(body)
+    })
+    .await;
+    assert!(why.contains(KEY_SECRET), "{why}");
+    eventually("oauthapp_record_key_missing 1", WAIT, || async {
+        (operator.metric("oauthapp_record_key_missing").await? == 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        keys.get_opt(KEY_SECRET).await.expect("read").is_none(),
+        "no new key was made"
+    );
+    assert_eq!(operator.metric("oauthapp_api_writes_total").await, Some(0.0));
+    assert_eq!(
+        secret_data(&secrets, &names).await,
+        before,
+        "no Secret data changed"
+    );
+
+    // The key is restored from the backup: the operator goes on, and nothing is replaced.
+    let restored = oauthapp_operator::record::key_secret(&key_ns, KEY_SECRET, backup);
+    keys.create(&Default::default(), &restored)
+        .await
+        .expect("restore the key");
+    eventually("the operator ready again", WAIT, || async {
+        let (code, _) = http_request(operator.admin_port, "GET", "/readyz", "").await?;
+        (code == 200).then_some(())
+    })
+    .await;
+    assert_eq!(operator.metric("oauthapp_record_key_missing").await, Some(0.0));
+    reconciled_at_least(&operator, 3.0 * names.len() as f64).await;
+    assert_eq!(operator.metric("oauthapp_api_writes_total").await, Some(0.0));
+    assert_eq!(
+        secret_data(&secrets, &names).await,
+        before,
+        "no Secret data changed"
+    );
+
+    // The key is lost for good, and a person makes a new one: each record, which the status
+    // shows, is signed with it, and still no secret changes.
+    operator
+        .terminate(Duration::from_secs(30))
+        .expect("the operator exits on SIGTERM");
+    control_plane().kubectl_ok(&["delete", "secret", KEY_SECRET, "-n", &key_ns]);
+    let new_id = oauthapp_operator::record::key_id(&make_key(&key_ns, "record-key-2"));
+    let operator = Operator::start(kubeconfig, &ns, &args, &[]);
+    eventually("every record signed by the new key", WAIT, || async {
+        all_signed_by(&secrets, &names, &new_id).await.then_some(())
+    })
+    .await;
+    for name in &names {
+        settled(&apps, &secrets, name, 1).await;
+    }
+    assert_eq!(
+        secret_data(&secrets, &names).await,
+        before,
+        "no Secret data changed"
+    );
+    drop(operator);
+}
+
+#[tokio::test]
+async fn a_new_key_re_signs_every_record_and_the_old_one_retires_without_a_new_secret() {
+    let ns = namespace("daytwo-key-rotate");
+    let key_ns = control_plane().namespace(&format!("{ns}-key"));
+    let client = admin_client().await;
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let keys: Api<Secret> = Api::namespaced(client.clone(), &key_ns);
+    let kubeconfig = &control_plane().kubeconfig;
+    let names: Vec<String> = (0..4).map(|i| format!("app-{i}")).collect();
+    let args = [
+        "--record-key-namespace",
+        key_ns.as_str(),
+        "--resync-interval",
+        "1s",
+    ];
+
+    let mut operator = Operator::start(kubeconfig, &ns, &args, &[]);
+    for name in &names {
+        control_plane().apply_ok(&ns, &app_manifest(name));
+    }
+    for name in &names {
+        settled(&apps, &secrets, name, 1).await;
+    }
+    let before = secret_data(&secrets, &names).await;
+
+    // A second key joins the ring: the running operator sees it (no restart), signs with it,
+    // and moves every record over in the background, changing no secret.
+    let new_id = oauthapp_operator::record::key_id(&make_key(&key_ns, "record-key-2"));
+    eventually("every record signed by the new key", WAIT, || async {
+        all_signed_by(&secrets, &names, &new_id).await.then_some(())
+    })
+    .await;
+    eventually("nothing left to re-sign", WAIT, || async {
+        let left = operator.metric("oauthapp_records_to_resign").await?;
+        let keys = operator.metric("oauthapp_record_keys").await?;
+        (left == 0.0 && keys == 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        secret_data(&secrets, &names).await,
+        before,
+        "no Secret data changed"
+    );
+
+    // The old key retires; after a restart the ring holds the new one only, and every app
+    // stays as it is.
+    keys.delete(KEY_SECRET, &Default::default())
+        .await
+        .expect("retire the old key");
+    operator
+        .terminate(Duration::from_secs(30))
+        .expect("the operator exits on SIGTERM");
+    let operator = Operator::start(kubeconfig, &ns, &args, &[]);
+    reconciled_at_least(&operator, 3.0 * names.len() as f64).await;
+    assert_eq!(operator.metric("oauthapp_api_writes_total").await, Some(0.0));
+    for name in &names {
+        settled(&apps, &secrets, name, 1).await;
+    }
+    assert_eq!(
+        secret_data(&secrets, &names).await,
+        before,
+        "no Secret data changed"
+    );
+    assert!(
+        keys.get_opt(KEY_SECRET).await.expect("read").is_none(),
+        "no key made again"
+    );
+}
