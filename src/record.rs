@@ -522,30 +522,25 @@ impl RecordKey {
         matches!(self.check(record, signature), KeyCheck::Valid { .. })
     }
 
-    /// The ring kept in `namespace`: every Secret labelled [`KEY_LABEL`] and the default key
-    /// Secret `name`, newest first (by creation time, then name), and a fingerprint of what was
-    /// read (names and resourceVersions) to tell a change. None when no Secret holds a key. A
-    /// Secret without a usable key is left out, with a warning.
+    /// The ring kept in `namespace`: the Secrets in the ring's slots ([`key_slots`] of `name`),
+    /// newest first (by creation time, then name), and a fingerprint of what was read (names and
+    /// resourceVersions) to tell a change. None when no slot holds a key. A Secret without a
+    /// usable key is left out, with a warning. Slots are fixed names so that the operator's
+    /// Role can name them (RBAC cannot limit `list` to some Secrets).
     pub async fn load_ring(
         client: Client,
         namespace: &str,
         name: &str,
     ) -> Result<Option<(Self, String)>, KeyError> {
         let secrets: Api<Secret> = Api::namespaced(client, namespace);
-        let kube_error = |source| KeyError::Kube {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            source,
-        };
-        let labelled = secrets
-            .list(&kube::api::ListParams::default().labels(&format!("{}={}", KEY_LABEL.0, KEY_LABEL.1)))
-            .await
-            .map_err(kube_error)?;
-        let mut found: Vec<Secret> = labelled.items;
-        if !found.iter().any(|s| s.metadata.name.as_deref() == Some(name))
-            && let Some(named) = secrets.get_opt(name).await.map_err(kube_error)?
-        {
-            found.push(named);
+        let mut found: Vec<Secret> = Vec::new();
+        for slot in key_slots(name) {
+            let read = secrets.get_opt(&slot).await.map_err(|source| KeyError::Kube {
+                namespace: namespace.to_string(),
+                name: slot.clone(),
+                source,
+            })?;
+            found.extend(read);
         }
         found.sort_by(|a, b| {
             let created = |s: &Secret| s.metadata.creation_timestamp.as_ref().map(|t| t.0);
@@ -630,6 +625,17 @@ pub async fn count_signed_records(client: Client, namespaces: Vec<String>) -> Re
         }
     }
     Ok(n)
+}
+
+/// How many keys the ring may hold.
+pub const KEY_SLOTS: usize = 8;
+
+/// The names of the ring's Secrets: `name` (the first key, made by the operator), then
+/// `name-2` to `name-8` (made by a person, to add a key).
+pub fn key_slots(name: &str) -> Vec<String> {
+    std::iter::once(name.to_string())
+        .chain((2..=KEY_SLOTS).map(|i| format!("{name}-{i}")))
+        .collect()
 }
 
 /// The label on every Secret of the key ring.

@@ -308,7 +308,8 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         granted, 9,
         "no rule beyond the calls above (oauthapps appears twice)"
     );
-    // The only Role touching Secrets reads one: the record key, in the release namespace.
+    // The only Role touching Secrets reads the record key ring's Secrets, in the release
+    // namespace, and no other.
     let key_role = all(&docs, "Role")
         .into_iter()
         .find(|r| name_of(r).ends_with("-record-key"))
@@ -317,7 +318,10 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
     for rule in key_role["rules"].as_array().expect("rules") {
         match strings(&rule["verbs"]).as_slice() {
             [v] if v == "get" => {
-                assert_eq!(strings(&rule["resourceNames"]), ["oauthapp-operator-record-key"])
+                assert_eq!(
+                    strings(&rule["resourceNames"]),
+                    oauthapp_operator::record::key_slots("oauthapp-operator-record-key")
+                )
             }
             [v] if v == "create" => {}
             other => panic!("record key Role grants {other:?}"),

@@ -302,7 +302,7 @@ async fn the_record_key_deleted_and_the_operator_restarted_replaces_no_secret() 
         .terminate(Duration::from_secs(30))
         .expect("the operator exits on SIGTERM");
     control_plane().kubectl_ok(&["delete", "secret", KEY_SECRET, "-n", &key_ns]);
-    let new_id = oauthapp_operator::record::key_id(&make_key(&key_ns, "record-key-2"));
+    let new_id = oauthapp_operator::record::key_id(&make_key(&key_ns, &format!("{KEY_SECRET}-2")));
     let operator = Operator::start(kubeconfig, &ns, &args, &[]);
     eventually("every record signed by the new key", WAIT, || async {
         all_signed_by(&secrets, &names, &new_id).await.then_some(())
@@ -347,7 +347,7 @@ async fn a_new_key_re_signs_every_record_and_the_old_one_retires_without_a_new_s
 
     // A second key joins the ring: the running operator sees it (no restart), signs with it,
     // and moves every record over in the background, changing no secret.
-    let new_id = oauthapp_operator::record::key_id(&make_key(&key_ns, "record-key-2"));
+    let new_id = oauthapp_operator::record::key_id(&make_key(&key_ns, &format!("{KEY_SECRET}-2")));
     eventually("every record signed by the new key", WAIT, || async {
         all_signed_by(&secrets, &names, &new_id).await.then_some(())
     })
