@@ -697,6 +697,8 @@ pub enum Drift {
     FutureRotatedAt,
     /// `client_secret` does not verify against the hash.
     Mismatch,
+    /// A genuine record older than the one the status shows: a copy written back.
+    Stale,
 }
 
 impl Drift {
@@ -711,6 +713,9 @@ impl Drift {
             }
             Self::FutureRotatedAt => "its rotation record's rotated-at is in the future",
             Self::Mismatch => "its client_secret no longer matched the hash",
+            Self::Stale => {
+                "its rotation record is older than the status shows (an earlier copy written back; its secret was retired)"
+            }
         }
     }
 }
@@ -774,6 +779,11 @@ pub fn verdict(
         .and_then(|a| a.get(annotations::SIGNATURE))
     {
         Some(signature) => match key.check(&record, signature) {
+            // A genuine record the status has moved past: an earlier copy written back (a
+            // backup, a sync tool, a tenant). Its secret was retired; it never counts again.
+            KeyCheck::Valid { .. } if rotated_at.is_some() && older_than_status(app, &record) => {
+                Verdict::Drift(Drift::Stale)
+            }
             KeyCheck::Valid { .. } if rotated_at.is_some() => Verdict::Signed,
             KeyCheck::Valid { .. } | KeyCheck::Invalid => Verdict::Drift(Drift::BadSignature),
             // Signed by a key this ring does not hold: not drift. What the status shows is
@@ -794,6 +804,17 @@ pub fn verdict(
         None if shown => Verdict::Legacy,
         None => Verdict::Drift(Drift::Unsigned),
     }
+}
+
+/// Whether the status shows a later rotation than `record`: more rotations, or `record`'s
+/// rotation among those it has passed (its history, newest first, holds the current one first).
+pub fn older_than_status(app: &OAuthApp, record: &Record) -> bool {
+    let Some(status) = app.status.as_ref() else {
+        return false;
+    };
+    status.rotation_count > record.count
+        || (status.rotation_id.as_deref() != Some(record.rotation_id.as_str())
+            && status.history.iter().any(|h| h.rotation_id == record.rotation_id))
 }
 
 /// Whether `app` accepts `record` as it is (`oauthapp.io/accept-secret` valued with its
@@ -1242,6 +1263,52 @@ mod tests {
                 .ids()
                 .count(),
             1
+        );
+    }
+
+    #[test]
+    fn a_genuine_record_the_status_has_passed_is_drift() {
+        let now = Timestamp::now();
+        let hash = our_hash();
+        let ann = record(&hash, now).to_annotations(&key());
+        let mut app = app();
+        let status = |count: i64, current: &str, history: &[&str]| OAuthAppStatus {
+            rotation_id: Some(current.into()),
+            client_secret_hash: Some(hash.clone()),
+            rotation_count: count,
+            history: history
+                .iter()
+                .map(|id| RotationHistoryEntry {
+                    rotation_id: (*id).into(),
+                    hint: String::new(),
+                    trigger: RotationTrigger::Api,
+                    time: Time(now),
+                    username: None,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        // The record (rotation r1, count 1) as the status shows it, or ahead of it: believed.
+        app.status = Some(status(1, "r1", &["r1"]));
+        assert_eq!(
+            verdict(&app, &meta(ann.clone()), &key(), &[FAST], now),
+            Verdict::Signed
+        );
+        app.status = Some(status(0, "r0", &[]));
+        assert_eq!(
+            verdict(&app, &meta(ann.clone()), &key(), &[FAST], now),
+            Verdict::Signed
+        );
+        // The status has moved on: more rotations, or r1 among those passed.
+        app.status = Some(status(2, "r2", &["r2", "r1"]));
+        assert_eq!(
+            verdict(&app, &meta(ann.clone()), &key(), &[FAST], now),
+            Verdict::Drift(Drift::Stale)
+        );
+        app.status = Some(status(1, "r2", &["r2", "r1"]));
+        assert_eq!(
+            verdict(&app, &meta(ann), &key(), &[FAST], now),
+            Verdict::Drift(Drift::Stale)
         );
     }
 }

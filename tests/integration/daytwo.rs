@@ -388,3 +388,79 @@ async fn a_new_key_re_signs_every_record_and_the_old_one_retires_without_a_new_s
         "no key made again"
     );
 }
+
+#[tokio::test]
+async fn a_secret_written_back_from_an_earlier_copy_does_not_bring_back_its_retired_secret() {
+    let ns = namespace("daytwo-written-back");
+    let client = admin_client().await;
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let _operator = Operator::start(&control_plane().kubeconfig, &ns, &[], &[]);
+    control_plane().apply_ok(
+        &ns,
+        "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: portal\nspec:\n  rotation:\n    gracePeriod: 1h\n",
+    );
+    let (_, first) = settled(&apps, &secrets, "portal", 1).await;
+    // A backup of the Secret as it is now (signed, genuine).
+    let backup = first.clone();
+    let old =
+        String::from_utf8(first.data.as_ref().expect("data")["client_secret"].0.clone()).expect("utf-8");
+    // Two rotations: the first secret was the previous one for a while, and is retired now.
+    for token in ["1", "2"] {
+        control_plane().kubectl_ok(&[
+            "annotate",
+            "oapp",
+            "portal",
+            "-n",
+            &ns,
+            &format!("oauthapp.io/rotate={token}"),
+            "--overwrite",
+        ]);
+    }
+    let (app, current) = settled(&apps, &secrets, "portal", 3).await;
+    let status = app.status.clone().expect("status");
+    assert!(
+        !oauthapp_operator::secret::verify(&old, status.client_secret_hash.as_deref().expect("hash"))
+            .unwrap()
+    );
+    assert!(
+        !oauthapp_operator::secret::verify(
+            &old,
+            &status.previous_secret.expect("previous").client_secret_hash
+        )
+        .unwrap()
+    );
+
+    // The old copy is written back, signature and all.
+    let mut written_back = current.clone();
+    written_back.data = backup.data.clone();
+    written_back.metadata.annotations = backup.metadata.annotations.clone();
+    written_back.metadata.managed_fields = None;
+    secrets
+        .replace("portal-oauth-client", &Default::default(), &written_back)
+        .await
+        .expect("write the old copy back");
+
+    // Drift: a new secret, never the old one believed; the retired secret verifies nowhere.
+    let (app, repaired) = settled(&apps, &secrets, "portal", 4).await;
+    let status = app.status.clone().expect("status");
+    assert_eq!(
+        status.last_rotation_trigger.map(|t| t.as_str()),
+        Some("SecretDrift")
+    );
+    assert!(
+        !oauthapp_operator::secret::verify(&old, status.client_secret_hash.as_deref().expect("hash"))
+            .unwrap()
+    );
+    assert_eq!(status.previous_secret, None, "a repair leaves one valid secret");
+    let now =
+        String::from_utf8(repaired.data.as_ref().expect("data")["client_secret"].0.clone()).expect("utf-8");
+    assert_ne!(now, old);
+    let events = events_about(&client, &ns, "portal").await;
+    assert!(
+        events
+            .iter()
+            .any(|(reason, _, note)| reason == "SecretRepaired" && note.contains("older than the status")),
+        "{events:?}"
+    );
+}
