@@ -456,11 +456,12 @@ async fn a_secret_written_back_from_an_earlier_copy_does_not_bring_back_its_reti
     let now =
         String::from_utf8(repaired.data.as_ref().expect("data")["client_secret"].0.clone()).expect("utf-8");
     assert_ne!(now, old);
-    let events = events_about(&client, &ns, "portal").await;
-    assert!(
-        events
+    eventually("a SecretRepaired Event saying why", WAIT, || async {
+        events_about(&client, &ns, "portal")
+            .await
             .iter()
-            .any(|(reason, _, note)| reason == "SecretRepaired" && note.contains("older than the status")),
-        "{events:?}"
-    );
+            .any(|(_, reason, note)| reason == "SecretRepaired" && note.contains("older than the status"))
+            .then_some(())
+    })
+    .await;
 }
