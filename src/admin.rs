@@ -50,6 +50,10 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         apps.iter().map(|a| a.as_ref()),
         jiff::Timestamp::now(),
     ));
+    s.metrics.repairs_held.set(s.context.repairs.held() as i64);
+    s.metrics
+        .repair_brake_engaged
+        .set(i64::from(s.context.repairs.engaged()));
     let ring = s.context.record_key.get();
     s.metrics
         .record_key_missing

@@ -59,7 +59,14 @@ pub struct Context {
     /// Records re-signed with a new key of the ring, at most [`RESIGNS_PER_SECOND`]: a new key
     /// moves every record over in the background, never as a burst of writes.
     pub resigns: governor::DefaultDirectRateLimiter,
+    /// The brake on mass repair (crate::repairs).
+    pub repairs: crate::repairs::RepairBrake,
+    /// Repairs start in turn, at most `--max-repairs-per-second`.
+    pub repair_turns: crate::schedule::ScheduledRotations,
 }
+
+/// Repairs started per second at most, by default.
+pub const DEFAULT_REPAIRS_PER_SECOND: f64 = 5.0;
 
 /// Records re-signed per second at most, operator-wide, after a new key joins the ring.
 pub const RESIGNS_PER_SECOND: std::num::NonZeroU32 = std::num::NonZeroU32::new(10).unwrap();
@@ -88,7 +95,16 @@ impl Context {
             leadership: crate::leader::Leadership::default(),
             scheduled_rotations,
             resigns: governor::RateLimiter::direct(governor::Quota::per_second(RESIGNS_PER_SECOND)),
+            repairs: crate::repairs::RepairBrake::new(crate::repairs::BrakeSettings::default()),
+            repair_turns: crate::schedule::ScheduledRotations::new(DEFAULT_REPAIRS_PER_SECOND, None),
         }
+    }
+
+    /// Repairs start at most `per_second`, in turn, and the brake holds them past `brake`.
+    pub fn with_repairs(mut self, per_second: f64, brake: crate::repairs::BrakeSettings) -> Self {
+        self.repair_turns = crate::schedule::ScheduledRotations::new(per_second, None);
+        self.repairs = crate::repairs::RepairBrake::new(brake);
+        self
     }
 
     /// At most `per_second` scheduled rotations start per second, operator-wide.

@@ -15,6 +15,7 @@ pub mod leader;
 pub mod metrics;
 pub mod plugin;
 pub mod record;
+pub mod repairs;
 pub mod restart;
 pub mod rotation;
 pub mod schedule;

@@ -90,6 +90,22 @@ struct RunArgs {
     /// anywhere and are zeroized when dropped.
     #[arg(long, env = "OAUTHAPP_HASH_POOL", default_value_t = oauthapp_operator::hasher::DEFAULT_POOL)]
     hash_pool: usize,
+    /// Repairs (a Secret gone or altered: SecretMissing, SecretDrift) started per second at
+    /// most, in turn: never all at once.
+    #[arg(long, env = "OAUTHAPP_MAX_REPAIRS_PER_SECOND", default_value_t = oauthapp_operator::context::DEFAULT_REPAIRS_PER_SECOND, value_parser = parse_rate)]
+    max_repairs_per_second: f64,
+    /// The brake on mass repair: once more than this share of the apps were repaired within
+    /// `--repair-brake-window` (and at least `--repair-brake-min`), further repairs are held
+    /// until a person releases them (a new value of the annotation oauthapp.io/release-repairs
+    /// on the record key Secret).
+    #[arg(long, env = "OAUTHAPP_REPAIR_BRAKE_SHARE", default_value_t = 0.1)]
+    repair_brake_share: f64,
+    /// Repairs within the window that never engage the brake, whatever the share.
+    #[arg(long, env = "OAUTHAPP_REPAIR_BRAKE_MIN", default_value_t = 5)]
+    repair_brake_min: usize,
+    /// The brake's window.
+    #[arg(long, env = "OAUTHAPP_REPAIR_BRAKE_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    repair_brake_window: Duration,
     /// Log format.
     #[arg(long, env = "OAUTHAPP_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -255,7 +271,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics.clone(),
             instance.clone(),
         )
-        .with_max_scheduled_rotations_per_second(args.max_scheduled_rotations_per_second),
+        .with_max_scheduled_rotations_per_second(args.max_scheduled_rotations_per_second)
+        .with_repairs(
+            args.max_repairs_per_second,
+            oauthapp_operator::repairs::BrakeSettings {
+                share: args.repair_brake_share,
+                min: args.repair_brake_min,
+                window: args.repair_brake_window,
+            },
+        ),
     );
 
     {

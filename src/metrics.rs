@@ -63,9 +63,10 @@ pub struct ReadyLabels {
 
 /// The reasons `oauthapp_apps_not_ready{reason}` counts by: the Ready reasons that need someone
 /// to act, and `Other` for any reason not listed (so the label stays a fixed, small set).
-pub const NOT_READY_REASONS: [&str; 5] = [
+pub const NOT_READY_REASONS: [&str; 6] = [
     crate::controller::plan::reasons::SECRET_CONFLICT,
     crate::controller::plan::reasons::RECORD_UNVERIFIABLE,
+    crate::controller::plan::reasons::REPAIR_HELD,
     crate::controller::plan::reasons::SECRET_REJECTED,
     // A client id another app already uses (issue 9).
     "ClientIdConflict",
@@ -149,6 +150,10 @@ pub struct Metrics {
     /// App Secrets whose record is not signed by the ring's newest key (re-signed in the
     /// background after a new key; 0 once done, when the old key may be retired).
     pub records_to_resign: Gauge,
+    /// Apps whose repair the brake on mass repair holds now.
+    pub repairs_held: Gauge,
+    /// 1 while the brake on mass repair is engaged.
+    pub repair_brake_engaged: Gauge,
     /// Unix time of the last successful rotation.
     pub last_rotation_timestamp: Gauge<f64, AtomicU64>,
     /// REST API requests answered, by route, method and status code.
@@ -198,6 +203,8 @@ impl Metrics {
         let record_key_missing = Gauge::default();
         let record_keys = Gauge::default();
         let records_to_resign = Gauge::default();
+        let repairs_held = Gauge::default();
+        let repair_brake_engaged = Gauge::default();
         let last_rotation_timestamp = Gauge::<f64, AtomicU64>::default();
         let api_requests = Family::<RequestLabels, Counter>::default();
         let api_request_duration: HistogramFamily<RouteLabels> =
@@ -264,6 +271,16 @@ impl Metrics {
             "records_to_resign",
             "App Secrets whose record is not signed by the newest key of the ring",
             records_to_resign.clone(),
+        );
+        registry.register(
+            "repairs_held",
+            "OAuthApps whose repair is held by the brake on mass repair",
+            repairs_held.clone(),
+        );
+        registry.register(
+            "repair_brake_engaged",
+            "1 while the brake on mass repair holds repairs until a person releases them",
+            repair_brake_engaged.clone(),
         );
         registry.register(
             "last_rotation_timestamp_seconds",
@@ -335,6 +352,8 @@ impl Metrics {
             record_key_missing,
             record_keys,
             records_to_resign,
+            repairs_held,
+            repair_brake_engaged,
             last_rotation_timestamp,
             api_requests,
             api_request_duration,
@@ -478,7 +497,7 @@ mod tests {
                 ready: 2,
                 not_ready: 4,
                 unknown: 1,
-                not_ready_by_reason: [2, 0, 0, 1, 1],
+                not_ready_by_reason: [2, 0, 0, 0, 1, 1],
                 rotation_overdue: 2,
             }
         );

@@ -284,6 +284,8 @@ pub struct KeyCell {
     /// Why no ring is loaded, while the operator waits for a person (signed records exist that
     /// no key it could load verifies).
     waiting: std::sync::Mutex<Option<String>>,
+    /// The repair release value on the record key Secret, as last read.
+    release: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for KeyCell {
@@ -291,6 +293,7 @@ impl Default for KeyCell {
         Self {
             ring: tokio::sync::watch::channel(None).0,
             waiting: std::sync::Mutex::default(),
+            release: std::sync::Mutex::default(),
         }
     }
 }
@@ -307,6 +310,11 @@ impl KeyCell {
 
     pub fn set(&self, key: RecordKey) {
         self.ring.send_replace(Some(key));
+    }
+
+    /// The repair release value on the record key Secret, as last read.
+    pub fn release(&self) -> Option<String> {
+        self.release.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Why no key is loaded, when the operator holds for a person.
@@ -347,7 +355,12 @@ impl KeyCell {
         let mut last = String::new();
         loop {
             let wait = match RecordKey::load_ring(client.clone(), namespace, name).await {
-                Ok(Some((ring, fingerprint))) => {
+                Ok(Some(Ring {
+                    key: ring,
+                    fingerprint,
+                    release,
+                })) => {
+                    *self.release.lock().unwrap_or_else(|e| e.into_inner()) = release;
                     if fingerprint != last {
                         tracing::info!(
                             keys = ring.0.len(),
@@ -527,11 +540,7 @@ impl RecordKey {
     /// resourceVersions) to tell a change. None when no slot holds a key. A Secret without a
     /// usable key is left out, with a warning. Slots are fixed names so that the operator's
     /// Role can name them (RBAC cannot limit `list` to some Secrets).
-    pub async fn load_ring(
-        client: Client,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<(Self, String)>, KeyError> {
+    pub async fn load_ring(client: Client, namespace: &str, name: &str) -> Result<Option<Ring>, KeyError> {
         let secrets: Api<Secret> = Api::namespaced(client, namespace);
         let mut found: Vec<Secret> = Vec::new();
         for slot in key_slots(name) {
@@ -568,7 +577,15 @@ impl RecordKey {
             ));
             keys.push(bytes);
         }
-        Ok(Self::ring(keys).map(|ring| (ring, fingerprint)))
+        let release = found
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .and_then(|s| s.annotations().get(crate::repairs::RELEASE_ANNOTATION).cloned());
+        Ok(Self::ring(keys).map(|key| Ring {
+            key,
+            fingerprint,
+            release,
+        }))
     }
 
     /// Creates the key Secret `namespace/name` with a fresh key. A replica that starts at the
@@ -625,6 +642,14 @@ pub async fn count_signed_records(client: Client, namespaces: Vec<String>) -> Re
         }
     }
     Ok(n)
+}
+
+/// The ring as read: the keys, a fingerprint of the Secrets read, and the repair release value
+/// on the first one ([`crate::repairs::RELEASE_ANNOTATION`]).
+pub struct Ring {
+    pub key: RecordKey,
+    pub fingerprint: String,
+    pub release: Option<String>,
 }
 
 /// How many keys the ring may hold.

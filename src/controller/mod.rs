@@ -43,6 +43,8 @@ pub struct Settings {
 const ERROR_REQUEUE: Duration = Duration::from_secs(5);
 /// A conflicting foreign Secret is not watched; look again after this long.
 const CONFLICT_REQUEUE: Duration = Duration::from_secs(30);
+/// A held repair looks again this often (a release is seen within it).
+const REPAIR_HELD_REQUEUE: Duration = Duration::from_secs(5);
 /// After a write, or while the caches lag this process's own writes, look again after this long
 /// at the latest (the writes' watch events normally bring the app back first).
 const LAGGING_REQUEUE: Duration = Duration::from_secs(2);
@@ -183,11 +185,14 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
         {
             return Ok(Action::requeue(CLIENT_ID_REQUEUE));
         }
-        return converge(scope, app, false, false).await;
+        return converge(scope, app, false, false, false).await;
     }
     let step = plan::plan(app, view, now);
     if !matches!(step, Step::Rotate(RotationTrigger::Schedule)) {
         ctx.scheduled_rotations.cancel(&key);
+    }
+    if !is_repair(&step) {
+        ctx.repairs.forget(&key);
     }
     match step {
         Step::Done { requeue_after } => Ok(requeue(requeue_after, scope.resync)),
@@ -210,15 +215,56 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
             let in_conflict = app.ready_condition().is_some_and(|c| {
                 c.reason == plan::reasons::SECRET_CONFLICT || c.reason == plan::reasons::SECRET_REJECTED
             });
+            let repair = is_repair(&step) && !in_conflict;
+            if repair && let Some(wait) = repair_gate(ctx, app, &key, &scope.watches).await? {
+                return Ok(wait);
+            }
             converge(
                 scope,
                 app,
                 matches!(step, Step::Rotate(_) | Step::Drift(_)) && !in_conflict,
                 matches!(step, Step::Rotate(RotationTrigger::Schedule)),
+                repair,
             )
             .await
         }
     }
+}
+
+/// A repair: a new secret because the Secret is gone or not what the operator wrote.
+fn is_repair(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::Drift(_) | Step::Rotate(RotationTrigger::SecretMissing)
+    )
+}
+
+/// Whether the repair of `app` may start now: in its turn (`--max-repairs-per-second`), and
+/// while the brake on mass repair lets it (crate::repairs). Otherwise when to look again; a
+/// held app is marked `Ready=False, reason=RepairHeld` (its status otherwise kept).
+async fn repair_gate(
+    ctx: &Context,
+    app: &OAuthApp,
+    key: &str,
+    watches: &Watches,
+) -> Result<Option<Action>, Error> {
+    if let Turn::Wait(wait) = ctx.repair_turns.turn(key, Instant::now()) {
+        return Ok(Some(Action::requeue(wait)));
+    }
+    let release = ctx.record_key.release();
+    let apps = watches.apps().len();
+    if ctx.repairs.admit(key, Instant::now(), apps, release.as_deref()) == crate::repairs::Admission::Go {
+        return Ok(None);
+    }
+    // A conflict (a stale view) is written at the next look.
+    mark_not_ready(
+        ctx,
+        app,
+        plan::repair_held_status(app, Timestamp::now()),
+        plan::reasons::REPAIR_HELD,
+    )
+    .await?;
+    Ok(Some(Action::requeue(REPAIR_HELD_REQUEUE)))
 }
 
 /// Whether `step` may start now. Only scheduled rotations (`spec.rotation.interval` or
@@ -323,6 +369,7 @@ async fn converge(
     cached: &OAuthApp,
     rotation_expected: bool,
     mut scheduled_turn: bool,
+    mut repair_admitted: bool,
 ) -> Result<Action, Error> {
     let (ctx, watches, resync) = (&*scope.ctx, &*scope.watches, scope.resync);
     let key = app_key(cached);
@@ -386,6 +433,17 @@ async fn converge(
                 return Ok(Action::requeue(wait));
             }
             scheduled_turn = true;
+        }
+        // A repair starts in its turn, and only while the brake on mass repair lets it.
+        if is_repair(&step) {
+            if !repair_admitted {
+                if let Some(wait) = repair_gate(ctx, &app, &key, watches).await? {
+                    return Ok(wait);
+                }
+                repair_admitted = true;
+            }
+        } else {
+            ctx.repairs.forget(&key);
         }
         let written = match step {
             Step::Done { requeue_after } => return Ok(requeue(requeue_after, resync)),

@@ -36,6 +36,9 @@ pub mod reasons {
     /// to check it against (a restore without the key): nothing is rotated until the key is
     /// back or a person decides.
     pub const RECORD_UNVERIFIABLE: &str = "RecordUnverifiable";
+    /// The app needs a repair (its Secret is gone or altered), and the brake on mass repair
+    /// holds it: too many apps needed one at once (crate::repairs).
+    pub const REPAIR_HELD: &str = "RepairHeld";
     /// `spec.rotation.schedule` or `timeZone` passed the API server's validation but cannot be
     /// used (an unknown time zone, a date that never comes): no scheduled rotation until fixed.
     pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
@@ -652,6 +655,17 @@ pub fn unverifiable_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
         crate::crd::ACCEPT_SECRET_ANNOTATION,
     );
     not_ready_status(app, reasons::RECORD_UNVERIFIABLE, message, now)
+}
+
+/// The status of an app whose repair the brake on mass repair holds.
+pub fn repair_held_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
+    let message = format!(
+        "Secret {} needs a repair (it is gone or altered), and too many apps needed one at once: repairs are held until \
+         a person releases them with a new value of the annotation {} on the record key Secret (see the README)",
+        app.secret_name(),
+        crate::repairs::RELEASE_ANNOTATION,
+    );
+    not_ready_status(app, reasons::REPAIR_HELD, message, now)
 }
 
 /// The status of an app whose client id another app claimed first. It names no other app: the

@@ -465,3 +465,85 @@ async fn a_secret_written_back_from_an_earlier_copy_does_not_bring_back_its_reti
     })
     .await;
 }
+
+#[tokio::test]
+async fn when_every_secret_is_deleted_at_once_a_few_are_repaired_and_the_rest_wait_for_a_person() {
+    let ns = namespace("daytwo-brake");
+    let key_ns = control_plane().namespace(&format!("{ns}-key"));
+    let client = admin_client().await;
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let names: Vec<String> = (0..10).map(|i| format!("app-{i}")).collect();
+    let operator = Operator::start(
+        &control_plane().kubeconfig,
+        &ns,
+        &[
+            "--record-key-namespace",
+            &key_ns,
+            "--repair-brake-share",
+            "0.1",
+            "--repair-brake-min",
+            "3",
+            "--max-repairs-per-second",
+            "50",
+        ],
+        &[],
+    );
+    for name in &names {
+        control_plane().apply_ok(&ns, &app_manifest(name));
+    }
+    for name in &names {
+        settled(&apps, &secrets, name, 1).await;
+    }
+
+    // Every Secret goes at once (a tenant, a sync tool, a bug): three are repaired, the seven
+    // others wait, Ready=False, reason RepairHeld, with their status otherwise kept.
+    control_plane().kubectl_ok(&[
+        "delete",
+        "secret",
+        "-n",
+        &ns,
+        "-l",
+        "app.kubernetes.io/managed-by=oauthapp-operator",
+    ]);
+    let reasons = || async {
+        let mut repaired = 0;
+        let mut held = 0;
+        for app in apps.list(&Default::default()).await.ok()?.items {
+            let condition = app.ready_condition()?;
+            if condition.status == "True" && app.status.as_ref()?.rotation_count == 2 {
+                repaired += 1;
+            } else if condition.reason == "RepairHeld" && app.status.as_ref()?.rotation_count == 1 {
+                held += 1;
+            }
+        }
+        Some((repaired, held))
+    };
+    eventually("3 repaired and 7 held", WAIT, || async {
+        (reasons().await? == (3, 7)).then_some(())
+    })
+    .await;
+    eventually("the brake's metrics", WAIT, || async {
+        let held = operator.metric("oauthapp_repairs_held").await?;
+        let engaged = operator.metric("oauthapp_repair_brake_engaged").await?;
+        (held == 7.0 && engaged == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(reasons().await, Some((3, 7)), "still held");
+
+    // A person releases them: every app is repaired, and the brake lets go.
+    control_plane().kubectl_ok(&[
+        "annotate",
+        "secret",
+        KEY_SECRET,
+        "-n",
+        &key_ns,
+        "oauthapp.io/release-repairs=1",
+        "--overwrite",
+    ]);
+    for name in &names {
+        settled(&apps, &secrets, name, 2).await;
+    }
+    assert_eq!(operator.metric("oauthapp_repairs_held").await, Some(0.0));
+    assert_eq!(operator.metric("oauthapp_repair_brake_engaged").await, Some(0.0));
+}
