@@ -303,6 +303,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let (ctx, watches, shutdown) = (ctx.clone(), watches.clone(), shutdown.clone());
         tokio::spawn(async move { ctx.verified.forget_deleted(&watches, shutdown).await });
     }
+    // The REST API's port is bound first: once /readyz answers, REST connections are accepted.
+    let api_listener = tokio::net::TcpListener::bind(args.api_addr)
+        .await
+        .with_context(|| format!("binding the REST API to {}", args.api_addr))?;
     let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding the admin server to {}", args.admin_addr))?;
@@ -345,7 +349,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ctx: ctx.clone(),
         watches: watches.clone(),
     };
-    let api = tokio::spawn(api::serve(api_state, api_config, shutdown.clone()));
+    let api = tokio::spawn(api::serve(api_listener, api_state, api_config, shutdown.clone()));
 
     let settings = Settings {
         resync: args.resync_interval,

@@ -163,8 +163,15 @@ fn with_error_handling(router: Router) -> Router {
 /// Serves the API until `shutdown` is cancelled. When it cannot start (address in use, TLS
 /// files that do not load, invalid rate limits) it logs why and cancels `shutdown`: an operator
 /// without its API stops instead of running half-working.
-pub async fn serve(state: ApiState, config: ApiConfig, shutdown: CancellationToken) -> std::io::Result<()> {
-    let result = serve_until(state, &config, shutdown.clone()).await;
+/// Serves the REST API on `tcp` (bound by the caller before the admin server's `/readyz` can
+/// answer, so a ready operator always accepts REST connections).
+pub async fn serve(
+    tcp: tokio::net::TcpListener,
+    state: ApiState,
+    config: ApiConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let result = serve_until(tcp, state, &config, shutdown.clone()).await;
     if let Err(e) = &result {
         error!(addr = %config.addr, error = %e, "the REST API server failed; stopping the operator");
         shutdown.cancel();
@@ -173,6 +180,7 @@ pub async fn serve(state: ApiState, config: ApiConfig, shutdown: CancellationTok
 }
 
 async fn serve_until(
+    tcp: tokio::net::TcpListener,
     state: ApiState,
     config: &ApiConfig,
     shutdown: CancellationToken,
@@ -193,7 +201,6 @@ async fn serve_until(
         });
     }
     let app = router_with(shared);
-    let tcp = tokio::net::TcpListener::bind(config.addr).await?;
     match (&config.tls_cert_file, &config.tls_key_file) {
         (Some(cert_file), Some(key_file)) => {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
