@@ -62,8 +62,7 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         .record_keys
         .set(ring.as_ref().map_or(0, |r| r.ids().count() as i64));
     if let Some(ring) = ring {
-        // A cheap look at the signature's key id, not a verification.
-        let newest = format!("v2.{}.", ring.signing_id());
+        // A cheap look at the signature's format and key id, not a verification.
         let to_resign = s
             .watches
             .secrets()
@@ -72,7 +71,7 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
                 secret
                     .annotations()
                     .get(crate::record::annotations::SIGNATURE)
-                    .is_some_and(|sig| !sig.starts_with(&newest))
+                    .is_some_and(|sig| !ring.looks_current(sig))
             })
             .count();
         s.metrics.records_to_resign.set(to_resign as i64);

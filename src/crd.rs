@@ -487,6 +487,57 @@ pub fn crd_yaml() -> Result<String, serde_norway::Error> {
     ))
 }
 
+/// The name of the OAuthApp CRD.
+pub const CRD_NAME: &str = "oauthapps.oauthapp.io";
+
+/// The fields this version writes that `installed` (a CRD's JSON) does not declare in its
+/// served version's schema: each a dotted path (`status.previousSecret`). Fields an older CRD
+/// lacks would be pruned by the API server from every status write, a loop of writes in which
+/// e.g. a previous secret's grace period is silently lost.
+pub fn missing_fields(installed: &serde_json::Value) -> Vec<String> {
+    let Ok(ours) = serde_json::to_value(OAuthApp::crd()) else {
+        return Vec::new();
+    };
+    let schema_of = |crd: &serde_json::Value| {
+        crd["spec"]["versions"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["name"] == "v1alpha1"))
+            .map(|v| v["schema"]["openAPIV3Schema"].clone())
+    };
+    let (Some(ours), Some(theirs)) = (schema_of(&ours), schema_of(installed)) else {
+        return vec!["spec.versions[v1alpha1]".to_string()];
+    };
+    let mut missing = Vec::new();
+    for top in ["spec", "status"] {
+        compare(
+            &ours["properties"][top],
+            &theirs["properties"][top],
+            top,
+            &mut missing,
+        );
+    }
+    missing
+}
+
+/// Appends to `missing` every property of `ours` that `theirs` lacks, two levels deep (objects
+/// and the items of arrays), named from `path`.
+fn compare(ours: &serde_json::Value, theirs: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
+    let Some(props) = ours["properties"].as_object() else {
+        if ours["items"].is_object() {
+            compare(&ours["items"], &theirs["items"], &format!("{path}[]"), missing);
+        }
+        return;
+    };
+    for (name, field) in props {
+        let here = format!("{path}.{name}");
+        if theirs["properties"].get(name).is_none() {
+            missing.push(here);
+        } else if path.matches('.').count() < 2 {
+            compare(field, &theirs["properties"][name], &here, missing);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,5 +626,28 @@ mod tests {
             assert_eq!(serde_json::to_value(t).expect("serializes"), t.as_str());
         }
         assert_eq!(RotationTrigger::parse("Nope"), None);
+    }
+
+    #[test]
+    fn an_older_crd_is_told_by_the_fields_it_lacks() {
+        let ours = serde_json::to_value(OAuthApp::crd()).unwrap();
+        assert_eq!(missing_fields(&ours), Vec::<String>::new());
+        let mut old = ours.clone();
+        let status = &mut old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+        status.as_object_mut().unwrap().remove("previousSecret");
+        status["history"]["items"]["properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("username");
+        let missing = missing_fields(&old);
+        assert!(
+            missing.contains(&"status.previousSecret".to_string()),
+            "{missing:?}"
+        );
+        assert!(
+            missing.contains(&"status.history[].username".to_string()),
+            "{missing:?}"
+        );
+        assert_eq!(missing.len(), 2, "{missing:?}");
     }
 }

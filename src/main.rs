@@ -185,6 +185,42 @@ struct RunArgs {
     shutdown_timeout: Duration,
 }
 
+/// Refuses to start against an OAuthApp CRD older than this version: the API server would
+/// prune the fields it lacks from every status write (a write loop, and e.g. a previous
+/// secret's grace period silently lost). Without the right to read CRDs it says so and goes on.
+async fn check_installed_crd(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    let name = oauthapp_operator::crd::CRD_NAME;
+    let installed = match crds.get_opt(name).await {
+        Ok(Some(crd)) => crd,
+        Ok(None) => anyhow::bail!(
+            "the CustomResourceDefinition {name} is not installed: apply crds/{name}.yaml of this version ({})",
+            env!("CARGO_PKG_VERSION")
+        ),
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            warn!(
+                "may not read CustomResourceDefinition {name}: not checking that it has the fields this version writes"
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("reading CustomResourceDefinition {name}")));
+        }
+    };
+    let missing = oauthapp_operator::crd::missing_fields(&serde_json::to_value(&installed)?);
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the installed CustomResourceDefinition {name} is older than this operator ({}): it lacks {}. \
+             Apply the CRD of this version first (`kubectl apply --server-side -f crds/{name}.yaml`; \
+             `helm upgrade` does not upgrade the chart's crds/), then start the operator",
+            env!("CARGO_PKG_VERSION"),
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     oauthapp_operator::controller::plan::parse_interval(s)
         .and_then(|d| Duration::try_from(d).ok())
@@ -255,6 +291,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     // Refuse bad hash parameters at start, not at the first rotation.
     oauthapp_operator::secret::hash("startup-check", &params).context("invalid argon2 parameters")?;
+    check_installed_crd(&client).await?;
     let workers = args
         .hash_workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

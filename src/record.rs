@@ -483,8 +483,19 @@ impl RecordKey {
         mac
     }
 
-    /// The signature annotation's value for `record`, by the newest key.
+    /// The signature annotation's value for `record`, by the newest key. A ring of one key signs
+    /// in format 1 (`v1.<mac>`, the format of 0.1.0): its one key is the only one that can have
+    /// made it, and a replica of 0.1.0 running beside this one (a rolling upgrade, a downgrade)
+    /// still believes it. Once the ring holds several keys, signatures name theirs (format 2).
     pub fn sign(&self, record: &Record) -> String {
+        if self.0.len() == 1 {
+            let mut mac = Self::mac(&self.0[0]);
+            mac.update(&record.message());
+            return format!(
+                "{SIGNATURE_PREFIX_V1}{}",
+                URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+            );
+        }
         let key = &self.0[0];
         let tag = Self::mac_v2(key, record).finalize().into_bytes();
         format!("{SIGNATURE_PREFIX}{}.{}", key.id, URL_SAFE_NO_PAD.encode(tag))
@@ -524,10 +535,20 @@ impl RecordKey {
             mac.update(&message);
             mac.verify_slice(&tag).is_ok()
         }) {
-            KeyCheck::Valid { newest: false }
+            // The format a ring of one key signs in.
+            KeyCheck::Valid {
+                newest: self.0.len() == 1,
+            }
         } else {
             KeyCheck::UnknownKey
         }
+    }
+
+    /// Whether `signature` looks made in the format and by the key this ring signs with now (a
+    /// cheap look at its prefix, no verification: for counting records left to re-sign).
+    pub fn looks_current(&self, signature: &str) -> bool {
+        let by_newest = signature.starts_with(&format!("{SIGNATURE_PREFIX}{}.", self.0[0].id));
+        by_newest || (self.0.len() == 1 && signature.starts_with(SIGNATURE_PREFIX_V1))
     }
 
     /// Whether `signature` is a signature of `record` by a key of the ring.
@@ -921,8 +942,11 @@ mod tests {
         p_cost: 1,
     };
 
+    /// A ring of two keys: it signs in format 2, where a record changed after signing is told
+    /// apart from one by an unknown key (format 1 names no key: see
+    /// `a_format_1_record_that_no_key_verifies_is_unknown_not_forged`).
     fn key() -> RecordKey {
-        RecordKey::from_bytes(&[7u8; KEY_LEN]).unwrap()
+        RecordKey::ring(vec![[7u8; KEY_LEN].to_vec(), [6u8; KEY_LEN].to_vec()]).unwrap()
     }
 
     fn app() -> OAuthApp {
@@ -1258,27 +1282,36 @@ mod tests {
         let before = RecordKey::from_bytes(&old).unwrap();
         let ring = RecordKey::ring(vec![new.to_vec(), old.to_vec()]).unwrap();
         assert_eq!(ring.signing_id(), key_id(&new));
+        // A ring of one key signs in format 1 (what 0.1.0 reads); several name their key.
         let by_old = before.sign(&rec);
-        assert!(by_old.starts_with(&format!("v2.{}.", key_id(&old))), "{by_old}");
-        assert_eq!(ring.check(&rec, &by_old), KeyCheck::Valid { newest: false });
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&old).unwrap();
+        mac.update(&rec.message());
         assert_eq!(
-            ring.check(&rec, &ring.sign(&rec)),
-            KeyCheck::Valid { newest: true }
+            by_old,
+            format!("v1.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+        );
+        assert_eq!(before.check(&rec, &by_old), KeyCheck::Valid { newest: true });
+        assert!(before.looks_current(&by_old));
+        assert_eq!(ring.check(&rec, &by_old), KeyCheck::Valid { newest: false });
+        assert!(!ring.looks_current(&by_old));
+        let by_ring = ring.sign(&rec);
+        assert!(by_ring.starts_with(&format!("v2.{}.", key_id(&new))), "{by_ring}");
+        assert_eq!(ring.check(&rec, &by_ring), KeyCheck::Valid { newest: true });
+        assert!(ring.looks_current(&by_ring));
+        let old_first = RecordKey::ring(vec![old.to_vec(), [9u8; KEY_LEN].to_vec()]).unwrap();
+        assert_eq!(
+            ring.check(&rec, &old_first.sign(&rec)),
+            KeyCheck::Valid { newest: false }
         );
         // A known key's id with a MAC it did not make: forged.
         let forged = format!("v2.{}.{}", key_id(&old), URL_SAFE_NO_PAD.encode([0u8; 32]));
         assert_eq!(ring.check(&rec, &forged), KeyCheck::Invalid);
         assert_eq!(ring.check(&rec, "v2.nokey"), KeyCheck::Invalid);
-        // A key the ring does not hold: unknown, not forged.
-        let newer = RecordKey::from_bytes(&[3u8; KEY_LEN]).unwrap();
-        assert_eq!(ring.check(&rec, &newer.sign(&rec)), KeyCheck::UnknownKey);
-        // Format 1 (one key, no id): any key of the ring may have made it.
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&old).unwrap();
-        mac.update(&rec.message());
-        let v1 = format!("v1.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
-        assert_eq!(ring.check(&rec, &v1), KeyCheck::Valid { newest: false });
-        assert_eq!(newer.check(&rec, &v1), KeyCheck::UnknownKey);
         assert_eq!(ring.check(&rec, "v9.x"), KeyCheck::Invalid);
+        // Keys the ring does not hold: unknown, not forged, in either format.
+        let elsewhere = RecordKey::ring(vec![[3u8; KEY_LEN].to_vec(), [4u8; KEY_LEN].to_vec()]).unwrap();
+        assert_eq!(ring.check(&rec, &elsewhere.sign(&rec)), KeyCheck::UnknownKey);
+        assert_eq!(elsewhere.check(&rec, &by_old), KeyCheck::UnknownKey);
         // Short keys and empty rings are refused; a key given twice counts once.
         assert!(RecordKey::ring(vec![]).is_none());
         assert!(RecordKey::ring(vec![vec![1u8; KEY_LEN - 1]]).is_none());
@@ -1334,6 +1367,38 @@ mod tests {
         assert_eq!(
             verdict(&app, &meta(ann), &key(), &[FAST], now),
             Verdict::Drift(Drift::Stale)
+        );
+    }
+
+    #[test]
+    fn a_format_1_record_that_no_key_verifies_is_unknown_not_forged() {
+        let now = Timestamp::now();
+        let hash = our_hash();
+        let single = RecordKey::from_bytes(&[7u8; KEY_LEN]).unwrap();
+        let ann = record(&hash, now).to_annotations(&single);
+        assert!(ann[annotations::SIGNATURE].starts_with("v1."));
+        assert_eq!(
+            verdict(&app(), &meta(ann.clone()), &single, &[FAST], now),
+            Verdict::Signed
+        );
+        let mut changed = ann.clone();
+        changed.insert(annotations::ROTATION_COUNT.into(), "9".into());
+        // No status to check it against: held, never believed nor replaced.
+        assert_eq!(
+            verdict(&app(), &meta(changed.clone()), &single, &[FAST], now),
+            Verdict::Unverifiable
+        );
+        // A status that shows another rotation contradicts it: not believed.
+        let mut app = app();
+        app.status = Some(OAuthAppStatus {
+            rotation_id: Some("r0".into()),
+            client_secret_hash: Some(hash),
+            rotation_count: 2,
+            ..Default::default()
+        });
+        assert_eq!(
+            verdict(&app, &meta(changed), &single, &[FAST], now),
+            Verdict::Drift(Drift::BadSignature)
         );
     }
 }

@@ -1359,3 +1359,27 @@ async fn settled(apps: &Api<OAuthApp>, secrets: &Api<Secret>, name: &str, rotati
     )
     .await
 }
+
+#[test]
+fn the_crate_the_image_and_the_chart_have_one_version_and_the_changelog_names_it() {
+    let chart =
+        std::fs::read_to_string(repo().join("charts/oauthapp-operator/Chart.yaml")).expect("Chart.yaml");
+    let field = |name: &str| {
+        chart
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.trim().trim_matches('"').to_string())
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(field("version").as_deref(), Some(version), "the chart's version");
+    assert_eq!(
+        field("appVersion").as_deref(),
+        Some(version),
+        "the chart's appVersion"
+    );
+    let changelog = std::fs::read_to_string(repo().join("CHANGELOG.md")).expect("CHANGELOG.md");
+    assert!(
+        changelog.contains(&format!("\n## {version}\n")),
+        "CHANGELOG.md has no section for {version}"
+    );
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 use oauthapp_operator::crd::OAuthApp;
+use oauthapp_operator::record::RecordKey;
 
 use crate::support::*;
 
@@ -173,17 +174,21 @@ async fn key_bytes(secrets: &Api<Secret>, name: &str) -> Vec<u8> {
         .clone()
 }
 
-/// Every app Secret's signature names key `id`.
-async fn all_signed_by(secrets: &Api<Secret>, names: &[String], id: &str) -> bool {
+/// Every app's record is signed by the newest key of `ring`, in the format `ring` signs in.
+async fn all_signed_by(
+    apps: &Api<OAuthApp>,
+    secrets: &Api<Secret>,
+    names: &[String],
+    ring: &RecordKey,
+) -> bool {
     for name in names {
-        let Ok(secret) = secrets.get(&format!("{name}-oauth-client")).await else {
+        let (Ok(app), Ok(secret)) = (
+            apps.get(name).await,
+            secrets.get(&format!("{name}-oauth-client")).await,
+        ) else {
             return false;
         };
-        let signed = secret
-            .annotations()
-            .get("oauthapp.io/record-signature")
-            .is_some_and(|s| s.starts_with(&format!("v2.{id}.")));
-        if !signed {
+        if !oauthapp_operator::record::signed_by_newest(&app, &secret.metadata, ring) {
             return false;
         }
     }
@@ -246,8 +251,8 @@ async fn the_record_key_deleted_and_the_operator_restarted_replaces_no_secret() 
     }
     let before = secret_data(&secrets, &names).await;
     let backup = key_bytes(&keys, KEY_SECRET).await;
-    let first_id = oauthapp_operator::record::key_id(&backup);
-    assert!(all_signed_by(&secrets, &names, &first_id).await);
+    let first = RecordKey::from_bytes(&backup).expect("key");
+    assert!(all_signed_by(&apps, &secrets, &names, &first).await);
 
     // The key Secret is deleted, the operator restarts: it makes no new key (signed records
     // exist that it would strand), rotates nothing, and says why.
@@ -302,10 +307,10 @@ async fn the_record_key_deleted_and_the_operator_restarted_replaces_no_secret() 
         .terminate(Duration::from_secs(30))
         .expect("the operator exits on SIGTERM");
     control_plane().kubectl_ok(&["delete", "secret", KEY_SECRET, "-n", &key_ns]);
-    let new_id = oauthapp_operator::record::key_id(&make_key(&key_ns, &format!("{KEY_SECRET}-2")));
+    let new = RecordKey::from_bytes(&make_key(&key_ns, &format!("{KEY_SECRET}-2"))).expect("key");
     let operator = Operator::start(kubeconfig, &ns, &args, &[]);
     eventually("every record signed by the new key", WAIT, || async {
-        all_signed_by(&secrets, &names, &new_id).await.then_some(())
+        all_signed_by(&apps, &secrets, &names, &new).await.then_some(())
     })
     .await;
     for name in &names {
@@ -347,9 +352,11 @@ async fn a_new_key_re_signs_every_record_and_the_old_one_retires_without_a_new_s
 
     // A second key joins the ring: the running operator sees it (no restart), signs with it,
     // and moves every record over in the background, changing no secret.
-    let new_id = oauthapp_operator::record::key_id(&make_key(&key_ns, &format!("{KEY_SECRET}-2")));
+    let old = key_bytes(&keys, KEY_SECRET).await;
+    let new = make_key(&key_ns, &format!("{KEY_SECRET}-2"));
+    let ring = RecordKey::ring(vec![new, old]).expect("ring");
     eventually("every record signed by the new key", WAIT, || async {
-        all_signed_by(&secrets, &names, &new_id).await.then_some(())
+        all_signed_by(&apps, &secrets, &names, &ring).await.then_some(())
     })
     .await;
     eventually("nothing left to re-sign", WAIT, || async {
@@ -546,4 +553,54 @@ async fn when_every_secret_is_deleted_at_once_a_few_are_repaired_and_the_rest_wa
     }
     assert_eq!(operator.metric("oauthapp_repairs_held").await, Some(0.0));
     assert_eq!(operator.metric("oauthapp_repair_brake_engaged").await, Some(0.0));
+}
+
+#[tokio::test]
+async fn an_operator_started_against_an_older_crd_refuses_and_says_to_apply_the_crd() {
+    let private = PrivateControlPlane::start("daytwo-old-crd");
+    let cp = &private.0;
+    // The CRD as a release before the grace period installed it: no status.previousSecret.
+    let mut old: serde_json::Value =
+        serde_json::to_value(<oauthapp_operator::crd::OAuthApp as kube::CustomResourceExt>::crd())
+            .expect("crd");
+    old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+        .as_object_mut()
+        .expect("status properties")
+        .remove("previousSecret");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("old-crd.json");
+    std::fs::write(&file, old.to_string()).expect("write");
+    let replaced = cp.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        file.to_str().expect("utf-8"),
+    ]);
+    assert!(replaced.status.success(), "{}", stderr(&replaced));
+
+    let mut operator = Operator::start_on(cp, &cp.kubeconfig, "default", &[], &[]);
+    let status = operator.wait_exit(WAIT).expect("the operator exits by itself");
+    assert_eq!(status.code(), Some(1));
+    let log = operator.log_text();
+    assert!(
+        log.contains("lacks status.previousSecret") && log.contains("Apply the CRD of this version"),
+        "{log}"
+    );
+
+    // With the CRD of this version applied, it starts.
+    let crd = repo().join("crds/oauthapps.oauthapp.io.yaml");
+    let applied = cp.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        crd.to_str().expect("utf-8"),
+    ]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let operator = Operator::start_on(cp, &cp.kubeconfig, "default", &[], &[]);
+    eventually("the operator's /readyz", WAIT, || async {
+        http_get(operator.admin_port, "/readyz").await
+    })
+    .await;
 }
