@@ -185,40 +185,64 @@ struct RunArgs {
     shutdown_timeout: Duration,
 }
 
-/// Refuses to start against an OAuthApp CRD older than this version: the API server would
-/// prune the fields it lacks from every status write (a write loop, and e.g. a previous
-/// secret's grace period silently lost). Without the right to read CRDs it says so and goes on.
-async fn check_installed_crd(client: &kube::Client) -> anyhow::Result<()> {
+/// Refuses to run against an OAuthApp CRD older than this version: the API server would prune
+/// the fields it lacks from every status write (a write loop, and e.g. a previous secret's
+/// grace period silently lost). On one, it logs why, records it in `refused` and stops the
+/// operator. Retried with a growing pause while the API server cannot be reached; without the
+/// right to read CRDs it says so and checks nothing.
+async fn check_installed_crd(
+    client: kube::Client,
+    refused: Arc<std::sync::OnceLock<String>>,
+    shutdown: CancellationToken,
+) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client);
     let name = oauthapp_operator::crd::CRD_NAME;
-    let installed = match crds.get_opt(name).await {
-        Ok(Some(crd)) => crd,
-        Ok(None) => anyhow::bail!(
-            "the CustomResourceDefinition {name} is not installed: apply crds/{name}.yaml of this version ({})",
-            env!("CARGO_PKG_VERSION")
-        ),
-        Err(kube::Error::Api(s)) if s.code == 403 => {
-            warn!(
-                "may not read CustomResourceDefinition {name}: not checking that it has the fields this version writes"
-            );
-            return Ok(());
-        }
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("reading CustomResourceDefinition {name}")));
+    let version = env!("CARGO_PKG_VERSION");
+    let mut pause = Duration::from_millis(500);
+    let why = loop {
+        match crds.get_opt(name).await {
+            Ok(Some(crd)) => {
+                let missing = serde_json::to_value(&crd)
+                    .map(|v| oauthapp_operator::crd::missing_fields(&v))
+                    .unwrap_or_default();
+                if missing.is_empty() {
+                    return;
+                }
+                break format!(
+                    "the installed CustomResourceDefinition {name} is older than this operator ({version}): it lacks {}. \
+                     Apply the CRD of this version first (`kubectl apply --server-side -f crds/{name}.yaml`; \
+                     `helm upgrade` does not upgrade the chart's crds/), then start the operator",
+                    missing.join(", ")
+                );
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                warn!(
+                    "may not read CustomResourceDefinition {name}: not checking that it has the fields this version writes"
+                );
+                return;
+            }
+            // Not installed (yet), or the API server cannot be reached: look again.
+            other => {
+                match other {
+                    Ok(_) => {
+                        warn!(retry_in = ?pause, "the CustomResourceDefinition {name} is not installed: apply crds/{name}.yaml of this version ({version})")
+                    }
+                    Err(e) => {
+                        warn!(error = %e, retry_in = ?pause, "cannot read CustomResourceDefinition {name} yet")
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
         }
     };
-    let missing = oauthapp_operator::crd::missing_fields(&serde_json::to_value(&installed)?);
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "the installed CustomResourceDefinition {name} is older than this operator ({}): it lacks {}. \
-             Apply the CRD of this version first (`kubectl apply --server-side -f crds/{name}.yaml`; \
-             `helm upgrade` does not upgrade the chart's crds/), then start the operator",
-            env!("CARGO_PKG_VERSION"),
-            missing.join(", ")
-        );
-    }
-    Ok(())
+    tracing::error!("{why}");
+    let _ = refused.set(why);
+    shutdown.cancel();
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -291,7 +315,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     // Refuse bad hash parameters at start, not at the first rotation.
     oauthapp_operator::secret::hash("startup-check", &params).context("invalid argon2 parameters")?;
-    check_installed_crd(&client).await?;
     let workers = args
         .hash_workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -333,6 +356,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let background = ctx.background.clone();
     let shutdown = CancellationToken::new();
+    // The CRD is checked in the background, retried while the API server cannot be reached (the
+    // operator serves meanwhile, as it does whenever the API server is away); an older CRD stops
+    // the operator with the reason.
+    let crd_refused: Arc<std::sync::OnceLock<String>> = Arc::default();
+    tokio::spawn(check_installed_crd(
+        client.clone(),
+        crd_refused.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(watch_signals(shutdown.clone(), args.shutdown_timeout));
     let watches = Watches::start(client.clone(), &args.watch_namespaces, shutdown.clone());
 
@@ -444,6 +476,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         served
     })
     .await;
+    if let Some(why) = crd_refused.get() {
+        anyhow::bail!("{why}");
+    }
     match drained {
         Ok(Ok(())) => info!("stopped"),
         // The REST API could not serve (its address taken, its TLS files unreadable, ...) and
