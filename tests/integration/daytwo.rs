@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
+use kube::Api;
 use oauthapp_operator::crd::OAuthApp;
 use oauthapp_operator::record::RecordKey;
 
 use crate::support::*;
+use crate::trust::settled;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -18,25 +19,6 @@ fn app_manifest(name: &str) -> String {
     format!(
         "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: {name}\nspec:\n  redirectUris: [\"https://{name}.example.com/cb\"]\n"
     )
-}
-
-/// Waits until app `name` is Ready, its status describes its Secret, and it has had `count`
-/// secrets; returns both.
-async fn settled(apps: &Api<OAuthApp>, secrets: &Api<Secret>, name: &str, count: i64) -> (OAuthApp, Secret) {
-    eventually(
-        &format!("OAuthApp {name} Ready with rotation {count}"),
-        WAIT,
-        || async {
-            let app = apps.get_opt(name).await.ok()??;
-            let status = app.status.clone()?;
-            let secret = secrets.get_opt(status.secret_name.as_deref()?).await.ok()??;
-            let ready = app.ready_condition().is_some_and(|c| c.status == "True");
-            let in_sync = secret.annotations().get("oauthapp.io/rotation-id") == status.rotation_id.as_ref()
-                && secret.resource_version() == status.secret_resource_version;
-            (ready && in_sync && status.rotation_count == count).then_some((app, secret))
-        },
-    )
-    .await
 }
 
 /// Every app Secret's data, by name.

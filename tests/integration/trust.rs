@@ -62,7 +62,12 @@ async fn tenant(ns: &str) -> Client {
 
 /// Waits until the app is Ready, its status describes its Secret, and it has had `count`
 /// secrets; returns both.
-async fn settled(apps: &Api<OAuthApp>, secrets: &Api<Secret>, name: &str, count: i64) -> (OAuthApp, Secret) {
+pub(crate) async fn settled(
+    apps: &Api<OAuthApp>,
+    secrets: &Api<Secret>,
+    name: &str,
+    count: i64,
+) -> (OAuthApp, Secret) {
     eventually(
         &format!("OAuthApp {name} Ready with rotation {count}"),
         WAIT,
