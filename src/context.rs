@@ -63,6 +63,11 @@ pub struct Context {
     pub repairs: crate::repairs::RepairBrake,
     /// Repairs start in turn, at most `--max-repairs-per-second`.
     pub repair_turns: crate::schedule::ScheduledRotations,
+    /// This installation (`<namespace>/<record key Secret>`): recorded on every app it manages;
+    /// an app recorded for another is left alone.
+    pub installation: String,
+    /// The newest rotation of each deleted app's name (crate::ledger).
+    pub ledger: Arc<crate::ledger::Ledger>,
 }
 
 /// Repairs started per second at most, by default.
@@ -97,7 +102,15 @@ impl Context {
             resigns: governor::RateLimiter::direct(governor::Quota::per_second(RESIGNS_PER_SECOND)),
             repairs: crate::repairs::RepairBrake::new(crate::repairs::BrakeSettings::default()),
             repair_turns: crate::schedule::ScheduledRotations::new(DEFAULT_REPAIRS_PER_SECOND, None),
+            installation: String::new(),
+            ledger: Arc::default(),
         }
+    }
+
+    /// The installation this process belongs to.
+    pub fn with_installation(mut self, installation: String) -> Self {
+        self.installation = installation;
+        self
     }
 
     /// Repairs start at most `per_second`, in turn, and the brake holds them past `brake`.

@@ -221,6 +221,24 @@ pub struct SecretSpec {
     #[x_kube(validation = Rule::new(QUALIFIED_KEYS)
         .message("annotation keys must be qualified names: an optional DNS-subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
     pub annotations: BTreeMap<String, String>,
+
+    /// What happens to the Secret when the app is deleted. `Delete` (default): it is deleted
+    /// with the app (an ownerReference). `Retain`: it stays, with its rotation record, and the
+    /// same app applied again (a GitOps tool's delete and create, Argo CD `Replace=true` with
+    /// `Force=true`, Flux's force) adopts it: same app id, client id, secret and history. A
+    /// retained Secret carries no ownerReference; delete it by hand when the app is gone for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// `spec.secret.deletionPolicy`.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeletionPolicy {
+    /// The Secret is deleted with the app (garbage collection, by its ownerReference).
+    #[default]
+    Delete,
+    /// The Secret outlives the app, to be adopted by the app applied again.
+    Retain,
 }
 
 /// CEL: every key of the map is a qualified name (`[prefix/]name`), as label and annotation
@@ -378,7 +396,9 @@ impl RotationTrigger {
 #[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct OAuthAppStatus {
-    /// The app id used by the REST API: `app_` + base62 of the resource's uid.
+    /// The app id used by the REST API: `app_` + base62 of the resource's uid at its first
+    /// secret. Kept from then on (in the Secret's signed record too): an app restored or
+    /// re-created with its Secret keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_id: Option<String>,
     /// The OAuth client id written to the Secret.
@@ -433,6 +453,11 @@ pub struct OAuthAppStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The installation of the operator that manages this app (`<namespace>/<record key
+    /// Secret>` of that installation). Another installation that watches the same namespace
+    /// leaves the app alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installation: Option<String>,
     /// Current conditions; `Ready` is True when the Secret and this status agree.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -451,6 +476,15 @@ impl OAuthApp {
                     self.metadata.name.as_deref().unwrap_or_default()
                 )
             })
+    }
+
+    /// `spec.secret.deletionPolicy`, `Delete` when unset.
+    pub fn deletion_policy(&self) -> DeletionPolicy {
+        self.spec
+            .secret
+            .as_ref()
+            .and_then(|s| s.deletion_policy)
+            .unwrap_or_default()
     }
 
     /// The value of one of the app's annotations, if set.

@@ -12,6 +12,7 @@ pub mod error;
 pub mod hasher;
 pub mod id;
 pub mod leader;
+pub mod ledger;
 pub mod metrics;
 pub mod plugin;
 pub mod record;

@@ -331,6 +331,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics.clone(),
             instance.clone(),
         )
+        .with_installation(format!("{key_namespace}/{}", args.record_key_secret))
         .with_max_scheduled_rotations_per_second(args.max_scheduled_rotations_per_second)
         .with_repairs(
             args.max_repairs_per_second,
@@ -366,7 +367,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     tokio::spawn(watch_signals(shutdown.clone(), args.shutdown_timeout));
-    let watches = Watches::start(client.clone(), &args.watch_namespaces, shutdown.clone());
+    let watches = Watches::start_with_ledger(
+        client.clone(),
+        &args.watch_namespaces,
+        shutdown.clone(),
+        Some(ctx.ledger.clone()),
+    );
+    {
+        let (ctx, client, shutdown) = (ctx.clone(), client.clone(), shutdown.clone());
+        let name = oauthapp_operator::ledger::configmap_name(&args.record_key_secret);
+        let namespace = ctx.installation.split('/').next().unwrap_or_default().to_string();
+        tokio::spawn(async move { ctx.ledger.run(client, namespace, name, shutdown).await });
+    }
 
     {
         let (ctx, watches, shutdown) = (ctx.clone(), watches.clone(), shutdown.clone());

@@ -61,6 +61,16 @@ pub mod annotations {
     /// Absent when the spec has none. Not part of the signed record: it only ever removes
     /// labels and annotations that are not the operator's.
     pub const SPEC_METADATA_KEYS: &str = "oauthapp.io/spec-metadata-keys";
+    /// The app's kept id (`status.appId`): made once, at the first secret, never derived again.
+    pub const APP_ID: &str = "oauthapp.io/app-id";
+    /// The name of the app the record belongs to (a retained Secret has no ownerReference).
+    pub const APP_NAME: &str = "oauthapp.io/app-name";
+    /// The installation that manages the app (`<namespace>/<record key Secret>`).
+    pub const INSTALLATION: &str = "oauthapp.io/installation";
+    /// The operator's seal over the record and the app's identity (namespace, name, kept id,
+    /// installation), not its uid: it lets a restored or re-created app adopt its Secret.
+    /// `s2.<key id>.<mac>`. [`SIGNATURE`] stays, bound to the uid, for replicas of 0.1.0.
+    pub const SEAL: &str = "oauthapp.io/record-seal";
 }
 
 /// How far in the future a record's `rotated-at` may be (clock skew between replicas and the
@@ -71,6 +81,8 @@ pub const MAX_CLOCK_SKEW: SignedDuration = SignedDuration::from_secs(60);
 const SIGNATURE_PREFIX: &str = "v2.";
 /// Format 1, before the key ring: `v1.<mac>`, by the one key there was. Still verified.
 const SIGNATURE_PREFIX_V1: &str = "v1.";
+/// The seal's format ([`annotations::SEAL`]): `s2.<key id>.<mac>`.
+const SEAL_PREFIX: &str = "s2.";
 
 /// The bytes the key Secret must hold at least.
 pub const KEY_LEN: usize = 32;
@@ -79,10 +91,16 @@ pub const KEY_LEN: usize = 32;
 pub const KEY_DATA_KEY: &str = "hmac-key";
 
 /// What the operator wrote about the secret in a Secret, bound to one app and client id.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     pub app_uid: String,
     pub client_id: String,
+    /// The Secret's namespace (sealed, not written: the Secret has it).
+    pub namespace: String,
+    /// The app's name, kept id and installation (sealed); None in records written before 0.2.0.
+    pub app_name: Option<String>,
+    pub app_id: Option<String>,
+    pub installation: Option<String>,
     pub rotation_id: String,
     pub hash: String,
     pub hint: String,
@@ -126,6 +144,10 @@ impl Record {
         Some(Self {
             app_uid: app_uid.to_string(),
             client_id: client_id.to_string(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            app_name: get(annotations::APP_NAME),
+            app_id: get(annotations::APP_ID),
+            installation: get(annotations::INSTALLATION),
             rotation_id: get(annotations::ROTATION_ID)?,
             hash: get(annotations::HASH)?,
             hint: get(annotations::HINT).unwrap_or_default(),
@@ -173,7 +195,11 @@ impl Record {
     }
 
     /// Every annotation a record may write: a new record replaces them all.
-    pub const KEYS: [&'static str; 13] = [
+    pub const KEYS: [&'static str; 17] = [
+        annotations::APP_ID,
+        annotations::APP_NAME,
+        annotations::INSTALLATION,
+        annotations::SEAL,
         annotations::ROTATION_ID,
         annotations::HASH,
         annotations::HINT,
@@ -213,7 +239,40 @@ impl Record {
         if let Some(history) = &self.history {
             ann.insert(annotations::HISTORY.into(), history.clone());
         }
+        if let (Some(name), Some(id)) = (&self.app_name, &self.app_id) {
+            ann.insert(annotations::APP_NAME.into(), name.clone());
+            ann.insert(annotations::APP_ID.into(), id.clone());
+            if let Some(installation) = &self.installation {
+                ann.insert(annotations::INSTALLATION.into(), installation.clone());
+            }
+            ann.insert(annotations::SEAL.into(), key.seal(self));
+        }
         ann
+    }
+
+    /// The sealed message: the record bound to the app's identity (namespace, name, kept id,
+    /// installation) instead of its uid. None without an identity (a record of 0.1.0).
+    fn seal_message(&self) -> Option<Vec<u8>> {
+        let fields = serde_json::json!([
+            "oauthapp.io/rotation-record/sealed/v1",
+            self.namespace,
+            self.app_name.as_ref()?,
+            self.app_id.as_ref()?,
+            self.installation,
+            self.client_id,
+            self.rotation_id,
+            self.hash,
+            self.hint,
+            self.rotated_at,
+            self.count,
+            self.trigger,
+            self.observed_rotate_token,
+            self.previous
+                .as_ref()
+                .map(|p| [&p.rotation_id, &p.hash, &p.hint, &p.expires_at]),
+            self.history,
+        ]);
+        Some(fields.to_string().into_bytes())
     }
 
     /// The signed message: a JSON array, so that no field can bleed into the next. The history
@@ -501,6 +560,49 @@ impl RecordKey {
         format!("{SIGNATURE_PREFIX}{}.{}", key.id, URL_SAFE_NO_PAD.encode(tag))
     }
 
+    /// The seal annotation's value for `record` (with its identity), by the newest key:
+    /// `s2.<key id>.<mac>`. Empty for a record without an identity (never written).
+    pub fn seal(&self, record: &Record) -> String {
+        let Some(message) = record.seal_message() else {
+            return String::new();
+        };
+        let key = &self.0[0];
+        let tag = Self::seal_mac(key, &message).finalize().into_bytes();
+        format!("{SEAL_PREFIX}{}.{}", key.id, URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    fn seal_mac(key: &RingKey, message: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Self::mac(key);
+        mac.update(SEAL_PREFIX.as_bytes());
+        mac.update(key.id.as_bytes());
+        mac.update(b".");
+        mac.update(message);
+        mac
+    }
+
+    /// What `seal` says about `record` and its identity (constant-time comparison).
+    pub fn check_seal(&self, record: &Record, seal: &str) -> KeyCheck {
+        let Some((id, encoded)) = seal.strip_prefix(SEAL_PREFIX).and_then(|r| r.split_once('.')) else {
+            return KeyCheck::Invalid;
+        };
+        let Some(position) = self.0.iter().position(|k| k.id == id) else {
+            return KeyCheck::UnknownKey;
+        };
+        let (Ok(tag), Some(message)) = (URL_SAFE_NO_PAD.decode(encoded), record.seal_message()) else {
+            return KeyCheck::Invalid;
+        };
+        if Self::seal_mac(&self.0[position], &message)
+            .verify_slice(&tag)
+            .is_ok()
+        {
+            KeyCheck::Valid {
+                newest: position == 0,
+            }
+        } else {
+            KeyCheck::Invalid
+        }
+    }
+
     /// What `signature` says about `record` (constant-time comparisons).
     pub fn check(&self, record: &Record, signature: &str) -> KeyCheck {
         if let Some(rest) = signature.strip_prefix(SIGNATURE_PREFIX) {
@@ -785,9 +887,17 @@ pub enum Verdict {
     /// restore without the key): neither believed nor replaced; the app holds
     /// (`RecordUnverifiable`) until the key is back or a person accepts the Secret.
     Unverifiable,
+    /// A Secret the app does not control, with the operator's record for an app of this
+    /// namespace and name (sealed) and no other live controller: a restore or a re-creation.
+    /// Adopted once its content verifies: ownerReference set, record re-signed for this app,
+    /// status rebuilt from it. No new secret.
+    Adopt,
+    /// A Secret that is not this app's: someone else's, or the operator's for another app.
+    NotOurs,
 }
 
-/// Judges the record on `meta` (a Secret the app controls) for `app`.
+/// Judges the record on `meta` (the Secret named by the app) for `app`, with nothing
+/// remembered of earlier apps of its name ([`judge`]).
 pub fn verdict(
     app: &OAuthApp,
     meta: &ObjectMeta,
@@ -795,61 +905,239 @@ pub fn verdict(
     trusted: &[HashParams],
     now: Timestamp,
 ) -> Verdict {
-    let (Some(uid), Some(client_id)) = (app.metadata.uid.as_deref(), client_id(app)) else {
+    judge(app, meta, key, trusted, now, None)
+}
+
+/// The newest rotation the operator saw of an app of some name before that app went away
+/// (crate::ledger): a Secret brought back with an older record is a copy written back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retired {
+    pub count: i64,
+    pub rotation_id: String,
+}
+
+/// Whether `meta` has a controller ownerReference to this app (by uid).
+pub fn controlled_by(meta: &ObjectMeta, app: &OAuthApp) -> bool {
+    let Some(uid) = app.metadata.uid.as_deref() else {
+        return false;
+    };
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == uid && r.kind == "OAuthApp")
+}
+
+/// The uid of the app of this name that `meta`'s controller ownerReference names, when that
+/// app is gone (the live app of this name has another uid); Some(None) with no controller at
+/// all; None when another object controls the Secret.
+fn gone_owner<'a>(meta: &'a ObjectMeta, app: &OAuthApp) -> Option<Option<&'a str>> {
+    let controller = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true));
+    match controller {
+        None => Some(None),
+        Some(r)
+            if r.kind == "OAuthApp"
+                && Some(r.name.as_str()) == app.metadata.name.as_deref()
+                && Some(r.uid.as_str()) != app.metadata.uid.as_deref() =>
+        {
+            Some(Some(r.uid.as_str()))
+        }
+        Some(_) => None,
+    }
+}
+
+/// The client id a record for `app` was signed with: `spec.clientId`, or its kept app id.
+fn record_client_id(app: &OAuthApp, app_id: Option<&str>) -> Option<String> {
+    app.spec.client_id.clone().or_else(|| app_id.map(str::to_string))
+}
+
+/// The record on `meta` with its sealed identity checked for `app` (its namespace and name);
+/// None when it has no seal, or one for another app.
+fn seal_check(app: &OAuthApp, meta: &ObjectMeta, key: &RecordKey) -> Option<(Record, KeyCheck)> {
+    let seal = meta.annotations.as_ref()?.get(annotations::SEAL)?;
+    let mut record = Record::from_annotations(app.metadata.uid.as_deref().unwrap_or_default(), "", meta)?;
+    if record.app_name.as_deref() != app.metadata.name.as_deref()
+        || record.namespace.as_str() != app.metadata.namespace.as_deref().unwrap_or_default()
+    {
+        return None;
+    }
+    record.client_id = record_client_id(app, record.app_id.as_deref())?;
+    let check = key.check_seal(&record, seal);
+    Some((record, check))
+}
+
+/// The app id a Secret's record proves for `app`: its sealed app id (a valid seal by a key of
+/// the ring), or, for a record of 0.1.0 whose ownerReference still names the app's earlier
+/// uid, that uid's id once its signature verifies. None when it proves none.
+pub fn proven_app_id(app: &OAuthApp, meta: &ObjectMeta, key: &RecordKey) -> Option<String> {
+    if let Some((record, KeyCheck::Valid { .. })) = seal_check(app, meta, key) {
+        return record.app_id.filter(|id| crate::id::decode(id).is_ok());
+    }
+    let old_uid = gone_owner(meta, app).flatten()?;
+    let id = crate::id::encode(uuid::Uuid::parse_str(old_uid).ok()?);
+    let record = Record::from_annotations(old_uid, &record_client_id(app, Some(&id))?, meta)?;
+    let signature = meta.annotations.as_ref()?.get(annotations::SIGNATURE)?;
+    key.verifies(&record, signature).then_some(id)
+}
+
+/// The app's kept id, given its Secret: the status's (kept once made), else the one the
+/// Secret's record proves ([`proven_app_id`]), else the one its uid makes (a new app).
+pub fn kept_app_id(app: &OAuthApp, meta: Option<&ObjectMeta>, key: &RecordKey) -> Option<String> {
+    status_app_id(app)
+        .or_else(|| meta.and_then(|m| proven_app_id(app, m, key)))
+        .or_else(|| uid_app_id(app))
+}
+
+/// Judges the record on `meta` (the Secret the app names) for `app`. A Secret the app controls
+/// is judged by its record as before; one it does not control is the app's to adopt only when
+/// the operator's seal binds its record to this app's namespace and name, nothing else controls
+/// it (no controller, or an earlier app of this name that is gone), and `retired` (what the
+/// operator remembers of the name) shows nothing newer.
+pub fn judge(
+    app: &OAuthApp,
+    meta: &ObjectMeta,
+    key: &RecordKey,
+    trusted: &[HashParams],
+    now: Timestamp,
+    retired: Option<&Retired>,
+) -> Verdict {
+    let Some(uid) = app.metadata.uid.as_deref() else {
+        return Verdict::Drift(Drift::Stripped);
+    };
+    let controlled = controlled_by(meta, app);
+    let status = app.status.as_ref();
+    let has_rotation = status.is_some_and(|s| s.rotation_id.is_some());
+    if !controlled {
+        let Some(old_owner) = gone_owner(meta, app) else {
+            return Verdict::NotOurs;
+        };
+        // Only the operator's own Secrets (its label) are adopted.
+        let labelled = meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+            .is_some_and(|v| v == crate::crd::MANAGER);
+        if !labelled {
+            return Verdict::NotOurs;
+        }
+        let sealed = seal_check(app, meta, key);
+        let Some(app_id) = proven_app_id(app, meta, key) else {
+            // A seal by a key the operator does not hold, and nothing to check it against:
+            // neither believed nor replaced.
+            return match sealed {
+                Some((r, KeyCheck::UnknownKey)) if !has_rotation => {
+                    if app.annotation(crate::crd::ACCEPT_SECRET_ANNOTATION) == Some(r.rotation_id.as_str()) {
+                        Verdict::Adopt
+                    } else {
+                        Verdict::Unverifiable
+                    }
+                }
+                _ => Verdict::NotOurs,
+            };
+        };
+        let Some(record) = Record::from_annotations(old_owner.unwrap_or(uid), "", meta) else {
+            return Verdict::NotOurs;
+        };
+        if let Some(v) = untrusted_content(&record, trusted, now) {
+            return v;
+        }
+        return match status {
+            // The app's own Secret, its ownerReference lost (or a retained Secret): judged as
+            // if controlled; the reference is put back (or kept off) by a sync.
+            Some(s) if has_rotation && s.app_id.as_deref() == Some(app_id.as_str()) => {
+                if older_than_status(app, &record) {
+                    Verdict::Drift(Drift::Stale)
+                } else {
+                    Verdict::Signed
+                }
+            }
+            // The app has an identity of its own: the Secret is another's.
+            _ if has_rotation => Verdict::NotOurs,
+            _ if retired.is_some_and(|r| {
+                r.count > record.count || (r.count == record.count && r.rotation_id != record.rotation_id)
+            }) =>
+            {
+                Verdict::Drift(Drift::Stale)
+            }
+            _ => Verdict::Adopt,
+        };
+    }
+    let client_id = record_client_id(app, Some(&kept_app_id(app, Some(meta), key).unwrap_or_default()));
+    let Some(client_id) = client_id else {
         return Verdict::Drift(Drift::Stripped);
     };
     let Some(record) = Record::from_annotations(uid, &client_id, meta) else {
         return Verdict::Drift(Drift::Stripped);
     };
+    if let Some(v) = untrusted_content(&record, trusted, now) {
+        return v;
+    }
+    let rotated_at = record.rotated_at.parse::<Timestamp>().ok();
+    // The status (only the operator writes it) shows this very record.
+    let shown = status.is_some_and(|s| {
+        s.rotation_id.as_deref() == Some(record.rotation_id.as_str())
+            && s.client_secret_hash.as_deref() == Some(record.hash.as_str())
+    });
+    // A valid seal for this app is as good as the uid signature (which a replica of 0.1.0
+    // leaves stale when it rotates, and which the seal does not replace).
+    let sealed = matches!(seal_check(app, meta, key), Some((_, KeyCheck::Valid { .. })));
+    let signature = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::SIGNATURE));
+    let check = match signature {
+        Some(signature) => key.check(&record, signature),
+        None if sealed => KeyCheck::Valid { newest: false },
+        None => KeyCheck::Invalid,
+    };
+    let check = match check {
+        KeyCheck::Valid { .. } => check,
+        _ if sealed => KeyCheck::Valid { newest: false },
+        other => other,
+    };
+    match (signature.is_some() || sealed, check) {
+        // A genuine record the status has moved past: an earlier copy written back (a
+        // backup, a sync tool, a tenant). Its secret was retired; it never counts again.
+        (true, KeyCheck::Valid { .. }) if rotated_at.is_some() && older_than_status(app, &record) => {
+            Verdict::Drift(Drift::Stale)
+        }
+        (true, KeyCheck::Valid { .. }) if rotated_at.is_some() => Verdict::Signed,
+        (true, KeyCheck::Valid { .. } | KeyCheck::Invalid) => Verdict::Drift(Drift::BadSignature),
+        // Signed by a key this ring does not hold: not drift. What the status shows is
+        // re-signed (after its content verifies); a record the status contradicts is not
+        // believed; with no status to check it against, the operator holds.
+        (true, KeyCheck::UnknownKey) if shown => Verdict::Legacy,
+        (true, KeyCheck::UnknownKey) if has_rotation => Verdict::Drift(Drift::BadSignature),
+        (true, KeyCheck::UnknownKey)
+            if app.annotation(crate::crd::ACCEPT_SECRET_ANNOTATION) == Some(record.rotation_id.as_str()) =>
+        {
+            Verdict::Accepted
+        }
+        (true, KeyCheck::UnknownKey) => Verdict::Unverifiable,
+        (false, _) if shown => Verdict::Legacy,
+        (false, _) => Verdict::Drift(Drift::Unsigned),
+    }
+}
+
+/// A record whose hashes use parameters the operator does not trust, or made in the future, is
+/// never believed, whatever its signature.
+fn untrusted_content(record: &Record, trusted: &[HashParams], now: Timestamp) -> Option<Verdict> {
     if !crate::secret::uses_trusted_params(&record.hash, trusted)
         || record
             .previous
             .as_ref()
             .is_some_and(|p| !crate::secret::uses_trusted_params(&p.hash, trusted))
     {
-        return Verdict::Drift(Drift::ForeignParams);
+        return Some(Verdict::Drift(Drift::ForeignParams));
     }
     let rotated_at = record.rotated_at.parse::<Timestamp>().ok();
     if rotated_at.is_some_and(|at| at > now + MAX_CLOCK_SKEW) {
-        return Verdict::Drift(Drift::FutureRotatedAt);
+        return Some(Verdict::Drift(Drift::FutureRotatedAt));
     }
-    let status = app.status.as_ref();
-    // The status (only the operator writes it) shows this very record.
-    let shown = status.is_some_and(|s| {
-        s.rotation_id.as_deref() == Some(record.rotation_id.as_str())
-            && s.client_secret_hash.as_deref() == Some(record.hash.as_str())
-    });
-    match meta
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(annotations::SIGNATURE))
-    {
-        Some(signature) => match key.check(&record, signature) {
-            // A genuine record the status has moved past: an earlier copy written back (a
-            // backup, a sync tool, a tenant). Its secret was retired; it never counts again.
-            KeyCheck::Valid { .. } if rotated_at.is_some() && older_than_status(app, &record) => {
-                Verdict::Drift(Drift::Stale)
-            }
-            KeyCheck::Valid { .. } if rotated_at.is_some() => Verdict::Signed,
-            KeyCheck::Valid { .. } | KeyCheck::Invalid => Verdict::Drift(Drift::BadSignature),
-            // Signed by a key this ring does not hold: not drift. What the status shows is
-            // re-signed (after its content verifies); a record the status contradicts is not
-            // believed; with no status to check it against, the operator holds.
-            KeyCheck::UnknownKey if shown => Verdict::Legacy,
-            KeyCheck::UnknownKey if status.is_some_and(|s| s.rotation_id.is_some()) => {
-                Verdict::Drift(Drift::BadSignature)
-            }
-            KeyCheck::UnknownKey
-                if app.annotation(crate::crd::ACCEPT_SECRET_ANNOTATION)
-                    == Some(record.rotation_id.as_str()) =>
-            {
-                Verdict::Accepted
-            }
-            KeyCheck::UnknownKey => Verdict::Unverifiable,
-        },
-        None if shown => Verdict::Legacy,
-        None => Verdict::Drift(Drift::Unsigned),
-    }
+    None
 }
 
 /// Whether the status shows a later rotation than `record`: more rotations, or `record`'s
@@ -880,10 +1168,11 @@ pub fn signed_by_newest(app: &OAuthApp, meta: &ObjectMeta, key: &RecordKey) -> b
     let Some(record) = Record::from_annotations(uid, &client_id, meta) else {
         return false;
     };
-    meta.annotations
-        .as_ref()
-        .and_then(|a| a.get(annotations::SIGNATURE))
-        .is_some_and(|sig| key.check(&record, sig) == KeyCheck::Valid { newest: true })
+    let by_newest = |check: KeyCheck| check == KeyCheck::Valid { newest: true };
+    let ann = meta.annotations.as_ref();
+    ann.and_then(|a| a.get(annotations::SIGNATURE))
+        .is_some_and(|sig| by_newest(key.check(&record, sig)))
+        && seal_check(app, meta, key).is_some_and(|(_, check)| by_newest(check))
 }
 
 /// The record a legacy (unsigned) Secret is re-signed with: everything from the status, which
@@ -916,11 +1205,25 @@ pub fn record_from_status(app: &OAuthApp) -> Option<Record> {
         history: (!status.history.is_empty())
             .then(|| Record::history_value(&status.history))
             .flatten(),
+        ..Default::default()
     })
 }
 
 /// The app's id (`app_…`), from its uid.
 pub fn app_id(app: &OAuthApp) -> Option<String> {
+    status_app_id(app).or_else(|| uid_app_id(app))
+}
+
+/// The id the status keeps once the app has a secret, when it is a well-formed app id (an app
+/// without one, waiting to adopt its Secret, has no id to keep yet).
+pub fn status_app_id(app: &OAuthApp) -> Option<String> {
+    let status = app.status.as_ref()?;
+    status.rotation_id.as_ref()?;
+    status.app_id.clone().filter(|id| crate::id::decode(id).is_ok())
+}
+
+/// The id the app's uid makes (`app_` + base62): a new app's id.
+pub fn uid_app_id(app: &OAuthApp) -> Option<String> {
     let uid = app.metadata.uid.as_deref()?;
     uuid::Uuid::parse_str(uid).ok().map(crate::id::encode)
 }
@@ -968,18 +1271,144 @@ mod tests {
             observed_rotate_token: Some("t1".into()),
             previous: None,
             history: None,
+            ..Default::default()
         }
     }
 
+    /// A Secret the app controls, with these annotations.
     fn meta(ann: BTreeMap<String, String>) -> ObjectMeta {
+        use kube::Resource as _;
         ObjectMeta {
             annotations: Some(ann),
+            owner_references: app().controller_owner_ref(&()).map(|r| vec![r]),
             ..Default::default()
         }
     }
 
     fn our_hash() -> String {
         crate::secret::hash("oas_x", &FAST).unwrap()
+    }
+
+    /// A sealed record of an earlier app `demo` (id `app_id`), on a labelled Secret with no
+    /// ownerReference (a restore, or a retained Secret).
+    fn sealed_orphan(hash: &str, now: Timestamp, app_id: &str) -> ObjectMeta {
+        let mut rec = record(hash, now);
+        rec.app_uid = "11111111-1111-1111-1111-111111111111".into();
+        rec.namespace = "ns".into();
+        rec.app_name = Some("demo".into());
+        rec.app_id = Some(app_id.into());
+        rec.client_id = app_id.into();
+        rec.installation = Some("ops/key".into());
+        ObjectMeta {
+            namespace: Some("ns".into()),
+            annotations: Some(rec.to_annotations(&key())),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_string(),
+                crate::crd::MANAGER.to_string(),
+            )])),
+            ..Default::default()
+        }
+    }
+
+    fn app_in_ns() -> OAuthApp {
+        let mut a = app();
+        a.metadata.namespace = Some("ns".into());
+        a
+    }
+
+    #[test]
+    fn a_sealed_secret_of_an_earlier_app_of_the_name_is_adopted_unless_something_newer_is_known() {
+        let now = Timestamp::now();
+        let hash = our_hash();
+        let kept = &crate::id::encode(uuid::Uuid::from_u128(0x1111_2222_3333_4444_5555_6666_7777_8888));
+        let orphan = sealed_orphan(&hash, now, kept);
+        let kept = kept.as_str();
+        let app = app_in_ns();
+        assert_eq!(verdict(&app, &orphan, &key(), &[FAST], now), Verdict::Adopt);
+        assert_eq!(proven_app_id(&app, &orphan, &key()).as_deref(), Some(kept));
+        assert_eq!(kept_app_id(&app, Some(&orphan), &key()).as_deref(), Some(kept));
+        // The ledger remembers a later rotation of the name, or another one of the same count:
+        // a copy written back, whose secret was retired.
+        for retired in [
+            Retired {
+                count: 4,
+                rotation_id: "r9".into(),
+            },
+            Retired {
+                count: 3,
+                rotation_id: "r0".into(),
+            },
+        ] {
+            assert_eq!(
+                judge(&app, &orphan, &key(), &[FAST], now, Some(&retired)),
+                Verdict::Drift(Drift::Stale),
+                "{retired:?}"
+            );
+        }
+        let same = Retired {
+            count: 3,
+            rotation_id: "r1".into(),
+        };
+        assert_eq!(
+            judge(&app, &orphan, &key(), &[FAST], now, Some(&same)),
+            Verdict::Adopt
+        );
+
+        // The seal binds namespace and name: another app, or the same name elsewhere, is not it.
+        let mut other = app_in_ns();
+        other.metadata.name = Some("other".into());
+        assert_eq!(verdict(&other, &orphan, &key(), &[FAST], now), Verdict::NotOurs);
+        let mut moved = app_in_ns();
+        moved.metadata.namespace = Some("elsewhere".into());
+        assert_eq!(verdict(&moved, &orphan, &key(), &[FAST], now), Verdict::NotOurs);
+        // Any sealed field changed: not ours (never adopted, never rotated over).
+        for (k, v) in [
+            (annotations::APP_ID, "app_1"),
+            (annotations::ROTATION_COUNT, "9"),
+            (annotations::INSTALLATION, "x/y"),
+        ] {
+            let mut changed = orphan.clone();
+            changed.annotations.as_mut().unwrap().insert(k.into(), v.into());
+            assert_eq!(
+                verdict(&app, &changed, &key(), &[FAST], now),
+                Verdict::NotOurs,
+                "{k}"
+            );
+        }
+        // Without the operator's label, or controlled by something else: not ours.
+        let mut unlabelled = orphan.clone();
+        unlabelled.labels = None;
+        assert_eq!(verdict(&app, &unlabelled, &key(), &[FAST], now), Verdict::NotOurs);
+        // An app with a secret of its own (another identity) does not take it.
+        let mut has_own = app_in_ns();
+        has_own.status = Some(OAuthAppStatus {
+            rotation_id: Some("own".into()),
+            app_id: Some("app_1".into()),
+            ..Default::default()
+        });
+        assert_eq!(verdict(&has_own, &orphan, &key(), &[FAST], now), Verdict::NotOurs);
+        // The app's own retained Secret (no ownerReference, its kept id): believed as is.
+        let mut retained = app_in_ns();
+        retained.status = Some(OAuthAppStatus {
+            rotation_id: Some("r1".into()),
+            rotation_count: 3,
+            app_id: Some(kept.into()),
+            ..Default::default()
+        });
+        assert_eq!(verdict(&retained, &orphan, &key(), &[FAST], now), Verdict::Signed);
+        retained.status.as_mut().unwrap().rotation_count = 5;
+        assert_eq!(
+            verdict(&retained, &orphan, &key(), &[FAST], now),
+            Verdict::Drift(Drift::Stale)
+        );
+        // Restored without the key: held, until a person accepts this very record.
+        let lost = RecordKey::from_bytes(&[9u8; KEY_LEN]).unwrap();
+        assert_eq!(verdict(&app, &orphan, &lost, &[FAST], now), Verdict::Unverifiable);
+        let mut accepted = app_in_ns();
+        accepted
+            .annotations_mut()
+            .insert(crate::crd::ACCEPT_SECRET_ANNOTATION.into(), "r1".into());
+        assert_eq!(verdict(&accepted, &orphan, &lost, &[FAST], now), Verdict::Adopt);
     }
 
     #[test]
@@ -1054,9 +1483,26 @@ mod tests {
         );
         let mut elsewhere = app();
         elsewhere.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
+        // The same name with another uid: the app was re-created. Not the operator's Secret
+        // (no label): not ours; with the label, the record of 0.1.0 proves itself through the
+        // earlier uid its ownerReference names, and the new app adopts it.
         assert_eq!(
             verdict(&elsewhere, &meta(ann.clone()), &key(), &[FAST], now),
-            Verdict::Drift(Drift::BadSignature)
+            Verdict::NotOurs
+        );
+        let mut labelled = meta(ann.clone());
+        labelled.labels = Some(BTreeMap::from([(
+            "app.kubernetes.io/managed-by".to_string(),
+            crate::crd::MANAGER.to_string(),
+        )]));
+        assert_eq!(
+            verdict(&elsewhere, &labelled, &key(), &[FAST], now),
+            Verdict::Adopt
+        );
+        assert_eq!(
+            proven_app_id(&elsewhere, &labelled, &key()),
+            uid_app_id(&app()),
+            "it keeps the earlier app's id"
         );
         let mut renamed = app();
         renamed.spec.client_id = Some("other".into());

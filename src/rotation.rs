@@ -21,7 +21,7 @@ use crate::crd::{
     RotationTrigger,
 };
 use crate::error::{Error, is_status};
-use crate::record::{self, KeyCheck, Record, RecordKey, Verdict, annotations};
+use crate::record::{self, Record, RecordKey, Verdict, annotations};
 use crate::secret::ClientSecret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -200,15 +200,33 @@ async fn rotate_inner(
     } = planned;
     let ns = app.namespace().unwrap_or_default();
     let name = app.name_any();
-    let client_id = plan::client_id(app).ok_or_else(|| Error::MissingUid(name.clone()))?;
+    let key = ctx.record_key()?;
+    let retired = ctx.ledger.get(&ns, &name);
+    let judged = current.as_ref().map(|meta| {
+        record::judge(
+            app,
+            meta,
+            &key,
+            ctx.hasher.trusted(),
+            Timestamp::now(),
+            retired.as_ref(),
+        )
+    });
+    // Not this app's Secret; or one it adopts (the controller does), which a first secret must
+    // not replace.
     if let Some(meta) = &current
-        && !plan::is_controlled_by(meta, app)
+        && (judged == Some(Verdict::NotOurs)
+            || (judged == Some(Verdict::Adopt) && trigger == RotationTrigger::Created))
     {
         return Err(Error::SecretConflict {
             secret: meta.name.clone().unwrap_or_default(),
             app: name,
         });
     }
+    // The id is made once: kept from the status, or proven by the Secret's record.
+    let app_id =
+        record::kept_app_id(app, current.as_ref(), &key).ok_or_else(|| Error::MissingUid(name.clone()))?;
+    let client_id = app.spec.client_id.clone().unwrap_or_else(|| app_id.clone());
     // A Secret ahead of the status holds a rotation whose status write has not landed: another
     // replica is between its two writes (or crashed there; the controller completes the status).
     // Replacing that secret now could let the other writer's status write land afterwards and
@@ -232,20 +250,22 @@ async fn rotate_inner(
     let rotation_id = uuid::Uuid::from_u128(rand::random()).simple().to_string();
     // Whole seconds, as the API server stores times (see plan::status_from_secret).
     let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
-    let key = ctx.record_key()?;
     // What the replaced Secret says counts only when the operator wrote it.
-    let believed = current.as_ref().filter(|meta| {
+    let believed = current.as_ref().filter(|_| {
         matches!(
-            record::verdict(app, meta, &key, ctx.hasher.trusted(), now),
-            Verdict::Signed | Verdict::Legacy | Verdict::Accepted
+            judged,
+            Some(Verdict::Signed | Verdict::Legacy | Verdict::Accepted | Verdict::Adopt)
         )
     });
     let replaced = believed.and_then(|meta| Record::from_annotations("", "", meta));
+    // Counted on from everything known of the name, the ledger's memory of an earlier app of
+    // it included: a record of that app is always older than this one.
     let previous_count = app
         .status
         .as_ref()
         .map_or(0, |s| s.rotation_count)
-        .max(replaced.as_ref().map_or(0, |r| r.count));
+        .max(replaced.as_ref().map_or(0, |r| r.count))
+        .max(retired.as_ref().map_or(0, |r| r.count));
     // With a grace period, the replaced secret stays valid until now + grace; a previous secret
     // it still carried is dropped (at most two are valid).
     let dropped = replaced
@@ -276,6 +296,10 @@ async fn rotate_inner(
     let record = Record {
         app_uid: uid,
         client_id: client_id.clone(),
+        namespace: ns.clone(),
+        app_name: Some(name.clone()),
+        app_id: Some(app_id.clone()),
+        installation: installation(ctx),
         rotation_id: rotation_id.clone(),
         hash: hash.clone(),
         hint: hint.clone(),
@@ -477,10 +501,10 @@ pub async fn revoke_previous(ctx: &Context, app: &OAuthApp, secret: Secret) -> R
         return Err(Error::Conflict(app_key(app)));
     }
     let uid = app.metadata.uid.clone().unwrap_or_default();
-    let client_id = plan::client_id(app).unwrap_or_default();
-    let Some(mut rec) = Record::from_annotations(&uid, &client_id, &secret.metadata) else {
+    let Some(mut rec) = Record::from_annotations(&uid, "", &secret.metadata) else {
         return Err(Error::Conflict(app_key(app)));
     };
+    identify(ctx, app, &mut rec, &key, Some(&secret.metadata))?;
     let Some(retired) = rec.previous.take().filter(|p| p.valid_at(now)) else {
         return Ok(false);
     };
@@ -543,7 +567,9 @@ async fn write_status_for_secret(
     for _ in 0..STATUS_WRITE_ATTEMPTS {
         // Always the Secret as written: its content is the one known to be good. A later version
         // (someone changed the Secret meanwhile) is left for the planner to verify.
-        let status = plan::status_from_secret(&app, &secret.metadata, Timestamp::now());
+        // The Secret as written by this process: its app id is the one kept.
+        let kept = secret.annotations().get(annotations::APP_ID).cloned();
+        let status = plan::status_from_secret(&app, &secret.metadata, kept.as_deref(), Timestamp::now());
         match write_status(ctx, &app, status).await {
             Ok(written) => return Ok(written),
             Err(e) if e.is_conflict() => {}
@@ -646,16 +672,23 @@ pub async fn write_status(ctx: &Context, app: &OAuthApp, status: OAuthAppStatus)
 pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> Result<Secret, Error> {
     let ns = app.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    apply_desired_metadata(app, &mut secret.metadata);
     let key = ctx.record_key()?;
-    if let Some((record, why)) = record_to_sign(app, &secret.metadata, &key) {
+    let kept = record::kept_app_id(app, Some(&secret.metadata), &key);
+    let to_sign = record_to_sign(ctx, app, &secret.metadata, &key)?;
+    apply_desired_metadata(app, &mut secret.metadata);
+    if let Some((record, why)) = to_sign {
         // It replaces every record annotation (none may linger outside the signature).
         let ann = secret.metadata.annotations.get_or_insert_with(BTreeMap::new);
         ann.retain(|k, _| !Record::KEYS.contains(&k.as_str()));
         ann.extend(record.to_annotations(&key));
         info!(app = %app_key(app), key = key.signing_id(), "signed the Secret's rotation record ({why})");
     }
-    let client_id = plan::client_id(app).ok_or_else(|| Error::MissingUid(app.name_any()))?;
+    let client_id = app
+        .spec
+        .client_id
+        .clone()
+        .or(kept)
+        .ok_or_else(|| Error::MissingUid(app.name_any()))?;
     secret
         .data
         .get_or_insert_with(BTreeMap::new)
@@ -690,34 +723,143 @@ pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> R
     Ok(written)
 }
 
-/// The record a Secret sync signs with the ring's newest key, if its record is not signed by
-/// it already, and why. The planner has verified the content first in every case.
-fn record_to_sign(app: &OAuthApp, meta: &ObjectMeta, key: &RecordKey) -> Option<(Record, &'static str)> {
-    let uid = app.metadata.uid.as_deref()?;
-    let client_id = plan::client_id(app)?;
-    let current = Record::from_annotations(uid, &client_id, meta);
-    let signature = meta
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(annotations::SIGNATURE));
-    match current.as_ref().zip(signature).map(|(r, sig)| key.check(r, sig)) {
-        Some(KeyCheck::Valid { newest: true }) => None,
-        // Believed: the same record, by the newest key.
-        Some(KeyCheck::Valid { newest: false }) => current.map(|r| (r, "re-signed with the newest key")),
-        // Accepted by a person for this rotation: the record as it is.
-        _ if record::verdict_is_accepted(app, current.as_ref()) => {
-            current.map(|r| (r, "accepted with oauthapp.io/accept-secret"))
+/// This installation, as records name it (None when unnamed: a test's bare context).
+fn installation(ctx: &Context) -> Option<String> {
+    (!ctx.installation.is_empty()).then(|| ctx.installation.clone())
+}
+
+/// Binds `record` to `app` as it is now: its uid, namespace, name, kept id, client id and this
+/// installation.
+fn identify(
+    ctx: &Context,
+    app: &OAuthApp,
+    record: &mut Record,
+    key: &RecordKey,
+    meta: Option<&ObjectMeta>,
+) -> Result<(), Error> {
+    let app_id = adopted_or_kept_id(app, meta, key).ok_or_else(|| Error::MissingUid(app.name_any()))?;
+    record.app_uid = app
+        .metadata
+        .uid
+        .clone()
+        .ok_or_else(|| Error::MissingUid(app.name_any()))?;
+    record.client_id = app.spec.client_id.clone().unwrap_or_else(|| app_id.clone());
+    record.namespace = app.namespace().unwrap_or_default();
+    record.app_name = Some(app.name_any());
+    record.app_id = Some(app_id);
+    record.installation = installation(ctx);
+    Ok(())
+}
+
+/// The kept id ([`record::kept_app_id`]), or for a Secret a person accepted as it is
+/// (`oauthapp.io/accept-secret`, no key to prove it) the id its record names.
+fn adopted_or_kept_id(app: &OAuthApp, meta: Option<&ObjectMeta>, key: &RecordKey) -> Option<String> {
+    let accepted = meta
+        .and_then(|m| Record::from_annotations("", "", m))
+        .filter(|r| record::verdict_is_accepted(app, Some(r)))
+        .and_then(|r| r.app_id)
+        .filter(|id| crate::id::decode(id).is_ok());
+    record::status_app_id(app)
+        .or(accepted)
+        .or_else(|| record::kept_app_id(app, meta, key))
+}
+
+/// The record a Secret sync signs with the ring's newest key, bound to the app as it is now, if
+/// the Secret does not carry exactly that already, and why. The planner has verified the
+/// content first in every case.
+fn record_to_sign(
+    ctx: &Context,
+    app: &OAuthApp,
+    meta: &ObjectMeta,
+    key: &RecordKey,
+) -> Result<Option<(Record, &'static str)>, Error> {
+    let uid = app.metadata.uid.clone().unwrap_or_default();
+    let retired = ctx
+        .ledger
+        .get(&app.namespace().unwrap_or_default(), &app.name_any());
+    let verdict = record::judge(
+        app,
+        meta,
+        key,
+        ctx.hasher.trusted(),
+        Timestamp::now(),
+        retired.as_ref(),
+    );
+    let (base, why) = match verdict {
+        // Believed: the same record, bound to this app, by the newest key.
+        Verdict::Signed => (
+            Record::from_annotations(&uid, "", meta),
+            "re-signed with the newest key",
+        ),
+        Verdict::Adopt
+            if record::verdict_is_accepted(app, Record::from_annotations("", "", meta).as_ref()) =>
+        {
+            (
+                Record::from_annotations(&uid, "", meta),
+                "accepted with oauthapp.io/accept-secret",
+            )
         }
+        Verdict::Adopt => (
+            Record::from_annotations(&uid, "", meta),
+            "adopted: its record is the operator's, for an earlier app of this name",
+        ),
+        // Accepted by a person for this rotation: the record as it is.
+        Verdict::Accepted => (
+            Record::from_annotations(&uid, "", meta),
+            "accepted with oauthapp.io/accept-secret",
+        ),
         // Unsigned (from before signatures) or by a key the operator does not hold, and shown
         // by the status: signed from the status, which only the operator writes, so that
         // nothing a Secret writer added is signed.
-        _ => record::record_from_status(app).map(|r| {
-            (
-                r,
-                "its record was unsigned, or signed by a key this operator does not hold",
-            )
-        }),
-    }
+        Verdict::Legacy => (
+            record::record_from_status(app),
+            "its record was unsigned, or signed by a key this operator does not hold",
+        ),
+        _ => (None, ""),
+    };
+    let Some(mut record) = base else {
+        return Ok(None);
+    };
+    identify(ctx, app, &mut record, key, Some(meta))?;
+    let want = record.to_annotations(key);
+    let have = meta.annotations.clone().unwrap_or_default();
+    let same = Record::KEYS.iter().all(|k| want.get(*k) == have.get(*k));
+    Ok((!same).then_some((record, why)))
+}
+
+/// Adopts the app's Secret from before a restore or a re-creation ([`Verdict::Adopt`], its
+/// content verified by the planner): its ownerReference is set (as `spec.secret.deletionPolicy`
+/// asks), its record re-signed for this app, then the status rebuilt from it, the kept app id
+/// with it. No new secret. Both writes are conditional.
+pub async fn adopt(ctx: &Context, app: &OAuthApp, secret: Secret) -> Result<(), Error> {
+    let rotation_id = secret
+        .annotations()
+        .get(annotations::ROTATION_ID)
+        .cloned()
+        .unwrap_or_default();
+    let written = sync_secret(ctx, app, secret).await?;
+    let app = write_status_for_secret(ctx, app, &written, &rotation_id).await?;
+    let status = app.status.clone().unwrap_or_default();
+    info!(
+        app = %app_key(&app),
+        app_id = status.app_id.as_deref().unwrap_or("-"),
+        rotation_id = %rotation_id,
+        "adopted the app's Secret from before its restore or re-creation; no new secret"
+    );
+    publish_in_background(
+        ctx,
+        &app,
+        EventType::Normal,
+        "SecretAdopted",
+        format!(
+            "Adopted Secret {} (app id {}, rotation {rotation_id}, {} rotations so far): its record is the operator's, for \
+             an earlier app of this name; no new secret",
+            written.name_any(),
+            status.app_id.as_deref().unwrap_or("-"),
+            status.rotation_count,
+        ),
+    );
+    Ok(())
 }
 
 /// Checks the Secret's `client_secret` against its own hash annotation and its `client_id`
@@ -738,8 +880,15 @@ pub async fn check_content(ctx: &Context, app: &OAuthApp, secret: &Secret) -> Re
         .get(CLIENT_SECRET_KEY)
         .and_then(|b| String::from_utf8(b.0.clone()).ok())
         .unwrap_or_default();
+    let key_ring = ctx.record_key()?;
+    let expected = app
+        .spec
+        .client_id
+        .clone()
+        .or_else(|| adopted_or_kept_id(app, Some(&secret.metadata), &key_ring));
     let client_id_ok =
-        data.get(CLIENT_ID_KEY).map(|b| b.0.as_slice()) == plan::client_id(app).as_deref().map(str::as_bytes);
+        data.get(CLIENT_ID_KEY).map(|b| b.0.as_slice()) == expected.as_deref().map(str::as_bytes);
+
     let secret_ok = ctx.hasher.verify(plaintext, hash.clone()).await?;
     let check = ContentCheck {
         secret_ok,

@@ -114,11 +114,25 @@ pub struct Watches {
     index: RwLock<HashMap<String, ObjectRef<OAuthApp>>>,
     client_ids: RwLock<ClientIds>,
     ready: watch::Receiver<usize>,
+    /// Kept app ids (as UUIDs) that are not their app's uid (an adopted app's), to that uid.
+    kept_ids: RwLock<HashMap<String, String>>,
+    /// Deleted apps' last rotations are noted here (crate::ledger).
+    ledger: Option<Arc<crate::ledger::Ledger>>,
 }
 
 impl Watches {
     /// Starts the watches (in background tasks, until `shutdown`) for `namespaces` (empty: all).
     pub fn start(client: Client, namespaces: &[String], shutdown: CancellationToken) -> Arc<Watches> {
+        Self::start_with_ledger(client, namespaces, shutdown, None)
+    }
+
+    /// [`Watches::start`], noting every deleted app's last rotation in `ledger`.
+    pub fn start_with_ledger(
+        client: Client,
+        namespaces: &[String],
+        shutdown: CancellationToken,
+        ledger: Option<Arc<crate::ledger::Ledger>>,
+    ) -> Arc<Watches> {
         let scopes: Vec<Option<String>> = if namespaces.is_empty() {
             vec![None]
         } else {
@@ -146,6 +160,8 @@ impl Watches {
             index: RwLock::new(HashMap::new()),
             client_ids: RwLock::default(),
             ready: ready_rx,
+            kept_ids: RwLock::default(),
+            ledger,
         });
         let ready_tx = Arc::new(ready_tx);
         for (scope, (app_writer, secret_writer)) in watches.scopes.iter().zip(writers) {
@@ -210,8 +226,22 @@ impl Watches {
         let _ = rx.wait_for(|n| *n >= want).await;
     }
 
+    /// The app whose id is this UUID's (its kept id: the one its status keeps, else its uid's),
+    /// from the cache.
+    pub fn find(&self, id: &str) -> Option<Arc<OAuthApp>> {
+        let uid = self
+            .kept_ids
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string());
+        self.find_by_uid(&uid)
+            .filter(|app| id_uuid(app).as_deref() == Some(id))
+    }
+
     /// The app with this uid, from the cache.
-    pub fn find(&self, uid: &str) -> Option<Arc<OAuthApp>> {
+    fn find_by_uid(&self, uid: &str) -> Option<Arc<OAuthApp>> {
         let key = self
             .index
             .read()
@@ -227,14 +257,15 @@ impl Watches {
 
     /// The app whose client id is `client_id` (its status shows it: the holder), from the cache.
     pub fn find_by_client_id(&self, client_id: &str) -> Option<Arc<OAuthApp>> {
-        let uid = if client_id.starts_with("app_") {
-            crate::id::decode(client_id).ok()?.to_string()
+        let found = if client_id.starts_with("app_") {
+            self.find(&crate::id::decode(client_id).ok()?.to_string())
         } else {
             let claims = self.client_ids.read().unwrap_or_else(|e| e.into_inner());
-            claims.owner(client_id)?.to_string()
+            let uid = claims.owner(client_id)?.to_string();
+            drop(claims);
+            self.find_by_uid(&uid)
         };
-        self.find(&uid)
-            .filter(|app| app.status.as_ref().and_then(|s| s.client_id.as_deref()) == Some(client_id))
+        found.filter(|app| app.status.as_ref().and_then(|s| s.client_id.as_deref()) == Some(client_id))
     }
 
     /// Every cached app.
@@ -272,8 +303,15 @@ impl Watches {
     ) {
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         let mut claims = self.client_ids.write().unwrap_or_else(|e| e.into_inner());
+        let mut kept = self.kept_ids.write().unwrap_or_else(|e| e.into_inner());
         match event {
             watcher::Event::Apply(app) | watcher::Event::InitApply(app) => {
+                if let (Some(id), Some(uid)) = (id_uuid(app), app.meta().uid.clone()) {
+                    kept.retain(|_, u| u != &uid);
+                    if id != uid {
+                        kept.insert(id, uid.clone());
+                    }
+                }
                 if let Some(uid) = app.meta().uid.clone() {
                     // Its name and namespace only: a lookup in the store needs no more.
                     let meta = &app.metadata;
@@ -292,6 +330,10 @@ impl Watches {
                 if let Some(uid) = app.meta().uid.as_deref() {
                     index.remove(uid);
                     claims.remove(uid);
+                    kept.retain(|_, u| u != uid);
+                }
+                if let Some(ledger) = &self.ledger {
+                    ledger.note(app);
                 }
             }
             // A relist may have dropped apps without a Delete (or replaced one by a namesake):
@@ -305,10 +347,17 @@ impl Watches {
                             .is_some_and(|app| app.meta().uid.as_deref() == Some(uid))
                 });
                 claims.retain(|uid| index.contains_key(uid));
+                kept.retain(|_, uid| index.contains_key(uid));
             }
             watcher::Event::Init => {}
         }
     }
+}
+
+/// The UUID of an app's id: its kept id (crate::record::app_id), as the index keys it.
+fn id_uuid(app: &OAuthApp) -> Option<String> {
+    let id = crate::record::app_id(app)?;
+    crate::id::decode(&id).ok().map(|u| u.to_string())
 }
 
 /// The apps that ask for an explicit `spec.clientId`, by id. Bounded by the number of cached

@@ -108,7 +108,9 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
         });
         let stop = shutdown.clone();
         let controller = Controller::for_shared_stream(apps, caches.apps.clone())
-            .owns_shared_stream(secrets)
+            // A Secret maps to its app by its controller reference, or, without one (a retained
+            // or restored Secret), by the app name its record names.
+            .watches_shared_stream(secrets, secret_owner)
             .reconcile_all_on(resync_all_rx)
             .with_config(ControllerConfig::default().concurrency(settings.concurrency))
             .graceful_shutdown_on(async move { stop.cancelled().await });
@@ -177,6 +179,9 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
     // write's watch event brings the app back, so no fresh reads now (the two lag checks both
     // run: each forgets a caught-up entry).
     let key = app_key(app);
+    if let Some(other) = managed_elsewhere(ctx, app, cached.as_ref().map(|s| &s.metadata)) {
+        return leave_alone(ctx, app, &other).await;
+    }
     let lags = rotation::caches_lag(ctx, app, cached.as_ref().map(|s| &s.metadata));
     if !scope.watches.owns_client_id(app) {
         if app
@@ -314,13 +319,50 @@ fn secret_view<'a>(
     now: Timestamp,
 ) -> Result<SecretView<'a>, Error> {
     let key = ctx.record_key()?;
-    let record = crate::record::verdict(app, meta, &key, ctx.hasher.trusted(), now);
+    let retired = ctx.ledger.get(
+        app.metadata.namespace.as_deref().unwrap_or_default(),
+        app.metadata.name.as_deref().unwrap_or_default(),
+    );
+    let record = crate::record::judge(app, meta, &key, ctx.hasher.trusted(), now, retired.as_ref());
     Ok(SecretView {
         meta,
         check,
         record,
-        resign: record == crate::record::Verdict::Signed && !crate::record::signed_by_newest(app, meta, &key),
+        resign: record == crate::record::Verdict::Signed
+            && (!crate::record::signed_by_newest(app, meta, &key) || !names_installation(ctx, meta)),
+        kept_id: crate::record::proven_app_id(app, meta, &key),
     })
+}
+
+/// Whether the Secret's record names this installation (records written before 0.2.0 name
+/// none: re-signed, at the bounded rate, to claim them).
+fn names_installation(ctx: &Context, meta: &ObjectMeta) -> bool {
+    ctx.installation.is_empty()
+        || meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(plan::annotations::INSTALLATION))
+            .is_some_and(|i| *i == ctx.installation)
+}
+
+/// The other installation that manages `app`, when one does: its status names it, or (no
+/// status claim yet) its Secret's record does. This installation leaves such an app alone.
+pub fn managed_elsewhere(ctx: &Context, app: &OAuthApp, secret: Option<&ObjectMeta>) -> Option<String> {
+    if ctx.installation.is_empty() {
+        return None;
+    }
+    let claimed = app
+        .status
+        .as_ref()
+        .and_then(|s| s.installation.clone())
+        .or_else(|| {
+            secret?
+                .annotations
+                .as_ref()?
+                .get(plan::annotations::INSTALLATION)
+                .cloned()
+        })?;
+    (claimed != ctx.installation).then_some(claimed)
 }
 
 /// An app with something due before the next resync is looked at then; any other waits for a
@@ -403,6 +445,9 @@ async fn converge(
         } else {
             secrets.get_opt(&app.secret_name()).await?
         };
+        if let Some(other) = managed_elsewhere(ctx, &app, secret.as_ref().map(|s| &s.metadata)) {
+            return leave_alone(ctx, &app, &other).await;
+        }
         if !watches.owns_client_id(&app) {
             // Another app claimed this client id first: no Secret for this one.
             let status = plan::client_id_conflict_status(&app, Timestamp::now());
@@ -537,6 +582,13 @@ async fn converge(
                 }
                 return Ok(Action::requeue(CONFLICT_REQUEUE.min(resync)));
             }
+            // Nothing is adopted before the ledger is read: a copy of a retired secret must
+            // not pass for the app's own.
+            Step::Adopt if !ctx.ledger.is_loaded() => return Ok(Action::requeue(LAGGING_REQUEUE)),
+            Step::Adopt => match secret {
+                Some(s) => rotation::adopt(ctx, &app, s).await,
+                None => Ok(()),
+            },
             Step::Resign => {
                 use governor::clock::Clock as _;
                 if let Err(not_until) = ctx.resigns.check() {
@@ -621,6 +673,66 @@ async fn rotate_from_cache(
         Err(Error::SecretConflict { .. } | Error::SecretRejected { .. }) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The app a Secret's change concerns: its controller (an OAuthApp), or the app its record
+/// names (`oauthapp.io/app-name`).
+fn secret_owner(secret: Arc<PartialObjectMeta<Secret>>) -> Option<ObjectRef<OAuthApp>> {
+    let ns = secret.metadata.namespace.as_deref()?;
+    let controller = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true));
+    let name = match controller {
+        Some(r) if r.kind == "OAuthApp" && r.api_version.starts_with("oauthapp.io/") => r.name.clone(),
+        Some(_) => return None,
+        None => secret.annotations().get(plan::annotations::APP_NAME)?.clone(),
+    };
+    Some(ObjectRef::new(&name).within(ns))
+}
+
+/// The condition an installation puts on an app another installation manages.
+pub const MANAGED_ELSEWHERE: &str = "ManagedElsewhere";
+
+/// Leaves an app that `other` (another installation) manages alone: no write to its Secret,
+/// no repair; says so once, in a `ManagedElsewhere` condition (kept by the managing
+/// installation's status writes, which keep conditions they do not own) and an Event.
+async fn leave_alone(ctx: &Context, app: &OAuthApp, other: &str) -> Result<Action, Error> {
+    let message = format!(
+        "managed by the operator installation {other}; this installation ({}), which also watches this namespace, leaves \
+         it alone",
+        ctx.installation
+    );
+    let said = app.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == MANAGED_ELSEWHERE && c.message == message)
+    });
+    if !said && ctx.leadership.check().is_ok() {
+        let mut status = app.status.clone().unwrap_or_default();
+        status.conditions.retain(|c| c.type_ != MANAGED_ELSEWHERE);
+        status
+            .conditions
+            .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: MANAGED_ELSEWHERE.into(),
+                status: "True".into(),
+                reason: "OtherInstallation".into(),
+                message: message.clone(),
+                observed_generation: app.metadata.generation,
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+            });
+        match rotation::write_status(ctx, app, status).await {
+            Ok(_) => {
+                info!(app = %app_key(app), installation = other, "{message}");
+                rotation::publish_in_background(ctx, app, EventType::Normal, "ManagedElsewhere", message);
+            }
+            Err(e) if e.is_conflict() => return Ok(Action::requeue(LAGGING_REQUEUE)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Action::await_change())
 }
 
 /// Writes a `Ready=False` status for `reason` unless the app shows it already, with a Warning

@@ -68,6 +68,10 @@ pub enum Step {
     /// The Secret's record can be neither believed nor disproven: hold, report it (this
     /// status, Ready=False, `RecordUnverifiable`), write nothing to the Secret.
     Hold(Box<OAuthAppStatus>),
+    /// The Secret is this app's from before a restore or re-creation ([`Verdict::Adopt`]), its
+    /// content verified: set its ownerReference, re-sign its record for this app, rebuild the
+    /// status from it. No new secret.
+    Adopt,
     /// Everything agrees, and the record is signed by an older key of the ring: re-sign it
     /// with the newest, changing nothing else (at a bounded rate).
     Resign,
@@ -85,7 +89,7 @@ pub struct ContentCheck {
 }
 
 /// What the planner knows about the Secret.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SecretView<'a> {
     pub meta: &'a ObjectMeta,
     /// The content check at the Secret's current resourceVersion, if one was made.
@@ -94,6 +98,9 @@ pub struct SecretView<'a> {
     pub record: Verdict,
     /// A believed record signed by an older key of the ring ([`crate::record::signed_by_newest`]).
     pub resign: bool,
+    /// The app id the Secret's record proves ([`crate::record::proven_app_id`]): the id a
+    /// restored or re-created app keeps.
+    pub kept_id: Option<String>,
 }
 
 /// Decides the next step for `app` given its Secret (None: there is none).
@@ -110,7 +117,7 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
             RotationTrigger::SecretMissing
         });
     };
-    if !is_controlled_by(secret.meta, app) {
+    if secret.record == Verdict::NotOurs {
         return Step::Conflict(Box::new(conflict_status(app, now)));
     }
     let ann = annotations_of(secret.meta);
@@ -141,6 +148,9 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
             Some(_) => {}
         }
     }
+    if secret.record == Verdict::Adopt {
+        return Step::Adopt;
+    }
     if matches!(secret.record, Verdict::Legacy | Verdict::Accepted) {
         return Step::SyncSecret;
     }
@@ -148,7 +158,12 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
     // A Secret ahead of the status (its writer crashed, or another replica is between its two
     // writes): the status is completed from it before anything else, never rotated over.
     if secret_ahead_of_status(app, secret.meta) {
-        return Step::WriteStatus(Box::new(status_from_secret(app, secret.meta, now)));
+        return Step::WriteStatus(Box::new(status_from_secret(
+            app,
+            secret.meta,
+            secret.kept_id.as_deref(),
+            now,
+        )));
     }
 
     // Exactly once per annotation value: compare with what the Secret (the source of truth)
@@ -188,7 +203,7 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
         return Step::SyncSecret;
     }
 
-    let desired = status_from_secret(app, secret.meta, now);
+    let desired = status_from_secret(app, secret.meta, secret.kept_id.as_deref(), now);
     if Some(&desired) != app.status.as_ref() {
         return Step::WriteStatus(Box::new(desired));
     }
@@ -363,13 +378,38 @@ pub fn observed_rotate_token(app: &OAuthApp, replaced: Option<&ObjectMeta>) -> O
 
 /// True when `meta` has a controller ownerReference to this app (by uid).
 pub fn is_controlled_by(meta: &ObjectMeta, app: &OAuthApp) -> bool {
-    let Some(uid) = app.metadata.uid.as_deref() else {
-        return false;
+    crate::record::controlled_by(meta, app)
+}
+
+/// The Secret's ownerReferences follow `spec.secret.deletionPolicy`: with `Delete`, a
+/// controller reference to the app (the Secret goes with it); with `Retain`, none to any app
+/// of this name (the Secret stays, to be adopted). Others' references are left alone.
+fn owner_in_sync(app: &OAuthApp, meta: &ObjectMeta) -> bool {
+    let ours = |r: &&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference| {
+        r.kind == "OAuthApp" && Some(r.name.as_str()) == app.metadata.name.as_deref()
     };
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|r| r.controller == Some(true) && r.uid == uid && r.kind == "OAuthApp")
+    let refs: Vec<_> = meta.owner_references.iter().flatten().filter(ours).collect();
+    match app.deletion_policy() {
+        crate::crd::DeletionPolicy::Delete => refs.len() == 1 && is_controlled_by(meta, app),
+        crate::crd::DeletionPolicy::Retain => refs.is_empty(),
+    }
+}
+
+/// Puts the ownerReferences `spec.secret.deletionPolicy` asks for on `meta` ([`owner_in_sync`]).
+pub fn apply_owner(app: &OAuthApp, meta: &mut ObjectMeta) {
+    use kube::Resource as _;
+    let name = app.metadata.name.clone();
+    let mut refs: Vec<_> = meta
+        .owner_references
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| !(r.kind == "OAuthApp" && Some(&r.name) == name.as_ref()))
+        .collect();
+    if app.deletion_policy() == crate::crd::DeletionPolicy::Delete {
+        refs.extend(app.controller_owner_ref(&()));
+    }
+    meta.owner_references = (!refs.is_empty()).then_some(refs);
 }
 
 fn annotations_of(meta: &ObjectMeta) -> BTreeMap<String, String> {
@@ -450,6 +490,7 @@ fn secret_metadata_in_sync(app: &OAuthApp, meta: &ObjectMeta) -> bool {
             .iter()
             .all(|(k, v)| ann.get(k) == Some(v))
         && ann.get(annotations::SPEC_METADATA_KEYS) == SpecMetadataKeys::of(app).value().as_ref()
+        && owner_in_sync(app, meta)
 }
 
 /// Puts the spec's labels and annotations on the Secret's metadata and removes those the spec
@@ -475,6 +516,7 @@ pub fn apply_secret_metadata(app: &OAuthApp, meta: &mut ObjectMeta) {
         Some(v) => ann.insert(annotations::SPEC_METADATA_KEYS.into(), v),
         None => ann.remove(annotations::SPEC_METADATA_KEYS),
     };
+    apply_owner(app, meta);
 }
 
 /// When the next scheduled rotation of an app last rotated at `rotated_at` is due:
@@ -531,7 +573,12 @@ pub fn parse_interval(s: &str) -> Option<SignedDuration> {
 
 /// The status that describes the Secret `meta` (written by the operator) for `app`.
 /// Keeps `lastTransitionTime` of a Ready condition that does not change.
-pub fn status_from_secret(app: &OAuthApp, meta: &ObjectMeta, now: Timestamp) -> OAuthAppStatus {
+pub fn status_from_secret(
+    app: &OAuthApp,
+    meta: &ObjectMeta,
+    kept_id: Option<&str>,
+    now: Timestamp,
+) -> OAuthAppStatus {
     let ann = annotations_of(meta);
     let get = |k: &str| ann.get(k).cloned();
     let rotated_at = get(annotations::ROTATED_AT).and_then(|t| t.parse::<Timestamp>().ok());
@@ -556,10 +603,17 @@ pub fn status_from_secret(app: &OAuthApp, meta: &ObjectMeta, now: Timestamp) -> 
             ),
         ),
     };
+    // The id is made once and kept: the status's, else the one the record proves, else the
+    // uid's (a new app).
+    let app_id = crate::record::status_app_id(app)
+        .or_else(|| kept_id.map(str::to_string))
+        .or_else(|| crate::record::uid_app_id(app));
     OAuthAppStatus {
-        app_id: app_id(app),
-        client_id: client_id(app),
+        client_id: app.spec.client_id.clone().or_else(|| app_id.clone()),
+        app_id,
+        installation: get(annotations::INSTALLATION).or(previous.installation.clone()),
         secret_name: Some(secret_name.clone()),
+
         client_secret_hash: get(annotations::HASH),
         client_secret_hint: get(annotations::HINT),
         rotation_id: get(annotations::ROTATION_ID),
@@ -824,6 +878,7 @@ mod tests {
             check: None,
             record: Verdict::Signed,
             resign: false,
+            kept_id: None,
         }
     }
 
@@ -836,6 +891,7 @@ mod tests {
             }),
             record: Verdict::Signed,
             resign: false,
+            kept_id: None,
         }
     }
 
@@ -843,7 +899,7 @@ mod tests {
     /// trip: times keep whole seconds) — the steady state.
     fn settled(mut app: OAuthApp, meta: &ObjectMeta) -> OAuthApp {
         let at = now() + SignedDuration::from_millis(1234);
-        app.status = Some(status_from_secret(&app, meta, at));
+        app.status = Some(status_from_secret(&app, meta, None, at));
         serde_json::from_value(serde_json::to_value(&app).expect("to json")).expect("from json")
     }
 
@@ -996,7 +1052,7 @@ mod tests {
             history_limit: Some(2),
             ..Default::default()
         }));
-        let status = status_from_secret(&app, &meta, now());
+        let status = status_from_secret(&app, &meta, None, now());
         assert_eq!(
             status
                 .history
@@ -1028,7 +1084,11 @@ mod tests {
     fn a_foreign_secret_is_a_conflict_and_is_never_rotated() {
         let mut meta = owned_secret("r1", "10", None);
         meta.owner_references = None;
-        match plan(&app(), Some(checked(&meta, true)), now()) {
+        let view = SecretView {
+            record: Verdict::NotOurs,
+            ..checked(&meta, true)
+        };
+        match plan(&app(), Some(view), now()) {
             Step::Conflict(status) => {
                 let ready = &status.conditions[0];
                 assert_eq!(
@@ -1138,6 +1198,7 @@ mod tests {
                     check: None,
                     record: Verdict::Drift(drift),
                     resign: false,
+                    kept_id: None,
                 };
                 assert_eq!(plan(&app, Some(view), now()), Step::Drift(drift));
             }
@@ -1153,6 +1214,7 @@ mod tests {
             check,
             record: Verdict::Legacy,
             resign: false,
+            kept_id: None,
         };
         // Trusted by resourceVersion, yet verified once before it is signed.
         assert_eq!(plan(&app, Some(legacy(None)), now()), Step::Verify);
@@ -1294,7 +1356,7 @@ mod tests {
             with_schedule("0 3 * * *", Some("Mars/Olympus_Mons")),
             with_schedule("0 0 30 2 *", None),
         ] {
-            let status = status_from_secret(&app, &meta, now());
+            let status = status_from_secret(&app, &meta, None, now());
             let ready = &status.conditions[0];
             assert_eq!(
                 (ready.status.as_str(), ready.reason.as_str()),
@@ -1413,6 +1475,7 @@ mod tests {
                     check: Some(check),
                     record: Verdict::Signed,
                     resign: false,
+                    kept_id: None,
                 }),
                 now()
             ),
