@@ -51,6 +51,18 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         jiff::Timestamp::now(),
     ));
     s.metrics.repairs_held.set(s.context.repairs.held() as i64);
+    let installation = &s.context.installation;
+    s.metrics.apps_managed_elsewhere.set(
+        apps.iter()
+            .filter(|a| {
+                a.status
+                    .as_ref()
+                    .and_then(|st| st.installation.as_ref())
+                    .is_some_and(|i| !installation.is_empty() && i != installation)
+            })
+            .count() as i64,
+    );
+    s.metrics.retired_records.set(s.context.ledger.len() as i64);
     s.metrics
         .repair_brake_engaged
         .set(i64::from(s.context.repairs.engaged()));
@@ -68,10 +80,19 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
             .secrets()
             .iter()
             .filter(|secret| {
-                secret
-                    .annotations()
-                    .get(crate::record::annotations::SIGNATURE)
-                    .is_some_and(|sig| !ring.looks_current(sig))
+                let ann = secret.annotations();
+                // Another installation's Secrets are not this one's to re-sign.
+                let elsewhere = ann
+                    .get(crate::record::annotations::INSTALLATION)
+                    .is_some_and(|i| !installation.is_empty() && i != installation);
+                !elsewhere
+                    && ann
+                        .get(crate::record::annotations::SIGNATURE)
+                        .is_some_and(|sig| !ring.looks_current(sig))
+                    || !elsewhere
+                        && ann
+                            .get(crate::record::annotations::SEAL)
+                            .is_none_or(|seal| !seal.starts_with(&format!("s2.{}.", ring.signing_id())))
             })
             .count();
         s.metrics.records_to_resign.set(to_resign as i64);

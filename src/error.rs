@@ -17,6 +17,9 @@ pub enum Error {
         "Secret {secret} exists and is not owned by OAuthApp {app}; delete it, or recreate the app with another spec.secret.name"
     )]
     SecretConflict { secret: String, app: String },
+    /// Another installation of the operator manages the app: this one does not rotate it.
+    #[error("OAuthApp {app} is managed by the operator installation {installation}; rotate it there")]
+    ManagedElsewhere { app: String, installation: String },
     /// The API server refused the app's Secret as invalid (422): the spec asks for something a
     /// Secret cannot hold (e.g. annotations over 256 KiB in all). `message` is the API server's.
     #[error("the API server refused Secret {secret}: {message}")]
@@ -63,7 +66,8 @@ pub enum Error {
 impl Error {
     /// Every [`Error::reason`], for metrics that want a zero for each (so a dashboard or an alert
     /// sees the series before the first error). A new variant's reason goes here too.
-    pub const REASONS: [&'static str; 10] = [
+    pub const REASONS: [&'static str; 11] = [
+        "ManagedElsewhere",
         "KubeError",
         "NotFound",
         "SecretConflict",
@@ -82,6 +86,7 @@ impl Error {
             Error::Kube(_) => "KubeError",
             Error::NotFound(_) => "NotFound",
             Error::SecretConflict { .. } => "SecretConflict",
+            Error::ManagedElsewhere { .. } => "ManagedElsewhere",
             Error::SecretRejected { .. } => "SecretRejected",
             Error::Conflict(_) | Error::StaleView(_) => "Conflict",
             Error::Hash(_) => "HashError",

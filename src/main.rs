@@ -348,8 +348,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let namespaces = args.watch_namespaces.clone();
         tokio::spawn(async move {
             let lister = client.clone();
-            let signed_records =
-                move || oauthapp_operator::record::count_signed_records(lister.clone(), namespaces.clone());
+            let installation = ctx.installation.clone();
+            let signed_records = move || {
+                oauthapp_operator::record::count_signed_records(
+                    lister.clone(),
+                    namespaces.clone(),
+                    installation.clone(),
+                )
+            };
             ctx.record_key
                 .load(client, &key_namespace, &name, signed_records)
                 .await

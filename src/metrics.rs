@@ -152,6 +152,11 @@ pub struct Metrics {
     pub records_to_resign: Gauge,
     /// Apps whose repair the brake on mass repair holds now.
     pub repairs_held: Gauge,
+    /// Apps in watched namespaces that another installation of the operator manages (left
+    /// alone by this one).
+    pub apps_managed_elsewhere: Gauge,
+    /// Names of deleted apps whose last rotation the ledger remembers.
+    pub retired_records: Gauge,
     /// 1 while the brake on mass repair is engaged.
     pub repair_brake_engaged: Gauge,
     /// Unix time of the last successful rotation.
@@ -203,6 +208,8 @@ impl Metrics {
         let record_key_missing = Gauge::default();
         let record_keys = Gauge::default();
         let records_to_resign = Gauge::default();
+        let apps_managed_elsewhere = Gauge::default();
+        let retired_records = Gauge::default();
         let repairs_held = Gauge::default();
         let repair_brake_engaged = Gauge::default();
         let last_rotation_timestamp = Gauge::<f64, AtomicU64>::default();
@@ -271,6 +278,16 @@ impl Metrics {
             "records_to_resign",
             "App Secrets whose record is not signed by the newest key of the ring",
             records_to_resign.clone(),
+        );
+        registry.register(
+            "apps_managed_elsewhere",
+            "OAuthApps another installation of the operator manages, left alone by this one",
+            apps_managed_elsewhere.clone(),
+        );
+        registry.register(
+            "retired_records",
+            "Deleted OAuthApps whose last rotation the ledger remembers (a copy of their Secret is never adopted)",
+            retired_records.clone(),
         );
         registry.register(
             "repairs_held",
@@ -353,6 +370,8 @@ impl Metrics {
             record_keys,
             records_to_resign,
             repairs_held,
+            apps_managed_elsewhere,
+            retired_records,
             repair_brake_engaged,
             last_rotation_timestamp,
             api_requests,

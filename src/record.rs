@@ -737,7 +737,13 @@ impl RecordKey {
 
 /// How many Secrets the operator wrote (its label) in `namespaces` (all when empty) carry a
 /// signed record: metadata only, paged.
-pub async fn count_signed_records(client: Client, namespaces: Vec<String>) -> Result<usize, kube::Error> {
+/// Records that name another installation are not counted: they are that one's, signed by its
+/// key, and say nothing of a key this installation lost.
+pub async fn count_signed_records(
+    client: Client,
+    namespaces: Vec<String>,
+    installation: String,
+) -> Result<usize, kube::Error> {
     let scopes: Vec<Api<Secret>> = if namespaces.is_empty() {
         vec![Api::all(client)]
     } else {
@@ -757,6 +763,11 @@ pub async fn count_signed_records(client: Client, namespaces: Vec<String>) -> Re
                 .items
                 .iter()
                 .filter(|s| s.annotations().contains_key(annotations::SIGNATURE))
+                .filter(|s| {
+                    s.annotations()
+                        .get(annotations::INSTALLATION)
+                        .is_none_or(|i| *i == installation)
+                })
                 .count();
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => params = params.continue_token(&token),

@@ -200,6 +200,12 @@ async fn rotate_inner(
     } = planned;
     let ns = app.namespace().unwrap_or_default();
     let name = app.name_any();
+    if let Some(installation) = crate::controller::managed_elsewhere(ctx, app, current.as_ref()) {
+        return Err(Error::ManagedElsewhere {
+            app: name,
+            installation,
+        });
+    }
     let key = ctx.record_key()?;
     let retired = ctx.ledger.get(&ns, &name);
     let judged = current.as_ref().map(|meta| {

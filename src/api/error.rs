@@ -143,6 +143,7 @@ impl ApiError {
         match &e {
             Error::NotFound(_) => Self::not_found(e.to_string()),
             Error::SecretConflict { .. }
+            | Error::ManagedElsewhere { .. }
             | Error::SecretRejected { .. }
             | Error::Conflict(_)
             | Error::StaleView(_) => Self::conflict(e.to_string()),

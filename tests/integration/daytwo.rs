@@ -586,3 +586,417 @@ async fn an_operator_started_against_an_older_crd_refuses_and_says_to_apply_the_
     })
     .await;
 }
+
+/// An object as Velero (1.15, `velero restore create` with its defaults) puts it back: its
+/// `resetMetadataAndStatus` keeps name, namespace, labels and annotations and drops uid,
+/// resourceVersion, creationTimestamp, generation and managedFields; ownerReferences are
+/// dropped as well (as measured in issue 22), and a custom resource's status is not restored
+/// (no `--status-include-resources`).
+fn as_velero_restores(object: &impl serde::Serialize) -> serde_json::Value {
+    let mut value = serde_json::to_value(object).expect("json");
+    let meta = value["metadata"].as_object_mut().expect("metadata");
+    meta.retain(|k, _| matches!(k.as_str(), "name" | "namespace" | "labels" | "annotations"));
+    if let Some(obj) = value.as_object_mut() {
+        obj.remove("status");
+    }
+    value
+}
+
+/// What must survive a restore or re-creation of an app: its identity and its secrets.
+#[derive(Debug, PartialEq)]
+struct Kept {
+    app_id: Option<String>,
+    client_id: Option<String>,
+    hint: Option<String>,
+    rotation_id: Option<String>,
+    rotation_count: i64,
+    trigger: Option<String>,
+    previous: Option<(String, String, jiff::Timestamp)>,
+    history: Vec<String>,
+    data: BTreeMap<String, Vec<u8>>,
+}
+
+fn kept(app: &OAuthApp, secret: &Secret) -> Kept {
+    let s = app.status.clone().expect("status");
+    Kept {
+        app_id: s.app_id,
+        client_id: s.client_id,
+        hint: s.client_secret_hint,
+        rotation_id: s.rotation_id,
+        rotation_count: s.rotation_count,
+        trigger: s.last_rotation_trigger.map(|t| t.as_str().to_string()),
+        previous: s
+            .previous_secret
+            .map(|p| (p.rotation_id, p.client_secret_hash, p.expires_at.0)),
+        history: s.history.iter().map(|h| h.rotation_id.clone()).collect(),
+        data: secret
+            .data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect(),
+    }
+}
+
+fn plaintext_of(secret: &Secret) -> String {
+    String::from_utf8(secret.data.as_ref().expect("data")["client_secret"].0.clone()).expect("utf-8")
+}
+
+/// Both secrets an app shows still verify: the current one (the Secret's) against the status
+/// hash, and `previous` against the previous secret's hash.
+fn both_verify(app: &OAuthApp, secret: &Secret, previous: Option<&str>) {
+    let status = app.status.as_ref().expect("status");
+    assert!(
+        oauthapp_operator::secret::verify(
+            &plaintext_of(secret),
+            status.client_secret_hash.as_deref().expect("hash")
+        )
+        .expect("PHC")
+    );
+    if let Some(previous) = previous {
+        let p = status.previous_secret.as_ref().expect("a previous secret");
+        assert!(oauthapp_operator::secret::verify(previous, &p.client_secret_hash).expect("PHC"));
+    }
+}
+
+async fn namespace_gone(ns: &str) {
+    eventually(&format!("namespace {ns} deleted"), WAIT, || async {
+        let out = control_plane().kubectl(&["get", "namespace", ns]);
+        (!out.status.success()).then_some(())
+    })
+    .await;
+}
+
+fn grace_manifest(name: &str, policy: Option<&str>) -> String {
+    let policy = policy
+        .map(|p| format!("  secret:\n    deletionPolicy: {p}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: {name}\nspec:\n  rotation:\n    gracePeriod: 24h\n{policy}"
+    )
+}
+
+#[tokio::test]
+async fn a_velero_restore_of_a_lost_namespace_replaces_no_secret_and_keeps_every_app_id() {
+    let ns = namespace("daytwo-velero");
+    let client = admin_client().await;
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let operator = Operator::start(&control_plane().kubeconfig, &ns, &[], &[]);
+    // Two plain apps, two with a grace period mid-flight (rotated once: two valid secrets).
+    let plain: Vec<String> = (0..2).map(|i| format!("plain-{i}")).collect();
+    let graced: Vec<String> = (0..2).map(|i| format!("graced-{i}")).collect();
+    for name in &plain {
+        control_plane().apply_ok(&ns, &app_manifest(name));
+    }
+    let mut previous = BTreeMap::new();
+    for name in &graced {
+        control_plane().apply_ok(&ns, &grace_manifest(name, None));
+        let (_, first) = settled(&apps, &secrets, name, 1).await;
+        previous.insert(name.clone(), plaintext_of(&first));
+        control_plane().kubectl_ok(&["annotate", "oapp", name, "-n", &ns, "oauthapp.io/rotate=1"]);
+    }
+    let mut before = BTreeMap::new();
+    let mut backup_secrets = Vec::new();
+    let mut backup_apps = Vec::new();
+    for name in plain.iter().chain(&graced) {
+        let count = if graced.contains(name) { 2 } else { 1 };
+        let (app, secret) = settled(&apps, &secrets, name, count).await;
+        before.insert(name.clone(), kept(&app, &secret));
+        backup_secrets.push(as_velero_restores(&secret));
+        backup_apps.push(as_velero_restores(&app));
+    }
+
+    // The namespace is lost, then restored the way Velero restores it: the namespace, the
+    // Secrets, then the custom resources, each stripped as above.
+    control_plane().kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+    namespace_gone(&ns).await;
+    control_plane().kubectl_ok(&["create", "namespace", &ns]);
+    let raw_secrets: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &kube::api::ApiResource::erase::<Secret>(&()));
+    for s in &backup_secrets {
+        raw_secrets
+            .create(
+                &Default::default(),
+                &serde_json::from_value(s.clone()).expect("object"),
+            )
+            .await
+            .expect("restore a Secret");
+    }
+    for a in &backup_apps {
+        apps.create(
+            &Default::default(),
+            &serde_json::from_value(a.clone()).expect("app"),
+        )
+        .await
+        .expect("restore an app");
+    }
+
+    // Every app adopts its Secret: same ids, same secrets, same previous secret and expiry,
+    // same history; nothing rotated.
+    for name in plain.iter().chain(&graced) {
+        let want = &before[name];
+        let (app, secret) = settled(&apps, &secrets, name, want.rotation_count).await;
+        assert_eq!(&kept(&app, &secret), want, "{name}");
+        both_verify(&app, &secret, previous.get(name).map(String::as_str));
+        assert!(
+            plan_controlled(&app, &secret),
+            "{name}: the Secret is the restored app's again (ownerReference)"
+        );
+        eventually(&format!("a SecretAdopted Event for {name}"), WAIT, || async {
+            events_about(&client, &ns, name)
+                .await
+                .iter()
+                .any(|(_, reason, _)| reason == "SecretAdopted")
+                .then_some(())
+        })
+        .await;
+    }
+    drop(operator);
+}
+
+fn plan_controlled(app: &OAuthApp, secret: &Secret) -> bool {
+    oauthapp_operator::controller::plan::is_controlled_by(&secret.metadata, app)
+}
+
+#[tokio::test]
+async fn a_gitops_delete_and_create_of_a_retained_app_replaces_no_secret_and_keeps_its_ids() {
+    let ns = namespace("daytwo-gitops");
+    let client = admin_client().await;
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let _operator = Operator::start(&control_plane().kubeconfig, &ns, &[], &[]);
+    let retained = grace_manifest("retained", Some("Retain"));
+    let deleted = grace_manifest("deleted", None);
+    control_plane().apply_ok(&ns, &retained);
+    control_plane().apply_ok(&ns, &deleted);
+    let (_, first) = settled(&apps, &secrets, "retained", 1).await;
+    let previous = plaintext_of(&first);
+    control_plane().kubectl_ok(&["annotate", "oapp", "retained", "-n", &ns, "oauthapp.io/rotate=1"]);
+    let (app, secret) = settled(&apps, &secrets, "retained", 2).await;
+    let before = kept(&app, &secret);
+    assert_eq!(
+        secret.metadata.owner_references, None,
+        "a retained Secret has no owner"
+    );
+    let (old_deleted, _) = settled(&apps, &secrets, "deleted", 1).await;
+
+    // What Argo CD's Replace=true with Force=true, or Flux's force, does: delete, then create
+    // the same manifest.
+    control_plane().kubectl_ok(&["delete", "oapp", "retained", "deleted", "-n", &ns, "--wait=true"]);
+    assert!(
+        secrets
+            .get_opt("retained-oauth-client")
+            .await
+            .expect("read")
+            .is_some(),
+        "the retained Secret outlives its app"
+    );
+    eventually(
+        "the Delete policy's Secret collected with its app",
+        WAIT,
+        || async {
+            secrets
+                .get_opt("deleted-oauth-client")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    control_plane().apply_ok(&ns, &retained);
+    control_plane().apply_ok(&ns, &deleted);
+
+    let (app, secret) = settled(&apps, &secrets, "retained", 2).await;
+    assert_eq!(
+        kept(&app, &secret),
+        before,
+        "same ids, secrets, previous secret, history"
+    );
+    both_verify(&app, &secret, Some(&previous));
+    assert_eq!(secret.metadata.owner_references, None);
+    // The Delete policy (the default) keeps today's behaviour: a new app, a new secret (its
+    // count goes on from the name's last one, so a copy of the old Secret is always older).
+    let (new_deleted, _) = settled(&apps, &secrets, "deleted", 2).await;
+    assert_eq!(
+        new_deleted
+            .status
+            .as_ref()
+            .and_then(|s| s.last_rotation_trigger)
+            .map(|t| t.as_str()),
+        Some("Created")
+    );
+    assert_ne!(
+        new_deleted.status.as_ref().and_then(|s| s.app_id.clone()),
+        old_deleted.status.as_ref().and_then(|s| s.app_id.clone())
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_secret_never_comes_back_through_a_deleted_and_re_created_app() {
+    let ns = namespace("daytwo-revoked");
+    let client = admin_client().await;
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let key_ns = control_plane().namespace(&format!("{ns}-key"));
+    let args = ["--record-key-namespace", key_ns.as_str()];
+    let mut operator = Operator::start(&control_plane().kubeconfig, &ns, &args, &[]);
+    let manifest = grace_manifest("portal", Some("Retain"));
+    control_plane().apply_ok(&ns, &manifest);
+    let (app, backup) = settled(&apps, &secrets, "portal", 1).await;
+    let app_id = app.status.as_ref().and_then(|s| s.app_id.clone());
+    let leaked = plaintext_of(&backup);
+    // The secret leaked: rotated and revoked at once.
+    control_plane().kubectl_ok(&[
+        "annotate",
+        "oapp",
+        "portal",
+        "-n",
+        &ns,
+        "oauthapp.io/rotate=leak",
+        "oauthapp.io/rotate-revoke=true",
+    ]);
+    settled(&apps, &secrets, "portal", 2).await;
+
+    // A namespace user deletes the app, and the operator restarts meanwhile (its memory of
+    // the app must outlive the process: the ledger in its own namespace).
+    control_plane().kubectl_ok(&["delete", "oapp", "portal", "-n", &ns, "--wait=true"]);
+    eventually("the ledger to remember the deleted app", WAIT, || async {
+        (operator.metric("oauthapp_retired_records").await? >= 1.0).then_some(())
+    })
+    .await;
+    let ledger = oauthapp_operator::ledger::configmap_name("oauthapp-operator-record-key");
+    eventually("the ledger written to its ConfigMap", WAIT, || async {
+        let out = control_plane().kubectl(&["get", "configmap", &ledger, "-n", &key_ns, "-o", "json"]);
+        let key = oauthapp_operator::ledger::key(&ns, "portal");
+        (out.status.success() && stdout(&out).contains(&key)).then_some(())
+    })
+    .await;
+    operator
+        .terminate(Duration::from_secs(30))
+        .expect("the operator exits on SIGTERM");
+    // The old copy of the Secret (validly sealed, count 1) is written back, and the app made again.
+    let mut written_back = secrets.get("portal-oauth-client").await.expect("retained Secret");
+    written_back.data = backup.data.clone();
+    written_back.metadata.annotations = backup.metadata.annotations.clone();
+    written_back.metadata.owner_references = None;
+    written_back.metadata.managed_fields = None;
+    secrets
+        .replace("portal-oauth-client", &Default::default(), &written_back)
+        .await
+        .expect("write the old copy back");
+    let operator = Operator::start(&control_plane().kubeconfig, &ns, &args, &[]);
+    control_plane().apply_ok(&ns, &manifest);
+
+    // Never adopted: drift, a new secret (counting on from the remembered rotation); the
+    // leaked one verifies nowhere; the app keeps its id.
+    let (app, secret) = settled(&apps, &secrets, "portal", 3).await;
+    let status = app.status.clone().expect("status");
+    assert_eq!(
+        status.last_rotation_trigger.map(|t| t.as_str()),
+        Some("SecretDrift")
+    );
+    assert_eq!(status.app_id, app_id, "the app keeps its id");
+    assert_eq!(status.previous_secret, None);
+    assert_ne!(plaintext_of(&secret), leaked);
+    assert!(
+        !oauthapp_operator::secret::verify(&leaked, status.client_secret_hash.as_deref().expect("hash"))
+            .unwrap()
+    );
+    drop(operator);
+}
+
+#[tokio::test]
+async fn two_installations_watching_one_namespace_leave_each_others_apps_alone() {
+    let ns = namespace("daytwo-two");
+    let client = admin_client().await;
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let key_a = control_plane().namespace(&format!("{ns}-a"));
+    let key_b = control_plane().namespace(&format!("{ns}-b"));
+    let kubeconfig = &control_plane().kubeconfig;
+    let a = Operator::start(
+        kubeconfig,
+        &ns,
+        &[
+            "--record-key-namespace",
+            key_a.as_str(),
+            "--resync-interval",
+            "2s",
+        ],
+        &[],
+    );
+    let names: Vec<String> = (0..3).map(|i| format!("app-{i}")).collect();
+    for name in &names {
+        control_plane().apply_ok(&ns, &app_manifest(name));
+    }
+    for name in &names {
+        settled(&apps, &secrets, name, 1).await;
+    }
+    let before = secret_data(&secrets, &names).await;
+    let installation_a = format!("{key_a}/{KEY_SECRET}");
+    for name in &names {
+        let app = apps.get(name).await.expect("app");
+        assert_eq!(
+            app.status.and_then(|s| s.installation).as_deref(),
+            Some(installation_a.as_str())
+        );
+    }
+
+    // A second installation (another key) watches the same namespace (a migration, or
+    // overlapping watchNamespaces), for 60 s, both looking at every app every 2 s.
+    let b = Operator::start(
+        kubeconfig,
+        &ns,
+        &[
+            "--record-key-namespace",
+            key_b.as_str(),
+            "--resync-interval",
+            "2s",
+        ],
+        &[],
+    );
+    eventually(
+        "the second installation to report the apps managed elsewhere",
+        WAIT,
+        || async { (b.metric("oauthapp_apps_managed_elsewhere").await? == names.len() as f64).then_some(()) },
+    )
+    .await;
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < until {
+        for name in &names {
+            let app = apps.get(name).await.expect("app");
+            let status = app.status.clone().expect("status");
+            assert_eq!(status.rotation_count, 1, "{name} rotated");
+            assert_eq!(status.installation.as_deref(), Some(installation_a.as_str()));
+        }
+        assert_eq!(
+            secret_data(&secrets, &names).await,
+            before,
+            "no Secret data changed"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for name in &names {
+        let app = apps.get(name).await.expect("app");
+        let conditions = app.status.clone().expect("status").conditions;
+        let said = conditions
+            .iter()
+            .find(|c| c.type_ == "ManagedElsewhere")
+            .unwrap_or_else(|| panic!("{name}: no ManagedElsewhere condition: {conditions:?}"));
+        assert!(said.message.contains(&installation_a), "{}", said.message);
+        assert!(
+            app.ready_condition().is_some_and(|c| c.status == "True"),
+            "{name} still Ready"
+        );
+    }
+    assert_eq!(
+        b.metric("oauthapp_api_writes_total")
+            .await
+            .map(|w| w <= names.len() as f64),
+        Some(true)
+    );
+    drop((a, b));
+}
