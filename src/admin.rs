@@ -85,14 +85,13 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
                 let elsewhere = ann
                     .get(crate::record::annotations::INSTALLATION)
                     .is_some_and(|i| !installation.is_empty() && i != installation);
-                !elsewhere
-                    && ann
-                        .get(crate::record::annotations::SIGNATURE)
-                        .is_some_and(|sig| !ring.looks_current(sig))
-                    || !elsewhere
-                        && ann
-                            .get(crate::record::annotations::SEAL)
-                            .is_none_or(|seal| !seal.starts_with(&format!("s2.{}.", ring.signing_id())))
+                let old_signature = ann
+                    .get(crate::record::annotations::SIGNATURE)
+                    .is_some_and(|sig| !ring.looks_current(sig));
+                let old_seal = ann
+                    .get(crate::record::annotations::SEAL)
+                    .is_none_or(|seal| !seal.starts_with(&format!("s2.{}.", ring.signing_id())));
+                !elsewhere && (old_signature || old_seal)
             })
             .count();
         s.metrics.records_to_resign.set(to_resign as i64);
