@@ -323,7 +323,9 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
                 [v] if v == "create" => {}
                 [g, u] if g == "get" && u == "update" => assert_eq!(
                     strings(&rule["resourceNames"]),
-                    [oauthapp_operator::ledger::configmap_name("oauthapp-operator-record-key")]
+                    [oauthapp_operator::ledger::configmap_name(
+                        "oauthapp-operator-record-key"
+                    )]
                 ),
                 other => panic!("record key Role grants {other:?} on ConfigMaps"),
             }

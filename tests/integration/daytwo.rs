@@ -753,6 +753,34 @@ async fn a_velero_restore_of_a_lost_namespace_replaces_no_secret_and_keeps_every
         })
         .await;
     }
+    // The REST API finds each app by its kept id (its uid changed with the restore).
+    control_plane().kubectl_ok(&["create", "serviceaccount", "reader", "-n", &ns]);
+    let token = service_account_token(&ns, "reader");
+    control_plane().apply_ok(
+        &ns,
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: reader\nrules:\n- apiGroups: [oauthapp.io]\n  resources: [oauthapps]\n  verbs: [get, list]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: reader\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: reader}\nsubjects: [{kind: ServiceAccount, name: reader}]\n",
+    );
+    for name in plain.iter().chain(&graced) {
+        let id = before[name].app_id.clone().expect("app id");
+        let app = apps.get(name).await.expect("app");
+        assert_ne!(
+            oauthapp_operator::record::uid_app_id(&app).as_deref(),
+            Some(id.as_str()),
+            "the uid changed"
+        );
+        let body = eventually(&format!("GET {id}"), WAIT, || async {
+            let (code, body) = http_request(
+                operator.api_port,
+                "GET",
+                &format!("/api/v1/oauth-apps/{id}"),
+                &token,
+            )
+            .await?;
+            (code == 200).then_some(body)
+        })
+        .await;
+        assert!(body.contains(&format!("\"name\":\"{name}\"")), "{body}");
+    }
     drop(operator);
 }
 
