@@ -800,6 +800,11 @@ pub fn key_slots(name: &str) -> Vec<String> {
 /// The label on every Secret of the key ring.
 pub const KEY_LABEL: (&str, &str) = ("app.kubernetes.io/component", "record-key");
 
+/// A new key's bytes (32, from the OS random source), for a new Secret of the ring.
+pub fn new_key_bytes() -> Result<Vec<u8>, KeyError> {
+    random_key()
+}
+
 /// 32 bytes from the OS random source.
 fn random_key() -> Result<Vec<u8>, KeyError> {
     use rand::TryRng as _;

@@ -96,11 +96,28 @@ enum Command {
         /// The app.
         name: String,
     },
+    /// Manage the operator's record key ring (run against the operator's namespace, `-n`).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Find the resource behind an app id (`app_…`), a uid or a client id, in every namespace
     /// (or only in --namespace).
     Find {
         /// An app id, a resource uid or a client id.
         id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Add a new key to the ring: it signs from the operator's next read (within 10 s), every
+    /// record is re-signed in the background at a bounded rate (`oauthapp_records_to_resign`
+    /// counts those left), and no secret changes. Then retire the old key by deleting its Secret.
+    Rotate {
+        /// The installation's record key Secret (`--record-key-secret` of the operator).
+        #[arg(long, default_value = "oauthapp-operator-record-key")]
+        secret: String,
     },
 }
 
@@ -357,6 +374,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match cli.output {
                 Some(format) => print(format, &IdLine::of(&row))?,
                 None => println!("{}", row.app_id.as_deref().unwrap_or("-")),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Key {
+            command: KeyCommand::Rotate { secret },
+        } => {
+            let added = commands::add_key(&client, &namespace, &secret).await?;
+            match cli.output {
+                Some(format) => print(format, &added)?,
+                None => {
+                    println!(
+                        "created key Secret {}/{} (key id {})",
+                        added.namespace, added.secret, added.key_id
+                    );
+                    println!(
+                        "records are re-signed with it in the background; when oauthapp_records_to_resign is 0 on the \
+                         leader, retire the older key(s): kubectl -n {} delete secret {}",
+                        added.namespace,
+                        added.older.join(" ")
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -268,3 +268,56 @@ pub async fn find(client: &Client, scope: &Scope, key: &FindKey) -> Result<Vec<O
         .filter(|app| key.matches(app))
         .collect())
 }
+
+/// What `key rotate` made: the new key Secret, its key id, and the key Secrets already there.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyAdded {
+    pub namespace: String,
+    pub secret: String,
+    pub key_id: String,
+    pub older: Vec<String>,
+}
+
+/// Adds a key to the record key ring of the installation whose key Secret is
+/// `namespace/name`: a new Secret of 32 random bytes in the ring's first free slot (`name`,
+/// `name-2` … `name-8`). Being the newest, it signs from the operator's next read of the ring
+/// (within 10 s); every record is re-signed in the background, and no secret changes. The
+/// older keys stay until a person retires them. Reads the ring's Secrets by name only.
+pub async fn add_key(client: &Client, namespace: &str, name: &str) -> Result<KeyAdded, PluginError> {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
+    let mut older = Vec::new();
+    let mut free = None;
+    for slot in crate::record::key_slots(name) {
+        let found = secrets
+            .get_metadata_opt(&slot)
+            .await
+            .map_err(kube_err(format!("reading Secret {namespace}/{slot}")))?;
+        match found {
+            Some(_) => older.push(slot),
+            None if free.is_none() => free = Some(slot),
+            None => {}
+        }
+    }
+    let Some(slot) = free else {
+        return Err(PluginError::Usage(format!(
+            "the key ring in {namespace} is full ({} keys): retire an old key first (delete its Secret once \
+             oauthapp_records_to_resign is 0)",
+            older.len()
+        )));
+    };
+    let bytes =
+        crate::record::new_key_bytes().map_err(|e| PluginError::Usage(format!("no key made: {e}")))?;
+    let key_id = crate::record::key_id(&bytes);
+    let secret = crate::record::key_secret(namespace, &slot, bytes);
+    secrets
+        .create(&Default::default(), &secret)
+        .await
+        .map_err(kube_err(format!("creating Secret {namespace}/{slot}")))?;
+    Ok(KeyAdded {
+        namespace: namespace.to_string(),
+        secret: slot,
+        key_id,
+        older,
+    })
+}

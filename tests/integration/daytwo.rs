@@ -332,10 +332,25 @@ async fn a_new_key_re_signs_every_record_and_the_old_one_retires_without_a_new_s
     }
     let before = secret_data(&secrets, &names).await;
 
-    // A second key joins the ring: the running operator sees it (no restart), signs with it,
-    // and moves every record over in the background, changing no secret.
+    // A second key joins the ring (`kubectl oauthapp key rotate`): the running operator sees it
+    // (no restart), signs with it, and moves every record over in the background, changing no
+    // secret.
     let old = key_bytes(&keys, KEY_SECRET).await;
-    let new = make_key(&key_ns, &format!("{KEY_SECRET}-2"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-oauthapp"))
+        .env("KUBECONFIG", kubeconfig)
+        .args(["-n", key_ns.as_str(), "key", "rotate", "-o", "json"])
+        .output()
+        .expect("run kubectl-oauthapp");
+    assert!(out.status.success(), "key rotate: {}", stderr(&out));
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(added["secret"], format!("{KEY_SECRET}-2"), "the first free slot");
+    assert_eq!(added["older"], serde_json::json!([KEY_SECRET]));
+    let new = key_bytes(&keys, &format!("{KEY_SECRET}-2")).await;
+    assert_eq!(
+        added["keyId"],
+        oauthapp_operator::record::key_id(&new),
+        "it names the key it made"
+    );
     let ring = RecordKey::ring(vec![new, old]).expect("ring");
     eventually("every record signed by the new key", WAIT, || async {
         all_signed_by(&apps, &secrets, &names, &ring).await.then_some(())
