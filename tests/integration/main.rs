@@ -17,3 +17,4 @@ mod schedule;
 mod soak;
 mod support;
 mod trust;
+mod upgrade;

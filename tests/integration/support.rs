@@ -385,11 +385,24 @@ impl Operator {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Operator {
+        let binary = Path::new(env!("CARGO_BIN_EXE_oauthapp-operator"));
+        Self::start_binary(cp, binary, kubeconfig, ns, args, env)
+    }
+
+    /// Like [`Operator::start_on`], with another build of the operator (an earlier version).
+    pub fn start_binary(
+        cp: &ControlPlane,
+        binary: &Path,
+        kubeconfig: &Path,
+        ns: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Operator {
         let api_port = free_port();
         let admin_port = free_port();
         let log = cp.dir.join(format!("operator-{ns}-{api_port}.log"));
         let log_file = fs::File::create(&log).expect("create operator log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_oauthapp-operator"));
+        let mut cmd = Command::new(binary);
         cmd.arg("run")
             .arg("--watch-namespaces")
             .arg(ns)
@@ -501,10 +514,29 @@ pub async fn http_get_with_token(port: u16, path: &str, token: &str) -> Option<(
 
 /// A plain HTTP/1.1 request (no body) on loopback with a bearer token: status code and body.
 pub async fn http_request(port: u16, method: &str, path: &str, token: &str) -> Option<(u16, String)> {
+    http_request_with_body(port, method, path, token, None).await
+}
+
+/// A plain HTTP/1.1 request on loopback with a bearer token and, if given, a JSON body: status
+/// code and body.
+pub async fn http_request_with_body(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: &str,
+    json: Option<&str>,
+) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let body = json.unwrap_or_default();
+    let content_type = if json.is_some() {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     s.write_all(request.as_bytes()).await.ok()?;
     let mut buf = Vec::new();
