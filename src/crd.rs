@@ -572,9 +572,54 @@ fn compare(ours: &serde_json::Value, theirs: &serde_json::Value, path: &str, mis
     }
 }
 
+/// Whether `s` can be a client id at all: a generated one (`app_` and up to 22 base62 digits,
+/// [`crate::id::encode`]) or one `spec.clientId` allows (1 to 128 characters, `[A-Za-z0-9]` then
+/// `[A-Za-z0-9._:-]`). The REST API refuses anything else before any lookup, so that no string
+/// a client could not have is looked up, limited or remembered.
+pub fn could_be_client_id(s: &str) -> bool {
+    if let Some(body) = s.strip_prefix(crate::id::PREFIX) {
+        return (1..=22).contains(&body.len()) && body.bytes().all(|b| b.is_ascii_alphanumeric());
+    }
+    let mut bytes = s.bytes();
+    (1..=128).contains(&s.len())
+        && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_a_client_id_can_be_is_one() {
+        for n in [0u128, 1, 61, 62, u128::MAX / 3, u128::MAX] {
+            let id = crate::id::encode(uuid::Uuid::from_u128(n));
+            assert!(could_be_client_id(&id), "{id}");
+        }
+        for id in [
+            "billing",
+            "a",
+            "my.client:v2-prod_x".trim_end_matches("_x"),
+            &"a".repeat(128),
+        ] {
+            assert!(could_be_client_id(id), "{id}");
+        }
+        let long = "a".repeat(60 * 1024);
+        for not in [
+            "",
+            "app_",
+            "app_12345678901234567890123",
+            "app_!",
+            "-a",
+            ".a",
+            "a b",
+            "é",
+            &"a".repeat(129),
+            &long,
+        ] {
+            assert!(!could_be_client_id(not), "{not:.40}");
+        }
+    }
 
     #[test]
     fn crd_names_match_the_design() {

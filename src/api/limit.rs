@@ -11,6 +11,7 @@
 //! caller with many tokens is still one caller), before any authorization review or handler
 //! work. Requests that need no token (the OpenAPI document) take from the global bucket.
 
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -36,13 +37,25 @@ pub struct RateLimits {
     /// bucket is not full again are kept.
     per_address: DefaultKeyedRateLimiter<IpAddr>,
     per_caller: DefaultKeyedRateLimiter<String>,
-    /// Verifications that hash (no cached answer), per caller and per client id: guessing a
-    /// secret, or burning the operator's CPU, is as slow as these buckets. Bounded like
-    /// `per_caller`.
+    /// Verifications that hash (no cached answer) of an app the caller may verify, per caller
+    /// and per client id: guessing a secret, or burning the operator's CPU, is as slow as these
+    /// buckets. Only callers allowed to verify an app take from its client id's bucket, so its
+    /// keys are client ids of apps that exist. Bounded like `per_caller`.
     verify_per_caller: DefaultKeyedRateLimiter<String>,
     verify_per_client_id: DefaultKeyedRateLimiter<String>,
+    /// Verifications of client ids that are unknown, or of apps the caller may not verify: they
+    /// cost the caller (its own bucket) and a bucket of their own in all, never the app's.
+    verify_unknown_per_caller: DefaultKeyedRateLimiter<String>,
+    verify_unknown: DefaultDirectRateLimiter,
+    /// Keys a keyed bucket holds at most, whatever the time ([`MAX_KEYS`]).
+    max_keys: usize,
     clock: DefaultClock,
 }
+
+/// Keys (callers, addresses, client ids) a keyed bucket holds at most. Past it, keys whose
+/// bucket is full again are forgotten at once; if that leaves it full, a request that would add
+/// a key is answered 429 instead. Some 100 bytes each: a few MiB per bucket at most.
+pub const MAX_KEYS: usize = 50_000;
 
 impl RateLimits {
     pub fn new(
@@ -59,8 +72,43 @@ impl RateLimits {
             per_caller: RateLimiter::keyed(quota("per caller", rate_per_caller, burst_per_caller)?),
             verify_per_caller: RateLimiter::keyed(quota("per caller", rate_per_caller, burst_per_caller)?),
             verify_per_client_id: RateLimiter::keyed(quota("per caller", rate_per_caller, burst_per_caller)?),
+            verify_unknown_per_caller: RateLimiter::keyed(quota(
+                "per caller",
+                rate_per_caller,
+                burst_per_caller,
+            )?),
+            verify_unknown: RateLimiter::direct(quota("per caller", rate_per_caller, burst_per_caller)?),
+            max_keys: MAX_KEYS,
             clock: DefaultClock::default(),
         })
+    }
+
+    #[cfg(test)]
+    fn with_max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Takes one token from `key`'s bucket of `limiter`; `refusal` when it is empty. Keeps the
+    /// limiter within [`MAX_KEYS`].
+    fn take_keyed<K: Hash + Eq + Clone>(
+        &self,
+        limiter: &DefaultKeyedRateLimiter<K>,
+        key: &K,
+        refusal: &str,
+    ) -> Result<(), ApiError> {
+        if limiter.len() >= self.max_keys {
+            limiter.retain_recent();
+            if limiter.len() >= self.max_keys {
+                return Err(too_many(
+                    "the REST API is limiting too many callers at once",
+                    Duration::from_secs(1),
+                ));
+            }
+        }
+        limiter
+            .check_key(key)
+            .map_err(|not_until| too_many(refusal, not_until.wait_time_from(self.clock.now())))
     }
 
     /// Takes one token from the global bucket; 429 when it is empty.
@@ -73,12 +121,11 @@ impl RateLimits {
     /// 429 when either is empty. Without an address (never, on a socket), only the latter.
     pub fn check_review(&self, address: Option<IpAddr>) -> Result<(), ApiError> {
         if let Some(address) = address {
-            self.per_address.check_key(&address).map_err(|not_until| {
-                too_many(
-                    "too many requests with tokens not known yet from this address",
-                    not_until.wait_time_from(self.clock.now()),
-                )
-            })?;
+            self.take_keyed(
+                &self.per_address,
+                &address,
+                "too many requests with tokens not known yet from this address",
+            )?;
         }
         self.take(
             &self.reviews,
@@ -103,36 +150,35 @@ impl RateLimits {
 
     /// Takes one token from `caller`'s bucket; 429 when it is empty.
     pub fn check_caller(&self, caller: &str) -> Result<(), ApiError> {
-        self.per_caller
-            .check_key(&caller.to_string())
-            .map_err(|not_until| {
-                too_many(
-                    &format!("too many requests from {caller}"),
-                    not_until.wait_time_from(self.clock.now()),
-                )
-            })
+        self.take_keyed(
+            &self.per_caller,
+            &caller.to_string(),
+            &format!("too many requests from {caller}"),
+        )
     }
 
-    /// Takes one token for a verification that hashes, from `caller`'s and from `client_id`'s
-    /// verification buckets; 429 when either is empty.
+    /// Takes one token for a verification that hashes, of an app `caller` may verify, from
+    /// `caller`'s and from `client_id`'s verification buckets; 429 when either is empty.
     pub fn check_verify(&self, caller: &str, client_id: &str) -> Result<(), ApiError> {
-        let now = self.clock.now();
-        self.verify_per_caller
-            .check_key(&caller.to_string())
-            .map_err(|not_until| {
-                too_many(
-                    "too many verifications from this caller",
-                    not_until.wait_time_from(now),
-                )
-            })?;
-        self.verify_per_client_id
-            .check_key(&client_id.to_string())
-            .map_err(|not_until| {
-                too_many(
-                    "too many verifications of this client id",
-                    not_until.wait_time_from(now),
-                )
-            })
+        self.take_keyed(
+            &self.verify_per_caller,
+            &caller.to_string(),
+            "too many verifications from this caller",
+        )?;
+        self.take_keyed(
+            &self.verify_per_client_id,
+            &client_id.to_string(),
+            "too many verifications of this client id",
+        )
+    }
+
+    /// Takes one token for a verification of a client id that is unknown or of an app `caller`
+    /// may not verify: from `caller`'s bucket for those, then from theirs in all; 429 when
+    /// either is empty. No app's bucket is touched.
+    pub fn check_verify_unknown(&self, caller: &str) -> Result<(), ApiError> {
+        let refusal = "too many verifications of unknown client ids, or of apps this caller may not verify";
+        self.take_keyed(&self.verify_unknown_per_caller, &caller.to_string(), refusal)?;
+        self.take(&self.verify_unknown, refusal)
     }
 
     /// Forgets callers whose buckets are full again (they would be recreated full anyway).
@@ -141,6 +187,8 @@ impl RateLimits {
         self.verify_per_caller.shrink_to_fit();
         self.verify_per_client_id.retain_recent();
         self.verify_per_client_id.shrink_to_fit();
+        self.verify_unknown_per_caller.retain_recent();
+        self.verify_unknown_per_caller.shrink_to_fit();
         self.per_caller.retain_recent();
         self.per_caller.shrink_to_fit();
         self.per_address.retain_recent();
@@ -212,6 +260,39 @@ mod tests {
         limits
             .check_review(Some(b))
             .expect("another address has its own bucket");
+    }
+
+    #[test]
+    fn unknown_client_ids_cost_the_caller_and_never_an_app() {
+        let limits = RateLimits::new(1000.0, 1000, 1.0, 2).expect("valid");
+        // Tenant B hammers A's client id without the right to verify A's app.
+        for _ in 0..2 {
+            limits.check_verify_unknown("b1").expect("within b1's burst");
+        }
+        limits
+            .check_verify_unknown("b1")
+            .expect_err("b1 is over its own bucket");
+        // A's verifier still has the whole of A's bucket.
+        limits.check_verify("a", "a-client").expect("1");
+        limits.check_verify("a", "a-client").expect("2");
+        // The unknown ids in all are bounded too: b2 shares what is left of them (none).
+        limits
+            .check_verify_unknown("b2")
+            .expect_err("the unknown bucket in all is empty");
+    }
+
+    #[test]
+    fn a_keyed_bucket_holds_a_bounded_number_of_keys() {
+        let limits = RateLimits::new(1000.0, 1000, 1.0, 1)
+            .expect("valid")
+            .with_max_keys(3);
+        for caller in ["a", "b", "c"] {
+            limits.check_caller(caller).expect("first request");
+        }
+        // Each bucket is empty (burst 1), so none is forgotten: a fourth key is refused.
+        let refused = limits.check_caller("d").expect_err("no room for a fourth key");
+        assert_eq!(refused.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limits.per_caller.len(), 3);
     }
 
     #[test]

@@ -136,8 +136,12 @@ impl OAuthAppView {
 /// Client credentials to check (`POST /api/v1/oauth-apps/verify`).
 #[derive(Deserialize, ToSchema, Clone)]
 pub struct VerifyRequest {
-    /// The OAuth client id.
-    #[schema(min_length = 1, max_length = 253)]
+    /// The OAuth client id: an app id, or a `spec.clientId`.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^(app_[A-Za-z0-9]{1,22}|[A-Za-z0-9][A-Za-z0-9._:-]{0,127})$"
+    )]
     pub client_id: String,
     /// The client secret presented by the client.
     #[schema(min_length = 1, max_length = 256)]

@@ -7,6 +7,11 @@
 //! briefly, keyed on the app, the matched secret's rotation id and a SHA-256 of the presented
 //! secret (never the plaintext); a rotation, an expiry or a revocation changes what is looked up,
 //! so a secret that is no longer valid never verifies from the cache.
+//!
+//! Tenants cannot lock each other out: an app's verification bucket is taken only by callers
+//! allowed to verify it. Unknown ids and apps the caller may not verify take from the caller's
+//! bucket for those and from one for them in all, which bounds the dummy hashes they cost. A
+//! `client_id` that cannot be one is refused (400) before any lookup or limiter.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -98,11 +103,11 @@ fn valid_secrets(app: &OAuthApp, now: Timestamp) -> Vec<(MatchedSecret, String, 
     request_body = VerifyRequest,
     responses(
         (status = 200, description = "Whether the secret is one of the app's valid secrets", body = VerifyResult),
-        (status = 400, description = "Malformed body", body = RestErrorResponse),
+        (status = 400, description = "Malformed body, or a client_id that cannot be a client id", body = RestErrorResponse),
         (status = 401, description = "Unauthorized", body = RestErrorResponse),
         (status = 413, description = "Request body too large", body = RestErrorResponse),
         (status = 415, description = "The body is not sent as application/json", body = RestErrorResponse),
-        (status = 429, description = "Too many requests (verifications are limited per caller and per client id)", body = RestErrorResponse),
+        (status = 429, description = "Too many requests (verifications are limited per caller and per client id; of unknown client ids, per caller and in all)", body = RestErrorResponse),
         (status = 500, description = "Internal error", body = RestErrorResponse),
         (status = 503, description = "The Kubernetes API server is unavailable; retry", body = RestErrorResponse),
     ),
@@ -114,6 +119,12 @@ pub async fn verify_client_credentials(
     Body(request): Body<VerifyRequest>,
 ) -> Result<Json<VerifyResult>, ApiError> {
     api.ready()?;
+    // Before any lookup, limiter or memory: a string that cannot be a client id.
+    if !crate::crd::could_be_client_id(&request.client_id) {
+        return Err(ApiError::bad_request(
+            "client_id is not a client id: an app id (app_ and up to 22 letters and digits) or 1 to 128 of [A-Za-z0-9._:-], starting with a letter or digit",
+        ));
+    }
     let found = api.watches.find_by_client_id(&request.client_id);
     let permitted = match &found {
         Some(app) => {
@@ -149,7 +160,13 @@ pub async fn verify_client_credentials(
             return Ok(Json(answer(*which, expires_at.clone())));
         }
     }
-    api.limits.check_verify(&caller.username, &request.client_id)?;
+    // Only a caller that may verify the app takes from its client id's bucket: an unknown id,
+    // or one of an app the caller may not verify, costs the caller, never the app.
+    if app.is_some() {
+        api.limits.check_verify(&caller.username, &request.client_id)?;
+    } else {
+        api.limits.check_verify_unknown(&caller.username)?;
+    }
     let hashes = candidates.iter().map(|(_, _, hash, _)| hash.clone()).collect();
     let matches = api
         .ctx

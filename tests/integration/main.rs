@@ -16,5 +16,6 @@ mod reads;
 mod schedule;
 mod soak;
 mod support;
+mod tenants;
 mod trust;
 mod upgrade;

@@ -1,0 +1,241 @@
+//! Tenants share one operator: each test plays an attack by a tenant with ordinary rights (its
+//! own namespace, its own ServiceAccounts, tokens the API server accepts) and measures the
+//! victim, another tenant.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use oauthapp_operator::crd::OAuthApp;
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+const VERIFIER_RULES: &str =
+    "- apiGroups: [oauthapp.io]\n  resources: [oauthapps/verify]\n  verbs: [create]\n";
+
+/// ServiceAccount `sa` in `ns`, bound to a Role of `rules` there if any; a token for it.
+fn caller(ns: &str, sa: &str, rules: &str) -> String {
+    let cp = control_plane();
+    cp.kubectl_ok(&["create", "serviceaccount", sa, "-n", ns]);
+    if !rules.is_empty() {
+        cp.apply_ok(
+            ns,
+            &format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {sa}\nrules:\n{rules}---\n\
+                 apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: {sa}\n\
+                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {sa}}}\n\
+                 subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]\n"
+            ),
+        );
+    }
+    service_account_token(ns, sa)
+}
+
+/// A verify call: its status code and JSON body (None when the operator did not answer).
+async fn verify(port: u16, token: &str, client_id: &str, secret: &str) -> Option<(u16, serde_json::Value)> {
+    let body = serde_json::json!({"client_id": client_id, "client_secret": secret}).to_string();
+    let (code, text) =
+        http_request_with_body(port, "POST", "/api/v1/oauth-apps/verify", token, Some(&body)).await?;
+    Some((
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// A secret of the right shape that is no app's.
+fn wrong_secret() -> String {
+    oauthapp_operator::secret::ClientSecret::generate()
+        .expect("random")
+        .expose()
+        .to_string()
+}
+
+/// Tenant A's app, Ready: its client id and its plaintext secret.
+async fn tenant_app(ns: &str) -> (String, String) {
+    let client = admin_client().await;
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client, ns);
+    control_plane().apply_ok(
+        ns,
+        "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: portal\nspec:\n  redirectUris: [\"https://portal.example.com/cb\"]\n",
+    );
+    let client_id = eventually("tenant A's app Ready", WAIT, || async {
+        let app = apps.get_opt("portal").await.ok()??;
+        let ready = app.ready_condition().is_some_and(|c| c.status == "True");
+        ready.then(|| app.status.and_then(|s| s.client_id)).flatten()
+    })
+    .await;
+    let secret = secrets.get("portal-oauth-client").await.expect("Secret");
+    let plaintext = String::from_utf8(secret.data.expect("data")["client_secret"].0.clone()).expect("utf-8");
+    (client_id, plaintext)
+}
+
+async fn wait_ready(operator: &Operator) {
+    eventually("the operator's /readyz", WAIT, || async {
+        http_get(operator.admin_port, "/readyz").await
+    })
+    .await;
+}
+
+/// The resident set of a process now, and its peak so far (VmRSS, VmHWM), in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Tenant B knows tenant A's client id (client ids are not secret) and has two ServiceAccounts
+/// with no roles. They send verify for A's client id at 10/s each, with the operator's default
+/// limits. A's verifier, which may verify A's app, presents a wrong secret every second and the
+/// right one every 11 s (past the cache of positive answers): it is never answered 429, and
+/// every answer is right.
+#[tokio::test]
+async fn a_tenant_that_knows_another_tenants_client_id_cannot_lock_it_out_of_verify() {
+    let (ns_a, ns_b) = (namespace("tenants-lockout-a"), namespace("tenants-lockout-b"));
+    let watched = format!("{ns_a},{ns_b}");
+    let operator = Operator::start(&control_plane().kubeconfig, &watched, &[], &[]);
+    wait_ready(&operator).await;
+    let (client_id, secret) = tenant_app(&ns_a).await;
+    let verifier = caller(&ns_a, "gateway", VERIFIER_RULES);
+    let attackers = [caller(&ns_b, "b1", ""), caller(&ns_b, "b2", "")];
+    let port = operator.api_port;
+
+    const SECONDS: u64 = 25;
+    let mut flood = Vec::new();
+    for token in attackers {
+        let client_id = client_id.clone();
+        flood.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut codes = std::collections::BTreeMap::<u16, u32>::new();
+            for _ in 0..SECONDS * 10 {
+                tick.tick().await;
+                if let Some((code, body)) = verify(port, &token, &client_id, &wrong_secret()).await {
+                    assert!(body["valid"] != true, "an attacker's guess verified");
+                    *codes.entry(code).or_default() += 1;
+                }
+            }
+            codes
+        }));
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut answered = 0;
+    for second in 0..SECONDS {
+        tick.tick().await;
+        let (presented, valid) = if second % 11 == 0 {
+            (secret.clone(), true)
+        } else {
+            (wrong_secret(), false)
+        };
+        let (code, body) = verify(port, &verifier, &client_id, &presented)
+            .await
+            .expect("the operator answers");
+        assert_eq!(
+            code, 200,
+            "second {second}: tenant A's verifier was refused: {body}"
+        );
+        assert_eq!(body["valid"], valid, "second {second}: {body}");
+        answered += 1;
+    }
+    let mut attacker_codes = std::collections::BTreeMap::<u16, u32>::new();
+    for task in flood {
+        for (code, n) in task.await.expect("attacker task") {
+            *attacker_codes.entry(code).or_default() += n;
+        }
+    }
+    assert_eq!(answered, SECONDS);
+    // The attack ran: its requests were answered (some refused, on B's own buckets).
+    let sent: u32 = attacker_codes.values().sum();
+    assert!(
+        sent as u64 >= SECONDS * 10,
+        "the attack sent {sent} requests: {attacker_codes:?}"
+    );
+    assert!(
+        attacker_codes.keys().all(|c| [200, 429].contains(c)),
+        "{attacker_codes:?}"
+    );
+    eprintln!("attackers' answers by status: {attacker_codes:?}");
+}
+
+/// A flood of verify calls with client ids no client can have (60 KiB each) from ten
+/// ServiceAccounts of one tenant, at the global limit, and of distinct unknown ids of the right
+/// shape: each long one is refused with 400 before any lookup or limiter, and the operator's
+/// memory stays within a bound.
+#[tokio::test]
+async fn a_flood_of_client_ids_that_cannot_be_one_is_refused_and_holds_no_memory() {
+    let ns = namespace("tenants-flood");
+    let operator = Operator::start(
+        &control_plane().kubeconfig,
+        &ns,
+        &["--hash-memory-kib", "1024", "--hash-iterations", "1"],
+        &[],
+    );
+    wait_ready(&operator).await;
+    tenant_app(&ns).await;
+    let port = operator.api_port;
+    let tokens: Vec<String> = (0..10).map(|i| caller(&ns, &format!("flood-{i}"), "")).collect();
+    let (_, peak_before) = rss_kib(operator.pid());
+
+    const ROUNDS: usize = 200;
+    let mut flood = Vec::new();
+    for (i, token) in tokens.into_iter().enumerate() {
+        flood.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut codes = std::collections::BTreeMap::<(bool, u16), u32>::new();
+            for round in 0..ROUNDS {
+                tick.tick().await;
+                // Mostly ids far too long, each new; every fifth a distinct unknown id that
+                // could be one.
+                let long = round % 5 != 0;
+                let id = if long {
+                    format!("{i}-{round}-{}", "x".repeat(60 * 1024))
+                } else {
+                    format!("unknown-{i}-{round}-{}", "y".repeat(100))
+                };
+                if let Some((code, body)) = verify(port, &token, &id, &wrong_secret()).await {
+                    if long && code == 400 {
+                        assert_eq!(body["code"], "BAD_REQUEST", "{body}");
+                        assert!(
+                            body["message"].as_str().is_some_and(|m| m.contains("client_id")),
+                            "{body}"
+                        );
+                    }
+                    *codes.entry((long, code)).or_default() += 1;
+                }
+            }
+            codes
+        }));
+    }
+    let mut codes = std::collections::BTreeMap::<(bool, u16), u32>::new();
+    for task in flood {
+        for (key, n) in task.await.expect("flood task") {
+            *codes.entry(key).or_default() += n;
+        }
+    }
+    let (_, peak_after) = rss_kib(operator.pid());
+    eprintln!(
+        "answers (long id?, status): {codes:?}; peak RSS {peak_before} KiB before, {peak_after} KiB after"
+    );
+    // Long ids are refused as such (or by the callers' own request buckets), never looked up.
+    for (&(long, code), n) in &codes {
+        let expected: &[u16] = if long { &[400, 429] } else { &[200, 429] };
+        assert!(
+            expected.contains(&code),
+            "{n} answers {code} for long={long}: {codes:?}"
+        );
+    }
+    let refused_as_malformed = codes.get(&(true, 400)).copied().unwrap_or(0);
+    assert!(refused_as_malformed >= 1000, "{codes:?}");
+    // 1,000+ ids of 60 KiB would hold 60+ MiB if kept; the flood may cost the buffers in flight.
+    assert!(
+        peak_after <= peak_before + 32 * 1024,
+        "the operator's peak RSS grew from {peak_before} KiB to {peak_after} KiB"
+    );
+}
