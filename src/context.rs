@@ -170,25 +170,78 @@ impl AppLocks {
     }
 }
 
-/// Remembers, per Secret, the resourceVersion and hash at which its content was checked.
+/// Remembers, per Secret, the resourceVersion, the hash and a digest of the content
+/// ([`content_digest`]) at which its content was checked. A new version with the same content (a
+/// label, an annotation, a tool's tracking mark) needs no new argon2 check.
 /// Bounded by the operator's Secrets that exist: [`VerifiedCache::forget_deleted`] drops the
 /// others.
 #[derive(Default)]
-pub struct VerifiedCache(Mutex<HashMap<String, (String, String, ContentCheck)>>);
+pub struct VerifiedCache(Mutex<HashMap<String, Checked>>);
+
+struct Checked {
+    resource_version: String,
+    hash: String,
+    content: [u8; 32],
+    check: ContentCheck,
+}
+
+/// A SHA-256 over a Secret's `client_id` and `client_secret` (length-prefixed): what a content
+/// check looks at. Never the plaintext itself; a 256-bit random secret cannot be found from it.
+pub fn content_digest(
+    data: Option<&std::collections::BTreeMap<String, k8s_openapi::ByteString>>,
+) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for key in [crate::crd::CLIENT_ID_KEY, crate::crd::CLIENT_SECRET_KEY] {
+        let value = data.and_then(|d| d.get(key)).map(|b| b.0.as_slice());
+        match value {
+            Some(v) => {
+                digest.update([1]);
+                digest.update((v.len() as u64).to_be_bytes());
+                digest.update(v);
+            }
+            None => digest.update([0]),
+        }
+    }
+    digest.finalize().into()
+}
 
 impl VerifiedCache {
+    /// The check made at this exact version and hash.
     pub fn get(&self, key: &str, resource_version: &str, hash: &str) -> Option<ContentCheck> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.get(key)
-            .filter(|(rv, h, _)| rv == resource_version && h == hash)
-            .map(|(_, _, c)| *c)
+            .filter(|c| c.resource_version == resource_version && c.hash == hash)
+            .map(|c| c.check)
     }
 
-    pub fn put(&self, key: &str, resource_version: &str, hash: &str, check: ContentCheck) {
+    /// The check made of the same content and hash at another version; remembered for
+    /// `resource_version` too.
+    pub fn get_same_content(
+        &self,
+        key: &str,
+        resource_version: &str,
+        hash: &str,
+        content: &[u8; 32],
+    ) -> Option<ContentCheck> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let checked = map
+            .get_mut(key)
+            .filter(|c| c.hash == hash && &c.content == content)?;
+        checked.resource_version = resource_version.to_string();
+        Some(checked.check)
+    }
+
+    pub fn put(&self, key: &str, resource_version: &str, hash: &str, content: [u8; 32], check: ContentCheck) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.insert(
             key.to_string(),
-            (resource_version.to_string(), hash.to_string(), check),
+            Checked {
+                resource_version: resource_version.to_string(),
+                hash: hash.to_string(),
+                content,
+                check,
+            },
         );
     }
 
@@ -359,10 +412,47 @@ mod tests {
             secret_ok: true,
             client_id_ok: true,
         };
-        cache.put("ns/s", "10", "h1", ok);
+        cache.put("ns/s", "10", "h1", [1; 32], ok);
         assert_eq!(cache.get("ns/s", "10", "h1"), Some(ok));
         assert_eq!(cache.get("ns/s", "11", "h1"), None);
         assert_eq!(cache.get("ns/s", "10", "h2"), None);
+    }
+
+    #[test]
+    fn a_new_version_with_the_same_content_needs_no_new_check() {
+        let cache = VerifiedCache::default();
+        let ok = ContentCheck {
+            secret_ok: true,
+            client_id_ok: true,
+        };
+        let data = |secret: &str| {
+            std::collections::BTreeMap::from([
+                (
+                    "client_id".to_string(),
+                    k8s_openapi::ByteString(b"portal".to_vec()),
+                ),
+                (
+                    "client_secret".to_string(),
+                    k8s_openapi::ByteString(secret.as_bytes().to_vec()),
+                ),
+            ])
+        };
+        let content = content_digest(Some(&data("oas_a")));
+        cache.put("ns/s", "10", "h1", content, ok);
+        // A label edit: version 11, same data.
+        assert_eq!(cache.get("ns/s", "11", "h1"), None);
+        assert_eq!(cache.get_same_content("ns/s", "11", "h1", &content), Some(ok));
+        assert_eq!(
+            cache.get("ns/s", "11", "h1"),
+            Some(ok),
+            "remembered for the new version"
+        );
+        // Another secret, or another hash, is checked again.
+        let other = content_digest(Some(&data("oas_b")));
+        assert_ne!(other, content);
+        assert_eq!(cache.get_same_content("ns/s", "12", "h1", &other), None);
+        assert_eq!(cache.get_same_content("ns/s", "12", "h2", &content), None);
+        assert_ne!(content_digest(None), content);
     }
 
     #[test]
@@ -372,8 +462,8 @@ mod tests {
             secret_ok: true,
             client_id_ok: true,
         };
-        cache.put("ns/a", "1", "h", ok);
-        cache.put("ns/b", "1", "h", ok);
+        cache.put("ns/a", "1", "h", [0; 32], ok);
+        cache.put("ns/b", "1", "h", [0; 32], ok);
         cache.retain(|key| key == "ns/a");
         assert_eq!(cache.get("ns/a", "1", "h"), Some(ok));
         assert_eq!(cache.get("ns/b", "1", "h"), None);

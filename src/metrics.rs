@@ -134,6 +134,9 @@ pub struct Metrics {
     pub reconcile_errors: Family<ReasonLabels, Counter>,
     /// Writes to the API server (Secrets and status), for watching steady-state behaviour.
     pub writes: Counter,
+    /// argon2 checks of a Secret's content against its hash (a new version of a Secret whose
+    /// data was checked before costs none).
+    pub content_checks: Counter,
     /// Apps by Ready condition (`true`, `false`, `unknown`), as seen by the last reconcile of each.
     pub apps: Family<ReadyLabels, Gauge>,
     /// Apps with Ready=False, by reason (one of [`NOT_READY_REASONS`]).
@@ -201,6 +204,7 @@ impl Metrics {
         ]);
         let reconcile_errors = Family::<ReasonLabels, Counter>::default();
         let writes = Counter::default();
+        let content_checks = Counter::default();
         let apps = Family::<ReadyLabels, Gauge>::default();
         let apps_not_ready = Family::<ReasonLabels, Gauge>::default();
         let apps_rotation_overdue = Gauge::default();
@@ -251,6 +255,11 @@ impl Metrics {
             "api_writes",
             "Writes to the Kubernetes API (Secrets and status)",
             writes.clone(),
+        );
+        registry.register(
+            "secret_content_checks",
+            "argon2 checks of an app Secret's content against its hash",
+            content_checks.clone(),
         );
         registry.register("apps", "OAuthApps by Ready condition", apps.clone());
         registry.register(
@@ -362,6 +371,7 @@ impl Metrics {
             reconcile_duration,
             reconcile_errors,
             writes,
+            content_checks,
             apps,
             apps_not_ready,
             apps_rotation_overdue,

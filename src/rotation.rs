@@ -387,6 +387,7 @@ async fn rotate_inner(
             &secret_key,
             &rv,
             &hash,
+            crate::context::content_digest(written.data.as_ref()),
             ContentCheck {
                 secret_ok: true,
                 client_id_ok: true,
@@ -536,6 +537,7 @@ pub async fn revoke_previous(ctx: &Context, app: &OAuthApp, secret: Secret) -> R
             &format!("{ns}/{name}"),
             &rv,
             &rec.hash,
+            crate::context::content_digest(written.data.as_ref()),
             ContentCheck {
                 secret_ok: true,
                 client_id_ok: true,
@@ -719,6 +721,7 @@ pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> R
             &format!("{ns}/{}", written.name_any()),
             &rv,
             &hash,
+            crate::context::content_digest(written.data.as_ref()),
             ContentCheck {
                 secret_ok: true,
                 client_id_ok: true,
@@ -881,6 +884,11 @@ pub async fn check_content(ctx: &Context, app: &OAuthApp, secret: &Secret) -> Re
     if let Some(check) = ctx.verified.get(&key, &rv, &hash) {
         return Ok(check);
     }
+    // A new version whose data is what was checked (a label or annotation changed): no hash.
+    let content = crate::context::content_digest(secret.data.as_ref());
+    if let Some(check) = ctx.verified.get_same_content(&key, &rv, &hash, &content) {
+        return Ok(check);
+    }
     let data = secret.data.clone().unwrap_or_default();
     let plaintext = data
         .get(CLIENT_SECRET_KEY)
@@ -896,11 +904,12 @@ pub async fn check_content(ctx: &Context, app: &OAuthApp, secret: &Secret) -> Re
         data.get(CLIENT_ID_KEY).map(|b| b.0.as_slice()) == expected.as_deref().map(str::as_bytes);
 
     let secret_ok = ctx.hasher.verify(plaintext, hash.clone()).await?;
+    ctx.metrics.content_checks.inc();
     let check = ContentCheck {
         secret_ok,
         client_id_ok,
     };
-    ctx.verified.put(&key, &rv, &hash, check);
+    ctx.verified.put(&key, &rv, &hash, content, check);
     Ok(check)
 }
 

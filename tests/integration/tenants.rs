@@ -239,3 +239,81 @@ async fn a_flood_of_client_ids_that_cannot_be_one_is_refused_and_holds_no_memory
         "the operator's peak RSS grew from {peak_before} KiB to {peak_after} KiB"
     );
 }
+
+/// A tenant (or a Reloader, a sync tool, Argo CD's tracking annotation) edits the labels of an
+/// app's Secret 20 times: the operator follows each new version (its status names it) without
+/// an argon2 check, since the data did not change. A change of the data is checked (one hash)
+/// and repaired.
+#[tokio::test]
+async fn edits_of_a_secret_that_leave_its_data_alone_cost_no_hash() {
+    let ns = namespace("tenants-labels");
+    let operator = Operator::start(&control_plane().kubeconfig, &ns, &[], &[]);
+    wait_ready(&operator).await;
+    tenant_app(&ns).await;
+    let client = admin_client().await;
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client, &ns);
+    let caught_up = |rv: String| {
+        let apps = apps.clone();
+        async move {
+            eventually("the status to name the Secret's version", WAIT, || async {
+                let app = apps.get("portal").await.ok()?;
+                let status = app.status?;
+                let ready = app.metadata.name.is_some()
+                    && status
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True");
+                (ready && status.secret_resource_version.as_deref() == Some(rv.as_str())).then_some(status)
+            })
+            .await
+        }
+    };
+    let before = secrets.get("portal-oauth-client").await.expect("Secret");
+    caught_up(before.metadata.resource_version.clone().expect("rv")).await;
+    let checks = operator
+        .metric("oauthapp_secret_content_checks_total")
+        .await
+        .expect("the content checks metric");
+    for i in 0..20 {
+        control_plane().kubectl_ok(&[
+            "label",
+            "secret",
+            "portal-oauth-client",
+            "-n",
+            &ns,
+            &format!("touched={i}"),
+            "--overwrite",
+        ]);
+    }
+    let labelled = secrets.get("portal-oauth-client").await.expect("Secret");
+    let status = caught_up(labelled.metadata.resource_version.clone().expect("rv")).await;
+    assert_eq!(status.rotation_count, 1, "no rotation");
+    assert_eq!(labelled.data, before.data, "the data is unchanged");
+    assert_eq!(
+        operator.metric("oauthapp_secret_content_checks_total").await,
+        Some(checks),
+        "a label edit cost an argon2 check"
+    );
+
+    // The data itself changed: checked (one hash), drift, a new secret.
+    let mut tampered = labelled.clone();
+    tampered.metadata.managed_fields = None;
+    tampered.data.get_or_insert_default().insert(
+        "client_secret".into(),
+        k8s_openapi::ByteString(wrong_secret().into_bytes()),
+    );
+    secrets
+        .replace("portal-oauth-client", &Default::default(), &tampered)
+        .await
+        .expect("replace the Secret");
+    eventually("the drift to be repaired", WAIT, || async {
+        let status = apps.get("portal").await.ok()?.status?;
+        (status.rotation_count == 2).then_some(())
+    })
+    .await;
+    assert!(
+        operator.metric("oauthapp_secret_content_checks_total").await >= Some(checks + 1.0),
+        "the changed data was checked"
+    );
+}
