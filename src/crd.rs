@@ -263,7 +263,8 @@ pub struct RotationSpec {
     pub interval: Option<String>,
 
     /// Rotation window: a cron expression of 5 fields (minute hour day-of-month month
-    /// day-of-week, as in a CronJob), e.g. `0 3 * * 1` for Mondays at 03:00 in `timeZone`.
+    /// day-of-week, as in a CronJob), e.g. `0 3 * * 1` for Mondays at 03:00 in `timeZone`. Its
+    /// minute field is one minute: at most one scheduled rotation an hour.
     /// Scheduled rotations happen only at its times; one missed while the operator was down is
     /// made once when it is back, not once per missed time. At most one of `interval` and
     /// `schedule`.
@@ -272,6 +273,9 @@ pub struct RotationSpec {
         length(min = 9, max = 128),
         regex(pattern = r"^ *[0-9A-Za-z*/,?#-]+( +[0-9A-Za-z*/,?#-]+){4} *$")
     )]
+    #[x_kube(validation = Rule::new("self.matches('^ *[0-5]?[0-9] ')").message(
+        "spec.rotation.schedule may rotate at most once an hour: its minute field must be one minute (e.g. \"30 * * * *\", not \"* * * * *\" or \"*/15 * * * *\"), as spec.rotation.interval is at least 1h"
+    ))]
     pub schedule: Option<String>,
 
     /// The IANA time zone of `schedule` (e.g. `Europe/Berlin`); default `UTC`. Only with

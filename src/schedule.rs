@@ -42,6 +42,21 @@ pub enum ScheduleError {
     TimeZone { tz: String },
     #[error("spec.rotation.schedule {expr:?} never matches a time (e.g. February 30)")]
     NeverMatches { expr: String },
+    #[error(
+        "spec.rotation.schedule {expr:?} may rotate more than once an hour: its minute field must be one minute (e.g. \"30 * * * *\"), as spec.rotation.interval is at least 1h"
+    )]
+    TooOften { expr: String },
+}
+
+/// Whether the minute field of a 5-field cron expression names exactly one minute (0 to 59):
+/// then it matches at most once an hour, daylight saving time included (a repeated hour's two
+/// passes are an hour apart). The CRD's CEL rule on `spec.rotation.schedule` is the same check.
+pub fn at_most_hourly(expr: &str) -> bool {
+    expr.split_whitespace().next().is_some_and(|minute| {
+        minute.len() <= 2
+            && minute.bytes().all(|b| b.is_ascii_digit())
+            && minute.parse::<u8>().is_ok_and(|m| m < 60)
+    })
 }
 
 impl Schedule {
@@ -69,6 +84,17 @@ impl Schedule {
                 reason: e.to_string(),
             })?;
         Ok(Self { cron, tz })
+    }
+
+    /// [`Schedule::parse`] of an app's `spec.rotation.schedule`: refused when it may rotate more
+    /// than once an hour ([`at_most_hourly`]), the floor `spec.rotation.interval` has too. An app
+    /// stored before the CRD had that rule is told so, and rotated on request only until fixed.
+    pub fn parse_for_app(expr: &str, time_zone: Option<&str>) -> Result<Self, ScheduleError> {
+        let schedule = Self::parse(expr, time_zone)?;
+        if !at_most_hourly(expr) {
+            return Err(ScheduleError::TooOften { expr: expr.into() });
+        }
+        Ok(schedule)
     }
 
     /// The first time of the schedule strictly after `after`.
@@ -99,13 +125,18 @@ pub enum Turn {
     Wait(Duration),
 }
 
-/// The operator-wide limit on scheduled rotations (`--max-scheduled-rotations-per-second`).
+/// The operator-wide limit on scheduled rotations (`--max-scheduled-rotations-per-second`),
+/// shared fairly between namespaces.
 ///
-/// Each app due a scheduled rotation reserves the next free slot, `1/rate` after the one before:
-/// slots are handed out in the order apps ask (FIFO), and an app asking again keeps its slot.
-/// The reconciler does not block on it: an app whose slot is later is requeued to that time, so
+/// Turns are `1/rate` apart. Apps waiting for one are served namespace by namespace in turn
+/// (round robin; within a namespace, in the order they first asked), so a namespace with a
+/// hundred apps due delays another namespace's app by one turn, not a hundred. An app asking is
+/// told when its turn comes at the earliest (its place in that order, from the next free turn);
+/// the reconciler does not block on it: the app is requeued to that time and asks again, so
 /// controller workers stay free for requested rotations (annotation, REST), which never come
-/// here.
+/// here. A newcomer of another namespace may move others' turns later; they are told so when
+/// they ask again. An app that does not come back for its turn (deleted, or its reconcile
+/// failing) is passed over after [`ABSENT`] and forgotten after [`STALE`].
 pub struct ScheduledRotations {
     spacing: Duration,
     state: Mutex<Slots>,
@@ -114,11 +145,29 @@ pub struct ScheduledRotations {
 
 #[derive(Default)]
 struct Slots {
-    /// The earliest time the next reservation may get.
-    next_free: Option<Instant>,
-    /// Apps (by key) holding a slot they have not used yet.
-    reserved: HashMap<String, Instant>,
+    /// When the last turn was given.
+    last_turn: Option<Instant>,
+    /// Apps (by key, `namespace/name`) waiting for a turn.
+    waiting: HashMap<String, Waiting>,
+    /// Numbers the apps in the order they first asked.
+    asked: u64,
+    /// Turns given so far, and the number of the last one each namespace with apps waiting got:
+    /// a namespace just served goes after the others in the next round.
+    turns: u64,
+    served: HashMap<String, (u64, Instant)>,
 }
+
+struct Waiting {
+    namespace: String,
+    /// When it first asked (in [`Slots::asked`]): its place in its namespace's line.
+    since: u64,
+    /// The time it was told to come back.
+    told: Instant,
+}
+
+/// An app not back this long after the time it was told is passed over until it asks again
+/// (it keeps its place in its namespace's line).
+const ABSENT: Duration = Duration::from_secs(2);
 
 /// A reservation not used this long after its time is forgotten (its app was deleted, or its
 /// reconcile kept failing before the rotation): it stops counting as waiting.
@@ -139,31 +188,53 @@ impl ScheduledRotations {
         }
     }
 
-    /// The turn of app `key` for a scheduled rotation at `now`: reserves its slot the first time
-    /// it asks, and uses it up when the slot has come.
+    /// The turn of app `key` (`namespace/name`) for a scheduled rotation at `now`: joins its
+    /// namespace's line the first time it asks, and goes when its place in the round robin
+    /// comes. O(apps waiting) per call.
     pub fn turn(&self, key: &str, now: Instant) -> Turn {
         let mut slots = self.state.lock().unwrap_or_else(|e| e.into_inner());
         slots
-            .reserved
-            .retain(|_, at| now.saturating_duration_since(*at) < STALE);
-        let at = match slots.reserved.get(key) {
-            Some(at) => *at,
-            None => {
-                let at = slots.next_free.map_or(now, |free| free.max(now));
-                slots.next_free = Some(at + self.spacing);
-                slots.reserved.insert(key.to_string(), at);
-                if at > now
-                    && let Some(m) = &self.metrics
-                {
-                    m.scheduled_rotations_waited.inc();
-                }
-                at
-            }
-        };
+            .waiting
+            .retain(|_, w| now.saturating_duration_since(w.told) < STALE);
+        let joined = !slots.waiting.contains_key(key);
+        if joined {
+            let namespace = key.split_once('/').map_or("", |(ns, _)| ns).to_string();
+            slots.asked += 1;
+            let since = slots.asked;
+            slots.waiting.insert(
+                key.to_string(),
+                Waiting {
+                    namespace,
+                    since,
+                    told: now,
+                },
+            );
+        }
+        let next_free = slots.last_turn.map_or(now, |last| (last + self.spacing).max(now));
+        let place = u32::try_from(place_of(&slots, key, now)).unwrap_or(u32::MAX);
+        let at = next_free + self.spacing.saturating_mul(place);
         let turn = if at <= now {
-            slots.reserved.remove(key);
+            if let Some(w) = slots.waiting.remove(key) {
+                slots.turns += 1;
+                let turns = slots.turns;
+                slots.served.insert(w.namespace, (turns, now));
+            }
+            slots.last_turn = Some(now);
+            // Kept while the namespace has apps waiting, or was served within STALE.
+            let Slots { waiting, served, .. } = &mut *slots;
+            let busy: std::collections::HashSet<&str> =
+                waiting.values().map(|w| w.namespace.as_str()).collect();
+            served.retain(|ns, (_, at)| {
+                now.saturating_duration_since(*at) < STALE || busy.contains(ns.as_str())
+            });
             Turn::Now
         } else {
+            if joined && let Some(m) = &self.metrics {
+                m.scheduled_rotations_waited.inc();
+            }
+            if let Some(w) = slots.waiting.get_mut(key) {
+                w.told = at;
+            }
             Turn::Wait(at - now)
         };
         self.publish(&slots);
@@ -174,26 +245,58 @@ impl ScheduledRotations {
     /// its slot, if it holds one, stops counting as waiting.
     pub fn cancel(&self, key: &str) {
         let mut slots = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if slots.reserved.remove(key).is_some() {
+        if slots.waiting.remove(key).is_some() {
             self.publish(&slots);
         }
     }
 
     /// Scheduled rotations waiting their turn.
     pub fn waiting(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reserved
-            .len()
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).waiting.len()
     }
 
     fn publish(&self, slots: &Slots) {
         if let Some(m) = &self.metrics {
             m.scheduled_rotations_waiting
-                .set(i64::try_from(slots.reserved.len()).unwrap_or(i64::MAX));
+                .set(i64::try_from(slots.waiting.len()).unwrap_or(i64::MAX));
         }
     }
+}
+
+/// How many waiting apps go before `key` in the round robin: each namespace's present apps in
+/// the order they asked; namespaces, in each round, the least recently served first (then by
+/// their first app in line). An app told a time more than [`ABSENT`] ago that has not asked
+/// again is not counted.
+fn place_of(slots: &Slots, key: &str, now: Instant) -> usize {
+    let waiting = &slots.waiting;
+    let order = |ns: &str, head: u64| (slots.served.get(ns).map_or(0, |(turn, _)| *turn), head);
+    let mut lines: HashMap<&str, Vec<(u64, &str)>> = HashMap::new();
+    for (k, w) in waiting {
+        if k == key || now <= w.told + ABSENT {
+            lines
+                .entry(w.namespace.as_str())
+                .or_default()
+                .push((w.since, k.as_str()));
+        }
+    }
+    for line in lines.values_mut() {
+        line.sort_unstable();
+    }
+    let Some(me) = waiting.get(key) else {
+        return 0;
+    };
+    let mine = &lines[me.namespace.as_str()];
+    let round = mine.iter().position(|(_, k)| *k == key).unwrap_or(0);
+    let my_order = order(&me.namespace, mine[0].0);
+    lines
+        .iter()
+        .map(|(ns, line)| {
+            // Every earlier round of each namespace, and this round of those ordered before.
+            let ahead_this_round =
+                line.len() > round && *ns != me.namespace && order(ns, line[0].0) < my_order;
+            line.len().min(round) + usize::from(ahead_this_round)
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -304,6 +407,35 @@ mod tests {
     }
 
     #[test]
+    fn an_app_schedule_rotates_at_most_once_an_hour() {
+        for ok in ["0 3 * * 1", "30 * * * *", "59 9-17 * * MON-FRI", " 5 */2 * * *"] {
+            assert!(at_most_hourly(ok), "{ok}");
+            Schedule::parse_for_app(ok, None).expect(ok);
+        }
+        for often in [
+            "* * * * *",
+            "*/5 * * * *",
+            "0,30 * * * *",
+            "0-5 3 * * *",
+            "60 * * * *",
+            "007 * * * *",
+        ] {
+            assert!(!at_most_hourly(often), "{often}");
+        }
+        let refused = Schedule::parse_for_app("*/30 9-17 * * MON-FRI", None).expect_err("twice an hour");
+        assert_eq!(
+            refused,
+            ScheduleError::TooOften {
+                expr: "*/30 9-17 * * MON-FRI".into()
+            }
+        );
+        assert!(
+            refused.to_string().contains("more than once an hour"),
+            "{refused}"
+        );
+    }
+
+    #[test]
     fn bad_schedules_and_time_zones_say_what_is_wrong() {
         for bad in [
             "* * * *",
@@ -345,21 +477,66 @@ mod tests {
         let limit = ScheduledRotations::new(2.0, None); // one every 500 ms
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        assert_eq!(limit.turn("a", t0), Turn::Now);
-        assert_eq!(limit.turn("b", t0), Turn::Wait(ms(500)));
-        assert_eq!(limit.turn("c", t0 + ms(10)), Turn::Wait(ms(990)));
+        assert_eq!(limit.turn("ns/a", t0), Turn::Now);
+        assert_eq!(limit.turn("ns/b", t0), Turn::Wait(ms(500)));
+        assert_eq!(limit.turn("ns/c", t0 + ms(10)), Turn::Wait(ms(990)));
         assert_eq!(limit.waiting(), 2);
-        // Asking again keeps the slot; a newcomer queues behind.
-        assert_eq!(limit.turn("b", t0 + ms(100)), Turn::Wait(ms(400)));
-        assert_eq!(limit.turn("d", t0 + ms(100)), Turn::Wait(ms(1400)));
-        // c is not served before b: at 600 ms only b's slot has come.
-        assert_eq!(limit.turn("c", t0 + ms(600)), Turn::Wait(ms(400)));
-        assert_eq!(limit.turn("b", t0 + ms(600)), Turn::Now);
-        assert_eq!(limit.turn("c", t0 + ms(1000)), Turn::Now);
-        assert_eq!(limit.turn("d", t0 + ms(1500)), Turn::Now);
+        // Asking again keeps the place; a newcomer queues behind.
+        assert_eq!(limit.turn("ns/b", t0 + ms(100)), Turn::Wait(ms(400)));
+        assert_eq!(limit.turn("ns/d", t0 + ms(100)), Turn::Wait(ms(1400)));
+        // c is not served before b: at 500 ms only b's turn has come.
+        assert_eq!(limit.turn("ns/c", t0 + ms(500)), Turn::Wait(ms(500)));
+        assert_eq!(limit.turn("ns/b", t0 + ms(500)), Turn::Now);
+        assert_eq!(limit.turn("ns/c", t0 + ms(1000)), Turn::Now);
+        assert_eq!(limit.turn("ns/d", t0 + ms(1500)), Turn::Now);
         assert_eq!(limit.waiting(), 0);
         // After a quiet spell, the next one goes at once again.
-        assert_eq!(limit.turn("a", t0 + ms(5000)), Turn::Now);
+        assert_eq!(limit.turn("ns/a", t0 + ms(5000)), Turn::Now);
+    }
+
+    #[test]
+    fn namespaces_take_turns_so_a_crowd_in_one_does_not_hold_back_another() {
+        let limit = ScheduledRotations::new(1.0, None);
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // A hundred apps of `crowd` are due at once; the first goes, the rest line up.
+        assert_eq!(limit.turn("crowd/app-0", t0), Turn::Now);
+        for i in 1..100 {
+            assert_eq!(limit.turn(&format!("crowd/app-{i}"), t0), Turn::Wait(s(i)));
+        }
+        // The lone app of `quiet` is due a moment later: `crowd` was just served, so it goes
+        // next, not 101st.
+        assert_eq!(limit.turn("quiet/lone", t0), Turn::Wait(s(1)));
+        // crowd/app-1 was told 1 s; it is told again: one turn later (the lone app takes it).
+        assert_eq!(limit.turn("crowd/app-1", t0 + s(1)), Turn::Wait(s(1)));
+        assert_eq!(limit.turn("quiet/lone", t0 + s(1)), Turn::Now);
+        assert_eq!(limit.turn("crowd/app-1", t0 + s(2)), Turn::Now);
+        assert_eq!(limit.turn("crowd/app-2", t0 + s(2)), Turn::Wait(s(1)));
+        // Two crowds alternate.
+        let limit = ScheduledRotations::new(1.0, None);
+        for i in 0..3 {
+            limit.turn(&format!("a/{i}"), t0);
+            limit.turn(&format!("b/{i}"), t0);
+        }
+        // a/0 went at once; then b/0, a/1, b/1, a/2, b/2.
+        for (i, key) in ["b/0", "a/1", "b/1", "a/2", "b/2"].into_iter().enumerate() {
+            assert_eq!(limit.turn(key, t0), Turn::Wait(s(i as u64 + 1)), "{key}");
+        }
+    }
+
+    #[test]
+    fn an_app_that_does_not_come_for_its_turn_is_passed_over() {
+        let limit = ScheduledRotations::new(1.0, None);
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(limit.turn("ns/a", t0), Turn::Now);
+        assert_eq!(limit.turn("ns/gone", t0), Turn::Wait(s(1)));
+        assert_eq!(limit.turn("ns/c", t0), Turn::Wait(s(2)));
+        // `gone` never comes back (deleted without a reconcile): c goes once `gone` is absent.
+        assert_eq!(limit.turn("ns/c", t0 + s(2)), Turn::Wait(s(1)));
+        assert_eq!(limit.turn("ns/c", t0 + s(4)), Turn::Now);
+        // `gone` asking again keeps its place at the head of its line.
+        assert_eq!(limit.turn("ns/gone", t0 + s(5)), Turn::Now);
     }
 
     #[test]

@@ -532,7 +532,7 @@ pub fn next_rotation_time(
         return Ok(None);
     };
     if let Some(expr) = rotation.schedule.as_deref() {
-        let schedule = crate::schedule::Schedule::parse(expr, rotation.time_zone.as_deref())?;
+        let schedule = crate::schedule::Schedule::parse_for_app(expr, rotation.time_zone.as_deref())?;
         return rotated_at
             .map(|at| crate::schedule::next_rotation(&schedule, at))
             .transpose();
@@ -1355,6 +1355,8 @@ mod tests {
         for app in [
             with_schedule("0 3 * * *", Some("Mars/Olympus_Mons")),
             with_schedule("0 0 30 2 *", None),
+            // Stored before the CRD had the floor: more than once an hour.
+            with_schedule("* * * * *", None),
         ] {
             let status = status_from_secret(&app, &meta, None, now());
             let ready = &status.conditions[0];

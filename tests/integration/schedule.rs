@@ -92,50 +92,69 @@ impl Setup {
     /// Rewrites the app's Secret record with `change`, signed with the operator's key (as only
     /// someone who may read that key could): here, to make a schedule look missed.
     async fn resign_record(&self, app: &OAuthApp, change: impl FnOnce(&mut record::Record)) {
-        let keys: Api<Secret> = Api::namespaced(self.client.clone(), "default");
-        let key = keys
-            .get("oauthapp-operator-record-key")
-            .await
-            .expect("the record key Secret");
-        let key = record::RecordKey::from_bytes(&key.data.expect("data")["hmac-key"].0).expect("key");
-        let secret = self.secrets.get(&app.secret_name()).await.expect("Secret");
-        let client_id = record::client_id(app).expect("client id");
-        let mut rec =
-            record::Record::from_annotations(&app.uid().expect("uid"), &client_id, &secret.metadata)
-                .expect("a record");
-        change(&mut rec);
-        self.secrets
-            .patch(
-                &app.secret_name(),
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"metadata": {"annotations": rec.to_annotations(&key)}})),
-            )
-            .await
-            .expect("patch the record");
+        resign_record(&self.client, &self.secrets, app, change).await
     }
 }
 
-/// The schedule's contract, checked on one real cron minute: `status.nextRotationTime` is the
-/// next minute boundary, the rotation happens then (trigger Schedule) and not before, and the
-/// next time moves to the following minute. Waits at most one minute for it.
+/// [`Setup::resign_record`] of an app whose Secrets are `secrets`.
+async fn resign_record(
+    client: &Client,
+    secrets: &Api<Secret>,
+    app: &OAuthApp,
+    change: impl FnOnce(&mut record::Record),
+) {
+    let keys: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let key = keys
+        .get("oauthapp-operator-record-key")
+        .await
+        .expect("the record key Secret");
+    let key = record::RecordKey::from_bytes(&key.data.expect("data")["hmac-key"].0).expect("key");
+    let secret = secrets.get(&app.secret_name()).await.expect("Secret");
+    let client_id = record::client_id(app).expect("client id");
+    let mut rec = record::Record::from_annotations(&app.uid().expect("uid"), &client_id, &secret.metadata)
+        .expect("a record");
+    change(&mut rec);
+    secrets
+        .patch(
+            &app.secret_name(),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": rec.to_annotations(&key)}})),
+        )
+        .await
+        .expect("patch the record");
+}
+
+/// The schedule's contract, checked on one real cron minute: a schedule at a minute of each
+/// hour (the next but one, from now), `status.nextRotationTime` is that minute, the rotation
+/// happens then (trigger Schedule) and not before, and the next time moves to the same minute of
+/// the next hour (at most one scheduled rotation an hour). Waits at most two minutes for it.
 #[tokio::test]
-async fn a_schedule_every_minute_rotates_at_the_minute_and_not_before() {
-    let s = setup("every-minute", &[]).await;
-    s.apply_ok(&manifest("minutely", "{schedule: \"* * * * *\"}"));
-    let (app, _) = s.ready("minutely").await;
+async fn a_schedule_rotates_at_its_minute_and_not_before_and_next_an_hour_later() {
+    let s = setup("hourly", &[]).await;
+    let minute = (Timestamp::now().as_second() / 60 + 2) % 60;
+    s.apply_ok(&manifest(
+        "hourly",
+        &format!("{{schedule: \"{minute} * * * *\"}}"),
+    ));
+    let (app, _) = s.ready("hourly").await;
     let status = app.status.clone().expect("status");
     assert_eq!(count(&app), 1);
     let created = status.last_rotation_time.clone().expect("last rotation").0;
     let next = status.next_rotation_time.clone().expect("nextRotationTime").0;
     assert_eq!(next.as_second() % 60, 0, "on a minute boundary: {next}");
+    assert_eq!(
+        (next.as_second() / 60) % 60,
+        minute,
+        "at minute {minute} of the hour: {next}"
+    );
     assert!(
-        next > created && next <= created + SignedDuration::from_mins(1),
-        "the first minute after the creation ({created}): {next}"
+        next > created && next <= created + SignedDuration::from_mins(3),
+        "the first such minute after the creation ({created}): {next}"
     );
 
     let until_due = Duration::try_from(next.duration_since(Timestamp::now())).unwrap_or_default();
     let (app, secret) = s
-        .settled_where("minutely", until_due + WAIT, |a| count(a) >= 2)
+        .settled_where("hourly", until_due + WAIT, |a| count(a) >= 2)
         .await;
     let status = app.status.clone().expect("status");
     assert_eq!(count(&app), 2, "one rotation for the slot");
@@ -148,10 +167,10 @@ async fn a_schedule_every_minute_rotates_at_the_minute_and_not_before() {
         "not before the slot: rotated at {rotated_at}, slot {next}"
     );
     let after = status.next_rotation_time.expect("nextRotationTime").0;
-    assert_eq!(after.as_second() % 60, 0, "{after}");
-    assert!(
-        after > rotated_at && after <= rotated_at + SignedDuration::from_mins(1),
-        "the next minute after the rotation ({rotated_at}): {after}"
+    assert_eq!(
+        after,
+        next + SignedDuration::from_hours(1),
+        "the same minute an hour later"
     );
 }
 
@@ -381,6 +400,14 @@ async fn the_api_server_refuses_conflicting_or_malformed_schedules() {
         ("{schedule: \"0 3 * * * *\"}", "spec.rotation.schedule"),
         ("{schedule: \"every day\"}", "spec.rotation.schedule"),
         (
+            "{schedule: \"* * * * *\"}",
+            "spec.rotation.schedule may rotate at most once an hour",
+        ),
+        (
+            "{schedule: \"*/30 9-17 * * MON-FRI\"}",
+            "spec.rotation.schedule may rotate at most once an hour",
+        ),
+        (
             "{schedule: \"0 3 * * *\", timeZone: \"Europe/Berlin; rm\"}",
             "spec.rotation.timeZone",
         ),
@@ -392,7 +419,7 @@ async fn the_api_server_refuses_conflicting_or_malformed_schedules() {
     // One of them, or neither (rotation on request only), is fine.
     for rotation in [
         "{schedule: \"0 3 * * 1\", timeZone: America/New_York}",
-        "{schedule: \"*/30 9-17 * * MON-FRI\"}",
+        "{schedule: \"30 9-17 * * MON-FRI\"}",
         "{interval: 720h, gracePeriod: 1h}",
         "{gracePeriod: 1h}",
     ] {
@@ -401,4 +428,97 @@ async fn the_api_server_refuses_conflicting_or_malformed_schedules() {
     }
     let explain = cp.kubectl_ok(&["explain", "oauthapp.spec.rotation.schedule"]);
     assert!(explain.contains("cron expression of 5 fields"), "{explain}");
+}
+
+/// Scheduled turns are fair between namespaces: a hundred apps of one namespace whose yearly
+/// schedule was missed all come due at once under `--max-scheduled-rotations-per-second 1`;
+/// an app of another namespace that comes due just after them rotates after a few of them, not
+/// after the hundred (about 100 s).
+#[tokio::test]
+async fn a_hundred_apps_due_in_one_namespace_do_not_hold_back_an_app_of_another() {
+    let crowd = namespace("schedule-crowd");
+    let quiet = namespace("schedule-quiet");
+    let operator = Operator::start(
+        &control_plane().kubeconfig,
+        &format!("{crowd},{quiet}"),
+        &[
+            "--max-scheduled-rotations-per-second",
+            "1",
+            "--hash-memory-kib",
+            "64",
+            "--hash-iterations",
+            "1",
+        ],
+        &[],
+    );
+    let client = admin_client().await;
+    let yearly = "{schedule: \"0 3 1 1 *\"}";
+    let crowd_apps: Api<OAuthApp> = Api::namespaced(client.clone(), &crowd);
+    let crowd_secrets: Api<Secret> = Api::namespaced(client.clone(), &crowd);
+    let quiet_apps: Api<OAuthApp> = Api::namespaced(client.clone(), &quiet);
+    let quiet_secrets: Api<Secret> = Api::namespaced(client.clone(), &quiet);
+    let manifests: Vec<String> = (0..100)
+        .map(|i| manifest(&format!("app-{i:03}"), yearly))
+        .collect();
+    control_plane().apply_ok(&crowd, &manifests.join("---\n"));
+    control_plane().apply_ok(&quiet, &manifest("lone", yearly));
+    let ready = |apps: Api<OAuthApp>, n: usize| async move {
+        eventually(&format!("{n} apps Ready"), WAIT, || async {
+            let list = apps.list(&Default::default()).await.ok()?.items;
+            let ready = list
+                .iter()
+                .filter(|a| a.ready_condition().is_some_and(|c| c.status == "True"))
+                .count();
+            (ready == n).then_some(list)
+        })
+        .await
+    };
+    let crowd_list = ready(crowd_apps.clone(), 100).await;
+    let lone = ready(quiet_apps.clone(), 1).await.remove(0);
+
+    // The operator was "down" for two years: the crowd first, then the lone app.
+    let two_years_ago = (Timestamp::now() - SignedDuration::from_hours(2 * 366 * 24)).to_string();
+    for app in &crowd_list {
+        resign_record(&client, &crowd_secrets, app, |r| {
+            r.rotated_at = two_years_ago.clone()
+        })
+        .await;
+    }
+    eventually("the crowd waiting its turns", WAIT, || async {
+        let waiting = operator.metric("oauthapp_scheduled_rotations_waiting").await?;
+        (waiting >= 50.0).then_some(())
+    })
+    .await;
+    resign_record(&client, &quiet_secrets, &lone, |r| {
+        r.rotated_at = two_years_ago.clone()
+    })
+    .await;
+    let crowd_rotated_before = eventually("the lone app's scheduled rotation", WAIT, || async {
+        let lone = quiet_apps.get("lone").await.ok()?;
+        if count(&lone) < 2 {
+            return None;
+        }
+        let crowd_rotated = crowd_apps
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .filter(|a| count(a) >= 2)
+            .count();
+        Some(crowd_rotated)
+    })
+    .await;
+    let status = quiet_apps
+        .get("lone")
+        .await
+        .expect("lone")
+        .status
+        .expect("status");
+    assert_eq!(status.last_rotation_trigger.map(|t| t.as_str()), Some("Schedule"));
+    eprintln!("the lone app rotated after {crowd_rotated_before} of the crowd's 100");
+    assert!(
+        crowd_rotated_before <= 10,
+        "the lone app waited behind {crowd_rotated_before} apps of the other namespace"
+    );
 }
