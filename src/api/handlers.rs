@@ -205,6 +205,16 @@ pub async fn rotate_client_secret(
     QueryParams(query): QueryParams<RotateQuery>,
 ) -> Result<Response, ApiError> {
     let app = api.app_for(&caller, &uid, "create", Some("rotate")).await?;
+    // An app that asks for a client id another app holds gets no secret (ClientIdConflict): a
+    // rotation here would give it one, and make it look like the holder while the holder has
+    // no status yet (just created, restored, or in conflict over its Secret).
+    if !api.watches.owns_client_id(&app) {
+        return Err(ApiError::conflict(format!(
+            "OAuthApp {}/{} asks for a client id (spec.clientId) that another app holds (Ready=False, reason ClientIdConflict): it is not rotated",
+            app.namespace().unwrap_or_default(),
+            app.name_any()
+        )));
+    }
     let (ns, name, secret_name) = (
         app.namespace().unwrap_or_default(),
         app.name_any(),

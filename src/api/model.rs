@@ -181,6 +181,10 @@ pub struct VerifyResult {
     /// The app the client id belongs to (only when valid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_id: Option<String>,
+    /// The namespace of that app (only when valid): a verifier serving several namespaces can
+    /// pin a client id to the one it belongs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Which secret matched (only when valid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<MatchedSecret>,
@@ -196,6 +200,7 @@ impl VerifyResult {
         Self {
             valid: false,
             app_id: None,
+            namespace: None,
             secret: None,
             expires_at: None,
         }

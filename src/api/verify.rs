@@ -151,6 +151,7 @@ pub async fn verify_client_credentials(
     let answer = |which: MatchedSecret, expires_at: Option<String>| VerifyResult {
         valid: true,
         app_id: app.as_deref().and_then(crate::record::app_id),
+        namespace: app.as_deref().and_then(|a| a.namespace()),
         secret: Some(which),
         expires_at: Some(expires_at),
     };

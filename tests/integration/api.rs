@@ -1820,7 +1820,7 @@ async fn verify_accepts_the_current_and_the_unexpired_previous_secret_and_reveal
     let current = verify(gateway.clone(), client_id.clone(), old.clone()).await;
     assert_eq!(
         current,
-        serde_json::json!({"valid": true, "app_id": app_id, "secret": "current", "expires_at": null})
+        serde_json::json!({"valid": true, "app_id": app_id, "namespace": s.ns, "secret": "current", "expires_at": null})
     );
 
     // A rotation with a grace period: both verify, the old one as "previous" until its expiry.
@@ -1837,7 +1837,7 @@ async fn verify_accepts_the_current_and_the_unexpired_previous_secret_and_reveal
         .and_then(|st| st.previous_secret)
         .expect("previous");
     let expected_previous = serde_json::json!({
-        "valid": true, "app_id": app_id, "secret": "previous",
+        "valid": true, "app_id": app_id, "namespace": s.ns, "secret": "previous",
         "expires_at": previous.expires_at.0.to_string(),
     });
     let new_answer = eventually("the new secret to verify", WAIT, || async {

@@ -317,3 +317,98 @@ async fn edits_of_a_secret_that_leave_its_data_alone_cost_no_hash() {
         "the changed data was checked"
     );
 }
+
+const ROTATER_RULES: &str = "- apiGroups: [oauthapp.io]\n  resources: [oauthapps]\n  verbs: [get]\n- apiGroups: [oauthapp.io]\n  resources: [oauthapps/rotate]\n  verbs: [create]\n";
+
+/// A squatter in tenant B asks for tenant A's `spec.clientId`: it sits in ClientIdConflict, and
+/// B's rotator cannot give it a secret through the REST API (409 with the reason), so it never
+/// looks like the holder. A's verifier learns from each answer which namespace the client id
+/// belongs to.
+#[tokio::test]
+async fn a_squatter_on_another_tenants_client_id_cannot_be_rotated_into_holding_it() {
+    let (ns_a, ns_b) = (namespace("tenants-squat-a"), namespace("tenants-squat-b"));
+    let operator = Operator::start(&control_plane().kubeconfig, &format!("{ns_a},{ns_b}"), &[], &[]);
+    wait_ready(&operator).await;
+    let client = admin_client().await;
+    let holder = |name: &str| {
+        format!(
+            "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: {name}\nspec:\n  clientId: billing-portal\n  redirectUris: [\"https://{name}.example.com/cb\"]\n"
+        )
+    };
+    control_plane().apply_ok(&ns_a, &holder("portal"));
+    let a_apps: Api<OAuthApp> = Api::namespaced(client.clone(), &ns_a);
+    eventually("the holder Ready", WAIT, || async {
+        let app = a_apps.get_opt("portal").await.ok()??;
+        app.ready_condition()
+            .is_some_and(|c| c.status == "True")
+            .then_some(())
+    })
+    .await;
+    control_plane().apply_ok(&ns_b, &holder("squatter"));
+    let b_apps: Api<OAuthApp> = Api::namespaced(client.clone(), &ns_b);
+    let squatter = eventually("the squatter in ClientIdConflict", WAIT, || async {
+        let app = b_apps.get_opt("squatter").await.ok()??;
+        app.ready_condition()
+            .is_some_and(|c| c.status == "False" && c.reason == "ClientIdConflict")
+            .then_some(app)
+    })
+    .await;
+    let id = oauthapp_operator::id::encode(
+        squatter
+            .metadata
+            .uid
+            .as_deref()
+            .expect("uid")
+            .parse()
+            .expect("a uuid"),
+    );
+    let rotater = caller(&ns_b, "rotater", ROTATER_RULES);
+    let (code, body) = http_request(
+        operator.api_port,
+        "POST",
+        &format!("/api/v1/oauth-apps/{id}/rotate"),
+        &rotater,
+    )
+    .await
+    .expect("the operator answers");
+    assert_eq!(code, 409, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["code"], "CONFLICT", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ClientIdConflict")),
+        "{body}"
+    );
+    let status = b_apps
+        .get("squatter")
+        .await
+        .expect("squatter")
+        .status
+        .unwrap_or_default();
+    assert_eq!(
+        (status.rotation_count, status.client_id),
+        (0, None),
+        "no secret given"
+    );
+    let b_secrets: Api<Secret> = Api::namespaced(client.clone(), &ns_b);
+    assert!(
+        b_secrets
+            .get_opt("squatter-oauth-client")
+            .await
+            .expect("get")
+            .is_none()
+    );
+
+    // The holder's secret verifies, and the answer names the holder's namespace.
+    let a_secrets: Api<Secret> = Api::namespaced(client, &ns_a);
+    let secret = a_secrets.get("portal-oauth-client").await.expect("Secret");
+    let plaintext = String::from_utf8(secret.data.expect("data")["client_secret"].0.clone()).expect("utf-8");
+    let verifier = caller(&ns_a, "gateway", VERIFIER_RULES);
+    let (code, answer) = verify(operator.api_port, &verifier, "billing-portal", &plaintext)
+        .await
+        .expect("the operator answers");
+    assert_eq!(code, 200);
+    assert_eq!(answer["valid"], true, "{answer}");
+    assert_eq!(answer["namespace"], ns_a.as_str(), "{answer}");
+}
