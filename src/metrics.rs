@@ -63,10 +63,11 @@ pub struct ReadyLabels {
 
 /// The reasons `oauthapp_apps_not_ready{reason}` counts by: the Ready reasons that need someone
 /// to act, and `Other` for any reason not listed (so the label stays a fixed, small set).
-pub const NOT_READY_REASONS: [&str; 6] = [
+pub const NOT_READY_REASONS: [&str; 7] = [
     crate::controller::plan::reasons::SECRET_CONFLICT,
     crate::controller::plan::reasons::RECORD_UNVERIFIABLE,
     crate::controller::plan::reasons::REPAIR_HELD,
+    crate::controller::plan::reasons::REPAIR_BACKOFF,
     crate::controller::plan::reasons::SECRET_REJECTED,
     // A client id another app already uses (issue 9).
     "ClientIdConflict",
@@ -526,7 +527,7 @@ mod tests {
                 ready: 2,
                 not_ready: 4,
                 unknown: 1,
-                not_ready_by_reason: [2, 0, 0, 0, 1, 1],
+                not_ready_by_reason: [2, 0, 0, 0, 0, 1, 1],
                 rotation_overdue: 2,
             }
         );

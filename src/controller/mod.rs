@@ -272,6 +272,25 @@ async fn repair_gate(
     Ok(Some(Action::requeue(REPAIR_HELD_REQUEUE)))
 }
 
+/// When the repair for drift of `app` must wait ([`plan::drift_backoff`]): says so in its
+/// status (`RepairBackoff`, and a Warning Event the first time) and looks again at its time.
+async fn drift_backed_off(ctx: &Context, app: &OAuthApp) -> Result<Option<Action>, Error> {
+    let now = Timestamp::now();
+    let Some(next) = plan::drift_backoff(app, now) else {
+        return Ok(None);
+    };
+    // A conflict (a stale view) is written at the next look.
+    mark_not_ready(
+        ctx,
+        app,
+        plan::repair_backoff_status(app, next, now),
+        plan::reasons::REPAIR_BACKOFF,
+    )
+    .await?;
+    let wait = Duration::try_from(next.duration_since(now)).unwrap_or_default();
+    Ok(Some(Action::requeue(wait.max(Duration::from_secs(1)))))
+}
+
 /// Whether `step` may start now. Only scheduled rotations (`spec.rotation.interval` or
 /// `schedule`) take a turn under `--max-scheduled-rotations-per-second`; anything else (requested
 /// rotations, repairs) goes at once and frees a turn its app held.
@@ -478,6 +497,12 @@ async fn converge(
                 return Ok(Action::requeue(wait));
             }
             scheduled_turn = true;
+        }
+        // A writer that fights the operator: its repairs back off.
+        if matches!(step, Step::Drift(_))
+            && let Some(wait) = drift_backed_off(ctx, &app).await?
+        {
+            return Ok(wait);
         }
         // A repair starts in its turn, and only while the brake on mass repair lets it.
         if is_repair(&step) {

@@ -39,6 +39,10 @@ pub mod reasons {
     /// The app needs a repair (its Secret is gone or altered), and the brake on mass repair
     /// holds it: too many apps needed one at once (crate::repairs).
     pub const REPAIR_HELD: &str = "RepairHeld";
+    /// The Secret was altered again right after a repair for drift (another writer fights the
+    /// operator, e.g. a GitOps tool re-applying `client_secret`): repairs back off
+    /// ([`super::drift_backoff`]).
+    pub const REPAIR_BACKOFF: &str = "RepairBackoff";
     /// `spec.rotation.schedule` or `timeZone` passed the API server's validation but cannot be
     /// used (an unknown time zone, a date that never comes): no scheduled rotation until fixed.
     pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
@@ -722,6 +726,52 @@ pub fn repair_held_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
     not_ready_status(app, reasons::REPAIR_HELD, message, now)
 }
 
+/// The wait before the second repair for drift in a row.
+pub const DRIFT_BACKOFF_FIRST: SignedDuration = SignedDuration::from_secs(30);
+/// The longest wait between repairs for drift.
+pub const DRIFT_BACKOFF_MAX: SignedDuration = SignedDuration::from_hours(1);
+
+/// When a repair for drift may start, if not now: the app's last rotation was itself a repair
+/// for drift (another writer put its own `client_secret` back), so the next one waits
+/// [`DRIFT_BACKOFF_FIRST`] after it, and twice the gap between the last two repairs when those
+/// were both for drift (exponential, at most [`DRIFT_BACKOFF_MAX`]); a gap longer than twice the
+/// maximum starts over. The history in the status is all it needs (two entries): a fight stays
+/// visible there, and in the Ready condition while a repair waits.
+pub fn drift_backoff(app: &OAuthApp, now: Timestamp) -> Option<Timestamp> {
+    let history = &app.status.as_ref()?.history;
+    let last = history
+        .first()
+        .filter(|e| e.trigger == RotationTrigger::SecretDrift)?;
+    let wait = match history
+        .get(1)
+        .filter(|e| e.trigger == RotationTrigger::SecretDrift)
+    {
+        Some(before) => {
+            let gap = last.time.0.duration_since(before.time.0);
+            if gap > DRIFT_BACKOFF_MAX * 2 {
+                DRIFT_BACKOFF_FIRST
+            } else {
+                (gap * 2).clamp(DRIFT_BACKOFF_FIRST, DRIFT_BACKOFF_MAX)
+            }
+        }
+        None => DRIFT_BACKOFF_FIRST,
+    };
+    let next = last.time.0.checked_add(wait).ok()?;
+    (now < next).then_some(next)
+}
+
+/// The status of an app whose repair for drift waits until `next` ([`drift_backoff`]); the rest
+/// of the status is kept.
+pub fn repair_backoff_status(app: &OAuthApp, next: Timestamp, now: Timestamp) -> OAuthAppStatus {
+    let message = format!(
+        "Secret {} was altered again after its repair: another writer puts its own client_secret back (a GitOps or sync \
+         tool, a backup?). Repairs back off, doubling, up to 1h: the next one is at {next}. Stop that writer; the \
+         status's history shows the repairs",
+        app.secret_name(),
+    );
+    not_ready_status(app, reasons::REPAIR_BACKOFF, message, now)
+}
+
 /// The status of an app whose client id another app claimed first. It names no other app: the
 /// claimant may be in a namespace this app's readers may not see.
 pub fn client_id_conflict_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
@@ -1347,6 +1397,68 @@ mod tests {
             plan(&app, Some(view(&meta)), days_later),
             Step::Rotate(RotationTrigger::Schedule)
         );
+    }
+
+    #[test]
+    fn repairs_for_drift_in_a_row_back_off_exponentially_and_start_over_after_a_quiet_spell() {
+        let t0 = now();
+        let mins = SignedDuration::from_mins;
+        let with_history = |entries: &[(RotationTrigger, SignedDuration)]| {
+            let mut app = app();
+            app.status = Some(OAuthAppStatus {
+                history: entries
+                    .iter()
+                    .map(|(trigger, ago)| RotationHistoryEntry {
+                        rotation_id: format!("r{}", ago.as_secs()),
+                        hint: "oas_AbCd...Xz12".into(),
+                        trigger: *trigger,
+                        time: Time(t0 - *ago),
+                        username: None,
+                    })
+                    .collect(),
+                ..Default::default()
+            });
+            app
+        };
+        use RotationTrigger::{Annotation, Created, SecretDrift};
+        // The first repair for drift goes at once: the last rotation was not one.
+        assert_eq!(drift_backoff(&with_history(&[(Annotation, mins(0))]), t0), None);
+        assert_eq!(drift_backoff(&with_history(&[]), t0), None);
+        // Right after a repair for drift: 30 s after it.
+        let once = with_history(&[(SecretDrift, mins(0)), (Created, mins(5))]);
+        assert_eq!(drift_backoff(&once, t0), Some(t0 + DRIFT_BACKOFF_FIRST));
+        assert_eq!(
+            drift_backoff(&once, t0 + DRIFT_BACKOFF_FIRST),
+            None,
+            "its time has come"
+        );
+        // Two in a row, 30 s apart: twice that; then twice 60 s; ...
+        let twice = with_history(&[
+            (SecretDrift, mins(0)),
+            (SecretDrift, SignedDuration::from_secs(30)),
+        ]);
+        assert_eq!(drift_backoff(&twice, t0), Some(t0 + mins(1)));
+        let thrice = with_history(&[(SecretDrift, mins(0)), (SecretDrift, mins(1))]);
+        assert_eq!(drift_backoff(&thrice, t0), Some(t0 + mins(2)));
+        // ... at most an hour.
+        let long = with_history(&[(SecretDrift, mins(0)), (SecretDrift, mins(40))]);
+        assert_eq!(drift_backoff(&long, t0), Some(t0 + DRIFT_BACKOFF_MAX));
+        // After a quiet spell (more than two hours between them), it starts over.
+        let quiet = with_history(&[(SecretDrift, mins(0)), (SecretDrift, mins(180))]);
+        assert_eq!(drift_backoff(&quiet, t0), Some(t0 + DRIFT_BACKOFF_FIRST));
+        // The status while it waits says why, until when, and keeps the rest.
+        let status = repair_backoff_status(&once, t0 + DRIFT_BACKOFF_FIRST, t0);
+        let ready = &status.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reasons::REPAIR_BACKOFF)
+        );
+        assert!(
+            ready.message.contains(&(t0 + DRIFT_BACKOFF_FIRST).to_string()),
+            "{}",
+            ready.message
+        );
+        assert_eq!(status.history, once.status.as_ref().expect("status").history);
     }
 
     #[test]

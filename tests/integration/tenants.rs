@@ -412,3 +412,73 @@ async fn a_squatter_on_another_tenants_client_id_cannot_be_rotated_into_holding_
     assert_eq!(answer["valid"], true, "{answer}");
     assert_eq!(answer["namespace"], ns_a.as_str(), "{answer}");
 }
+
+/// A writer that fights the operator (a GitOps tool re-applying its own `client_secret`, once a
+/// second for 40 s): the operator repairs the first drift at once, then backs off (30 s, then
+/// twice the gap), so the fight costs a few rotations, not forty; the app says why in its Ready
+/// condition, and its history shows the repairs.
+#[tokio::test]
+async fn a_writer_that_fights_the_operator_gets_repairs_that_back_off() {
+    let ns = namespace("tenants-fight");
+    let operator = Operator::start(
+        &control_plane().kubeconfig,
+        &ns,
+        &["--hash-memory-kib", "1024", "--hash-iterations", "1"],
+        &[],
+    );
+    wait_ready(&operator).await;
+    tenant_app(&ns).await;
+    let client = admin_client().await;
+    let apps: Api<OAuthApp> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client, &ns);
+    let theirs = wrong_secret();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut writes = 0;
+    for _ in 0..40 {
+        tick.tick().await;
+        let mut secret = secrets.get("portal-oauth-client").await.expect("Secret");
+        let current = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("client_secret"))
+            .map(|b| b.0.clone());
+        if current.as_deref() == Some(theirs.as_bytes()) {
+            continue;
+        }
+        secret.metadata.managed_fields = None;
+        secret.data.get_or_insert_default().insert(
+            "client_secret".into(),
+            k8s_openapi::ByteString(theirs.clone().into_bytes()),
+        );
+        if secrets
+            .replace("portal-oauth-client", &Default::default(), &secret)
+            .await
+            .is_ok()
+        {
+            writes += 1;
+        }
+    }
+    let app = apps.get("portal").await.expect("app");
+    let status = app.status.clone().expect("status");
+    let repairs = status.rotation_count - 1;
+    eprintln!("the writer wrote {writes} times; the operator repaired {repairs} times");
+    assert!(writes >= 2, "the writer fought: {writes} writes");
+    assert!((1..=3).contains(&repairs), "{repairs} repairs in 40 s");
+    assert!(
+        status
+            .history
+            .iter()
+            .take(repairs as usize)
+            .all(|e| e.trigger.as_str() == "SecretDrift"),
+        "{:?}",
+        status.history
+    );
+    let ready = app.ready_condition().expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "RepairBackoff"),
+        "{}",
+        ready.message
+    );
+    assert!(ready.message.contains("another writer"), "{}", ready.message);
+}
