@@ -292,7 +292,7 @@ pub struct RotationSpec {
     /// schedule), so that clients can move to the new one without an outage: verifiers accept
     /// both until then (`status.previousSecret`). At most `720h`; default `0s`: the old secret is
     /// invalid at once. Repairs (`SecretMissing`, `SecretDrift`) and revocations
-    /// (`oauthapp.io/rotate-revoke: "true"`, `?revoke_previous=true`) never keep it.
+    /// (`oauthapp.io/rotate-revoke` valued with the rotate token, `?revoke_previous=true`) never keep it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+(h|m|s))+$"))]
     #[x_kube(validation = Rule::new("duration(self) <= duration('720h')")

@@ -67,7 +67,7 @@ enum Command {
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
         concurrency: u16,
         /// Invalidate the previous secret at once, whatever `spec.rotation.gracePeriod` says (it
-        /// leaked). Sets `oauthapp.io/rotate-revoke: "true"`; without it the annotation is removed.
+        /// leaked). Sets `oauthapp.io/rotate-revoke` to the rotation's nonce (that rotation only); without it the annotation is removed.
         #[arg(long)]
         revoke_previous: bool,
     },

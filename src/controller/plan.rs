@@ -225,16 +225,19 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
 
 /// How long the secret a rotation by `trigger` replaces stays valid: `spec.rotation.gracePeriod`
 /// for routine rotations (annotation, REST API, schedule) unless the request revokes it
-/// (`revoke`, or `oauthapp.io/rotate-revoke: "true"` on an annotation rotation); None for
-/// repairs, revocations and a zero grace period.
+/// (`revoke`, or on an annotation rotation `oauthapp.io/rotate-revoke` valued with the rotate
+/// token it goes with: that rotation only; `"true"`, the older form, revokes at every annotation
+/// rotation while it is there); None for repairs, revocations and a zero grace period.
 pub fn grace_for(app: &OAuthApp, trigger: RotationTrigger, revoke: bool) -> Option<SignedDuration> {
     let routine = matches!(
         trigger,
         RotationTrigger::Annotation | RotationTrigger::Api | RotationTrigger::Schedule
     );
+    let revoke_annotation = app.annotation(crate::crd::ROTATE_REVOKE_ANNOTATION);
     let revoked = revoke
         || (trigger == RotationTrigger::Annotation
-            && app.annotation(crate::crd::ROTATE_REVOKE_ANNOTATION) == Some("true"));
+            && revoke_annotation
+                .is_some_and(|v| v == "true" || Some(v) == app.annotation(crate::crd::ROTATE_ANNOTATION)));
     if !routine || revoked {
         return None;
     }
@@ -1634,6 +1637,23 @@ mod tests {
         )]));
         assert_eq!(grace_for(&revoking, RotationTrigger::Annotation, false), None);
         assert_eq!(grace_for(&revoking, RotationTrigger::Api, false), twenty);
+        // Valued with the rotate token it goes with: that rotation revokes, the next does not.
+        let mut once = app.clone();
+        once.metadata.annotations = Some(BTreeMap::from([
+            (crate::crd::ROTATE_ANNOTATION.to_string(), "t1".to_string()),
+            (crate::crd::ROTATE_REVOKE_ANNOTATION.to_string(), "t1".to_string()),
+        ]));
+        assert_eq!(grace_for(&once, RotationTrigger::Annotation, false), None);
+        once.metadata
+            .annotations
+            .as_mut()
+            .expect("annotations")
+            .insert(crate::crd::ROTATE_ANNOTATION.to_string(), "t2".to_string());
+        assert_eq!(
+            grace_for(&once, RotationTrigger::Annotation, false),
+            twenty,
+            "a later rotation keeps its grace"
+        );
     }
 
     fn with_previous(meta: &mut ObjectMeta, expires_at: Timestamp) {

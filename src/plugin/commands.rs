@@ -123,7 +123,7 @@ pub struct RotateOptions {
     pub wait: bool,
     pub timeout: Duration,
     pub concurrency: usize,
-    /// Invalidate each app's previous secret at once (`oauthapp.io/rotate-revoke: "true"`).
+    /// Invalidate each app's previous secret at once (`oauthapp.io/rotate-revoke` valued with the rotation's nonce: that rotation only).
     pub revoke_previous: bool,
 }
 

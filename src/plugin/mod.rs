@@ -154,12 +154,13 @@ pub fn rotate_nonce() -> String {
 }
 
 /// The merge patch that requests a rotation: `oauthapp.io/rotate` set to `nonce` and, with
-/// `revoke_previous`, `oauthapp.io/rotate-revoke: "true"` (the previous secret is invalid at
-/// once). Without it the patch removes `oauthapp.io/rotate-revoke`, so a value left from an
-/// earlier revocation never makes this routine rotation revoke.
+/// `revoke_previous`, `oauthapp.io/rotate-revoke` set to the same nonce (the previous secret is
+/// invalid at once, for this rotation only). Without it the patch removes
+/// `oauthapp.io/rotate-revoke`, so a value left from an earlier revocation (`"true"`, the older
+/// form) never makes this routine rotation revoke.
 pub fn rotate_patch(nonce: &str, revoke_previous: bool) -> serde_json::Value {
     let revoke = if revoke_previous {
-        serde_json::Value::from("true")
+        serde_json::Value::from(nonce)
     } else {
         serde_json::Value::Null
     };
@@ -536,7 +537,7 @@ mod tests {
             revoking,
             serde_json::json!({"metadata": {"annotations": {
                 "oauthapp.io/rotate": "n1",
-                "oauthapp.io/rotate-revoke": "true",
+                "oauthapp.io/rotate-revoke": "n1",
             }}})
         );
         // Without the flag the patch carries an explicit null: a merge patch removes the key.

@@ -978,6 +978,37 @@ async fn people_roles_view_rotate_and_edit_and_a_rotator_changes_nothing_but_the
     );
     assert!(out.status.success(), "{}", stderr(&out));
     settled(&apps, &secrets, "portal", 2).await;
+    // ... with a revocation of the replaced secret, for that rotation only ...
+    let out = kubectl_as_sa(
+        &elsewhere,
+        "ci",
+        &[
+            "annotate",
+            "oauthapp",
+            "portal",
+            "-n",
+            &elsewhere,
+            "oauthapp.io/rotate=ci-revoke",
+            "oauthapp.io/rotate-revoke=ci-revoke",
+            "--overwrite",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    settled(&apps, &secrets, "portal", 3).await;
+    // ... and removes it again.
+    let out = kubectl_as_sa(
+        &elsewhere,
+        "ci",
+        &[
+            "annotate",
+            "oauthapp",
+            "portal",
+            "-n",
+            &elsewhere,
+            "oauthapp.io/rotate-revoke-",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
     // ... and through the REST API.
     let token = service_account_token(&elsewhere, "ci");
     let app_id = apps
@@ -999,7 +1030,7 @@ async fn people_roles_view_rotate_and_edit_and_a_rotator_changes_nothing_but_the
     })
     .await;
     assert_eq!(code, 200);
-    settled(&apps, &secrets, "portal", 3).await;
+    settled(&apps, &secrets, "portal", 4).await;
 
     // Nothing else: not the spec, not a label, not another annotation.
     let attempts: [&[&str]; 4] = [
@@ -1036,7 +1067,9 @@ async fn people_roles_view_rotate_and_edit_and_a_rotator_changes_nothing_but_the
     for args in attempts {
         let message = refused(args).unwrap_or_else(|| panic!("the rotator could run {args:?}"));
         assert!(
-            message.contains("only the oauthapp.io/rotate annotation may be changed"),
+            message.contains(
+                "only the oauthapp.io/rotate and oauthapp.io/rotate-revoke annotations may be changed"
+            ),
             "{args:?}: {message}"
         );
     }
