@@ -187,6 +187,9 @@ pub const RESTARTED_FOR_ANNOTATION: &str = "oauthapp.io/restarted-for";
 /// The Secret that holds the app's plaintext credentials (keys `client_id` and `client_secret`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(has(self.labels) ? self.labels.map(k, size(k) + size(self.labels[k])).sum() : 0) + (has(self.annotations) ? self.annotations.map(k, size(k) + size(self.annotations[k])).sum() : 0) <= 65536"
+).message("spec.secret.labels and annotations may hold at most 64 KiB in all (keys and values)"))]
 pub struct SecretSpec {
     /// Name of the Secret. Default: `<metadata.name>-oauth-client`. Immutable once the app exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -213,9 +216,13 @@ pub struct SecretSpec {
         .message("label keys must be qualified names: an optional DNS-subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
     pub labels: BTreeMap<String, String>,
 
-    /// Annotations copied onto the Secret. Keys follow the Kubernetes annotation key syntax.
+    /// Annotations copied onto the Secret. Keys follow the Kubernetes annotation key syntax;
+    /// values are at most 16 KiB, and labels and annotations together at most 64 KiB.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend(
+        "maxProperties" = 64,
+        "additionalProperties" = {"type": "string", "maxLength": 16384}
+    ))]
     #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('oauthapp.io/'))")
         .message("annotations under oauthapp.io/ are reserved for the operator"))]
     #[x_kube(validation = Rule::new(QUALIFIED_KEYS)

@@ -106,6 +106,11 @@ struct RunArgs {
     /// The brake's window.
     #[arg(long, env = "OAUTHAPP_REPAIR_BRAKE_WINDOW", default_value = "5m", value_parser = parse_duration)]
     repair_brake_window: Duration,
+    /// Read the initial state of the watches as a stream of events (the WatchList feature,
+    /// Kubernetes 1.32 and later): a relist never holds a page of whole objects. `false` for an
+    /// API server without it: pages of whole objects instead.
+    #[arg(long, env = "OAUTHAPP_STREAMING_LISTS", default_value_t = true, action = clap::ArgAction::Set)]
+    streaming_lists: bool,
     /// Log format.
     #[arg(long, env = "OAUTHAPP_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -378,6 +383,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &args.watch_namespaces,
         shutdown.clone(),
         Some(ctx.ledger.clone()),
+        args.streaming_lists,
     );
     {
         let (ctx, client, shutdown) = (ctx.clone(), client.clone(), shutdown.clone());

@@ -24,14 +24,15 @@ use crate::crd::OAuthApp;
 /// What the cached copy of an app keeps of its metadata: managedFields and labels are dropped
 /// (they can outweigh the rest of an object, and nothing here reads them), and so are the
 /// annotations of others (a `kubectl apply`'s last-applied-configuration holds the whole
-/// object again): the operator reads only its own, under [`OWN_ANNOTATION_PREFIX`]. Status
+/// object again): the operator reads only its own, under [`OWN_ANNOTATION_PREFIX`], of at most
+/// [`MAX_APP_ANNOTATION`] bytes. Status
 /// writes send the cached copy back, but the API server keeps everything but the status there.
 pub fn strip_app(app: &mut OAuthApp) {
     let meta = &mut app.metadata;
     meta.managed_fields = None;
     meta.labels = None;
     if let Some(annotations) = &mut meta.annotations {
-        annotations.retain(|k, _| k.starts_with(OWN_ANNOTATION_PREFIX));
+        annotations.retain(|k, v| k.starts_with(OWN_ANNOTATION_PREFIX) && v.len() <= MAX_APP_ANNOTATION);
         if annotations.is_empty() {
             meta.annotations = None;
         }
@@ -41,15 +42,50 @@ pub fn strip_app(app: &mut OAuthApp) {
 /// What the cached copy of a Secret's metadata keeps: not its managedFields, uid,
 /// creationTimestamp or type fields (`PartialObjectMetadata`, the same for all; nothing reads them
 /// from the cache, and a write built from the cached copy is conditional on its resourceVersion,
-/// which is kept). Its labels and annotations stay whole,
-/// others' included: a Secret is written back with them.
+/// which is kept). A Secret an OAuthApp controls keeps its labels and annotations whole, others'
+/// included: the REST API writes it back with them. Any other Secret with the operator's label
+/// (anyone who may create a Secret can add it) keeps only what the operator reads of it: its
+/// `oauthapp.io/` annotations of at most [`MAX_OWN_VALUE`] bytes each (a record to adopt), the
+/// managed-by label, and its references to OAuthApps. The operator writes such a Secret only
+/// from a fresh read (adoption), never from the cache, so a Secret that only carries the label
+/// costs its name, namespace and version.
 pub fn strip_secret(secret: &mut PartialObjectMeta<Secret>) {
     secret.types = None;
     let meta = &mut secret.metadata;
     meta.managed_fields = None;
     meta.uid = None;
     meta.creation_timestamp = None;
+    let is_app = |r: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference| {
+        r.kind == "OAuthApp" && r.api_version.starts_with("oauthapp.io/")
+    };
+    let controlled = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && is_app(r));
+    if controlled {
+        return;
+    }
+    meta.finalizers = None;
+    if let Some(refs) = &mut meta.owner_references {
+        refs.retain(is_app);
+        refs.truncate(4);
+    }
+    if let Some(labels) = &mut meta.labels {
+        labels.retain(|k, _| k == MANAGED_BY_LABEL);
+    }
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.retain(|k, v| k.starts_with(OWN_ANNOTATION_PREFIX) && v.len() <= MAX_OWN_VALUE);
+    }
 }
+
+/// The longest `oauthapp.io/` annotation value kept of a Secret no app controls: more than any
+/// record the operator writes holds (a history of 20 rotations is some 8 KiB).
+pub const MAX_OWN_VALUE: usize = 16 * 1024;
+
+/// The longest `oauthapp.io/` annotation value kept of an app (a rotate token, an accepted
+/// rotation id): a longer one is not read, as if absent.
+pub const MAX_APP_ANNOTATION: usize = 1024;
 
 /// The prefix of every annotation the operator reads on an app.
 pub const OWN_ANNOTATION_PREFIX: &str = "oauthapp.io/";
@@ -123,16 +159,26 @@ pub struct Watches {
 impl Watches {
     /// Starts the watches (in background tasks, until `shutdown`) for `namespaces` (empty: all).
     pub fn start(client: Client, namespaces: &[String], shutdown: CancellationToken) -> Arc<Watches> {
-        Self::start_with_ledger(client, namespaces, shutdown, None)
+        Self::start_with_ledger(client, namespaces, shutdown, None, true)
     }
 
-    /// [`Watches::start`], noting every deleted app's last rotation in `ledger`.
+    /// [`Watches::start`], noting every deleted app's last rotation in `ledger`; the initial
+    /// state comes as a stream of watch events (`streaming`, Kubernetes 1.32 and later) or, for
+    /// an API server without it, in pages of whole objects.
     pub fn start_with_ledger(
         client: Client,
         namespaces: &[String],
         shutdown: CancellationToken,
         ledger: Option<Arc<crate::ledger::Ledger>>,
+        streaming: bool,
     ) -> Arc<Watches> {
+        let initial = |config: watcher::Config| {
+            if streaming {
+                config.streaming_lists()
+            } else {
+                config.any_semantic()
+            }
+        };
         let scopes: Vec<Option<String>> = if namespaces.is_empty() {
             vec![None]
         } else {
@@ -174,15 +220,15 @@ impl Watches {
                     None => (Api::all(client.clone()), Api::all(client.clone())),
                 };
             let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
-            let app_events = watcher(apps_api, watcher::Config::default().any_semantic())
+            // Streaming lists (the API server sends the initial state as watch events): a relist
+            // never holds a page of whole objects (up to 500, each up to 1.5 MiB) before they
+            // are stripped.
+            let app_events = watcher(apps_api, initial(watcher::Config::default()))
                 .default_backoff()
                 .modify(strip_app);
-            let secret_events = watcher(
-                secrets_api,
-                watcher::Config::default().labels(&selector).any_semantic(),
-            )
-            .default_backoff()
-            .modify(strip_secret);
+            let secret_events = watcher(secrets_api, initial(watcher::Config::default().labels(&selector)))
+                .default_backoff()
+                .modify(strip_secret);
             #[cfg(feature = "failpoints")]
             let secret_events = failpoints::stale_secret_cache(secret_events);
             let w = watches.clone();
@@ -535,6 +581,68 @@ mod failpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_labelled_secret_no_app_controls_keeps_only_what_the_operator_reads() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let reference = |kind: &str, controller| OwnerReference {
+            api_version: if kind == "OAuthApp" {
+                "oauthapp.io/v1alpha1"
+            } else {
+                "v1"
+            }
+            .into(),
+            kind: kind.into(),
+            name: "x".into(),
+            uid: "u".into(),
+            controller: Some(controller),
+            ..Default::default()
+        };
+        let secret = |refs: Vec<OwnerReference>| {
+            let mut s = PartialObjectMeta::<Secret>::default();
+            s.metadata.labels = Some(
+                [
+                    (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+                    ("big".to_string(), "v".repeat(63)),
+                ]
+                .into(),
+            );
+            s.metadata.annotations = Some(
+                [
+                    ("oauthapp.io/rotation-id".to_string(), "r1".to_string()),
+                    ("oauthapp.io/padding".to_string(), "x".repeat(MAX_OWN_VALUE + 1)),
+                    ("velero.io/backup".to_string(), "x".repeat(100_000)),
+                ]
+                .into(),
+            );
+            s.metadata.finalizers = Some(vec!["example.com/f".into()]);
+            s.metadata.owner_references = Some(refs);
+            s.metadata.resource_version = Some("9".into());
+            s
+        };
+        // Controlled by an app: whole (the REST API writes it back with everything).
+        let mut owned = secret(vec![reference("OAuthApp", true)]);
+        let before = owned.metadata.clone();
+        strip_secret(&mut owned);
+        assert_eq!(owned.metadata.labels, before.labels);
+        assert_eq!(owned.metadata.annotations, before.annotations);
+        // Anything else with the label: the managed-by label, small oauthapp.io/ annotations,
+        // references to apps; its version.
+        let mut bait = secret(vec![reference("ConfigMap", true), reference("OAuthApp", false)]);
+        strip_secret(&mut bait);
+        let meta = &bait.metadata;
+        assert_eq!(
+            meta.labels,
+            Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())].into())
+        );
+        assert_eq!(
+            meta.annotations,
+            Some([("oauthapp.io/rotation-id".to_string(), "r1".to_string())].into())
+        );
+        assert_eq!(meta.finalizers, None);
+        assert_eq!(meta.owner_references, Some(vec![reference("OAuthApp", false)]));
+        assert_eq!(meta.resource_version.as_deref(), Some("9"));
+    }
 
     #[test]
     fn the_cached_app_keeps_only_the_operators_annotations() {

@@ -577,17 +577,70 @@ async fn the_secrets_labels_and_annotations_follow_the_spec_without_a_rotation()
 #[tokio::test]
 async fn a_secret_the_api_server_refuses_is_ready_false_with_its_reason_until_the_spec_is_fixed() {
     let s = setup("secret-rejected", &[]).await;
-    // Annotations over 256 KiB in all: valid in the OAuthApp, refused on a Secret. (Made through
-    // the API: `kubectl apply` would copy them into its own last-applied annotation.)
-    let spec = OAuthAppSpec {
+    // Annotations over 256 KiB in all would be refused on a Secret: the CRD refuses them first
+    // (at most 16 KiB a value, 64 KiB in all), so the app never costs the operator their size.
+    // (Made through the API: `kubectl apply` would copy them into its own last-applied annotation.)
+    let spec = |notes: String| OAuthAppSpec {
         secret: Some(Box::new(SecretSpec {
-            annotations: [("notes".to_string(), "x".repeat(300 * 1024))].into(),
+            annotations: [("notes".to_string(), notes)].into(),
             ..Default::default()
         })),
         ..Default::default()
     };
+    let refused = s
+        .apps
+        .create(
+            &Default::default(),
+            &OAuthApp::new("huge", spec("x".repeat(300 * 1024))),
+        )
+        .await
+        .expect_err("the API server refuses the app");
+    assert!(refused.to_string().contains("16384"), "{refused}");
+    let many: std::collections::BTreeMap<String, String> = (0..5)
+        .map(|i| (format!("notes-{i}"), "x".repeat(15 * 1024)))
+        .collect();
+    let too_much = OAuthAppSpec {
+        secret: Some(Box::new(SecretSpec {
+            annotations: many,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let refused = s
+        .apps
+        .create(&Default::default(), &OAuthApp::new("huge", too_much))
+        .await
+        .expect_err("the API server refuses the app");
+    assert!(refused.to_string().contains("at most 64 KiB in all"), "{refused}");
+
+    // A Secret the API server refuses for another reason (here an admission policy of this
+    // namespace): the app says why, and nothing is lost.
+    let policy = format!("refuse-secrets-{}", s.ns);
+    control_plane().apply_ok(
+        "default",
+        &format!(
+            "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {{name: {policy}}}\nspec:\n  failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n    - {{apiGroups: [\"\"], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [secrets]}}\n  validations:\n  - expression: \"!has(object.metadata.annotations) || !('notes' in object.metadata.annotations) || object.metadata.annotations['notes'] != 'refused'\"\n    message: this namespace refuses Secrets noted refused\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {{name: {policy}}}\nspec:\n  policyName: {policy}\n  validationActions: [Deny]\n  matchResources:\n    namespaceSelector:\n      matchLabels: {{kubernetes.io/metadata.name: {ns}}}\n",
+            ns = s.ns
+        ),
+    );
+    let probe = eventually("the admission policy to refuse Secrets", WAIT, || async {
+        let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+        let mut probe = Secret::default();
+        probe.metadata.name = Some("probe".into());
+        probe.metadata.annotations = Some([("notes".to_string(), "refused".to_string())].into());
+        let dry = kube::api::PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        secrets.create(&dry, &probe).await.err()
+    })
+    .await;
+    assert!(
+        probe.to_string().contains("refuses Secrets noted refused"),
+        "{probe}"
+    );
     s.apps
-        .create(&Default::default(), &OAuthApp::new("big", spec))
+        .create(&Default::default(), &OAuthApp::new("big", spec("refused".into())))
         .await
         .expect("the OAuthApp itself is accepted");
     let ready = eventually("Ready=False, SecretRejected", WAIT, || async {
@@ -598,7 +651,7 @@ async fn a_secret_the_api_server_refuses_is_ready_false_with_its_reason_until_th
     .await;
     assert_eq!(ready.status, "False");
     assert!(
-        ready.message.contains("metadata.annotations"),
+        ready.message.contains("refuses Secrets noted refused"),
         "{}",
         ready.message
     );
@@ -628,6 +681,8 @@ async fn a_secret_the_api_server_refuses_is_ready_false_with_its_reason_until_th
         Some("short")
     );
     assert_eq!(rotation_count(&app), 1);
+    control_plane().kubectl_ok(&["delete", "validatingadmissionpolicybinding", &policy]);
+    control_plane().kubectl_ok(&["delete", "validatingadmissionpolicy", &policy]);
 }
 
 #[tokio::test]
