@@ -3,10 +3,11 @@
 //! every few seconds; new content that does not load (half-written files, a key that does not
 //! match the certificate) is logged and the previous certificate kept.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rustls::ServerConfig;
@@ -28,6 +29,46 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; more connections wait to be accepted.
 const MAX_HANDSHAKES: usize = 256;
+/// Handshakes in progress at once from one client address; a connection past it is closed at
+/// once, so idle connections from one address cannot take the slots of everyone else.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
+
+/// Handshakes in progress, per client address (only addresses with one are kept).
+#[derive(Default)]
+struct InFlight(Mutex<HashMap<IpAddr, usize>>);
+
+/// One handshake counted in [`InFlight`]; uncounted when dropped.
+struct Counted {
+    in_flight: Arc<InFlight>,
+    address: IpAddr,
+}
+
+impl InFlight {
+    fn start(self: &Arc<Self>, address: IpAddr, max: usize) -> Option<Counted> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(address).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Counted {
+            in_flight: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut map = self.in_flight.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.address);
+            }
+        }
+    }
+}
 
 /// The serving certificate, replaced when the files change.
 #[derive(Debug)]
@@ -138,7 +179,8 @@ pub fn server_config(cert: Arc<ReloadingCert>, provider: Arc<CryptoProvider>) ->
 }
 
 /// An `axum::serve` listener that hands out TLS connections. Handshakes run in their own
-/// tasks (bounded in number and time), so a slow client never holds up the others.
+/// tasks (bounded in number, per client address too, and in time), so a slow client never holds
+/// up the others.
 pub struct TlsListener {
     connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local_addr: SocketAddr,
@@ -146,7 +188,17 @@ pub struct TlsListener {
 
 impl TlsListener {
     pub fn new(tcp: TcpListener, acceptor: TlsAcceptor, shutdown: CancellationToken) -> io::Result<Self> {
+        Self::with_limits(tcp, acceptor, shutdown, MAX_HANDSHAKES_PER_ADDRESS)
+    }
+
+    fn with_limits(
+        tcp: TcpListener,
+        acceptor: TlsAcceptor,
+        shutdown: CancellationToken,
+        per_address: usize,
+    ) -> io::Result<Self> {
         let local_addr = tcp.local_addr()?;
+        let in_flight = Arc::new(InFlight::default());
         let (tx, connections) = mpsc::channel(64);
         let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
@@ -168,9 +220,14 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Some(counted) = in_flight.start(peer.ip(), per_address) else {
+                    debug!(%peer, "too many TLS handshakes in progress from this address: connection closed");
+                    continue;
+                };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
+                    let _counted = counted;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
@@ -250,6 +307,67 @@ mod tests {
         std::fs::write(&cert_file, "garbage").expect("write");
         assert!(!c.reload_if_changed().await);
         assert_ne!(served(&c), first, "garbage keeps the current certificate");
+    }
+
+    /// Idle connections from one address (that never start a handshake) take at most their
+    /// share of the handshake slots: the next one from that address is closed at once, and a
+    /// client from another address completes its handshake meanwhile.
+    #[tokio::test]
+    async fn idle_connections_from_one_address_cannot_take_every_handshake_slot() {
+        use tokio::io::AsyncReadExt;
+        let (cert_pem, key_pem) = self_signed("localhost");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert_file, &cert_pem).expect("write");
+        std::fs::write(&key_file, &key_pem).expect("write");
+        let cert = Arc::new(ReloadingCert::load(&cert_file, &key_file, provider()).expect("loads"));
+        let acceptor = TlsAcceptor::from(Arc::new(server_config(cert, provider()).expect("config")));
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let mut listener = TlsListener::with_limits(tcp, acceptor, shutdown.clone(), 4).expect("listener");
+
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            idle.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        // The fifth from 127.0.0.1 is closed without a byte.
+        let mut fifth = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), fifth.read(&mut buf))
+            .await
+            .expect("closed at once, not after the handshake timeout");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+        // A client from 127.0.0.2 gets through.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().expect("addr"))
+            .expect("bind 127.0.0.2");
+        let stream = socket.connect(addr).await.expect("connect from 127.0.0.2");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("pem"))
+            .expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let (handshake, accepted) = tokio::join!(connector.connect(name, stream), async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                axum::serve::Listener::accept(&mut listener),
+            )
+            .await
+        });
+        handshake.expect("the handshake from another address completes");
+        let (_, peer) = accepted.expect("accepted while 127.0.0.1 holds its slots");
+        assert_eq!(peer.ip().to_string(), "127.0.0.2");
+        drop(idle);
+        shutdown.cancel();
     }
 
     #[test]
