@@ -33,27 +33,47 @@ pub const TTL: Duration = Duration::from_secs(400 * 24 * 3600);
 /// How often the ledger is read back (and pending notes written).
 const POLL: Duration = Duration::from_secs(2);
 
-/// One remembered name: its last rotation count and id, and when it was noted (Unix seconds).
+/// The annotation on the record key Secret by which a person passes a reserved client id on:
+/// while its value is a client id, that id's reservation for the namespace of its last holder
+/// ([`Ledger::reserved_for`]) is set aside, and the oldest claimant in any namespace may take it.
+pub const RELEASE_CLIENT_ID_ANNOTATION: &str = "oauthapp.io/release-client-id";
+
+/// One remembered name: its last rotation count and id, when it was noted (Unix seconds) and,
+/// for an app that held a `spec.clientId`, that client id's reservation for its namespace (both
+/// as digests).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     count: i64,
     rotation_id: String,
     at: i64,
+    reserves: Option<(String, String)>,
 }
 
 impl Entry {
     fn parse(s: &str) -> Option<Self> {
         let mut parts = s.split(' ');
-        let entry = Self {
+        let mut entry = Self {
             count: parts.next()?.parse().ok()?,
             rotation_id: parts.next()?.to_string(),
             at: parts.next()?.parse().ok()?,
+            reserves: None,
         };
+        if let Some(client_id) = parts.next() {
+            entry.reserves = Some((client_id.to_string(), parts.next()?.to_string()));
+        }
         parts.next().is_none().then_some(entry)
     }
 
     fn render(&self) -> String {
-        format!("{} {} {}", self.count, self.rotation_id, self.at)
+        match &self.reserves {
+            Some((client_id, namespace)) => {
+                format!(
+                    "{} {} {} {client_id} {namespace}",
+                    self.count, self.rotation_id, self.at
+                )
+            }
+            None => format!("{} {} {}", self.count, self.rotation_id, self.at),
+        }
     }
 
     /// Whether `self` is newer than `other` (a higher count; the same count noted later).
@@ -81,6 +101,16 @@ pub fn key(namespace: &str, name: &str) -> String {
     URL_SAFE_NO_PAD.encode(&digest[..16])
 }
 
+/// A digest of a client id or a namespace for a reservation (fixed length, no spaces).
+pub fn digest(kind: &str, value: &str) -> String {
+    let digest = Sha256::new_with_prefix(b"oauthapp.io/ledger\0")
+        .chain_update(kind.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(value.as_bytes())
+        .finalize();
+    URL_SAFE_NO_PAD.encode(&digest[..16])
+}
+
 /// The ConfigMap that keeps the ledger of the installation whose record key is `key_secret`.
 pub fn configmap_name(key_secret: &str) -> String {
     format!("{key_secret}-retired")
@@ -96,7 +126,10 @@ impl Ledger {
         self.loaded.load(Ordering::Acquire)
     }
 
-    /// Notes a deleted app's last rotation, as its last cached status shows it.
+    /// Notes a deleted app's last rotation, as its last cached status shows it, and, when it
+    /// held a `spec.clientId`, that the id stays reserved for its namespace: an app of another
+    /// namespace that asks for it does not get it without a person ([`RELEASE_CLIENT_ID_ANNOTATION`]);
+    /// an app of the same namespace (re-created, restored) does.
     pub fn note(&self, app: &OAuthApp) {
         let Some(status) = app.status.as_ref() else {
             return;
@@ -104,14 +137,19 @@ impl Ledger {
         let Some(rotation_id) = status.rotation_id.clone() else {
             return;
         };
-        let key = key(
-            app.metadata.namespace.as_deref().unwrap_or_default(),
-            app.metadata.name.as_deref().unwrap_or_default(),
-        );
+        let namespace = app.metadata.namespace.as_deref().unwrap_or_default();
+        let key = key(namespace, app.metadata.name.as_deref().unwrap_or_default());
+        let reserves = app
+            .spec
+            .client_id
+            .as_deref()
+            .filter(|id| status.client_id.as_deref() == Some(*id))
+            .map(|id| (digest("client-id", id), digest("namespace", namespace)));
         let entry = Entry {
             count: status.rotation_count,
             rotation_id,
             at: now_secs(),
+            reserves,
         };
         merge(
             &mut self.entries.lock().unwrap_or_else(|e| e.into_inner()),
@@ -138,6 +176,33 @@ impl Ledger {
     /// on from it, so that a record of the earlier app is always older).
     pub fn count(&self, namespace: &str, name: &str) -> i64 {
         self.get(namespace, name).map_or(0, |r| r.count)
+    }
+
+    /// The namespace (as [`digest`]`("namespace", …)`) that client id `client_id` is reserved
+    /// for: the namespace of the last app seen holding it when it was deleted. None: no
+    /// reservation (or `released` names it: a person passed it on). Before the ledger is first
+    /// read, an empty digest: reserved, for no namespace, so no claimant that does not hold it
+    /// yet gets it meanwhile.
+    pub fn reserved_for(&self, client_id: &str, released: Option<&str>) -> Option<String> {
+        if released == Some(client_id) {
+            return None;
+        }
+        // Before the ledger is read, any id may be reserved: for no namespace yet.
+        if !self.is_loaded() {
+            return Some(String::new());
+        }
+        let wanted = digest("client-id", client_id);
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .values()
+            .filter_map(|e| {
+                e.reserves
+                    .as_ref()
+                    .filter(|(c, _)| *c == wanted)
+                    .map(|(_, ns)| (e.at, ns))
+            })
+            .max()
+            .map(|(_, ns)| ns.clone())
     }
 
     /// How many names are remembered.
@@ -306,9 +371,15 @@ mod tests {
             count: 7,
             rotation_id: "0123abcd".into(),
             at: 1_700_000_000,
+            reserves: None,
         };
-        assert_eq!(Entry::parse(&e.render()), Some(e));
-        for bad in ["", "7", "7 r", "x r 1", "7 r 1 extra"] {
+        assert_eq!(Entry::parse(&e.render()), Some(e.clone()));
+        let reserving = Entry {
+            reserves: Some((digest("client-id", "billing"), digest("namespace", "payments"))),
+            ..e
+        };
+        assert_eq!(Entry::parse(&reserving.render()), Some(reserving));
+        for bad in ["", "7", "7 r", "x r 1", "7 r 1 extra", "7 r 1 a b c"] {
             assert_eq!(Entry::parse(bad), None, "{bad:?}");
         }
         // Keys are fixed-length and valid ConfigMap keys, whatever the name.
@@ -332,6 +403,7 @@ mod tests {
                 count: 1,
                 rotation_id: "r".into(),
                 at: now - ttl - 1,
+                reserves: None,
             },
         );
         for i in 0..(MAX_ENTRIES as i64 + 10) {
@@ -341,6 +413,7 @@ mod tests {
                     count: 1,
                     rotation_id: "r".into(),
                     at: now - 1000 + i,
+                    reserves: None,
                 },
             );
         }

@@ -345,6 +345,8 @@ pub struct KeyCell {
     waiting: std::sync::Mutex<Option<String>>,
     /// The repair release value on the record key Secret, as last read.
     release: std::sync::Mutex<Option<String>>,
+    /// The client id a person released on the record key Secret, as last read.
+    released_client_id: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for KeyCell {
@@ -353,6 +355,7 @@ impl Default for KeyCell {
             ring: tokio::sync::watch::channel(None).0,
             waiting: std::sync::Mutex::default(),
             release: std::sync::Mutex::default(),
+            released_client_id: std::sync::Mutex::default(),
         }
     }
 }
@@ -374,6 +377,15 @@ impl KeyCell {
     /// The repair release value on the record key Secret, as last read.
     pub fn release(&self) -> Option<String> {
         self.release.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The client id a person released to another namespace (the annotation
+    /// [`crate::ledger::RELEASE_CLIENT_ID_ANNOTATION`] on the record key Secret), as last read.
+    pub fn released_client_id(&self) -> Option<String> {
+        self.released_client_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Why no key is loaded, when the operator holds for a person.
@@ -418,8 +430,10 @@ impl KeyCell {
                     key: ring,
                     fingerprint,
                     release,
+                    released_client_id,
                 })) => {
                     *self.release.lock().unwrap_or_else(|e| e.into_inner()) = release;
+                    *self.released_client_id.lock().unwrap_or_else(|e| e.into_inner()) = released_client_id;
                     if fingerprint != last {
                         tracing::info!(
                             keys = ring.0.len(),
@@ -700,14 +714,18 @@ impl RecordKey {
             ));
             keys.push(bytes);
         }
-        let release = found
-            .iter()
-            .find(|s| s.metadata.name.as_deref() == Some(name))
-            .and_then(|s| s.annotations().get(crate::repairs::RELEASE_ANNOTATION).cloned());
+        let first = found.iter().find(|s| s.metadata.name.as_deref() == Some(name));
+        let release = first.and_then(|s| s.annotations().get(crate::repairs::RELEASE_ANNOTATION).cloned());
+        let released_client_id = first.and_then(|s| {
+            s.annotations()
+                .get(crate::ledger::RELEASE_CLIENT_ID_ANNOTATION)
+                .cloned()
+        });
         Ok(Self::ring(keys).map(|key| Ring {
             key,
             fingerprint,
             release,
+            released_client_id,
         }))
     }
 
@@ -784,6 +802,8 @@ pub struct Ring {
     pub key: RecordKey,
     pub fingerprint: String,
     pub release: Option<String>,
+    /// [`crate::ledger::RELEASE_CLIENT_ID_ANNOTATION`] on the first one.
+    pub released_client_id: Option<String>,
 }
 
 /// How many keys the ring may hold.

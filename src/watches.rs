@@ -302,12 +302,15 @@ impl Watches {
     }
 
     /// The app whose client id is `client_id` (its status shows it: the holder), from the cache.
-    pub fn find_by_client_id(&self, client_id: &str) -> Option<Arc<OAuthApp>> {
+    /// `released`: the client id a person released ([`crate::ledger::RELEASE_CLIENT_ID_ANNOTATION`]).
+    pub fn find_by_client_id(&self, client_id: &str, released: Option<&str>) -> Option<Arc<OAuthApp>> {
         let found = if client_id.starts_with("app_") {
             self.find(&crate::id::decode(client_id).ok()?.to_string())
         } else {
             let claims = self.client_ids.read().unwrap_or_else(|e| e.into_inner());
-            let uid = claims.owner(client_id)?.to_string();
+            let uid = claims
+                .owner(client_id, || self.reserved_for(client_id, released))?
+                .to_string();
             drop(claims);
             self.find_by_uid(&uid)
         };
@@ -332,13 +335,19 @@ impl Watches {
     }
 
     /// Whether `app` may use its client id: it asks for none (a generated id is unique), or it
-    /// is the first claimant of its `spec.clientId` across every watched scope.
-    pub fn owns_client_id(&self, app: &OAuthApp) -> bool {
+    /// is the first claimant of its `spec.clientId` across every watched scope. While no app
+    /// holds the id, and it is reserved for the namespace of its last holder (the ledger), only
+    /// claimants of that namespace count, unless `released` (a person's act) names it.
+    pub fn owns_client_id(&self, app: &OAuthApp, released: Option<&str>) -> bool {
         let (Some(id), Some(uid)) = (app.spec.client_id.as_deref(), app.meta().uid.as_deref()) else {
             return true;
         };
         let claims = self.client_ids.read().unwrap_or_else(|e| e.into_inner());
-        claims.owner(id).is_none_or(|owner| owner == uid)
+        claims.owner(id, || self.reserved_for(id, released)) == Some(uid)
+    }
+
+    fn reserved_for(&self, client_id: &str, released: Option<&str>) -> Option<String> {
+        self.ledger.as_ref()?.reserved_for(client_id, released)
     }
 
     fn on_app_event(
@@ -422,6 +431,7 @@ struct Claim {
     not_holding: bool,
     created: Option<jiff::Timestamp>,
     uid: String,
+    namespace: String,
 }
 
 impl ClientIds {
@@ -437,6 +447,7 @@ impl ClientIds {
             not_holding: !holds,
             created: app.meta().creation_timestamp.as_ref().map(|t| t.0),
             uid: uid.clone(),
+            namespace: app.meta().namespace.clone().unwrap_or_default(),
         };
         self.id_of.insert(uid.clone(), id.clone());
         self.by_id.entry(id).or_default().insert(uid, claim);
@@ -461,9 +472,23 @@ impl ClientIds {
         }
     }
 
-    /// The uid of the app that owns `id`.
-    fn owner(&self, id: &str) -> Option<&str> {
-        self.by_id.get(id)?.values().min().map(|claim| claim.uid.as_str())
+    /// The uid of the app that owns `id`: the one that holds it, else the first claimant of
+    /// the namespace `reserved` gives (a digest, [`crate::ledger::digest`]) if any, else the first
+    /// claimant; None while the id is reserved for a namespace without a claimant.
+    fn owner(&self, id: &str, reserved: impl FnOnce() -> Option<String>) -> Option<&str> {
+        let claims = self.by_id.get(id)?;
+        let first = claims.values().min()?;
+        if !first.not_holding {
+            return Some(first.uid.as_str());
+        }
+        match reserved() {
+            None => Some(first.uid.as_str()),
+            Some(namespace) => claims
+                .values()
+                .filter(|c| crate::ledger::digest("namespace", &c.namespace) == namespace)
+                .min()
+                .map(|c| c.uid.as_str()),
+        }
     }
 }
 
@@ -751,23 +776,50 @@ mod tests {
     #[test]
     fn a_client_id_belongs_to_its_holder_then_the_oldest_claimant() {
         let mut ids = ClientIds::default();
-        assert_eq!(ids.owner("shared"), None);
+        assert_eq!(ids.owner("shared", || None), None);
         ids.put(&claimant("b", 200, false));
         ids.put(&claimant("c", 300, false));
-        assert_eq!(ids.owner("shared"), Some("b"));
+        assert_eq!(ids.owner("shared", || None), Some("b"));
         // An app that holds the id keeps it, even against an older newcomer (one created while
         // this replica's cache lagged, say).
         ids.put(&claimant("c", 300, true));
         ids.put(&claimant("a", 100, false));
-        assert_eq!(ids.owner("shared"), Some("c"));
+        assert_eq!(ids.owner("shared", || None), Some("c"));
         // The holder is deleted: the oldest remaining claimant gets it.
         ids.remove("c");
-        assert_eq!(ids.owner("shared"), Some("a"));
+        assert_eq!(ids.owner("shared", || None), Some("a"));
         ids.retain(|uid| uid != "a");
-        assert_eq!(ids.owner("shared"), Some("b"));
+        assert_eq!(ids.owner("shared", || None), Some("b"));
         ids.remove("b");
-        assert_eq!(ids.owner("shared"), None);
+        assert_eq!(ids.owner("shared", || None), None);
         assert!(ids.by_id.is_empty() && ids.id_of.is_empty());
+    }
+
+    #[test]
+    fn a_reserved_client_id_passes_only_within_the_namespace_of_its_last_holder() {
+        let in_ns = |uid: &str, created: i64, ns: &str| {
+            let mut app = claimant(uid, created, false);
+            app.metadata.namespace = Some(ns.into());
+            app
+        };
+        let payments = || Some(crate::ledger::digest("namespace", "payments"));
+        let mut ids = ClientIds::default();
+        // The holder in `payments` was deleted; a squatter elsewhere, older, asks for the id.
+        ids.put(&in_ns("squatter", 100, "other"));
+        assert_eq!(ids.owner("shared", payments), None, "reserved: nobody gets it");
+        assert_eq!(
+            ids.owner("shared", || None),
+            Some("squatter"),
+            "released by a person"
+        );
+        // The holder re-created (or restored) in its namespace gets it back.
+        ids.put(&in_ns("again", 200, "payments"));
+        assert_eq!(ids.owner("shared", payments), Some("again"));
+        // Once it holds, the reservation no longer matters.
+        let mut holding = claimant("again", 200, true);
+        holding.metadata.namespace = Some("payments".into());
+        ids.put(&holding);
+        assert_eq!(ids.owner("shared", || Some("elsewhere".into())), Some("again"));
     }
 
     fn app(name: &str, rv: &str) -> OAuthApp {

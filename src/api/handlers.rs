@@ -208,7 +208,10 @@ pub async fn rotate_client_secret(
     // An app that asks for a client id another app holds gets no secret (ClientIdConflict): a
     // rotation here would give it one, and make it look like the holder while the holder has
     // no status yet (just created, restored, or in conflict over its Secret).
-    if !api.watches.owns_client_id(&app) {
+    if !api
+        .watches
+        .owns_client_id(&app, api.ctx.record_key.released_client_id().as_deref())
+    {
         return Err(ApiError::conflict(format!(
             "OAuthApp {}/{} asks for a client id (spec.clientId) that another app holds (Ready=False, reason ClientIdConflict): it is not rotated",
             app.namespace().unwrap_or_default(),

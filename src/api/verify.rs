@@ -125,7 +125,10 @@ pub async fn verify_client_credentials(
             "client_id is not a client id: an app id (app_ and up to 22 letters and digits) or 1 to 128 of [A-Za-z0-9._:-], starting with a letter or digit",
         ));
     }
-    let found = api.watches.find_by_client_id(&request.client_id);
+    let found = api.watches.find_by_client_id(
+        &request.client_id,
+        api.ctx.record_key.released_client_id().as_deref(),
+    );
     let permitted = match &found {
         Some(app) => {
             let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());

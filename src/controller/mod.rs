@@ -183,7 +183,10 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
         return leave_alone(ctx, app, &other).await;
     }
     let lags = rotation::caches_lag(ctx, app, cached.as_ref().map(|s| &s.metadata));
-    if !scope.watches.owns_client_id(app) {
+    if !scope
+        .watches
+        .owns_client_id(app, ctx.record_key.released_client_id().as_deref())
+    {
         if app
             .ready_condition()
             .is_some_and(|c| c.reason == plan::reasons::CLIENT_ID_CONFLICT)
@@ -221,6 +224,14 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
                 c.reason == plan::reasons::SECRET_CONFLICT || c.reason == plan::reasons::SECRET_REJECTED
             });
             let repair = is_repair(&step) && !in_conflict;
+            // A writer that fights the operator: its repairs back off (before the brake counts
+            // them).
+            if matches!(step, Step::Drift(_))
+                && !in_conflict
+                && let Some(wait) = drift_backed_off(ctx, app).await?
+            {
+                return Ok(wait);
+            }
             if repair && let Some(wait) = repair_gate(ctx, app, &key, &scope.watches).await? {
                 return Ok(wait);
             }
@@ -467,7 +478,7 @@ async fn converge(
         if let Some(other) = managed_elsewhere(ctx, &app, secret.as_ref().map(|s| &s.metadata)) {
             return leave_alone(ctx, &app, &other).await;
         }
-        if !watches.owns_client_id(&app) {
+        if !watches.owns_client_id(&app, ctx.record_key.released_client_id().as_deref()) {
             // Another app claimed this client id first: no Secret for this one.
             let status = plan::client_id_conflict_status(&app, Timestamp::now());
             if !mark_not_ready(ctx, &app, status, plan::reasons::CLIENT_ID_CONFLICT).await? {
@@ -672,7 +683,9 @@ async fn rotate_from_cache(
     let key = app_key(&app);
     if rotation::caches_lag(ctx, &app, secret.as_ref().map(|s| &s.metadata))
         || app.uid() != cached.uid()
-        || !scope.watches.owns_client_id(&app)
+        || !scope
+            .watches
+            .owns_client_id(&app, ctx.record_key.released_client_id().as_deref())
     {
         return Ok(None);
     }

@@ -734,29 +734,27 @@ pub const DRIFT_BACKOFF_FIRST: SignedDuration = SignedDuration::from_secs(30);
 /// The longest wait between repairs for drift.
 pub const DRIFT_BACKOFF_MAX: SignedDuration = SignedDuration::from_hours(1);
 
-/// When a repair for drift may start, if not now: the app's last rotation was itself a repair
-/// for drift (another writer put its own `client_secret` back), so the next one waits
-/// [`DRIFT_BACKOFF_FIRST`] after it, and twice the gap between the last two repairs when those
-/// were both for drift (exponential, at most [`DRIFT_BACKOFF_MAX`]); a gap longer than twice the
-/// maximum starts over. The history in the status is all it needs (two entries): a fight stays
-/// visible there, and in the Ready condition while a repair waits.
+/// When a repair for drift may start, if not now. The first two repairs for drift in a row go
+/// at once (a restore and a tool, two incidents). From the third on another writer is taken to
+/// fight the operator (a GitOps or sync tool re-applying its own `client_secret`): the third
+/// waits [`DRIFT_BACKOFF_FIRST`] after the second, each later one twice the gap between the last
+/// two (exponential, at most [`DRIFT_BACKOFF_MAX`]); a gap longer than twice the maximum starts
+/// over. The history in the status is all it needs (three entries): a fight stays visible there,
+/// and in the Ready condition while a repair waits.
 pub fn drift_backoff(app: &OAuthApp, now: Timestamp) -> Option<Timestamp> {
     let history = &app.status.as_ref()?.history;
-    let last = history
-        .first()
-        .filter(|e| e.trigger == RotationTrigger::SecretDrift)?;
-    let wait = match history
-        .get(1)
-        .filter(|e| e.trigger == RotationTrigger::SecretDrift)
-    {
-        Some(before) => {
-            let gap = last.time.0.duration_since(before.time.0);
-            if gap > DRIFT_BACKOFF_MAX * 2 {
-                DRIFT_BACKOFF_FIRST
-            } else {
-                (gap * 2).clamp(DRIFT_BACKOFF_FIRST, DRIFT_BACKOFF_MAX)
-            }
-        }
+    let drift = |i: usize| {
+        history
+            .get(i)
+            .filter(|e| e.trigger == RotationTrigger::SecretDrift)
+    };
+    let (last, before) = (drift(0)?, drift(1)?);
+    let gap = last.time.0.duration_since(before.time.0);
+    if gap > DRIFT_BACKOFF_MAX * 2 {
+        return None;
+    }
+    let wait = match drift(2) {
+        Some(_) => (gap * 2).clamp(DRIFT_BACKOFF_FIRST, DRIFT_BACKOFF_MAX),
         None => DRIFT_BACKOFF_FIRST,
     };
     let next = last.time.0.checked_add(wait).ok()?;
@@ -1424,31 +1422,50 @@ mod tests {
             app
         };
         use RotationTrigger::{Annotation, Created, SecretDrift};
-        // The first repair for drift goes at once: the last rotation was not one.
+        let secs = SignedDuration::from_secs;
+        // The first two repairs for drift in a row go at once.
         assert_eq!(drift_backoff(&with_history(&[(Annotation, mins(0))]), t0), None);
         assert_eq!(drift_backoff(&with_history(&[]), t0), None);
-        // Right after a repair for drift: 30 s after it.
-        let once = with_history(&[(SecretDrift, mins(0)), (Created, mins(5))]);
-        assert_eq!(drift_backoff(&once, t0), Some(t0 + DRIFT_BACKOFF_FIRST));
         assert_eq!(
-            drift_backoff(&once, t0 + DRIFT_BACKOFF_FIRST),
+            drift_backoff(&with_history(&[(SecretDrift, mins(0)), (Created, mins(5))]), t0),
+            None
+        );
+        // The third waits 30 s after the second.
+        let twice = with_history(&[(SecretDrift, mins(0)), (SecretDrift, secs(1)), (Created, mins(5))]);
+        assert_eq!(drift_backoff(&twice, t0), Some(t0 + DRIFT_BACKOFF_FIRST));
+        assert_eq!(
+            drift_backoff(&twice, t0 + DRIFT_BACKOFF_FIRST),
             None,
             "its time has come"
         );
-        // Two in a row, 30 s apart: twice that; then twice 60 s; ...
-        let twice = with_history(&[
+        // Then twice the gap between the last two: 60 s, 120 s, ...
+        let thrice = with_history(&[
             (SecretDrift, mins(0)),
-            (SecretDrift, SignedDuration::from_secs(30)),
+            (SecretDrift, secs(30)),
+            (SecretDrift, secs(31)),
         ]);
-        assert_eq!(drift_backoff(&twice, t0), Some(t0 + mins(1)));
-        let thrice = with_history(&[(SecretDrift, mins(0)), (SecretDrift, mins(1))]);
-        assert_eq!(drift_backoff(&thrice, t0), Some(t0 + mins(2)));
+        assert_eq!(drift_backoff(&thrice, t0), Some(t0 + mins(1)));
+        let more = with_history(&[
+            (SecretDrift, mins(0)),
+            (SecretDrift, mins(1)),
+            (SecretDrift, secs(90)),
+        ]);
+        assert_eq!(drift_backoff(&more, t0), Some(t0 + mins(2)));
         // ... at most an hour.
-        let long = with_history(&[(SecretDrift, mins(0)), (SecretDrift, mins(40))]);
+        let long = with_history(&[
+            (SecretDrift, mins(0)),
+            (SecretDrift, mins(40)),
+            (SecretDrift, mins(41)),
+        ]);
         assert_eq!(drift_backoff(&long, t0), Some(t0 + DRIFT_BACKOFF_MAX));
-        // After a quiet spell (more than two hours between them), it starts over.
-        let quiet = with_history(&[(SecretDrift, mins(0)), (SecretDrift, mins(180))]);
-        assert_eq!(drift_backoff(&quiet, t0), Some(t0 + DRIFT_BACKOFF_FIRST));
+        // After a quiet spell (more than two hours between the last two), it starts over.
+        let quiet = with_history(&[
+            (SecretDrift, mins(0)),
+            (SecretDrift, mins(180)),
+            (SecretDrift, mins(181)),
+        ]);
+        assert_eq!(drift_backoff(&quiet, t0), None);
+        let once = twice.clone();
         // The status while it waits says why, until when, and keeps the rest.
         let status = repair_backoff_status(&once, t0 + DRIFT_BACKOFF_FIRST, t0);
         let ready = &status.conditions[0];

@@ -308,7 +308,7 @@ async fn a_record_from_before_signatures_is_signed_once_without_a_rotation() {
 }
 
 #[tokio::test]
-async fn a_client_id_belongs_to_the_first_app_that_claims_it() {
+async fn a_client_id_belongs_to_the_first_app_that_claims_it_and_stays_in_its_namespace() {
     let first_ns = namespace("trust-client-id-a");
     let second_ns = namespace("trust-client-id-b");
     let admin = admin_client().await;
@@ -382,11 +382,44 @@ async fn a_client_id_belongs_to_the_first_app_that_claims_it() {
         warning.2
     );
 
-    // The first app is deleted: the id passes to the remaining claimant.
+    // The first app is deleted: the id stays reserved for its namespace. The same app applied
+    // again there (a GitOps replace, a restore) gets it back; the impostor does not.
     first_apps
         .delete("portal", &Default::default())
         .await
         .expect("delete");
+    assert!(
+        apply(&first_ns, &app_manifest("portal", Some("shared-portal")))
+            .status
+            .success()
+    );
+    eventually("the re-created holder to get its id back", WAIT, || async {
+        let app = first_apps.get_opt("portal").await.ok()??;
+        let ready = app.ready_condition().is_some_and(|c| c.status == "True");
+        (ready && app.status?.client_id.as_deref() == Some("shared-portal")).then_some(())
+    })
+    .await;
+    let impostor = second_apps.get("impostor").await.expect("impostor");
+    assert_eq!(
+        impostor.ready_condition().map(|c| c.reason.as_str()),
+        Some("ClientIdConflict")
+    );
+
+    // Deleted again, the id passes to another namespace only when a person says so, on the
+    // record key Secret.
+    first_apps
+        .delete("portal", &Default::default())
+        .await
+        .expect("delete");
+    control_plane().kubectl_ok(&[
+        "annotate",
+        "secret",
+        "oauthapp-operator-record-key",
+        "-n",
+        "default",
+        "oauthapp.io/release-client-id=shared-portal",
+        "--overwrite",
+    ]);
     let (app, secret) = settled(&second_apps, &second_secrets, "impostor", 1).await;
     assert_eq!(
         app.status.expect("status").client_id.as_deref(),
@@ -394,4 +427,12 @@ async fn a_client_id_belongs_to_the_first_app_that_claims_it() {
     );
     let data = secret.data.expect("data");
     assert_eq!(data["client_id"].0, b"shared-portal");
+    control_plane().kubectl_ok(&[
+        "annotate",
+        "secret",
+        "oauthapp-operator-record-key",
+        "-n",
+        "default",
+        "oauthapp.io/release-client-id-",
+    ]);
 }
