@@ -106,6 +106,13 @@ struct RunArgs {
     /// The brake's window.
     #[arg(long, env = "OAUTHAPP_REPAIR_BRAKE_WINDOW", default_value = "5m", value_parser = parse_duration)]
     repair_brake_window: Duration,
+    /// Verify answers 503 (retry) instead of from its cache once the operator's view of the
+    /// apps may be older than this: their watch has failed (the API server unreachable from
+    /// this replica) and not shown a change or completed a relist since. A failed watch is
+    /// started afresh every 5 s. A watch that stalls without an error is ended by the API
+    /// server's watch timeout (about 5 minutes) and counts from there.
+    #[arg(long, env = "OAUTHAPP_VERIFY_MAX_STALENESS", default_value = "60s", value_parser = parse_duration)]
+    verify_max_staleness: Duration,
     /// Read the initial state of the watches as a stream of events (the WatchList feature,
     /// Kubernetes 1.32 and later): a relist never holds a page of whole objects. `false` for an
     /// API server without it: pages of whole objects instead.
@@ -437,6 +444,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .collect(),
         request_timeout: args.api_request_timeout,
         connections,
+        verify_max_staleness: args.verify_max_staleness,
     };
     let api_state = ApiState {
         ctx: ctx.clone(),

@@ -154,6 +154,8 @@ pub struct Watches {
     kept_ids: RwLock<HashMap<String, String>>,
     /// Deleted apps' last rotations are noted here (crate::ledger).
     ledger: Option<Arc<crate::ledger::Ledger>>,
+    /// Per scope (by index), since when its app watch has failed with no complete view since.
+    app_watch_failing: std::sync::Mutex<HashMap<usize, std::time::Instant>>,
 }
 
 impl Watches {
@@ -208,9 +210,10 @@ impl Watches {
             ready: ready_rx,
             kept_ids: RwLock::default(),
             ledger,
+            app_watch_failing: std::sync::Mutex::default(),
         });
         let ready_tx = Arc::new(ready_tx);
-        for (scope, (app_writer, secret_writer)) in watches.scopes.iter().zip(writers) {
+        for (index, (scope, (app_writer, secret_writer))) in watches.scopes.iter().zip(writers).enumerate() {
             let (apps_api, secrets_api): (Api<OAuthApp>, Api<PartialObjectMeta<Secret>>) =
                 match &scope.namespace {
                     Some(ns) => (
@@ -223,18 +226,26 @@ impl Watches {
             // Streaming lists (the API server sends the initial state as watch events): a relist
             // never holds a page of whole objects (up to 500, each up to 1.5 MiB) before they
             // are stripped.
-            let app_events = watcher(apps_api, initial(watcher::Config::default()))
-                .default_backoff()
-                .modify(strip_app);
-            let secret_events = watcher(secrets_api, initial(watcher::Config::default().labels(&selector)))
-                .default_backoff()
-                .modify(strip_secret);
-            #[cfg(feature = "failpoints")]
-            let secret_events = failpoints::stale_secret_cache(secret_events);
+            let app_config = initial(watcher::Config::default());
+            let app_events = move || {
+                watcher(apps_api.clone(), app_config.clone())
+                    .default_backoff()
+                    .modify(strip_app)
+            };
+            let secret_config = initial(watcher::Config::default().labels(&selector));
+            let secret_events = move || {
+                let events = watcher(secrets_api.clone(), secret_config.clone())
+                    .default_backoff()
+                    .modify(strip_secret);
+                #[cfg(feature = "failpoints")]
+                let events = failpoints::stale_secret_cache(events);
+                events
+            };
             let w = watches.clone();
             let tx = scope.app_changes.clone();
             let store = scope.apps.clone();
             let ns = scope.namespace.clone();
+            let health = watches.clone();
             tokio::spawn(pump(
                 app_writer,
                 app_events,
@@ -245,6 +256,7 @@ impl Watches {
                     w.on_app_event(ev, &store, ns.as_deref());
                     forward(ev, &store, &tx)
                 },
+                move |current| health.app_view(index, current),
             ));
             let tx = scope.secret_changes.clone();
             let store = scope.secrets.clone();
@@ -255,9 +267,27 @@ impl Watches {
                 ready_tx.clone(),
                 "Secret",
                 move |ev| forward(ev, &store, &tx),
+                |_| {},
             ));
         }
         watches
+    }
+
+    fn app_view(&self, scope: usize, current: bool) {
+        let mut failing = self.app_watch_failing.lock().unwrap_or_else(|e| e.into_inner());
+        if current {
+            failing.remove(&scope);
+        } else {
+            failing.entry(scope).or_insert_with(std::time::Instant::now);
+        }
+    }
+
+    /// How long the operator's view of some apps may have been behind the API server: since
+    /// an app watch failed, until it shows a change again or completes a relist. None while
+    /// every app watch works.
+    pub fn apps_stale_for(&self) -> Option<std::time::Duration> {
+        let failing = self.app_watch_failing.lock().unwrap_or_else(|e| e.into_inner());
+        failing.values().map(std::time::Instant::elapsed).max()
     }
 
     /// True once every watch has completed its first list.
@@ -518,30 +548,52 @@ where
     }
 }
 
-/// Drives one watch: applies its events to the store, then to `on_event`; counts its first
-/// complete list toward readiness.
-async fn pump<K>(
+/// While a watch fails, it is started afresh this often: a relist, which (unlike a watch that
+/// resumes quietly) shows when the view is complete again.
+const RESTART_FAILED_WATCH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Drives one watch (`events` makes its stream): applies its events to the store, then to
+/// `on_event`; counts its first complete list toward readiness. `on_view` hears `false` when
+/// the watch fails, and `true` once it shows a change or a complete relist again. While it
+/// fails, the watch is started afresh every [`RESTART_FAILED_WATCH`].
+async fn pump<K, S>(
     mut writer: reflector::store::Writer<K>,
-    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    events: impl Fn() -> S + Send,
     shutdown: CancellationToken,
     ready: Arc<watch::Sender<usize>>,
     kind: &'static str,
     mut on_event: impl FnMut(&watcher::Event<K>) + Send,
+    mut on_view: impl FnMut(bool) + Send,
 ) where
     K: Lookup + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
-    let mut events = std::pin::pin!(events);
+    let mut stream = Box::pin(events());
     let mut first_done = false;
+    // While failing: when to start the watch afresh.
+    let mut restart_at: Option<tokio::time::Instant> = None;
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
-            next = events.next() => next,
+            next = stream.next() => next,
+            () = tokio::time::sleep_until(restart_at.unwrap_or_else(tokio::time::Instant::now)), if restart_at.is_some() => {
+                stream = Box::pin(events());
+                restart_at = Some(tokio::time::Instant::now() + RESTART_FAILED_WATCH);
+                continue;
+            }
         };
         match next {
             Some(Ok(event)) => {
                 writer.apply_watcher_event(&event);
                 on_event(&event);
+                if matches!(
+                    event,
+                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone
+                ) {
+                    restart_at = None;
+                    on_view(true);
+                }
                 if matches!(event, watcher::Event::InitDone) {
                     if first_done {
                         info!(kind, "watch relisted");
@@ -552,6 +604,8 @@ async fn pump<K>(
                 }
             }
             Some(Err(e)) => {
+                restart_at.get_or_insert_with(|| tokio::time::Instant::now() + RESTART_FAILED_WATCH);
+                on_view(false);
                 warn!(kind, error = %crate::error::redact(&e.to_string()), "watch failed; retrying")
             }
             None => break,

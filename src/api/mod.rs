@@ -72,6 +72,9 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// Header-read and idle timeouts, and the connection cap.
     pub connections: crate::serve::ConnectionLimits,
+    /// Verify answers 503 once the operator's view of the apps may be older than this (their
+    /// watch has been failing that long).
+    pub verify_max_staleness: Duration,
 }
 
 /// What the handlers share.
@@ -90,6 +93,7 @@ struct Shared {
     request_timeout: Duration,
     /// Positive verification answers, briefly.
     verify_answers: verify::AnswerCache,
+    verify_max_staleness: Duration,
 }
 
 /// The API's routes and middleware; fails on rate limits that cannot be token buckets.
@@ -114,6 +118,7 @@ fn shared(state: ApiState, config: &ApiConfig) -> Result<Shared, InvalidRate> {
         ctx: state.ctx,
         watches: state.watches,
         verify_answers: verify::AnswerCache::default(),
+        verify_max_staleness: config.verify_max_staleness,
     })
 }
 

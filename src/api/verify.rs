@@ -109,7 +109,7 @@ fn valid_secrets(app: &OAuthApp, now: Timestamp) -> Vec<(MatchedSecret, String, 
         (status = 415, description = "The body is not sent as application/json", body = RestErrorResponse),
         (status = 429, description = "Too many requests (verifications are limited per caller and per client id; of unknown client ids, per caller and in all)", body = RestErrorResponse),
         (status = 500, description = "Internal error", body = RestErrorResponse),
-        (status = 503, description = "The Kubernetes API server is unavailable; retry", body = RestErrorResponse),
+        (status = 503, description = "The Kubernetes API server is unavailable, or the operator's view of the apps may be stale; retry", body = RestErrorResponse),
     ),
     security(("bearer_auth" = []))
 )]
@@ -119,6 +119,16 @@ pub async fn verify_client_credentials(
     Body(request): Body<VerifyRequest>,
 ) -> Result<Json<VerifyResult>, ApiError> {
     api.ready()?;
+    // A view of the apps that may be stale (their watch failing) answers nothing from it: a
+    // secret revoked meanwhile must not verify.
+    if let Some(stale) = api.watches.apps_stale_for()
+        && stale > api.verify_max_staleness
+    {
+        return Err(ApiError::unavailable(format!(
+            "the operator's view of the apps may be stale (their watch has failed for {}s): retry, or ask another replica",
+            stale.as_secs()
+        )));
+    }
     // Before any lookup, limiter or memory: a string that cannot be a client id.
     if !crate::crd::could_be_client_id(&request.client_id) {
         return Err(ApiError::bad_request(

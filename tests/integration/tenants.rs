@@ -560,3 +560,68 @@ async fn the_watches_also_work_with_paged_lists() {
     .await;
     assert_eq!(answer["secret"], "current");
 }
+
+/// Verify answers from the operator's cache of the apps, which its watch keeps current. When
+/// that watch fails (this replica cut off from the API server), a verifier gets answers from the
+/// cache for at most `--verify-max-staleness`, then 503 (retry): a secret revoked meanwhile never
+/// verifies from a stale view for longer. Back in touch, the watch relists and verify answers
+/// again.
+#[tokio::test]
+async fn verify_answers_503_once_its_view_of_the_apps_may_be_stale() {
+    use crate::faults::{Toxiproxy, apiserver_address, kubeconfig_via};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cp = control_plane();
+    let ns = namespace("tenants-stale");
+    let toxiproxy = Toxiproxy::start(cp).await;
+    let port = toxiproxy
+        .proxy("stale-view", &apiserver_address(&cp.kubeconfig))
+        .await;
+    let kubeconfig = kubeconfig_via(cp, port, "stale-view");
+    // Callers' reviews are reused for 5 minutes: what is measured is the view of the apps.
+    let operator = Operator::start(
+        &kubeconfig,
+        &ns,
+        &["--verify-max-staleness", "5s", "--auth-cache-ttl", "5m"],
+        &[],
+    );
+    wait_ready(&operator).await;
+    let (client_id, secret) = tenant_app(&ns).await;
+    let verifier = caller(&ns, "gateway", VERIFIER_RULES);
+    let api = operator.api_port;
+    // Polled faster than the caller's rate: a 429 is asked again.
+    let answer = || async {
+        let (code, body) = verify(api, &verifier, &client_id, &secret).await?;
+        (code != 429).then_some((code, body))
+    };
+    eventually("the secret to verify", WAIT, || async {
+        let (_, body) = answer().await?;
+        (body["valid"] == true).then_some(())
+    })
+    .await;
+
+    toxiproxy.set_enabled("stale-view", false).await;
+    let (code, body) = eventually("verify to answer 503 for a stale view", WAIT, || async {
+        let (code, body) = answer().await?;
+        if code == 200 {
+            // Until then, from the cache: still the right answer.
+            assert_eq!(body["valid"], true, "{body}");
+            return None;
+        }
+        Some((code, body))
+    })
+    .await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("may be stale")),
+        "{body}"
+    );
+
+    toxiproxy.set_enabled("stale-view", true).await;
+    eventually("verify to answer again", WAIT, || async {
+        let (code, body) = answer().await?;
+        (code == 200 && body["valid"] == true).then_some(())
+    })
+    .await;
+}
