@@ -366,6 +366,35 @@ mod tests {
     }
 
     #[test]
+    fn a_client_id_is_reserved_for_the_namespace_of_its_deleted_holder_until_released() {
+        let ledger = Ledger::default();
+        // Before the ledger is read, every id counts as reserved (for no namespace).
+        assert_eq!(ledger.reserved_for("billing", None), Some(String::new()));
+        ledger.loaded.store(true, Ordering::Release);
+        assert_eq!(ledger.reserved_for("billing", None), None);
+        let mut holder = OAuthApp::new("portal", OAuthAppSpec::default());
+        holder.metadata.namespace = Some("payments".into());
+        holder.spec.client_id = Some("billing".into());
+        holder.status = Some(crate::crd::OAuthAppStatus {
+            client_id: Some("billing".into()),
+            rotation_id: Some("r1".into()),
+            rotation_count: 3,
+            ..Default::default()
+        });
+        ledger.note(&holder);
+        assert_eq!(
+            ledger.reserved_for("billing", None),
+            Some(digest("namespace", "payments"))
+        );
+        assert_eq!(ledger.reserved_for("other", None), None);
+        assert_eq!(
+            ledger.reserved_for("billing", Some("billing")),
+            None,
+            "released by a person"
+        );
+    }
+
+    #[test]
     fn entries_round_trip_and_a_malformed_one_is_ignored() {
         let e = Entry {
             count: 7,

@@ -481,6 +481,10 @@ async fn a_writer_that_fights_the_operator_gets_repairs_that_back_off() {
         ready.message
     );
     assert!(ready.message.contains("another writer"), "{}", ready.message);
+    // The repairs held back are not counted by the brake on mass repair: it stays off, and
+    // every other app's repairs go on.
+    assert_eq!(operator.metric("oauthapp_repair_brake_engaged").await, Some(0.0));
+    assert_eq!(operator.metric("oauthapp_repairs_held").await, Some(0.0));
 }
 
 /// Anyone who may create a Secret can give it the operator's label. Three hundred such Secrets,
