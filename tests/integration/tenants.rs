@@ -12,6 +12,9 @@ use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Cheap argon2 parameters, where hashing is not what a test measures.
+const CHEAP_HASHES: [&str; 4] = ["--hash-memory-kib", "1024", "--hash-iterations", "1"];
+
 const VERIFIER_RULES: &str =
     "- apiGroups: [oauthapp.io]\n  resources: [oauthapps/verify]\n  verbs: [create]\n";
 
@@ -50,6 +53,23 @@ fn wrong_secret() -> String {
         .expect("random")
         .expose()
         .to_string()
+}
+
+/// Writes `plaintext` into `secret` (tenant A's app's Secret, as read) as another writer would:
+/// a replace, conditional on the version read.
+async fn write_client_secret(
+    secrets: &Api<Secret>,
+    mut secret: Secret,
+    plaintext: &str,
+) -> kube::Result<Secret> {
+    secret.metadata.managed_fields = None;
+    secret.data.get_or_insert_default().insert(
+        "client_secret".into(),
+        k8s_openapi::ByteString(plaintext.as_bytes().to_vec()),
+    );
+    secrets
+        .replace("portal-oauth-client", &Default::default(), &secret)
+        .await
 }
 
 /// Tenant A's app, Ready: its client id and its plaintext secret.
@@ -171,12 +191,7 @@ async fn a_tenant_that_knows_another_tenants_client_id_cannot_lock_it_out_of_ver
 #[tokio::test]
 async fn a_flood_of_client_ids_that_cannot_be_one_is_refused_and_holds_no_memory() {
     let ns = namespace("tenants-flood");
-    let operator = Operator::start(
-        &control_plane().kubeconfig,
-        &ns,
-        &["--hash-memory-kib", "1024", "--hash-iterations", "1"],
-        &[],
-    );
+    let operator = Operator::start(&control_plane().kubeconfig, &ns, &CHEAP_HASHES, &[]);
     wait_ready(&operator).await;
     tenant_app(&ns).await;
     let port = operator.api_port;
@@ -297,14 +312,7 @@ async fn edits_of_a_secret_that_leave_its_data_alone_cost_no_hash() {
     );
 
     // The data itself changed: checked (one hash), drift, a new secret.
-    let mut tampered = labelled.clone();
-    tampered.metadata.managed_fields = None;
-    tampered.data.get_or_insert_default().insert(
-        "client_secret".into(),
-        k8s_openapi::ByteString(wrong_secret().into_bytes()),
-    );
-    secrets
-        .replace("portal-oauth-client", &Default::default(), &tampered)
+    write_client_secret(&secrets, labelled.clone(), &wrong_secret())
         .await
         .expect("replace the Secret");
     eventually("the drift to be repaired", WAIT, || async {
@@ -420,12 +428,7 @@ async fn a_squatter_on_another_tenants_client_id_cannot_be_rotated_into_holding_
 #[tokio::test]
 async fn a_writer_that_fights_the_operator_gets_repairs_that_back_off() {
     let ns = namespace("tenants-fight");
-    let operator = Operator::start(
-        &control_plane().kubeconfig,
-        &ns,
-        &["--hash-memory-kib", "1024", "--hash-iterations", "1"],
-        &[],
-    );
+    let operator = Operator::start(&control_plane().kubeconfig, &ns, &CHEAP_HASHES, &[]);
     wait_ready(&operator).await;
     tenant_app(&ns).await;
     let client = admin_client().await;
@@ -436,7 +439,7 @@ async fn a_writer_that_fights_the_operator_gets_repairs_that_back_off() {
     let mut writes = 0;
     for _ in 0..40 {
         tick.tick().await;
-        let mut secret = secrets.get("portal-oauth-client").await.expect("Secret");
+        let secret = secrets.get("portal-oauth-client").await.expect("Secret");
         let current = secret
             .data
             .as_ref()
@@ -445,16 +448,7 @@ async fn a_writer_that_fights_the_operator_gets_repairs_that_back_off() {
         if current.as_deref() == Some(theirs.as_bytes()) {
             continue;
         }
-        secret.metadata.managed_fields = None;
-        secret.data.get_or_insert_default().insert(
-            "client_secret".into(),
-            k8s_openapi::ByteString(theirs.clone().into_bytes()),
-        );
-        if secrets
-            .replace("portal-oauth-client", &Default::default(), &secret)
-            .await
-            .is_ok()
-        {
+        if write_client_secret(&secrets, secret, &theirs).await.is_ok() {
             writes += 1;
         }
     }
@@ -496,8 +490,7 @@ async fn a_writer_that_fights_the_operator_gets_repairs_that_back_off() {
 async fn labelled_secrets_that_are_no_apps_cost_a_restarted_operator_no_memory() {
     use futures::StreamExt;
     let ns = namespace("tenants-inflate");
-    let args = ["--hash-memory-kib", "1024", "--hash-iterations", "1"];
-    let first = Operator::start(&control_plane().kubeconfig, &ns, &args, &[]);
+    let first = Operator::start(&control_plane().kubeconfig, &ns, &CHEAP_HASHES, &[]);
     wait_ready(&first).await;
     tenant_app(&ns).await;
     let client = admin_client().await;
@@ -528,7 +521,7 @@ async fn labelled_secrets_that_are_no_apps_cost_a_restarted_operator_no_memory()
     assert_eq!(created, 300);
     drop(first);
 
-    let second = Operator::start(&control_plane().kubeconfig, &ns, &args, &[]);
+    let second = Operator::start(&control_plane().kubeconfig, &ns, &CHEAP_HASHES, &[]);
     wait_ready(&second).await;
     let apps: Api<OAuthApp> = Api::namespaced(client, &ns);
     eventually("the app Ready after the restart", WAIT, || async {

@@ -411,15 +411,7 @@ async fn a_client_id_belongs_to_the_first_app_that_claims_it_and_stays_in_its_na
         .delete("portal", &Default::default())
         .await
         .expect("delete");
-    control_plane().kubectl_ok(&[
-        "annotate",
-        "secret",
-        "oauthapp-operator-record-key",
-        "-n",
-        "default",
-        "oauthapp.io/release-client-id=shared-portal",
-        "--overwrite",
-    ]);
+    annotate_record_key(&["oauthapp.io/release-client-id=shared-portal", "--overwrite"]);
     let (app, secret) = settled(&second_apps, &second_secrets, "impostor", 1).await;
     assert_eq!(
         app.status.expect("status").client_id.as_deref(),
@@ -427,12 +419,18 @@ async fn a_client_id_belongs_to_the_first_app_that_claims_it_and_stays_in_its_na
     );
     let data = secret.data.expect("data");
     assert_eq!(data["client_id"].0, b"shared-portal");
-    control_plane().kubectl_ok(&[
+    annotate_record_key(&["oauthapp.io/release-client-id-"]);
+}
+
+/// `kubectl annotate` of the record key Secret the tests' operators share (in `default`).
+fn annotate_record_key(args: &[&str]) {
+    let mut annotate = vec![
         "annotate",
         "secret",
         "oauthapp-operator-record-key",
         "-n",
         "default",
-        "oauthapp.io/release-client-id-",
-    ]);
+    ];
+    annotate.extend(args);
+    control_plane().kubectl_ok(&annotate);
 }
