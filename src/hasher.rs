@@ -22,9 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use crate::error::Error;
+use crate::fair::{FairPermit, FairPermits};
 use crate::secret::{self, ClientSecret, HashMemory, HashParams};
 
 /// The workers' argon2 memory goes back to the system after this long without a hash.
@@ -52,8 +53,10 @@ pub struct Hasher {
     /// The parameters whose hashes are verified: `params` first, then those accepted from an
     /// earlier configuration (`--hash-accept-params`). Anything else is never computed.
     trusted: Arc<[HashParams]>,
+    /// Shared between tenants (namespaces, verify callers) in turn: a storm of one tenant's
+    /// hashes delays another's by one turn, not by the storm ([`crate::fair`]).
+    permits: FairPermits,
     workers: usize,
-    permits: Arc<Semaphore>,
     memory: Arc<Mutex<Memory>>,
     /// Ready (secret, hash) pairs, at most `pool_size`.
     pool: Arc<Mutex<VecDeque<(ClientSecret, String)>>>,
@@ -137,8 +140,8 @@ impl Hasher {
         let hasher = Self {
             params,
             trusted: Arc::from([params]),
+            permits: FairPermits::new(workers),
             workers,
-            permits: Arc::new(Semaphore::new(workers)),
             memory: Arc::new(Mutex::new(Memory {
                 release_after: IDLE_RELEASE,
                 ..Memory::default()
@@ -204,13 +207,11 @@ impl Hasher {
                 // Lower priority than requested hashes: only when every worker is free. A
                 // requested hash queued on the semaphore gets a released permit before anyone
                 // else, so try_acquire never takes one from it.
-                let permit = (this.permits.available_permits() == this.workers)
-                    .then(|| this.permits.clone().try_acquire_owned().ok())
-                    .flatten();
+                let permit = this.permits.try_acquire_if_idle();
                 let Some(permit) = permit else {
                     let finished = this.finished.notified();
                     // Re-checked after subscribing, so a hash ending meanwhile is not missed.
-                    if this.permits.available_permits() != this.workers {
+                    if !this.permits.idle() {
                         finished.await;
                     }
                     continue;
@@ -242,12 +243,17 @@ impl Hasher {
     /// Checks `plaintext` against every hash of `phcs` (all of them, whatever matches first, so
     /// the work does not depend on which one matches), or against a dummy when `phcs` is empty.
     /// The answer has one entry per hash of `phcs`.
-    pub async fn verify_all(&self, plaintext: String, phcs: Vec<String>) -> Result<Vec<bool>, Error> {
+    pub async fn verify_all(
+        &self,
+        tenant: &str,
+        plaintext: String,
+        phcs: Vec<String>,
+    ) -> Result<Vec<bool>, Error> {
         let trusted = self.trusted.clone();
         let checked = if phcs.is_empty() {
             let dummy = self
                 .dummy
-                .get_or_try_init(|| async { self.generate().await.map(|(_, phc)| phc) })
+                .get_or_try_init(|| async { self.generate(tenant).await.map(|(_, phc)| phc) })
                 .await?
                 .clone();
             vec![dummy]
@@ -255,7 +261,7 @@ impl Hasher {
             phcs.clone()
         };
         let matches = self
-            .blocking(move |memory| {
+            .blocking(tenant, move |memory| {
                 let well_formed = secret::check_format(&plaintext).is_ok();
                 Ok(checked
                     .iter()
@@ -274,14 +280,14 @@ impl Hasher {
 
     /// A fresh secret and its PHC hash: a ready pair from the pool if there is one (and the
     /// pool is topped up in the background), else hashed now.
-    pub async fn generate(&self) -> Result<(ClientSecret, String), Error> {
+    pub async fn generate(&self, tenant: &str) -> Result<(ClientSecret, String), Error> {
         let ready = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
         self.refill();
         if let Some(pair) = ready {
             return Ok(pair);
         }
         let params = self.params;
-        self.blocking(move |memory| {
+        self.blocking(tenant, move |memory| {
             let s = ClientSecret::generate()?;
             let phc = secret::hash_in(s.expose(), &params, memory)?;
             Ok((s, phc))
@@ -292,28 +298,25 @@ impl Hasher {
     /// Whether `plaintext` verifies against `phc`. A malformed hash, or one made with
     /// parameters this hasher does not trust (never computed: its cost would be the hash
     /// string's choice), counts as "does not verify".
-    pub async fn verify(&self, plaintext: String, phc: String) -> Result<bool, Error> {
+    pub async fn verify(&self, tenant: &str, plaintext: String, phc: String) -> Result<bool, Error> {
         if !secret::uses_trusted_params(&phc, &self.trusted) {
             return Ok(false);
         }
         let trusted = self.trusted.clone();
-        self.blocking(move |memory| {
+        self.blocking(tenant, move |memory| {
             Ok(secret::check_format(&plaintext).is_ok()
                 && secret::verify_with(&plaintext, &phc, &trusted, memory).unwrap_or(false))
         })
         .await
     }
 
+    /// Runs `f` with a worker's memory when `tenant`'s turn for a worker comes.
     async fn blocking<T: Send + 'static>(
         &self,
+        tenant: &str,
         f: impl FnOnce(&mut HashMemory) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Internal("hasher closed".into()))?;
+        let permit = self.permits.acquire(tenant).await;
         self.run(permit, None, f).await
     }
 
@@ -329,7 +332,7 @@ impl Hasher {
     /// `background`'s thread.
     async fn run<T: Send + 'static>(
         &self,
-        permit: OwnedSemaphorePermit,
+        permit: FairPermit,
         background: Option<&Background>,
         f: impl FnOnce(&mut HashMemory) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
@@ -436,7 +439,7 @@ mod tests {
         eventually("a full pool", || hasher.pooled() == 2).await;
         assert_eq!(policy_of_thread("hash-refill"), Some(SCHED_IDLE));
         // A requested hash does not use it, and the pool is made again behind it.
-        let (secret, phc) = hasher.generate().await.unwrap();
+        let (secret, phc) = hasher.generate("ns").await.unwrap();
         assert!(secret::verify_with(secret.expose(), &phc, &[FAST], &mut HashMemory::default()).unwrap());
         eventually("the pool refilled", || hasher.pooled() == 2).await;
     }
@@ -447,17 +450,17 @@ mod tests {
         eventually("a full pool", || hasher.pooled() == 3).await;
         let mut seen = std::collections::HashSet::new();
         for _ in 0..5 {
-            let (secret, phc) = hasher.generate().await.unwrap();
+            let (secret, phc) = hasher.generate("ns").await.unwrap();
             assert!(hasher.pooled() <= 3);
             assert!(
                 hasher
-                    .verify(secret.expose().to_owned(), phc.clone())
+                    .verify("ns", secret.expose().to_owned(), phc.clone())
                     .await
                     .unwrap()
             );
             assert!(
                 !hasher
-                    .verify(ClientSecret::generate().unwrap().expose().to_owned(), phc)
+                    .verify("ns", ClientSecret::generate().unwrap().expose().to_owned(), phc)
                     .await
                     .unwrap()
             );
@@ -480,13 +483,13 @@ mod tests {
         // the refill, started by the takes, never takes the free worker (verifications do not
         // take from the pool; were the refill allowed that worker, it would fill the pool
         // meanwhile).
-        let busy = hasher.permits.clone().acquire_owned().await.unwrap();
-        let (secret, phc) = hasher.generate().await.unwrap();
-        hasher.generate().await.unwrap();
+        let busy = hasher.permits.acquire("ns").await;
+        let (secret, phc) = hasher.generate("ns").await.unwrap();
+        hasher.generate("ns").await.unwrap();
         for _ in 0..20 {
             assert!(
                 hasher
-                    .verify(secret.expose().to_owned(), phc.clone())
+                    .verify("ns", secret.expose().to_owned(), phc.clone())
                     .await
                     .unwrap()
             );
@@ -494,15 +497,25 @@ mod tests {
         }
         drop(busy);
         // Then a hash ends with both workers free, and the refill goes on.
-        assert!(hasher.verify(secret.expose().to_owned(), phc).await.unwrap());
+        assert!(
+            hasher
+                .verify("ns", secret.expose().to_owned(), phc)
+                .await
+                .unwrap()
+        );
         eventually("the pool refilled", || hasher.pooled() == 2).await;
     }
 
     #[tokio::test]
     async fn no_pool_without_a_size() {
         let hasher = Hasher::new(FAST, 2);
-        let (secret, phc) = hasher.generate().await.unwrap();
-        assert!(hasher.verify(secret.expose().to_owned(), phc).await.unwrap());
+        let (secret, phc) = hasher.generate("ns").await.unwrap();
+        assert!(
+            hasher
+                .verify("ns", secret.expose().to_owned(), phc)
+                .await
+                .unwrap()
+        );
         assert_eq!(hasher.pooled(), 0);
     }
 
@@ -515,7 +528,7 @@ mod tests {
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let held = hasher.clone();
         let caller = tokio::spawn(async move {
-            held.blocking(move |memory| {
+            held.blocking("ns", move |memory| {
                 let _ = started_tx.send(());
                 let _ = release_rx.recv();
                 let s = ClientSecret::generate()?;
@@ -530,11 +543,11 @@ mod tests {
             "the caller went away while its hash ran"
         );
         // Its hash still runs: it keeps the one worker and its buffer.
-        assert_eq!(hasher.permits.available_permits(), 0);
+        assert_eq!(hasher.permits.available(), 0);
         assert_eq!(hasher.buffers(), 1);
         let next = tokio::spawn({
             let hasher = hasher.clone();
-            async move { hasher.generate().await }
+            async move { hasher.generate("ns").await }
         });
         assert_eq!(hasher.buffers(), 1, "no second hash beside the abandoned one");
         assert!(!next.is_finished());
@@ -542,20 +555,20 @@ mod tests {
         next.await.unwrap().unwrap();
         // One worker, so one buffer: an abandoned hash never lets another start beside it.
         assert_eq!(hasher.buffers(), 1);
-        assert_eq!(hasher.permits.available_permits(), 1);
+        assert_eq!(hasher.permits.available(), 1);
     }
 
     #[tokio::test]
     async fn idle_workers_give_their_memory_back() {
         let hasher = Hasher::new(FAST, 2);
         hasher.memory.lock().unwrap().release_after = Duration::from_secs(1);
-        let (a, b) = tokio::join!(hasher.generate(), hasher.generate());
+        let (a, b) = tokio::join!(hasher.generate("ns"), hasher.generate("ns"));
         a.unwrap();
         b.unwrap();
         assert!(hasher.buffers() >= 1, "the buffers are kept between hashes");
         eventually("the idle buffers to be freed", || hasher.buffers() == 0).await;
         // And taken again when needed.
-        hasher.generate().await.unwrap();
+        hasher.generate("ns").await.unwrap();
         assert_eq!(hasher.buffers(), 1);
     }
 }

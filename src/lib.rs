@@ -9,6 +9,7 @@ pub mod context;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod fair;
 pub mod hasher;
 pub mod id;
 pub mod leader;

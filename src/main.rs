@@ -66,6 +66,11 @@ struct RunArgs {
     /// Apps reconciled at the same time.
     #[arg(long, env = "OAUTHAPP_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
+    /// Of those, at most this many of one namespace (default: half of --concurrency), so that
+    /// a namespace with a storm of changes leaves the other slots to other namespaces. Watching
+    /// a single namespace, it is --concurrency.
+    #[arg(long, env = "OAUTHAPP_NAMESPACE_CONCURRENCY")]
+    namespace_concurrency: Option<u16>,
     /// argon2id memory cost in KiB for new hashes.
     #[arg(long, env = "OAUTHAPP_HASH_MEMORY_KIB", default_value_t = HashParams::default().m_cost_kib)]
     hash_memory_kib: u32,
@@ -455,6 +460,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings {
         resync: args.resync_interval,
         concurrency: args.concurrency,
+        namespace_concurrency: match args.concurrency {
+            0 => args.namespace_concurrency.unwrap_or(u16::MAX),
+            all => args.namespace_concurrency.unwrap_or(all / 2).clamp(1, all),
+        },
     };
     {
         let watches = watches.clone();

@@ -129,6 +129,8 @@ pub struct Metrics {
     pub rotation_duration: Histogram,
     /// Reconciliations run.
     pub reconciles: Counter,
+    /// Reconciles put off because their namespace held its share of the slots.
+    pub reconciles_deferred: Counter,
     /// Seconds per reconciliation.
     pub reconcile_duration: Histogram,
     /// Failed reconciliations by error reason.
@@ -200,6 +202,7 @@ impl Metrics {
         let rotation_duration =
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let reconciles = Counter::default();
+        let reconciles_deferred = Counter::default();
         let reconcile_duration = Histogram::new([
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ]);
@@ -242,6 +245,11 @@ impl Metrics {
             rotation_duration.clone(),
         );
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
+        registry.register(
+            "reconciles_deferred",
+            "Reconciliations put off because their namespace held its share of the slots (--namespace-concurrency)",
+            reconciles_deferred.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Time per reconciliation",
@@ -369,6 +377,7 @@ impl Metrics {
             rotations,
             rotation_duration,
             reconciles,
+            reconciles_deferred,
             reconcile_duration,
             reconcile_errors,
             writes,

@@ -250,7 +250,7 @@ async fn rotate_inner(
 
     let (secret, hash) = match generated {
         Some(generated) => generated,
-        None => ctx.hasher.generate().await?,
+        None => ctx.hasher.generate(&app.namespace().unwrap_or_default()).await?,
     };
     let hint = secret.hint();
     let rotation_id = uuid::Uuid::from_u128(rand::random()).simple().to_string();
@@ -903,7 +903,8 @@ pub async fn check_content(ctx: &Context, app: &OAuthApp, secret: &Secret) -> Re
     let client_id_ok =
         data.get(CLIENT_ID_KEY).map(|b| b.0.as_slice()) == expected.as_deref().map(str::as_bytes);
 
-    let secret_ok = ctx.hasher.verify(plaintext, hash.clone()).await?;
+    let tenant = app.namespace().unwrap_or_default();
+    let secret_ok = ctx.hasher.verify(&tenant, plaintext, hash.clone()).await?;
     ctx.metrics.content_checks.inc();
     let check = ContentCheck {
         secret_ok,

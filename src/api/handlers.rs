@@ -919,7 +919,7 @@ impl Shared {
         let (fresh, secret, generated) = futures::join!(
             apps.get_opt(name),
             secrets.get_metadata_opt(secret_name),
-            self.ctx.hasher.generate()
+            self.ctx.hasher.generate(ns)
         );
         let fresh = fresh
             .map_err(|e| ApiError::from_kube("reading an OAuthApp", &e))?

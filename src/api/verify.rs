@@ -185,7 +185,11 @@ pub async fn verify_client_credentials(
     let matches = api
         .ctx
         .hasher
-        .verify_all(request.client_secret.clone(), hashes)
+        .verify_all(
+            &tenant_of(&caller.username),
+            request.client_secret.clone(),
+            hashes,
+        )
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "verifying client credentials failed");
@@ -202,6 +206,18 @@ pub async fn verify_client_credentials(
             api.count(if app.is_some() { "invalid" } else { "unknown" });
             Ok(Json(VerifyResult::invalid()))
         }
+    }
+}
+
+/// Whose turn a verification's hash waits for ([`crate::fair`]): a ServiceAccount's namespace
+/// (a tenant's many ServiceAccounts are one tenant), else the user.
+fn tenant_of(username: &str) -> String {
+    match username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+    {
+        Some((namespace, _)) => namespace.to_string(),
+        None => format!("user:{username}"),
     }
 }
 
@@ -225,6 +241,18 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_tenants_service_accounts_share_one_turn() {
+        assert_eq!(tenant_of("system:serviceaccount:team-b:one"), "team-b");
+        assert_eq!(tenant_of("system:serviceaccount:team-b:two"), "team-b");
+        assert_eq!(tenant_of("alice"), "user:alice");
+        assert_eq!(
+            tenant_of("system:serviceaccount:team-b"),
+            "user:system:serviceaccount:team-b"
+        );
+    }
+
     use super::*;
     use crate::crd::{OAuthAppSpec, OAuthAppStatus, PreviousSecret};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;

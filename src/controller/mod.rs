@@ -6,6 +6,7 @@
 //! write — it costs at most two GETs — and the steady state makes no requests at all.
 
 pub mod plan;
+pub mod shares;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +38,8 @@ pub struct Settings {
     pub resync: Duration,
     /// Apps reconciled at the same time.
     pub concurrency: u16,
+    /// Of those, at most this many of one namespace (see [`shares`]).
+    pub namespace_concurrency: u16,
 }
 
 /// After a failed reconcile, the app is retried after this long.
@@ -65,6 +68,8 @@ pub struct Scope {
     apps: Store<OAuthApp>,
     secrets: Store<PartialObjectMeta<Secret>>,
     resync: Duration,
+    /// Reconcile slots shared between namespaces.
+    shares: shares::NamespaceShares,
 }
 
 /// Runs the controller on the shared watches until `shutdown` is cancelled. Every app is
@@ -107,11 +112,18 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
             })
         });
         let stop = shutdown.clone();
+        // One namespace watched: its share is the whole.
+        let per_namespace = match caches.namespace {
+            Some(_) => u16::MAX,
+            None => settings.namespace_concurrency,
+        };
+        let (shares, unparked) = shares::NamespaceShares::new(usize::from(per_namespace));
         let controller = Controller::for_shared_stream(apps, caches.apps.clone())
             // A Secret maps to its app by its controller reference, or, without one (a retained
             // or restored Secret), by the app name its record names.
             .watches_shared_stream(secrets, secret_owner)
             .reconcile_all_on(resync_all_rx)
+            .reconcile_on(unparked)
             .with_config(ControllerConfig::default().concurrency(settings.concurrency))
             .graceful_shutdown_on(async move { stop.cancelled().await });
         let scope = Arc::new(Scope {
@@ -120,6 +132,7 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
             apps: caches.apps.clone(),
             secrets: caches.secrets.clone(),
             resync: settings.resync,
+            shares,
         });
         info!(
             namespace = caches.namespace.as_deref().unwrap_or("<all>"),
@@ -141,8 +154,13 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
 }
 
 async fn reconcile(app: Arc<OAuthApp>, scope: Arc<Scope>) -> Result<Action, Error> {
-    let started = Instant::now();
     let ctx = &scope.ctx;
+    let Some(_slot) = scope.shares.enter(&app) else {
+        // Its namespace holds its share of the slots: reconciled when one of them ends.
+        ctx.metrics.reconciles_deferred.inc();
+        return Ok(Action::await_change());
+    };
+    let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let result = reconcile_app(&app, &scope).await;
     ctx.metrics
@@ -460,7 +478,7 @@ async fn converge(
             let started = Instant::now();
             match rotation_expected && generated.is_none() {
                 // A failed hash is made again, and reported, by rotate_with itself.
-                true => ctx.hasher.generate().await.ok().map(|g| (g, started)),
+                true => ctx.hasher.generate(&ns).await.ok().map(|g| (g, started)),
                 false => None,
             }
         };

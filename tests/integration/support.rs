@@ -390,6 +390,7 @@ impl Operator {
     }
 
     /// Like [`Operator::start_on`], with another build of the operator (an earlier version).
+    /// `ns` is the namespaces to watch, comma-separated; empty: every namespace.
     pub fn start_binary(
         cp: &ControlPlane,
         binary: &Path,
@@ -403,10 +404,12 @@ impl Operator {
         let log = cp.dir.join(format!("operator-{ns}-{api_port}.log"));
         let log_file = fs::File::create(&log).expect("create operator log");
         let mut cmd = Command::new(binary);
-        cmd.arg("run")
-            .arg("--watch-namespaces")
-            .arg(ns)
-            .arg("--api-addr")
+        cmd.arg("run");
+        // No namespace: every namespace, as the chart installs it.
+        if !ns.is_empty() {
+            cmd.arg("--watch-namespaces").arg(ns);
+        }
+        cmd.arg("--api-addr")
             .arg(format!("127.0.0.1:{api_port}"))
             .arg("--admin-addr")
             .arg(format!("127.0.0.1:{admin_port}"))

@@ -622,3 +622,194 @@ async fn verify_answers_503_once_its_view_of_the_apps_may_be_stale() {
     })
     .await;
 }
+
+/// Apps in the storming namespace.
+const STORM_APPS: usize = 150;
+
+/// How many of the storm's content checks (argon2 hashes) another namespace's rotation may see
+/// pass while it waits: the two workers' hashes under way when it comes, one turn of the storm
+/// before its own, and what the other worker checks while it hashes and writes. Served in
+/// arrival order, it would wait for every check the storm's 20 reconciles (half of
+/// `--concurrency 40`) have asked for, or, without shares, for the storm's whole line.
+const STORM_CHECKS_PER_ROTATION: f64 = 10.0;
+
+/// Annotates `name` for rotation with `token` and waits for its status to have acted on it:
+/// how long that took, and how many content checks the operator made meanwhile.
+async fn rotate_and_time(
+    apps: &Api<OAuthApp>,
+    operator: &Operator,
+    name: &str,
+    token: &str,
+) -> (Duration, f64) {
+    let checks = || operator.metric("oauthapp_secret_content_checks_total");
+    let before = checks().await.expect("the content checks metric");
+    let patch = serde_json::json!({"metadata": {"annotations": {"oauthapp.io/rotate": token}}});
+    let started = std::time::Instant::now();
+    apps.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .expect("annotate the app");
+    let deadline = started + WAIT;
+    loop {
+        let app = apps.get(name).await.expect("the app");
+        if app.status.and_then(|s| s.observed_rotate_token).as_deref() == Some(token) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotation {token} of {name} not done in {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed();
+    (took, checks().await.expect("the content checks metric") - before)
+}
+
+fn p50(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// One namespace rewrites its apps' Secrets at 50/s for 30 s, each write new data: a content
+/// check (an argon2 hash each) and drift. Another namespace annotates its app for rotation, on a
+/// quiet operator first, then again and again during the storm. The operator watches every
+/// namespace, as the chart installs it, with its default hash workers (argon2 made 8 times as
+/// costly, and 40 reconcile slots, so that the storm asks for more hashing than the machine has). The storm gets its
+/// share, not the whole: at most half the reconcile slots, and hash workers in turn, so each of
+/// the other namespace's rotations sees only a handful of the storm's hashes pass while it
+/// waits, never the storm's line. Both p50s of annotate → status are reported.
+#[tokio::test]
+async fn a_namespace_with_a_storm_of_secret_edits_gets_its_share_of_the_hashing_not_the_whole() {
+    let private = PrivateControlPlane::start("tenants-storm");
+    let cp = &private.0;
+    let storm = cp.namespace("storm");
+    let victim = cp.namespace("victim");
+    let operator = Operator::start_on(
+        cp,
+        &cp.kubeconfig,
+        "",
+        &["--hash-iterations", "16", "--concurrency", "40"],
+        &[],
+    );
+    wait_ready(&operator).await;
+    let client = client_from(&cp.kubeconfig).await;
+    let storm_apps: Api<OAuthApp> = Api::namespaced(client.clone(), &storm);
+    let storm_secrets: Api<Secret> = Api::namespaced(client.clone(), &storm);
+    let victim_apps: Api<OAuthApp> = Api::namespaced(client.clone(), &victim);
+    let app = |name: &str| {
+        format!(
+            "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: {name}\nspec:\n  redirectUris: [\"https://{name}.example.com/cb\"]\n"
+        )
+    };
+    let manifests: Vec<String> = (0..STORM_APPS).map(|i| app(&format!("s{i}"))).collect();
+    cp.apply_ok(&storm, &manifests.join("---\n"));
+    cp.apply_ok(&victim, &app("portal"));
+    let all_ready = |apps: Api<OAuthApp>, count: usize| async move {
+        eventually("every app Ready", Duration::from_secs(300), || async {
+            let list = apps.list(&Default::default()).await.ok()?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|a| a.ready_condition().is_some_and(|c| c.status == "True"))
+                .count();
+            (ready == count).then_some(())
+        })
+        .await
+    };
+    all_ready(storm_apps.clone(), STORM_APPS).await;
+    all_ready(victim_apps.clone(), 1).await;
+
+    let mut rotations = 0;
+    let mut quiet = Vec::new();
+    for _ in 0..10 {
+        rotations += 1;
+        let (took, _) = rotate_and_time(&victim_apps, &operator, "portal", &format!("r{rotations}")).await;
+        quiet.push(took);
+    }
+
+    let checks_at_start = operator
+        .metric("oauthapp_secret_content_checks_total")
+        .await
+        .expect("the content checks metric");
+    let storm_writer = tokio::spawn({
+        let secrets = storm_secrets.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut written = 0;
+            for i in 0..1500 {
+                tick.tick().await;
+                let value = k8s_openapi::ByteString(wrong_secret().into_bytes());
+                let patch = serde_json::json!({"data": {"client_secret": value}});
+                let name = format!("s{}-oauth-client", i % STORM_APPS);
+                if secrets
+                    .patch(
+                        &name,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(&patch),
+                    )
+                    .await
+                    .is_ok()
+                {
+                    written += 1;
+                }
+            }
+            written
+        }
+    });
+    // The storm's line has formed: more checks asked for than made.
+    eventually("the storm's checks to queue up", WAIT, || async {
+        let deferred = operator.metric("oauthapp_reconciles_deferred_total").await?;
+        (deferred > 0.0).then_some(())
+    })
+    .await;
+    let mut stormy = Vec::new();
+    let mut seen = Vec::new();
+    let mut pace = tokio::time::interval(Duration::from_secs(2));
+    while !storm_writer.is_finished() && stormy.len() < 12 {
+        pace.tick().await;
+        rotations += 1;
+        let (took, checks) =
+            rotate_and_time(&victim_apps, &operator, "portal", &format!("r{rotations}")).await;
+        stormy.push(took);
+        seen.push(checks);
+    }
+    let written = storm_writer.await.expect("the storm writer");
+    let storm_checks = operator
+        .metric("oauthapp_secret_content_checks_total")
+        .await
+        .expect("the content checks metric")
+        - checks_at_start;
+    let deferred = operator
+        .metric("oauthapp_reconciles_deferred_total")
+        .await
+        .unwrap_or(0.0);
+    eprintln!(
+        "storm: {written} Secret writes in 30 s, {storm_checks} content checks, {deferred} reconciles deferred; \
+         victim annotate → status p50: quiet {:?}, in the storm {:?} ({} samples); storm checks seen per \
+         rotation: {seen:?}",
+        p50(quiet),
+        p50(stormy.clone()),
+        stormy.len()
+    );
+    assert!(written >= 1000, "the storm wrote {written} times");
+    assert!(stormy.len() >= 5, "{} rotations during the storm", stormy.len());
+    assert!(
+        seen.iter().all(|checks| *checks <= STORM_CHECKS_PER_ROTATION),
+        "a rotation of another namespace waited for the storm's line: storm checks seen per rotation {seen:?}"
+    );
+    let status = victim_apps
+        .get("portal")
+        .await
+        .expect("app")
+        .status
+        .expect("status");
+    assert_eq!(
+        status.rotation_count,
+        1 + rotations,
+        "each annotation rotated once"
+    );
+}
