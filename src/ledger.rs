@@ -82,6 +82,16 @@ impl Entry {
     }
 }
 
+/// A client id kept for the namespace of its last holder ([`Ledger::reserved_for`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reservation {
+    /// The namespace, as [`digest`]`("namespace", …)`; empty: no namespace (nobody gets the id).
+    pub namespace: String,
+    /// The holder, as [`key`]`(namespace, name)`: of the claimants in that namespace, an app of
+    /// its name (re-created, restored) comes first, whatever the order of their creation.
+    pub holder: String,
+}
+
 /// The ledger of one installation.
 #[derive(Default)]
 pub struct Ledger {
@@ -178,31 +188,32 @@ impl Ledger {
         self.get(namespace, name).map_or(0, |r| r.count)
     }
 
-    /// The namespace (as [`digest`]`("namespace", …)`) that client id `client_id` is reserved
-    /// for: the namespace of the last app seen holding it when it was deleted. None: no
-    /// reservation (or `released` names it: a person passed it on). Before the ledger is first
-    /// read, an empty digest: reserved, for no namespace, so no claimant that does not hold it
-    /// yet gets it meanwhile.
-    pub fn reserved_for(&self, client_id: &str, released: Option<&str>) -> Option<String> {
+    /// Whom client id `client_id` is reserved for: the namespace of the last app seen holding it
+    /// when it was deleted, and that app's name. None: no reservation (or `released` names it: a
+    /// person passed it on). Before the ledger is first read, an empty reservation: reserved,
+    /// for no namespace, so no claimant that does not hold it yet gets it meanwhile.
+    pub fn reserved_for(&self, client_id: &str, released: Option<&str>) -> Option<Reservation> {
         if released == Some(client_id) {
             return None;
         }
-        // Before the ledger is read, any id may be reserved: for no namespace yet.
         if !self.is_loaded() {
-            return Some(String::new());
+            return Some(Reservation::default());
         }
         let wanted = digest("client-id", client_id);
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
-            .values()
-            .filter_map(|e| {
+            .iter()
+            .filter_map(|(holder, e)| {
                 e.reserves
                     .as_ref()
                     .filter(|(c, _)| *c == wanted)
-                    .map(|(_, ns)| (e.at, ns))
+                    .map(|(_, ns)| (e.at, ns, holder))
             })
             .max()
-            .map(|(_, ns)| ns.clone())
+            .map(|(_, namespace, holder)| Reservation {
+                namespace: namespace.clone(),
+                holder: holder.clone(),
+            })
     }
 
     /// How many names are remembered.
@@ -369,7 +380,7 @@ mod tests {
     fn a_client_id_is_reserved_for_the_namespace_of_its_deleted_holder_until_released() {
         let ledger = Ledger::default();
         // Before the ledger is read, every id counts as reserved (for no namespace).
-        assert_eq!(ledger.reserved_for("billing", None), Some(String::new()));
+        assert_eq!(ledger.reserved_for("billing", None), Some(Reservation::default()));
         ledger.loaded.store(true, Ordering::Release);
         assert_eq!(ledger.reserved_for("billing", None), None);
         let mut holder = OAuthApp::new("portal", OAuthAppSpec::default());
@@ -384,7 +395,10 @@ mod tests {
         ledger.note(&holder);
         assert_eq!(
             ledger.reserved_for("billing", None),
-            Some(digest("namespace", "payments"))
+            Some(Reservation {
+                namespace: digest("namespace", "payments"),
+                holder: key("payments", "portal"),
+            })
         );
         assert_eq!(ledger.reserved_for("other", None), None);
         assert_eq!(

@@ -376,7 +376,7 @@ impl Watches {
         claims.owner(id, || self.reserved_for(id, released)) == Some(uid)
     }
 
-    fn reserved_for(&self, client_id: &str, released: Option<&str>) -> Option<String> {
+    fn reserved_for(&self, client_id: &str, released: Option<&str>) -> Option<crate::ledger::Reservation> {
         self.ledger.as_ref()?.reserved_for(client_id, released)
     }
 
@@ -462,6 +462,8 @@ struct Claim {
     created: Option<jiff::Timestamp>,
     uid: String,
     namespace: String,
+    /// The app's name, as the ledger keys it ([`crate::ledger::key`]).
+    ledger_key: String,
 }
 
 impl ClientIds {
@@ -478,6 +480,10 @@ impl ClientIds {
             created: app.meta().creation_timestamp.as_ref().map(|t| t.0),
             uid: uid.clone(),
             namespace: app.meta().namespace.clone().unwrap_or_default(),
+            ledger_key: crate::ledger::key(
+                app.meta().namespace.as_deref().unwrap_or_default(),
+                app.meta().name.as_deref().unwrap_or_default(),
+            ),
         };
         self.id_of.insert(uid.clone(), id.clone());
         self.by_id.entry(id).or_default().insert(uid, claim);
@@ -502,10 +508,11 @@ impl ClientIds {
         }
     }
 
-    /// The uid of the app that owns `id`: the one that holds it, else the first claimant of
-    /// the namespace `reserved` gives (a digest, [`crate::ledger::digest`]) if any, else the first
-    /// claimant; None while the id is reserved for a namespace without a claimant.
-    fn owner(&self, id: &str, reserved: impl FnOnce() -> Option<String>) -> Option<&str> {
+    /// The uid of the app that owns `id`: the one that holds it, else, when the id is
+    /// `reserved` for a namespace, the claimant of that namespace with the last holder's name,
+    /// else that namespace's first claimant; else the first claimant. None while the id is
+    /// reserved for a namespace without a claimant.
+    fn owner(&self, id: &str, reserved: impl FnOnce() -> Option<crate::ledger::Reservation>) -> Option<&str> {
         let claims = self.by_id.get(id)?;
         let first = claims.values().min()?;
         if !first.not_holding {
@@ -513,10 +520,12 @@ impl ClientIds {
         }
         match reserved() {
             None => Some(first.uid.as_str()),
-            Some(namespace) => claims
+            // Apps restored in the same second are no longer ordered by their random uids:
+            // the name the id was held under goes first.
+            Some(reservation) => claims
                 .values()
-                .filter(|c| crate::ledger::digest("namespace", &c.namespace) == namespace)
-                .min()
+                .filter(|c| crate::ledger::digest("namespace", &c.namespace) == reservation.namespace)
+                .min_by_key(|c| (c.ledger_key != reservation.holder, *c))
                 .map(|c| c.uid.as_str()),
         }
     }
@@ -856,7 +865,12 @@ mod tests {
             app.metadata.namespace = Some(ns.into());
             app
         };
-        let payments = || Some(crate::ledger::digest("namespace", "payments"));
+        let payments = || {
+            Some(crate::ledger::Reservation {
+                namespace: crate::ledger::digest("namespace", "payments"),
+                holder: crate::ledger::key("payments", "portal"),
+            })
+        };
         let mut ids = ClientIds::default();
         // The holder in `payments` was deleted; a squatter elsewhere, older, asks for the id.
         ids.put(&in_ns("squatter", 100, "other"));
@@ -873,7 +887,36 @@ mod tests {
         let mut holding = claimant("again", 200, true);
         holding.metadata.namespace = Some("payments".into());
         ids.put(&holding);
-        assert_eq!(ids.owner("shared", || Some("elsewhere".into())), Some("again"));
+        let elsewhere = || {
+            Some(crate::ledger::Reservation {
+                namespace: "elsewhere".into(),
+                holder: String::new(),
+            })
+        };
+        assert_eq!(ids.owner("shared", elsewhere), Some("again"));
+    }
+
+    #[test]
+    fn of_apps_restored_in_one_second_the_last_holders_name_gets_its_client_id() {
+        let restored = |uid: &str, name: &str| {
+            let mut app = claimant(uid, 500, false);
+            app.metadata.name = Some(name.into());
+            app.metadata.namespace = Some("payments".into());
+            app
+        };
+        let reserved = || {
+            Some(crate::ledger::Reservation {
+                namespace: crate::ledger::digest("namespace", "payments"),
+                holder: crate::ledger::key("payments", "portal"),
+            })
+        };
+        let mut ids = ClientIds::default();
+        // The squatter's uid sorts first; both were created in the same second.
+        ids.put(&restored("0-squatter", "impostor"));
+        ids.put(&restored("1-holder", "portal"));
+        assert_eq!(ids.owner("shared", reserved), Some("1-holder"));
+        // Without a reservation (released by a person), the usual order.
+        assert_eq!(ids.owner("shared", || None), Some("0-squatter"));
     }
 
     fn app(name: &str, rv: &str) -> OAuthApp {

@@ -434,3 +434,65 @@ fn annotate_record_key(args: &[&str]) {
     annotate.extend(args);
     control_plane().kubectl_ok(&annotate);
 }
+
+/// Pairs of apps in one namespace: each holder of an explicit client id, and a squatter
+/// asking for the same id.
+const PAIRS: usize = 6;
+
+/// A namespace holds six apps with explicit client ids, and six squatters on the same ids, in
+/// `ClientIdConflict`. Every app is deleted and all twelve are applied again at once, the
+/// squatters first (a restore, a GitOps re-creation): apps created in the same second were
+/// ordered by their random uids, and a squatter created first was the oldest. Each id goes back
+/// to the name that held it (the ledger remembers it), every time.
+#[tokio::test]
+async fn apps_restored_at_once_give_each_client_id_back_to_the_name_that_held_it() {
+    let ns = namespace("trust-restored-ids");
+    let admin = admin_client().await;
+    let _operator = Operator::start(&control_plane().kubeconfig, &ns, &[], &[]);
+    let apps: Api<OAuthApp> = Api::namespaced(admin.clone(), &ns);
+    let holders: Vec<String> = (0..PAIRS)
+        .map(|i| app_manifest(&format!("portal-{i}"), Some(&format!("kept-{i}"))))
+        .collect();
+    let squatters: Vec<String> = (0..PAIRS)
+        .map(|i| app_manifest(&format!("impostor-{i}"), Some(&format!("kept-{i}"))))
+        .collect();
+    let holds = |app: &OAuthApp, i: usize| {
+        app.ready_condition().is_some_and(|c| c.status == "True")
+            && app.status.as_ref().and_then(|s| s.client_id.as_deref()) == Some(format!("kept-{i}").as_str())
+    };
+    let conflicting = |app: &OAuthApp| {
+        app.ready_condition()
+            .is_some_and(|c| c.reason == "ClientIdConflict")
+    };
+    let all_settled = |what: &'static str| {
+        let apps = apps.clone();
+        async move {
+            eventually(what, WAIT, || async {
+                let list = apps.list(&Default::default()).await.ok()?;
+                let by_name = |name: String| list.items.iter().find(|a| a.name_any() == name);
+                let settled = (0..PAIRS).all(|i| {
+                    by_name(format!("portal-{i}")).is_some_and(|a| holds(a, i))
+                        && by_name(format!("impostor-{i}")).is_some_and(conflicting)
+                });
+                settled.then_some(())
+            })
+            .await
+        }
+    };
+    assert!(apply(&ns, &holders.join("---\n")).status.success());
+    eventually("the holders to hold their ids", WAIT, || async {
+        let list = apps.list(&Default::default()).await.ok()?;
+        let held = (0..PAIRS)
+            .filter(|i| list.items.iter().any(|a| holds(a, *i)))
+            .count();
+        (held == PAIRS).then_some(())
+    })
+    .await;
+    assert!(apply(&ns, &squatters.join("---\n")).status.success());
+    all_settled("the squatters to be refused").await;
+
+    control_plane().kubectl_ok(&["delete", "oauthapps", "--all", "-n", &ns, "--wait=true"]);
+    let again: Vec<String> = squatters.iter().chain(&holders).cloned().collect();
+    assert!(apply(&ns, &again.join("---\n")).status.success());
+    all_settled("each id back with the name that held it").await;
+}
