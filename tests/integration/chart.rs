@@ -719,6 +719,8 @@ fn a_default_install_is_accepted_and_grants_rights_cluster_wide_and_to_view_and_
             "rbac.userRoles.create=false",
             "--set",
             "rotatorPolicy.enabled=false",
+            "--set",
+            "restartTargetsPolicy.enabled=false",
         ],
     );
     let cp = control_plane();
@@ -1095,6 +1097,93 @@ async fn people_roles_view_rotate_and_edit_and_a_rotator_changes_nothing_but_the
     assert!(out.status.success(), "{}", stderr(&out));
     let app = apps.get("portal").await.expect("app");
     assert_eq!(app.spec.redirect_uris, ["https://portal.example.com/new-cb"]);
+
+    // An app editor who may not patch a workload cannot have the operator restart it: the
+    // policy asks the authorizer about each target added. One who may patch it (edit) can.
+    cp.kubectl_ok(&["create", "serviceaccount", "appdev", "-n", &elsewhere]);
+    cp.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "appdev-binding",
+        "--clusterrole=oauthapp-editor",
+        &format!("--serviceaccount={elsewhere}:appdev"),
+        "-n",
+        &elsewhere,
+    ]);
+    let target = r#"{"spec":{"rolloutRestartTargets":[{"kind":"Deployment","name":"payments-api"}]}}"#;
+    let add_target = |sa: &str| {
+        kubectl_as_sa(
+            &elsewhere,
+            sa,
+            &[
+                "patch",
+                "oauthapp",
+                "portal",
+                "-n",
+                &elsewhere,
+                "--type=merge",
+                "-p",
+                target,
+            ],
+        )
+    };
+    eventually_sync("the restart target policy to be in force", || {
+        let out = kubectl_as_sa(
+            &elsewhere,
+            "appdev",
+            &[
+                "patch",
+                "oauthapp",
+                "portal",
+                "-n",
+                &elsewhere,
+                "--type=merge",
+                "-p",
+                target,
+                "--dry-run=server",
+            ],
+        );
+        !out.status.success()
+    });
+    let out = add_target("appdev");
+    assert!(
+        !out.status.success(),
+        "an editor without patch on the Deployment named it"
+    );
+    assert!(
+        stderr(&out).contains("names Deployment/payments-api, which you may not patch"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        apps.get("portal")
+            .await
+            .expect("app")
+            .spec
+            .rollout_restart_targets
+            .is_empty()
+    );
+    let out = add_target("dev");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Already listed, it is not judged again: the editor still changes the rest of the spec.
+    let out = kubectl_as_sa(
+        &elsewhere,
+        "appdev",
+        &[
+            "patch",
+            "oauthapp",
+            "portal",
+            "-n",
+            &elsewhere,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"displayName":"Portal"}}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let app = apps.get("portal").await.expect("app");
+    assert_eq!(app.spec.rollout_restart_targets.len(), 1);
+    assert_eq!(app.spec.display_name.as_deref(), Some("Portal"));
 }
 
 /// Polls a blocking check (kubectl) until it holds.
@@ -1124,6 +1213,8 @@ fn a_namespaced_install_grants_secrets_only_in_the_watched_namespace() {
             "rbac.userRoles.create=false",
             "--set",
             "rotatorPolicy.enabled=false",
+            "--set",
+            "restartTargetsPolicy.enabled=false",
             "--set",
             "networkPolicy.enabled=true",
         ],
@@ -1247,6 +1338,8 @@ async fn the_operator_rotates_on_annotation_and_rest_with_nothing_but_the_charts
             "rbac.userRoles.create=false",
             "--set",
             "rotatorPolicy.enabled=false",
+            "--set",
+            "restartTargetsPolicy.enabled=false",
         ],
     );
     // The operator acts as the chart's ServiceAccount, with a TokenRequest token: exactly what a

@@ -35,6 +35,8 @@ fn install_chart(cp: &ControlPlane, release_ns: &str, watched: &str) {
         "--set",
         "rotatorPolicy.enabled=false",
         "--set",
+        "restartTargetsPolicy.enabled=false",
+        "--set",
         "replicaCount=1",
     ]);
     assert!(out.status.success(), "helm install: {}", stderr(&out));
