@@ -88,8 +88,24 @@ pub struct Reservation {
     /// The namespace, as [`digest`]`("namespace", …)`; empty: no namespace (nobody gets the id).
     pub namespace: String,
     /// The holder, as [`key`]`(namespace, name)`: of the claimants in that namespace, an app of
-    /// its name (re-created, restored) comes first, whatever the order of their creation.
+    /// its name (re-created, restored) gets the id; another app of the namespace only once the
+    /// reservation is [`HOLDER_NAME_FIRST`] old and no app of that name asks for it.
     pub holder: String,
+    /// When the holder was deleted (Unix seconds).
+    pub since: i64,
+}
+
+/// How long after its holder's deletion a reserved client id waits for an app of the holder's
+/// name (a restore, a GitOps re-creation: all of a namespace's apps come back within it, in no
+/// particular order) before another app of the namespace may take it.
+pub const HOLDER_NAME_FIRST: Duration = Duration::from_secs(120);
+
+impl Reservation {
+    /// Whether an app of the namespace with another name than the holder's may take the id at
+    /// `now` (Unix seconds).
+    pub fn open_to_the_namespace(&self, now: i64) -> bool {
+        now.saturating_sub(self.since) >= HOLDER_NAME_FIRST.as_secs() as i64
+    }
 }
 
 /// The ledger of one installation.
@@ -210,9 +226,10 @@ impl Ledger {
                     .map(|(_, ns)| (e.at, ns, holder))
             })
             .max()
-            .map(|(_, namespace, holder)| Reservation {
+            .map(|(since, namespace, holder)| Reservation {
                 namespace: namespace.clone(),
                 holder: holder.clone(),
+                since,
             })
     }
 
@@ -398,6 +415,7 @@ mod tests {
             Some(Reservation {
                 namespace: digest("namespace", "payments"),
                 holder: key("payments", "portal"),
+                since: ledger.entries.lock().unwrap().values().next().unwrap().at,
             })
         );
         assert_eq!(ledger.reserved_for("other", None), None);

@@ -509,25 +509,34 @@ impl ClientIds {
     }
 
     /// The uid of the app that owns `id`: the one that holds it, else, when the id is
-    /// `reserved` for a namespace, the claimant of that namespace with the last holder's name,
-    /// else that namespace's first claimant; else the first claimant. None while the id is
-    /// reserved for a namespace without a claimant.
+    /// `reserved` for a namespace, the claimant of that namespace with the last holder's name
+    /// (or, once the reservation is old enough, the namespace's first claimant); else the first
+    /// claimant. None while the id is reserved and no claimant may take it.
     fn owner(&self, id: &str, reserved: impl FnOnce() -> Option<crate::ledger::Reservation>) -> Option<&str> {
         let claims = self.by_id.get(id)?;
         let first = claims.values().min()?;
         if !first.not_holding {
             return Some(first.uid.as_str());
         }
-        match reserved() {
-            None => Some(first.uid.as_str()),
-            // Apps restored in the same second are no longer ordered by their random uids:
-            // the name the id was held under goes first.
-            Some(reservation) => claims
+        let Some(reservation) = reserved() else {
+            return Some(first.uid.as_str());
+        };
+        // Apps of the namespace re-created at once are not ordered by age (the same second) or
+        // by their random uids: the name the id was held under gets it.
+        let in_namespace = || {
+            claims
                 .values()
                 .filter(|c| crate::ledger::digest("namespace", &c.namespace) == reservation.namespace)
-                .min_by_key(|c| (c.ledger_key != reservation.holder, *c))
-                .map(|c| c.uid.as_str()),
-        }
+        };
+        let claim = in_namespace()
+            .find(|c| c.ledger_key == reservation.holder)
+            .or_else(|| {
+                reservation
+                    .open_to_the_namespace(jiff::Timestamp::now().as_second())
+                    .then(|| in_namespace().min())
+                    .flatten()
+            });
+        claim.map(|c| c.uid.as_str())
     }
 }
 
@@ -865,10 +874,12 @@ mod tests {
             app.metadata.namespace = Some(ns.into());
             app
         };
+        // Deleted long ago: any app of the namespace may take it.
         let payments = || {
             Some(crate::ledger::Reservation {
                 namespace: crate::ledger::digest("namespace", "payments"),
                 holder: crate::ledger::key("payments", "portal"),
+                since: 0,
             })
         };
         let mut ids = ClientIds::default();
@@ -891,6 +902,7 @@ mod tests {
             Some(crate::ledger::Reservation {
                 namespace: "elsewhere".into(),
                 holder: String::new(),
+                since: 0,
             })
         };
         assert_eq!(ids.owner("shared", elsewhere), Some("again"));
@@ -904,17 +916,31 @@ mod tests {
             app.metadata.namespace = Some("payments".into());
             app
         };
+        let deleted_now = jiff::Timestamp::now().as_second();
         let reserved = || {
             Some(crate::ledger::Reservation {
                 namespace: crate::ledger::digest("namespace", "payments"),
                 holder: crate::ledger::key("payments", "portal"),
+                since: deleted_now,
             })
         };
         let mut ids = ClientIds::default();
-        // The squatter's uid sorts first; both were created in the same second.
+        // Restored first: another name of the namespace waits for the holder's name.
         ids.put(&restored("0-squatter", "impostor"));
+        assert_eq!(ids.owner("shared", reserved), None);
+        // The squatter's uid sorts first; both were created in the same second.
         ids.put(&restored("1-holder", "portal"));
         assert_eq!(ids.owner("shared", reserved), Some("1-holder"));
+        // Had the holder's name not come back, the namespace gets it after a while.
+        ids.remove("1-holder");
+        let long_ago = || {
+            Some(crate::ledger::Reservation {
+                since: deleted_now - crate::ledger::HOLDER_NAME_FIRST.as_secs() as i64,
+                ..reserved().unwrap()
+            })
+        };
+        assert_eq!(ids.owner("shared", long_ago), Some("0-squatter"));
+        ids.put(&restored("1-holder", "portal"));
         // Without a reservation (released by a person), the usual order.
         assert_eq!(ids.owner("shared", || None), Some("0-squatter"));
     }

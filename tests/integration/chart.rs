@@ -403,13 +403,30 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         "true"
     );
     assert!(grants(editor, "oauthapp.io", "oauthapps/spec", "update"));
-    // The admission policy that keeps a rotator to rotation, on by default.
-    let policy = one(&docs, "ValidatingAdmissionPolicy");
-    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    // The admission policies that keep a rotator to rotation and restart targets to what their
+    // requester may patch, on by default, each bound.
+    let policies = all(&docs, "ValidatingAdmissionPolicy");
+    let bound: Vec<&str> = all(&docs, "ValidatingAdmissionPolicyBinding")
+        .iter()
+        .map(|b| b["spec"]["policyName"].as_str().unwrap_or_default())
+        .collect();
+    let mut names: Vec<&str> = policies.iter().map(|p| name_of(p)).collect();
+    names.sort_unstable();
     assert_eq!(
-        one(&docs, "ValidatingAdmissionPolicyBinding")["spec"]["policyName"],
-        name_of(policy)
+        names,
+        [
+            "oauthapp-restart-targets-patchable",
+            "oauthapp-rotator-only-rotates"
+        ]
     );
+    for policy in policies {
+        assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+        assert!(
+            bound.contains(&name_of(policy)),
+            "{} is not bound",
+            name_of(policy)
+        );
+    }
 
     // Every object carries the app.kubernetes.io labels.
     for doc in &docs {
@@ -1110,6 +1127,16 @@ async fn people_roles_view_rotate_and_edit_and_a_rotator_changes_nothing_but_the
         "-n",
         &elsewhere,
     ]);
+    // And view, to read what it patches (view grants no patch on workloads).
+    cp.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "appdev-view",
+        "--clusterrole=view",
+        &format!("--serviceaccount={elsewhere}:appdev"),
+        "-n",
+        &elsewhere,
+    ]);
     let target = r#"{"spec":{"rolloutRestartTargets":[{"kind":"Deployment","name":"payments-api"}]}}"#;
     let add_target = |sa: &str| {
         kubectl_as_sa(
@@ -1151,7 +1178,8 @@ async fn people_roles_view_rotate_and_edit_and_a_rotator_changes_nothing_but_the
         "an editor without patch on the Deployment named it"
     );
     assert!(
-        stderr(&out).contains("names Deployment/payments-api, which you may not patch"),
+        stderr(&out).contains("may name only workloads you may patch in namespace")
+            && stderr(&out).contains("added: Deployment/payments-api"),
         "{}",
         stderr(&out)
     );
