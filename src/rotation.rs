@@ -321,6 +321,20 @@ async fn rotate_inner(
     let ours = record.to_annotations(&key);
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    // A cached copy without the Secret's other labels and annotations: the write starts from a
+    // fresh read of the same version, so that it keeps them.
+    let current = match current {
+        Some(meta) if crate::watches::is_trimmed(&meta) => {
+            let name = meta.name.clone().unwrap_or_default();
+            match secrets.get_metadata_opt(&name).await.map_err(Error::Kube)? {
+                Some(fresh) if fresh.metadata.resource_version == meta.resource_version => {
+                    Some(fresh.metadata)
+                }
+                _ => return Err(Error::StaleView(app_key(app))),
+            }
+        }
+        current => current,
+    };
     let existed = current.is_some();
     let replaced = current
         .as_ref()

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::PartialObjectMeta;
+use kube::api::{ObjectMeta, PartialObjectMeta};
 use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -42,8 +42,12 @@ pub fn strip_app(app: &mut OAuthApp) {
 /// What the cached copy of a Secret's metadata keeps: not its managedFields, uid,
 /// creationTimestamp or type fields (`PartialObjectMetadata`, the same for all; nothing reads them
 /// from the cache, and a write built from the cached copy is conditional on its resourceVersion,
-/// which is kept). A Secret an OAuthApp controls keeps its labels and annotations whole, others'
-/// included: the REST API writes it back with them. Any other Secret with the operator's label
+/// which is kept). A Secret an OAuthApp controls keeps its rotation record (each value of at
+/// most [`MAX_RECORD_VALUE`], the history [`MAX_OWN_VALUE`]), the managed-by label, and the rest
+/// of its labels and annotations (the spec's, others') while they weigh at most
+/// [`MAX_OTHERS_KEPT`] in all: a write built from the cache keeps them. Past that they are
+/// dropped and the copy is marked [`TRIMMED`]: a write of such a Secret reads it afresh first, and
+/// a tenant who makes its own Secrets weigh costs the cache nothing more. Any other Secret with the operator's label
 /// (anyone who may create a Secret can add it) keeps only what the operator reads of it: its
 /// `oauthapp.io/` annotations of at most [`MAX_OWN_VALUE`] bytes each (a record to adopt), the
 /// managed-by label, and its references to OAuthApps. The operator writes such a Secret only
@@ -64,6 +68,7 @@ pub fn strip_secret(secret: &mut PartialObjectMeta<Secret>) {
         .flatten()
         .any(|r| r.controller == Some(true) && is_app(r));
     if controlled {
+        trim_controlled(meta);
         return;
     }
     meta.finalizers = None;
@@ -82,6 +87,66 @@ pub fn strip_secret(secret: &mut PartialObjectMeta<Secret>) {
 /// The longest `oauthapp.io/` annotation value kept of a Secret no app controls: more than any
 /// record the operator writes holds (a history of 20 rotations is some 8 KiB).
 pub const MAX_OWN_VALUE: usize = 16 * 1024;
+
+/// The longest value of a record annotation but the history kept of a Secret an app controls:
+/// the operator writes none longer (the longest, a rotate token, is at most 1 KiB).
+pub const MAX_RECORD_VALUE: usize = 2 * 1024;
+
+/// What the labels and annotations of a Secret an app controls, beyond its record and the
+/// managed-by label, may weigh (keys and values) and still be cached.
+pub const MAX_OTHERS_KEPT: usize = 8 * 1024;
+
+/// Marks a cached Secret whose other labels and annotations were dropped ([`strip_secret`]):
+/// never written to the API server (a write of such a Secret starts from a fresh read).
+pub const TRIMMED: &str = "oauthapp.io/cached-without-others";
+
+/// Whether the cached copy `meta` lacks labels or annotations the Secret has ([`TRIMMED`]).
+pub fn is_trimmed(meta: &ObjectMeta) -> bool {
+    meta.annotations.as_ref().is_some_and(|a| a.contains_key(TRIMMED))
+}
+
+/// [`strip_secret`] of a Secret an app controls.
+fn trim_controlled(meta: &mut ObjectMeta) {
+    use crate::record::{Record, annotations};
+    let record_value_fits = |k: &str, v: &str| match k {
+        annotations::HISTORY | annotations::SPEC_METADATA_KEYS => v.len() <= MAX_OWN_VALUE,
+        _ => v.len() <= MAX_RECORD_VALUE,
+    };
+    let is_record = |k: &str| Record::KEYS.contains(&k) || k == annotations::SPEC_METADATA_KEYS;
+    let mut trimmed = false;
+    let mut others = 0;
+    if let Some(ann) = &mut meta.annotations {
+        let before = ann.len();
+        ann.retain(|k, v| !is_record(k) || record_value_fits(k, v));
+        trimmed |= ann.len() != before;
+        others += ann
+            .iter()
+            .filter(|(k, _)| !is_record(k))
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    }
+    if let Some(labels) = &meta.labels {
+        others += labels
+            .iter()
+            .filter(|(k, _)| *k != MANAGED_BY_LABEL)
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    }
+    if others > MAX_OTHERS_KEPT {
+        trimmed = true;
+        if let Some(labels) = &mut meta.labels {
+            labels.retain(|k, _| k == MANAGED_BY_LABEL);
+        }
+        if let Some(ann) = &mut meta.annotations {
+            ann.retain(|k, _| is_record(k));
+        }
+    }
+    if trimmed {
+        meta.annotations
+            .get_or_insert_default()
+            .insert(TRIMMED.into(), String::new());
+    }
+}
 
 /// The longest `oauthapp.io/` annotation value kept of an app (a rotate token, an accepted
 /// rotation id): a longer one is not read, as if absent.
@@ -679,10 +744,10 @@ mod failpoints {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_labelled_secret_no_app_controls_keeps_only_what_the_operator_reads() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-        let reference = |kind: &str, controller| OwnerReference {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn reference(kind: &str, controller: bool) -> OwnerReference {
+        OwnerReference {
             api_version: if kind == "OAuthApp" {
                 "oauthapp.io/v1alpha1"
             } else {
@@ -694,7 +759,11 @@ mod tests {
             uid: "u".into(),
             controller: Some(controller),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_labelled_secret_no_app_controls_keeps_only_what_the_operator_reads() {
         let secret = |refs: Vec<OwnerReference>| {
             let mut s = PartialObjectMeta::<Secret>::default();
             s.metadata.labels = Some(
@@ -717,12 +786,24 @@ mod tests {
             s.metadata.resource_version = Some("9".into());
             s
         };
-        // Controlled by an app: whole (the REST API writes it back with everything).
+        // Controlled by an app, with others' labels and annotations past the bound: its record
+        // and the managed-by label, marked as trimmed (a write reads it afresh).
         let mut owned = secret(vec![reference("OAuthApp", true)]);
-        let before = owned.metadata.clone();
         strip_secret(&mut owned);
-        assert_eq!(owned.metadata.labels, before.labels);
-        assert_eq!(owned.metadata.annotations, before.annotations);
+        assert_eq!(
+            owned.metadata.labels,
+            Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())].into())
+        );
+        assert_eq!(
+            owned.metadata.annotations,
+            Some(
+                [
+                    ("oauthapp.io/rotation-id".to_string(), "r1".to_string()),
+                    (TRIMMED.to_string(), String::new()),
+                ]
+                .into()
+            )
+        );
         // Anything else with the label: the managed-by label, small oauthapp.io/ annotations,
         // references to apps; its version.
         let mut bait = secret(vec![reference("ConfigMap", true), reference("OAuthApp", false)]);
@@ -739,6 +820,66 @@ mod tests {
         assert_eq!(meta.finalizers, None);
         assert_eq!(meta.owner_references, Some(vec![reference("OAuthApp", false)]));
         assert_eq!(meta.resource_version.as_deref(), Some("9"));
+    }
+
+    #[test]
+    fn a_controlled_secret_whose_others_weigh_too_much_is_cached_with_its_record_only() {
+        use crate::record::annotations;
+        let record = |hash: &str| {
+            std::collections::BTreeMap::from([
+                (annotations::HASH.to_string(), hash.to_string()),
+                (annotations::ROTATION_ID.to_string(), "r1".to_string()),
+                (annotations::HISTORY.to_string(), "h".repeat(8 * 1024)),
+            ])
+        };
+        let controlled = |labels: &[(&str, String)], annotations: &[(&str, String)], hash: &str| {
+            let mut secret = PartialObjectMeta::<Secret>::default();
+            let meta = &mut secret.metadata;
+            meta.owner_references = Some(vec![reference("OAuthApp", true)]);
+            meta.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.clone())).collect());
+            let mut all = record(hash);
+            all.extend(annotations.iter().map(|(k, v)| (k.to_string(), v.clone())));
+            meta.annotations = Some(all);
+            secret
+        };
+        let managed = (MANAGED_BY_LABEL, MANAGED_BY.to_string());
+        // Light: kept whole, not marked.
+        let mut light = controlled(
+            &[managed.clone(), ("reloader", "on".into())],
+            &[("argocd.argoproj.io/tracking-id", "x".repeat(200))],
+            "phc",
+        );
+        let before = light.metadata.clone();
+        strip_secret(&mut light);
+        assert_eq!(light.metadata.labels, before.labels);
+        assert_eq!(light.metadata.annotations, before.annotations);
+        assert!(!is_trimmed(&light.metadata));
+        // Heavy: the others go, the record and the managed-by label stay, and the copy says so.
+        let mut heavy = controlled(
+            &[managed.clone(), ("big", "v".repeat(63))],
+            &[("tenant.example.com/blob", "x".repeat(64 * 1024))],
+            "phc",
+        );
+        strip_secret(&mut heavy);
+        assert_eq!(
+            heavy.metadata.labels,
+            Some(
+                [managed.clone()]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect()
+            )
+        );
+        let mut expected = record("phc");
+        expected.insert(TRIMMED.into(), String::new());
+        assert_eq!(heavy.metadata.annotations, Some(expected));
+        assert!(is_trimmed(&heavy.metadata));
+        // A record value longer than the operator ever writes is not kept either.
+        let mut forged = controlled(&[managed], &[], &"p".repeat(64 * 1024));
+        strip_secret(&mut forged);
+        let kept = forged.metadata.annotations.clone().unwrap_or_default();
+        assert!(!kept.contains_key(annotations::HASH));
+        assert!(kept.contains_key(annotations::HISTORY) && is_trimmed(&forged.metadata));
     }
 
     #[test]
