@@ -1138,41 +1138,27 @@ async fn people_roles_view_rotate_and_edit_and_a_rotator_changes_nothing_but_the
         &elsewhere,
     ]);
     let target = r#"{"spec":{"rolloutRestartTargets":[{"kind":"Deployment","name":"payments-api"}]}}"#;
-    let add_target = |sa: &str| {
-        kubectl_as_sa(
+    // A merge patch of the app as ServiceAccount `sa`, on a server-side dry run or for real.
+    let patch_as = |sa: &str, patch: &str, dry_run: bool| {
+        let mut args = vec![
+            "patch",
+            "oauthapp",
+            "portal",
+            "-n",
             &elsewhere,
-            sa,
-            &[
-                "patch",
-                "oauthapp",
-                "portal",
-                "-n",
-                &elsewhere,
-                "--type=merge",
-                "-p",
-                target,
-            ],
-        )
+            "--type=merge",
+            "-p",
+            patch,
+        ];
+        if dry_run {
+            args.push("--dry-run=server");
+        }
+        kubectl_as_sa(&elsewhere, sa, &args)
     };
     eventually_sync("the restart target policy to be in force", || {
-        let out = kubectl_as_sa(
-            &elsewhere,
-            "appdev",
-            &[
-                "patch",
-                "oauthapp",
-                "portal",
-                "-n",
-                &elsewhere,
-                "--type=merge",
-                "-p",
-                target,
-                "--dry-run=server",
-            ],
-        );
-        !out.status.success()
+        !patch_as("appdev", target, true).status.success()
     });
-    let out = add_target("appdev");
+    let out = patch_as("appdev", target, false);
     assert!(
         !out.status.success(),
         "an editor without patch on the Deployment named it"
@@ -1191,23 +1177,10 @@ async fn people_roles_view_rotate_and_edit_and_a_rotator_changes_nothing_but_the
             .rollout_restart_targets
             .is_empty()
     );
-    let out = add_target("dev");
+    let out = patch_as("dev", target, false);
     assert!(out.status.success(), "{}", stderr(&out));
     // Already listed, it is not judged again: the editor still changes the rest of the spec.
-    let out = kubectl_as_sa(
-        &elsewhere,
-        "appdev",
-        &[
-            "patch",
-            "oauthapp",
-            "portal",
-            "-n",
-            &elsewhere,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"displayName":"Portal"}}"#,
-        ],
-    );
+    let out = patch_as("appdev", r#"{"spec":{"displayName":"Portal"}}"#, false);
     assert!(out.status.success(), "{}", stderr(&out));
     let app = apps.get("portal").await.expect("app");
     assert_eq!(app.spec.rollout_restart_targets.len(), 1);

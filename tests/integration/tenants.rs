@@ -632,6 +632,20 @@ async fn verify_answers_503_once_its_view_of_the_apps_may_be_stale() {
     .await;
 }
 
+/// Waits (up to 5 minutes) until `count` apps of `apps` are Ready.
+async fn all_ready(apps: &Api<OAuthApp>, count: usize) {
+    eventually("every app Ready", Duration::from_secs(300), || async {
+        let list = apps.list(&Default::default()).await.ok()?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|a| a.ready_condition().is_some_and(|c| c.status == "True"))
+            .count();
+        (ready == count).then_some(())
+    })
+    .await
+}
+
 /// Apps in the storming namespace.
 const STORM_APPS: usize = 150;
 
@@ -716,20 +730,8 @@ async fn a_namespace_with_a_storm_of_secret_edits_gets_its_share_of_the_hashing_
     let manifests: Vec<String> = (0..STORM_APPS).map(|i| app(&format!("s{i}"))).collect();
     cp.apply_ok(&storm, &manifests.join("---\n"));
     cp.apply_ok(&victim, &app("portal"));
-    let all_ready = |apps: Api<OAuthApp>, count: usize| async move {
-        eventually("every app Ready", Duration::from_secs(300), || async {
-            let list = apps.list(&Default::default()).await.ok()?;
-            let ready = list
-                .items
-                .iter()
-                .filter(|a| a.ready_condition().is_some_and(|c| c.status == "True"))
-                .count();
-            (ready == count).then_some(())
-        })
-        .await
-    };
-    all_ready(storm_apps.clone(), STORM_APPS).await;
-    all_ready(victim_apps.clone(), 1).await;
+    all_ready(&storm_apps, STORM_APPS).await;
+    all_ready(&victim_apps, 1).await;
 
     let mut rotations = 0;
     let mut quiet = Vec::new();
@@ -845,19 +847,7 @@ async fn a_tenants_heavy_secrets_cost_a_restarted_operator_no_memory_and_keep_th
         })
         .collect();
     control_plane().apply_ok(&ns, &manifests.join("---\n"));
-    let all_ready = || async {
-        eventually("every app Ready", Duration::from_secs(180), || async {
-            let list = apps.list(&Default::default()).await.ok()?;
-            let ready = list
-                .items
-                .iter()
-                .filter(|a| a.ready_condition().is_some_and(|c| c.status == "True"))
-                .count();
-            (ready == APPS).then_some(())
-        })
-        .await
-    };
-    all_ready().await;
+    all_ready(&apps, APPS).await;
     let weighed = futures::stream::iter(0..APPS)
         .map(|i| {
             let secrets = secrets.clone();
@@ -883,7 +873,7 @@ async fn a_tenants_heavy_secrets_cost_a_restarted_operator_no_memory_and_keep_th
 
     let second = Operator::start(&control_plane().kubeconfig, &ns, &CHEAP_HASHES, &[]);
     wait_ready(&second).await;
-    all_ready().await;
+    all_ready(&apps, APPS).await;
     let (_, peak) = rss_kib(second.pid());
     eprintln!("peak RSS after a restart with {APPS} app Secrets of ~190 KiB: {peak} KiB");
     assert!(peak <= 64 * 1024, "the operator's peak RSS was {peak} KiB");
