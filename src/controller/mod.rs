@@ -78,6 +78,11 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
     }
     let mut runs = Vec::new();
     for caches in &watches.scopes {
+        tokio::spawn(crate::provider::controller::run(
+            ctx.clone(),
+            caches.namespace.clone(),
+            shutdown.clone(),
+        ));
         let (resync_all, resync_all_rx) = futures::channel::mpsc::unbounded::<()>();
         let _ = resync_all.unbounded_send(());
         tokio::spawn(resync_every(
@@ -203,6 +208,18 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
         ctx.repairs.forget(&key);
     }
     match step {
+        Step::Done { requeue_after } if app.spec.provider_ref.is_some() && !lags => {
+            // In sync here: the app's identity provider is checked at a bounded rate.
+            let check = crate::provider::sync::check_app(ctx, app).await?;
+            let requeue_after = match (
+                requeue_after,
+                check.and_then(|d| SignedDuration::try_from(d).ok()),
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            Ok(requeue(requeue_after, scope.resync))
+        }
         Step::Done { requeue_after } => Ok(requeue(requeue_after, scope.resync)),
         _ if lags || ctx.locks.is_held(&key) => Ok(Action::requeue(LAGGING_REQUEUE)),
         Step::WriteStatus(_) | Step::Verify
