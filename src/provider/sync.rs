@@ -146,6 +146,12 @@ pub async fn push_rotation(
                     failures: 0,
                 },
             );
+            // Tests: a crash between the provider write and the Secret write.
+            #[cfg(feature = "failpoints")]
+            if ctx.failpoint.as_deref() == Some("pause-after-provider-push") {
+                warn!(app = %app_key(app), "failpoint pause-after-provider-push: the provider holds the new secret, the Secret does not");
+                std::future::pending::<()>().await;
+            }
             let mut synced = app.clone();
             let status = synced.status.get_or_insert_with(Default::default);
             let (reason, message) = synced_condition(&reference.name, rotation_id, grace.is_some() && !kept);
