@@ -68,21 +68,19 @@ fn start_keycloak() -> KeycloakServer {
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd.spawn().expect("start kc.sh");
     let group = child.id();
-    // Kills the group once this test process is gone, however it ends.
-    Command::new("setsid")
+    // Kills the group once this test process is gone, however it ends (started in the
+    // background by a shell that returns at once).
+    let watchdog = Command::new("bash")
         .args([
-            "bash",
             "-c",
-            "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; kill -KILL -- -\"$2\" 2>/dev/null",
-            "keycloak-watchdog",
+            r#"setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; kill -KILL -- -"$2" 2>/dev/null' keycloak-watchdog "$1" "$2" </dev/null >/dev/null 2>&1 &"#,
+            "keycloak-watchdog-start",
             &std::process::id().to_string(),
             &group.to_string(),
         ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+        .status()
         .expect("start the keycloak watchdog");
+    assert!(watchdog.success(), "the keycloak watchdog did not start");
     std::mem::forget(child);
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -94,7 +92,11 @@ fn start_keycloak() -> KeycloakServer {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    eprintln!("keycloak: ready on {url} after {:?} (log: {})", started.elapsed(), log.display());
+    eprintln!(
+        "keycloak: ready on {url} after {:?} (log: {})",
+        started.elapsed(),
+        log.display()
+    );
     KeycloakServer { url }
 }
 
@@ -102,7 +104,11 @@ fn start_keycloak() -> KeycloakServer {
 fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
@@ -125,7 +131,12 @@ impl Realm {
             base: keycloak().url.clone(),
             name: name.to_string(),
         };
-        realm.admin(reqwest::Method::POST, "/admin/realms", Some(json!({"realm": name, "enabled": true})))
+        realm
+            .admin(
+                reqwest::Method::POST,
+                "/admin/realms",
+                Some(json!({"realm": name, "enabled": true})),
+            )
             .await;
         let sa_secret = format!("sa-{}", uuid_like());
         realm
@@ -141,11 +152,17 @@ impl Realm {
                 })),
             )
             .await;
-        let sa = realm.client("oauthapp-operator").await.expect("service account client");
+        let sa = realm
+            .client("oauthapp-operator")
+            .await
+            .expect("service account client");
         let user = realm
             .admin(
                 reqwest::Method::GET,
-                &realm.path(&format!("/clients/{}/service-account-user", sa["id"].as_str().expect("id"))),
+                &realm.path(&format!(
+                    "/clients/{}/service-account-user",
+                    sa["id"].as_str().expect("id")
+                )),
                 None,
             )
             .await;
@@ -178,7 +195,10 @@ impl Realm {
     async fn admin_token(&self) -> String {
         let response = self
             .http
-            .post(format!("{}/realms/master/protocol/openid-connect/token", self.base))
+            .post(format!(
+                "{}/realms/master/protocol/openid-connect/token",
+                self.base
+            ))
             .form(&[
                 ("grant_type", "password"),
                 ("client_id", "admin-cli"),
@@ -189,13 +209,19 @@ impl Realm {
             .await
             .expect("admin token request");
         let body: Value = response.json().await.expect("admin token json");
-        body["access_token"].as_str().expect("admin access_token").to_string()
+        body["access_token"]
+            .as_str()
+            .expect("admin access_token")
+            .to_string()
     }
 
     /// An admin API call that must succeed; its JSON answer (Null when empty).
     async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let token = self.admin_token().await;
-        let mut request = self.http.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(token);
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(token);
         if let Some(body) = &body {
             request = request.json(body);
         }
@@ -222,7 +248,10 @@ impl Realm {
     async fn token(&self, client_id: &str, secret: &str) -> (u16, String) {
         let response = self
             .http
-            .post(format!("{}/realms/{}/protocol/openid-connect/token", self.base, self.name))
+            .post(format!(
+                "{}/realms/{}/protocol/openid-connect/token",
+                self.base, self.name
+            ))
             .form(&[
                 ("grant_type", "client_credentials"),
                 ("client_id", client_id),
@@ -363,27 +392,36 @@ impl Setup {
     /// The app once it is Ready with `count` secrets, its status describing its Secret, and
     /// `ProviderSynced` in `reason`; with its Secret.
     async fn settled(&self, name: &str, count: i64, reason: &str) -> (OAuthApp, Secret) {
-        eventually(&format!("{name}: rotation {count}, ProviderSynced {reason}"), WAIT, || async {
-            let app = self.apps.get_opt(name).await.ok()??;
-            let status = app.status.clone()?;
-            let secret = self.secrets.get_opt(&app.secret_name()).await.ok()??;
-            let ready = app.ready_condition().is_some_and(|c| c.status == "True");
-            let in_sync = secret.annotations().get("oauthapp.io/rotation-id") == status.rotation_id.as_ref();
-            let synced = provider_synced(&app).is_some_and(|(_, r, _)| r == reason);
-            (ready && in_sync && synced && status.rotation_count == count).then_some((app, secret))
-        })
+        eventually(
+            &format!("{name}: rotation {count}, ProviderSynced {reason}"),
+            WAIT,
+            || async {
+                let app = self.apps.get_opt(name).await.ok()??;
+                let status = app.status.clone()?;
+                let secret = self.secrets.get_opt(&app.secret_name()).await.ok()??;
+                let ready = app.ready_condition().is_some_and(|c| c.status == "True");
+                let in_sync =
+                    secret.annotations().get("oauthapp.io/rotation-id") == status.rotation_id.as_ref();
+                let synced = provider_synced(&app).is_some_and(|(_, r, _)| r == reason);
+                (ready && in_sync && synced && status.rotation_count == count).then_some((app, secret))
+            },
+        )
         .await
     }
 
     /// The provider's Ready condition once it has `reason`: (status, message).
     async fn provider_ready(&self, name: &str, reason: &str) -> (String, String) {
-        eventually(&format!("OAuthProvider {name} Ready reason {reason}"), WAIT, || async {
-            let provider = self.providers.get_opt(name).await.ok()??;
-            let status = provider.status?;
-            let c = status.conditions.into_iter().find(|c| c.type_ == "Ready")?;
-            (c.reason == reason && status.observed_generation == provider.metadata.generation)
-                .then_some((c.status, c.message))
-        })
+        eventually(
+            &format!("OAuthProvider {name} Ready reason {reason}"),
+            WAIT,
+            || async {
+                let provider = self.providers.get_opt(name).await.ok()??;
+                let status = provider.status?;
+                let c = status.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+                (c.reason == reason && status.observed_generation == provider.metadata.generation)
+                    .then_some((c.status, c.message))
+            },
+        )
         .await
     }
 }
@@ -410,7 +448,11 @@ async fn a_new_app_gets_a_token_with_its_secret_and_after_a_rotation_only_the_ne
     let first = plaintext(&secret);
     assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
     // The client as the app describes it, marked as the operator's.
-    let client = s.realm.client(&client_id).await.expect("the app's client at Keycloak");
+    let client = s
+        .realm
+        .client(&client_id)
+        .await
+        .expect("the app's client at Keycloak");
     assert_eq!(client["name"], "App billing");
     assert_eq!(client["redirectUris"], json!(["https://billing.example.com/cb"]));
     assert_eq!(client["publicClient"], false);
@@ -425,7 +467,10 @@ async fn a_new_app_gets_a_token_with_its_secret_and_after_a_rotation_only_the_ne
     let (_, secret) = s.settled("billing", 2, "Synced").await;
     let second = plaintext(&secret);
     assert_ne!(first, second);
-    eprintln!("rotation to settled, Keycloak included: {:?}", rotated_at.elapsed());
+    eprintln!(
+        "rotation to settled, Keycloak included: {:?}",
+        rotated_at.elapsed()
+    );
     // No grace period: Keycloak refuses the old secret at once and takes the new one.
     let (status, error) = s.realm.token(&client_id, &first).await;
     assert_eq!(status, 401, "old secret: {error}");
@@ -465,7 +510,9 @@ async fn wrong_or_missing_credentials_make_the_provider_not_ready_and_hold_its_a
     );
     let plain = eventually("the app without a provider is Ready", WAIT, || async {
         let app = s.apps.get_opt("plain").await.ok()??;
-        app.ready_condition().is_some_and(|c| c.status == "True").then_some(app)
+        app.ready_condition()
+            .is_some_and(|c| c.status == "True")
+            .then_some(app)
     })
     .await;
     assert!(provider_synced(&plain).is_none());
@@ -477,7 +524,11 @@ async fn wrong_or_missing_credentials_make_the_provider_not_ready_and_hold_its_a
     assert_eq!(reason, "Unauthorized", "{message}");
     assert!(!message.contains("not-the-secret"), "{message}");
     assert!(
-        s.secrets.get_opt("held-oauth-client").await.expect("get").is_none(),
+        s.secrets
+            .get_opt("held-oauth-client")
+            .await
+            .expect("get")
+            .is_none(),
         "a rotation that Keycloak refused wrote a Secret"
     );
     assert!(!s.operator.log_text().contains("not-the-secret"));
@@ -501,7 +552,13 @@ async fn a_client_of_that_id_the_operator_did_not_create_is_a_conflict_and_is_le
     .await;
     assert_eq!(reason, "ClientConflict", "{message}");
     assert_eq!(s.realm.token("taken", "theirs").await, (200, String::new()));
-    assert!(s.secrets.get_opt("claimer-oauth-client").await.expect("get").is_none());
+    assert!(
+        s.secrets
+            .get_opt("claimer-oauth-client")
+            .await
+            .expect("get")
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -516,7 +573,11 @@ async fn a_secret_changed_at_keycloak_is_set_back_without_a_rotation() {
     client["secret"] = json!("changed-by-hand");
     let id = client["id"].as_str().expect("id").to_string();
     s.realm
-        .admin(reqwest::Method::PUT, &s.realm.path(&format!("/clients/{id}")), Some(client))
+        .admin(
+            reqwest::Method::PUT,
+            &s.realm.path(&format!("/clients/{id}")),
+            Some(client),
+        )
         .await;
     assert_eq!(s.realm.token(&client_id, &current).await.0, 401);
     // A restarted operator checks every app with a provider once (what a kill -9 between the
@@ -565,7 +626,10 @@ async fn a_kill_between_the_keycloak_write_and_the_secret_write_converges_with_o
         (s.realm.token(&client_id, &first).await.0 == 401).then_some(())
     })
     .await;
-    assert_eq!(plaintext(&s.secrets.get("crashy-oauth-client").await.expect("secret")), first);
+    assert_eq!(
+        plaintext(&s.secrets.get("crashy-oauth-client").await.expect("secret")),
+        first
+    );
     s.operator.kill9();
     let restarted = Instant::now();
     s.operator = Operator::start(&control_plane().kubeconfig, &s.ns, &[], &[]);
@@ -596,14 +660,21 @@ async fn with_a_grace_period_keycloak_takes_both_secrets_until_the_expiry() {
         .map(|p| p.expires_at.0)
         .expect("status.previousSecret");
     assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
-    assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()), "previous secret within grace");
+    assert_eq!(
+        s.realm.token(&client_id, &first).await,
+        (200, String::new()),
+        "previous secret within grace"
+    );
     // After the expiry, only the new one.
     eventually("the previous secret stops working at Keycloak", WAIT, || async {
         (s.realm.token(&client_id, &first).await.0 == 401).then_some(())
     })
     .await;
     let now = jiff::Timestamp::now();
-    assert!(now >= expires, "the previous secret stopped working at {now}, before its expiry {expires}");
+    assert!(
+        now >= expires,
+        "the previous secret stopped working at {now}, before its expiry {expires}"
+    );
     assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
 }
 
@@ -618,7 +689,10 @@ async fn with_a_grace_period_and_no_rotation_policy_in_the_realm_the_condition_s
     let (app, secret) = s.settled("strict", 2, "SyncedWithoutGrace").await;
     let (_, _, message) = provider_synced(&app).expect("condition");
     assert!(message.contains("secret-rotation"), "{message}");
-    assert_eq!(s.realm.token(&client_id, &plaintext(&secret)).await, (200, String::new()));
+    assert_eq!(
+        s.realm.token(&client_id, &plaintext(&secret)).await,
+        (200, String::new())
+    );
     assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
 }
 
@@ -634,16 +708,33 @@ async fn keycloak_refusing_a_rest_rotation_is_a_503_and_nothing_is_rotated() {
     sa["secret"] = json!("rotated-elsewhere");
     let id = sa["id"].as_str().expect("id").to_string();
     s.realm
-        .admin(reqwest::Method::PUT, &s.realm.path(&format!("/clients/{id}")), Some(sa))
+        .admin(
+            reqwest::Method::PUT,
+            &s.realm.path(&format!("/clients/{id}")),
+            Some(sa),
+        )
         .await;
     let token = admin_token_for_rest(&s.ns);
-    let app_id = app.status.as_ref().and_then(|s| s.app_id.clone()).expect("app id");
+    let app_id = app
+        .status
+        .as_ref()
+        .and_then(|s| s.app_id.clone())
+        .expect("app id");
     let (code, body) = eventually("the REST API answers", WAIT, || async {
-        http_request(s.operator.api_port, "POST", &format!("/api/v1/oauth-apps/{app_id}/rotate"), &token).await
+        http_request(
+            s.operator.api_port,
+            "POST",
+            &format!("/api/v1/oauth-apps/{app_id}/rotate"),
+            &token,
+        )
+        .await
     })
     .await;
     assert_eq!(code, 503, "{body}");
-    assert!(body.contains("nothing was rotated") && body.contains("refused"), "{body}");
+    assert!(
+        body.contains("nothing was rotated") && body.contains("refused"),
+        "{body}"
+    );
     let after = s.secrets.get("viarest-oauth-client").await.expect("secret");
     assert_eq!(plaintext(&after), first, "the Secret was not rotated");
     let app = s.apps.get("viarest").await.expect("app");
