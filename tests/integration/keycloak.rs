@@ -757,3 +757,62 @@ fn admin_token_for_rest(ns: &str) -> String {
     ]);
     service_account_token(ns, "rotator")
 }
+
+/// Keycloak unreachable during a rotation (the provider's URL pointed at a closed port, as a
+/// stopped Keycloak is), then reachable again: the rotation waits with `ProviderSynced=False`,
+/// the old secret keeps working meanwhile, and then the rotation lands at Keycloak and in the
+/// Secret together. An app without a provider rotates meanwhile.
+#[tokio::test]
+async fn keycloak_down_during_a_rotation_holds_it_and_it_lands_when_keycloak_is_back() {
+    let s = setup("kc-down", &[]).await;
+    s.app("patient", "kc", "");
+    let (_, secret) = s.settled("patient", 1, "Synced").await;
+    let client_id = client_id_of(&secret);
+    let first = plaintext(&secret);
+    control_plane().apply_ok(
+        &s.ns,
+        "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: plain\nspec:\n  redirectUris: [\"https://plain.example.com/cb\"]\n",
+    );
+
+    let closed = free_port();
+    let set_url = |url: String| {
+        control_plane().kubectl_ok(&[
+            "-n",
+            &s.ns,
+            "patch",
+            "oauthprovider",
+            "kc",
+            "--type=merge",
+            "-p",
+            &json!({"spec": {"keycloak": {"url": url}}}).to_string(),
+        ]);
+    };
+    set_url(format!("http://127.0.0.1:{closed}"));
+    s.provider_ready("kc", "Unreachable").await;
+    s.rotate("patient", "one");
+    s.rotate("plain", "one");
+    let (_, reason, message) = eventually("patient: ProviderSynced=False", WAIT, || async {
+        let app = s.apps.get_opt("patient").await.ok()??;
+        provider_synced(&app).filter(|(status, _, _)| status == "False")
+    })
+    .await;
+    assert_eq!(reason, "Unreachable", "{message}");
+    // The app without a provider rotated; the held one did not, anywhere.
+    eventually("plain rotated", WAIT, || async {
+        let app = s.apps.get_opt("plain").await.ok()??;
+        (app.status?.rotation_count == 2).then_some(())
+    })
+    .await;
+    let app = s.apps.get("patient").await.expect("app");
+    assert_eq!(app.status.expect("status").rotation_count, 1);
+    assert_eq!(plaintext(&s.secrets.get("patient-oauth-client").await.expect("secret")), first);
+    assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
+
+    let back = Instant::now();
+    set_url(keycloak().url.clone());
+    let (_, secret) = s.settled("patient", 2, "Synced").await;
+    eprintln!("rotation landed {:?} after Keycloak was reachable again", back.elapsed());
+    let second = plaintext(&secret);
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
+}
