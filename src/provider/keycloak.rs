@@ -24,7 +24,7 @@ const SECRET_EXPIRES: &str = "client.secret.expiration.time";
 /// How far out the current secret's expiry at Keycloak is put (ten years, in seconds).
 const NO_EXPIRY: i64 = 10 * 365 * 24 * 3600;
 /// Each request gives up after this long (the provider counts as unreachable).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One Keycloak realm, with the service account's credentials.
 pub struct Keycloak {

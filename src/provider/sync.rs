@@ -2,6 +2,7 @@
 //! the Secret write) and the reconcile-time check that converges the provider to the Secret.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,52 @@ struct Checked {
 
 fn checked() -> std::sync::MutexGuard<'static, HashMap<String, Checked>> {
     CHECKED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// After a provider was found unreachable, calls to it fail at once for this long: a provider
+/// that hangs (each request up to its timeout) holds at most one controller worker at a time,
+/// not one per app, and apps without a provider never wait for workers behind it.
+const UNREACHABLE_HOLD: Duration = Duration::from_secs(10);
+
+/// Per provider (`namespace/name`): until when it is not called, and the error that said so.
+static UNREACHABLE: LazyLock<Mutex<HashMap<String, (Instant, String, String)>>> =
+    LazyLock::new(Mutex::default);
+
+/// `call` on the provider `namespace/name`, unless it was found unreachable less than
+/// [`UNREACHABLE_HOLD`] ago (then that error again, with no request).
+async fn guarded<T>(
+    namespace: &str,
+    name: &str,
+    call: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let key = format!("{namespace}/{name}");
+    let held = UNREACHABLE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .filter(|(until, _, _)| Instant::now() < *until)
+        .map(|(_, url, detail)| (url.clone(), detail.clone()));
+    if let Some((url, detail)) = held {
+        return Err(ProviderError::Unreachable {
+            url,
+            detail: format!("{detail} (not tried again for {} s)", UNREACHABLE_HOLD.as_secs()),
+        }
+        .into());
+    }
+    let result = call.await;
+    let mut unreachable = UNREACHABLE.lock().unwrap_or_else(|e| e.into_inner());
+    match &result {
+        Err(Error::Provider(ProviderError::Unreachable { url, detail })) => {
+            unreachable.insert(
+                key,
+                (Instant::now() + UNREACHABLE_HOLD, url.clone(), detail.clone()),
+            );
+        }
+        _ => {
+            unreachable.remove(&key);
+        }
+    }
+    result
 }
 
 /// The provider an app names, connected with its credentials (read from the provider's Secret).
@@ -124,7 +171,7 @@ pub async fn push_rotation(
             previous,
             expires_at: expires.as_second(),
         });
-    let result = async {
+    let result = guarded(&ns, &reference.name, async {
         let provider = connect(&ctx.client, &ns, &reference.name).await?;
         ctx.leadership.check()?;
         Ok::<_, Error>(
@@ -132,7 +179,7 @@ pub async fn push_rotation(
                 .put_client(&desired(app, client_id), secret.expose(), grace.as_ref())
                 .await?,
         )
-    }
+    })
     .await;
     let key = app_key(app);
     match result {
@@ -237,7 +284,7 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
         .and_then(|s| s.client_id.clone())
         .unwrap_or_default();
     let wanted = desired(app, &client_id);
-    let outcome = async {
+    let outcome = guarded(&ns, &reference.name, async {
         let provider = connect(&ctx.client, &ns, &reference.name).await?;
         let holds = provider.holds(&wanted, &current).await?;
         if holds != Holds::Same {
@@ -245,7 +292,7 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
             provider.put_client(&wanted, &current, None).await?;
         }
         Ok::<_, Error>(holds)
-    }
+    })
     .await;
     drop(current);
     match outcome {
@@ -487,6 +534,33 @@ mod tests {
         assert_eq!(conditions[0].type_, "Ready");
         assert_eq!(conditions[1].reason, "Unauthorized");
         assert_eq!(conditions[1].last_transition_time, first);
+    }
+
+    #[tokio::test]
+    async fn a_provider_found_unreachable_is_not_called_again_for_a_while() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let call = || async {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err::<(), _>(Error::Provider(ProviderError::Unreachable {
+                url: "http://127.0.0.1:1".into(),
+                detail: "connection refused".into(),
+            }))
+        };
+        let first = guarded("ns-guard", "kc", call()).await;
+        let second = guarded("ns-guard", "kc", call()).await;
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the second call waits"
+        );
+        let (Err(Error::Provider(a)), Err(Error::Provider(b))) = (first, second) else {
+            panic!("both unreachable");
+        };
+        assert_eq!((a.reason(), b.reason()), ("Unreachable", "Unreachable"));
+        // Another provider is called.
+        guarded("ns-guard", "other", async { Ok(()) })
+            .await
+            .expect("called");
     }
 
     #[test]

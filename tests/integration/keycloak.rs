@@ -805,13 +805,19 @@ async fn keycloak_down_during_a_rotation_holds_it_and_it_lands_when_keycloak_is_
     .await;
     let app = s.apps.get("patient").await.expect("app");
     assert_eq!(app.status.expect("status").rotation_count, 1);
-    assert_eq!(plaintext(&s.secrets.get("patient-oauth-client").await.expect("secret")), first);
+    assert_eq!(
+        plaintext(&s.secrets.get("patient-oauth-client").await.expect("secret")),
+        first
+    );
     assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
 
     let back = Instant::now();
     set_url(keycloak().url.clone());
     let (_, secret) = s.settled("patient", 2, "Synced").await;
-    eprintln!("rotation landed {:?} after Keycloak was reachable again", back.elapsed());
+    eprintln!(
+        "rotation landed {:?} after Keycloak was reachable again",
+        back.elapsed()
+    );
     let second = plaintext(&secret);
     assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
     assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
