@@ -14,10 +14,15 @@ use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType};
+
 use super::IdentityProvider;
 use super::crd::{OAuthProvider, OAuthProviderStatus};
+use super::keycloak::Keycloak;
 use crate::context::Context;
-use crate::crd::MANAGER;
+use crate::crd::{MANAGER, OAuthApp};
 use crate::error::Error;
 
 /// A Ready provider is checked again after this long.
@@ -49,24 +54,65 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
 async fn reconcile(provider: Arc<OAuthProvider>, ctx: Arc<Context>) -> Result<Action, Error> {
     let checked = async {
         let kc = super::sync::connect_to(&ctx.client, &provider).await?;
-        Ok::<_, Error>(kc.authenticate().await?)
+        kc.authenticate().await?;
+        Ok::<_, Error>(kc)
     }
     .await;
     let (status, reason, message, again) = match checked {
-        Ok(()) => (
-            "True",
-            "Authenticated",
-            format!(
-                "authenticated to realm {} at {} with the service account",
-                provider.spec.keycloak.realm, provider.spec.keycloak.url
-            ),
-            RECHECK,
-        ),
+        Ok(kc) => {
+            sweep(&ctx, &provider, &kc).await?;
+            (
+                "True",
+                "Authenticated",
+                format!(
+                    "authenticated to realm {} at {} with the service account",
+                    provider.spec.keycloak.realm, provider.spec.keycloak.url
+                ),
+                RECHECK,
+            )
+        }
         Err(Error::Provider(e)) => ("False", e.reason(), e.to_string(), RETRY),
         Err(e) => return Err(e),
     };
     write_ready(&ctx, &provider, status, reason, message).await?;
     Ok(Action::requeue(again))
+}
+
+/// Deletes the clients the operator created in this provider for apps of its namespace whose
+/// app and Secret are both gone: an app deleted with `spec.secret.deletionPolicy: Delete` (its
+/// Secret garbage-collected with it). An app deleted with `Retain` keeps its Secret, and so its
+/// client, for the same app applied again.
+async fn sweep(ctx: &Context, provider: &OAuthProvider, kc: &Keycloak) -> Result<(), Error> {
+    let ns = provider.namespace().unwrap_or_default();
+    let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    for client in kc.owned_clients(&ns).await? {
+        let Some(app_name) = client.owner.strip_prefix(&format!("{ns}/")) else {
+            continue;
+        };
+        if apps.get_metadata_opt(app_name).await?.is_some()
+            || secrets.get_metadata_opt(&client.secret_name).await?.is_some()
+        {
+            continue;
+        }
+        ctx.leadership.check()?;
+        kc.delete_client(&client).await?;
+        info!(provider = %provider.name_any(), client_id = %client.client_id, app = %client.owner, "deleted the client of a deleted app");
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "ClientDeleted".into(),
+            note: Some(format!(
+                "Deleted client {} of OAuthApp {}: the app and its Secret are gone",
+                client.client_id, client.owner
+            )),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder().publish(&event, &provider.object_ref(&())).await {
+            warn!(provider = %provider.name_any(), error = %crate::error::redact(&e.to_string()), "failed to publish event");
+        }
+    }
+    Ok(())
 }
 
 fn error_policy(provider: Arc<OAuthProvider>, error: &Error, _ctx: Arc<Context>) -> Action {

@@ -13,10 +13,14 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::{DesiredClient, Grace, Holds, IdentityProvider, ProviderError, Put};
+use super::{DesiredClient, Grace, Holds, IdentityProvider, OwnedClient, ProviderError, Put};
 
 /// The client attribute that marks a client the operator created, valued `<namespace>/<app>`.
 pub const OWNER_ATTRIBUTE: &str = "oauthapp.io/owner";
+/// The client attribute that names the app's Secret.
+pub const SECRET_ATTRIBUTE: &str = "oauthapp.io/secret";
+/// Clients listed per request when looking for the operator's.
+const PAGE: usize = 500;
 const ROTATED: &str = "client.secret.rotated";
 const ROTATED_CREATED: &str = "client.secret.rotated.creation.time";
 const ROTATED_EXPIRES: &str = "client.secret.rotated.expiration.time";
@@ -237,6 +241,7 @@ pub fn representation(
         .as_object_mut();
     if let Some(attributes) = attributes {
         attributes.insert(OWNER_ATTRIBUTE.into(), json!(desired.owner));
+        attributes.insert(SECRET_ATTRIBUTE.into(), json!(desired.secret_name));
         // The realm's secret-rotation policy puts an expiry on the current secret (its
         // `expiration-period`, set again on every update that leaves it empty): after it, the
         // secret stops authenticating. The operator decides when a secret is replaced, so the
@@ -301,6 +306,72 @@ impl IdentityProvider for Keycloak {
         Ok((Put::Updated, kept))
     }
 
+    async fn owned_clients(&self, namespace: &str) -> Result<Vec<OwnedClient>, ProviderError> {
+        let token = self.token().await?;
+        let prefix = format!("{namespace}/");
+        let mut owned = Vec::new();
+        for first in (0..).step_by(PAGE) {
+            let response = self
+                .http
+                .get(self.clients_url())
+                .bearer_auth(&token)
+                .query(&[("first", first.to_string()), ("max", PAGE.to_string())])
+                .send()
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            if !status.is_success() {
+                return Err(self.answer_error(status, &body, "client list"));
+            }
+            let page = body.as_array().cloned().unwrap_or_default();
+            owned.extend(page.iter().filter_map(|c| {
+                let attribute = |k: &str| c["attributes"][k].as_str().map(str::to_string);
+                let owner = attribute(OWNER_ATTRIBUTE).filter(|o| o.starts_with(&prefix))?;
+                Some(OwnedClient {
+                    client_id: c["clientId"].as_str()?.to_string(),
+                    owner,
+                    secret_name: attribute(SECRET_ATTRIBUTE)?,
+                })
+            }));
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        Ok(owned)
+    }
+
+    async fn delete_client(&self, client: &OwnedClient) -> Result<(), ProviderError> {
+        let token = self.token().await?;
+        let Some(found) = self.find(&token, &client.client_id).await? else {
+            return Ok(());
+        };
+        // Only the one the operator created for that app.
+        let owner = found
+            .get("attributes")
+            .and_then(|a| a.get(OWNER_ATTRIBUTE))
+            .and_then(Value::as_str);
+        if owner != Some(client.owner.as_str()) {
+            return Ok(());
+        }
+        let Some(id) = found.get("id").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let response = self
+            .http
+            .delete(format!("{}/{id}", self.clients_url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if status.is_success() || status.as_u16() == 404 {
+            return Ok(());
+        }
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Err(self.answer_error(status, &body, "client delete"))
+    }
+
     async fn holds(&self, desired: &DesiredClient, secret: &str) -> Result<Holds, ProviderError> {
         let token = self.token().await?;
         let Some(found) = self.find(&token, &desired.client_id).await? else {
@@ -329,6 +400,7 @@ mod tests {
             name: Some("Billing".into()),
             redirect_uris: vec!["https://billing.example.com/cb".into()],
             owner: "team-a/billing".into(),
+            secret_name: "billing-oauth-client".into(),
         }
     }
 
@@ -341,6 +413,7 @@ mod tests {
         assert_eq!(rep["name"], "Billing");
         assert_eq!(rep["redirectUris"][0], "https://billing.example.com/cb");
         assert_eq!(rep["attributes"][OWNER_ATTRIBUTE], "team-a/billing");
+        assert_eq!(rep["attributes"][SECRET_ATTRIBUTE], "billing-oauth-client");
         assert_eq!(rep["attributes"][ROTATED], "");
     }
 

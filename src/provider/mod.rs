@@ -31,6 +31,18 @@ pub struct DesiredClient {
     /// Who owns the client at the provider: `<namespace>/<app name>`. A client with this id that
     /// does not carry this owner was not created by the operator for this app.
     pub owner: String,
+    /// The app's Secret: a client whose app and Secret are both gone is deleted (an app deleted
+    /// with `spec.secret.deletionPolicy: Retain` keeps its Secret, and its client).
+    pub secret_name: String,
+}
+
+/// A client at the provider that the operator created for an app: its client id, its owner
+/// (`<namespace>/<app>`) and the app's Secret name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedClient {
+    pub client_id: String,
+    pub owner: String,
+    pub secret_name: String,
 }
 
 /// The secret a rotation replaced, valid at the provider until `expires_at` (unix seconds):
@@ -120,6 +132,15 @@ pub trait IdentityProvider {
         secret: &str,
         grace: Option<&Grace<'_>>,
     ) -> impl Future<Output = Result<(Put, bool), ProviderError>> + Send;
+
+    /// The clients the operator created for apps in `namespace`.
+    fn owned_clients(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Vec<OwnedClient>, ProviderError>> + Send;
+
+    /// Deletes a client the operator created (Ok when it is gone already).
+    fn delete_client(&self, client: &OwnedClient) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
     /// Whether the client holds `secret` as its current secret.
     fn holds(

@@ -57,9 +57,11 @@ fn checked() -> std::sync::MutexGuard<'static, HashMap<String, Checked>> {
 /// not one per app, and apps without a provider never wait for workers behind it.
 const UNREACHABLE_HOLD: Duration = Duration::from_secs(10);
 
-/// Per provider (`namespace/name`): until when it is not called, and the error that said so.
-static UNREACHABLE: LazyLock<Mutex<HashMap<String, (Instant, String, String)>>> =
-    LazyLock::new(Mutex::default);
+/// Until when a provider is not called, and the URL and detail of the error that said so.
+type Held = (Instant, String, String);
+
+/// Per provider (`namespace/name`): [`Held`].
+static UNREACHABLE: LazyLock<Mutex<HashMap<String, Held>>> = LazyLock::new(Mutex::default);
 
 /// `call` on the provider `namespace/name`, unless it was found unreachable less than
 /// [`UNREACHABLE_HOLD`] ago (then that error again, with no request).
@@ -141,6 +143,7 @@ pub fn desired(app: &OAuthApp, client_id: &str) -> DesiredClient {
         name: app.spec.display_name.clone(),
         redirect_uris: app.spec.redirect_uris.clone(),
         owner: app_key(app),
+        secret_name: app.secret_name(),
     }
 }
 

@@ -822,3 +822,40 @@ async fn keycloak_down_during_a_rotation_holds_it_and_it_lands_when_keycloak_is_
     assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
     assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
 }
+
+/// Deleting an app deletes its client at Keycloak once its Secret is gone too (the provider
+/// looks every minute); an app deleted with `deletionPolicy: Retain` keeps its Secret and its
+/// client, for the same app applied again.
+#[tokio::test]
+async fn a_deleted_app_loses_its_client_unless_its_secret_is_retained() {
+    let s = setup("kc-delete", &[]).await;
+    s.app("gone", "kc", "");
+    s.app("kept", "kc", "  secret:\n    deletionPolicy: Retain\n");
+    let (_, gone_secret) = s.settled("gone", 1, "Synced").await;
+    let (_, kept_secret) = s.settled("kept", 1, "Synced").await;
+    let (gone_id, kept_id) = (client_id_of(&gone_secret), client_id_of(&kept_secret));
+    // The retained one first: the look that finds the other one gone comes after it.
+    control_plane().kubectl_ok(&["-n", &s.ns, "delete", "oauthapp", "kept", "--wait=true"]);
+    control_plane().kubectl_ok(&["-n", &s.ns, "delete", "oauthapp", "gone", "--wait=true"]);
+    let deleted = Instant::now();
+    eventually(
+        "the deleted app's client is gone from Keycloak",
+        Duration::from_secs(150),
+        || async { s.realm.client(&gone_id).await.is_none().then_some(()) },
+    )
+    .await;
+    eprintln!("client deleted {:?} after its app", deleted.elapsed());
+    // That look kept the retained one: it still works with its Secret's secret.
+    assert!(s.realm.client(&kept_id).await.is_some());
+    assert_eq!(
+        s.realm.token(&kept_id, &plaintext(&kept_secret)).await,
+        (200, String::new())
+    );
+    let events = events_about(&s.client, &s.ns, "kc").await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, reason, note)| reason == "ClientDeleted" && note.contains(&gone_id)),
+        "{events:?}"
+    );
+}
