@@ -166,7 +166,11 @@ fn error_policy(app: Arc<OAuthApp>, error: &Error, scope: Arc<Scope>) -> Action 
         })
         .inc();
     warn!(app = %app_key(&app), reason = error.reason(), error = %error, "reconcile failed; retrying");
-    Action::requeue(ERROR_REQUEUE)
+    match error {
+        // Backs off while the app's identity provider refuses or cannot be reached.
+        Error::Provider(_) => Action::requeue(crate::provider::sync::retry_after_push_failure(&app)),
+        _ => Action::requeue(ERROR_REQUEUE),
+    }
 }
 
 async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {

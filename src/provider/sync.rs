@@ -100,6 +100,20 @@ async fn guarded<T>(
     result
 }
 
+/// Per app (`namespace/name`): rotations in a row that failed at the provider.
+static PUSH_FAILURES: LazyLock<Mutex<HashMap<String, u32>>> = LazyLock::new(Mutex::default);
+
+fn push_failures() -> std::sync::MutexGuard<'static, HashMap<String, u32>> {
+    PUSH_FAILURES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// When to retry a rotation of `app` that failed at its provider: 5 s after the first failure,
+/// doubling up to 5 min, so that a provider that is down costs no new secret (and hash) per app
+/// every few seconds. A new request (a new annotation value) still runs at once.
+pub fn retry_after_push_failure(app: &OAuthApp) -> Duration {
+    retry_after(push_failures().get(&app_key(app)).copied().unwrap_or(1))
+}
+
 /// The provider an app names, connected with its credentials (read from the provider's Secret).
 pub async fn connect(client: &Client, namespace: &str, name: &str) -> Result<Keycloak, Error> {
     let providers: Api<OAuthProvider> = Api::namespaced(client.clone(), namespace);
@@ -188,6 +202,7 @@ pub async fn push_rotation(
     match result {
         Ok((put, kept)) => {
             info!(app = %key, provider = %reference.name, created = (put == Put::Created), "the identity provider holds the new secret");
+            push_failures().remove(&key);
             checked().insert(
                 key,
                 Checked {
@@ -218,6 +233,11 @@ pub async fn push_rotation(
             // Checked again after any failed rotation: the provider may hold a secret that did
             // not reach the Secret (a Secret write that failed after the push).
             checked().remove(&key);
+            if matches!(e, Error::Provider(_)) {
+                let mut failures = push_failures();
+                let n = failures.entry(key.clone()).or_insert(0);
+                *n = n.saturating_add(1);
+            }
             if let Error::Provider(pe) = &e {
                 mark_unsynced(ctx, app, &reference.name, pe).await;
             }
