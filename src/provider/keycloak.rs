@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::{DesiredClient, Grace, Holds, IdentityProvider, OwnedClient, ProviderError, Put};
+use super::{DesiredClient, Holds, IdentityProvider, OwnedClient, Previous, ProviderError, Put};
 
 /// The client attribute that marks a client the operator created, valued `<namespace>/<app>`.
 pub const OWNER_ATTRIBUTE: &str = "oauthapp.io/owner";
@@ -219,7 +219,7 @@ pub fn representation(
     base: Option<&Map<String, Value>>,
     desired: &DesiredClient,
     secret: &str,
-    grace: Option<&Grace<'_>>,
+    previous: &Previous<'_>,
     now: i64,
 ) -> Value {
     let mut rep = base.cloned().unwrap_or_default();
@@ -247,18 +247,20 @@ pub fn representation(
         // secret stops authenticating. The operator decides when a secret is replaced, so the
         // expiry is pushed out of reach.
         attributes.insert(SECRET_EXPIRES.into(), json!((now + NO_EXPIRY).to_string()));
-        match grace {
-            Some(grace) => {
+        match previous {
+            Previous::Until(grace) => {
                 attributes.insert(ROTATED.into(), json!(grace.previous));
                 attributes.insert(ROTATED_CREATED.into(), json!(now.to_string()));
                 attributes.insert(ROTATED_EXPIRES.into(), json!(grace.expires_at.to_string()));
             }
             // A PUT keeps the attributes it leaves out; an empty value removes one.
-            None => {
+            Previous::Drop => {
                 for k in [ROTATED, ROTATED_CREATED, ROTATED_EXPIRES] {
                     attributes.insert(k.into(), json!(""));
                 }
             }
+            // Sent back as Keycloak has them.
+            Previous::Keep => {}
         }
     }
     Value::Object(rep)
@@ -273,12 +275,12 @@ impl IdentityProvider for Keycloak {
         &self,
         desired: &DesiredClient,
         secret: &str,
-        grace: Option<&Grace<'_>>,
+        previous: &Previous<'_>,
     ) -> Result<(Put, bool), ProviderError> {
         let token = self.token().await?;
         let now = jiff::Timestamp::now().as_second();
         let Some(found) = self.find(&token, &desired.client_id).await? else {
-            let rep = representation(None, desired, secret, grace, now);
+            let rep = representation(None, desired, secret, previous, now);
             self.send_json(
                 reqwest::Method::POST,
                 &self.clients_url(),
@@ -287,21 +289,21 @@ impl IdentityProvider for Keycloak {
                 "client create",
             )
             .await?;
-            return Ok((Put::Created, grace.is_none()));
+            return Ok((Put::Created, !matches!(previous, Previous::Until(_))));
         };
         let id = self.owned(desired, &found)?.to_string();
-        let rep = representation(Some(&found), desired, secret, grace, now);
+        let rep = representation(Some(&found), desired, secret, previous, now);
         let url = format!("{}/{id}", self.clients_url());
         self.send_json(reqwest::Method::PUT, &url, &token, &rep, "client update")
             .await?;
-        let kept = match grace {
+        let kept = match previous {
             // Keycloak keeps the attributes only where its secret-rotation policy applies.
-            Some(_) => self
+            Previous::Until(_) => self
                 .find(&token, &desired.client_id)
                 .await?
                 .and_then(|c| c.get("attributes").and_then(|a| a.get(ROTATED)).cloned())
                 .is_some(),
-            None => true,
+            Previous::Drop | Previous::Keep => true,
         };
         Ok((Put::Updated, kept))
     }
@@ -382,8 +384,26 @@ impl IdentityProvider for Keycloak {
             .get("secret")
             .and_then(Value::as_str)
             .is_some_and(|s| constant_time_eq(s.as_bytes(), secret.as_bytes()));
-        Ok(if same { Holds::Same } else { Holds::Other })
+        Ok(match (same, describes(&found, desired)) {
+            (false, _) => Holds::Other,
+            (true, false) => Holds::Outdated,
+            (true, true) => Holds::Same,
+        })
     }
+}
+
+/// Whether Keycloak's client `found` has the name and redirect URIs the app asks for.
+pub fn describes(found: &Map<String, Value>, desired: &DesiredClient) -> bool {
+    let name = found.get("name").and_then(Value::as_str).unwrap_or_default();
+    let mut uris: Vec<&str> = found
+        .get("redirectUris")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut wanted: Vec<&str> = desired.redirect_uris.iter().map(String::as_str).collect();
+    uris.sort_unstable();
+    wanted.sort_unstable();
+    name == desired.name.as_deref().unwrap_or_default() && uris == wanted
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -406,7 +426,7 @@ mod tests {
 
     #[test]
     fn a_new_client_is_confidential_marked_and_holds_the_secret() {
-        let rep = representation(None, &desired(), "s1", None, 100);
+        let rep = representation(None, &desired(), "s1", &Previous::Drop, 100);
         assert_eq!(rep["clientId"], "billing");
         assert_eq!(rep["secret"], "s1");
         assert_eq!(rep["publicClient"], false);
@@ -419,11 +439,11 @@ mod tests {
 
     #[test]
     fn a_grace_puts_the_replaced_secret_in_rotated_until_its_expiry() {
-        let grace = Grace {
+        let grace = crate::provider::Grace {
             previous: "s1",
             expires_at: 500,
         };
-        let rep = representation(None, &desired(), "s2", Some(&grace), 100);
+        let rep = representation(None, &desired(), "s2", &Previous::Until(grace), 100);
         assert_eq!(rep["secret"], "s2");
         assert_eq!(rep["attributes"][ROTATED], "s1");
         assert_eq!(rep["attributes"][ROTATED_EXPIRES], "500");
@@ -437,7 +457,7 @@ mod tests {
             "protocol": "openid-connect",
             "attributes": {ROTATED: "old", ROTATED_EXPIRES: "9", SECRET_EXPIRES: "10", "other": "x"}
         });
-        let rep = representation(base.as_object(), &desired(), "s3", None, 100);
+        let rep = representation(base.as_object(), &desired(), "s3", &Previous::Drop, 100);
         assert_eq!(rep["id"], "uuid-1");
         assert_eq!(rep["protocol"], "openid-connect");
         assert_eq!(rep["attributes"]["other"], "x");
@@ -445,6 +465,36 @@ mod tests {
             assert_eq!(rep["attributes"][k], "", "{k}");
         }
         assert_eq!(rep["attributes"][SECRET_EXPIRES], (100 + NO_EXPIRY).to_string());
+    }
+
+    #[test]
+    fn a_put_that_keeps_the_previous_secret_sends_keycloaks_rotated_attributes_back() {
+        let base = json!({"attributes": {ROTATED: "old", ROTATED_EXPIRES: "9"}});
+        let rep = representation(base.as_object(), &desired(), "s", &Previous::Keep, 100);
+        assert_eq!(rep["attributes"][ROTATED], "old");
+        assert_eq!(rep["attributes"][ROTATED_EXPIRES], "9");
+    }
+
+    #[test]
+    fn a_client_describes_the_app_when_its_name_and_redirect_uris_are_the_apps_in_any_order() {
+        let mut d = desired();
+        d.redirect_uris.push("https://billing.example.com/other".into());
+        let rep = representation(None, &d, "s", &Previous::Drop, 1);
+        let mut found = rep.as_object().cloned().expect("object");
+        assert!(describes(&found, &d));
+        found.insert(
+            "redirectUris".into(),
+            json!([
+                "https://billing.example.com/other",
+                "https://billing.example.com/cb"
+            ]),
+        );
+        assert!(describes(&found, &d), "order does not count");
+        found.insert("redirectUris".into(), json!(["https://evil.example.com/cb"]));
+        assert!(!describes(&found, &d));
+        let mut renamed = rep.as_object().cloned().expect("object");
+        renamed.insert("name".into(), json!("Other"));
+        assert!(!describes(&renamed, &d));
     }
 
     #[test]

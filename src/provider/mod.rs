@@ -52,6 +52,16 @@ pub struct Grace<'a> {
     pub expires_at: i64,
 }
 
+/// What becomes of a second (previous) secret the provider may hold, on a put.
+pub enum Previous<'a> {
+    /// None is valid any more: only `secret` works.
+    Drop,
+    /// Left as it is (a put that changes the client's description, not its secret).
+    Keep,
+    /// The replaced secret, valid until its expiry.
+    Until(Grace<'a>),
+}
+
 /// What a provider did with a put.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Put {
@@ -68,6 +78,8 @@ pub enum Holds {
     Same,
     /// The client exists with another secret.
     Other,
+    /// The client holds the secret, but its name or redirect URIs are not the app's.
+    Outdated,
     /// No client has this id.
     Missing,
 }
@@ -123,14 +135,14 @@ pub trait IdentityProvider {
     fn authenticate(&self) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
     /// Creates the client, or updates the one the operator created for this app, so that its
-    /// current secret is `secret` and the rest is `desired`. With `grace`, the replaced secret
-    /// stays valid until its expiry where the provider can keep two; Ok(false) in `.1` says the
-    /// provider did not keep it.
+    /// current secret is `secret` and the rest is `desired`. With [`Previous::Until`], the
+    /// replaced secret stays valid until its expiry where the provider can keep two; Ok(false) in
+    /// `.1` says the provider did not keep it.
     fn put_client(
         &self,
         desired: &DesiredClient,
         secret: &str,
-        grace: Option<&Grace<'_>>,
+        previous: &Previous<'_>,
     ) -> impl Future<Output = Result<(Put, bool), ProviderError>> + Send;
 
     /// The clients the operator created for apps in `namespace`.

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::crd::OAuthProvider;
 use super::keycloak::Keycloak;
-use super::{DesiredClient, Grace, Holds, IdentityProvider, ProviderError, Put};
+use super::{DesiredClient, Grace, Holds, IdentityProvider, Previous, ProviderError, Put};
 use crate::context::Context;
 use crate::crd::{CLIENT_SECRET_KEY, OAuthApp};
 use crate::error::Error;
@@ -182,18 +182,20 @@ pub async fn push_rotation(
         Some((replaced, _)) => previous_plaintext(ctx, app, replaced).await?,
         None => None,
     };
-    let grace = grace
-        .zip(previous.as_deref())
-        .map(|((_, expires), previous)| Grace {
+    let with_grace = grace.is_some() && previous.is_some();
+    let previous = match grace.zip(previous.as_deref()) {
+        Some(((_, expires), previous)) => Previous::Until(Grace {
             previous,
             expires_at: expires.as_second(),
-        });
+        }),
+        None => Previous::Drop,
+    };
     let result = guarded(&ns, &reference.name, async {
         let provider = connect(&ctx.client, &ns, &reference.name).await?;
         ctx.leadership.check()?;
         Ok::<_, Error>(
             provider
-                .put_client(&desired(app, client_id), secret.expose(), grace.as_ref())
+                .put_client(&desired(app, client_id), secret.expose(), &previous)
                 .await?,
         )
     })
@@ -219,7 +221,7 @@ pub async fn push_rotation(
             }
             let mut synced = app.clone();
             let status = synced.status.get_or_insert_with(Default::default);
-            let (reason, message) = synced_condition(&reference.name, rotation_id, grace.is_some() && !kept);
+            let (reason, message) = synced_condition(&reference.name, rotation_id, with_grace && !kept);
             set_condition(
                 &mut status.conditions,
                 app.metadata.generation,
@@ -310,9 +312,16 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
     let outcome = guarded(&ns, &reference.name, async {
         let provider = connect(&ctx.client, &ns, &reference.name).await?;
         let holds = provider.holds(&wanted, &current).await?;
-        if holds != Holds::Same {
+        // A hand-changed or missing client gets the current secret alone; one whose description
+        // alone changed keeps a previous secret it holds (a grace period running).
+        let previous = match holds {
+            Holds::Same => None,
+            Holds::Outdated => Some(Previous::Keep),
+            Holds::Other | Holds::Missing => Some(Previous::Drop),
+        };
+        if let Some(previous) = previous {
             ctx.leadership.check()?;
-            provider.put_client(&wanted, &current, None).await?;
+            provider.put_client(&wanted, &current, &previous).await?;
         }
         Ok::<_, Error>(holds)
     })
@@ -328,31 +337,46 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
                     failures: 0,
                 },
             );
-            if holds != Holds::Same {
-                let what = match holds {
-                    Holds::Missing => "had no client with id",
-                    _ => "held another secret for client",
-                };
-                warn!(app = %key, provider = %reference.name, "the identity provider {what} {client_id}; set back to the Secret's secret");
+            let hint = app
+                .status
+                .as_ref()
+                .and_then(|s| s.client_secret_hint.clone())
+                .unwrap_or_default();
+            let restored = match holds {
+                Holds::Same => None,
+                Holds::Missing => Some((
+                    "ProviderSecretRestored",
+                    format!(
+                        "had no client {client_id}; created it with the Secret's current secret ({hint}), no new secret"
+                    ),
+                )),
+                Holds::Other => Some((
+                    "ProviderSecretRestored",
+                    format!(
+                        "held another secret for client {client_id}; set back to the Secret's current secret ({hint}), no new secret"
+                    ),
+                )),
+                Holds::Outdated => Some((
+                    "ProviderClientRestored",
+                    format!(
+                        "had another name or other redirect URIs for client {client_id}; set back to the app's"
+                    ),
+                )),
+            };
+            if let Some((reason, what)) = restored {
+                warn!(app = %key, provider = %reference.name, "the identity provider {what}");
                 rotation::publish_in_background(
                     ctx,
                     app,
                     EventType::Warning,
-                    "ProviderSecretRestored",
-                    format!(
-                        "OAuthProvider {} {what} {client_id}; set back to the Secret's current secret ({}), no new secret",
-                        reference.name,
-                        app.status
-                            .as_ref()
-                            .and_then(|s| s.client_secret_hint.clone())
-                            .unwrap_or_default()
-                    ),
+                    reason,
+                    format!("OAuthProvider {} {what}", reference.name),
                 );
             }
             // The grace a rotation gave is kept by the provider as it was; only a restored
             // client loses it (said here).
             let keeps_reason = provider_condition(app)
-                .filter(|c| c.status == "True" && holds == Holds::Same)
+                .filter(|c| c.status == "True" && matches!(holds, Holds::Same | Holds::Outdated))
                 .map(|c| c.reason.clone());
             let (reason, message) = synced_condition(
                 &reference.name,

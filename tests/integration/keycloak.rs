@@ -562,7 +562,7 @@ async fn a_client_of_that_id_the_operator_did_not_create_is_a_conflict_and_is_le
 }
 
 #[tokio::test]
-async fn a_secret_changed_at_keycloak_is_set_back_without_a_rotation() {
+async fn a_secret_or_redirect_uri_changed_at_keycloak_is_set_back_without_a_rotation() {
     let s = setup("kc-drift", &[]).await;
     s.app("drifty", "kc", "");
     let (_, secret) = s.settled("drifty", 1, "Synced").await;
@@ -603,6 +603,34 @@ async fn a_secret_changed_at_keycloak_is_set_back_without_a_rotation() {
     })
     .await;
     assert!(reasons.iter().all(|(_, _, note)| !note.contains(&current)));
+
+    // Someone adds a redirect URI in Keycloak: the next look (here: after a restart) sets the
+    // app's back, and the secret is untouched.
+    let mut client = s.realm.client(&client_id).await.expect("client");
+    client["redirectUris"] = json!(["https://drifty.example.com/cb", "https://evil.example.com/cb"]);
+    s.realm
+        .admin(
+            reqwest::Method::PUT,
+            &s.realm.path(&format!("/clients/{id}")),
+            Some(client),
+        )
+        .await;
+    s.operator.kill9();
+    s.operator = Operator::start(&control_plane().kubeconfig, &s.ns, &[], &[]);
+    eventually("Keycloak has the app's redirect URIs again", WAIT, || async {
+        let client = s.realm.client(&client_id).await?;
+        (client["redirectUris"] == json!(["https://drifty.example.com/cb"])).then_some(())
+    })
+    .await;
+    assert_eq!(s.realm.token(&client_id, &current).await, (200, String::new()));
+    eventually("a ProviderClientRestored Warning Event", WAIT, || async {
+        let events = events_about(&s.client, &s.ns, "drifty").await;
+        events
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "ProviderClientRestored")
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
