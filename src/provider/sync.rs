@@ -43,6 +43,7 @@ const FIRST_RETRY: Duration = Duration::from_secs(5);
 static CHECKED: LazyLock<Mutex<HashMap<String, Checked>>> = LazyLock::new(Mutex::default);
 
 struct Checked {
+    /// [`checked_version`] of the app when it was found in sync.
     rotation_id: String,
     at: Instant,
     failures: u32,
@@ -208,7 +209,7 @@ pub async fn push_rotation(
             checked().insert(
                 key,
                 Checked {
-                    rotation_id: rotation_id.to_string(),
+                    rotation_id: checked_version(rotation_id, app),
                     at: Instant::now(),
                     failures: 0,
                 },
@@ -287,7 +288,13 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
     };
     let key = app_key(app);
     let condition_true = provider_condition(app).is_some_and(|c| c.status == "True");
-    if let Some(wait) = wait_before_check(&key, &rotation_id, condition_true, Instant::now()) {
+    let version = checked_version(&rotation_id, app);
+    // The same rotation checked before under another generation: the spec changed (a client
+    // that differs is an update, not someone's change at the provider).
+    let spec_changed = checked().get(&key).is_some_and(|c| {
+        c.rotation_id != version && c.rotation_id.split('@').next() == Some(rotation_id.as_str())
+    });
+    if let Some(wait) = wait_before_check(&key, &version, condition_true, Instant::now()) {
         return Ok(Some(wait));
     }
     let _guard = ctx.locks.lock(&key).await;
@@ -332,7 +339,7 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
             checked().insert(
                 key.clone(),
                 Checked {
-                    rotation_id: rotation_id.clone(),
+                    rotation_id: checked_version(&rotation_id, app),
                     at: Instant::now(),
                     failures: 0,
                 },
@@ -356,6 +363,10 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
                         "held another secret for client {client_id}; set back to the Secret's current secret ({hint}), no new secret"
                     ),
                 )),
+                Holds::Outdated if spec_changed => Some((
+                    "ProviderClientUpdated",
+                    format!("client {client_id} updated to the app's name and redirect URIs"),
+                )),
                 Holds::Outdated => Some((
                     "ProviderClientRestored",
                     format!(
@@ -364,11 +375,17 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
                 )),
             };
             if let Some((reason, what)) = restored {
-                warn!(app = %key, provider = %reference.name, "the identity provider {what}");
+                let type_ = if reason == "ProviderClientUpdated" {
+                    info!(app = %key, provider = %reference.name, "the identity provider: {what}");
+                    EventType::Normal
+                } else {
+                    warn!(app = %key, provider = %reference.name, "the identity provider {what}");
+                    EventType::Warning
+                };
                 rotation::publish_in_background(
                     ctx,
                     app,
-                    EventType::Warning,
+                    type_,
                     reason,
                     format!("OAuthProvider {} {what}", reference.name),
                 );
@@ -403,6 +420,12 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
         }
         Err(e) => Err(e),
     }
+}
+
+/// What a check found in sync: the rotation and the spec (`metadata.generation`), so that a
+/// change of either (a new redirect URI) is checked at once.
+fn checked_version(rotation_id: &str, app: &OAuthApp) -> String {
+    format!("{rotation_id}@{}", app.metadata.generation.unwrap_or_default())
 }
 
 /// How long before an app is checked again (None: now): `CHECK_INTERVAL` after the last check

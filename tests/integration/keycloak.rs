@@ -478,6 +478,25 @@ async fn a_new_app_gets_a_token_with_its_secret_and_after_a_rotation_only_the_ne
     assert_eq!(error, "unauthorized_client");
     assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
 
+    // A new redirect URI in the spec reaches Keycloak, the secret untouched.
+    control_plane().kubectl_ok(&[
+        "-n",
+        &s.ns,
+        "patch",
+        "oauthapp",
+        "billing",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"redirectUris":["https://billing.example.com/cb","https://billing.example.com/cb2"]}}"#,
+    ]);
+    eventually("Keycloak has the new redirect URI", WAIT, || async {
+        let client = s.realm.client(&client_id).await?;
+        let uris = client["redirectUris"].as_array()?.len();
+        (uris == 2).then_some(())
+    })
+    .await;
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+
     // Nothing the operator logged, and no Event, holds a secret or the service account's.
     let log = s.operator.log_text();
     for plain in [&first, &second, &s.sa_secret] {
