@@ -143,21 +143,38 @@ impl Keycloak {
         format!("{}/admin/realms/{}/clients", self.url, self.realm)
     }
 
-    /// The representation of the client with `client_id`, if there is one.
-    async fn find(&self, token: &str, client_id: &str) -> Result<Option<Map<String, Value>>, ProviderError> {
+    /// `GET .../clients` with `query`: Keycloak's JSON answer.
+    async fn list_clients(
+        &self,
+        token: &str,
+        query: &[(&str, &str)],
+        what: &str,
+    ) -> Result<Value, ProviderError> {
         let response = self
             .http
             .get(self.clients_url())
             .bearer_auth(token)
-            .query(&[("clientId", client_id), ("search", "false")])
+            .query(query)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            return Err(self.answer_error(status, &body, "client lookup"));
+            return Err(self.answer_error(status, &body, what));
         }
+        Ok(body)
+    }
+
+    /// The representation of the client with `client_id`, if there is one.
+    async fn find(&self, token: &str, client_id: &str) -> Result<Option<Map<String, Value>>, ProviderError> {
+        let body = self
+            .list_clients(
+                token,
+                &[("clientId", client_id), ("search", "false")],
+                "client lookup",
+            )
+            .await?;
         Ok(body
             .as_array()
             .and_then(|clients| clients.iter().find(|c| c["clientId"].as_str() == Some(client_id)))
@@ -313,19 +330,14 @@ impl IdentityProvider for Keycloak {
         let prefix = format!("{namespace}/");
         let mut owned = Vec::new();
         for first in (0..).step_by(PAGE) {
-            let response = self
-                .http
-                .get(self.clients_url())
-                .bearer_auth(&token)
-                .query(&[("first", first.to_string()), ("max", PAGE.to_string())])
-                .send()
-                .await
-                .map_err(|e| self.unreachable(e))?;
-            let status = response.status();
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            if !status.is_success() {
-                return Err(self.answer_error(status, &body, "client list"));
-            }
+            let (first, max) = (first.to_string(), PAGE.to_string());
+            let body = self
+                .list_clients(
+                    &token,
+                    &[("first", first.as_str()), ("max", max.as_str())],
+                    "client list",
+                )
+                .await?;
             let page = body.as_array().cloned().unwrap_or_default();
             owned.extend(page.iter().filter_map(|c| {
                 let attribute = |k: &str| c["attributes"][k].as_str().map(str::to_string);

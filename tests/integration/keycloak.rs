@@ -244,6 +244,19 @@ impl Realm {
         found.as_array()?.first().cloned()
     }
 
+    /// Changes the client with `client_id` as someone would in the admin console.
+    async fn edit_client(&self, client_id: &str, edit: impl FnOnce(&mut Value)) {
+        let mut client = self.client(client_id).await.expect("client");
+        edit(&mut client);
+        let id = client["id"].as_str().expect("id").to_string();
+        self.admin(
+            reqwest::Method::PUT,
+            &self.path(&format!("/clients/{id}")),
+            Some(client),
+        )
+        .await;
+    }
+
     /// Keycloak's answer to a client_credentials grant: the HTTP status and the `error` field.
     async fn token(&self, client_id: &str, secret: &str) -> (u16, String) {
         let response = self
@@ -588,15 +601,8 @@ async fn a_secret_or_redirect_uri_changed_at_keycloak_is_set_back_without_a_rota
     let client_id = client_id_of(&secret);
     let current = plaintext(&secret);
     // Someone sets another secret in Keycloak's admin API.
-    let mut client = s.realm.client(&client_id).await.expect("client");
-    client["secret"] = json!("changed-by-hand");
-    let id = client["id"].as_str().expect("id").to_string();
     s.realm
-        .admin(
-            reqwest::Method::PUT,
-            &s.realm.path(&format!("/clients/{id}")),
-            Some(client),
-        )
+        .edit_client(&client_id, |c| c["secret"] = json!("changed-by-hand"))
         .await;
     assert_eq!(s.realm.token(&client_id, &current).await.0, 401);
     // A restarted operator checks every app with a provider once (what a kill -9 between the
@@ -625,14 +631,10 @@ async fn a_secret_or_redirect_uri_changed_at_keycloak_is_set_back_without_a_rota
 
     // Someone adds a redirect URI in Keycloak: the next look (here: after a restart) sets the
     // app's back, and the secret is untouched.
-    let mut client = s.realm.client(&client_id).await.expect("client");
-    client["redirectUris"] = json!(["https://drifty.example.com/cb", "https://evil.example.com/cb"]);
     s.realm
-        .admin(
-            reqwest::Method::PUT,
-            &s.realm.path(&format!("/clients/{id}")),
-            Some(client),
-        )
+        .edit_client(&client_id, |c| {
+            c["redirectUris"] = json!(["https://drifty.example.com/cb", "https://evil.example.com/cb"])
+        })
         .await;
     s.operator.kill9();
     s.operator = Operator::start(&control_plane().kubeconfig, &s.ns, &[], &[]);
@@ -751,15 +753,8 @@ async fn keycloak_refusing_a_rest_rotation_is_a_503_and_nothing_is_rotated() {
     let (app, secret) = s.settled("viarest", 1, "Synced").await;
     let first = plaintext(&secret);
     // The service account loses its secret at Keycloak (the credentials Secret stays).
-    let mut sa = s.realm.client("oauthapp-operator").await.expect("sa");
-    sa["secret"] = json!("rotated-elsewhere");
-    let id = sa["id"].as_str().expect("id").to_string();
     s.realm
-        .admin(
-            reqwest::Method::PUT,
-            &s.realm.path(&format!("/clients/{id}")),
-            Some(sa),
-        )
+        .edit_client("oauthapp-operator", |c| c["secret"] = json!("rotated-elsewhere"))
         .await;
     let token = admin_token_for_rest(&s.ns);
     let app_id = app
