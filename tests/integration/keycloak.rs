@@ -745,33 +745,51 @@ async fn with_a_grace_period_and_no_rotation_policy_in_the_realm_the_condition_s
     assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
 }
 
-/// A REST rotation answers 503 and rotates nothing when Keycloak refuses the service account.
+/// A REST rotation's 200 means Keycloak takes the returned secret; it answers 503 and rotates
+/// nothing when Keycloak refuses the service account.
 #[tokio::test]
-async fn keycloak_refusing_a_rest_rotation_is_a_503_and_nothing_is_rotated() {
+async fn a_rest_rotation_answers_200_with_a_secret_keycloak_takes_and_503_when_keycloak_refuses() {
     let s = setup("kc-rest", &[]).await;
     s.app("viarest", "kc", "");
     let (app, secret) = s.settled("viarest", 1, "Synced").await;
-    let first = plaintext(&secret);
-    // The service account loses its secret at Keycloak (the credentials Secret stays).
-    s.realm
-        .edit_client("oauthapp-operator", |c| c["secret"] = json!("rotated-elsewhere"))
-        .await;
+    let client_id = client_id_of(&secret);
     let token = admin_token_for_rest(&s.ns);
     let app_id = app
         .status
         .as_ref()
         .and_then(|s| s.app_id.clone())
         .expect("app id");
-    let (code, body) = eventually("the REST API answers", WAIT, || async {
-        http_request(
-            s.operator.api_port,
-            "POST",
-            &format!("/api/v1/oauth-apps/{app_id}/rotate"),
-            &token,
-        )
+    let rotate = || async {
+        eventually("the REST API answers", WAIT, || async {
+            http_request(
+                s.operator.api_port,
+                "POST",
+                &format!("/api/v1/oauth-apps/{app_id}/rotate"),
+                &token,
+            )
+            .await
+        })
         .await
-    })
-    .await;
+    };
+    // A 200: the secret it returns works at Keycloak at that moment, with no waiting.
+    let (code, body) = rotate().await;
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("json");
+    let returned = answer["client_secret"]
+        .as_str()
+        .expect("client_secret")
+        .to_string();
+    assert_eq!(s.realm.token(&client_id, &returned).await, (200, String::new()));
+    assert_eq!(s.realm.token(&client_id, &plaintext(&secret)).await.0, 401);
+    let (_, secret) = s.settled("viarest", 2, "Synced").await;
+    let first = plaintext(&secret);
+    assert_eq!(first, returned);
+
+    // The service account loses its secret at Keycloak (the credentials Secret stays).
+    s.realm
+        .edit_client("oauthapp-operator", |c| c["secret"] = json!("rotated-elsewhere"))
+        .await;
+    let (code, body) = rotate().await;
     assert_eq!(code, 503, "{body}");
     assert!(
         body.contains("nothing was rotated") && body.contains("refused"),
@@ -780,7 +798,7 @@ async fn keycloak_refusing_a_rest_rotation_is_a_503_and_nothing_is_rotated() {
     let after = s.secrets.get("viarest-oauth-client").await.expect("secret");
     assert_eq!(plaintext(&after), first, "the Secret was not rotated");
     let app = s.apps.get("viarest").await.expect("app");
-    assert_eq!(app.status.as_ref().expect("status").rotation_count, 1);
+    assert_eq!(app.status.as_ref().expect("status").rotation_count, 2);
     let (status, reason, _) = provider_synced(&app).expect("condition");
     assert_eq!((status.as_str(), reason.as_str()), ("False", "Unauthorized"));
 }
