@@ -473,7 +473,14 @@ async fn a_new_app_gets_a_token_with_its_secret_and_after_a_rotation_only_the_ne
         client["attributes"]["oauthapp.io/owner"],
         format!("{}/billing", s.ns)
     );
-    assert_eq!(provider_synced(&app).expect("condition").0, "True");
+    let (status, _, message) = provider_synced(&app).expect("condition");
+    assert_eq!(status, "True");
+    let rotation_id = app
+        .status
+        .as_ref()
+        .and_then(|s| s.rotation_id.clone())
+        .expect("rotation id");
+    assert!(message.contains(&rotation_id), "{message}");
 
     let rotated_at = Instant::now();
     s.rotate("billing", "one");
@@ -509,6 +516,14 @@ async fn a_new_app_gets_a_token_with_its_secret_and_after_a_rotation_only_the_ne
     })
     .await;
     assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    eventually("a ProviderClientUpdated Event", WAIT, || async {
+        let events = events_about(&s.client, &s.ns, "billing").await;
+        events
+            .iter()
+            .any(|(t, r, _)| t == "Normal" && r == "ProviderClientUpdated")
+            .then_some(())
+    })
+    .await;
 
     // Nothing the operator logged, and no Event, holds a secret or the service account's.
     let log = s.operator.log_text();
@@ -555,6 +570,16 @@ async fn wrong_or_missing_credentials_make_the_provider_not_ready_and_hold_its_a
     .await;
     assert_eq!(reason, "Unauthorized", "{message}");
     assert!(!message.contains("not-the-secret"), "{message}");
+    eventually("a ProviderSyncFailed Warning Event", WAIT, || async {
+        let events = events_about(&s.client, &s.ns, "held").await;
+        events
+            .iter()
+            .any(|(t, r, note)| {
+                t == "Warning" && r == "ProviderSyncFailed" && !note.contains("not-the-secret")
+            })
+            .then_some(())
+    })
+    .await;
     assert!(
         s.secrets
             .get_opt("held-oauth-client")
