@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CP := tests/controlplane
 CARGO ?= cargo
 
-.PHONY: help build controlplane-bin toxiproxy-bin previous-operator-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache openapi schemathesis image node node-down e2e soak
+.PHONY: help build controlplane-bin toxiproxy-bin keycloak-bin previous-operator-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache openapi schemathesis image node node-down e2e soak
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ controlplane-bin: ## build the pinned kube-apiserver, kube-controller-manager, k
 
 toxiproxy-bin: ## build the pinned Toxiproxy server for the fault tests (cached)
 	@tests/toxiproxy/build.sh >/dev/null
+
+keycloak-bin: ## fetch and unpack the pinned Keycloak server for the provider tests (Maven, sha256 checked, cached)
+	@tests/keycloak/build.sh >/dev/null
 
 previous-operator-bin: ## build the operator at the previous version (0.1.0) from this repository's history, for the upgrade test (cached)
 	@tests/tools/previous-operator.sh >/dev/null
@@ -43,7 +46,7 @@ lint: ## rustfmt and clippy, warnings are errors
 unit: ## unit tests (no cluster needed)
 	$(CARGO) test --lib --bins
 
-integration: controlplane-bin toxiproxy-bin previous-operator-bin ## integration tests on a real control plane started for the run
+integration: controlplane-bin toxiproxy-bin keycloak-bin previous-operator-bin ## integration tests on a real control plane started for the run
 	$(CARGO) test --features failpoints --test integration -- --test-threads=$${TEST_THREADS:-4}
 
 CHART := charts/oauthapp-operator
@@ -71,7 +74,7 @@ promtool: controlplane-bin ## promtool check rules and test rules (tests/promtoo
 	"$$promtool" check rules "$$dir/rules.yaml"; \
 	"$$promtool" test rules "$$dir"/*-test.yaml
 
-test: lint chart-lint promtool controlplane-bin toxiproxy-bin previous-operator-bin ## every test: lint, chart lint, alert rules, unit and integration tests, API fuzzing, e2e in pods
+test: lint chart-lint promtool controlplane-bin toxiproxy-bin keycloak-bin previous-operator-bin ## every test: lint, chart lint, alert rules, unit and integration tests, API fuzzing, e2e in pods
 	$(CARGO) test --all-targets --features failpoints -- --test-threads=$${TEST_THREADS:-4}
 	tests/schemathesis.sh
 	tests/e2e.sh
@@ -85,6 +88,8 @@ openapi: ## regenerate docs/openapi.json (the REST API's OpenAPI document) from 
 crds: ## regenerate the CRD files from the code
 	$(CARGO) run --quiet -- crd > crds/oauthapps.oauthapp.io.yaml
 	cp crds/oauthapps.oauthapp.io.yaml charts/oauthapp-operator/crds/oauthapps.oauthapp.io.yaml
+	$(CARGO) run --quiet -- crd oauthproviders > crds/oauthproviders.oauthapp.io.yaml
+	cp crds/oauthproviders.oauthapp.io.yaml charts/oauthapp-operator/crds/oauthproviders.oauthapp.io.yaml
 
 bench: controlplane-bin ## benchmarks on a local control plane, release build, the peer too (~25 min): bench/results/latest.{md,json}; BENCH_QUICK=1 for a smoke run
 	$(CARGO) build --release

@@ -137,6 +137,12 @@ pub struct OAuthAppSpec {
     #[schemars(length(max = 16))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
     pub rollout_restart_targets: Vec<RestartTarget>,
+
+    /// The OAuthProvider (in this namespace) the app is registered in as a confidential client:
+    /// its client id, redirect URIs and display name, and its current secret, which the provider
+    /// gets before the Secret does. Absent: the app is known to no identity provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_ref: Option<crate::provider::crd::ProviderRef>,
 }
 
 /// A workload restarted after each rotation (`kubectl rollout restart`, keyed by rotation id).

@@ -61,12 +61,16 @@ pub enum Error {
         source: Box<Error>,
         written: Box<crate::rotation::Written>,
     },
+    /// The app's identity provider (`spec.providerRef`) could not be given the new secret, or
+    /// checked: a rotation that fails here has written nothing.
+    #[error(transparent)]
+    Provider(#[from] crate::provider::ProviderError),
 }
 
 impl Error {
     /// Every [`Error::reason`], for metrics that want a zero for each (so a dashboard or an alert
     /// sees the series before the first error). A new variant's reason goes here too.
-    pub const REASONS: [&'static str; 11] = [
+    pub const REASONS: [&'static str; 12] = [
         "ManagedElsewhere",
         "KubeError",
         "NotFound",
@@ -78,6 +82,7 @@ impl Error {
         "MissingUid",
         "Internal",
         "StatusPending",
+        "ProviderError",
     ];
 
     /// A short fixed name for metrics labels and log fields.
@@ -95,6 +100,7 @@ impl Error {
             Error::Internal(_) => "Internal",
             Error::NotLeader => "NotLeader",
             Error::StatusPending { .. } => "StatusPending",
+            Error::Provider(_) => "ProviderError",
         }
     }
 

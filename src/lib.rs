@@ -16,6 +16,7 @@ pub mod leader;
 pub mod ledger;
 pub mod metrics;
 pub mod plugin;
+pub mod provider;
 pub mod record;
 pub mod repairs;
 pub mod restart;

@@ -37,10 +37,20 @@ struct Cli {
 enum Command {
     /// Run the operator: the controller, the REST API and the admin server.
     Run(Box<RunArgs>),
-    /// Print the OAuthApp CustomResourceDefinition (YAML).
-    Crd,
+    /// Print a CustomResourceDefinition (YAML): OAuthApp's, or the one named.
+    Crd {
+        /// Which CRD (default: oauthapps).
+        #[arg(value_enum, default_value = "oauthapps")]
+        name: CrdName,
+    },
     /// Print the REST API's OpenAPI document (JSON).
     Openapi,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CrdName {
+    Oauthapps,
+    Oauthproviders,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -280,8 +290,12 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => {
-            print!("{}", oauthapp_operator::crd::crd_yaml()?);
+        Command::Crd { name } => {
+            let yaml = match name {
+                CrdName::Oauthapps => oauthapp_operator::crd::crd_yaml()?,
+                CrdName::Oauthproviders => oauthapp_operator::provider::crd::crd_yaml()?,
+            };
+            print!("{yaml}");
             Ok(())
         }
         Command::Openapi => {

@@ -379,6 +379,23 @@ async fn rotate_inner(
             app_key(app)
         )));
     }
+    // The app's identity provider gets the new secret before the Secret does (src/provider):
+    // it accepts it as soon as anyone can read it. A failure there fails the rotation here,
+    // with nothing written.
+    let grace_expiry = previous
+        .as_ref()
+        .zip(grace)
+        .map(|(p, g)| (p.rotation_id.as_str(), now + g));
+    let pushed = crate::provider::sync::push_rotation(
+        ctx,
+        app,
+        &record.client_id,
+        &secret,
+        &rotation_id,
+        grace_expiry,
+    )
+    .await?;
+    let app = pushed.as_ref().unwrap_or(app);
     ctx.leadership.check()?;
     let written = if existed {
         secrets.replace(&secret_name, &post_params(), &object).await

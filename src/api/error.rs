@@ -154,6 +154,8 @@ impl ApiError {
                 Self::not_found("the OAuthApp no longer exists")
             }
             Error::Kube(k) => Self::from_kube(what, k),
+            // Nothing was rotated: the identity provider did not take the new secret.
+            Error::Provider(p) => Self::unavailable(format!("{what} failed, nothing was rotated: {p}")),
             _ => {
                 error!(error = %e, reason = e.reason(), "{what} failed");
                 Self::internal()

@@ -83,6 +83,11 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
     }
     let mut runs = Vec::new();
     for caches in &watches.scopes {
+        tokio::spawn(crate::provider::controller::run(
+            ctx.clone(),
+            caches.namespace.clone(),
+            shutdown.clone(),
+        ));
         let (resync_all, resync_all_rx) = futures::channel::mpsc::unbounded::<()>();
         let _ = resync_all.unbounded_send(());
         tokio::spawn(resync_every(
@@ -179,7 +184,11 @@ fn error_policy(app: Arc<OAuthApp>, error: &Error, scope: Arc<Scope>) -> Action 
         })
         .inc();
     warn!(app = %app_key(&app), reason = error.reason(), error = %error, "reconcile failed; retrying");
-    Action::requeue(ERROR_REQUEUE)
+    match error {
+        // Backs off while the app's identity provider refuses or cannot be reached.
+        Error::Provider(_) => Action::requeue(crate::provider::sync::retry_after_push_failure(&app)),
+        _ => Action::requeue(ERROR_REQUEUE),
+    }
 }
 
 async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
@@ -221,6 +230,18 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
         ctx.repairs.forget(&key);
     }
     match step {
+        Step::Done { requeue_after } if app.spec.provider_ref.is_some() && !lags => {
+            // In sync here: the app's identity provider is checked at a bounded rate.
+            let check = crate::provider::sync::check_app(ctx, app).await?;
+            let requeue_after = match (
+                requeue_after,
+                check.and_then(|d| SignedDuration::try_from(d).ok()),
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            Ok(requeue(requeue_after, scope.resync))
+        }
         Step::Done { requeue_after } => Ok(requeue(requeue_after, scope.resync)),
         _ if lags || ctx.locks.is_held(&key) => Ok(Action::requeue(LAGGING_REQUEUE)),
         Step::WriteStatus(_) | Step::Verify

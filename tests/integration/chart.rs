@@ -271,7 +271,7 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         .into_iter()
         .find(|r| grants(r, "", "secrets", "get"))
         .expect("a ClusterRole for Secrets");
-    let calls: [(&str, &str, &[&str]); 8] = [
+    let calls: [(&str, &str, &[&str]); 10] = [
         // watches.rs: list+watch (metadata watch); rotation.rs: get_opt, create, replace.
         ("", "secrets", &["get", "list", "watch", "create", "update"]),
         // watches.rs: list+watch; controller and API: get_opt; api/handlers.rs: create, delete.
@@ -284,6 +284,10 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         ("oauthapp.io", "oauthapps/status", &["update"]),
         // The Secret's ownerReference sets blockOwnerDeletion.
         ("oauthapp.io", "oauthapps/finalizers", &["update"]),
+        // provider/controller.rs: the watch; provider/sync.rs connect: get_opt.
+        ("oauthapp.io", "oauthproviders", &["get", "list", "watch"]),
+        // provider/controller.rs write_ready: a merge patch of the status.
+        ("oauthapp.io", "oauthproviders/status", &["patch"]),
         // rotation.rs publish: a new Recorder per Event, so always a create, never a series patch.
         ("events.k8s.io", "events", &["create"]),
         // restart.rs: a merge patch of the pod template (rolloutRestart.enabled, the default).
@@ -305,7 +309,7 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         .map(|r| strings(&r["resources"]).len())
         .sum();
     assert_eq!(
-        granted, 9,
+        granted, 11,
         "no rule beyond the calls above (oauthapps appears twice)"
     );
     // The only Role touching Secrets reads the record key ring's Secrets, in the release

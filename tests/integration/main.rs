@@ -8,6 +8,7 @@ mod controlplane;
 mod daytwo;
 mod faults;
 mod grace;
+mod keycloak;
 mod monitoring;
 mod operations;
 mod operator;

@@ -108,9 +108,15 @@ fn start_control_plane_with(dir: PathBuf, flags: &[&str]) -> ControlPlane {
         kubeconfig: kubeconfig.expect("up.sh printed KUBECONFIG"),
         bin_dir: bin_dir.expect("up.sh printed PATH"),
     };
-    let crd = repo().join("crds/oauthapps.oauthapp.io.yaml");
-    let applied = cp.kubectl(&["apply", "--server-side", "-f", crd.to_str().expect("utf-8 path")]);
-    assert!(applied.status.success(), "apply CRD: {}", stderr(&applied));
+    // Both CRDs: the OAuthProvider one too (src/provider), which every operator watches.
+    for crd in [
+        "crds/oauthapps.oauthapp.io.yaml",
+        "crds/oauthproviders.oauthapp.io.yaml",
+    ] {
+        let crd = repo().join(crd);
+        let applied = cp.kubectl(&["apply", "--server-side", "-f", crd.to_str().expect("utf-8 path")]);
+        assert!(applied.status.success(), "apply CRD: {}", stderr(&applied));
+    }
     // kubectl wait fails at once, instead of waiting, while the CRD has no conditions yet.
     let deadline = Instant::now() + Duration::from_secs(60);
     let established = loop {
@@ -119,6 +125,7 @@ fn start_control_plane_with(dir: PathBuf, flags: &[&str]) -> ControlPlane {
             "--for=condition=Established",
             "--timeout=60s",
             "crd/oauthapps.oauthapp.io",
+            "crd/oauthproviders.oauthapp.io",
         ]);
         if out.status.success() || !stderr(&out).contains("accessor error") || Instant::now() > deadline {
             break out;

@@ -1,0 +1,519 @@
+//! Keycloak: a realm's clients through the admin REST API, with a service account's token
+//! (client credentials grant at `{url}/realms/{realm}/protocol/openid-connect/token`).
+//!
+//! Grace periods use Keycloak's client secret rotation (preview feature `client-secret-rotation`
+//! up to 26.7): where a realm's client policy applies the `secret-rotation` executor to the
+//! client, the client attributes `client.secret.rotated` and `client.secret.rotated.expiration.time`
+//! hold a second secret that authenticates until that time, and a PUT of the client may set them.
+//! Where no such policy applies, Keycloak drops those attributes silently: the put reports that the
+//! grace was not kept. (Measured on 26.7.3; a PUT of `secret` alone never moves the old secret to
+//! "rotated", only `POST .../client-secret` does, with a secret Keycloak generates.)
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::{DesiredClient, Holds, IdentityProvider, OwnedClient, Previous, ProviderError, Put};
+
+/// The client attribute that marks a client the operator created, valued `<namespace>/<app>`.
+pub const OWNER_ATTRIBUTE: &str = "oauthapp.io/owner";
+/// The client attribute that names the app's Secret.
+pub const SECRET_ATTRIBUTE: &str = "oauthapp.io/secret";
+/// Clients listed per request when looking for the operator's.
+const PAGE: usize = 500;
+const ROTATED: &str = "client.secret.rotated";
+const ROTATED_CREATED: &str = "client.secret.rotated.creation.time";
+const ROTATED_EXPIRES: &str = "client.secret.rotated.expiration.time";
+const SECRET_EXPIRES: &str = "client.secret.expiration.time";
+/// How far out the current secret's expiry at Keycloak is put (ten years, in seconds).
+const NO_EXPIRY: i64 = 10 * 365 * 24 * 3600;
+/// Each request gives up after this long (the provider counts as unreachable).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One Keycloak realm, with the service account's credentials.
+pub struct Keycloak {
+    http: reqwest::Client,
+    url: String,
+    realm: String,
+    client_id: String,
+    client_secret: String,
+}
+
+impl std::fmt::Debug for Keycloak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keycloak({}, realm {})", self.url, self.realm)
+    }
+}
+
+impl Keycloak {
+    /// A Keycloak realm at `url` (no trailing slash needed), with a service account's credentials.
+    pub fn new(
+        url: &str,
+        realm: &str,
+        client_id: String,
+        client_secret: String,
+    ) -> Result<Self, ProviderError> {
+        // reqwest is built without a TLS crypto provider of its own: the process's (ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = url.trim_end_matches('/').to_string();
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| ProviderError::Unreachable {
+                url: url.clone(),
+                detail: format!("no HTTP client: {e}"),
+            })?;
+        Ok(Keycloak {
+            http,
+            url,
+            realm: realm.to_string(),
+            client_id,
+            client_secret,
+        })
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> ProviderError {
+        // The error and its causes (reqwest's own text is only "error sending request"), without
+        // the URL (the variant names it once).
+        let e = e.without_url();
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            detail.push_str(": ");
+            detail.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ProviderError::Unreachable {
+            url: self.url.clone(),
+            detail: crate::error::redact(&detail),
+        }
+    }
+
+    /// An access token for the service account.
+    async fn token(&self) -> Result<String, ProviderError> {
+        let url = format!("{}/realms/{}/protocol/openid-connect/token", self.url, self.realm);
+        let response = self
+            .http
+            .post(&url)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", self.client_id.as_str()),
+                ("client_secret", self.client_secret.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return body["access_token"].as_str().map(str::to_string).ok_or_else(|| {
+                ProviderError::Rejected {
+                    url: self.url.clone(),
+                    detail: "the token endpoint answered without an access_token".into(),
+                }
+            });
+        }
+        Err(self.answer_error(status, &body, "token request"))
+    }
+
+    /// The error for a non-success answer to `what`.
+    fn answer_error(&self, status: reqwest::StatusCode, body: &Value, what: &str) -> ProviderError {
+        let said = ["error", "errorMessage", "error_description"]
+            .iter()
+            .filter_map(|k| body[*k].as_str())
+            .collect::<Vec<_>>()
+            .join(": ");
+        let said: String = said.chars().take(200).collect();
+        let detail = crate::error::redact(&format!("{what}: HTTP {status} {said}"));
+        let url = self.url.clone();
+        match status.as_u16() {
+            // 400 invalid_client / unauthorized_client from the token endpoint: bad credentials.
+            400 | 401 | 403 => ProviderError::Unauthorized { url, detail },
+            404 if what == "token request" => ProviderError::Unauthorized {
+                url,
+                detail: format!("{detail} (does the realm exist?)"),
+            },
+            s if s >= 500 || s == 429 => ProviderError::Unreachable { url, detail },
+            _ => ProviderError::Rejected { url, detail },
+        }
+    }
+
+    fn clients_url(&self) -> String {
+        format!("{}/admin/realms/{}/clients", self.url, self.realm)
+    }
+
+    /// `GET .../clients` with `query`: Keycloak's JSON answer.
+    async fn list_clients(
+        &self,
+        token: &str,
+        query: &[(&str, &str)],
+        what: &str,
+    ) -> Result<Value, ProviderError> {
+        let response = self
+            .http
+            .get(self.clients_url())
+            .bearer_auth(token)
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(self.answer_error(status, &body, what));
+        }
+        Ok(body)
+    }
+
+    /// The representation of the client with `client_id`, if there is one.
+    async fn find(&self, token: &str, client_id: &str) -> Result<Option<Map<String, Value>>, ProviderError> {
+        let body = self
+            .list_clients(
+                token,
+                &[("clientId", client_id), ("search", "false")],
+                "client lookup",
+            )
+            .await?;
+        Ok(body
+            .as_array()
+            .and_then(|clients| clients.iter().find(|c| c["clientId"].as_str() == Some(client_id)))
+            .and_then(|c| c.as_object().cloned()))
+    }
+
+    /// `found` is the operator's client for `desired`, or a conflict.
+    fn owned<'a>(
+        &self,
+        desired: &DesiredClient,
+        found: &'a Map<String, Value>,
+    ) -> Result<&'a str, ProviderError> {
+        let owner = found
+            .get("attributes")
+            .and_then(|a| a.get(OWNER_ATTRIBUTE))
+            .and_then(Value::as_str);
+        if owner != Some(desired.owner.as_str()) {
+            return Err(ProviderError::ClientConflict {
+                client_id: desired.client_id.clone(),
+            });
+        }
+        found
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ProviderError::Rejected {
+                url: self.url.clone(),
+                detail: "a client representation without an id".into(),
+            })
+    }
+
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: &str,
+        body: &Value,
+        what: &str,
+    ) -> Result<(), ProviderError> {
+        let response = self
+            .http
+            .request(method, url)
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Err(self.answer_error(status, &body, what))
+    }
+}
+
+/// The representation of `desired` holding `secret`, on top of `base` (what Keycloak has, or
+/// nothing for a new client). Pure, so that what is sent is tested without a Keycloak.
+pub fn representation(
+    base: Option<&Map<String, Value>>,
+    desired: &DesiredClient,
+    secret: &str,
+    previous: &Previous<'_>,
+    now: i64,
+) -> Value {
+    let mut rep = base.cloned().unwrap_or_default();
+    rep.insert("clientId".into(), json!(desired.client_id));
+    rep.insert("name".into(), json!(desired.name.clone().unwrap_or_default()));
+    rep.insert("redirectUris".into(), json!(desired.redirect_uris));
+    rep.insert("publicClient".into(), json!(false));
+    rep.insert("clientAuthenticatorType".into(), json!("client-secret"));
+    rep.insert("secret".into(), json!(secret));
+    rep.insert(
+        "standardFlowEnabled".into(),
+        json!(!desired.redirect_uris.is_empty()),
+    );
+    // The client credentials grant: the app (and whoever checks its secret) can get a token.
+    rep.insert("serviceAccountsEnabled".into(), json!(true));
+    let attributes = rep
+        .entry("attributes")
+        .or_insert_with(|| json!({}))
+        .as_object_mut();
+    if let Some(attributes) = attributes {
+        attributes.insert(OWNER_ATTRIBUTE.into(), json!(desired.owner));
+        attributes.insert(SECRET_ATTRIBUTE.into(), json!(desired.secret_name));
+        // The realm's secret-rotation policy puts an expiry on the current secret (its
+        // `expiration-period`, set again on every update that leaves it empty): after it, the
+        // secret stops authenticating. The operator decides when a secret is replaced, so the
+        // expiry is pushed out of reach.
+        attributes.insert(SECRET_EXPIRES.into(), json!((now + NO_EXPIRY).to_string()));
+        match previous {
+            Previous::Until(grace) => {
+                attributes.insert(ROTATED.into(), json!(grace.previous));
+                attributes.insert(ROTATED_CREATED.into(), json!(now.to_string()));
+                attributes.insert(ROTATED_EXPIRES.into(), json!(grace.expires_at.to_string()));
+            }
+            // A PUT keeps the attributes it leaves out; an empty value removes one.
+            Previous::Drop => {
+                for k in [ROTATED, ROTATED_CREATED, ROTATED_EXPIRES] {
+                    attributes.insert(k.into(), json!(""));
+                }
+            }
+            // Sent back as Keycloak has them.
+            Previous::Keep => {}
+        }
+    }
+    Value::Object(rep)
+}
+
+impl IdentityProvider for Keycloak {
+    async fn authenticate(&self) -> Result<(), ProviderError> {
+        self.token().await.map(|_| ())
+    }
+
+    async fn put_client(
+        &self,
+        desired: &DesiredClient,
+        secret: &str,
+        previous: &Previous<'_>,
+    ) -> Result<(Put, bool), ProviderError> {
+        let token = self.token().await?;
+        let now = jiff::Timestamp::now().as_second();
+        let Some(found) = self.find(&token, &desired.client_id).await? else {
+            let rep = representation(None, desired, secret, previous, now);
+            self.send_json(
+                reqwest::Method::POST,
+                &self.clients_url(),
+                &token,
+                &rep,
+                "client create",
+            )
+            .await?;
+            return Ok((Put::Created, !matches!(previous, Previous::Until(_))));
+        };
+        let id = self.owned(desired, &found)?.to_string();
+        let rep = representation(Some(&found), desired, secret, previous, now);
+        let url = format!("{}/{id}", self.clients_url());
+        self.send_json(reqwest::Method::PUT, &url, &token, &rep, "client update")
+            .await?;
+        let kept = match previous {
+            // Keycloak keeps the attributes only where its secret-rotation policy applies.
+            Previous::Until(_) => self
+                .find(&token, &desired.client_id)
+                .await?
+                .and_then(|c| c.get("attributes").and_then(|a| a.get(ROTATED)).cloned())
+                .is_some(),
+            Previous::Drop | Previous::Keep => true,
+        };
+        Ok((Put::Updated, kept))
+    }
+
+    async fn owned_clients(&self, namespace: &str) -> Result<Vec<OwnedClient>, ProviderError> {
+        let token = self.token().await?;
+        let prefix = format!("{namespace}/");
+        let mut owned = Vec::new();
+        for first in (0..).step_by(PAGE) {
+            let (first, max) = (first.to_string(), PAGE.to_string());
+            let body = self
+                .list_clients(
+                    &token,
+                    &[("first", first.as_str()), ("max", max.as_str())],
+                    "client list",
+                )
+                .await?;
+            let page = body.as_array().cloned().unwrap_or_default();
+            owned.extend(page.iter().filter_map(|c| {
+                let attribute = |k: &str| c["attributes"][k].as_str().map(str::to_string);
+                let owner = attribute(OWNER_ATTRIBUTE).filter(|o| o.starts_with(&prefix))?;
+                Some(OwnedClient {
+                    client_id: c["clientId"].as_str()?.to_string(),
+                    owner,
+                    secret_name: attribute(SECRET_ATTRIBUTE)?,
+                })
+            }));
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        Ok(owned)
+    }
+
+    async fn delete_client(&self, client: &OwnedClient) -> Result<(), ProviderError> {
+        let token = self.token().await?;
+        let Some(found) = self.find(&token, &client.client_id).await? else {
+            return Ok(());
+        };
+        // Only the one the operator created for that app.
+        let owner = found
+            .get("attributes")
+            .and_then(|a| a.get(OWNER_ATTRIBUTE))
+            .and_then(Value::as_str);
+        if owner != Some(client.owner.as_str()) {
+            return Ok(());
+        }
+        let Some(id) = found.get("id").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let response = self
+            .http
+            .delete(format!("{}/{id}", self.clients_url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if status.is_success() || status.as_u16() == 404 {
+            return Ok(());
+        }
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Err(self.answer_error(status, &body, "client delete"))
+    }
+
+    async fn holds(&self, desired: &DesiredClient, secret: &str) -> Result<Holds, ProviderError> {
+        let token = self.token().await?;
+        let Some(found) = self.find(&token, &desired.client_id).await? else {
+            return Ok(Holds::Missing);
+        };
+        self.owned(desired, &found)?;
+        let same = found
+            .get("secret")
+            .and_then(Value::as_str)
+            .is_some_and(|s| constant_time_eq(s.as_bytes(), secret.as_bytes()));
+        Ok(match (same, describes(&found, desired)) {
+            (false, _) => Holds::Other,
+            (true, false) => Holds::Outdated,
+            (true, true) => Holds::Same,
+        })
+    }
+}
+
+/// Whether Keycloak's client `found` has the name and redirect URIs the app asks for.
+pub fn describes(found: &Map<String, Value>, desired: &DesiredClient) -> bool {
+    let name = found.get("name").and_then(Value::as_str).unwrap_or_default();
+    let mut uris: Vec<&str> = found
+        .get("redirectUris")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut wanted: Vec<&str> = desired.redirect_uris.iter().map(String::as_str).collect();
+    uris.sort_unstable();
+    wanted.sort_unstable();
+    name == desired.name.as_deref().unwrap_or_default() && uris == wanted
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired() -> DesiredClient {
+        DesiredClient {
+            client_id: "billing".into(),
+            name: Some("Billing".into()),
+            redirect_uris: vec!["https://billing.example.com/cb".into()],
+            owner: "team-a/billing".into(),
+            secret_name: "billing-oauth-client".into(),
+        }
+    }
+
+    #[test]
+    fn a_new_client_is_confidential_marked_and_holds_the_secret() {
+        let rep = representation(None, &desired(), "s1", &Previous::Drop, 100);
+        assert_eq!(rep["clientId"], "billing");
+        assert_eq!(rep["secret"], "s1");
+        assert_eq!(rep["publicClient"], false);
+        assert_eq!(rep["name"], "Billing");
+        assert_eq!(rep["redirectUris"][0], "https://billing.example.com/cb");
+        assert_eq!(rep["attributes"][OWNER_ATTRIBUTE], "team-a/billing");
+        assert_eq!(rep["attributes"][SECRET_ATTRIBUTE], "billing-oauth-client");
+        assert_eq!(rep["attributes"][ROTATED], "");
+    }
+
+    #[test]
+    fn a_grace_puts_the_replaced_secret_in_rotated_until_its_expiry() {
+        let grace = crate::provider::Grace {
+            previous: "s1",
+            expires_at: 500,
+        };
+        let rep = representation(None, &desired(), "s2", &Previous::Until(grace), 100);
+        assert_eq!(rep["secret"], "s2");
+        assert_eq!(rep["attributes"][ROTATED], "s1");
+        assert_eq!(rep["attributes"][ROTATED_EXPIRES], "500");
+        assert_eq!(rep["attributes"][ROTATED_CREATED], "100");
+    }
+
+    #[test]
+    fn an_update_keeps_what_keycloak_has_and_clears_a_rotated_secret_and_the_expiry() {
+        let base = json!({
+            "id": "uuid-1",
+            "protocol": "openid-connect",
+            "attributes": {ROTATED: "old", ROTATED_EXPIRES: "9", SECRET_EXPIRES: "10", "other": "x"}
+        });
+        let rep = representation(base.as_object(), &desired(), "s3", &Previous::Drop, 100);
+        assert_eq!(rep["id"], "uuid-1");
+        assert_eq!(rep["protocol"], "openid-connect");
+        assert_eq!(rep["attributes"]["other"], "x");
+        for k in [ROTATED, ROTATED_EXPIRES, ROTATED_CREATED] {
+            assert_eq!(rep["attributes"][k], "", "{k}");
+        }
+        assert_eq!(rep["attributes"][SECRET_EXPIRES], (100 + NO_EXPIRY).to_string());
+    }
+
+    #[test]
+    fn a_put_that_keeps_the_previous_secret_sends_keycloaks_rotated_attributes_back() {
+        let base = json!({"attributes": {ROTATED: "old", ROTATED_EXPIRES: "9"}});
+        let rep = representation(base.as_object(), &desired(), "s", &Previous::Keep, 100);
+        assert_eq!(rep["attributes"][ROTATED], "old");
+        assert_eq!(rep["attributes"][ROTATED_EXPIRES], "9");
+    }
+
+    #[test]
+    fn a_client_describes_the_app_when_its_name_and_redirect_uris_are_the_apps_in_any_order() {
+        let mut d = desired();
+        d.redirect_uris.push("https://billing.example.com/other".into());
+        let rep = representation(None, &d, "s", &Previous::Drop, 1);
+        let mut found = rep.as_object().cloned().expect("object");
+        assert!(describes(&found, &d));
+        found.insert(
+            "redirectUris".into(),
+            json!([
+                "https://billing.example.com/other",
+                "https://billing.example.com/cb"
+            ]),
+        );
+        assert!(describes(&found, &d), "order does not count");
+        found.insert("redirectUris".into(), json!(["https://evil.example.com/cb"]));
+        assert!(!describes(&found, &d));
+        let mut renamed = rep.as_object().cloned().expect("object");
+        renamed.insert("name".into(), json!("Other"));
+        assert!(!describes(&renamed, &d));
+    }
+
+    #[test]
+    fn the_debug_form_names_no_credentials() {
+        let kc =
+            Keycloak::new("http://127.0.0.1:1/", "r", "sa".into(), "very-secret".into()).expect("client");
+        let shown = format!("{kc:?}");
+        assert!(!shown.contains("very-secret") && !shown.contains("sa"), "{shown}");
+    }
+}

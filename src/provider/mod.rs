@@ -1,0 +1,163 @@
+//! Identity providers that apps are registered in (`spec.providerRef` → an `OAuthProvider`).
+//!
+//! The seam is [`IdentityProvider`]: what the rest of the operator needs from any provider
+//! (authenticate, put a client with a given secret, say whether it holds a given secret). Keycloak
+//! is the one implementation ([`keycloak`]); Ory Hydra would be another (its admin API sets
+//! `client_secret` on PUT, but keeps no second secret, so no grace period there).
+//!
+//! The order that keeps the Secret the source of truth: a rotation puts the new secret at the
+//! provider *before* it writes the Secret ([`sync::push_rotation`], called from
+//! `rotation::rotate_inner` right before the Secret write). A failure there fails the rotation
+//! with nothing written (the reconcile retries it, the REST API answers 503). A crash between the
+//! two writes leaves the provider ahead of the Secret; the reconcile-time check
+//! ([`sync::check_app`]) puts the Secret's secret back at the provider, without a new rotation.
+
+pub mod controller;
+pub mod crd;
+pub mod keycloak;
+pub mod sync;
+
+use std::future::Future;
+
+/// A client as the app wants it at the provider. Never holds a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredClient {
+    /// The OAuth client id (the app's).
+    pub client_id: String,
+    /// Shown by the provider (`spec.displayName`).
+    pub name: Option<String>,
+    /// `spec.redirectUris`.
+    pub redirect_uris: Vec<String>,
+    /// Who owns the client at the provider: `<namespace>/<app name>`. A client with this id that
+    /// does not carry this owner was not created by the operator for this app.
+    pub owner: String,
+    /// The app's Secret: a client whose app and Secret are both gone is deleted (an app deleted
+    /// with `spec.secret.deletionPolicy: Retain` keeps its Secret, and its client).
+    pub secret_name: String,
+}
+
+/// A client at the provider that the operator created for an app: its client id, its owner
+/// (`<namespace>/<app>`) and the app's Secret name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedClient {
+    pub client_id: String,
+    pub owner: String,
+    pub secret_name: String,
+}
+
+/// The secret a rotation replaced, valid at the provider until `expires_at` (unix seconds):
+/// `spec.rotation.gracePeriod`.
+pub struct Grace<'a> {
+    pub previous: &'a str,
+    pub expires_at: i64,
+}
+
+/// What becomes of a second (previous) secret the provider may hold, on a put.
+pub enum Previous<'a> {
+    /// None is valid any more: only `secret` works.
+    Drop,
+    /// Left as it is (a put that changes the client's description, not its secret).
+    Keep,
+    /// The replaced secret, valid until its expiry.
+    Until(Grace<'a>),
+}
+
+/// What a provider did with a put.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// The client did not exist; it was created holding the secret.
+    Created,
+    /// The client existed; it now holds the secret.
+    Updated,
+}
+
+/// Whether a provider's client holds the app's current secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holds {
+    /// The client exists and its current secret is the one asked about.
+    Same,
+    /// The client exists with another secret.
+    Other,
+    /// The client holds the secret, but its name or redirect URIs are not the app's.
+    Outdated,
+    /// No client has this id.
+    Missing,
+}
+
+/// What went wrong at (or on the way to) a provider. The text never holds a secret or the
+/// provider's credentials; `reason()` is the condition reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The OAuthProvider named by `spec.providerRef` does not exist.
+    #[error("OAuthProvider {0} not found; create it, or fix spec.providerRef")]
+    NotFound(String),
+    /// The credentials Secret, or a key in it, is missing.
+    #[error(
+        "the credentials of OAuthProvider {provider} are missing: {what}; create the Secret or fix spec.keycloak.credentialsSecretRef"
+    )]
+    CredentialsMissing { provider: String, what: String },
+    /// The provider could not be reached (connection refused, timeout, 5xx).
+    #[error("identity provider at {url} could not be reached: {detail}; the operator retries")]
+    Unreachable { url: String, detail: String },
+    /// The provider refused the operator's credentials (or they may not manage clients).
+    #[error(
+        "identity provider at {url} refused the service account: {detail}; check the credentials Secret and that the account has the realm-management role manage-clients"
+    )]
+    Unauthorized { url: String, detail: String },
+    /// A client with the app's client id exists and was not created by the operator for this app.
+    #[error(
+        "a client with id {client_id} exists at the identity provider and was not created by the operator for this app; delete it there, or choose another spec.clientId"
+    )]
+    ClientConflict { client_id: String },
+    /// The provider answered something else unexpected (a 4xx it should not send).
+    #[error("identity provider at {url} refused the request: {detail}")]
+    Rejected { url: String, detail: String },
+}
+
+impl ProviderError {
+    /// The condition (and Event) reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProviderError::NotFound(_) => "ProviderNotFound",
+            ProviderError::CredentialsMissing { .. } => "CredentialsMissing",
+            ProviderError::Unreachable { .. } => "Unreachable",
+            ProviderError::Unauthorized { .. } => "Unauthorized",
+            ProviderError::ClientConflict { .. } => "ClientConflict",
+            ProviderError::Rejected { .. } => "Rejected",
+        }
+    }
+}
+
+/// What the operator needs from an identity provider. Implementations hold their own
+/// credentials and never put them, or a client secret, into an error.
+pub trait IdentityProvider {
+    /// Authenticates with the provider's credentials (the OAuthProvider's `Ready`).
+    fn authenticate(&self) -> impl Future<Output = Result<(), ProviderError>> + Send;
+
+    /// Creates the client, or updates the one the operator created for this app, so that its
+    /// current secret is `secret` and the rest is `desired`. With [`Previous::Until`], the
+    /// replaced secret stays valid until its expiry where the provider can keep two; Ok(false) in
+    /// `.1` says the provider did not keep it.
+    fn put_client(
+        &self,
+        desired: &DesiredClient,
+        secret: &str,
+        previous: &Previous<'_>,
+    ) -> impl Future<Output = Result<(Put, bool), ProviderError>> + Send;
+
+    /// The clients the operator created for apps in `namespace`.
+    fn owned_clients(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Vec<OwnedClient>, ProviderError>> + Send;
+
+    /// Deletes a client the operator created (Ok when it is gone already).
+    fn delete_client(&self, client: &OwnedClient) -> impl Future<Output = Result<(), ProviderError>> + Send;
+
+    /// Whether the client holds `secret` as its current secret.
+    fn holds(
+        &self,
+        desired: &DesiredClient,
+        secret: &str,
+    ) -> impl Future<Output = Result<Holds, ProviderError>> + Send;
+}

@@ -1,0 +1,645 @@
+//! An app with `spec.providerRef`, kept registered at its provider: the rotation's push (before
+//! the Secret write) and the reconcile-time check that converges the provider to the Secret.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::events::EventType;
+use kube::{Api, Client, ResourceExt};
+use tracing::{info, warn};
+
+use super::crd::OAuthProvider;
+use super::keycloak::Keycloak;
+use super::{DesiredClient, Grace, Holds, IdentityProvider, Previous, ProviderError, Put};
+use crate::context::Context;
+use crate::crd::{CLIENT_SECRET_KEY, OAuthApp};
+use crate::error::Error;
+use crate::record::annotations;
+use crate::rotation::{self, app_key};
+use crate::secret::ClientSecret;
+
+/// The app's condition: whether the provider holds what the Secret holds.
+pub const PROVIDER_SYNCED: &str = "ProviderSynced";
+/// `ProviderSynced=True`: the provider holds the current secret (and the previous one, with a
+/// grace period, where it can).
+pub const SYNCED: &str = "Synced";
+/// `ProviderSynced=True`, with a grace period the provider did not keep: only the current secret
+/// works there.
+pub const SYNCED_WITHOUT_GRACE: &str = "SyncedWithoutGrace";
+/// An app's client is checked against the provider at most this often (and after every change of
+/// its rotation, and once per process start: a crash between the provider write and the Secret
+/// write is caught by the restart).
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(300);
+/// The first retry after a failed check; doubling up to [`CHECK_INTERVAL`].
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+
+/// Per app (`namespace/name`): the rotation last found in sync at the provider, when, and the
+/// failures in a row since. In memory: a restart checks every app once.
+static CHECKED: LazyLock<Mutex<HashMap<String, Checked>>> = LazyLock::new(Mutex::default);
+
+struct Checked {
+    /// [`checked_version`] of the app when it was found in sync.
+    rotation_id: String,
+    at: Instant,
+    failures: u32,
+}
+
+fn checked() -> std::sync::MutexGuard<'static, HashMap<String, Checked>> {
+    CHECKED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// After a provider was found unreachable, calls to it fail at once for this long: a provider
+/// that hangs (each request up to its timeout) holds at most one controller worker at a time,
+/// not one per app, and apps without a provider never wait for workers behind it.
+const UNREACHABLE_HOLD: Duration = Duration::from_secs(10);
+
+/// Until when a provider is not called, and the URL and detail of the error that said so.
+type Held = (Instant, String, String);
+
+/// Per provider (`namespace/name`): [`Held`].
+static UNREACHABLE: LazyLock<Mutex<HashMap<String, Held>>> = LazyLock::new(Mutex::default);
+
+/// `call` on the provider `namespace/name`, unless it was found unreachable less than
+/// [`UNREACHABLE_HOLD`] ago (then that error again, with no request).
+async fn guarded<T>(
+    namespace: &str,
+    name: &str,
+    call: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let key = format!("{namespace}/{name}");
+    let held = UNREACHABLE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .filter(|(until, _, _)| Instant::now() < *until)
+        .map(|(_, url, detail)| (url.clone(), detail.clone()));
+    if let Some((url, detail)) = held {
+        return Err(ProviderError::Unreachable {
+            url,
+            detail: format!("{detail} (not tried again for {} s)", UNREACHABLE_HOLD.as_secs()),
+        }
+        .into());
+    }
+    let result = call.await;
+    let mut unreachable = UNREACHABLE.lock().unwrap_or_else(|e| e.into_inner());
+    match &result {
+        Err(Error::Provider(ProviderError::Unreachable { url, detail })) => {
+            unreachable.insert(
+                key,
+                (Instant::now() + UNREACHABLE_HOLD, url.clone(), detail.clone()),
+            );
+        }
+        _ => {
+            unreachable.remove(&key);
+        }
+    }
+    result
+}
+
+/// Per app (`namespace/name`): rotations in a row that failed at the provider.
+static PUSH_FAILURES: LazyLock<Mutex<HashMap<String, u32>>> = LazyLock::new(Mutex::default);
+
+fn push_failures() -> std::sync::MutexGuard<'static, HashMap<String, u32>> {
+    PUSH_FAILURES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// When to retry a rotation of `app` that failed at its provider: 5 s after the first failure,
+/// doubling up to 5 min, so that a provider that is down costs no new secret (and hash) per app
+/// every few seconds. A new request (a new annotation value) still runs at once.
+pub fn retry_after_push_failure(app: &OAuthApp) -> Duration {
+    retry_after(push_failures().get(&app_key(app)).copied().unwrap_or(1))
+}
+
+/// The provider an app names, connected with its credentials (read from the provider's Secret).
+pub async fn connect(client: &Client, namespace: &str, name: &str) -> Result<Keycloak, Error> {
+    let providers: Api<OAuthProvider> = Api::namespaced(client.clone(), namespace);
+    let provider = providers
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| ProviderError::NotFound(format!("{namespace}/{name}")))?;
+    connect_to(client, &provider).await
+}
+
+/// `provider`, connected with its credentials.
+pub async fn connect_to(client: &Client, provider: &OAuthProvider) -> Result<Keycloak, Error> {
+    let namespace = provider.namespace().unwrap_or_default();
+    let kc = &provider.spec.keycloak;
+    let reference = &kc.credentials_secret_ref;
+    let missing = |what: String| ProviderError::CredentialsMissing {
+        provider: format!("{namespace}/{}", provider.name_any()),
+        what,
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let secret = secrets
+        .get_opt(&reference.name)
+        .await?
+        .ok_or_else(|| missing(format!("Secret {} not found", reference.name)))?;
+    let data = secret.data.unwrap_or_default();
+    let value = |key: &str| {
+        data.get(key)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| missing(format!("Secret {} has no key {key}", reference.name)))
+    };
+    let client_id = value(reference.client_id_key())?;
+    let client_secret = value(reference.client_secret_key())?;
+    Ok(Keycloak::new(&kc.url, &kc.realm, client_id, client_secret)?)
+}
+
+/// The client `app` wants at its provider, with `client_id`.
+pub fn desired(app: &OAuthApp, client_id: &str) -> DesiredClient {
+    DesiredClient {
+        client_id: client_id.to_string(),
+        name: app.spec.display_name.clone(),
+        redirect_uris: app.spec.redirect_uris.clone(),
+        owner: app_key(app),
+        secret_name: app.secret_name(),
+    }
+}
+
+/// The rotation's provider write, right before its Secret write: the provider gets `secret`
+/// (and the replaced one until `grace`'s expiry: `(its rotation id, expiry)`). None when the app
+/// has no provider. Some(app): the app with `ProviderSynced` set for the rotation, for the
+/// status write that follows the Secret's (no write of its own). A failure writes
+/// `ProviderSynced=False` (when it changes) and fails the rotation: nothing else is written.
+pub async fn push_rotation(
+    ctx: &Context,
+    app: &OAuthApp,
+    client_id: &str,
+    secret: &ClientSecret,
+    rotation_id: &str,
+    grace: Option<(&str, Timestamp)>,
+) -> Result<Option<OAuthApp>, Error> {
+    let Some(reference) = &app.spec.provider_ref else {
+        return Ok(None);
+    };
+    let ns = app.namespace().unwrap_or_default();
+    let previous = match grace {
+        Some((replaced, _)) => previous_plaintext(ctx, app, replaced).await?,
+        None => None,
+    };
+    let with_grace = grace.is_some() && previous.is_some();
+    let previous = match grace.zip(previous.as_deref()) {
+        Some(((_, expires), previous)) => Previous::Until(Grace {
+            previous,
+            expires_at: expires.as_second(),
+        }),
+        None => Previous::Drop,
+    };
+    let result = guarded(&ns, &reference.name, async {
+        let provider = connect(&ctx.client, &ns, &reference.name).await?;
+        ctx.leadership.check()?;
+        Ok::<_, Error>(
+            provider
+                .put_client(&desired(app, client_id), secret.expose(), &previous)
+                .await?,
+        )
+    })
+    .await;
+    let key = app_key(app);
+    match result {
+        Ok((put, kept)) => {
+            info!(app = %key, provider = %reference.name, created = (put == Put::Created), "the identity provider holds the new secret");
+            push_failures().remove(&key);
+            checked().insert(
+                key,
+                Checked {
+                    rotation_id: checked_version(rotation_id, app),
+                    at: Instant::now(),
+                    failures: 0,
+                },
+            );
+            // Tests: a crash between the provider write and the Secret write.
+            #[cfg(feature = "failpoints")]
+            if ctx.failpoint.as_deref() == Some("pause-after-provider-push") {
+                warn!(app = %app_key(app), "failpoint pause-after-provider-push: the provider holds the new secret, the Secret does not");
+                std::future::pending::<()>().await;
+            }
+            let mut synced = app.clone();
+            let status = synced.status.get_or_insert_with(Default::default);
+            let (reason, message) = synced_condition(&reference.name, rotation_id, with_grace && !kept);
+            set_condition(
+                &mut status.conditions,
+                app.metadata.generation,
+                "True",
+                reason,
+                message,
+            );
+            Ok(Some(synced))
+        }
+        Err(e) => {
+            // Checked again after any failed rotation: the provider may hold a secret that did
+            // not reach the Secret (a Secret write that failed after the push).
+            checked().remove(&key);
+            if matches!(e, Error::Provider(_)) {
+                let mut failures = push_failures();
+                let n = failures.entry(key.clone()).or_insert(0);
+                *n = n.saturating_add(1);
+            }
+            if let Error::Provider(pe) = &e {
+                mark_unsynced(ctx, app, &reference.name, pe).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The plaintext of the Secret's current secret when it is rotation `replaced` (the secret a
+/// rotation with grace replaces), read fresh.
+async fn previous_plaintext(ctx: &Context, app: &OAuthApp, replaced: &str) -> Result<Option<String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let Some(secret) = secrets.get_opt(&app.secret_name()).await? else {
+        return Ok(None);
+    };
+    if secret
+        .annotations()
+        .get(annotations::ROTATION_ID)
+        .map(String::as_str)
+        != Some(replaced)
+    {
+        return Ok(None);
+    }
+    Ok(plaintext(&secret))
+}
+
+fn plaintext(secret: &Secret) -> Option<String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CLIENT_SECRET_KEY))
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+/// The reconcile-time check of an app with a provider, in its steady state: at most every
+/// [`CHECK_INTERVAL`] (sooner after a change of rotation or a failure), the provider's client is
+/// compared with the Secret's current secret and, if it differs or is missing, set back to it:
+/// no new rotation. Some(wait): when to look again.
+pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>, Error> {
+    let Some(reference) = &app.spec.provider_ref else {
+        return Ok(None);
+    };
+    let Some(rotation_id) = app.status.as_ref().and_then(|s| s.rotation_id.clone()) else {
+        return Ok(None);
+    };
+    let key = app_key(app);
+    let condition_true = provider_condition(app).is_some_and(|c| c.status == "True");
+    let version = checked_version(&rotation_id, app);
+    // The same rotation checked before under another generation: the spec changed (a client
+    // that differs is an update, not someone's change at the provider).
+    let spec_changed = checked().get(&key).is_some_and(|c| {
+        c.rotation_id != version && c.rotation_id.split('@').next() == Some(rotation_id.as_str())
+    });
+    if let Some(wait) = wait_before_check(&key, &version, condition_true, Instant::now()) {
+        return Ok(Some(wait));
+    }
+    let _guard = ctx.locks.lock(&key).await;
+    let ns = app.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(secret) = secrets.get_opt(&app.secret_name()).await? else {
+        return Ok(Some(FIRST_RETRY));
+    };
+    // The status lags the Secret (or the other way): the planner repairs that first.
+    if secret.annotations().get(annotations::ROTATION_ID) != Some(&rotation_id) {
+        return Ok(Some(FIRST_RETRY));
+    }
+    let Some(current) = plaintext(&secret) else {
+        return Ok(Some(FIRST_RETRY));
+    };
+    let client_id = app
+        .status
+        .as_ref()
+        .and_then(|s| s.client_id.clone())
+        .unwrap_or_default();
+    let wanted = desired(app, &client_id);
+    let outcome = guarded(&ns, &reference.name, async {
+        let provider = connect(&ctx.client, &ns, &reference.name).await?;
+        let holds = provider.holds(&wanted, &current).await?;
+        // A hand-changed or missing client gets the current secret alone; one whose description
+        // alone changed keeps a previous secret it holds (a grace period running).
+        let previous = match holds {
+            Holds::Same => None,
+            Holds::Outdated => Some(Previous::Keep),
+            Holds::Other | Holds::Missing => Some(Previous::Drop),
+        };
+        if let Some(previous) = previous {
+            ctx.leadership.check()?;
+            provider.put_client(&wanted, &current, &previous).await?;
+        }
+        Ok::<_, Error>(holds)
+    })
+    .await;
+    drop(current);
+    match outcome {
+        Ok(holds) => {
+            checked().insert(
+                key.clone(),
+                Checked {
+                    rotation_id: checked_version(&rotation_id, app),
+                    at: Instant::now(),
+                    failures: 0,
+                },
+            );
+            let hint = app
+                .status
+                .as_ref()
+                .and_then(|s| s.client_secret_hint.clone())
+                .unwrap_or_default();
+            let restored = match holds {
+                Holds::Same => None,
+                Holds::Missing => Some((
+                    "ProviderSecretRestored",
+                    format!(
+                        "had no client {client_id}; created it with the Secret's current secret ({hint}), no new secret"
+                    ),
+                )),
+                Holds::Other => Some((
+                    "ProviderSecretRestored",
+                    format!(
+                        "held another secret for client {client_id}; set back to the Secret's current secret ({hint}), no new secret"
+                    ),
+                )),
+                Holds::Outdated if spec_changed => Some((
+                    "ProviderClientUpdated",
+                    format!("client {client_id} updated to the app's name and redirect URIs"),
+                )),
+                Holds::Outdated => Some((
+                    "ProviderClientRestored",
+                    format!(
+                        "had another name or other redirect URIs for client {client_id}; set back to the app's"
+                    ),
+                )),
+            };
+            if let Some((reason, what)) = restored {
+                let type_ = if reason == "ProviderClientUpdated" {
+                    info!(app = %key, provider = %reference.name, "the identity provider: {what}");
+                    EventType::Normal
+                } else {
+                    warn!(app = %key, provider = %reference.name, "the identity provider {what}");
+                    EventType::Warning
+                };
+                rotation::publish_in_background(
+                    ctx,
+                    app,
+                    type_,
+                    reason,
+                    format!("OAuthProvider {} {what}", reference.name),
+                );
+            }
+            // The grace a rotation gave is kept by the provider as it was; only a restored
+            // client loses it (said here).
+            let keeps_reason = provider_condition(app)
+                .filter(|c| c.status == "True" && matches!(holds, Holds::Same | Holds::Outdated))
+                .map(|c| c.reason.clone());
+            let (reason, message) = synced_condition(
+                &reference.name,
+                &rotation_id,
+                keeps_reason.as_deref() == Some(SYNCED_WITHOUT_GRACE),
+            );
+            write_condition(ctx, app, "True", reason, message).await?;
+            Ok(Some(CHECK_INTERVAL))
+        }
+        Err(Error::Provider(pe)) => {
+            mark_unsynced(ctx, app, &reference.name, &pe).await;
+            let failures = {
+                let mut checked = checked();
+                let entry = checked.entry(key).or_insert(Checked {
+                    rotation_id: String::new(),
+                    at: Instant::now(),
+                    failures: 0,
+                });
+                entry.rotation_id.clear();
+                entry.failures = entry.failures.saturating_add(1);
+                entry.failures
+            };
+            Ok(Some(retry_after(failures)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What a check found in sync: the rotation and the spec (`metadata.generation`), so that a
+/// change of either (a new redirect URI) is checked at once.
+fn checked_version(rotation_id: &str, app: &OAuthApp) -> String {
+    format!("{rotation_id}@{}", app.metadata.generation.unwrap_or_default())
+}
+
+/// How long before an app is checked again (None: now): `CHECK_INTERVAL` after the last check
+/// of this rotation that found it in sync; at once after a change of rotation or a condition
+/// that is not True, unless a failed check's backoff still runs.
+fn wait_before_check(key: &str, rotation_id: &str, condition_true: bool, now: Instant) -> Option<Duration> {
+    let checked = checked();
+    let entry = checked.get(key)?;
+    let since = now.saturating_duration_since(entry.at);
+    if entry.failures > 0 {
+        return retry_after(entry.failures)
+            .checked_sub(since)
+            .filter(|d| !d.is_zero());
+    }
+    if entry.rotation_id != rotation_id || !condition_true {
+        return None;
+    }
+    CHECK_INTERVAL.checked_sub(since).filter(|d| !d.is_zero())
+}
+
+/// The wait after `failures` failed checks in a row: 5 s, doubling, at most `CHECK_INTERVAL`.
+fn retry_after(failures: u32) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(10))
+        .min(CHECK_INTERVAL)
+}
+
+fn synced_condition(provider: &str, rotation_id: &str, grace_dropped: bool) -> (&'static str, String) {
+    if grace_dropped {
+        (
+            SYNCED_WITHOUT_GRACE,
+            format!(
+                "OAuthProvider {provider} holds the secret of rotation {rotation_id}, but not the previous one: the realm \
+                 has no client policy with the secret-rotation executor for this client (Keycloak's client-secret-rotation \
+                 feature), so the grace period holds only at this operator's verify endpoint"
+            ),
+        )
+    } else {
+        (
+            SYNCED,
+            format!("OAuthProvider {provider} holds the secret of rotation {rotation_id}"),
+        )
+    }
+}
+
+fn provider_condition(app: &OAuthApp) -> Option<&Condition> {
+    app.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == PROVIDER_SYNCED))
+}
+
+/// Sets `ProviderSynced` in `conditions`, keeping `lastTransitionTime` when its status stays.
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    generation: Option<i64>,
+    status: &str,
+    reason: &str,
+    message: String,
+) {
+    let old = conditions.iter().find(|c| c.type_ == PROVIDER_SYNCED);
+    let last_transition_time = match old {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now())),
+    };
+    let condition = Condition {
+        type_: PROVIDER_SYNCED.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    };
+    conditions.retain(|c| c.type_ != PROVIDER_SYNCED);
+    conditions.push(condition);
+}
+
+/// Writes `ProviderSynced` when it changes (a conditional status write; a lost race is left to
+/// the next look).
+async fn write_condition(
+    ctx: &Context,
+    app: &OAuthApp,
+    status: &str,
+    reason: &str,
+    message: String,
+) -> Result<(), Error> {
+    if provider_condition(app)
+        .is_some_and(|c| c.status == status && c.reason == reason && c.message == message)
+    {
+        return Ok(());
+    }
+    let mut new_status = app.status.clone().unwrap_or_default();
+    set_condition(
+        &mut new_status.conditions,
+        app.metadata.generation,
+        status,
+        reason,
+        message,
+    );
+    match rotation::write_status(ctx, app, new_status).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_conflict() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `ProviderSynced=False` for `error`, and a Warning Event when it newly says so; a failure to
+/// write it is logged (the caller's error is the one that counts).
+async fn mark_unsynced(ctx: &Context, app: &OAuthApp, provider: &str, error: &ProviderError) {
+    let reason = error.reason();
+    let message = format!("OAuthProvider {provider}: {error}");
+    warn!(app = %app_key(app), provider, reason, error = %error, "the identity provider does not hold the app's secret");
+    let new = !provider_condition(app).is_some_and(|c| c.status == "False" && c.reason == reason);
+    if let Err(e) = write_condition(ctx, app, "False", reason, message.clone()).await {
+        warn!(app = %app_key(app), error = %e, "could not write the ProviderSynced condition");
+    }
+    if new {
+        rotation::publish_in_background(ctx, app, EventType::Warning, "ProviderSyncFailed", message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_checks_back_off_from_five_seconds_to_the_check_interval() {
+        assert_eq!(retry_after(1), Duration::from_secs(5));
+        assert_eq!(retry_after(2), Duration::from_secs(10));
+        assert_eq!(retry_after(4), Duration::from_secs(40));
+        assert_eq!(retry_after(30), CHECK_INTERVAL);
+    }
+
+    #[test]
+    fn an_app_is_checked_at_once_after_a_new_rotation_and_otherwise_at_the_interval() {
+        let now = Instant::now();
+        let key = "ns-check/app";
+        assert_eq!(wait_before_check(key, "r1", true, now), None, "never checked");
+        checked().insert(
+            key.into(),
+            Checked {
+                rotation_id: "r1".into(),
+                at: now,
+                failures: 0,
+            },
+        );
+        let wait = wait_before_check(key, "r1", true, now).expect("in sync: waits");
+        assert_eq!(wait, CHECK_INTERVAL);
+        assert_eq!(wait_before_check(key, "r2", true, now), None, "a new rotation");
+        assert_eq!(
+            wait_before_check(key, "r1", false, now),
+            None,
+            "condition not True"
+        );
+        assert_eq!(
+            wait_before_check(key, "r1", true, now + CHECK_INTERVAL),
+            None,
+            "interval over"
+        );
+        checked().remove(key);
+    }
+
+    #[test]
+    fn a_new_condition_keeps_the_others_and_its_transition_time_while_its_status_stays() {
+        let mut conditions = vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "SecretReady".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        }];
+        set_condition(&mut conditions, Some(1), "False", "Unreachable", "down".into());
+        let first = conditions[1].last_transition_time.clone();
+        set_condition(&mut conditions, Some(1), "False", "Unauthorized", "no".into());
+        assert_eq!(conditions.len(), 2);
+        assert_eq!(conditions[0].type_, "Ready");
+        assert_eq!(conditions[1].reason, "Unauthorized");
+        assert_eq!(conditions[1].last_transition_time, first);
+    }
+
+    #[tokio::test]
+    async fn a_provider_found_unreachable_is_not_called_again_for_a_while() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let call = || async {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err::<(), _>(Error::Provider(ProviderError::Unreachable {
+                url: "http://127.0.0.1:1".into(),
+                detail: "connection refused".into(),
+            }))
+        };
+        let first = guarded("ns-guard", "kc", call()).await;
+        let second = guarded("ns-guard", "kc", call()).await;
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the second call waits"
+        );
+        let (Err(Error::Provider(a)), Err(Error::Provider(b))) = (first, second) else {
+            panic!("both unreachable");
+        };
+        assert_eq!((a.reason(), b.reason()), ("Unreachable", "Unreachable"));
+        // Another provider is called.
+        guarded("ns-guard", "other", async { Ok(()) })
+            .await
+            .expect("called");
+    }
+
+    #[test]
+    fn no_provider_error_text_holds_a_secret() {
+        let secret = ClientSecret::generate().expect("secret");
+        let e = ProviderError::Rejected {
+            url: "http://127.0.0.1:1".into(),
+            detail: crate::error::redact(&format!("echoed {}", secret.expose())),
+        };
+        assert!(!e.to_string().contains(secret.expose()));
+    }
+}

@@ -1,0 +1,946 @@
+//! Apps registered in a real Keycloak (tests/keycloak/build.sh, started once per run on loopback):
+//! Keycloak's own token endpoint says whether a secret works (a client_credentials grant with the
+//! app's client id and secret).
+//!
+//! Keycloak is started on first use, in a process group of its own, with a watchdog that kills
+//! that group as soon as this test process is gone (a panic, an interrupt or a SIGKILL alike).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use oauthapp_operator::crd::OAuthApp;
+use oauthapp_operator::provider::crd::OAuthProvider;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(90);
+const ADMIN: &str = "admin";
+const ADMIN_PASSWORD: &str = "keycloak-it-admin";
+
+pub struct KeycloakServer {
+    pub url: String,
+}
+
+static KEYCLOAK: OnceLock<KeycloakServer> = OnceLock::new();
+
+/// The Keycloak of this test run, started on first use.
+pub fn keycloak() -> &'static KeycloakServer {
+    KEYCLOAK.get_or_init(start_keycloak)
+}
+
+fn start_keycloak() -> KeycloakServer {
+    let out = Command::new(repo().join("tests/keycloak/build.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tests/keycloak/build.sh");
+    assert!(out.status.success(), "tests/keycloak/build.sh failed");
+    let home = PathBuf::from(stdout(&out).trim());
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("oauthapp-it-{}-keycloak", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("keycloak dir");
+    let log = dir.join("keycloak.log");
+    let log_file = std::fs::File::create(&log).expect("keycloak log");
+    let started = Instant::now();
+    let mut cmd = Command::new(home.join("bin/kc.sh"));
+    cmd.args([
+        "start-dev",
+        "--http-host",
+        "127.0.0.1",
+        "--http-port",
+        &port.to_string(),
+        "--features=client-secret-rotation",
+        "--db=dev-mem",
+    ])
+    .env("KC_BOOTSTRAP_ADMIN_USERNAME", ADMIN)
+    .env("KC_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    .env("JAVA_OPTS_KC_HEAP", "-Xms64m -Xmx512m")
+    .stdin(Stdio::null())
+    .stdout(log_file.try_clone().expect("log handle"))
+    .stderr(log_file);
+    // Its own process group: kc.sh runs java as a child, so the group is what is killed.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd.spawn().expect("start kc.sh");
+    let group = child.id();
+    // Kills the group once this test process is gone, however it ends (started in the
+    // background by a shell that returns at once).
+    let watchdog = Command::new("bash")
+        .args([
+            "-c",
+            r#"setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; kill -KILL -- -"$2" 2>/dev/null' keycloak-watchdog "$1" "$2" </dev/null >/dev/null 2>&1 &"#,
+            "keycloak-watchdog-start",
+            &std::process::id().to_string(),
+            &group.to_string(),
+        ])
+        .status()
+        .expect("start the keycloak watchdog");
+    assert!(watchdog.success(), "the keycloak watchdog did not start");
+    std::mem::forget(child);
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while http_status(port, "/realms/master") != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "Keycloak did not answer on {url} within 240 s; its log: {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "keycloak: ready on {url} after {:?} (log: {})",
+        started.elapsed(),
+        log.display()
+    );
+    KeycloakServer { url }
+}
+
+/// The status code of a GET on loopback, None when nothing answers.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Keycloak's admin API, as the bootstrap admin, for one realm.
+struct Realm {
+    http: reqwest::Client,
+    base: String,
+    name: String,
+}
+
+impl Realm {
+    /// A new realm with a service account client (`oauthapp-operator`) that holds the
+    /// realm-management role manage-clients: the credentials an OAuthProvider names.
+    async fn create(name: &str) -> (Realm, String) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let realm = Realm {
+            http: reqwest::Client::new(),
+            base: keycloak().url.clone(),
+            name: name.to_string(),
+        };
+        realm
+            .admin(
+                reqwest::Method::POST,
+                "/admin/realms",
+                Some(json!({"realm": name, "enabled": true})),
+            )
+            .await;
+        let sa_secret = format!("sa-{}", uuid_like());
+        realm
+            .admin(
+                reqwest::Method::POST,
+                &realm.path("/clients"),
+                Some(json!({
+                    "clientId": "oauthapp-operator",
+                    "secret": sa_secret,
+                    "publicClient": false,
+                    "serviceAccountsEnabled": true,
+                    "standardFlowEnabled": false,
+                })),
+            )
+            .await;
+        let sa = realm
+            .client("oauthapp-operator")
+            .await
+            .expect("service account client");
+        let user = realm
+            .admin(
+                reqwest::Method::GET,
+                &realm.path(&format!(
+                    "/clients/{}/service-account-user",
+                    sa["id"].as_str().expect("id")
+                )),
+                None,
+            )
+            .await;
+        let management = realm.client("realm-management").await.expect("realm-management");
+        let management_id = management["id"].as_str().expect("id").to_string();
+        let role = realm
+            .admin(
+                reqwest::Method::GET,
+                &realm.path(&format!("/clients/{management_id}/roles/manage-clients")),
+                None,
+            )
+            .await;
+        realm
+            .admin(
+                reqwest::Method::POST,
+                &realm.path(&format!(
+                    "/users/{}/role-mappings/clients/{management_id}",
+                    user["id"].as_str().expect("user id")
+                )),
+                Some(json!([role])),
+            )
+            .await;
+        (realm, sa_secret)
+    }
+
+    fn path(&self, rest: &str) -> String {
+        format!("/admin/realms/{}{rest}", self.name)
+    }
+
+    async fn admin_token(&self) -> String {
+        let response = self
+            .http
+            .post(format!(
+                "{}/realms/master/protocol/openid-connect/token",
+                self.base
+            ))
+            .form(&[
+                ("grant_type", "password"),
+                ("client_id", "admin-cli"),
+                ("username", ADMIN),
+                ("password", ADMIN_PASSWORD),
+            ])
+            .send()
+            .await
+            .expect("admin token request");
+        let body: Value = response.json().await.expect("admin token json");
+        body["access_token"]
+            .as_str()
+            .expect("admin access_token")
+            .to_string()
+    }
+
+    /// An admin API call that must succeed; its JSON answer (Null when empty).
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let token = self.admin_token().await;
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("admin request");
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert!(status.is_success(), "{method} {path}: HTTP {status}: {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// The representation of the client with `client_id`, if any.
+    async fn client(&self, client_id: &str) -> Option<Value> {
+        let found = self
+            .admin(
+                reqwest::Method::GET,
+                &self.path(&format!("/clients?clientId={client_id}&search=false")),
+                None,
+            )
+            .await;
+        found.as_array()?.first().cloned()
+    }
+
+    /// Changes the client with `client_id` as someone would in the admin console.
+    async fn edit_client(&self, client_id: &str, edit: impl FnOnce(&mut Value)) {
+        let mut client = self.client(client_id).await.expect("client");
+        edit(&mut client);
+        let id = client["id"].as_str().expect("id").to_string();
+        self.admin(
+            reqwest::Method::PUT,
+            &self.path(&format!("/clients/{id}")),
+            Some(client),
+        )
+        .await;
+    }
+
+    /// Keycloak's answer to a client_credentials grant: the HTTP status and the `error` field.
+    async fn token(&self, client_id: &str, secret: &str) -> (u16, String) {
+        let response = self
+            .http
+            .post(format!(
+                "{}/realms/{}/protocol/openid-connect/token",
+                self.base, self.name
+            ))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", secret),
+            ])
+            .send()
+            .await
+            .expect("token request");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let error = body["error"].as_str().unwrap_or_default().to_string();
+        if status == 200 {
+            assert!(body["access_token"].is_string(), "200 without a token: {body}");
+        }
+        (status, error)
+    }
+
+    /// A client policy that applies Keycloak's secret-rotation executor to every confidential
+    /// client of the realm (the preview feature client-secret-rotation).
+    async fn enable_secret_rotation(&self) {
+        self.admin(
+            reqwest::Method::PUT,
+            &self.path("/client-policies/profiles"),
+            Some(json!({"profiles": [{
+                "name": "rotation",
+                "description": "keeps a rotated secret",
+                "executors": [{"executor": "secret-rotation", "configuration": {
+                    "expiration-period": "3600",
+                    "rotated-expiration-period": "600",
+                    "remaining-rotation-period": "60"
+                }}]
+            }]})),
+        )
+        .await;
+        self.admin(
+            reqwest::Method::PUT,
+            &self.path("/client-policies/policies"),
+            Some(json!({"policies": [{
+                "name": "rotation",
+                "enabled": true,
+                "conditions": [{"condition": "client-access-type", "configuration": {"type": ["confidential"]}}],
+                "profiles": ["rotation"]
+            }]})),
+        )
+        .await;
+    }
+}
+
+fn uuid_like() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn plaintext(secret: &Secret) -> String {
+    String::from_utf8(secret.data.as_ref().expect("data")["client_secret"].0.clone()).expect("utf-8")
+}
+
+fn client_id_of(secret: &Secret) -> String {
+    String::from_utf8(secret.data.as_ref().expect("data")["client_id"].0.clone()).expect("utf-8")
+}
+
+/// One test's namespace, realm, credentials Secret and OAuthProvider `kc`, and an operator.
+struct Setup {
+    ns: String,
+    realm: Realm,
+    sa_secret: String,
+    apps: Api<OAuthApp>,
+    secrets: Api<Secret>,
+    providers: Api<OAuthProvider>,
+    client: kube::Client,
+    operator: Operator,
+}
+
+async fn setup(test: &str, env: &[(&str, &str)]) -> Setup {
+    let ns = namespace(test);
+    let (realm, sa_secret) = Realm::create(&ns).await;
+    let client = admin_client().await;
+    let s = Setup {
+        apps: Api::namespaced(client.clone(), &ns),
+        secrets: Api::namespaced(client.clone(), &ns),
+        providers: Api::namespaced(client.clone(), &ns),
+        client,
+        operator: Operator::start(&control_plane().kubeconfig, &ns, &[], env),
+        ns,
+        realm,
+        sa_secret,
+    };
+    s.credentials("kc-credentials", &s.sa_secret.clone());
+    s.provider("kc", "kc-credentials");
+    s
+}
+
+impl Setup {
+    fn credentials(&self, name: &str, secret: &str) {
+        control_plane().kubectl_ok(&[
+            "-n",
+            &self.ns,
+            "create",
+            "secret",
+            "generic",
+            name,
+            "--from-literal=client_id=oauthapp-operator",
+            &format!("--from-literal=client_secret={secret}"),
+        ]);
+    }
+
+    fn provider(&self, name: &str, credentials: &str) {
+        control_plane().apply_ok(
+            &self.ns,
+            &format!(
+                "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthProvider\nmetadata:\n  name: {name}\nspec:\n  keycloak:\n    url: {}\n    realm: {}\n    credentialsSecretRef:\n      name: {credentials}\n",
+                keycloak().url,
+                self.realm.name
+            ),
+        );
+    }
+
+    fn app(&self, name: &str, provider: &str, extra: &str) {
+        control_plane().apply_ok(
+            &self.ns,
+            &format!(
+                "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: {name}\nspec:\n  displayName: App {name}\n  redirectUris: [\"https://{name}.example.com/cb\"]\n  providerRef: {{name: {provider}}}\n{extra}"
+            ),
+        );
+    }
+
+    fn rotate(&self, name: &str, value: &str) {
+        control_plane().kubectl_ok(&[
+            "-n",
+            &self.ns,
+            "annotate",
+            "oauthapp",
+            name,
+            &format!("oauthapp.io/rotate={value}"),
+            "--overwrite",
+        ]);
+    }
+
+    /// The app once it is Ready with `count` secrets, its status describing its Secret, and
+    /// `ProviderSynced` in `reason`; with its Secret.
+    async fn settled(&self, name: &str, count: i64, reason: &str) -> (OAuthApp, Secret) {
+        eventually(
+            &format!("{name}: rotation {count}, ProviderSynced {reason}"),
+            WAIT,
+            || async {
+                let app = self.apps.get_opt(name).await.ok()??;
+                let status = app.status.clone()?;
+                let secret = self.secrets.get_opt(&app.secret_name()).await.ok()??;
+                let ready = app.ready_condition().is_some_and(|c| c.status == "True");
+                let in_sync =
+                    secret.annotations().get("oauthapp.io/rotation-id") == status.rotation_id.as_ref();
+                let synced = provider_synced(&app).is_some_and(|(_, r, _)| r == reason);
+                (ready && in_sync && synced && status.rotation_count == count).then_some((app, secret))
+            },
+        )
+        .await
+    }
+
+    /// The provider's Ready condition once it has `reason`: (status, message).
+    async fn provider_ready(&self, name: &str, reason: &str) -> (String, String) {
+        eventually(
+            &format!("OAuthProvider {name} Ready reason {reason}"),
+            WAIT,
+            || async {
+                let provider = self.providers.get_opt(name).await.ok()??;
+                let status = provider.status?;
+                let c = status.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+                (c.reason == reason && status.observed_generation == provider.metadata.generation)
+                    .then_some((c.status, c.message))
+            },
+        )
+        .await
+    }
+}
+
+/// `ProviderSynced` of the app: (status, reason, message).
+fn provider_synced(app: &OAuthApp) -> Option<(String, String, String)> {
+    app.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ProviderSynced")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test]
+async fn a_new_app_gets_a_token_with_its_secret_and_after_a_rotation_only_the_new_secret_works() {
+    let s = setup("kc-rotate", &[]).await;
+    let (_, message) = s.provider_ready("kc", "Authenticated").await;
+    assert!(!message.contains(&s.sa_secret), "{message}");
+
+    s.app("billing", "kc", "");
+    let (app, secret) = s.settled("billing", 1, "Synced").await;
+    let client_id = client_id_of(&secret);
+    let first = plaintext(&secret);
+    assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
+    // The client as the app describes it, marked as the operator's.
+    let client = s
+        .realm
+        .client(&client_id)
+        .await
+        .expect("the app's client at Keycloak");
+    assert_eq!(client["name"], "App billing");
+    assert_eq!(client["redirectUris"], json!(["https://billing.example.com/cb"]));
+    assert_eq!(client["publicClient"], false);
+    assert_eq!(
+        client["attributes"]["oauthapp.io/owner"],
+        format!("{}/billing", s.ns)
+    );
+    let (status, _, message) = provider_synced(&app).expect("condition");
+    assert_eq!(status, "True");
+    let rotation_id = app
+        .status
+        .as_ref()
+        .and_then(|s| s.rotation_id.clone())
+        .expect("rotation id");
+    assert!(message.contains(&rotation_id), "{message}");
+
+    let rotated_at = Instant::now();
+    s.rotate("billing", "one");
+    let (_, secret) = s.settled("billing", 2, "Synced").await;
+    let second = plaintext(&secret);
+    assert_ne!(first, second);
+    eprintln!(
+        "rotation to settled, Keycloak included: {:?}",
+        rotated_at.elapsed()
+    );
+    // No grace period: Keycloak refuses the old secret at once and takes the new one.
+    let (status, error) = s.realm.token(&client_id, &first).await;
+    assert_eq!(status, 401, "old secret: {error}");
+    // Keycloak 26.7 answers a wrong client secret with `unauthorized_client` (not invalid_client).
+    assert_eq!(error, "unauthorized_client");
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+
+    // A new redirect URI in the spec reaches Keycloak, the secret untouched.
+    control_plane().kubectl_ok(&[
+        "-n",
+        &s.ns,
+        "patch",
+        "oauthapp",
+        "billing",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"redirectUris":["https://billing.example.com/cb","https://billing.example.com/cb2"]}}"#,
+    ]);
+    eventually("Keycloak has the new redirect URI", WAIT, || async {
+        let client = s.realm.client(&client_id).await?;
+        let uris = client["redirectUris"].as_array()?.len();
+        (uris == 2).then_some(())
+    })
+    .await;
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    eventually("a ProviderClientUpdated Event", WAIT, || async {
+        let events = events_about(&s.client, &s.ns, "billing").await;
+        events
+            .iter()
+            .any(|(t, r, _)| t == "Normal" && r == "ProviderClientUpdated")
+            .then_some(())
+    })
+    .await;
+
+    // Nothing the operator logged, and no Event, holds a secret or the service account's.
+    let log = s.operator.log_text();
+    for plain in [&first, &second, &s.sa_secret] {
+        assert!(!log.contains(plain.as_str()), "the operator logged a secret");
+    }
+    for (_, _, note) in events_about(&s.client, &s.ns, "billing").await {
+        assert!(!note.contains(&first) && !note.contains(&second), "{note}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_or_missing_credentials_make_the_provider_not_ready_and_hold_its_apps_but_no_other() {
+    let s = setup("kc-unauthorized", &[]).await;
+    s.credentials("kc-wrong", "not-the-secret");
+    s.provider("wrong", "kc-wrong");
+    s.provider("nocreds", "does-not-exist");
+    let (status, message) = s.provider_ready("wrong", "Unauthorized").await;
+    assert_eq!(status, "False");
+    assert!(!message.contains("not-the-secret"), "{message}");
+    let (status, message) = s.provider_ready("nocreds", "CredentialsMissing").await;
+    assert_eq!(status, "False");
+    assert!(message.contains("does-not-exist"), "{message}");
+
+    // An app registered with the wrong credentials gets no secret anywhere (the rotation fails
+    // before the Secret write) and says why; an app without a provider is not held back.
+    s.app("held", "wrong", "");
+    control_plane().apply_ok(
+        &s.ns,
+        "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: plain\nspec:\n  redirectUris: [\"https://plain.example.com/cb\"]\n",
+    );
+    let plain = eventually("the app without a provider is Ready", WAIT, || async {
+        let app = s.apps.get_opt("plain").await.ok()??;
+        app.ready_condition()
+            .is_some_and(|c| c.status == "True")
+            .then_some(app)
+    })
+    .await;
+    assert!(provider_synced(&plain).is_none());
+    let (_, reason, message) = eventually("held: ProviderSynced=False", WAIT, || async {
+        let app = s.apps.get_opt("held").await.ok()??;
+        provider_synced(&app).filter(|(status, _, _)| status == "False")
+    })
+    .await;
+    assert_eq!(reason, "Unauthorized", "{message}");
+    assert!(!message.contains("not-the-secret"), "{message}");
+    eventually("a ProviderSyncFailed Warning Event", WAIT, || async {
+        let events = events_about(&s.client, &s.ns, "held").await;
+        events
+            .iter()
+            .any(|(t, r, note)| {
+                t == "Warning" && r == "ProviderSyncFailed" && !note.contains("not-the-secret")
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(
+        s.secrets
+            .get_opt("held-oauth-client")
+            .await
+            .expect("get")
+            .is_none(),
+        "a rotation that Keycloak refused wrote a Secret"
+    );
+    assert!(!s.operator.log_text().contains("not-the-secret"));
+}
+
+#[tokio::test]
+async fn a_client_of_that_id_the_operator_did_not_create_is_a_conflict_and_is_left_alone() {
+    let s = setup("kc-conflict", &[]).await;
+    s.realm
+        .admin(
+            reqwest::Method::POST,
+            &s.realm.path("/clients"),
+            Some(json!({"clientId": "taken", "secret": "theirs", "publicClient": false, "serviceAccountsEnabled": true})),
+        )
+        .await;
+    s.app("claimer", "kc", "  clientId: taken\n");
+    let (_, reason, message) = eventually("claimer: ProviderSynced=False", WAIT, || async {
+        let app = s.apps.get_opt("claimer").await.ok()??;
+        provider_synced(&app).filter(|(status, _, _)| status == "False")
+    })
+    .await;
+    assert_eq!(reason, "ClientConflict", "{message}");
+    assert_eq!(s.realm.token("taken", "theirs").await, (200, String::new()));
+    assert!(
+        s.secrets
+            .get_opt("claimer-oauth-client")
+            .await
+            .expect("get")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_secret_or_redirect_uri_changed_at_keycloak_is_set_back_without_a_rotation() {
+    let s = setup("kc-drift", &[]).await;
+    s.app("drifty", "kc", "");
+    let (_, secret) = s.settled("drifty", 1, "Synced").await;
+    let client_id = client_id_of(&secret);
+    let current = plaintext(&secret);
+    // Someone sets another secret in Keycloak's admin API.
+    s.realm
+        .edit_client(&client_id, |c| c["secret"] = json!("changed-by-hand"))
+        .await;
+    assert_eq!(s.realm.token(&client_id, &current).await.0, 401);
+    // A restarted operator checks every app with a provider once (what a kill -9 between the
+    // Keycloak write and the Secret write needs): Keycloak gets the Secret's secret back.
+    let mut s = s;
+    s.operator.kill9();
+    let restarted = Instant::now();
+    s.operator = Operator::start(&control_plane().kubeconfig, &s.ns, &[], &[]);
+    eventually("Keycloak takes the Secret's secret again", WAIT, || async {
+        (s.realm.token(&client_id, &current).await.0 == 200).then_some(())
+    })
+    .await;
+    eprintln!("set back after a restart in {:?}", restarted.elapsed());
+    assert_eq!(s.realm.token(&client_id, "changed-by-hand").await.0, 401);
+    let (app, _) = s.settled("drifty", 1, "Synced").await;
+    assert_eq!(app.status.expect("status").rotation_count, 1, "no new rotation");
+    let reasons = eventually("a Warning Event", WAIT, || async {
+        let events = events_about(&s.client, &s.ns, "drifty").await;
+        events
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "ProviderSecretRestored")
+            .then_some(events)
+    })
+    .await;
+    assert!(reasons.iter().all(|(_, _, note)| !note.contains(&current)));
+
+    // Someone adds a redirect URI in Keycloak: the next look (here: after a restart) sets the
+    // app's back, and the secret is untouched.
+    s.realm
+        .edit_client(&client_id, |c| {
+            c["redirectUris"] = json!(["https://drifty.example.com/cb", "https://evil.example.com/cb"])
+        })
+        .await;
+    s.operator.kill9();
+    s.operator = Operator::start(&control_plane().kubeconfig, &s.ns, &[], &[]);
+    eventually("Keycloak has the app's redirect URIs again", WAIT, || async {
+        let client = s.realm.client(&client_id).await?;
+        (client["redirectUris"] == json!(["https://drifty.example.com/cb"])).then_some(())
+    })
+    .await;
+    assert_eq!(s.realm.token(&client_id, &current).await, (200, String::new()));
+    eventually("a ProviderClientRestored Warning Event", WAIT, || async {
+        let events = events_about(&s.client, &s.ns, "drifty").await;
+        events
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "ProviderClientRestored")
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_kill_between_the_keycloak_write_and_the_secret_write_converges_with_one_rotation() {
+    let s = setup("kc-kill", &[]).await;
+    s.app("crashy", "kc", "");
+    let (_, secret) = s.settled("crashy", 1, "Synced").await;
+    let client_id = client_id_of(&secret);
+    let first = plaintext(&secret);
+    // An operator that stops for good right after Keycloak took the new secret.
+    let mut s = s;
+    s.operator.kill9();
+    s.operator = Operator::start(
+        &control_plane().kubeconfig,
+        &s.ns,
+        &[],
+        &[("OAUTHAPP_FAILPOINT", "pause-after-provider-push")],
+    );
+    s.rotate("crashy", "one");
+    eventually("Keycloak holds a secret the Secret does not", WAIT, || async {
+        (s.realm.token(&client_id, &first).await.0 == 401).then_some(())
+    })
+    .await;
+    assert_eq!(
+        plaintext(&s.secrets.get("crashy-oauth-client").await.expect("secret")),
+        first
+    );
+    s.operator.kill9();
+    let restarted = Instant::now();
+    s.operator = Operator::start(&control_plane().kubeconfig, &s.ns, &[], &[]);
+    // The annotation still asks for its rotation: made once, Keycloak and the Secret agreeing.
+    let (_, secret) = s.settled("crashy", 2, "Synced").await;
+    eprintln!("converged after the restart in {:?}", restarted.elapsed());
+    let second = plaintext(&secret);
+    assert_ne!(second, first);
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
+}
+
+#[tokio::test]
+async fn with_a_grace_period_keycloak_takes_both_secrets_until_the_expiry() {
+    let s = setup("kc-grace", &[]).await;
+    s.realm.enable_secret_rotation().await;
+    s.app("graceful", "kc", "  rotation:\n    gracePeriod: 30s\n");
+    let (_, secret) = s.settled("graceful", 1, "Synced").await;
+    let client_id = client_id_of(&secret);
+    let first = plaintext(&secret);
+    s.rotate("graceful", "one");
+    let (app, secret) = s.settled("graceful", 2, "Synced").await;
+    let second = plaintext(&secret);
+    let expires = app
+        .status
+        .as_ref()
+        .and_then(|s| s.previous_secret.as_ref())
+        .map(|p| p.expires_at.0)
+        .expect("status.previousSecret");
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    assert_eq!(
+        s.realm.token(&client_id, &first).await,
+        (200, String::new()),
+        "previous secret within grace"
+    );
+    // After the expiry, only the new one.
+    eventually("the previous secret stops working at Keycloak", WAIT, || async {
+        (s.realm.token(&client_id, &first).await.0 == 401).then_some(())
+    })
+    .await;
+    let now = jiff::Timestamp::now();
+    assert!(
+        now >= expires,
+        "the previous secret stopped working at {now}, before its expiry {expires}"
+    );
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+}
+
+#[tokio::test]
+async fn with_a_grace_period_and_no_rotation_policy_in_the_realm_the_condition_says_so() {
+    let s = setup("kc-nograce", &[]).await;
+    s.app("strict", "kc", "  rotation:\n    gracePeriod: 10m\n");
+    let (_, secret) = s.settled("strict", 1, "Synced").await;
+    let client_id = client_id_of(&secret);
+    let first = plaintext(&secret);
+    s.rotate("strict", "one");
+    let (app, secret) = s.settled("strict", 2, "SyncedWithoutGrace").await;
+    let (_, _, message) = provider_synced(&app).expect("condition");
+    assert!(message.contains("secret-rotation"), "{message}");
+    assert_eq!(
+        s.realm.token(&client_id, &plaintext(&secret)).await,
+        (200, String::new())
+    );
+    assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
+}
+
+/// A REST rotation's 200 means Keycloak takes the returned secret; it answers 503 and rotates
+/// nothing when Keycloak refuses the service account.
+#[tokio::test]
+async fn a_rest_rotation_answers_200_with_a_secret_keycloak_takes_and_503_when_keycloak_refuses() {
+    let s = setup("kc-rest", &[]).await;
+    s.app("viarest", "kc", "");
+    let (app, secret) = s.settled("viarest", 1, "Synced").await;
+    let client_id = client_id_of(&secret);
+    let token = admin_token_for_rest(&s.ns);
+    let app_id = app
+        .status
+        .as_ref()
+        .and_then(|s| s.app_id.clone())
+        .expect("app id");
+    let rotate = || async {
+        eventually("the REST API answers", WAIT, || async {
+            http_request(
+                s.operator.api_port,
+                "POST",
+                &format!("/api/v1/oauth-apps/{app_id}/rotate"),
+                &token,
+            )
+            .await
+        })
+        .await
+    };
+    // A 200: the secret it returns works at Keycloak at that moment, with no waiting.
+    let (code, body) = rotate().await;
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("json");
+    let returned = answer["client_secret"]
+        .as_str()
+        .expect("client_secret")
+        .to_string();
+    assert_eq!(s.realm.token(&client_id, &returned).await, (200, String::new()));
+    assert_eq!(s.realm.token(&client_id, &plaintext(&secret)).await.0, 401);
+    let (_, secret) = s.settled("viarest", 2, "Synced").await;
+    let first = plaintext(&secret);
+    assert_eq!(first, returned);
+
+    // The service account loses its secret at Keycloak (the credentials Secret stays).
+    s.realm
+        .edit_client("oauthapp-operator", |c| c["secret"] = json!("rotated-elsewhere"))
+        .await;
+    let (code, body) = rotate().await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("nothing was rotated") && body.contains("refused"),
+        "{body}"
+    );
+    let after = s.secrets.get("viarest-oauth-client").await.expect("secret");
+    assert_eq!(plaintext(&after), first, "the Secret was not rotated");
+    let app = s.apps.get("viarest").await.expect("app");
+    assert_eq!(app.status.as_ref().expect("status").rotation_count, 2);
+    let (status, reason, _) = provider_synced(&app).expect("condition");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Unauthorized"));
+}
+
+/// A token for a ServiceAccount that may rotate apps in `ns`.
+fn admin_token_for_rest(ns: &str) -> String {
+    control_plane().kubectl_ok(&["-n", ns, "create", "serviceaccount", "rotator"]);
+    control_plane().kubectl_ok(&[
+        "-n",
+        ns,
+        "create",
+        "rolebinding",
+        "rotator-admin",
+        "--clusterrole=cluster-admin",
+        &format!("--serviceaccount={ns}:rotator"),
+    ]);
+    service_account_token(ns, "rotator")
+}
+
+/// Keycloak unreachable during a rotation (the provider's URL pointed at a closed port, as a
+/// stopped Keycloak is), then reachable again: the rotation waits with `ProviderSynced=False`,
+/// the old secret keeps working meanwhile, and then the rotation lands at Keycloak and in the
+/// Secret together. An app without a provider rotates meanwhile.
+#[tokio::test]
+async fn keycloak_down_during_a_rotation_holds_it_and_it_lands_when_keycloak_is_back() {
+    let s = setup("kc-down", &[]).await;
+    s.app("patient", "kc", "");
+    let (_, secret) = s.settled("patient", 1, "Synced").await;
+    let client_id = client_id_of(&secret);
+    let first = plaintext(&secret);
+    control_plane().apply_ok(
+        &s.ns,
+        "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: plain\nspec:\n  redirectUris: [\"https://plain.example.com/cb\"]\n",
+    );
+
+    let closed = free_port();
+    let set_url = |url: String| {
+        control_plane().kubectl_ok(&[
+            "-n",
+            &s.ns,
+            "patch",
+            "oauthprovider",
+            "kc",
+            "--type=merge",
+            "-p",
+            &json!({"spec": {"keycloak": {"url": url}}}).to_string(),
+        ]);
+    };
+    set_url(format!("http://127.0.0.1:{closed}"));
+    s.provider_ready("kc", "Unreachable").await;
+    s.rotate("patient", "one");
+    s.rotate("plain", "one");
+    let (_, reason, message) = eventually("patient: ProviderSynced=False", WAIT, || async {
+        let app = s.apps.get_opt("patient").await.ok()??;
+        provider_synced(&app).filter(|(status, _, _)| status == "False")
+    })
+    .await;
+    assert_eq!(reason, "Unreachable", "{message}");
+    // The app without a provider rotated; the held one did not, anywhere.
+    eventually("plain rotated", WAIT, || async {
+        let app = s.apps.get_opt("plain").await.ok()??;
+        (app.status?.rotation_count == 2).then_some(())
+    })
+    .await;
+    let app = s.apps.get("patient").await.expect("app");
+    assert_eq!(app.status.expect("status").rotation_count, 1);
+    assert_eq!(
+        plaintext(&s.secrets.get("patient-oauth-client").await.expect("secret")),
+        first
+    );
+    assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
+
+    let back = Instant::now();
+    set_url(keycloak().url.clone());
+    let (_, secret) = s.settled("patient", 2, "Synced").await;
+    eprintln!(
+        "rotation landed {:?} after Keycloak was reachable again",
+        back.elapsed()
+    );
+    let second = plaintext(&secret);
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
+}
+
+/// Deleting an app deletes its client at Keycloak once its Secret is gone too (the provider
+/// looks every minute); an app deleted with `deletionPolicy: Retain` keeps its Secret and its
+/// client, for the same app applied again.
+#[tokio::test]
+async fn a_deleted_app_loses_its_client_unless_its_secret_is_retained() {
+    let s = setup("kc-delete", &[]).await;
+    s.app("gone", "kc", "");
+    s.app("kept", "kc", "  secret:\n    deletionPolicy: Retain\n");
+    let (_, gone_secret) = s.settled("gone", 1, "Synced").await;
+    let (_, kept_secret) = s.settled("kept", 1, "Synced").await;
+    let (gone_id, kept_id) = (client_id_of(&gone_secret), client_id_of(&kept_secret));
+    // The retained one first: the look that finds the other one gone comes after it.
+    control_plane().kubectl_ok(&["-n", &s.ns, "delete", "oauthapp", "kept", "--wait=true"]);
+    control_plane().kubectl_ok(&["-n", &s.ns, "delete", "oauthapp", "gone", "--wait=true"]);
+    let deleted = Instant::now();
+    eventually(
+        "the deleted app's client is gone from Keycloak",
+        Duration::from_secs(150),
+        || async { s.realm.client(&gone_id).await.is_none().then_some(()) },
+    )
+    .await;
+    eprintln!("client deleted {:?} after its app", deleted.elapsed());
+    // That look kept the retained one: it still works with its Secret's secret.
+    assert!(s.realm.client(&kept_id).await.is_some());
+    assert_eq!(
+        s.realm.token(&kept_id, &plaintext(&kept_secret)).await,
+        (200, String::new())
+    );
+    let events = events_about(&s.client, &s.ns, "kc").await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, reason, note)| reason == "ClientDeleted" && note.contains(&gone_id)),
+        "{events:?}"
+    );
+}
