@@ -26,6 +26,21 @@ const ADMIN_PASSWORD: &str = "keycloak-it-admin";
 
 pub struct KeycloakServer {
     pub url: String,
+    /// The CA (PEM) of its https certificate; None for the plain http fixture.
+    pub ca_pem: Option<String>,
+}
+
+impl KeycloakServer {
+    /// An HTTP client for it (trusting only its CA when it has one).
+    fn http(&self) -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &self.ca_pem {
+            builder = builder
+                .tls_certs_only(reqwest::Certificate::from_pem_bundle(pem.as_bytes()).expect("CA pem"));
+        }
+        builder.build().expect("http client")
+    }
 }
 
 static KEYCLOAK: OnceLock<KeycloakServer> = OnceLock::new();
@@ -35,35 +50,29 @@ pub fn keycloak() -> &'static KeycloakServer {
     KEYCLOAK.get_or_init(start_keycloak)
 }
 
-fn start_keycloak() -> KeycloakServer {
+/// A Keycloak started with `args` (after `start-dev`), in a process group of its own that a
+/// watchdog kills once this test process is gone: (process group, log file).
+fn spawn_keycloak(name: &str, args: &[&str]) -> (u32, PathBuf) {
     let out = Command::new(repo().join("tests/keycloak/build.sh"))
         .stderr(Stdio::inherit())
         .output()
         .expect("run tests/keycloak/build.sh");
     assert!(out.status.success(), "tests/keycloak/build.sh failed");
     let home = PathBuf::from(stdout(&out).trim());
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("oauthapp-it-{}-keycloak", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("oauthapp-it-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("keycloak dir");
     let log = dir.join("keycloak.log");
     let log_file = std::fs::File::create(&log).expect("keycloak log");
-    let started = Instant::now();
     let mut cmd = Command::new(home.join("bin/kc.sh"));
-    cmd.args([
-        "start-dev",
-        "--http-host",
-        "127.0.0.1",
-        "--http-port",
-        &port.to_string(),
-        "--features=client-secret-rotation",
-        "--db=dev-mem",
-    ])
-    .env("KC_BOOTSTRAP_ADMIN_USERNAME", ADMIN)
-    .env("KC_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
-    .env("JAVA_OPTS_KC_HEAP", "-Xms64m -Xmx512m")
-    .stdin(Stdio::null())
-    .stdout(log_file.try_clone().expect("log handle"))
-    .stderr(log_file);
+    cmd.arg("start-dev")
+        .args(args)
+        .args(["--features=client-secret-rotation", "--db=dev-mem"])
+        .env("KC_BOOTSTRAP_ADMIN_USERNAME", ADMIN)
+        .env("KC_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("JAVA_OPTS_KC_HEAP", "-Xms64m -Xmx512m")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log handle"))
+        .stderr(log_file);
     // Its own process group: kc.sh runs java as a child, so the group is what is killed.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd.spawn().expect("start kc.sh");
@@ -82,6 +91,16 @@ fn start_keycloak() -> KeycloakServer {
         .expect("start the keycloak watchdog");
     assert!(watchdog.success(), "the keycloak watchdog did not start");
     std::mem::forget(child);
+    (group, log)
+}
+
+fn start_keycloak() -> KeycloakServer {
+    let port = free_port();
+    let started = Instant::now();
+    let (_, log) = spawn_keycloak(
+        "keycloak",
+        &["--http-host", "127.0.0.1", "--http-port", &port.to_string()],
+    );
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(240);
     while http_status(port, "/realms/master") != Some(200) {
@@ -97,7 +116,7 @@ fn start_keycloak() -> KeycloakServer {
         started.elapsed(),
         log.display()
     );
-    KeycloakServer { url }
+    KeycloakServer { url, ca_pem: None }
 }
 
 /// The status code of a GET on loopback, None when nothing answers.
@@ -124,11 +143,10 @@ struct Realm {
 impl Realm {
     /// A new realm with a service account client (`oauthapp-operator`) that holds the
     /// realm-management role manage-clients: the credentials an OAuthProvider names.
-    async fn create(name: &str) -> (Realm, String) {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    async fn create(server: &KeycloakServer, name: &str) -> (Realm, String) {
         let realm = Realm {
-            http: reqwest::Client::new(),
-            base: keycloak().url.clone(),
+            http: server.http(),
+            base: server.url.clone(),
             name: name.to_string(),
         };
         realm
@@ -328,6 +346,9 @@ fn client_id_of(secret: &Secret) -> String {
 /// One test's namespace, realm, credentials Secret and OAuthProvider `kc`, and an operator.
 struct Setup {
     ns: String,
+    /// The Keycloak's URL, and its CA when it serves https.
+    url: String,
+    ca_pem: Option<String>,
     realm: Realm,
     sa_secret: String,
     apps: Api<OAuthApp>,
@@ -338,8 +359,13 @@ struct Setup {
 }
 
 async fn setup(test: &str, env: &[(&str, &str)]) -> Setup {
+    setup_on(keycloak(), test, env).await
+}
+
+/// [`setup`] with the realm in `server`; the provider `kc` trusts its CA, if any.
+async fn setup_on(server: &KeycloakServer, test: &str, env: &[(&str, &str)]) -> Setup {
     let ns = namespace(test);
-    let (realm, sa_secret) = Realm::create(&ns).await;
+    let (realm, sa_secret) = Realm::create(server, &ns).await;
     let client = admin_client().await;
     let s = Setup {
         apps: Api::namespaced(client.clone(), &ns),
@@ -347,12 +373,14 @@ async fn setup(test: &str, env: &[(&str, &str)]) -> Setup {
         providers: Api::namespaced(client.clone(), &ns),
         client,
         operator: Operator::start(&control_plane().kubeconfig, &ns, &[], env),
+        url: server.url.clone(),
+        ca_pem: server.ca_pem.clone(),
         ns,
         realm,
         sa_secret,
     };
     s.credentials("kc-credentials", &s.sa_secret.clone());
-    s.provider("kc", "kc-credentials");
+    s.provider_trusting("kc", "kc-credentials", s.ca_pem.as_deref());
     s
 }
 
@@ -371,14 +399,26 @@ impl Setup {
     }
 
     fn provider(&self, name: &str, credentials: &str) {
-        control_plane().apply_ok(
-            &self.ns,
-            &format!(
-                "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthProvider\nmetadata:\n  name: {name}\nspec:\n  keycloak:\n    url: {}\n    realm: {}\n    credentialsSecretRef:\n      name: {credentials}\n",
-                keycloak().url,
-                self.realm.name
-            ),
-        );
+        self.provider_trusting(name, credentials, None);
+    }
+
+    /// Provider `name` with the credentials in Secret `credentials`, trusting `ca_bundle`.
+    fn provider_trusting(&self, name: &str, credentials: &str, ca_bundle: Option<&str>) {
+        let mut keycloak = json!({
+            "url": self.url,
+            "realm": self.realm.name,
+            "credentialsSecretRef": {"name": credentials},
+        });
+        if let Some(pem) = ca_bundle {
+            keycloak["caBundle"] = json!(pem);
+        }
+        let provider = json!({
+            "apiVersion": "oauthapp.io/v1alpha1",
+            "kind": "OAuthProvider",
+            "metadata": {"name": name},
+            "spec": {"keycloak": keycloak},
+        });
+        control_plane().apply_ok(&self.ns, &provider.to_string());
     }
 
     fn app(&self, name: &str, provider: &str, extra: &str) {
@@ -943,4 +983,180 @@ async fn a_deleted_app_loses_its_client_unless_its_secret_is_retained() {
             .any(|(_, reason, note)| reason == "ClientDeleted" && note.contains(&gone_id)),
         "{events:?}"
     );
+}
+
+const VERIFIER_RULES: &str =
+    "- apiGroups: [oauthapp.io]\n  resources: [oauthapps/verify]\n  verbs: [create]\n";
+
+/// A token for ServiceAccount `verifier` in `ns`, which may `create oauthapps/verify` there.
+fn verifier_token(ns: &str) -> String {
+    control_plane().kubectl_ok(&["-n", ns, "create", "serviceaccount", "verifier"]);
+    control_plane().apply_ok(
+        ns,
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: verifier\nrules:\n{VERIFIER_RULES}---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: verifier\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: verifier}}\n\
+             subjects: [{{kind: ServiceAccount, name: verifier, namespace: {ns}}}]\n"
+        ),
+    );
+    service_account_token(ns, "verifier")
+}
+
+/// The operator's verify answer for `secret` of `client_id`, once it answers 200 (a 429 of the
+/// per-caller limit, or an operator not yet serving, is asked again).
+async fn verified(port: u16, token: &str, client_id: &str, secret: &str) -> Value {
+    let body = json!({"client_id": client_id, "client_secret": secret}).to_string();
+    eventually("the verify endpoint answers 200", WAIT, || async {
+        let (code, text) =
+            http_request_with_body(port, "POST", "/api/v1/oauth-apps/verify", token, Some(&body)).await?;
+        (code == 200).then(|| serde_json::from_str(&text).expect("verify json"))
+    })
+    .await
+}
+
+/// A well-formed secret that is no app's.
+fn stranger_secret() -> String {
+    oauthapp_operator::secret::ClientSecret::generate()
+        .expect("random")
+        .expose()
+        .to_string()
+}
+
+/// An app registered in Keycloak still answers the operator's verify endpoint, and its answer
+/// agrees with Keycloak's token endpoint: the current secret valid at both; after a rotation
+/// with a grace period the current one and the previous one (until its expiry, which verify
+/// reports) at both; a stranger's secret at neither; and once Keycloak refuses the previous
+/// secret, verify does too.
+#[tokio::test]
+async fn verify_agrees_with_keycloak_on_the_current_and_the_previous_secret() {
+    let s = setup("kc-verify", &[]).await;
+    s.realm.enable_secret_rotation().await;
+    s.app("checked", "kc", "  rotation:\n    gracePeriod: 30s\n");
+    let (app, secret) = s.settled("checked", 1, "Synced").await;
+    let client_id = client_id_of(&secret);
+    let app_id = app
+        .status
+        .as_ref()
+        .and_then(|s| s.app_id.clone())
+        .expect("app id");
+    let first = plaintext(&secret);
+    let token = verifier_token(&s.ns);
+    let port = s.operator.api_port;
+
+    let answer = verified(port, &token, &client_id, &first).await;
+    assert_eq!(
+        (&answer["valid"], &answer["secret"], &answer["app_id"]),
+        (&json!(true), &json!("current"), &json!(app_id))
+    );
+    assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
+    let wrong = stranger_secret();
+    assert_eq!(
+        verified(port, &token, &client_id, &wrong).await,
+        json!({"valid": false})
+    );
+    assert_eq!(s.realm.token(&client_id, &wrong).await.0, 401);
+
+    s.rotate("checked", "one");
+    let (app, secret) = s.settled("checked", 2, "Synced").await;
+    let second = plaintext(&secret);
+    let expires = app
+        .status
+        .as_ref()
+        .and_then(|s| s.previous_secret.as_ref())
+        .map(|p| p.expires_at.0)
+        .expect("status.previousSecret");
+    let answer = eventually("verify takes the new secret", WAIT, || async {
+        let answer = verified(port, &token, &client_id, &second).await;
+        (answer["secret"] == "current").then_some(answer)
+    })
+    .await;
+    assert_eq!(answer["valid"], true);
+    let answer = verified(port, &token, &client_id, &first).await;
+    assert_eq!(
+        (&answer["valid"], &answer["secret"]),
+        (&json!(true), &json!("previous"))
+    );
+    let reported: jiff::Timestamp = answer["expires_at"]
+        .as_str()
+        .expect("expires_at")
+        .parse()
+        .expect("an RFC 3339 time");
+    assert_eq!(reported.as_second(), expires.as_second());
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    assert_eq!(
+        s.realm.token(&client_id, &first).await,
+        (200, String::new()),
+        "previous secret within grace"
+    );
+    assert_eq!(
+        verified(port, &token, &client_id, &wrong).await,
+        json!({"valid": false})
+    );
+    assert_eq!(s.realm.token(&client_id, &wrong).await.0, 401);
+
+    // Keycloak lets the previous secret go no earlier than its expiry; verify has let it go then.
+    eventually("the previous secret stops working at Keycloak", WAIT, || async {
+        (s.realm.token(&client_id, &first).await.0 == 401).then_some(())
+    })
+    .await;
+    assert!(jiff::Timestamp::now() >= expires);
+    assert_eq!(
+        verified(port, &token, &client_id, &first).await,
+        json!({"valid": false})
+    );
+    let answer = verified(port, &token, &client_id, &second).await;
+    assert_eq!(
+        (&answer["valid"], &answer["secret"]),
+        (&json!(true), &json!("current"))
+    );
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+}
+
+/// The triggers the other tests do not cover land at Keycloak too: a scheduled rotation (the
+/// secret made to look older than its interval, as `schedule.rs` does) and a repair of a Secret
+/// whose `client_secret` was overwritten (`SecretDrift`). Each ends with the Secret's new secret
+/// taking a token at Keycloak and the one it replaced refused, the overwritten value included.
+#[tokio::test]
+async fn a_scheduled_rotation_and_a_repair_each_land_at_keycloak() {
+    let s = setup("kc-triggers", &[]).await;
+    s.app("timely", "kc", "  rotation:\n    interval: 2h\n");
+    let (app, secret) = s.settled("timely", 1, "Synced").await;
+    let client_id = client_id_of(&secret);
+    let first = plaintext(&secret);
+
+    // The secret three hours old: the schedule is due (the record is signed: this takes the
+    // operator's key).
+    let three_hours_ago = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(3)).to_string();
+    crate::schedule::resign_record(&s.client, &s.secrets, &app, |r| r.rotated_at = three_hours_ago).await;
+    let (app, secret) = s.settled("timely", 2, "Synced").await;
+    let trigger = |app: &OAuthApp| {
+        app.status
+            .as_ref()
+            .and_then(|s| s.last_rotation_trigger)
+            .map(|t| t.as_str())
+    };
+    assert_eq!(trigger(&app), Some("Schedule"));
+    let second = plaintext(&secret);
+    assert_ne!(second, first);
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
+
+    // Someone overwrites the Secret's client_secret: a repair with a fresh secret, at Keycloak too.
+    let overwritten = stranger_secret();
+    s.secrets
+        .patch(
+            "timely-oauth-client",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"stringData": {"client_secret": overwritten}})),
+        )
+        .await
+        .expect("overwrite client_secret");
+    let (app, secret) = s.settled("timely", 3, "Synced").await;
+    assert_eq!(trigger(&app), Some("SecretDrift"));
+    let third = plaintext(&secret);
+    assert!(third != second && third != overwritten);
+    assert_eq!(s.realm.token(&client_id, &third).await, (200, String::new()));
+    assert_eq!(s.realm.token(&client_id, &second).await.0, 401);
+    assert_eq!(s.realm.token(&client_id, &overwritten).await.0, 401);
 }

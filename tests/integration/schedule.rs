@@ -96,8 +96,8 @@ impl Setup {
     }
 }
 
-/// [`Setup::resign_record`] of an app whose Secrets are `secrets`.
-async fn resign_record(
+/// [`Setup::resign_record`] of an app whose Secrets are `secrets` (also used by keycloak.rs).
+pub(crate) async fn resign_record(
     client: &Client,
     secrets: &Api<Secret>,
     app: &OAuthApp,
