@@ -64,6 +64,17 @@ pub struct KeycloakProvider {
     /// service account (client credentials grant) that holds the realm-management role
     /// `manage-clients` in this realm. The operator reads it; it never logs or publishes it.
     pub credentials_secret_ref: CredentialsSecretRef,
+
+    /// PEM certificates (one or more `-----BEGIN CERTIFICATE-----` blocks) of the CAs that may
+    /// issue Keycloak's https certificate, for a Keycloak behind a private CA. Trusted in
+    /// addition to the system's roots, not instead of them. Not secret (a CA certificate), so
+    /// inline. When the certificate is not trusted the provider is `Ready=False` with reason
+    /// `TLSHandshakeFailed`; a bundle that holds no certificate, reason `InvalidCABundle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 65536))]
+    #[x_kube(validation = Rule::new("self.contains('-----BEGIN CERTIFICATE-----')")
+        .message("spec.keycloak.caBundle must hold PEM certificates (-----BEGIN CERTIFICATE-----)"))]
+    pub ca_bundle: Option<String>,
 }
 
 /// A Secret with the service account's client credentials, and the keys they are under.
@@ -103,7 +114,8 @@ pub struct OAuthProviderStatus {
     pub observed_generation: Option<i64>,
     /// Current conditions. `Ready` is True when the operator could authenticate to the realm
     /// with the service account's credentials; otherwise its reason says why not
-    /// (`CredentialsMissing`, `Unreachable`, `Unauthorized`, `Rejected`).
+    /// (`CredentialsMissing`, `Unreachable`, `TLSHandshakeFailed`, `InvalidCABundle`,
+    /// `Unauthorized`, `Rejected`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

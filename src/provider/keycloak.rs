@@ -46,24 +46,28 @@ impl std::fmt::Debug for Keycloak {
 }
 
 impl Keycloak {
-    /// A Keycloak realm at `url` (no trailing slash needed), with a service account's credentials.
+    /// A Keycloak realm at `url` (no trailing slash needed), with a service account's credentials;
+    /// its https certificate checked against the system's roots and the PEM CAs in `ca_bundle`.
     pub fn new(
         url: &str,
         realm: &str,
         client_id: String,
         client_secret: String,
+        ca_bundle: Option<&str>,
     ) -> Result<Self, ProviderError> {
         // reqwest is built without a TLS crypto provider of its own: the process's (ring).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let url = url.trim_end_matches('/').to_string();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| ProviderError::Unreachable {
-                url: url.clone(),
-                detail: format!("no HTTP client: {e}"),
-            })?;
+            .connect_timeout(REQUEST_TIMEOUT);
+        if let Some(pem) = ca_bundle {
+            builder = builder.tls_certs_merge(ca_certificates(&url, pem)?);
+        }
+        let http = builder.build().map_err(|e| ProviderError::Unreachable {
+            url: url.clone(),
+            detail: format!("no HTTP client: {e}"),
+        })?;
         Ok(Keycloak {
             http,
             url,
@@ -78,15 +82,20 @@ impl Keycloak {
         // the URL (the variant names it once).
         let e = e.without_url();
         let mut detail = e.to_string();
+        let mut tls = false;
         let mut source = std::error::Error::source(&e);
         while let Some(cause) = source {
             detail.push_str(": ");
             detail.push_str(&cause.to_string());
+            tls |= is_tls_error(cause);
             source = cause.source();
         }
-        ProviderError::Unreachable {
-            url: self.url.clone(),
-            detail: crate::error::redact(&detail),
+        let url = self.url.clone();
+        let detail = crate::error::redact(&detail);
+        if tls {
+            ProviderError::Tls { url, detail }
+        } else {
+            ProviderError::Unreachable { url, detail }
         }
     }
 
@@ -422,6 +431,36 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The certificates of a PEM CA bundle; an error when it holds none or one that does not parse.
+fn ca_certificates(url: &str, pem: &str) -> Result<Vec<reqwest::Certificate>, ProviderError> {
+    let invalid = |detail: String| ProviderError::InvalidCaBundle {
+        url: url.to_string(),
+        detail,
+    };
+    let certificates =
+        reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(invalid("it holds no PEM certificate".into()));
+    }
+    Ok(certificates)
+}
+
+/// A TLS failure (rustls's error, as itself or inside the I/O errors hyper and reqwest pass on,
+/// seen nested two deep): the certificate not trusted, a handshake refused.
+fn is_tls_error(cause: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: &(dyn std::error::Error + 'static) = cause;
+    loop {
+        if cause.is::<rustls::Error>() {
+            return true;
+        }
+        // io::Error's source() skips the error it wraps: look inside it instead.
+        match cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => cause = inner,
+            None => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +473,82 @@ mod tests {
             owner: "team-a/billing".into(),
             secret_name: "billing-oauth-client".into(),
         }
+    }
+
+    #[test]
+    fn a_ca_bundle_without_a_certificate_is_refused_and_a_pem_ca_is_taken() {
+        for bundle in [
+            "",
+            "not pem at all",
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        ] {
+            let e = Keycloak::new(
+                "https://127.0.0.1:1",
+                "r",
+                "sa".into(),
+                "very-secret".into(),
+                Some(bundle),
+            )
+            .expect_err(bundle);
+            assert_eq!(e.reason(), "InvalidCABundle", "{bundle}: {e}");
+            assert!(!e.to_string().contains("very-secret"), "{e}");
+        }
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).expect("CA").pem();
+        Keycloak::new("https://127.0.0.1:1", "r", "sa".into(), "s".into(), Some(&ca)).expect("a PEM CA");
+    }
+
+    /// A TLS server on loopback with a certificate for 127.0.0.1 from a CA made here, answering
+    /// every connection's handshake (and nothing more): (its URL, the CA's PEM).
+    async fn tls_server() -> (String, String) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let ca_pem = ca_params.self_signed(&ca_key).expect("CA").pem();
+        let ca = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("sign");
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move { acceptor.accept(tcp).await });
+            }
+        });
+        (format!("https://127.0.0.1:{port}"), ca_pem)
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_certificate_is_a_tls_failure_and_the_ca_bundle_makes_it_trusted() {
+        let (url, ca) = tls_server().await;
+        let untrusting = Keycloak::new(&url, "r", "sa".into(), "very-secret".into(), None).expect("client");
+        let e = untrusting
+            .authenticate()
+            .await
+            .expect_err("an untrusted certificate");
+        assert_eq!(e.reason(), "TLSHandshakeFailed", "{e}");
+        assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+        // Trusting the CA, the handshake passes: what fails then is the HTTP exchange, not TLS.
+        let trusting =
+            Keycloak::new(&url, "r", "sa".into(), "very-secret".into(), Some(&ca)).expect("client");
+        let e = trusting.authenticate().await.expect_err("no HTTP answer");
+        assert_ne!(e.reason(), "TLSHandshakeFailed", "{e}");
+        assert!(!e.to_string().contains("very-secret"), "{e}");
     }
 
     #[test]
@@ -511,8 +626,14 @@ mod tests {
 
     #[test]
     fn the_debug_form_names_no_credentials() {
-        let kc =
-            Keycloak::new("http://127.0.0.1:1/", "r", "sa".into(), "very-secret".into()).expect("client");
+        let kc = Keycloak::new(
+            "http://127.0.0.1:1/",
+            "r",
+            "sa".into(),
+            "very-secret".into(),
+            None,
+        )
+        .expect("client");
         let shown = format!("{kc:?}");
         assert!(!shown.contains("very-secret") && !shown.contains("sa"), "{shown}");
     }

@@ -99,6 +99,16 @@ pub enum ProviderError {
     /// The provider could not be reached (connection refused, timeout, 5xx).
     #[error("identity provider at {url} could not be reached: {detail}; the operator retries")]
     Unreachable { url: String, detail: String },
+    /// A TLS connection to the provider failed (most often: its certificate is not trusted).
+    #[error(
+        "TLS with identity provider at {url} failed: {detail}; if its certificate is issued by a private CA, put that CA in spec.keycloak.caBundle"
+    )]
+    Tls { url: String, detail: String },
+    /// `spec.keycloak.caBundle` holds no usable PEM certificate.
+    #[error(
+        "spec.keycloak.caBundle of the provider for {url} is not usable: {detail}; put PEM CA certificates there"
+    )]
+    InvalidCaBundle { url: String, detail: String },
     /// The provider refused the operator's credentials (or they may not manage clients).
     #[error(
         "identity provider at {url} refused the service account: {detail}; check the credentials Secret and that the account has the realm-management role manage-clients"
@@ -121,6 +131,8 @@ impl ProviderError {
             ProviderError::NotFound(_) => "ProviderNotFound",
             ProviderError::CredentialsMissing { .. } => "CredentialsMissing",
             ProviderError::Unreachable { .. } => "Unreachable",
+            ProviderError::Tls { .. } => "TLSHandshakeFailed",
+            ProviderError::InvalidCaBundle { .. } => "InvalidCABundle",
             ProviderError::Unauthorized { .. } => "Unauthorized",
             ProviderError::ClientConflict { .. } => "ClientConflict",
             ProviderError::Rejected { .. } => "Rejected",

@@ -148,7 +148,13 @@ pub async fn connect_to(client: &Client, provider: &OAuthProvider) -> Result<Key
     };
     let client_id = value(reference.client_id_key())?;
     let client_secret = value(reference.client_secret_key())?;
-    Ok(Keycloak::new(&kc.url, &kc.realm, client_id, client_secret)?)
+    Ok(Keycloak::new(
+        &kc.url,
+        &kc.realm,
+        client_id,
+        client_secret,
+        kc.ca_bundle.as_deref(),
+    )?)
 }
 
 /// The client `app` wants at its provider, with `client_id`.

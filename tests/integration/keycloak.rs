@@ -1160,3 +1160,130 @@ async fn a_scheduled_rotation_and_a_repair_each_land_at_keycloak() {
     assert_eq!(s.realm.token(&client_id, &second).await.0, 401);
     assert_eq!(s.realm.token(&client_id, &overwritten).await.0, 401);
 }
+
+/// A second Keycloak, serving https only on loopback with a certificate for 127.0.0.1 from a CA
+/// made here; its process group is killed when this value is dropped (and by the watchdog, if
+/// the test process goes first).
+struct HttpsKeycloak {
+    server: KeycloakServer,
+    group: u32,
+    _dir: tempfile::TempDir,
+}
+
+impl HttpsKeycloak {
+    async fn start() -> HttpsKeycloak {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "oauthapp-it keycloak CA");
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let ca_pem = ca_params.self_signed(&ca_key).expect("CA").pem();
+        let ca = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("sign");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert_file, cert.pem()).expect("write");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write");
+
+        let port = free_port();
+        let started = Instant::now();
+        let (group, log) = spawn_keycloak(
+            "keycloak-https",
+            &[
+                "--http-enabled=false",
+                "--http-host",
+                "127.0.0.1",
+                "--https-port",
+                &port.to_string(),
+                "--https-certificate-file",
+                cert_file.to_str().expect("utf-8"),
+                "--https-certificate-key-file",
+                key_file.to_str().expect("utf-8"),
+            ],
+        );
+        let https = HttpsKeycloak {
+            server: KeycloakServer {
+                url: format!("https://127.0.0.1:{port}"),
+                ca_pem: Some(ca_pem),
+            },
+            group,
+            _dir: dir,
+        };
+        let http = https.server.http();
+        let master = format!("{}/realms/master", https.server.url);
+        eventually(
+            &format!("the https Keycloak to answer (log: {})", log.display()),
+            Duration::from_secs(240),
+            || async {
+                let response = http.get(&master).send().await.ok()?;
+                (response.status() == 200).then_some(())
+            },
+        )
+        .await;
+        eprintln!(
+            "keycloak (https): ready on {} after {:?}",
+            https.server.url,
+            started.elapsed()
+        );
+        https
+    }
+}
+
+impl Drop for HttpsKeycloak {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.group)])
+            .status();
+    }
+}
+
+/// A Keycloak behind a private CA: the provider that trusts that CA (`spec.keycloak.caBundle`)
+/// becomes Ready and its app's secret gets a token over https; one without the bundle is
+/// `Ready=False` with reason `TLSHandshakeFailed`, its message naming the untrusted certificate
+/// and the field that fixes it; its app gets no secret.
+#[tokio::test]
+async fn an_https_keycloak_behind_a_private_ca_is_trusted_with_the_ca_bundle_only() {
+    let https = HttpsKeycloak::start().await;
+    let s = setup_on(&https.server, "kc-https", &[]).await;
+    let (status, _) = s.provider_ready("kc", "Authenticated").await;
+    assert_eq!(status, "True");
+    s.provider("untrusting", "kc-credentials");
+    let (status, message) = s.provider_ready("untrusting", "TLSHandshakeFailed").await;
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("certificate") && message.contains("spec.keycloak.caBundle"),
+        "{message}"
+    );
+    assert!(!message.contains(&s.sa_secret), "{message}");
+
+    s.app("secure", "kc", "");
+    let (_, secret) = s.settled("secure", 1, "Synced").await;
+    let client_id = client_id_of(&secret);
+    assert!(s.realm.base.starts_with("https://"));
+    assert_eq!(
+        s.realm.token(&client_id, &plaintext(&secret)).await,
+        (200, String::new())
+    );
+
+    s.app("doubtful", "untrusting", "");
+    let (_, reason, _) = eventually("doubtful: ProviderSynced=False", WAIT, || async {
+        let app = s.apps.get_opt("doubtful").await.ok()??;
+        provider_synced(&app).filter(|(status, _, _)| status == "False")
+    })
+    .await;
+    assert_eq!(reason, "TLSHandshakeFailed");
+    assert!(
+        s.secrets
+            .get_opt("doubtful-oauth-client")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    drop(s);
+    drop(https);
+}
