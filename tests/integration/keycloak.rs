@@ -1129,7 +1129,12 @@ async fn a_scheduled_rotation_and_a_repair_each_land_at_keycloak() {
     // operator's key).
     let three_hours_ago = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(3)).to_string();
     crate::schedule::resign_record(&s.client, &s.secrets, &app, |r| r.rotated_at = three_hours_ago).await;
+    let due = Instant::now();
     let (app, secret) = s.settled("timely", 2, "Synced").await;
+    eprintln!(
+        "scheduled rotation settled, Keycloak included, {:?} after it was due",
+        due.elapsed()
+    );
     let trigger = |app: &OAuthApp| {
         app.status
             .as_ref()
@@ -1152,7 +1157,12 @@ async fn a_scheduled_rotation_and_a_repair_each_land_at_keycloak() {
         )
         .await
         .expect("overwrite client_secret");
+    let overwritten_at = Instant::now();
     let (app, secret) = s.settled("timely", 3, "Synced").await;
+    eprintln!(
+        "repair settled, Keycloak included, {:?} after the overwrite",
+        overwritten_at.elapsed()
+    );
     assert_eq!(trigger(&app), Some("SecretDrift"));
     let third = plaintext(&secret);
     assert!(third != second && third != overwritten);
@@ -1249,9 +1259,14 @@ impl Drop for HttpsKeycloak {
 #[tokio::test]
 async fn an_https_keycloak_behind_a_private_ca_is_trusted_with_the_ca_bundle_only() {
     let https = HttpsKeycloak::start().await;
+    let started = Instant::now();
     let s = setup_on(&https.server, "kc-https", &[]).await;
     let (status, _) = s.provider_ready("kc", "Authenticated").await;
     assert_eq!(status, "True");
+    eprintln!(
+        "provider Ready over https {:?} after the realm's setup began",
+        started.elapsed()
+    );
     s.provider("untrusting", "kc-credentials");
     let (status, message) = s.provider_ready("untrusting", "TLSHandshakeFailed").await;
     assert_eq!(status, "False");
