@@ -1255,7 +1255,8 @@ impl Drop for HttpsKeycloak {
 /// A Keycloak behind a private CA: the provider that trusts that CA (`spec.keycloak.caBundle`)
 /// becomes Ready and its app's secret gets a token over https; one without the bundle is
 /// `Ready=False` with reason `TLSHandshakeFailed`, its message naming the untrusted certificate
-/// and the field that fixes it; its app gets no secret.
+/// and the field that fixes it; its app gets no secret. A bundle without a PEM certificate is
+/// refused by the API server.
 #[tokio::test]
 async fn an_https_keycloak_behind_a_private_ca_is_trusted_with_the_ca_bundle_only() {
     let https = HttpsKeycloak::start().await;
@@ -1283,6 +1284,29 @@ async fn an_https_keycloak_behind_a_private_ca_is_trusted_with_the_ca_bundle_onl
     assert_eq!(
         s.realm.token(&client_id, &plaintext(&secret)).await,
         (200, String::new())
+    );
+
+    // A bundle without a PEM certificate is refused by the API server.
+    let refused = control_plane().apply(
+        &s.ns,
+        &json!({
+            "apiVersion": "oauthapp.io/v1alpha1",
+            "kind": "OAuthProvider",
+            "metadata": {"name": "junk"},
+            "spec": {"keycloak": {
+                "url": s.url,
+                "realm": s.realm.name,
+                "credentialsSecretRef": {"name": "kc-credentials"},
+                "caBundle": "not a certificate",
+            }},
+        })
+        .to_string(),
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("spec.keycloak.caBundle must hold PEM certificates"),
+        "{}",
+        stderr(&refused)
     );
 
     s.app("doubtful", "untrusting", "");
