@@ -556,14 +556,7 @@ async fn a_new_app_gets_a_token_with_its_secret_and_after_a_rotation_only_the_ne
     })
     .await;
     assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
-    eventually("a ProviderClientUpdated Event", WAIT, || async {
-        let events = events_about(&s.client, &s.ns, "billing").await;
-        events
-            .iter()
-            .any(|(t, r, _)| t == "Normal" && r == "ProviderClientUpdated")
-            .then_some(())
-    })
-    .await;
+    event_seen(&s, "billing", "Normal", "ProviderClientUpdated").await;
 
     // Nothing the operator logged, and no Event, holds a secret or the service account's.
     let log = s.operator.log_text();
@@ -684,14 +677,7 @@ async fn a_secret_or_redirect_uri_changed_at_keycloak_is_set_back_without_a_rota
     assert_eq!(s.realm.token(&client_id, "changed-by-hand").await.0, 401);
     let (app, _) = s.settled("drifty", 1, "Synced").await;
     assert_eq!(app.status.expect("status").rotation_count, 1, "no new rotation");
-    let reasons = eventually("a Warning Event", WAIT, || async {
-        let events = events_about(&s.client, &s.ns, "drifty").await;
-        events
-            .iter()
-            .any(|(t, r, _)| t == "Warning" && r == "ProviderSecretRestored")
-            .then_some(events)
-    })
-    .await;
+    let reasons = event_seen(&s, "drifty", "Warning", "ProviderSecretRestored").await;
     assert!(reasons.iter().all(|(_, _, note)| !note.contains(&current)));
 
     // Someone adds a redirect URI in Keycloak: the next look (here: after a restart) sets the
@@ -709,14 +695,7 @@ async fn a_secret_or_redirect_uri_changed_at_keycloak_is_set_back_without_a_rota
     })
     .await;
     assert_eq!(s.realm.token(&client_id, &current).await, (200, String::new()));
-    eventually("a ProviderClientRestored Warning Event", WAIT, || async {
-        let events = events_about(&s.client, &s.ns, "drifty").await;
-        events
-            .iter()
-            .any(|(t, r, _)| t == "Warning" && r == "ProviderClientRestored")
-            .then_some(())
-    })
-    .await;
+    event_seen(&s, "drifty", "Warning", "ProviderClientRestored").await;
 }
 
 #[tokio::test]
@@ -1325,4 +1304,21 @@ async fn an_https_keycloak_behind_a_private_ca_is_trusted_with_the_ca_bundle_onl
     );
     drop(s);
     drop(https);
+}
+
+/// Waits until an Event of `type_` and `reason` about app `name` of the setup's namespace is
+/// seen; every Event about the app then.
+async fn event_seen(s: &Setup, name: &str, type_: &str, reason: &str) -> Vec<(String, String, String)> {
+    eventually(
+        &format!("a {type_} Event {reason} about {name}"),
+        WAIT,
+        || async {
+            let events = events_about(&s.client, &s.ns, name).await;
+            events
+                .iter()
+                .any(|(t, r, _)| t == type_ && r == reason)
+                .then_some(events)
+        },
+    )
+    .await
 }
