@@ -60,7 +60,28 @@ fi
 # Anything half-started from an earlier run is stopped first.
 "$here/down.sh" --dir "$run" >/dev/null 2>&1 || true
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A free port below the kernel's ephemeral range (32768 and up) and below the ports the tests'
+# own processes take (20000 and up, tests/integration/support.rs): a port of the ephemeral range
+# can be taken by any outgoing connection between this pick and the server's bind (seen: the
+# node's kube-apiserver failing with "address already in use").
+free_port() {
+  python3 -c '
+import random, socket
+for _ in range(1000):
+    port = random.randrange(10000, 20000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+else:
+    raise SystemExit("no free port in 10000-19999")
+'
+}
 
 # --- PKI: one CA, a serving cert, an admin client cert, a service-account key pair -------------
 if [ ! -f "$pki/admin.crt" ]; then
