@@ -8,7 +8,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use kube::ResourceExt;
 
 use crate::context::Context;
 use crate::metrics::{AppCounts, Metrics};
@@ -80,16 +79,13 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
             .secrets()
             .iter()
             .filter(|secret| {
-                let ann = secret.annotations();
+                let ann = |key| secret.annotation(key);
                 // Another installation's Secrets are not this one's to re-sign.
-                let elsewhere = ann
-                    .get(crate::record::annotations::INSTALLATION)
+                let elsewhere = ann(crate::record::annotations::INSTALLATION)
                     .is_some_and(|i| !installation.is_empty() && i != installation);
-                let old_signature = ann
-                    .get(crate::record::annotations::SIGNATURE)
-                    .is_some_and(|sig| !ring.looks_current(sig));
-                let old_seal = ann
-                    .get(crate::record::annotations::SEAL)
+                let old_signature =
+                    ann(crate::record::annotations::SIGNATURE).is_some_and(|sig| !ring.looks_current(sig));
+                let old_seal = ann(crate::record::annotations::SEAL)
                     .is_none_or(|seal| !seal.starts_with(&format!("s2.{}.", ring.signing_id())));
                 !elsewhere && (old_signature || old_seal)
             })

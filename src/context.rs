@@ -266,7 +266,6 @@ impl VerifiedCache {
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         use futures::StreamExt;
-        use kube::ResourceExt;
         use kube::runtime::reflector::ObjectRef;
 
         let cached = |key: &str| {
@@ -291,7 +290,7 @@ impl VerifiedCache {
                 None => return,
                 Some(crate::watches::Change::Missed) => self.retain(cached),
                 Some(crate::watches::Change::Object(secret)) => {
-                    let key = format!("{}/{}", secret.namespace().unwrap_or_default(), secret.name_any());
+                    let key = format!("{}/{}", secret.namespace(), secret.name());
                     // A delete event leaves the object out of the cache (applied first).
                     if !cached(&key) {
                         self.forget(&key);

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod cached;
 pub mod context;
 pub mod controller;
 pub mod crd;

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, PartialObjectMeta};
 use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cached::CachedSecret;
 use crate::controller::plan::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::crd::OAuthApp;
 
@@ -180,9 +181,9 @@ impl<K> Clone for Change<K> {
 pub struct ScopeCaches {
     pub namespace: Option<String>,
     pub apps: Store<OAuthApp>,
-    pub secrets: Store<PartialObjectMeta<Secret>>,
+    pub secrets: Store<CachedSecret>,
     app_changes: broadcast::Sender<Change<OAuthApp>>,
-    secret_changes: broadcast::Sender<Change<PartialObjectMeta<Secret>>>,
+    secret_changes: broadcast::Sender<Change<CachedSecret>>,
 }
 
 impl ScopeCaches {
@@ -192,7 +193,7 @@ impl ScopeCaches {
     }
 
     /// Every later change of an operator Secret in this scope.
-    pub fn secret_changes(&self) -> impl Stream<Item = Change<PartialObjectMeta<Secret>>> + Send + 'static {
+    pub fn secret_changes(&self) -> impl Stream<Item = Change<CachedSecret>> + Send + 'static {
         changes(self.secret_changes.subscribe())
     }
 }
@@ -256,7 +257,7 @@ impl Watches {
         let mut writers = Vec::new();
         for ns in &scopes {
             let (apps, app_writer) = reflector::store::<OAuthApp>();
-            let (secrets, secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
+            let (secrets, secret_writer) = reflector::store::<CachedSecret>();
             let (app_changes, _) = broadcast::channel(CHANGE_BUFFER);
             let (secret_changes, _) = broadcast::channel(CHANGE_BUFFER);
             caches.push(ScopeCaches {
@@ -304,7 +305,7 @@ impl Watches {
                     .modify(strip_secret);
                 #[cfg(feature = "failpoints")]
                 let events = failpoints::stale_secret_cache(events);
-                events
+                events.map_ok(CachedSecret::event)
             };
             let w = watches.clone();
             let tx = scope.app_changes.clone();
@@ -418,7 +419,7 @@ impl Watches {
     }
 
     /// Every cached Secret (the operator's), across scopes.
-    pub fn secrets(&self) -> Vec<Arc<PartialObjectMeta<Secret>>> {
+    pub fn secrets(&self) -> Vec<Arc<CachedSecret>> {
         self.scopes.iter().flat_map(|s| s.secrets.state()).collect()
     }
 

@@ -899,7 +899,7 @@ impl Shared {
             .scope_of(ns)?
             .secrets
             .get(&kube::runtime::reflector::ObjectRef::new(&app.secret_name()).within(ns))
-            .map(|s| s.metadata.clone());
+            .map(|s| s.metadata());
         (!rotation::caches_lag(&self.ctx, &app, secret.as_ref())).then_some((app, secret))
     }
 

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, PartialObjectMeta};
+use kube::api::ObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
+use crate::cached::{CachedSecret, ControlledBy};
 use crate::context::Context;
 use crate::crd::{OAuthApp, OAuthAppStatus, RotationTrigger};
 use crate::error::Error;
@@ -66,7 +67,7 @@ pub struct Scope {
     ctx: Arc<Context>,
     watches: Arc<Watches>,
     apps: Store<OAuthApp>,
-    secrets: Store<PartialObjectMeta<Secret>>,
+    secrets: Store<CachedSecret>,
     resync: Duration,
     /// Reconcile slots shared between namespaces.
     shares: shares::NamespaceShares,
@@ -109,7 +110,9 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
         let on_missed = resync_all.clone();
         let secrets = caches.secret_changes().filter_map(move |change| {
             futures::future::ready(match change {
-                Change::Object(secret) => Some(secret),
+                // A Secret maps to its app by its controller reference, or, without one (a
+                // retained or restored Secret), by the app name its record names.
+                Change::Object(secret) => secret_owner(&secret),
                 Change::Missed => {
                     let _ = on_missed.unbounded_send(());
                     None
@@ -124,9 +127,7 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
         };
         let (shares, unparked) = shares::NamespaceShares::new(usize::from(per_namespace));
         let controller = Controller::for_shared_stream(apps, caches.apps.clone())
-            // A Secret maps to its app by its controller reference, or, without one (a retained
-            // or restored Secret), by the app name its record names.
-            .watches_shared_stream(secrets, secret_owner)
+            .reconcile_on(secrets)
             .reconcile_all_on(resync_all_rx)
             .reconcile_on(unparked)
             .with_config(ControllerConfig::default().concurrency(settings.concurrency))
@@ -196,20 +197,22 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
     let ns = app.namespace().unwrap_or_default();
     let secret_name = app.secret_name();
     let cached = scope.secrets.get(&ObjectRef::new(&secret_name).within(&ns));
+    let cached_meta = cached.as_ref().map(|s| s.metadata());
     let now = Timestamp::now();
     let view = cached
         .as_ref()
-        .map(|s| secret_view(ctx, app, &s.metadata, cached_check(ctx, s), now))
+        .zip(cached_meta.as_ref())
+        .map(|(s, meta)| secret_view(ctx, app, meta, cached_check(ctx, s), now))
         .transpose()?;
     // A cache still showing the version our own last write replaced lags that write, and a
     // rotation in progress in this process (the REST API's) is about to write: either way the
     // write's watch event brings the app back, so no fresh reads now (the two lag checks both
     // run: each forgets a caught-up entry).
     let key = app_key(app);
-    if let Some(other) = managed_elsewhere(ctx, app, cached.as_ref().map(|s| &s.metadata)) {
+    if let Some(other) = managed_elsewhere(ctx, app, cached_meta.as_ref()) {
         return leave_alone(ctx, app, &other).await;
     }
-    let lags = rotation::caches_lag(ctx, app, cached.as_ref().map(|s| &s.metadata));
+    let lags = rotation::caches_lag(ctx, app, cached_meta.as_ref());
     if !scope
         .watches
         .owns_client_id(app, ctx.record_key.released_client_id().as_deref())
@@ -245,9 +248,9 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
         Step::Done { requeue_after } => Ok(requeue(requeue_after, scope.resync)),
         _ if lags || ctx.locks.is_held(&key) => Ok(Action::requeue(LAGGING_REQUEUE)),
         Step::WriteStatus(_) | Step::Verify
-            if cached
+            if cached_meta
                 .as_ref()
-                .is_some_and(|s| status_write_in_flight(app, &s.metadata, now)) =>
+                .is_some_and(|meta| status_write_in_flight(app, meta, now)) =>
         {
             Ok(Action::requeue(REPAIR_GRACE))
         }
@@ -372,10 +375,10 @@ fn status_write_in_flight(app: &OAuthApp, secret: &ObjectMeta, now: Timestamp) -
 }
 
 /// The content check made at the cached Secret's version, if one was (no read, no hash).
-fn cached_check(ctx: &Context, secret: &PartialObjectMeta<Secret>) -> Option<plan::ContentCheck> {
-    let hash = secret.annotations().get(plan::annotations::HASH)?;
-    let key = format!("{}/{}", secret.namespace()?, secret.name_any());
-    ctx.verified.get(&key, &secret.resource_version()?, hash)
+fn cached_check(ctx: &Context, secret: &CachedSecret) -> Option<plan::ContentCheck> {
+    let hash = secret.annotation(plan::annotations::HASH)?;
+    let key = format!("{}/{}", secret.namespace(), secret.name());
+    ctx.verified.get(&key, secret.resource_version(), hash)
 }
 
 /// What the planner sees of a Secret: its metadata, the content check at this version if one
@@ -719,8 +722,9 @@ async fn rotate_from_cache(
     };
     let ns = app.namespace().unwrap_or_default();
     let secret = scope.secrets.get(&ObjectRef::new(&app.secret_name()).within(&ns));
+    let secret_meta = secret.as_ref().map(|s| s.metadata());
     let key = app_key(&app);
-    if rotation::caches_lag(ctx, &app, secret.as_ref().map(|s| &s.metadata))
+    if rotation::caches_lag(ctx, &app, secret_meta.as_ref())
         || app.uid() != cached.uid()
         || !scope
             .watches
@@ -731,14 +735,15 @@ async fn rotate_from_cache(
     let now = Timestamp::now();
     let view = secret
         .as_ref()
-        .map(|s| secret_view(ctx, &app, &s.metadata, cached_check(ctx, s), now))
+        .zip(secret_meta.as_ref())
+        .map(|(s, meta)| secret_view(ctx, &app, meta, cached_check(ctx, s), now))
         .transpose()?;
     let trigger = match plan::plan(&app, view, now) {
         Step::Rotate(RotationTrigger::Schedule) if !scheduled_turn => return Ok(None),
         Step::Rotate(trigger) => trigger,
         _ => return Ok(None),
     };
-    let current = secret.map(|s| s.metadata.clone());
+    let current = secret_meta;
     match rotation::rotate_with(ctx, &app, current, trigger, None, None).await {
         // As after any write: its watch events bring the app back for its next step, if any.
         Ok(_) => Ok(Some(Action::requeue(LAGGING_REQUEUE))),
@@ -754,20 +759,13 @@ async fn rotate_from_cache(
 
 /// The app a Secret's change concerns: its controller (an OAuthApp), or the app its record
 /// names (`oauthapp.io/app-name`).
-fn secret_owner(secret: Arc<PartialObjectMeta<Secret>>) -> Option<ObjectRef<OAuthApp>> {
-    let ns = secret.metadata.namespace.as_deref()?;
-    let controller = secret
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true));
-    let name = match controller {
-        Some(r) if r.kind == "OAuthApp" && r.api_version.starts_with("oauthapp.io/") => r.name.clone(),
-        Some(_) => return None,
-        None => secret.annotations().get(plan::annotations::APP_NAME)?.clone(),
+fn secret_owner(secret: &CachedSecret) -> Option<ObjectRef<OAuthApp>> {
+    let name = match secret.controller() {
+        ControlledBy::App(app) => app,
+        ControlledBy::Other => return None,
+        ControlledBy::Nothing => secret.annotation(plan::annotations::APP_NAME)?,
     };
-    Some(ObjectRef::new(&name).within(ns))
+    Some(ObjectRef::new(name).within(secret.namespace()))
 }
 
 /// The condition an installation puts on an app another installation manages.
