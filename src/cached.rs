@@ -1,15 +1,15 @@
 //! The cached form of an operator Secret: what [`crate::watches::strip_secret`] keeps of its
 //! metadata, stored compactly. A `PartialObjectMeta<Secret>` costs some 4 KiB in the cache at a
 //! dozen record annotations (an `ObjectMeta` of 424 bytes, a B-tree node per map of 11 slots
-//! whatever it holds, and two allocations per annotation); this form costs about a third of
+//! whatever it holds, and two allocations per annotation); this form costs about a quarter of
 //! that: the keys the operator writes (its record's, its label) and the OAuthApp owner
-//! reference's kind and apiVersion are shared static strings, and the rest sit in slices of
-//! exactly their length. Nothing is lost: [`CachedSecret::metadata`] gives back the stripped
-//! metadata as it came, which is what the planner reads, once per reconcile.
+//! reference's kind and apiVersion are shared static strings, and every other string of the
+//! Secret sits in one buffer, referred to by offsets. Nothing is lost: [`CachedSecret::metadata`]
+//! gives back the stripped metadata as it came, which is what the planner reads, once per
+//! reconcile.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -19,61 +19,67 @@ use kube::runtime::watcher;
 
 use crate::record::{Record, annotations};
 
-/// A string that is either one of the operator's own (a record key, its label, the owner
-/// reference's kind), shared, or one of this Secret's, allocated to its length.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Text {
-    Known(&'static str),
-    Owned(Box<str>),
+/// The strings every operator Secret repeats, shared by all.
+const KNOWN: [&str; 24] = [
+    annotations::APP_ID,
+    annotations::APP_NAME,
+    annotations::INSTALLATION,
+    annotations::SEAL,
+    annotations::ROTATION_ID,
+    annotations::HASH,
+    annotations::HINT,
+    annotations::TRIGGER,
+    annotations::ROTATED_AT,
+    annotations::ROTATION_COUNT,
+    annotations::OBSERVED_ROTATE_TOKEN,
+    annotations::SIGNATURE,
+    annotations::PREVIOUS_ROTATION_ID,
+    annotations::PREVIOUS_HASH,
+    annotations::PREVIOUS_HINT,
+    annotations::PREVIOUS_EXPIRES_AT,
+    annotations::HISTORY,
+    annotations::SPEC_METADATA_KEYS,
+    crate::watches::TRIMMED,
+    crate::controller::plan::MANAGED_BY_LABEL,
+    crate::controller::plan::MANAGED_BY,
+    "OAuthApp",
+    "oauthapp.io/v1alpha1",
+    "",
+];
+
+// Every key a record writes is shared.
+const _: () = assert!(Record::KEYS.len() == 17);
+
+/// A string of a cached Secret: one of [`KNOWN`], or a range of its buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Str {
+    Known(u8),
+    At(u32, u32),
 }
 
-impl Text {
-    fn new(s: String) -> Self {
-        match known(&s) {
-            Some(k) => Self::Known(k),
-            None => Self::Owned(s.into_boxed_str()),
+/// Collects a Secret's strings into one buffer.
+#[derive(Default)]
+struct Buffer(String);
+
+impl Buffer {
+    fn put(&mut self, s: &str) -> Str {
+        if let Some(i) = KNOWN.iter().position(|k| *k == s) {
+            return Str::Known(i as u8);
         }
+        let start = self.0.len();
+        self.0.push_str(s);
+        // A Secret's metadata is at most 1.5 MiB: offsets fit in u32.
+        Str::At(start as u32, self.0.len() as u32)
     }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Known(s) => s,
-            Self::Owned(s) => s,
-        }
-    }
-}
-
-impl fmt::Debug for Text {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-/// The strings every operator Secret repeats.
-fn known(s: &str) -> Option<&'static str> {
-    const OTHERS: [&str; 7] = [
-        annotations::SPEC_METADATA_KEYS,
-        crate::watches::TRIMMED,
-        crate::controller::plan::MANAGED_BY_LABEL,
-        crate::controller::plan::MANAGED_BY,
-        "OAuthApp",
-        "oauthapp.io/v1alpha1",
-        "",
-    ];
-    Record::KEYS
-        .iter()
-        .chain(OTHERS.iter())
-        .find(|k| **k == s)
-        .copied()
 }
 
 /// A reference to the Secret's owner, as the API server has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Owner {
-    api_version: Text,
-    kind: Text,
-    name: Box<str>,
-    uid: Box<str>,
+    api_version: Str,
+    kind: Str,
+    name: Str,
+    uid: Str,
     controller: Option<bool>,
     block_owner_deletion: Option<bool>,
 }
@@ -93,57 +99,49 @@ pub enum ControlledBy<'a> {
 /// resourceVersion, then the labels, annotations and owner references kept of it.
 #[derive(Clone, Debug)]
 pub struct CachedSecret {
-    name: Box<str>,
-    namespace: Box<str>,
-    resource_version: Box<str>,
-    labels: Box<[(Text, Text)]>,
-    annotations: Box<[(Text, Text)]>,
+    text: Box<str>,
+    name: Str,
+    namespace: Str,
+    resource_version: Str,
+    labels: Box<[(Str, Str)]>,
+    annotations: Box<[(Str, Str)]>,
     owners: Box<[Owner]>,
     /// Whatever else the stripped metadata holds (a deletionTimestamp, finalizers): rare.
     rest: Option<Box<ObjectMeta>>,
 }
 
-fn pairs(map: Option<BTreeMap<String, String>>) -> Box<[(Text, Text)]> {
-    map.into_iter()
-        .flatten()
-        .map(|(k, v)| (Text::new(k), Text::new(v)))
-        .collect()
-}
-
-fn map_of(pairs: &[(Text, Text)]) -> Option<BTreeMap<String, String>> {
-    (!pairs.is_empty()).then(|| {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.as_str().to_string()))
-            .collect()
-    })
-}
-
 impl From<PartialObjectMeta<Secret>> for CachedSecret {
     fn from(secret: PartialObjectMeta<Secret>) -> Self {
         let mut meta = secret.metadata;
-        let boxed = |s: Option<String>| s.unwrap_or_default().into_boxed_str();
-        let name = boxed(meta.name.take());
-        let namespace = boxed(meta.namespace.take());
-        let resource_version = boxed(meta.resource_version.take());
+        let mut buf = Buffer::default();
+        let name = buf.put(meta.name.take().as_deref().unwrap_or_default());
+        let namespace = buf.put(meta.namespace.take().as_deref().unwrap_or_default());
+        let resource_version = buf.put(meta.resource_version.take().as_deref().unwrap_or_default());
+        let mut pairs = |map: Option<BTreeMap<String, String>>| -> Box<[(Str, Str)]> {
+            map.iter()
+                .flatten()
+                .map(|(k, v)| (buf.put(k), buf.put(v)))
+                .collect()
+        };
         let labels = pairs(meta.labels.take());
         let annotations = pairs(meta.annotations.take());
         let owners = meta
             .owner_references
             .take()
-            .into_iter()
+            .iter()
             .flatten()
             .map(|r| Owner {
-                api_version: Text::new(r.api_version),
-                kind: Text::new(r.kind),
-                name: r.name.into_boxed_str(),
-                uid: r.uid.into_boxed_str(),
+                api_version: buf.put(&r.api_version),
+                kind: buf.put(&r.kind),
+                name: buf.put(&r.name),
+                uid: buf.put(&r.uid),
                 controller: r.controller,
                 block_owner_deletion: r.block_owner_deletion,
             })
             .collect();
         let rest = (meta != ObjectMeta::default()).then(|| Box::new(meta));
         Self {
+            text: buf.0.into_boxed_str(),
             name,
             namespace,
             resource_version,
@@ -156,23 +154,39 @@ impl From<PartialObjectMeta<Secret>> for CachedSecret {
 }
 
 impl CachedSecret {
+    fn str(&self, s: Str) -> &str {
+        match s {
+            Str::Known(i) => KNOWN[usize::from(i)],
+            Str::At(start, end) => &self.text[start as usize..end as usize],
+        }
+    }
+
+    fn map_of(&self, pairs: &[(Str, Str)]) -> Option<BTreeMap<String, String>> {
+        (!pairs.is_empty()).then(|| {
+            pairs
+                .iter()
+                .map(|(k, v)| (self.str(*k).to_string(), self.str(*v).to_string()))
+                .collect()
+        })
+    }
+
     /// The metadata as [`crate::watches::strip_secret`] left it.
     pub fn metadata(&self) -> ObjectMeta {
         let mut meta = self.rest.as_deref().cloned().unwrap_or_default();
         let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        meta.name = some(&self.name);
-        meta.namespace = some(&self.namespace);
-        meta.resource_version = some(&self.resource_version);
-        meta.labels = map_of(&self.labels);
-        meta.annotations = map_of(&self.annotations);
+        meta.name = some(self.name());
+        meta.namespace = some(self.namespace());
+        meta.resource_version = some(self.resource_version());
+        meta.labels = self.map_of(&self.labels);
+        meta.annotations = self.map_of(&self.annotations);
         meta.owner_references = (!self.owners.is_empty()).then(|| {
             self.owners
                 .iter()
                 .map(|o| OwnerReference {
-                    api_version: o.api_version.as_str().to_string(),
-                    kind: o.kind.as_str().to_string(),
-                    name: o.name.to_string(),
-                    uid: o.uid.to_string(),
+                    api_version: self.str(o.api_version).to_string(),
+                    kind: self.str(o.kind).to_string(),
+                    name: self.str(o.name).to_string(),
+                    uid: self.str(o.uid).to_string(),
                     controller: o.controller,
                     block_owner_deletion: o.block_owner_deletion,
                 })
@@ -182,32 +196,32 @@ impl CachedSecret {
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.str(self.name)
     }
 
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        self.str(self.namespace)
     }
 
     pub fn resource_version(&self) -> &str {
-        &self.resource_version
+        self.str(self.resource_version)
     }
 
     /// The value of the annotation `key`.
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations
             .iter()
-            .find(|(k, _)| k.as_str() == key)
-            .map(|(_, v)| v.as_str())
+            .find(|(k, _)| self.str(*k) == key)
+            .map(|(_, v)| self.str(*v))
     }
 
     /// What controls this Secret (its controller reference).
     pub fn controller(&self) -> ControlledBy<'_> {
         match self.owners.iter().find(|o| o.controller == Some(true)) {
             Some(o)
-                if o.kind.as_str() == "OAuthApp" && o.api_version.as_str().starts_with("oauthapp.io/") =>
+                if self.str(o.kind) == "OAuthApp" && self.str(o.api_version).starts_with("oauthapp.io/") =>
             {
-                ControlledBy::App(&o.name)
+                ControlledBy::App(self.str(o.name))
             }
             Some(_) => ControlledBy::Other,
             None => ControlledBy::Nothing,
@@ -246,15 +260,16 @@ impl Lookup for CachedSecret {
     }
 
     fn name(&self) -> Option<Cow<'_, str>> {
-        Some(Cow::Borrowed(&self.name))
+        Some(Cow::Borrowed(CachedSecret::name(self)))
     }
 
     fn namespace(&self) -> Option<Cow<'_, str>> {
-        (!self.namespace.is_empty()).then_some(Cow::Borrowed(&self.namespace))
+        let ns = CachedSecret::namespace(self);
+        (!ns.is_empty()).then_some(Cow::Borrowed(ns))
     }
 
     fn resource_version(&self) -> Option<Cow<'_, str>> {
-        Some(Cow::Borrowed(&self.resource_version))
+        Some(Cow::Borrowed(CachedSecret::resource_version(self)))
     }
 
     fn uid(&self) -> Option<Cow<'_, str>> {
@@ -264,11 +279,10 @@ impl Lookup for CachedSecret {
     /// The store's key: name and namespace only (the version would be one more copy per
     /// Secret, and a key does not compare it).
     fn to_object_ref(&self, _: ()) -> ObjectRef<Self> {
-        let r = ObjectRef::new(&self.name);
-        if self.namespace.is_empty() {
-            r
-        } else {
-            r.within(&self.namespace)
+        let r = ObjectRef::new(CachedSecret::name(self));
+        match Lookup::namespace(self) {
+            Some(ns) => r.within(&ns),
+            None => r,
         }
     }
 }
@@ -327,18 +341,34 @@ mod tests {
     #[test]
     fn the_operators_own_strings_are_shared_not_copied() {
         let cached = CachedSecret::from(stripped());
-        let known = |t: &Text| matches!(t, Text::Known(_));
+        let known = |t: &Str| matches!(t, Str::Known(_));
         assert!(cached.labels.iter().any(|(k, v)| known(k) && known(v)));
         assert!(cached.annotations.iter().filter(|(k, _)| known(k)).count() == 2);
-        assert!(!known(
-            &cached
-                .annotations
-                .iter()
-                .find(|(k, _)| k.as_str() == "example.com/note")
-                .unwrap()
-                .0
-        ));
+        let note = cached
+            .annotations
+            .iter()
+            .find(|(k, _)| cached.str(*k) == "example.com/note");
+        assert!(!known(&note.unwrap().0));
         assert!(known(&cached.owners[0].kind) && known(&cached.owners[0].api_version));
+        // One buffer for the rest: name, namespace, version, the others' keys and values, the
+        // owner's name and uid, and the record's values.
+        let expected: usize = [
+            "billing",
+            "team-a",
+            "4711",
+            "team",
+            "billing",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",
+            "r-1",
+            "example.com/note",
+            "kept",
+            "billing",
+            "7d1c",
+        ]
+        .iter()
+        .map(|s| s.len())
+        .sum();
+        assert_eq!(cached.text.len(), expected);
     }
 
     #[test]
