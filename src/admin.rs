@@ -54,9 +54,7 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     s.metrics.apps_managed_elsewhere.set(
         apps.iter()
             .filter(|a| {
-                a.status
-                    .as_ref()
-                    .and_then(|st| st.installation.as_ref())
+                a.installation()
                     .is_some_and(|i| !installation.is_empty() && i != installation)
             })
             .count() as i64,

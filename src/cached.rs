@@ -12,15 +12,20 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use kube::api::{ObjectMeta, PartialObjectMeta};
 use kube::runtime::reflector::{Lookup, ObjectRef};
 use kube::runtime::watcher;
 
+use crate::controller::plan::reasons;
+use crate::crd::{
+    OAuthApp, OAuthAppSpec, OAuthAppStatus, PreviousSecret, RolloutRestarts, RotationHistoryEntry,
+    RotationTrigger,
+};
 use crate::record::{Record, annotations};
 
 /// The strings every operator Secret repeats, shared by all.
-const KNOWN: [&str; 24] = [
+const KNOWN: [&str; 41] = [
     annotations::APP_ID,
     annotations::APP_NAME,
     annotations::INSTALLATION,
@@ -45,6 +50,24 @@ const KNOWN: [&str; 24] = [
     "OAuthApp",
     "oauthapp.io/v1alpha1",
     "",
+    // An app's status.
+    "Ready",
+    "True",
+    "False",
+    "Unknown",
+    crate::controller::plan::CONSUMERS_RESTARTED,
+    crate::provider::sync::PROVIDER_SYNCED,
+    crate::provider::sync::SYNCED,
+    crate::provider::sync::SYNCED_WITHOUT_GRACE,
+    crate::controller::MANAGED_ELSEWHERE,
+    reasons::SECRET_READY,
+    reasons::SECRET_CONFLICT,
+    reasons::CLIENT_ID_CONFLICT,
+    reasons::SECRET_REJECTED,
+    reasons::RECORD_UNVERIFIABLE,
+    reasons::REPAIR_HELD,
+    reasons::REPAIR_BACKOFF,
+    reasons::INVALID_SCHEDULE,
 ];
 
 // Every key a record writes is shared.
@@ -62,6 +85,10 @@ enum Str {
 struct Buffer(String);
 
 impl Buffer {
+    fn put_opt(&mut self, s: Option<&str>) -> Option<Str> {
+        s.map(|s| self.put(s))
+    }
+
     fn put(&mut self, s: &str) -> Str {
         if let Some(i) = KNOWN.iter().position(|k| *k == s) {
             return Str::Known(i as u8);
@@ -287,6 +314,298 @@ impl Lookup for CachedSecret {
     }
 }
 
+/// An app in the watch cache ([`crate::watches`]): what [`crate::watches::strip_app`] keeps of
+/// it, with its status's strings in one buffer, referred to by offsets, and its metadata but
+/// the name and namespace there too. An `OAuthApp` costs some 2.4 KiB in the cache, most of it
+/// fixed-size parts (its status 360 bytes, a condition 128, a history entry 96) and a box per
+/// string. The controller runs on this type (kube's controller reads the name and namespace of
+/// its metadata); [`CachedApp::app`] gives back the app as it came, which the planner and the
+/// REST API read, once per reconcile or request.
+#[derive(Clone, Debug)]
+pub struct CachedApp {
+    /// Name and namespace only: all kube's controller and store look at (a key without the
+    /// uid and version, which would be two more copies per app in each of its queues).
+    metadata: ObjectMeta,
+    text: Box<str>,
+    uid: Str,
+    resource_version: Str,
+    generation: Option<i64>,
+    created: Option<Time>,
+    deleted: Option<Time>,
+    /// Whatever else the stripped metadata holds (the operator's annotations, finalizers,
+    /// owner references): rare.
+    rest: Option<Box<ObjectMeta>>,
+    spec: OAuthAppSpec,
+    status: Option<Box<Status>>,
+}
+
+/// [`OAuthAppStatus`], its strings in the app's buffer.
+#[derive(Clone, Debug)]
+struct Status {
+    app_id: Option<Str>,
+    client_id: Option<Str>,
+    secret_name: Option<Str>,
+    client_secret_hash: Option<Str>,
+    client_secret_hint: Option<Str>,
+    rotation_id: Option<Str>,
+    observed_rotate_token: Option<Str>,
+    secret_resource_version: Option<Str>,
+    installation: Option<Str>,
+    rotation_count: i64,
+    observed_generation: Option<i64>,
+    last_rotation_time: Option<Time>,
+    next_rotation_time: Option<Time>,
+    last_rotation_trigger: Option<RotationTrigger>,
+    previous_secret: Option<Box<PreviousSecret>>,
+    rollout_restarts: Option<Box<RolloutRestarts>>,
+    history: Box<[Entry]>,
+    conditions: Box<[Cond]>,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    rotation_id: Str,
+    hint: Str,
+    username: Option<Str>,
+    trigger: RotationTrigger,
+    time: Time,
+}
+
+#[derive(Clone, Debug)]
+struct Cond {
+    type_: Str,
+    status: Str,
+    reason: Str,
+    message: Str,
+    last_transition_time: Time,
+    observed_generation: Option<i64>,
+}
+
+impl From<OAuthApp> for CachedApp {
+    fn from(app: OAuthApp) -> Self {
+        let mut meta = app.metadata;
+        let mut buf = Buffer::default();
+        let metadata = ObjectMeta {
+            name: meta.name.take(),
+            namespace: meta.namespace.take(),
+            ..ObjectMeta::default()
+        };
+        let uid = buf.put(meta.uid.take().as_deref().unwrap_or_default());
+        let resource_version = buf.put(meta.resource_version.take().as_deref().unwrap_or_default());
+        let generation = meta.generation.take();
+        let created = meta.creation_timestamp.take();
+        let deleted = meta.deletion_timestamp.take();
+        let rest = (meta != ObjectMeta::default()).then(|| Box::new(meta));
+        let status = app.status.map(|st| {
+            let mut put = |s: &Option<String>| buf.put_opt(s.as_deref());
+            let (app_id, client_id, secret_name) =
+                (put(&st.app_id), put(&st.client_id), put(&st.secret_name));
+            let (client_secret_hash, client_secret_hint) =
+                (put(&st.client_secret_hash), put(&st.client_secret_hint));
+            let (rotation_id, observed_rotate_token) = (put(&st.rotation_id), put(&st.observed_rotate_token));
+            let (secret_resource_version, installation) =
+                (put(&st.secret_resource_version), put(&st.installation));
+            let history = st
+                .history
+                .into_iter()
+                .map(|e| Entry {
+                    rotation_id: buf.put(&e.rotation_id),
+                    hint: buf.put(&e.hint),
+                    username: buf.put_opt(e.username.as_deref()),
+                    trigger: e.trigger,
+                    time: e.time,
+                })
+                .collect();
+            let conditions = st
+                .conditions
+                .into_iter()
+                .map(|c| Cond {
+                    type_: buf.put(&c.type_),
+                    status: buf.put(&c.status),
+                    reason: buf.put(&c.reason),
+                    message: buf.put(&c.message),
+                    last_transition_time: c.last_transition_time,
+                    observed_generation: c.observed_generation,
+                })
+                .collect();
+            Box::new(Status {
+                app_id,
+                client_id,
+                secret_name,
+                client_secret_hash,
+                client_secret_hint,
+                rotation_id,
+                observed_rotate_token,
+                secret_resource_version,
+                installation,
+                rotation_count: st.rotation_count,
+                observed_generation: st.observed_generation,
+                last_rotation_time: st.last_rotation_time,
+                next_rotation_time: st.next_rotation_time,
+                last_rotation_trigger: st.last_rotation_trigger,
+                previous_secret: st.previous_secret,
+                rollout_restarts: st.rollout_restarts,
+                history,
+                conditions,
+            })
+        });
+        Self {
+            metadata,
+            text: buf.0.into_boxed_str(),
+            uid,
+            resource_version,
+            generation,
+            created,
+            deleted,
+            rest,
+            spec: app.spec,
+            status,
+        }
+    }
+}
+
+impl CachedApp {
+    fn str(&self, s: Str) -> &str {
+        match s {
+            Str::Known(i) => KNOWN[usize::from(i)],
+            Str::At(start, end) => &self.text[start as usize..end as usize],
+        }
+    }
+
+    fn string(&self, s: Option<Str>) -> Option<String> {
+        s.map(|s| self.str(s).to_string())
+    }
+
+    /// The app as [`crate::watches::strip_app`] left it.
+    pub fn app(&self) -> OAuthApp {
+        let mut metadata = self.rest.as_deref().cloned().unwrap_or_default();
+        metadata.name = self.metadata.name.clone();
+        metadata.namespace = self.metadata.namespace.clone();
+        metadata.uid = self.string(Some(self.uid)).filter(|s| !s.is_empty());
+        metadata.resource_version = self.string(Some(self.resource_version)).filter(|s| !s.is_empty());
+        metadata.generation = self.generation;
+        metadata.creation_timestamp = self.created.clone();
+        metadata.deletion_timestamp = self.deleted.clone();
+        let status = self.status.as_deref().map(|st| OAuthAppStatus {
+            app_id: self.string(st.app_id),
+            client_id: self.string(st.client_id),
+            secret_name: self.string(st.secret_name),
+            client_secret_hash: self.string(st.client_secret_hash),
+            client_secret_hint: self.string(st.client_secret_hint),
+            rotation_id: self.string(st.rotation_id),
+            rotation_count: st.rotation_count,
+            last_rotation_time: st.last_rotation_time.clone(),
+            last_rotation_trigger: st.last_rotation_trigger,
+            previous_secret: st.previous_secret.clone(),
+            history: st
+                .history
+                .iter()
+                .map(|e| RotationHistoryEntry {
+                    rotation_id: self.str(e.rotation_id).to_string(),
+                    hint: self.str(e.hint).to_string(),
+                    trigger: e.trigger,
+                    time: e.time.clone(),
+                    username: self.string(e.username),
+                })
+                .collect(),
+            rollout_restarts: st.rollout_restarts.clone(),
+            next_rotation_time: st.next_rotation_time.clone(),
+            observed_rotate_token: self.string(st.observed_rotate_token),
+            secret_resource_version: self.string(st.secret_resource_version),
+            observed_generation: st.observed_generation,
+            installation: self.string(st.installation),
+            conditions: st
+                .conditions
+                .iter()
+                .map(|c| Condition {
+                    type_: self.str(c.type_).to_string(),
+                    status: self.str(c.status).to_string(),
+                    reason: self.str(c.reason).to_string(),
+                    message: self.str(c.message).to_string(),
+                    last_transition_time: c.last_transition_time.clone(),
+                    observed_generation: c.observed_generation,
+                })
+                .collect(),
+        });
+        OAuthApp {
+            metadata,
+            spec: self.spec.clone(),
+            status,
+        }
+    }
+
+    pub fn uid(&self) -> Option<&str> {
+        Some(self.str(self.uid)).filter(|u| !u.is_empty())
+    }
+
+    /// The Ready condition's status and reason.
+    pub fn ready(&self) -> Option<(&str, &str)> {
+        let st = self.status.as_deref()?;
+        let c = st.conditions.iter().find(|c| self.str(c.type_) == "Ready")?;
+        Some((self.str(c.status), self.str(c.reason)))
+    }
+
+    /// `status.nextRotationTime`.
+    pub fn next_rotation_time(&self) -> Option<&Time> {
+        self.status.as_deref()?.next_rotation_time.as_ref()
+    }
+
+    /// `status.installation`.
+    pub fn installation(&self) -> Option<&str> {
+        Some(self.str(self.status.as_deref()?.installation?))
+    }
+
+    /// A watch event of a stripped app, in this form.
+    pub fn event(event: watcher::Event<OAuthApp>) -> watcher::Event<Self> {
+        match event {
+            watcher::Event::Apply(a) => watcher::Event::Apply(a.into()),
+            watcher::Event::Delete(a) => watcher::Event::Delete(a.into()),
+            watcher::Event::InitApply(a) => watcher::Event::InitApply(a.into()),
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitDone => watcher::Event::InitDone,
+        }
+    }
+}
+
+impl kube::Resource for CachedApp {
+    type DynamicType = ();
+    type Scope = <OAuthApp as kube::Resource>::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        <OAuthApp as kube::Resource>::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        <OAuthApp as kube::Resource>::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        <OAuthApp as kube::Resource>::version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        <OAuthApp as kube::Resource>::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// kube's controller asks that its type can be read from the API server's JSON: it is never
+/// read so here (the watch reads `OAuthApp`s), but if it were, it would be an app, stripped.
+impl<'de> serde::Deserialize<'de> for CachedApp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut app = OAuthApp::deserialize(d)?;
+        crate::watches::strip_app(&mut app);
+        Ok(app.into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,5 +697,138 @@ mod tests {
         refs[0].kind = "Deployment".into();
         refs[0].api_version = "apps/v1".into();
         assert_eq!(CachedSecret::from(secret).controller(), ControlledBy::Other);
+    }
+
+    fn full_app() -> OAuthApp {
+        use crate::crd::{RestartKind, RestartTarget};
+        let time = |s: &str| Time(s.parse().unwrap());
+        let mut app = OAuthApp::new(
+            "billing",
+            OAuthAppSpec {
+                display_name: Some("Billing".into()),
+                redirect_uris: vec!["https://billing.example/cb".into()],
+                scopes: vec!["invoices:read".into()],
+                client_id: Some("billing-client".into()),
+                ..Default::default()
+            },
+        );
+        app.metadata = ObjectMeta {
+            name: Some("billing".into()),
+            namespace: Some("team-a".into()),
+            uid: Some("7d1c".into()),
+            resource_version: Some("4711".into()),
+            generation: Some(3),
+            creation_timestamp: Some(time("2026-01-01T00:00:00Z")),
+            deletion_timestamp: Some(time("2026-02-01T00:00:00Z")),
+            finalizers: Some(vec!["example.com/hold".into()]),
+            annotations: Some(BTreeMap::from([("oauthapp.io/rotate".into(), "t1".into())])),
+            ..ObjectMeta::default()
+        };
+        // Every field, named (no `..Default`): a field added to the status fails to compile
+        // here until it is carried by the cached form too.
+        app.status = Some(OAuthAppStatus {
+            app_id: Some("app_6J8HU4ripkxrTszsb5Huvs".into()),
+            client_id: Some("billing-client".into()),
+            secret_name: Some("billing-oauth-client".into()),
+            client_secret_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+            client_secret_hint: Some("oas_zuUG...fPuW".into()),
+            rotation_id: Some("r-2".into()),
+            rotation_count: 2,
+            last_rotation_time: Some(time("2026-01-02T00:00:00Z")),
+            last_rotation_trigger: Some(RotationTrigger::Api),
+            previous_secret: Some(Box::new(PreviousSecret {
+                rotation_id: "r-1".into(),
+                client_secret_hash: "$argon2id$old".into(),
+                client_secret_hint: "oas_old...".into(),
+                expires_at: time("2026-01-03T00:00:00Z"),
+            })),
+            history: vec![
+                RotationHistoryEntry {
+                    rotation_id: "r-2".into(),
+                    hint: "oas_zuUG...fPuW".into(),
+                    trigger: RotationTrigger::Api,
+                    time: time("2026-01-02T00:00:00Z"),
+                    username: Some("system:serviceaccount:team-a:ci".into()),
+                },
+                RotationHistoryEntry {
+                    rotation_id: "r-1".into(),
+                    hint: "oas_old...".into(),
+                    trigger: RotationTrigger::Created,
+                    time: time("2026-01-01T00:00:00Z"),
+                    username: None,
+                },
+            ],
+            rollout_restarts: Some(Box::new(RolloutRestarts {
+                rotation_id: "r-2".into(),
+                targets: vec![RestartTarget {
+                    kind: RestartKind::Deployment,
+                    name: "web".into(),
+                }],
+            })),
+            next_rotation_time: Some(time("2026-03-01T00:00:00Z")),
+            observed_rotate_token: Some("t0".into()),
+            secret_resource_version: Some("4700".into()),
+            observed_generation: Some(3),
+            installation: Some("default/oauthapp-operator-record-key".into()),
+            conditions: vec![
+                Condition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    reason: reasons::SECRET_READY.into(),
+                    message: "Secret billing-oauth-client holds the current client secret".into(),
+                    last_transition_time: time("2026-01-02T00:00:00Z"),
+                    observed_generation: Some(3),
+                },
+                Condition {
+                    type_: "ConsumersRestarted".into(),
+                    status: "False".into(),
+                    reason: "TargetMissing".into(),
+                    message: "Deployment web not found".into(),
+                    last_transition_time: time("2026-01-02T00:00:01Z"),
+                    observed_generation: None,
+                },
+            ],
+        });
+        app
+    }
+
+    #[test]
+    fn the_cached_app_gives_back_the_app_it_was_made_of() {
+        let app = full_app();
+        let cached = CachedApp::from(app.clone());
+        assert_eq!(cached.app(), app);
+        assert_eq!(cached.uid(), Some("7d1c"));
+        assert_eq!(cached.ready(), Some(("True", reasons::SECRET_READY)));
+        assert_eq!(
+            cached.installation(),
+            Some("default/oauthapp-operator-record-key")
+        );
+        assert_eq!(
+            cached.next_rotation_time(),
+            app.status.as_ref().unwrap().next_rotation_time.as_ref()
+        );
+        // kube's controller sees the name and namespace, and keys the app by them alone.
+        use kube::Resource;
+        assert_eq!(cached.meta().name.as_deref(), Some("billing"));
+        assert_eq!(cached.meta().uid, None);
+        assert_eq!(
+            ObjectRef::from_obj(&cached),
+            ObjectRef::new("billing").within("team-a")
+        );
+        // An app without a status, or a fresh one, too.
+        let mut bare = OAuthApp::new("bare", OAuthAppSpec::default());
+        assert_eq!(CachedApp::from(bare.clone()).app(), bare);
+        bare.status = Some(OAuthAppStatus::default());
+        assert_eq!(CachedApp::from(bare.clone()).app(), bare);
+        assert_eq!(CachedApp::from(bare).ready(), None);
+    }
+
+    #[test]
+    fn the_cached_app_reads_as_the_stripped_app() {
+        let mut app = full_app();
+        app.metadata.labels = Some(BTreeMap::from([("team".into(), "a".into())]));
+        let cached: CachedApp = serde_json::from_value(serde_json::to_value(&app).unwrap()).unwrap();
+        crate::watches::strip_app(&mut app);
+        assert_eq!(cached.app(), app);
     }
 }

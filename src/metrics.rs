@@ -8,7 +8,8 @@ use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::crd::{OAuthApp, RotationTrigger};
+use crate::cached::CachedApp;
+use crate::crd::RotationTrigger;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RotationLabels {
@@ -96,22 +97,21 @@ pub struct AppCounts {
 }
 
 impl AppCounts {
-    pub fn of<'a>(apps: impl IntoIterator<Item = &'a OAuthApp>, now: jiff::Timestamp) -> AppCounts {
+    pub fn of<'a>(apps: impl IntoIterator<Item = &'a CachedApp>, now: jiff::Timestamp) -> AppCounts {
         let mut counts = AppCounts::default();
         for app in apps {
-            match app.ready_condition() {
-                Some(c) if c.status == "True" => counts.ready += 1,
-                Some(c) if c.status == "False" => {
+            match app.ready() {
+                Some(("True", _)) => counts.ready += 1,
+                Some(("False", reason)) => {
                     counts.not_ready += 1;
-                    let reason = not_ready_reason(&c.reason);
+                    let reason = not_ready_reason(reason);
                     if let Some(i) = NOT_READY_REASONS.iter().position(|r| *r == reason) {
                         counts.not_ready_by_reason[i] += 1;
                     }
                 }
                 _ => counts.unknown += 1,
             }
-            let next = app.status.as_ref().and_then(|st| st.next_rotation_time.as_ref());
-            if next.is_some_and(|t| t.0 < now) {
+            if app.next_rotation_time().is_some_and(|t| t.0 < now) {
                 counts.rotation_overdue += 1;
             }
         }
@@ -502,7 +502,7 @@ mod tests {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
         let now = jiff::Timestamp::from_second(1_800_000_000).expect("timestamp");
         let app = |ready: Option<(&str, &str)>, next_in_secs: Option<i64>| {
-            let mut app = OAuthApp::new("a", Default::default());
+            let mut app = crate::crd::OAuthApp::new("a", Default::default());
             app.status = Some(crate::crd::OAuthAppStatus {
                 conditions: ready
                     .map(|(status, reason)| Condition {
@@ -518,7 +518,7 @@ mod tests {
                 next_rotation_time: next_in_secs.map(|s| Time(now + jiff::SignedDuration::from_secs(s))),
                 ..Default::default()
             });
-            app
+            crate::cached::CachedApp::from(app)
         };
         let apps = [
             app(Some(("True", "SecretReady")), Some(60)),

@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cached::CachedSecret;
+use crate::cached::{CachedApp, CachedSecret};
 use crate::controller::plan::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::crd::OAuthApp;
 
@@ -180,15 +180,15 @@ impl<K> Clone for Change<K> {
 #[derive(Clone)]
 pub struct ScopeCaches {
     pub namespace: Option<String>,
-    pub apps: Store<OAuthApp>,
+    pub apps: Store<CachedApp>,
     pub secrets: Store<CachedSecret>,
-    app_changes: broadcast::Sender<Change<OAuthApp>>,
+    app_changes: broadcast::Sender<Change<CachedApp>>,
     secret_changes: broadcast::Sender<Change<CachedSecret>>,
 }
 
 impl ScopeCaches {
     /// Every later change of an app in this scope.
-    pub fn app_changes(&self) -> impl Stream<Item = Change<OAuthApp>> + Send + 'static {
+    pub fn app_changes(&self) -> impl Stream<Item = Change<CachedApp>> + Send + 'static {
         changes(self.app_changes.subscribe())
     }
 
@@ -213,7 +213,7 @@ fn changes<K: Send + Sync + 'static>(
 /// All watched scopes, their readiness, the uid index and the client id claims.
 pub struct Watches {
     pub scopes: Vec<ScopeCaches>,
-    index: RwLock<HashMap<String, ObjectRef<OAuthApp>>>,
+    index: RwLock<HashMap<String, ObjectRef<CachedApp>>>,
     client_ids: RwLock<ClientIds>,
     ready: watch::Receiver<usize>,
     /// Kept app ids (as UUIDs) that are not their app's uid (an adopted app's), to that uid.
@@ -256,7 +256,7 @@ impl Watches {
         let mut caches = Vec::new();
         let mut writers = Vec::new();
         for ns in &scopes {
-            let (apps, app_writer) = reflector::store::<OAuthApp>();
+            let (apps, app_writer) = reflector::store::<CachedApp>();
             let (secrets, secret_writer) = reflector::store::<CachedSecret>();
             let (app_changes, _) = broadcast::channel(CHANGE_BUFFER);
             let (secret_changes, _) = broadcast::channel(CHANGE_BUFFER);
@@ -297,6 +297,7 @@ impl Watches {
                 watcher(apps_api.clone(), app_config.clone())
                     .default_backoff()
                     .modify(strip_app)
+                    .map_ok(CachedApp::event)
             };
             let secret_config = initial(watcher::Config::default().labels(&selector));
             let secret_events = move || {
@@ -394,7 +395,8 @@ impl Watches {
             .iter()
             .filter(|s| s.namespace.is_none() || s.namespace == key.namespace)
             .find_map(|s| s.apps.get(&key))
-            .filter(|app| app.meta().uid.as_deref() == Some(uid))
+            .filter(|app| app.uid() == Some(uid))
+            .map(|app| Arc::new(app.app()))
     }
 
     /// The app whose client id is `client_id` (its status shows it: the holder), from the cache.
@@ -413,8 +415,8 @@ impl Watches {
         found.filter(|app| app.status.as_ref().and_then(|s| s.client_id.as_deref()) == Some(client_id))
     }
 
-    /// Every cached app.
-    pub fn apps(&self) -> Vec<Arc<OAuthApp>> {
+    /// Every cached app, in its cached form ([`CachedApp::app`] gives the app).
+    pub fn apps(&self) -> Vec<Arc<CachedApp>> {
         self.scopes.iter().flat_map(|s| s.apps.state()).collect()
     }
 
@@ -448,15 +450,16 @@ impl Watches {
 
     fn on_app_event(
         &self,
-        event: &watcher::Event<OAuthApp>,
-        store: &Store<OAuthApp>,
+        event: &watcher::Event<CachedApp>,
+        store: &Store<CachedApp>,
         namespace: Option<&str>,
     ) {
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         let mut claims = self.client_ids.write().unwrap_or_else(|e| e.into_inner());
         let mut kept = self.kept_ids.write().unwrap_or_else(|e| e.into_inner());
         match event {
-            watcher::Event::Apply(app) | watcher::Event::InitApply(app) => {
+            watcher::Event::Apply(cached) | watcher::Event::InitApply(cached) => {
+                let app = &cached.app();
                 if let (Some(id), Some(uid)) = (id_uuid(app), app.meta().uid.clone()) {
                     kept.retain(|_, u| u != &uid);
                     if id != uid {
@@ -477,7 +480,8 @@ impl Watches {
                 }
                 claims.put(app);
             }
-            watcher::Event::Delete(app) => {
+            watcher::Event::Delete(cached) => {
+                let app = &cached.app();
                 if let Some(uid) = app.meta().uid.as_deref() {
                     index.remove(uid);
                     claims.remove(uid);
@@ -492,10 +496,7 @@ impl Watches {
             watcher::Event::InitDone => {
                 index.retain(|uid, r| {
                     let in_scope = namespace.is_none() || r.namespace.as_deref() == namespace;
-                    !in_scope
-                        || store
-                            .get(r)
-                            .is_some_and(|app| app.meta().uid.as_deref() == Some(uid))
+                    !in_scope || store.get(r).is_some_and(|app| app.uid() == Some(uid))
                 });
                 claims.retain(|uid| index.contains_key(uid));
                 kept.retain(|_, uid| index.contains_key(uid));
@@ -1097,9 +1098,10 @@ mod tests {
     /// Applies each event to a store, forwards it, and returns what the subscribers got: the
     /// name and resourceVersion of each object, "missed" for a notice to look at everything.
     fn forwarded(events: Vec<watcher::Event<OAuthApp>>) -> Vec<String> {
-        let (store, mut writer) = reflector::store::<OAuthApp>();
+        let (store, mut writer) = reflector::store::<CachedApp>();
         let (tx, mut rx) = broadcast::channel(16);
         for event in events {
+            let event = CachedApp::event(event);
             writer.apply_watcher_event(&event);
             forward(&event, &store, &tx);
         }
@@ -1108,8 +1110,8 @@ mod tests {
             got.push(match change {
                 Change::Object(obj) => format!(
                     "{}@{}",
-                    obj.metadata.name.as_deref().unwrap_or_default(),
-                    obj.metadata.resource_version.as_deref().unwrap_or_default()
+                    obj.app().metadata.name.as_deref().unwrap_or_default(),
+                    obj.app().metadata.resource_version.as_deref().unwrap_or_default()
                 ),
                 Change::Missed => "missed".into(),
             });

@@ -22,6 +22,7 @@ use super::auth::{Access, Caller};
 use super::error::{ApiError, RestErrorResponse};
 use super::model::{CreateOAuthApp, CreatedOAuthApp, OAuthAppId, OAuthAppList, OAuthAppView, RotatedSecret};
 use super::{Commitment, Shared};
+use crate::cached::CachedApp;
 use crate::crd::{OAuthApp, OAuthAppSpec, RotationTrigger};
 use crate::error::{Error, redact};
 use crate::rotation::{self, Rotated};
@@ -350,7 +351,7 @@ pub async fn list_oauth_apps(
         .as_deref()
         .map(ListPosition::decode)
         .transpose()?;
-    let mut by_namespace: BTreeMap<String, Vec<Arc<OAuthApp>>> = BTreeMap::new();
+    let mut by_namespace: BTreeMap<String, Vec<Arc<CachedApp>>> = BTreeMap::new();
     for app in api.watches.apps() {
         let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
         if query.namespace.as_ref().is_none_or(|q| *q == ns)
@@ -359,7 +360,7 @@ pub async fn list_oauth_apps(
             by_namespace.entry(ns).or_default().push(app);
         }
     }
-    let namespaces: Vec<(String, Vec<Arc<OAuthApp>>)> = by_namespace
+    let namespaces: Vec<(String, Vec<Arc<CachedApp>>)> = by_namespace
         .into_iter()
         .map(|(ns, mut apps)| {
             apps.sort_by_key(|a| a.name_any());
@@ -431,7 +432,7 @@ pub async fn list_oauth_apps(
                 next = last.take();
                 break 'namespaces;
             }
-            data.push(OAuthAppView::of(app));
+            data.push(OAuthAppView::of(&app.app()));
             last = Some(ListPosition {
                 namespace: ns.clone(),
                 name: Some(app.name_any()),

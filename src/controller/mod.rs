@@ -21,7 +21,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::cached::{CachedSecret, ControlledBy};
+use crate::cached::{CachedApp, CachedSecret, ControlledBy};
 use crate::context::Context;
 use crate::crd::{OAuthApp, OAuthAppStatus, RotationTrigger};
 use crate::error::Error;
@@ -66,7 +66,7 @@ const CLIENT_ID_REQUEUE: Duration = Duration::from_secs(5);
 pub struct Scope {
     ctx: Arc<Context>,
     watches: Arc<Watches>,
-    apps: Store<OAuthApp>,
+    apps: Store<CachedApp>,
     secrets: Store<CachedSecret>,
     resync: Duration,
     /// Reconcile slots shared between namespaces.
@@ -159,23 +159,24 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
     info!("controller stopped");
 }
 
-async fn reconcile(app: Arc<OAuthApp>, scope: Arc<Scope>) -> Result<Action, Error> {
+async fn reconcile(cached: Arc<CachedApp>, scope: Arc<Scope>) -> Result<Action, Error> {
     let ctx = &scope.ctx;
-    let Some(_slot) = scope.shares.enter(&app) else {
+    let Some(_slot) = scope.shares.enter(cached.as_ref()) else {
         // Its namespace holds its share of the slots: reconciled when one of them ends.
         ctx.metrics.reconciles_deferred.inc();
         return Ok(Action::await_change());
     };
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let result = reconcile_app(&app, &scope).await;
+    let result = reconcile_app(&cached.app(), &scope).await;
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
     result
 }
 
-fn error_policy(app: Arc<OAuthApp>, error: &Error, scope: Arc<Scope>) -> Action {
+fn error_policy(cached: Arc<CachedApp>, error: &Error, scope: Arc<Scope>) -> Action {
+    let app = cached.app();
     scope
         .ctx
         .metrics
@@ -717,7 +718,8 @@ async fn rotate_from_cache(
     scheduled_turn: bool,
 ) -> Result<Option<Action>, Error> {
     let ctx = &*scope.ctx;
-    let Some(app) = scope.apps.get(&ObjectRef::from_obj(cached)) else {
+    let key = ObjectRef::new(&cached.name_any()).within(&cached.namespace().unwrap_or_default());
+    let Some(app) = scope.apps.get(&key).map(|a| a.app()) else {
         return Ok(None);
     };
     let ns = app.namespace().unwrap_or_default();
@@ -759,7 +761,7 @@ async fn rotate_from_cache(
 
 /// The app a Secret's change concerns: its controller (an OAuthApp), or the app its record
 /// names (`oauthapp.io/app-name`).
-fn secret_owner(secret: &CachedSecret) -> Option<ObjectRef<OAuthApp>> {
+fn secret_owner(secret: &CachedSecret) -> Option<ObjectRef<CachedApp>> {
     let name = match secret.controller() {
         ControlledBy::App(app) => app,
         ControlledBy::Other => return None,

@@ -15,6 +15,8 @@ use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
+use crate::cached::CachedApp;
+#[cfg(test)]
 use crate::crd::OAuthApp;
 
 #[derive(Default)]
@@ -22,7 +24,7 @@ struct Share {
     /// Reconciles of the namespace running now.
     running: usize,
     /// Apps waiting for a slot, in the order they came (each once).
-    parked: VecDeque<ObjectRef<OAuthApp>>,
+    parked: VecDeque<ObjectRef<CachedApp>>,
     parked_names: HashSet<String>,
 }
 
@@ -30,7 +32,7 @@ pub struct NamespaceShares {
     per_namespace: usize,
     state: Mutex<HashMap<String, Share>>,
     /// Triggers the controller's reconcile of a parked app (`Controller::reconcile_on`).
-    unpark: UnboundedSender<ObjectRef<OAuthApp>>,
+    unpark: UnboundedSender<ObjectRef<CachedApp>>,
 }
 
 /// A running reconcile's slot in its namespace's share; given back when dropped.
@@ -42,7 +44,7 @@ pub struct Slot<'a> {
 impl NamespaceShares {
     /// Shares of at most `per_namespace` slots (at least one), and the stream of parked apps to
     /// reconcile again.
-    pub fn new(per_namespace: usize) -> (Self, UnboundedReceiver<ObjectRef<OAuthApp>>) {
+    pub fn new(per_namespace: usize) -> (Self, UnboundedReceiver<ObjectRef<CachedApp>>) {
         let (unpark, parked) = unbounded();
         let shares = Self {
             per_namespace: per_namespace.max(1),
@@ -58,7 +60,7 @@ impl NamespaceShares {
 
     /// A slot for `app`'s reconcile if its namespace has one free; else `app` is parked (once,
     /// however often it is triggered meanwhile) until one of its namespace's reconciles ends.
-    pub fn enter(&self, app: &OAuthApp) -> Option<Slot<'_>> {
+    pub fn enter(&self, app: &impl kube::Resource) -> Option<Slot<'_>> {
         let namespace = app.namespace().unwrap_or_default();
         let mut state = self.lock();
         let share = state.entry(namespace.clone()).or_default();
