@@ -50,8 +50,15 @@ pub fn keycloak() -> &'static KeycloakServer {
     KEYCLOAK.get_or_init(start_keycloak)
 }
 
-/// A Keycloak started with `args` (after `start-dev`), in a process group of its own that a
-/// watchdog kills once this test process is gone: (process group, log file).
+/// The directory of the Keycloak called `name` in this test process: its log, and its database
+/// when it keeps one in files.
+fn keycloak_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("oauthapp-it-{}-{name}", std::process::id()))
+}
+
+/// A Keycloak started with `args` (after `start-dev`; they name its database, `--db=dev-mem` or
+/// files), in a process group of its own that a watchdog kills once this test process is gone:
+/// (process group, log file). A Keycloak started again under the same name appends to its log.
 fn spawn_keycloak(name: &str, args: &[&str]) -> (u32, PathBuf) {
     let out = Command::new(repo().join("tests/keycloak/build.sh"))
         .stderr(Stdio::inherit())
@@ -59,14 +66,18 @@ fn spawn_keycloak(name: &str, args: &[&str]) -> (u32, PathBuf) {
         .expect("run tests/keycloak/build.sh");
     assert!(out.status.success(), "tests/keycloak/build.sh failed");
     let home = PathBuf::from(stdout(&out).trim());
-    let dir = std::env::temp_dir().join(format!("oauthapp-it-{}-{name}", std::process::id()));
+    let dir = keycloak_dir(name);
     std::fs::create_dir_all(&dir).expect("keycloak dir");
     let log = dir.join("keycloak.log");
-    let log_file = std::fs::File::create(&log).expect("keycloak log");
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("keycloak log");
     let mut cmd = Command::new(home.join("bin/kc.sh"));
     cmd.arg("start-dev")
         .args(args)
-        .args(["--features=client-secret-rotation", "--db=dev-mem"])
+        .arg("--features=client-secret-rotation")
         .env("KC_BOOTSTRAP_ADMIN_USERNAME", ADMIN)
         .env("KC_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("JAVA_OPTS_KC_HEAP", "-Xms64m -Xmx512m")
@@ -99,7 +110,13 @@ fn start_keycloak() -> KeycloakServer {
     let started = Instant::now();
     let (_, log) = spawn_keycloak(
         "keycloak",
-        &["--http-host", "127.0.0.1", "--http-port", &port.to_string()],
+        &[
+            "--db=dev-mem",
+            "--http-host",
+            "127.0.0.1",
+            "--http-port",
+            &port.to_string(),
+        ],
     );
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -442,24 +459,35 @@ impl Setup {
         ]);
     }
 
+    /// The opening of most tests: app `name` registered in provider `kc` (`extra`: more lines of
+    /// its spec), once it has its first secret, at Keycloak too: (the app, its client id, the
+    /// secret in its Secret).
+    async fn provisioned(&self, name: &str, extra: &str) -> (OAuthApp, String, String) {
+        self.app(name, "kc", extra);
+        let (app, secret) = self.settled(name, 1, "Synced").await;
+        (app, client_id_of(&secret), plaintext(&secret))
+    }
+
     /// The app once it is Ready with `count` secrets, its status describing its Secret, and
     /// `ProviderSynced` in `reason`; with its Secret.
     async fn settled(&self, name: &str, count: i64, reason: &str) -> (OAuthApp, Secret) {
         eventually(
             &format!("{name}: rotation {count}, ProviderSynced {reason}"),
             WAIT,
-            || async {
-                let app = self.apps.get_opt(name).await.ok()??;
-                let status = app.status.clone()?;
-                let secret = self.secrets.get_opt(&app.secret_name()).await.ok()??;
-                let ready = app.ready_condition().is_some_and(|c| c.status == "True");
-                let in_sync =
-                    secret.annotations().get("oauthapp.io/rotation-id") == status.rotation_id.as_ref();
-                let synced = provider_synced(&app).is_some_and(|(_, r, _)| r == reason);
-                (ready && in_sync && synced && status.rotation_count == count).then_some((app, secret))
-            },
+            || self.settled_now(name, count, reason),
         )
         .await
+    }
+
+    /// [`Setup::settled`], looked at once.
+    async fn settled_now(&self, name: &str, count: i64, reason: &str) -> Option<(OAuthApp, Secret)> {
+        let app = self.apps.get_opt(name).await.ok()??;
+        let status = app.status.clone()?;
+        let secret = self.secrets.get_opt(&app.secret_name()).await.ok()??;
+        let ready = app.ready_condition().is_some_and(|c| c.status == "True");
+        let in_sync = secret.annotations().get("oauthapp.io/rotation-id") == status.rotation_id.as_ref();
+        let synced = provider_synced(&app).is_some_and(|(_, r, _)| r == reason);
+        (ready && in_sync && synced && status.rotation_count == count).then_some((app, secret))
     }
 
     /// The provider's Ready condition once it has `reason`: (status, message).
@@ -862,37 +890,117 @@ fn admin_token_for_rest(ns: &str) -> String {
     service_account_token(ns, "rotator")
 }
 
-/// Keycloak unreachable during a rotation (the provider's URL pointed at a closed port, as a
-/// stopped Keycloak is), then reachable again: the rotation waits with `ProviderSynced=False`,
-/// the old secret keeps working meanwhile, and then the rotation lands at Keycloak and in the
-/// Secret together. An app without a provider rotates meanwhile.
+/// A Keycloak of one test's own, on a port of its own with its database in files (H2,
+/// `--db=dev-file` under [`keycloak_dir`]), so that it can be killed and started again as the
+/// same server: realms, clients and secrets kept. Its process group is killed when this value is
+/// dropped, however the test ends (and by the watchdog, if the test process goes first).
+struct RestartableKeycloak {
+    name: String,
+    port: u16,
+    server: KeycloakServer,
+    /// The running process group; None while it is stopped.
+    group: Option<u32>,
+}
+
+impl RestartableKeycloak {
+    async fn start(name: &str) -> RestartableKeycloak {
+        let port = free_port();
+        let mut kc = RestartableKeycloak {
+            name: name.to_string(),
+            port,
+            server: KeycloakServer {
+                url: format!("http://127.0.0.1:{port}"),
+                ca_pem: None,
+            },
+            group: None,
+        };
+        let took = kc.run().await;
+        eprintln!("keycloak ({name}): ready on {} after {took:?}", kc.server.url);
+        kc
+    }
+
+    /// Starts the process and waits until it answers: how long that took.
+    async fn run(&mut self) -> Duration {
+        assert!(self.group.is_none(), "Keycloak {} is running already", self.name);
+        let started = Instant::now();
+        let db = keycloak_dir(&self.name).join("h2/keycloakdb");
+        let (group, log) = spawn_keycloak(
+            &self.name,
+            &[
+                "--db=dev-file",
+                // WRITE_DELAY=0: every commit on disk at once, so that a kill -9 right after a
+                // write keeps it (with H2's default delay a realm made just before was lost).
+                &format!(
+                    "--db-url=jdbc:h2:file:{};NON_KEYWORDS=VALUE;WRITE_DELAY=0",
+                    db.display()
+                ),
+                "--http-host",
+                "127.0.0.1",
+                "--http-port",
+                &self.port.to_string(),
+            ],
+        );
+        self.group = Some(group);
+        let http = self.server.http();
+        let master = format!("{}/realms/master", self.server.url);
+        eventually(
+            &format!("Keycloak {} to answer (log: {})", self.name, log.display()),
+            Duration::from_secs(240),
+            || async {
+                let response = http.get(&master).send().await.ok()?;
+                (response.status() == 200).then_some(())
+            },
+        )
+        .await;
+        started.elapsed()
+    }
+
+    /// Kills it (SIGKILL to its process group) and waits until its port refuses connections.
+    async fn kill(&mut self) {
+        if let Some(group) = self.group.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .status();
+        }
+        let port = self.port;
+        eventually("the killed Keycloak's port to refuse", WAIT, || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+                .then_some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for RestartableKeycloak {
+    fn drop(&mut self) {
+        if let Some(group) = self.group.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .status();
+        }
+    }
+}
+
+/// Keycloak killed during a rotation, then started again (same port, same database): meanwhile
+/// the rotation is held, `ProviderSynced=False` with reason `Unreachable`, the Secret still holds
+/// the old secret (Keycloak takes a new secret before the Secret does) and an app without a
+/// provider rotates; once Keycloak is back the rotation lands, once: the new secret gets a
+/// token at Keycloak's token endpoint and the old one is refused.
 #[tokio::test]
-async fn keycloak_down_during_a_rotation_holds_it_and_it_lands_when_keycloak_is_back() {
-    let s = setup("kc-down", &[]).await;
-    s.app("patient", "kc", "");
-    let (_, secret) = s.settled("patient", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
-    let first = plaintext(&secret);
+async fn keycloak_killed_during_a_rotation_holds_it_and_it_lands_once_when_keycloak_is_back() {
+    let mut kc = RestartableKeycloak::start("keycloak-restart").await;
+    let s = setup_on(&kc.server, "kc-down", &[]).await;
+    let (app, client_id, first) = s.provisioned("patient", "").await;
+    let first_rotation = app.status.and_then(|s| s.rotation_id).expect("rotation id");
     control_plane().apply_ok(
         &s.ns,
         "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: plain\nspec:\n  redirectUris: [\"https://plain.example.com/cb\"]\n",
     );
 
-    let closed = free_port();
-    let set_url = |url: String| {
-        control_plane().kubectl_ok(&[
-            "-n",
-            &s.ns,
-            "patch",
-            "oauthprovider",
-            "kc",
-            "--type=merge",
-            "-p",
-            &json!({"spec": {"keycloak": {"url": url}}}).to_string(),
-        ]);
-    };
-    set_url(format!("http://127.0.0.1:{closed}"));
-    s.provider_ready("kc", "Unreachable").await;
+    kc.kill().await;
+    let killed = Instant::now();
     s.rotate("patient", "one");
     s.rotate("plain", "one");
     let (_, reason, message) = eventually("patient: ProviderSynced=False", WAIT, || async {
@@ -901,30 +1009,78 @@ async fn keycloak_down_during_a_rotation_holds_it_and_it_lands_when_keycloak_is_
     })
     .await;
     assert_eq!(reason, "Unreachable", "{message}");
+    assert!(!message.contains(&first), "{message}");
+    s.provider_ready("kc", "Unreachable").await;
     // The app without a provider rotated; the held one did not, anywhere.
     eventually("plain rotated", WAIT, || async {
-        let app = s.apps.get_opt("plain").await.ok()??;
-        (app.status?.rotation_count == 2).then_some(())
+        let plain = s.apps.get_opt("plain").await.ok()??;
+        (plain.status?.rotation_count == 2).then_some(())
     })
     .await;
     let app = s.apps.get("patient").await.expect("app");
-    assert_eq!(app.status.expect("status").rotation_count, 1);
+    let status = app.status.expect("status");
+    assert_eq!(status.rotation_count, 1);
+    assert_eq!(status.rotation_id.as_deref(), Some(first_rotation.as_str()));
+    let held = s.secrets.get("patient-oauth-client").await.expect("secret");
     assert_eq!(
-        plaintext(&s.secrets.get("patient-oauth-client").await.expect("secret")),
-        first
+        plaintext(&held),
+        first,
+        "the Secret holds a secret Keycloak never took"
     );
-    assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
+    assert_eq!(
+        held.annotations().get("oauthapp.io/rotation-id"),
+        Some(&first_rotation)
+    );
 
+    let took = kc.run().await;
     let back = Instant::now();
-    set_url(keycloak().url.clone());
-    let (_, secret) = s.settled("patient", 2, "Synced").await;
     eprintln!(
-        "rotation landed {:?} after Keycloak was reachable again",
+        "keycloak ({}): started again in {took:?}, {:?} after it was killed",
+        kc.name,
+        killed.elapsed()
+    );
+    // The realm survived the restart: the old secret still works there.
+    assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
+    // The provider's backoff may have grown while Keycloak was down: up to CHECK_INTERVAL.
+    let (app, secret) = eventually(
+        "patient: rotation 2, ProviderSynced Synced",
+        Duration::from_secs(360),
+        || s.settled_now("patient", 2, "Synced"),
+    )
+    .await;
+    eprintln!(
+        "rotation landed {:?} after Keycloak answered again",
         back.elapsed()
     );
     let second = plaintext(&secret);
+    assert_ne!(second, first);
+    let status = app.status.expect("status");
+    assert_eq!(status.rotation_count, 2, "exactly one rotation");
+    assert_eq!(status.observed_rotate_token.as_deref(), Some("one"));
+    assert_ne!(status.rotation_id.as_deref(), Some(first_rotation.as_str()));
+    assert_eq!(
+        secret.annotations().get("oauthapp.io/rotation-id"),
+        status.rotation_id.as_ref()
+    );
     assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
-    assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
+    let (code, error) = s.realm.token(&client_id, &first).await;
+    assert_eq!(code, 401, "old secret: {error}");
+    // Keycloak 26.7 answers a wrong client secret with `unauthorized_client`.
+    assert_eq!(error, "unauthorized_client");
+    s.provider_ready("kc", "Authenticated").await;
+    let rotated = event_seen(&s, "patient", "Normal", "SecretRotated")
+        .await
+        .into_iter()
+        .filter(|(_, reason, _)| reason == "SecretRotated")
+        .count();
+    assert_eq!(rotated, 1, "one SecretRotated Event");
+    let log = s.operator.log_text();
+    assert!(
+        !log.contains(&first) && !log.contains(&second),
+        "the operator logged a secret"
+    );
+    drop(s);
+    drop(kc);
 }
 
 /// Deleting an app deletes its client at Keycloak once its Secret is gone too (the provider
@@ -1184,6 +1340,7 @@ impl HttpsKeycloak {
         let (group, log) = spawn_keycloak(
             "keycloak-https",
             &[
+                "--db=dev-mem",
                 "--http-enabled=false",
                 "--http-host",
                 "127.0.0.1",
