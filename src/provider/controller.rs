@@ -97,6 +97,7 @@ async fn sweep(ctx: &Context, provider: &OAuthProvider, kc: &Keycloak) -> Result
         }
         ctx.leadership.check()?;
         kc.delete_client(&client).await?;
+        ctx.providers.forget_app(&client.owner);
         info!(provider = %provider.name_any(), client_id = %client.client_id, app = %client.owner, "deleted the client of a deleted app");
         let event = Event {
             type_: EventType::Normal,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -38,19 +38,84 @@ pub const CHECK_INTERVAL: Duration = Duration::from_secs(300);
 /// The first retry after a failed check; doubling up to [`CHECK_INTERVAL`].
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 
-/// Per app (`namespace/name`): the rotation last found in sync at the provider, when, and the
-/// failures in a row since. In memory: a restart checks every app once.
-static CHECKED: LazyLock<Mutex<HashMap<String, Checked>>> = LazyLock::new(Mutex::default);
+/// What this operator process remembers about its apps' providers, in memory (a restart checks
+/// every app once): owned by its [`Context`], so that two operators in one process (the tests)
+/// keep their own. An entry that has not been refreshed for [`FORGET_AFTER`] is dropped: a live
+/// app refreshes its entries at least every [`CHECK_INTERVAL`], so only deleted apps (and
+/// providers) lose theirs, and the maps stay as large as the apps in use.
+#[derive(Default)]
+pub struct State {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Per app (`namespace/name`): the rotation last found in sync at the provider, when, and
+    /// the failed checks in a row since.
+    checked: HashMap<String, Checked>,
+    /// Per provider (`namespace/name`): [`Held`].
+    unreachable: HashMap<String, Held>,
+    /// Per app (`namespace/name`): rotations in a row that failed at the provider, and when the
+    /// last one failed.
+    push_failures: HashMap<String, (u32, Instant)>,
+    /// When entries were last looked through for [`FORGET_AFTER`].
+    pruned: Option<Instant>,
+}
+
+/// An entry not refreshed for this long is forgotten: twice the longest wait between two looks
+/// at a live app (a check or a retry), so forgetting never changes what a live app sees.
+const FORGET_AFTER: Duration = Duration::from_secs(2 * CHECK_INTERVAL.as_secs());
 
 struct Checked {
     /// [`checked_version`] of the app when it was found in sync.
     rotation_id: String,
+    /// When it was found in sync, or when a check last failed.
     at: Instant,
     failures: u32,
 }
 
-fn checked() -> std::sync::MutexGuard<'static, HashMap<String, Checked>> {
-    CHECKED.lock().unwrap_or_else(|e| e.into_inner())
+impl State {
+    fn lock(&self, now: Instant) -> std::sync::MutexGuard<'_, Inner> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.prune(now);
+        inner
+    }
+
+    /// Forgets the app `namespace/name` (its client was deleted with it).
+    pub fn forget_app(&self, key: &str) {
+        let mut inner = self.lock(Instant::now());
+        inner.checked.remove(key);
+        inner.push_failures.remove(key);
+    }
+
+    /// Entries held (apps and providers), for tests and metrics.
+    pub fn len(&self) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.checked.len() + inner.unreachable.len() + inner.push_failures.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Inner {
+    /// Drops the entries not refreshed for [`FORGET_AFTER`]; looks at most once per
+    /// [`CHECK_INTERVAL`], so the cost is one pass over the apps every few minutes.
+    fn prune(&mut self, now: Instant) {
+        if self
+            .pruned
+            .is_some_and(|at| now.saturating_duration_since(at) < CHECK_INTERVAL)
+        {
+            return;
+        }
+        self.pruned = Some(now);
+        let fresh = |at: Instant| now.saturating_duration_since(at) < FORGET_AFTER;
+        self.checked.retain(|_, c| fresh(c.at));
+        self.push_failures.retain(|_, (_, at)| fresh(*at));
+        self.unreachable.retain(|_, (until, _, _)| now < *until);
+    }
 }
 
 /// After a provider was found unreachable, calls to it fail at once for this long: a provider
@@ -61,22 +126,21 @@ const UNREACHABLE_HOLD: Duration = Duration::from_secs(10);
 /// Until when a provider is not called, and the URL and detail of the error that said so.
 type Held = (Instant, String, String);
 
-/// Per provider (`namespace/name`): [`Held`].
-static UNREACHABLE: LazyLock<Mutex<HashMap<String, Held>>> = LazyLock::new(Mutex::default);
-
 /// `call` on the provider `namespace/name`, unless it was found unreachable less than
 /// [`UNREACHABLE_HOLD`] ago (then that error again, with no request).
 async fn guarded<T>(
+    state: &State,
     namespace: &str,
     name: &str,
     call: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
     let key = format!("{namespace}/{name}");
-    let held = UNREACHABLE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    let now = Instant::now();
+    let held = state
+        .lock(now)
+        .unreachable
         .get(&key)
-        .filter(|(until, _, _)| Instant::now() < *until)
+        .filter(|(until, _, _)| now < *until)
         .map(|(_, url, detail)| (url.clone(), detail.clone()));
     if let Some((url, detail)) = held {
         return Err(ProviderError::Unreachable {
@@ -86,33 +150,33 @@ async fn guarded<T>(
         .into());
     }
     let result = call.await;
-    let mut unreachable = UNREACHABLE.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    let mut inner = state.lock(now);
     match &result {
         Err(Error::Provider(ProviderError::Unreachable { url, detail })) => {
-            unreachable.insert(
-                key,
-                (Instant::now() + UNREACHABLE_HOLD, url.clone(), detail.clone()),
-            );
+            inner
+                .unreachable
+                .insert(key, (now + UNREACHABLE_HOLD, url.clone(), detail.clone()));
         }
         _ => {
-            unreachable.remove(&key);
+            inner.unreachable.remove(&key);
         }
     }
     result
 }
 
-/// Per app (`namespace/name`): rotations in a row that failed at the provider.
-static PUSH_FAILURES: LazyLock<Mutex<HashMap<String, u32>>> = LazyLock::new(Mutex::default);
-
-fn push_failures() -> std::sync::MutexGuard<'static, HashMap<String, u32>> {
-    PUSH_FAILURES.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// When to retry a rotation of `app` that failed at its provider: 5 s after the first failure,
 /// doubling up to 5 min, so that a provider that is down costs no new secret (and hash) per app
 /// every few seconds. A new request (a new annotation value) still runs at once.
-pub fn retry_after_push_failure(app: &OAuthApp) -> Duration {
-    retry_after(push_failures().get(&app_key(app)).copied().unwrap_or(1))
+pub fn retry_after_push_failure(ctx: &Context, app: &OAuthApp) -> Duration {
+    let failures = ctx
+        .providers
+        .lock(Instant::now())
+        .push_failures
+        .get(&app_key(app))
+        .map(|(n, _)| *n)
+        .unwrap_or(1);
+    retry_after(failures)
 }
 
 /// The provider an app names, connected with its credentials (read from the provider's Secret).
@@ -197,7 +261,7 @@ pub async fn push_rotation(
         }),
         None => Previous::Drop,
     };
-    let result = guarded(&ns, &reference.name, async {
+    let result = guarded(&ctx.providers, &ns, &reference.name, async {
         let provider = connect(&ctx.client, &ns, &reference.name).await?;
         ctx.leadership.check()?;
         Ok::<_, Error>(
@@ -211,15 +275,19 @@ pub async fn push_rotation(
     match result {
         Ok((put, kept)) => {
             info!(app = %key, provider = %reference.name, created = (put == Put::Created), "the identity provider holds the new secret");
-            push_failures().remove(&key);
-            checked().insert(
-                key,
-                Checked {
-                    rotation_id: checked_version(rotation_id, app),
-                    at: Instant::now(),
-                    failures: 0,
-                },
-            );
+            {
+                let now = Instant::now();
+                let mut state = ctx.providers.lock(now);
+                state.push_failures.remove(&key);
+                state.checked.insert(
+                    key,
+                    Checked {
+                        rotation_id: checked_version(rotation_id, app),
+                        at: now,
+                        failures: 0,
+                    },
+                );
+            }
             // Tests: a crash between the provider write and the Secret write.
             #[cfg(feature = "failpoints")]
             if ctx.failpoint.as_deref() == Some("pause-after-provider-push") {
@@ -241,11 +309,15 @@ pub async fn push_rotation(
         Err(e) => {
             // Checked again after any failed rotation: the provider may hold a secret that did
             // not reach the Secret (a Secret write that failed after the push).
-            checked().remove(&key);
-            if matches!(e, Error::Provider(_)) {
-                let mut failures = push_failures();
-                let n = failures.entry(key.clone()).or_insert(0);
-                *n = n.saturating_add(1);
+            {
+                let now = Instant::now();
+                let mut state = ctx.providers.lock(now);
+                state.checked.remove(&key);
+                if matches!(e, Error::Provider(_)) {
+                    let (n, at) = state.push_failures.entry(key.clone()).or_insert((0, now));
+                    *n = n.saturating_add(1);
+                    *at = now;
+                }
             }
             if let Error::Provider(pe) = &e {
                 mark_unsynced(ctx, app, &reference.name, pe).await;
@@ -297,10 +369,18 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
     let version = checked_version(&rotation_id, app);
     // The same rotation checked before under another generation: the spec changed (a client
     // that differs is an update, not someone's change at the provider).
-    let spec_changed = checked().get(&key).is_some_and(|c| {
-        c.rotation_id != version && c.rotation_id.split('@').next() == Some(rotation_id.as_str())
-    });
-    if let Some(wait) = wait_before_check(&key, &version, condition_true, Instant::now()) {
+    let (spec_changed, wait) = {
+        let now = Instant::now();
+        let state = ctx.providers.lock(now);
+        let spec_changed = state.checked.get(&key).is_some_and(|c| {
+            c.rotation_id != version && c.rotation_id.split('@').next() == Some(rotation_id.as_str())
+        });
+        (
+            spec_changed,
+            wait_before_check(&state.checked, &key, &version, condition_true, now),
+        )
+    };
+    if let Some(wait) = wait {
         return Ok(Some(wait));
     }
     let _guard = ctx.locks.lock(&key).await;
@@ -322,7 +402,7 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
         .and_then(|s| s.client_id.clone())
         .unwrap_or_default();
     let wanted = desired(app, &client_id);
-    let outcome = guarded(&ns, &reference.name, async {
+    let outcome = guarded(&ctx.providers, &ns, &reference.name, async {
         let provider = connect(&ctx.client, &ns, &reference.name).await?;
         let holds = provider.holds(&wanted, &current).await?;
         // A hand-changed or missing client gets the current secret alone; one whose description
@@ -342,11 +422,12 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
     drop(current);
     match outcome {
         Ok(holds) => {
-            checked().insert(
+            let now = Instant::now();
+            ctx.providers.lock(now).checked.insert(
                 key.clone(),
                 Checked {
                     rotation_id: checked_version(&rotation_id, app),
-                    at: Instant::now(),
+                    at: now,
                     failures: 0,
                 },
             );
@@ -412,13 +493,16 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
         Err(Error::Provider(pe)) => {
             mark_unsynced(ctx, app, &reference.name, &pe).await;
             let failures = {
-                let mut checked = checked();
-                let entry = checked.entry(key).or_insert(Checked {
+                let now = Instant::now();
+                let mut state = ctx.providers.lock(now);
+                let entry = state.checked.entry(key).or_insert(Checked {
                     rotation_id: String::new(),
-                    at: Instant::now(),
+                    at: now,
                     failures: 0,
                 });
                 entry.rotation_id.clear();
+                // The backoff runs from this failure.
+                entry.at = now;
                 entry.failures = entry.failures.saturating_add(1);
                 entry.failures
             };
@@ -437,8 +521,13 @@ fn checked_version(rotation_id: &str, app: &OAuthApp) -> String {
 /// How long before an app is checked again (None: now): `CHECK_INTERVAL` after the last check
 /// of this rotation that found it in sync; at once after a change of rotation or a condition
 /// that is not True, unless a failed check's backoff still runs.
-fn wait_before_check(key: &str, rotation_id: &str, condition_true: bool, now: Instant) -> Option<Duration> {
-    let checked = checked();
+fn wait_before_check(
+    checked: &HashMap<String, Checked>,
+    key: &str,
+    rotation_id: &str,
+    condition_true: bool,
+    now: Instant,
+) -> Option<Duration> {
     let entry = checked.get(key)?;
     let since = now.saturating_duration_since(entry.at);
     if entry.failures > 0 {
@@ -568,29 +657,37 @@ mod tests {
     fn an_app_is_checked_at_once_after_a_new_rotation_and_otherwise_at_the_interval() {
         let now = Instant::now();
         let key = "ns-check/app";
-        assert_eq!(wait_before_check(key, "r1", true, now), None, "never checked");
-        checked().insert(
-            key.into(),
+        let mut checked = HashMap::new();
+        assert_eq!(
+            wait_before_check(&checked, key, "r1", true, now),
+            None,
+            "never checked"
+        );
+        checked.insert(
+            key.to_string(),
             Checked {
                 rotation_id: "r1".into(),
                 at: now,
                 failures: 0,
             },
         );
-        let wait = wait_before_check(key, "r1", true, now).expect("in sync: waits");
+        let wait = wait_before_check(&checked, key, "r1", true, now).expect("in sync: waits");
         assert_eq!(wait, CHECK_INTERVAL);
-        assert_eq!(wait_before_check(key, "r2", true, now), None, "a new rotation");
         assert_eq!(
-            wait_before_check(key, "r1", false, now),
+            wait_before_check(&checked, key, "r2", true, now),
+            None,
+            "a new rotation"
+        );
+        assert_eq!(
+            wait_before_check(&checked, key, "r1", false, now),
             None,
             "condition not True"
         );
         assert_eq!(
-            wait_before_check(key, "r1", true, now + CHECK_INTERVAL),
+            wait_before_check(&checked, key, "r1", true, now + CHECK_INTERVAL),
             None,
             "interval over"
         );
-        checked().remove(key);
     }
 
     #[test]
@@ -622,8 +719,9 @@ mod tests {
                 detail: "connection refused".into(),
             }))
         };
-        let first = guarded("ns-guard", "kc", call()).await;
-        let second = guarded("ns-guard", "kc", call()).await;
+        let state = State::default();
+        let first = guarded(&state, "ns-guard", "kc", call()).await;
+        let second = guarded(&state, "ns-guard", "kc", call()).await;
         assert_eq!(
             calls.load(std::sync::atomic::Ordering::SeqCst),
             1,
@@ -633,10 +731,60 @@ mod tests {
             panic!("both unreachable");
         };
         assert_eq!((a.reason(), b.reason()), ("Unreachable", "Unreachable"));
-        // Another provider is called.
-        guarded("ns-guard", "other", async { Ok(()) })
+        // Another provider is called, and so is this one by another operator's state.
+        guarded(&state, "ns-guard", "other", async { Ok(()) })
             .await
             .expect("called");
+        guarded(&State::default(), "ns-guard", "kc", async { Ok(()) })
+            .await
+            .expect("another operator's state holds nothing back");
+    }
+
+    #[test]
+    fn entries_not_refreshed_for_a_while_are_forgotten_and_live_ones_kept() {
+        let state = State::default();
+        let start = Instant::now();
+        {
+            let mut inner = state.lock(start);
+            for (key, at) in [("ns/gone", start), ("ns/live", start)] {
+                inner.checked.insert(
+                    key.into(),
+                    Checked {
+                        rotation_id: "r1@1".into(),
+                        at,
+                        failures: 0,
+                    },
+                );
+                inner.push_failures.insert(key.into(), (3, at));
+            }
+            inner.unreachable.insert(
+                "ns/kc".into(),
+                (
+                    start + UNREACHABLE_HOLD,
+                    "http://127.0.0.1:1".into(),
+                    "refused".into(),
+                ),
+            );
+        }
+        assert_eq!(state.len(), 5);
+        // A live app is looked at again within CHECK_INTERVAL: its entries are refreshed.
+        let later = start + FORGET_AFTER;
+        {
+            let mut inner = state.inner.lock().expect("lock");
+            inner.checked.get_mut("ns/live").expect("live").at = later - CHECK_INTERVAL;
+            inner.push_failures.get_mut("ns/live").expect("live").1 = later - CHECK_INTERVAL;
+        }
+        let inner = state.lock(later);
+        assert_eq!(
+            inner.checked.keys().collect::<Vec<_>>(),
+            ["ns/live"],
+            "the deleted app's check is forgotten"
+        );
+        assert_eq!(inner.push_failures.keys().collect::<Vec<_>>(), ["ns/live"]);
+        assert!(inner.unreachable.is_empty(), "an expired hold is forgotten");
+        drop(inner);
+        state.forget_app("ns/live");
+        assert!(state.is_empty());
     }
 
     #[test]
