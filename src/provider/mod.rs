@@ -80,6 +80,9 @@ pub enum Holds {
     Other,
     /// The client holds the secret, but its name or redirect URIs are not the app's.
     Outdated,
+    /// The client holds the secret, and also a previous one that still authenticates, while the
+    /// app keeps none (revoked early, or a rotation without a grace period).
+    PreviousRetired,
     /// No client has this id.
     Missing,
 }
@@ -166,10 +169,12 @@ pub trait IdentityProvider {
     /// Deletes a client the operator created (Ok when it is gone already).
     fn delete_client(&self, client: &OwnedClient) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
-    /// Whether the client holds `secret` as its current secret.
+    /// Whether the client holds `secret` as its current secret; with `previous_valid` false, also
+    /// whether it still takes a previous secret (the app has none valid).
     fn holds(
         &self,
         desired: &DesiredClient,
         secret: &str,
+        previous_valid: bool,
     ) -> impl Future<Output = Result<Holds, ProviderError>> + Send;
 }

@@ -373,7 +373,8 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
         let now = Instant::now();
         let state = ctx.providers.lock(now);
         let spec_changed = state.checked.get(&key).is_some_and(|c| {
-            c.rotation_id != version && c.rotation_id.split('@').next() == Some(rotation_id.as_str())
+            let (rotation, generation) = rotation_and_generation(&c.rotation_id);
+            (rotation, generation) != rotation_and_generation(&version) && rotation == rotation_id
         });
         (
             spec_changed,
@@ -402,15 +403,21 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
         .and_then(|s| s.client_id.clone())
         .unwrap_or_default();
     let wanted = desired(app, &client_id);
+    let previous_valid = app
+        .status
+        .as_ref()
+        .and_then(|s| s.previous_secret.as_ref())
+        .is_some_and(|p| p.expires_at.0 > Timestamp::now());
     let outcome = guarded(&ctx.providers, &ns, &reference.name, async {
         let provider = connect(&ctx.client, &ns, &reference.name).await?;
-        let holds = provider.holds(&wanted, &current).await?;
-        // A hand-changed or missing client gets the current secret alone; one whose description
-        // alone changed keeps a previous secret it holds (a grace period running).
+        let holds = provider.holds(&wanted, &current, previous_valid).await?;
+        // A hand-changed or missing client gets the current secret alone, and so does one that
+        // still takes a previous secret the app has retired; one whose description alone changed
+        // keeps a previous secret it holds (a grace period running).
         let previous = match holds {
             Holds::Same => None,
             Holds::Outdated => Some(Previous::Keep),
-            Holds::Other | Holds::Missing => Some(Previous::Drop),
+            Holds::Other | Holds::Missing | Holds::PreviousRetired => Some(Previous::Drop),
         };
         if let Some(previous) = previous {
             ctx.leadership.check()?;
@@ -438,6 +445,12 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
                 .unwrap_or_default();
             let restored = match holds {
                 Holds::Same => None,
+                Holds::PreviousRetired => Some((
+                    "ProviderPreviousSecretRevoked",
+                    format!(
+                        "no longer takes the previous secret of client {client_id}: the app keeps none valid (revoked, or expired), only its current secret ({hint})"
+                    ),
+                )),
                 Holds::Missing => Some((
                     "ProviderSecretRestored",
                     format!(
@@ -462,7 +475,7 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
                 )),
             };
             if let Some((reason, what)) = restored {
-                let type_ = if reason == "ProviderClientUpdated" {
+                let type_ = if matches!(reason, "ProviderClientUpdated" | "ProviderPreviousSecretRevoked") {
                     info!(app = %key, provider = %reference.name, "the identity provider: {what}");
                     EventType::Normal
                 } else {
@@ -480,7 +493,10 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
             // The grace a rotation gave is kept by the provider as it was; only a restored
             // client loses it (said here).
             let keeps_reason = provider_condition(app)
-                .filter(|c| c.status == "True" && matches!(holds, Holds::Same | Holds::Outdated))
+                .filter(|c| {
+                    c.status == "True"
+                        && matches!(holds, Holds::Same | Holds::Outdated | Holds::PreviousRetired)
+                })
                 .map(|c| c.reason.clone());
             let (reason, message) = synced_condition(
                 &reference.name,
@@ -512,10 +528,26 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
     }
 }
 
-/// What a check found in sync: the rotation and the spec (`metadata.generation`), so that a
-/// change of either (a new redirect URI) is checked at once.
+/// What a check found in sync: the rotation, the spec (`metadata.generation`) and the previous
+/// secret the app keeps valid, so that a change of any of them (a new redirect URI, a previous
+/// secret revoked) is checked at once. `<rotation>@<generation>+<previous rotation>`.
 fn checked_version(rotation_id: &str, app: &OAuthApp) -> String {
-    format!("{rotation_id}@{}", app.metadata.generation.unwrap_or_default())
+    let previous = app
+        .status
+        .as_ref()
+        .and_then(|s| s.previous_secret.as_ref())
+        .map(|p| p.rotation_id.as_str())
+        .unwrap_or_default();
+    format!(
+        "{rotation_id}@{}+{previous}",
+        app.metadata.generation.unwrap_or_default()
+    )
+}
+
+/// The rotation and the generation parts of a [`checked_version`].
+fn rotation_and_generation(version: &str) -> (&str, &str) {
+    let (rotation, rest) = version.split_once('@').unwrap_or((version, ""));
+    (rotation, rest.split('+').next().unwrap_or_default())
 }
 
 /// How long before an app is checked again (None: now): `CHECK_INTERVAL` after the last check

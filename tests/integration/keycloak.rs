@@ -799,6 +799,70 @@ async fn with_a_grace_period_keycloak_takes_both_secrets_until_the_expiry() {
     assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
 }
 
+/// With a grace period both secrets get tokens at Keycloak after a rotation; revoking the
+/// previous one (`oauthapp.io/revoke-previous`, valued with its rotation id) ends it at Keycloak
+/// too, long before its expiry, with no new rotation: the new secret still gets a token.
+#[tokio::test]
+async fn revoking_the_previous_secret_ends_it_at_keycloak_before_its_expiry() {
+    let s = setup("kc-revoke", &[]).await;
+    s.realm.enable_secret_rotation().await;
+    let (_, client_id, first) = s
+        .provisioned("revoker", "  rotation:\n    gracePeriod: 10m\n")
+        .await;
+    s.rotate("revoker", "one");
+    let (app, secret) = s.settled("revoker", 2, "Synced").await;
+    let second = plaintext(&secret);
+    let previous = app
+        .status
+        .as_ref()
+        .and_then(|s| s.previous_secret.clone())
+        .expect("status.previousSecret");
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    assert_eq!(
+        s.realm.token(&client_id, &first).await,
+        (200, String::new()),
+        "previous secret within grace"
+    );
+
+    control_plane().kubectl_ok(&[
+        "-n",
+        &s.ns,
+        "annotate",
+        "oauthapp",
+        "revoker",
+        &format!("oauthapp.io/revoke-previous={}", previous.rotation_id),
+        "--overwrite",
+    ]);
+    let revoked = Instant::now();
+    eventually("the app keeps no previous secret", WAIT, || async {
+        let app = s.apps.get_opt("revoker").await.ok()??;
+        app.status?.previous_secret.is_none().then_some(())
+    })
+    .await;
+    eventually("Keycloak refuses the previous secret", WAIT, || async {
+        (s.realm.token(&client_id, &first).await.0 == 401).then_some(())
+    })
+    .await;
+    eprintln!(
+        "previous secret refused at Keycloak {:?} after the revoke annotation",
+        revoked.elapsed()
+    );
+    assert!(
+        jiff::Timestamp::now() < previous.expires_at.0,
+        "refused only at its expiry"
+    );
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    let events = event_seen(&s, "revoker", "Normal", "ProviderPreviousSecretRevoked").await;
+    assert!(
+        events
+            .iter()
+            .all(|(_, _, note)| !note.contains(&first) && !note.contains(&second))
+    );
+    let (app, secret) = s.settled("revoker", 2, "Synced").await;
+    assert_eq!(plaintext(&secret), second, "no new rotation");
+    assert!(app.status.expect("status").previous_secret.is_none());
+}
+
 #[tokio::test]
 async fn with_a_grace_period_and_no_rotation_policy_in_the_realm_the_condition_says_so() {
     let s = setup("kc-nograce", &[]).await;
