@@ -19,7 +19,7 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 
 use super::IdentityProvider;
-use super::crd::{OAuthProvider, OAuthProviderStatus};
+use super::crd::{ClientDeletionPolicy, OAuthProvider, OAuthProviderStatus};
 use super::keycloak::Keycloak;
 use crate::context::Context;
 use crate::crd::{MANAGER, OAuthApp};
@@ -81,8 +81,12 @@ async fn reconcile(provider: Arc<OAuthProvider>, ctx: Arc<Context>) -> Result<Ac
 /// Deletes the clients the operator created in this provider for apps of its namespace whose
 /// app and Secret are both gone: an app deleted with `spec.secret.deletionPolicy: Delete` (its
 /// Secret garbage-collected with it). An app deleted with `Retain` keeps its Secret, and so its
-/// client, for the same app applied again.
+/// client, for the same app applied again. A provider with `spec.deletionPolicy: Retain` keeps
+/// every client.
 async fn sweep(ctx: &Context, provider: &OAuthProvider, kc: &Keycloak) -> Result<(), Error> {
+    if provider.deletion_policy() == ClientDeletionPolicy::Retain {
+        return Ok(());
+    }
     let ns = provider.namespace().unwrap_or_default();
     let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);

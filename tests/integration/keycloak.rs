@@ -1184,6 +1184,65 @@ async fn a_deleted_app_loses_its_client_unless_its_secret_is_retained() {
     );
 }
 
+/// A provider with `spec.deletionPolicy: Retain` keeps the clients of deleted apps, even with
+/// their Secrets gone: a look of the provider after the deletion (made at once by a change of
+/// its spec) leaves the client working. Switched back to `Delete`, its next look deletes it.
+#[tokio::test]
+async fn a_provider_that_retains_keeps_the_clients_of_deleted_apps() {
+    let s = setup("kc-retain", &[]).await;
+    let set_spec = |patch: Value| {
+        control_plane().kubectl_ok(&[
+            "-n",
+            &s.ns,
+            "patch",
+            "oauthprovider",
+            "kc",
+            "--type=merge",
+            "-p",
+            &json!({ "spec": patch }).to_string(),
+        ]);
+    };
+    set_spec(json!({"deletionPolicy": "Retain"}));
+    let (_, client_id, last) = s.provisioned("spared", "").await;
+    control_plane().kubectl_ok(&["-n", &s.ns, "delete", "oauthapp", "spared", "--wait=true"]);
+    eventually("the app's Secret is garbage-collected", WAIT, || async {
+        s.secrets
+            .get_opt("spared-oauth-client")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // A change of the provider's spec (the default key, spelled out) makes it look now; its
+    // observedGeneration says the look came after the deletion.
+    set_spec(json!({"keycloak": {"credentialsSecretRef": {"clientIdKey": "client_id"}}}));
+    s.provider_ready("kc", "Authenticated").await;
+    assert!(
+        s.realm.client(&client_id).await.is_some(),
+        "a retaining provider deleted a client"
+    );
+    assert_eq!(s.realm.token(&client_id, &last).await, (200, String::new()));
+
+    let switched = Instant::now();
+    set_spec(json!({"deletionPolicy": "Delete"}));
+    eventually("the deleted app's client is gone from Keycloak", WAIT, || async {
+        s.realm.client(&client_id).await.is_none().then_some(())
+    })
+    .await;
+    eprintln!(
+        "client deleted {:?} after the provider stopped retaining",
+        switched.elapsed()
+    );
+    let events = events_about(&s.client, &s.ns, "kc").await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, reason, note)| reason == "ClientDeleted" && note.contains(&client_id)),
+        "{events:?}"
+    );
+}
+
 const VERIFIER_RULES: &str =
     "- apiGroups: [oauthapp.io]\n  resources: [oauthapps/verify]\n  verbs: [create]\n";
 
