@@ -523,10 +523,7 @@ async fn a_new_app_gets_a_token_with_its_secret_and_after_a_rotation_only_the_ne
     let (_, message) = s.provider_ready("kc", "Authenticated").await;
     assert!(!message.contains(&s.sa_secret), "{message}");
 
-    s.app("billing", "kc", "");
-    let (app, secret) = s.settled("billing", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
-    let first = plaintext(&secret);
+    let (app, client_id, first) = s.provisioned("billing", "").await;
     assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
     // The client as the app describes it, marked as the operator's.
     let client = s
@@ -682,10 +679,7 @@ async fn a_client_of_that_id_the_operator_did_not_create_is_a_conflict_and_is_le
 #[tokio::test]
 async fn a_secret_or_redirect_uri_changed_at_keycloak_is_set_back_without_a_rotation() {
     let s = setup("kc-drift", &[]).await;
-    s.app("drifty", "kc", "");
-    let (_, secret) = s.settled("drifty", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
-    let current = plaintext(&secret);
+    let (_, client_id, current) = s.provisioned("drifty", "").await;
     // Someone sets another secret in Keycloak's admin API.
     s.realm
         .edit_client(&client_id, |c| c["secret"] = json!("changed-by-hand"))
@@ -729,10 +723,7 @@ async fn a_secret_or_redirect_uri_changed_at_keycloak_is_set_back_without_a_rota
 #[tokio::test]
 async fn a_kill_between_the_keycloak_write_and_the_secret_write_converges_with_one_rotation() {
     let s = setup("kc-kill", &[]).await;
-    s.app("crashy", "kc", "");
-    let (_, secret) = s.settled("crashy", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
-    let first = plaintext(&secret);
+    let (_, client_id, first) = s.provisioned("crashy", "").await;
     // An operator that stops for good right after Keycloak took the new secret.
     let mut s = s;
     s.operator.kill9();
@@ -767,10 +758,9 @@ async fn a_kill_between_the_keycloak_write_and_the_secret_write_converges_with_o
 async fn with_a_grace_period_keycloak_takes_both_secrets_until_the_expiry() {
     let s = setup("kc-grace", &[]).await;
     s.realm.enable_secret_rotation().await;
-    s.app("graceful", "kc", "  rotation:\n    gracePeriod: 30s\n");
-    let (_, secret) = s.settled("graceful", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
-    let first = plaintext(&secret);
+    let (_, client_id, first) = s
+        .provisioned("graceful", "  rotation:\n    gracePeriod: 30s\n")
+        .await;
     s.rotate("graceful", "one");
     let (app, secret) = s.settled("graceful", 2, "Synced").await;
     let second = plaintext(&secret);
@@ -866,10 +856,9 @@ async fn revoking_the_previous_secret_ends_it_at_keycloak_before_its_expiry() {
 #[tokio::test]
 async fn with_a_grace_period_and_no_rotation_policy_in_the_realm_the_condition_says_so() {
     let s = setup("kc-nograce", &[]).await;
-    s.app("strict", "kc", "  rotation:\n    gracePeriod: 10m\n");
-    let (_, secret) = s.settled("strict", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
-    let first = plaintext(&secret);
+    let (_, client_id, first) = s
+        .provisioned("strict", "  rotation:\n    gracePeriod: 10m\n")
+        .await;
     s.rotate("strict", "one");
     let (app, secret) = s.settled("strict", 2, "SyncedWithoutGrace").await;
     let (_, _, message) = provider_synced(&app).expect("condition");
@@ -886,9 +875,7 @@ async fn with_a_grace_period_and_no_rotation_policy_in_the_realm_the_condition_s
 #[tokio::test]
 async fn a_rest_rotation_answers_200_with_a_secret_keycloak_takes_and_503_when_keycloak_refuses() {
     let s = setup("kc-rest", &[]).await;
-    s.app("viarest", "kc", "");
-    let (app, secret) = s.settled("viarest", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
+    let (app, client_id, initial) = s.provisioned("viarest", "").await;
     let token = admin_token_for_rest(&s.ns);
     let app_id = app
         .status
@@ -916,7 +903,7 @@ async fn a_rest_rotation_answers_200_with_a_secret_keycloak_takes_and_503_when_k
         .expect("client_secret")
         .to_string();
     assert_eq!(s.realm.token(&client_id, &returned).await, (200, String::new()));
-    assert_eq!(s.realm.token(&client_id, &plaintext(&secret)).await.0, 401);
+    assert_eq!(s.realm.token(&client_id, &initial).await.0, 401);
     let (_, secret) = s.settled("viarest", 2, "Synced").await;
     let first = plaintext(&secret);
     assert_eq!(first, returned);
@@ -1290,15 +1277,14 @@ fn stranger_secret() -> String {
 async fn verify_agrees_with_keycloak_on_the_current_and_the_previous_secret() {
     let s = setup("kc-verify", &[]).await;
     s.realm.enable_secret_rotation().await;
-    s.app("checked", "kc", "  rotation:\n    gracePeriod: 30s\n");
-    let (app, secret) = s.settled("checked", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
+    let (app, client_id, first) = s
+        .provisioned("checked", "  rotation:\n    gracePeriod: 30s\n")
+        .await;
     let app_id = app
         .status
         .as_ref()
         .and_then(|s| s.app_id.clone())
         .expect("app id");
-    let first = plaintext(&secret);
     let token = verifier_token(&s.ns);
     let port = s.operator.api_port;
 
@@ -1378,10 +1364,7 @@ async fn verify_agrees_with_keycloak_on_the_current_and_the_previous_secret() {
 #[tokio::test]
 async fn a_scheduled_rotation_and_a_repair_each_land_at_keycloak() {
     let s = setup("kc-triggers", &[]).await;
-    s.app("timely", "kc", "  rotation:\n    interval: 2h\n");
-    let (app, secret) = s.settled("timely", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
-    let first = plaintext(&secret);
+    let (app, client_id, first) = s.provisioned("timely", "  rotation:\n    interval: 2h\n").await;
 
     // The secret three hours old: the schedule is due (the record is signed: this takes the
     // operator's key).
@@ -1536,14 +1519,9 @@ async fn an_https_keycloak_behind_a_private_ca_is_trusted_with_the_ca_bundle_onl
     );
     assert!(!message.contains(&s.sa_secret), "{message}");
 
-    s.app("secure", "kc", "");
-    let (_, secret) = s.settled("secure", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
+    let (_, client_id, secret) = s.provisioned("secure", "").await;
     assert!(s.realm.base.starts_with("https://"));
-    assert_eq!(
-        s.realm.token(&client_id, &plaintext(&secret)).await,
-        (200, String::new())
-    );
+    assert_eq!(s.realm.token(&client_id, &secret).await, (200, String::new()));
 
     // A bundle without a PEM certificate is refused by the API server.
     let refused = control_plane().apply(
