@@ -140,7 +140,7 @@ pub struct OAuthProviderStatus {
     /// Current conditions. `Ready` is True when the operator could authenticate to the realm
     /// with the service account's credentials; otherwise its reason says why not
     /// (`CredentialsMissing`, `Unreachable`, `TLSHandshakeFailed`, `InvalidCABundle`,
-    /// `Unauthorized`, `Rejected`).
+    /// `Unauthorized`, `Forbidden`, `Rejected`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -137,6 +137,8 @@ impl Keycloak {
         let detail = crate::error::redact(&format!("{what}: HTTP {status} {said}"));
         let url = self.url.clone();
         match status.as_u16() {
+            // The admin API with a valid token: the account lacks the role.
+            403 if what != "token request" => ProviderError::Forbidden { url, detail },
             // 400 invalid_client / unauthorized_client from the token endpoint: bad credentials.
             400 | 401 | 403 => ProviderError::Unauthorized { url, detail },
             404 if what == "token request" => ProviderError::Unauthorized {
@@ -294,7 +296,12 @@ pub fn representation(
 
 impl IdentityProvider for Keycloak {
     async fn authenticate(&self) -> Result<(), ProviderError> {
-        self.token().await.map(|_| ())
+        let token = self.token().await?;
+        // And that the account may manage clients (one client listed): a token alone does not
+        // say so.
+        self.list_clients(&token, &[("first", "0"), ("max", "1")], "client list")
+            .await
+            .map(|_| ())
     }
 
     async fn put_client(
@@ -659,6 +666,26 @@ mod tests {
         assert!(!takes_rotated(&found, 500), "expired");
         let rep = representation(Some(&found), &desired(), "s2", &Previous::Drop, 200);
         assert!(!takes_rotated(rep.as_object().expect("object"), 201), "dropped");
+    }
+
+    #[test]
+    fn a_403_is_forbidden_at_the_admin_api_and_unauthorized_at_the_token_endpoint() {
+        let kc = Keycloak::new("http://127.0.0.1:1", "r", "sa".into(), "very-secret".into(), None)
+            .expect("client");
+        let body = json!({"error": "unknown_error"});
+        let forbidden = reqwest::StatusCode::FORBIDDEN;
+        let e = kc.answer_error(forbidden, &body, "client lookup");
+        assert_eq!(e.reason(), "Forbidden");
+        assert!(e.to_string().contains("manage-clients"), "{e}");
+        assert_eq!(
+            kc.answer_error(forbidden, &body, "token request").reason(),
+            "Unauthorized"
+        );
+        assert_eq!(
+            kc.answer_error(reqwest::StatusCode::SERVICE_UNAVAILABLE, &body, "client update")
+                .reason(),
+            "Unreachable"
+        );
     }
 
     #[test]

@@ -117,6 +117,12 @@ pub enum ProviderError {
         "identity provider at {url} refused the service account: {detail}; check the credentials Secret and that the account has the realm-management role manage-clients"
     )]
     Unauthorized { url: String, detail: String },
+    /// The provider took the service account's credentials but refused it the admin API (HTTP
+    /// 403: in Keycloak, it lacks the realm-management role `manage-clients`).
+    #[error(
+        "identity provider at {url} authenticated the service account but does not let it manage clients: {detail}; give it the realm-management role manage-clients in the realm; the operator retries"
+    )]
+    Forbidden { url: String, detail: String },
     /// A client with the app's client id exists and was not created by the operator for this app.
     #[error(
         "a client with id {client_id} exists at the identity provider and was not created by the operator for this app; delete it there, or choose another spec.clientId"
@@ -137,6 +143,7 @@ impl ProviderError {
             ProviderError::Tls { .. } => "TLSHandshakeFailed",
             ProviderError::InvalidCaBundle { .. } => "InvalidCABundle",
             ProviderError::Unauthorized { .. } => "Unauthorized",
+            ProviderError::Forbidden { .. } => "Forbidden",
             ProviderError::ClientConflict { .. } => "ClientConflict",
             ProviderError::Rejected { .. } => "Rejected",
         }

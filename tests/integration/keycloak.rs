@@ -187,40 +187,45 @@ impl Realm {
                 })),
             )
             .await;
-        let sa = realm
+        realm.manage_clients(reqwest::Method::POST).await;
+        (realm, sa_secret)
+    }
+
+    /// Gives (POST) or takes (DELETE) the realm-management role manage-clients to the service
+    /// account of client `oauthapp-operator`.
+    async fn manage_clients(&self, method: reqwest::Method) {
+        let sa = self
             .client("oauthapp-operator")
             .await
             .expect("service account client");
-        let user = realm
+        let user = self
             .admin(
                 reqwest::Method::GET,
-                &realm.path(&format!(
+                &self.path(&format!(
                     "/clients/{}/service-account-user",
                     sa["id"].as_str().expect("id")
                 )),
                 None,
             )
             .await;
-        let management = realm.client("realm-management").await.expect("realm-management");
+        let management = self.client("realm-management").await.expect("realm-management");
         let management_id = management["id"].as_str().expect("id").to_string();
-        let role = realm
+        let role = self
             .admin(
                 reqwest::Method::GET,
-                &realm.path(&format!("/clients/{management_id}/roles/manage-clients")),
+                &self.path(&format!("/clients/{management_id}/roles/manage-clients")),
                 None,
             )
             .await;
-        realm
-            .admin(
-                reqwest::Method::POST,
-                &realm.path(&format!(
-                    "/users/{}/role-mappings/clients/{management_id}",
-                    user["id"].as_str().expect("user id")
-                )),
-                Some(json!([role])),
-            )
-            .await;
-        (realm, sa_secret)
+        self.admin(
+            method,
+            &self.path(&format!(
+                "/users/{}/role-mappings/clients/{management_id}",
+                user["id"].as_str().expect("user id")
+            )),
+            Some(json!([role])),
+        )
+        .await;
     }
 
     fn path(&self, rest: &str) -> String {
@@ -924,6 +929,54 @@ async fn a_rest_rotation_answers_200_with_a_secret_keycloak_takes_and_503_when_k
     assert_eq!(app.status.as_ref().expect("status").rotation_count, 2);
     let (status, reason, _) = provider_synced(&app).expect("condition");
     assert_eq!((status.as_str(), reason.as_str()), ("False", "Unauthorized"));
+}
+
+/// The service account loses the realm-management role manage-clients: Keycloak still gives it
+/// a token but its admin API answers 403. The provider says `Ready=False, reason Forbidden`, a
+/// rotation is held (`ProviderSynced=False, Forbidden`, the message naming the role; the Secret
+/// keeps the old secret); with the role given back the rotation lands, once.
+#[tokio::test]
+async fn a_service_account_without_manage_clients_holds_rotations_until_the_role_is_back() {
+    let s = setup("kc-forbidden", &[]).await;
+    let (_, client_id, first) = s.provisioned("guarded", "").await;
+    s.realm.manage_clients(reqwest::Method::DELETE).await;
+    s.rotate("guarded", "one");
+    let (_, reason, message) = eventually("guarded: ProviderSynced=False", WAIT, || async {
+        let app = s.apps.get_opt("guarded").await.ok()??;
+        provider_synced(&app).filter(|(status, _, _)| status == "False")
+    })
+    .await;
+    assert_eq!(reason, "Forbidden", "{message}");
+    assert!(message.contains("manage-clients"), "{message}");
+    let (status, message) = s.provider_ready("kc", "Forbidden").await;
+    assert_eq!(status, "False");
+    assert!(!message.contains(&s.sa_secret), "{message}");
+    let held = s.secrets.get("guarded-oauth-client").await.expect("secret");
+    assert_eq!(
+        plaintext(&held),
+        first,
+        "the Secret holds a secret Keycloak never took"
+    );
+    assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
+
+    s.realm.manage_clients(reqwest::Method::POST).await;
+    let given_back = Instant::now();
+    // The rotation's backoff may have grown meanwhile (up to 5 min).
+    let (app, secret) = eventually(
+        "guarded: rotation 2, ProviderSynced Synced",
+        Duration::from_secs(360),
+        || s.settled_now("guarded", 2, "Synced"),
+    )
+    .await;
+    eprintln!(
+        "rotation landed {:?} after the role was given back",
+        given_back.elapsed()
+    );
+    assert_eq!(app.status.expect("status").rotation_count, 2);
+    let second = plaintext(&secret);
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
+    s.provider_ready("kc", "Authenticated").await;
 }
 
 /// A token for a ServiceAccount that may rotate apps in `ns`.
