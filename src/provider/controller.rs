@@ -52,6 +52,11 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
 }
 
 async fn reconcile(provider: Arc<OAuthProvider>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let was_ready = provider
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True");
     let checked = async {
         let kc = super::sync::connect_to(&ctx.client, &provider).await?;
         kc.authenticate().await?;
@@ -75,6 +80,13 @@ async fn reconcile(provider: Arc<OAuthProvider>, ctx: Arc<Context>) -> Result<Ac
         Err(e) => return Err(e),
     };
     write_ready(&ctx, &provider, status, reason, message).await?;
+    if status == "True" && !was_ready {
+        // Back (or new): the apps it held need not wait out their backoff.
+        let retried = super::sync::retry_held_apps(&ctx, &provider).await?;
+        if retried > 0 {
+            info!(provider = %provider.name_any(), apps = retried, "the provider authenticates again; retrying the apps it held");
+        }
+    }
     Ok(Action::requeue(again))
 }
 

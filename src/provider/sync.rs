@@ -142,12 +142,10 @@ async fn guarded<T>(
         .get(&key)
         .filter(|(until, _, _)| now < *until)
         .map(|(_, url, detail)| (url.clone(), detail.clone()));
+    // The same error, word for word: a condition message that changed with every look would
+    // write the status, and so bring the app back at once, on every look.
     if let Some((url, detail)) = held {
-        return Err(ProviderError::Unreachable {
-            url,
-            detail: format!("{detail} (not tried again for {} s)", UNREACHABLE_HOLD.as_secs()),
-        }
-        .into());
+        return Err(ProviderError::Unreachable { url, detail }.into());
     }
     let result = call.await;
     let now = Instant::now();
@@ -163,6 +161,18 @@ async fn guarded<T>(
         }
     }
     result
+}
+
+impl State {
+    /// Whether calls to the provider `namespace/name` are held (it was found unreachable less
+    /// than [`UNREACHABLE_HOLD`] ago).
+    fn held(&self, namespace: &str, name: &str) -> bool {
+        let now = Instant::now();
+        self.lock(now)
+            .unreachable
+            .get(&format!("{namespace}/{name}"))
+            .is_some_and(|(until, _, _)| now < *until)
+    }
 }
 
 /// When to retry a rotation of `app` that failed at its provider: 5 s after the first failure,
@@ -261,6 +271,9 @@ pub async fn push_rotation(
         }),
         None => Previous::Drop,
     };
+    // A failure without a request (the provider held) does not lengthen the backoff: only
+    // attempts that reached for the provider count.
+    let held = ctx.providers.held(&ns, &reference.name);
     let result = guarded(&ctx.providers, &ns, &reference.name, async {
         let provider = connect(&ctx.client, &ns, &reference.name).await?;
         ctx.leadership.check()?;
@@ -313,7 +326,7 @@ pub async fn push_rotation(
                 let now = Instant::now();
                 let mut state = ctx.providers.lock(now);
                 state.checked.remove(&key);
-                if matches!(e, Error::Provider(_)) {
+                if matches!(e, Error::Provider(_)) && !held {
                     let (n, at) = state.push_failures.entry(key.clone()).or_insert((0, now));
                     *n = n.saturating_add(1);
                     *at = now;
@@ -325,6 +338,58 @@ pub async fn push_rotation(
             Err(e)
         }
     }
+}
+
+/// `ProviderSynced=False` reasons that are the provider's, not the app's: once the provider
+/// authenticates again, an app held by one of them is retried at once.
+const PROVIDER_LEVEL_REASONS: &[&str] = &[
+    "ProviderNotFound",
+    "CredentialsMissing",
+    "Unreachable",
+    "TLSHandshakeFailed",
+    "InvalidCABundle",
+    "Unauthorized",
+    "Forbidden",
+];
+
+/// `ProviderSynced=False`: the provider authenticates again and the app's sync is retried now.
+pub const RETRYING: &str = "Retrying";
+
+/// The apps that `provider` held (`ProviderSynced=False` for one of the provider's own reasons),
+/// retried at once now that it authenticates again (called when its `Ready` turns True): their
+/// backoff starts over, and `ProviderSynced` says so (reason [`RETRYING`]), a status write that
+/// brings each app to the controller now rather than at the end of a backoff of up to 5 min.
+/// Returns how many apps it retried.
+pub async fn retry_held_apps(ctx: &Context, provider: &OAuthProvider) -> Result<usize, Error> {
+    let ns = provider.namespace().unwrap_or_default();
+    let name = provider.name_any();
+    ctx.providers
+        .lock(Instant::now())
+        .unreachable
+        .remove(&format!("{ns}/{name}"));
+    let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut retried = 0;
+    for app in apps.list(&Default::default()).await? {
+        if app.spec.provider_ref.as_ref().map(|r| r.name.as_str()) != Some(name.as_str()) {
+            continue;
+        }
+        let held = provider_condition(&app)
+            .is_some_and(|c| c.status == "False" && PROVIDER_LEVEL_REASONS.contains(&c.reason.as_str()));
+        if !held {
+            continue;
+        }
+        ctx.providers.forget_app(&app_key(&app));
+        write_condition(
+            ctx,
+            &app,
+            "False",
+            RETRYING,
+            format!("OAuthProvider {name} authenticates again; the app's sync is retried now"),
+        )
+        .await?;
+        retried += 1;
+    }
+    Ok(retried)
 }
 
 /// The plaintext of the Secret's current secret when it is rotation `replaced` (the secret a
@@ -763,6 +828,12 @@ mod tests {
             panic!("both unreachable");
         };
         assert_eq!((a.reason(), b.reason()), ("Unreachable", "Unreachable"));
+        assert_eq!(
+            a.to_string(),
+            b.to_string(),
+            "the held answer says what the call said (a stable condition message)"
+        );
+        assert!(state.held("ns-guard", "kc"));
         // Another provider is called, and so is this one by another operator's state.
         guarded(&state, "ns-guard", "other", async { Ok(()) })
             .await
