@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
-use oauthapp_operator::crd::OAuthApp;
+use oauthapp_operator::crd::{OAuthApp, PreviousSecret};
 use oauthapp_operator::provider::crd::OAuthProvider;
 use serde_json::{Value, json};
 
@@ -473,6 +473,30 @@ impl Setup {
         (app, client_id_of(&secret), plaintext(&secret))
     }
 
+    /// App `name` with `spec.rotation.gracePeriod: grace`, in a realm whose secret-rotation
+    /// policy keeps a rotated secret, rotated once: both its secrets get tokens at Keycloak.
+    /// (client id, first secret, second secret, `status.previousSecret`).
+    async fn rotated_with_grace(&self, name: &str, grace: &str) -> (String, String, String, PreviousSecret) {
+        self.realm.enable_secret_rotation().await;
+        let (_, client_id, first) = self
+            .provisioned(name, &format!("  rotation:\n    gracePeriod: {grace}\n"))
+            .await;
+        self.rotate(name, "one");
+        let (app, secret) = self.settled(name, 2, "Synced").await;
+        let second = plaintext(&secret);
+        let previous = app
+            .status
+            .and_then(|s| s.previous_secret)
+            .expect("status.previousSecret");
+        assert_eq!(self.realm.token(&client_id, &second).await, (200, String::new()));
+        assert_eq!(
+            self.realm.token(&client_id, &first).await,
+            (200, String::new()),
+            "previous secret within grace"
+        );
+        (client_id, first, second, *previous)
+    }
+
     /// The app once it is Ready with `count` secrets, its status describing its Secret, and
     /// `ProviderSynced` in `reason`; with its Secret.
     async fn settled(&self, name: &str, count: i64, reason: &str) -> (OAuthApp, Secret) {
@@ -762,25 +786,8 @@ async fn a_kill_between_the_keycloak_write_and_the_secret_write_converges_with_o
 #[tokio::test]
 async fn with_a_grace_period_keycloak_takes_both_secrets_until_the_expiry() {
     let s = setup("kc-grace", &[]).await;
-    s.realm.enable_secret_rotation().await;
-    let (_, client_id, first) = s
-        .provisioned("graceful", "  rotation:\n    gracePeriod: 30s\n")
-        .await;
-    s.rotate("graceful", "one");
-    let (app, secret) = s.settled("graceful", 2, "Synced").await;
-    let second = plaintext(&secret);
-    let expires = app
-        .status
-        .as_ref()
-        .and_then(|s| s.previous_secret.as_ref())
-        .map(|p| p.expires_at.0)
-        .expect("status.previousSecret");
-    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
-    assert_eq!(
-        s.realm.token(&client_id, &first).await,
-        (200, String::new()),
-        "previous secret within grace"
-    );
+    let (client_id, first, second, previous) = s.rotated_with_grace("graceful", "30s").await;
+    let expires = previous.expires_at.0;
     // After the expiry, only the new one.
     eventually("the previous secret stops working at Keycloak", WAIT, || async {
         (s.realm.token(&client_id, &first).await.0 == 401).then_some(())
@@ -800,24 +807,7 @@ async fn with_a_grace_period_keycloak_takes_both_secrets_until_the_expiry() {
 #[tokio::test]
 async fn revoking_the_previous_secret_ends_it_at_keycloak_before_its_expiry() {
     let s = setup("kc-revoke", &[]).await;
-    s.realm.enable_secret_rotation().await;
-    let (_, client_id, first) = s
-        .provisioned("revoker", "  rotation:\n    gracePeriod: 10m\n")
-        .await;
-    s.rotate("revoker", "one");
-    let (app, secret) = s.settled("revoker", 2, "Synced").await;
-    let second = plaintext(&secret);
-    let previous = app
-        .status
-        .as_ref()
-        .and_then(|s| s.previous_secret.clone())
-        .expect("status.previousSecret");
-    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
-    assert_eq!(
-        s.realm.token(&client_id, &first).await,
-        (200, String::new()),
-        "previous secret within grace"
-    );
+    let (client_id, first, second, previous) = s.rotated_with_grace("revoker", "10m").await;
 
     control_plane().kubectl_ok(&[
         "-n",
