@@ -1074,6 +1074,8 @@ impl Drop for RestartableKeycloak {
                 .args(["-KILL", "--", &format!("-{group}")])
                 .status();
         }
+        // Its database (some 70 MB); the log stays, beside the other Keycloaks'.
+        let _ = std::fs::remove_dir_all(keycloak_dir(&self.name).join("h2"));
     }
 }
 
@@ -1093,6 +1095,8 @@ async fn keycloak_killed_during_a_rotation_holds_it_and_it_lands_once_when_keycl
         "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: plain\nspec:\n  redirectUris: [\"https://plain.example.com/cb\"]\n",
     );
 
+    // Ready before the kill, so that its Unreachable below is a look made after it.
+    s.provider_ready("kc", "Authenticated").await;
     kc.kill().await;
     let killed = Instant::now();
     s.rotate("patient", "one");
@@ -1104,7 +1108,9 @@ async fn keycloak_killed_during_a_rotation_holds_it_and_it_lands_once_when_keycl
     .await;
     assert_eq!(reason, "Unreachable", "{message}");
     assert!(!message.contains(&first), "{message}");
+    // The provider looks every minute while Ready: its look after the kill.
     s.provider_ready("kc", "Unreachable").await;
+    eprintln!("provider Unreachable {:?} after the kill", killed.elapsed());
     // The app without a provider rotated; the held one did not, anywhere.
     eventually("plain rotated", WAIT, || async {
         let plain = s.apps.get_opt("plain").await.ok()??;
