@@ -79,14 +79,15 @@ async fn reconcile(provider: Arc<OAuthProvider>, ctx: Arc<Context>) -> Result<Ac
         Err(Error::Provider(e)) => ("False", e.reason(), e.to_string(), RETRY),
         Err(e) => return Err(e),
     };
-    write_ready(&ctx, &provider, status, reason, message).await?;
     if status == "True" && !was_ready {
-        // Back (or new): the apps it held need not wait out their backoff.
+        // Back (or new): the apps it held need not wait out their backoff. Before `Ready` is
+        // written, so that a failure here is tried again by the next look.
         let retried = super::sync::retry_held_apps(&ctx, &provider).await?;
         if retried > 0 {
             info!(provider = %provider.name_any(), apps = retried, "the provider authenticates again; retrying the apps it held");
         }
     }
+    write_ready(&ctx, &provider, status, reason, message).await?;
     Ok(Action::requeue(again))
 }
 
