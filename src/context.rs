@@ -68,6 +68,9 @@ pub struct Context {
     pub installation: String,
     /// The newest rotation of each deleted app's name (crate::ledger).
     pub ledger: Arc<crate::ledger::Ledger>,
+    /// What this process knows of its apps' identity providers (checks, backoffs, providers
+    /// found unreachable).
+    pub providers: Arc<crate::provider::sync::State>,
 }
 
 /// Repairs started per second at most, by default.
@@ -104,6 +107,7 @@ impl Context {
             repair_turns: crate::schedule::ScheduledRotations::new(DEFAULT_REPAIRS_PER_SECOND, None),
             installation: String::new(),
             ledger: Arc::default(),
+            providers: Arc::default(),
         }
     }
 

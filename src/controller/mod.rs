@@ -188,7 +188,9 @@ fn error_policy(cached: Arc<CachedApp>, error: &Error, scope: Arc<Scope>) -> Act
     warn!(app = %app_key(&app), reason = error.reason(), error = %error, "reconcile failed; retrying");
     match error {
         // Backs off while the app's identity provider refuses or cannot be reached.
-        Error::Provider(_) => Action::requeue(crate::provider::sync::retry_after_push_failure(&app)),
+        Error::Provider(_) => {
+            Action::requeue(crate::provider::sync::retry_after_push_failure(&scope.ctx, &app))
+        }
         _ => Action::requeue(ERROR_REQUEUE),
     }
 }

@@ -19,7 +19,7 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 
 use super::IdentityProvider;
-use super::crd::{OAuthProvider, OAuthProviderStatus};
+use super::crd::{ClientDeletionPolicy, OAuthProvider, OAuthProviderStatus};
 use super::keycloak::Keycloak;
 use crate::context::Context;
 use crate::crd::{MANAGER, OAuthApp};
@@ -52,6 +52,11 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
 }
 
 async fn reconcile(provider: Arc<OAuthProvider>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let was_ready = provider
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True");
     let checked = async {
         let kc = super::sync::connect_to(&ctx.client, &provider).await?;
         kc.authenticate().await?;
@@ -74,6 +79,14 @@ async fn reconcile(provider: Arc<OAuthProvider>, ctx: Arc<Context>) -> Result<Ac
         Err(Error::Provider(e)) => ("False", e.reason(), e.to_string(), RETRY),
         Err(e) => return Err(e),
     };
+    if status == "True" && !was_ready {
+        // Back (or new): the apps it held need not wait out their backoff. Before `Ready` is
+        // written, so that a failure here is tried again by the next look.
+        let retried = super::sync::retry_held_apps(&ctx, &provider).await?;
+        if retried > 0 {
+            info!(provider = %provider.name_any(), apps = retried, "the provider authenticates again; retrying the apps it held");
+        }
+    }
     write_ready(&ctx, &provider, status, reason, message).await?;
     Ok(Action::requeue(again))
 }
@@ -81,8 +94,12 @@ async fn reconcile(provider: Arc<OAuthProvider>, ctx: Arc<Context>) -> Result<Ac
 /// Deletes the clients the operator created in this provider for apps of its namespace whose
 /// app and Secret are both gone: an app deleted with `spec.secret.deletionPolicy: Delete` (its
 /// Secret garbage-collected with it). An app deleted with `Retain` keeps its Secret, and so its
-/// client, for the same app applied again.
+/// client, for the same app applied again. A provider with `spec.deletionPolicy: Retain` keeps
+/// every client.
 async fn sweep(ctx: &Context, provider: &OAuthProvider, kc: &Keycloak) -> Result<(), Error> {
+    if provider.deletion_policy() == ClientDeletionPolicy::Retain {
+        return Ok(());
+    }
     let ns = provider.namespace().unwrap_or_default();
     let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -97,6 +114,7 @@ async fn sweep(ctx: &Context, provider: &OAuthProvider, kc: &Keycloak) -> Result
         }
         ctx.leadership.check()?;
         kc.delete_client(&client).await?;
+        ctx.providers.forget_app(&client.owner);
         info!(provider = %provider.name_any(), client_id = %client.client_id, app = %client.owner, "deleted the client of a deleted app");
         let event = Event {
             type_: EventType::Normal,

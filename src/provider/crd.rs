@@ -41,6 +41,31 @@ use serde::{Deserialize, Serialize};
 pub struct OAuthProviderSpec {
     /// A Keycloak realm. The only kind of provider so far.
     pub keycloak: KeycloakProvider,
+
+    /// What becomes of the client of a deleted app. `Delete` (the default): the operator deletes
+    /// the client once the app and its Secret are both gone (an app with
+    /// `spec.secret.deletionPolicy: Retain` keeps its Secret, and so its client). `Retain`: the
+    /// operator never deletes a client in this provider; clients of deleted apps stay, holding
+    /// their last secret, until someone deletes them there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<ClientDeletionPolicy>,
+}
+
+/// `spec.deletionPolicy` of an OAuthProvider.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientDeletionPolicy {
+    /// The client of a deleted app is deleted once its Secret is gone too.
+    #[default]
+    Delete,
+    /// Clients of deleted apps are kept at the provider.
+    Retain,
+}
+
+impl OAuthProvider {
+    /// `spec.deletionPolicy`, `Delete` when unset.
+    pub fn deletion_policy(&self) -> ClientDeletionPolicy {
+        self.spec.deletion_policy.unwrap_or_default()
+    }
 }
 
 /// Where a Keycloak realm is, and the service account the operator manages its clients with.
@@ -115,7 +140,7 @@ pub struct OAuthProviderStatus {
     /// Current conditions. `Ready` is True when the operator could authenticate to the realm
     /// with the service account's credentials; otherwise its reason says why not
     /// (`CredentialsMissing`, `Unreachable`, `TLSHandshakeFailed`, `InvalidCABundle`,
-    /// `Unauthorized`, `Rejected`).
+    /// `Unauthorized`, `Forbidden`, `Rejected`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

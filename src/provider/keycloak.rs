@@ -137,6 +137,8 @@ impl Keycloak {
         let detail = crate::error::redact(&format!("{what}: HTTP {status} {said}"));
         let url = self.url.clone();
         match status.as_u16() {
+            // The admin API with a valid token: the account lacks the role.
+            403 if what != "token request" => ProviderError::Forbidden { url, detail },
             // 400 invalid_client / unauthorized_client from the token endpoint: bad credentials.
             400 | 401 | 403 => ProviderError::Unauthorized { url, detail },
             404 if what == "token request" => ProviderError::Unauthorized {
@@ -294,7 +296,12 @@ pub fn representation(
 
 impl IdentityProvider for Keycloak {
     async fn authenticate(&self) -> Result<(), ProviderError> {
-        self.token().await.map(|_| ())
+        let token = self.token().await?;
+        // And that the account may manage clients (one client listed): a token alone does not
+        // say so.
+        self.list_clients(&token, &[("first", "0"), ("max", "1")], "client list")
+            .await
+            .map(|_| ())
     }
 
     async fn put_client(
@@ -395,7 +402,12 @@ impl IdentityProvider for Keycloak {
         Err(self.answer_error(status, &body, "client delete"))
     }
 
-    async fn holds(&self, desired: &DesiredClient, secret: &str) -> Result<Holds, ProviderError> {
+    async fn holds(
+        &self,
+        desired: &DesiredClient,
+        secret: &str,
+        previous_valid: bool,
+    ) -> Result<Holds, ProviderError> {
         let token = self.token().await?;
         let Some(found) = self.find(&token, &desired.client_id).await? else {
             return Ok(Holds::Missing);
@@ -405,12 +417,30 @@ impl IdentityProvider for Keycloak {
             .get("secret")
             .and_then(Value::as_str)
             .is_some_and(|s| constant_time_eq(s.as_bytes(), secret.as_bytes()));
+        let now = jiff::Timestamp::now().as_second();
         Ok(match (same, describes(&found, desired)) {
             (false, _) => Holds::Other,
             (true, false) => Holds::Outdated,
+            (true, true) if !previous_valid && takes_rotated(&found, now) => Holds::PreviousRetired,
             (true, true) => Holds::Same,
         })
     }
+}
+
+/// Whether Keycloak's client `found` holds a rotated (previous) secret that still authenticates at
+/// `now` (unix seconds): one is set and its expiry, if any, is later.
+pub fn takes_rotated(found: &Map<String, Value>, now: i64) -> bool {
+    let attribute = |k: &str| {
+        found
+            .get("attributes")
+            .and_then(|a| a.get(k))
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    attribute(ROTATED).is_some()
+        && attribute(ROTATED_EXPIRES)
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_none_or(|expires| expires > now)
 }
 
 /// Whether Keycloak's client `found` has the name and redirect URIs the app asks for.
@@ -622,6 +652,40 @@ mod tests {
         let mut renamed = rep.as_object().cloned().expect("object");
         renamed.insert("name".into(), json!("Other"));
         assert!(!describes(&renamed, &d));
+    }
+
+    #[test]
+    fn a_rotated_secret_counts_until_its_expiry_and_an_emptied_one_not_at_all() {
+        let grace = crate::provider::Grace {
+            previous: "s1",
+            expires_at: 500,
+        };
+        let rep = representation(None, &desired(), "s2", &Previous::Until(grace), 100);
+        let found = rep.as_object().cloned().expect("object");
+        assert!(takes_rotated(&found, 499));
+        assert!(!takes_rotated(&found, 500), "expired");
+        let rep = representation(Some(&found), &desired(), "s2", &Previous::Drop, 200);
+        assert!(!takes_rotated(rep.as_object().expect("object"), 201), "dropped");
+    }
+
+    #[test]
+    fn a_403_is_forbidden_at_the_admin_api_and_unauthorized_at_the_token_endpoint() {
+        let kc = Keycloak::new("http://127.0.0.1:1", "r", "sa".into(), "very-secret".into(), None)
+            .expect("client");
+        let body = json!({"error": "unknown_error"});
+        let forbidden = reqwest::StatusCode::FORBIDDEN;
+        let e = kc.answer_error(forbidden, &body, "client lookup");
+        assert_eq!(e.reason(), "Forbidden");
+        assert!(e.to_string().contains("manage-clients"), "{e}");
+        assert_eq!(
+            kc.answer_error(forbidden, &body, "token request").reason(),
+            "Unauthorized"
+        );
+        assert_eq!(
+            kc.answer_error(reqwest::StatusCode::SERVICE_UNAVAILABLE, &body, "client update")
+                .reason(),
+            "Unreachable"
+        );
     }
 
     #[test]

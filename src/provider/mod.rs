@@ -80,6 +80,9 @@ pub enum Holds {
     Other,
     /// The client holds the secret, but its name or redirect URIs are not the app's.
     Outdated,
+    /// The client holds the secret, and also a previous one that still authenticates, while the
+    /// app keeps none (revoked early, or a rotation without a grace period).
+    PreviousRetired,
     /// No client has this id.
     Missing,
 }
@@ -114,6 +117,12 @@ pub enum ProviderError {
         "identity provider at {url} refused the service account: {detail}; check the credentials Secret and that the account has the realm-management role manage-clients"
     )]
     Unauthorized { url: String, detail: String },
+    /// The provider took the service account's credentials but refused it the admin API (HTTP
+    /// 403: in Keycloak, it lacks the realm-management role `manage-clients`).
+    #[error(
+        "identity provider at {url} authenticated the service account but does not let it manage clients: {detail}; give it the realm-management role manage-clients in the realm; the operator retries"
+    )]
+    Forbidden { url: String, detail: String },
     /// A client with the app's client id exists and was not created by the operator for this app.
     #[error(
         "a client with id {client_id} exists at the identity provider and was not created by the operator for this app; delete it there, or choose another spec.clientId"
@@ -134,6 +143,7 @@ impl ProviderError {
             ProviderError::Tls { .. } => "TLSHandshakeFailed",
             ProviderError::InvalidCaBundle { .. } => "InvalidCABundle",
             ProviderError::Unauthorized { .. } => "Unauthorized",
+            ProviderError::Forbidden { .. } => "Forbidden",
             ProviderError::ClientConflict { .. } => "ClientConflict",
             ProviderError::Rejected { .. } => "Rejected",
         }
@@ -166,10 +176,12 @@ pub trait IdentityProvider {
     /// Deletes a client the operator created (Ok when it is gone already).
     fn delete_client(&self, client: &OwnedClient) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
-    /// Whether the client holds `secret` as its current secret.
+    /// Whether the client holds `secret` as its current secret; with `previous_valid` false, also
+    /// whether it still takes a previous secret (the app has none valid).
     fn holds(
         &self,
         desired: &DesiredClient,
         secret: &str,
+        previous_valid: bool,
     ) -> impl Future<Output = Result<Holds, ProviderError>> + Send;
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -38,19 +38,84 @@ pub const CHECK_INTERVAL: Duration = Duration::from_secs(300);
 /// The first retry after a failed check; doubling up to [`CHECK_INTERVAL`].
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 
-/// Per app (`namespace/name`): the rotation last found in sync at the provider, when, and the
-/// failures in a row since. In memory: a restart checks every app once.
-static CHECKED: LazyLock<Mutex<HashMap<String, Checked>>> = LazyLock::new(Mutex::default);
+/// What this operator process remembers about its apps' providers, in memory (a restart checks
+/// every app once): owned by its [`Context`], so that two operators in one process (the tests)
+/// keep their own. An entry that has not been refreshed for [`FORGET_AFTER`] is dropped: a live
+/// app refreshes its entries at least every [`CHECK_INTERVAL`], so only deleted apps (and
+/// providers) lose theirs, and the maps stay as large as the apps in use.
+#[derive(Default)]
+pub struct State {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Per app (`namespace/name`): the rotation last found in sync at the provider, when, and
+    /// the failed checks in a row since.
+    checked: HashMap<String, Checked>,
+    /// Per provider (`namespace/name`): [`Held`].
+    unreachable: HashMap<String, Held>,
+    /// Per app (`namespace/name`): rotations in a row that failed at the provider, and when the
+    /// last one failed.
+    push_failures: HashMap<String, (u32, Instant)>,
+    /// When entries were last looked through for [`FORGET_AFTER`].
+    pruned: Option<Instant>,
+}
+
+/// An entry not refreshed for this long is forgotten: twice the longest wait between two looks
+/// at a live app (a check or a retry), so forgetting never changes what a live app sees.
+const FORGET_AFTER: Duration = Duration::from_secs(2 * CHECK_INTERVAL.as_secs());
 
 struct Checked {
     /// [`checked_version`] of the app when it was found in sync.
     rotation_id: String,
+    /// When it was found in sync, or when a check last failed.
     at: Instant,
     failures: u32,
 }
 
-fn checked() -> std::sync::MutexGuard<'static, HashMap<String, Checked>> {
-    CHECKED.lock().unwrap_or_else(|e| e.into_inner())
+impl State {
+    fn lock(&self, now: Instant) -> std::sync::MutexGuard<'_, Inner> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.prune(now);
+        inner
+    }
+
+    /// Forgets the app `namespace/name` (its client was deleted with it).
+    pub fn forget_app(&self, key: &str) {
+        let mut inner = self.lock(Instant::now());
+        inner.checked.remove(key);
+        inner.push_failures.remove(key);
+    }
+
+    /// Entries held (apps and providers), for tests and metrics.
+    pub fn len(&self) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.checked.len() + inner.unreachable.len() + inner.push_failures.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Inner {
+    /// Drops the entries not refreshed for [`FORGET_AFTER`]; looks at most once per
+    /// [`CHECK_INTERVAL`], so the cost is one pass over the apps every few minutes.
+    fn prune(&mut self, now: Instant) {
+        if self
+            .pruned
+            .is_some_and(|at| now.saturating_duration_since(at) < CHECK_INTERVAL)
+        {
+            return;
+        }
+        self.pruned = Some(now);
+        let fresh = |at: Instant| now.saturating_duration_since(at) < FORGET_AFTER;
+        self.checked.retain(|_, c| fresh(c.at));
+        self.push_failures.retain(|_, (_, at)| fresh(*at));
+        self.unreachable.retain(|_, (until, _, _)| now < *until);
+    }
 }
 
 /// After a provider was found unreachable, calls to it fail at once for this long: a provider
@@ -61,58 +126,67 @@ const UNREACHABLE_HOLD: Duration = Duration::from_secs(10);
 /// Until when a provider is not called, and the URL and detail of the error that said so.
 type Held = (Instant, String, String);
 
-/// Per provider (`namespace/name`): [`Held`].
-static UNREACHABLE: LazyLock<Mutex<HashMap<String, Held>>> = LazyLock::new(Mutex::default);
-
 /// `call` on the provider `namespace/name`, unless it was found unreachable less than
 /// [`UNREACHABLE_HOLD`] ago (then that error again, with no request).
 async fn guarded<T>(
+    state: &State,
     namespace: &str,
     name: &str,
     call: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
     let key = format!("{namespace}/{name}");
-    let held = UNREACHABLE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    let now = Instant::now();
+    let held = state
+        .lock(now)
+        .unreachable
         .get(&key)
-        .filter(|(until, _, _)| Instant::now() < *until)
+        .filter(|(until, _, _)| now < *until)
         .map(|(_, url, detail)| (url.clone(), detail.clone()));
+    // The same error, word for word: a condition message that changed with every look would
+    // write the status, and so bring the app back at once, on every look.
     if let Some((url, detail)) = held {
-        return Err(ProviderError::Unreachable {
-            url,
-            detail: format!("{detail} (not tried again for {} s)", UNREACHABLE_HOLD.as_secs()),
-        }
-        .into());
+        return Err(ProviderError::Unreachable { url, detail }.into());
     }
     let result = call.await;
-    let mut unreachable = UNREACHABLE.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    let mut inner = state.lock(now);
     match &result {
         Err(Error::Provider(ProviderError::Unreachable { url, detail })) => {
-            unreachable.insert(
-                key,
-                (Instant::now() + UNREACHABLE_HOLD, url.clone(), detail.clone()),
-            );
+            inner
+                .unreachable
+                .insert(key, (now + UNREACHABLE_HOLD, url.clone(), detail.clone()));
         }
         _ => {
-            unreachable.remove(&key);
+            inner.unreachable.remove(&key);
         }
     }
     result
 }
 
-/// Per app (`namespace/name`): rotations in a row that failed at the provider.
-static PUSH_FAILURES: LazyLock<Mutex<HashMap<String, u32>>> = LazyLock::new(Mutex::default);
-
-fn push_failures() -> std::sync::MutexGuard<'static, HashMap<String, u32>> {
-    PUSH_FAILURES.lock().unwrap_or_else(|e| e.into_inner())
+impl State {
+    /// Whether calls to the provider `namespace/name` are held (it was found unreachable less
+    /// than [`UNREACHABLE_HOLD`] ago).
+    fn held(&self, namespace: &str, name: &str) -> bool {
+        let now = Instant::now();
+        self.lock(now)
+            .unreachable
+            .get(&format!("{namespace}/{name}"))
+            .is_some_and(|(until, _, _)| now < *until)
+    }
 }
 
 /// When to retry a rotation of `app` that failed at its provider: 5 s after the first failure,
 /// doubling up to 5 min, so that a provider that is down costs no new secret (and hash) per app
 /// every few seconds. A new request (a new annotation value) still runs at once.
-pub fn retry_after_push_failure(app: &OAuthApp) -> Duration {
-    retry_after(push_failures().get(&app_key(app)).copied().unwrap_or(1))
+pub fn retry_after_push_failure(ctx: &Context, app: &OAuthApp) -> Duration {
+    let failures = ctx
+        .providers
+        .lock(Instant::now())
+        .push_failures
+        .get(&app_key(app))
+        .map(|(n, _)| *n)
+        .unwrap_or(1);
+    retry_after(failures)
 }
 
 /// The provider an app names, connected with its credentials (read from the provider's Secret).
@@ -197,7 +271,10 @@ pub async fn push_rotation(
         }),
         None => Previous::Drop,
     };
-    let result = guarded(&ns, &reference.name, async {
+    // A failure without a request (the provider held) does not lengthen the backoff: only
+    // attempts that reached for the provider count.
+    let held = ctx.providers.held(&ns, &reference.name);
+    let result = guarded(&ctx.providers, &ns, &reference.name, async {
         let provider = connect(&ctx.client, &ns, &reference.name).await?;
         ctx.leadership.check()?;
         Ok::<_, Error>(
@@ -211,15 +288,19 @@ pub async fn push_rotation(
     match result {
         Ok((put, kept)) => {
             info!(app = %key, provider = %reference.name, created = (put == Put::Created), "the identity provider holds the new secret");
-            push_failures().remove(&key);
-            checked().insert(
-                key,
-                Checked {
-                    rotation_id: checked_version(rotation_id, app),
-                    at: Instant::now(),
-                    failures: 0,
-                },
-            );
+            {
+                let now = Instant::now();
+                let mut state = ctx.providers.lock(now);
+                state.push_failures.remove(&key);
+                state.checked.insert(
+                    key,
+                    Checked {
+                        rotation_id: checked_version(rotation_id, app),
+                        at: now,
+                        failures: 0,
+                    },
+                );
+            }
             // Tests: a crash between the provider write and the Secret write.
             #[cfg(feature = "failpoints")]
             if ctx.failpoint.as_deref() == Some("pause-after-provider-push") {
@@ -241,11 +322,15 @@ pub async fn push_rotation(
         Err(e) => {
             // Checked again after any failed rotation: the provider may hold a secret that did
             // not reach the Secret (a Secret write that failed after the push).
-            checked().remove(&key);
-            if matches!(e, Error::Provider(_)) {
-                let mut failures = push_failures();
-                let n = failures.entry(key.clone()).or_insert(0);
-                *n = n.saturating_add(1);
+            {
+                let now = Instant::now();
+                let mut state = ctx.providers.lock(now);
+                state.checked.remove(&key);
+                if matches!(e, Error::Provider(_)) && !held {
+                    let (n, at) = state.push_failures.entry(key.clone()).or_insert((0, now));
+                    *n = n.saturating_add(1);
+                    *at = now;
+                }
             }
             if let Error::Provider(pe) = &e {
                 mark_unsynced(ctx, app, &reference.name, pe).await;
@@ -253,6 +338,58 @@ pub async fn push_rotation(
             Err(e)
         }
     }
+}
+
+/// `ProviderSynced=False` reasons that are the provider's, not the app's: once the provider
+/// authenticates again, an app held by one of them is retried at once.
+const PROVIDER_LEVEL_REASONS: &[&str] = &[
+    "ProviderNotFound",
+    "CredentialsMissing",
+    "Unreachable",
+    "TLSHandshakeFailed",
+    "InvalidCABundle",
+    "Unauthorized",
+    "Forbidden",
+];
+
+/// `ProviderSynced=False`: the provider authenticates again and the app's sync is retried now.
+pub const RETRYING: &str = "Retrying";
+
+/// The apps that `provider` held (`ProviderSynced=False` for one of the provider's own reasons),
+/// retried at once now that it authenticates again (called when its `Ready` turns True): their
+/// backoff starts over, and `ProviderSynced` says so (reason [`RETRYING`]), a status write that
+/// brings each app to the controller now rather than at the end of a backoff of up to 5 min.
+/// Returns how many apps it retried.
+pub async fn retry_held_apps(ctx: &Context, provider: &OAuthProvider) -> Result<usize, Error> {
+    let ns = provider.namespace().unwrap_or_default();
+    let name = provider.name_any();
+    ctx.providers
+        .lock(Instant::now())
+        .unreachable
+        .remove(&format!("{ns}/{name}"));
+    let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut retried = 0;
+    for app in apps.list(&Default::default()).await? {
+        if app.spec.provider_ref.as_ref().map(|r| r.name.as_str()) != Some(name.as_str()) {
+            continue;
+        }
+        let held = provider_condition(&app)
+            .is_some_and(|c| c.status == "False" && PROVIDER_LEVEL_REASONS.contains(&c.reason.as_str()));
+        if !held {
+            continue;
+        }
+        ctx.providers.forget_app(&app_key(&app));
+        write_condition(
+            ctx,
+            &app,
+            "False",
+            RETRYING,
+            format!("OAuthProvider {name} authenticates again; the app's sync is retried now"),
+        )
+        .await?;
+        retried += 1;
+    }
+    Ok(retried)
 }
 
 /// The plaintext of the Secret's current secret when it is rotation `replaced` (the secret a
@@ -297,10 +434,19 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
     let version = checked_version(&rotation_id, app);
     // The same rotation checked before under another generation: the spec changed (a client
     // that differs is an update, not someone's change at the provider).
-    let spec_changed = checked().get(&key).is_some_and(|c| {
-        c.rotation_id != version && c.rotation_id.split('@').next() == Some(rotation_id.as_str())
-    });
-    if let Some(wait) = wait_before_check(&key, &version, condition_true, Instant::now()) {
+    let (spec_changed, wait) = {
+        let now = Instant::now();
+        let state = ctx.providers.lock(now);
+        let spec_changed = state.checked.get(&key).is_some_and(|c| {
+            let (rotation, generation) = rotation_and_generation(&c.rotation_id);
+            (rotation, generation) != rotation_and_generation(&version) && rotation == rotation_id
+        });
+        (
+            spec_changed,
+            wait_before_check(&state.checked, &key, &version, condition_true, now),
+        )
+    };
+    if let Some(wait) = wait {
         return Ok(Some(wait));
     }
     let _guard = ctx.locks.lock(&key).await;
@@ -322,15 +468,21 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
         .and_then(|s| s.client_id.clone())
         .unwrap_or_default();
     let wanted = desired(app, &client_id);
-    let outcome = guarded(&ns, &reference.name, async {
+    let previous_valid = app
+        .status
+        .as_ref()
+        .and_then(|s| s.previous_secret.as_ref())
+        .is_some_and(|p| p.expires_at.0 > Timestamp::now());
+    let outcome = guarded(&ctx.providers, &ns, &reference.name, async {
         let provider = connect(&ctx.client, &ns, &reference.name).await?;
-        let holds = provider.holds(&wanted, &current).await?;
-        // A hand-changed or missing client gets the current secret alone; one whose description
-        // alone changed keeps a previous secret it holds (a grace period running).
+        let holds = provider.holds(&wanted, &current, previous_valid).await?;
+        // A hand-changed or missing client gets the current secret alone, and so does one that
+        // still takes a previous secret the app has retired; one whose description alone changed
+        // keeps a previous secret it holds (a grace period running).
         let previous = match holds {
             Holds::Same => None,
             Holds::Outdated => Some(Previous::Keep),
-            Holds::Other | Holds::Missing => Some(Previous::Drop),
+            Holds::Other | Holds::Missing | Holds::PreviousRetired => Some(Previous::Drop),
         };
         if let Some(previous) = previous {
             ctx.leadership.check()?;
@@ -342,11 +494,12 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
     drop(current);
     match outcome {
         Ok(holds) => {
-            checked().insert(
+            let now = Instant::now();
+            ctx.providers.lock(now).checked.insert(
                 key.clone(),
                 Checked {
                     rotation_id: checked_version(&rotation_id, app),
-                    at: Instant::now(),
+                    at: now,
                     failures: 0,
                 },
             );
@@ -357,6 +510,12 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
                 .unwrap_or_default();
             let restored = match holds {
                 Holds::Same => None,
+                Holds::PreviousRetired => Some((
+                    "ProviderPreviousSecretRevoked",
+                    format!(
+                        "no longer takes the previous secret of client {client_id}: the app keeps none valid (revoked, or expired), only its current secret ({hint})"
+                    ),
+                )),
                 Holds::Missing => Some((
                     "ProviderSecretRestored",
                     format!(
@@ -381,7 +540,7 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
                 )),
             };
             if let Some((reason, what)) = restored {
-                let type_ = if reason == "ProviderClientUpdated" {
+                let type_ = if matches!(reason, "ProviderClientUpdated" | "ProviderPreviousSecretRevoked") {
                     info!(app = %key, provider = %reference.name, "the identity provider: {what}");
                     EventType::Normal
                 } else {
@@ -399,7 +558,10 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
             // The grace a rotation gave is kept by the provider as it was; only a restored
             // client loses it (said here).
             let keeps_reason = provider_condition(app)
-                .filter(|c| c.status == "True" && matches!(holds, Holds::Same | Holds::Outdated))
+                .filter(|c| {
+                    c.status == "True"
+                        && matches!(holds, Holds::Same | Holds::Outdated | Holds::PreviousRetired)
+                })
                 .map(|c| c.reason.clone());
             let (reason, message) = synced_condition(
                 &reference.name,
@@ -412,13 +574,16 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
         Err(Error::Provider(pe)) => {
             mark_unsynced(ctx, app, &reference.name, &pe).await;
             let failures = {
-                let mut checked = checked();
-                let entry = checked.entry(key).or_insert(Checked {
+                let now = Instant::now();
+                let mut state = ctx.providers.lock(now);
+                let entry = state.checked.entry(key).or_insert(Checked {
                     rotation_id: String::new(),
-                    at: Instant::now(),
+                    at: now,
                     failures: 0,
                 });
                 entry.rotation_id.clear();
+                // The backoff runs from this failure.
+                entry.at = now;
                 entry.failures = entry.failures.saturating_add(1);
                 entry.failures
             };
@@ -428,17 +593,38 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
     }
 }
 
-/// What a check found in sync: the rotation and the spec (`metadata.generation`), so that a
-/// change of either (a new redirect URI) is checked at once.
+/// What a check found in sync: the rotation, the spec (`metadata.generation`) and the previous
+/// secret the app keeps valid, so that a change of any of them (a new redirect URI, a previous
+/// secret revoked) is checked at once. `<rotation>@<generation>+<previous rotation>`.
 fn checked_version(rotation_id: &str, app: &OAuthApp) -> String {
-    format!("{rotation_id}@{}", app.metadata.generation.unwrap_or_default())
+    let previous = app
+        .status
+        .as_ref()
+        .and_then(|s| s.previous_secret.as_ref())
+        .map(|p| p.rotation_id.as_str())
+        .unwrap_or_default();
+    format!(
+        "{rotation_id}@{}+{previous}",
+        app.metadata.generation.unwrap_or_default()
+    )
+}
+
+/// The rotation and the generation parts of a [`checked_version`].
+fn rotation_and_generation(version: &str) -> (&str, &str) {
+    let (rotation, rest) = version.split_once('@').unwrap_or((version, ""));
+    (rotation, rest.split('+').next().unwrap_or_default())
 }
 
 /// How long before an app is checked again (None: now): `CHECK_INTERVAL` after the last check
 /// of this rotation that found it in sync; at once after a change of rotation or a condition
 /// that is not True, unless a failed check's backoff still runs.
-fn wait_before_check(key: &str, rotation_id: &str, condition_true: bool, now: Instant) -> Option<Duration> {
-    let checked = checked();
+fn wait_before_check(
+    checked: &HashMap<String, Checked>,
+    key: &str,
+    rotation_id: &str,
+    condition_true: bool,
+    now: Instant,
+) -> Option<Duration> {
     let entry = checked.get(key)?;
     let since = now.saturating_duration_since(entry.at);
     if entry.failures > 0 {
@@ -568,29 +754,37 @@ mod tests {
     fn an_app_is_checked_at_once_after_a_new_rotation_and_otherwise_at_the_interval() {
         let now = Instant::now();
         let key = "ns-check/app";
-        assert_eq!(wait_before_check(key, "r1", true, now), None, "never checked");
-        checked().insert(
-            key.into(),
+        let mut checked = HashMap::new();
+        assert_eq!(
+            wait_before_check(&checked, key, "r1", true, now),
+            None,
+            "never checked"
+        );
+        checked.insert(
+            key.to_string(),
             Checked {
                 rotation_id: "r1".into(),
                 at: now,
                 failures: 0,
             },
         );
-        let wait = wait_before_check(key, "r1", true, now).expect("in sync: waits");
+        let wait = wait_before_check(&checked, key, "r1", true, now).expect("in sync: waits");
         assert_eq!(wait, CHECK_INTERVAL);
-        assert_eq!(wait_before_check(key, "r2", true, now), None, "a new rotation");
         assert_eq!(
-            wait_before_check(key, "r1", false, now),
+            wait_before_check(&checked, key, "r2", true, now),
+            None,
+            "a new rotation"
+        );
+        assert_eq!(
+            wait_before_check(&checked, key, "r1", false, now),
             None,
             "condition not True"
         );
         assert_eq!(
-            wait_before_check(key, "r1", true, now + CHECK_INTERVAL),
+            wait_before_check(&checked, key, "r1", true, now + CHECK_INTERVAL),
             None,
             "interval over"
         );
-        checked().remove(key);
     }
 
     #[test]
@@ -622,8 +816,9 @@ mod tests {
                 detail: "connection refused".into(),
             }))
         };
-        let first = guarded("ns-guard", "kc", call()).await;
-        let second = guarded("ns-guard", "kc", call()).await;
+        let state = State::default();
+        let first = guarded(&state, "ns-guard", "kc", call()).await;
+        let second = guarded(&state, "ns-guard", "kc", call()).await;
         assert_eq!(
             calls.load(std::sync::atomic::Ordering::SeqCst),
             1,
@@ -633,10 +828,66 @@ mod tests {
             panic!("both unreachable");
         };
         assert_eq!((a.reason(), b.reason()), ("Unreachable", "Unreachable"));
-        // Another provider is called.
-        guarded("ns-guard", "other", async { Ok(()) })
+        assert_eq!(
+            a.to_string(),
+            b.to_string(),
+            "the held answer says what the call said (a stable condition message)"
+        );
+        assert!(state.held("ns-guard", "kc"));
+        // Another provider is called, and so is this one by another operator's state.
+        guarded(&state, "ns-guard", "other", async { Ok(()) })
             .await
             .expect("called");
+        guarded(&State::default(), "ns-guard", "kc", async { Ok(()) })
+            .await
+            .expect("another operator's state holds nothing back");
+    }
+
+    #[test]
+    fn entries_not_refreshed_for_a_while_are_forgotten_and_live_ones_kept() {
+        let state = State::default();
+        let start = Instant::now();
+        {
+            let mut inner = state.lock(start);
+            for (key, at) in [("ns/gone", start), ("ns/live", start)] {
+                inner.checked.insert(
+                    key.into(),
+                    Checked {
+                        rotation_id: "r1@1".into(),
+                        at,
+                        failures: 0,
+                    },
+                );
+                inner.push_failures.insert(key.into(), (3, at));
+            }
+            inner.unreachable.insert(
+                "ns/kc".into(),
+                (
+                    start + UNREACHABLE_HOLD,
+                    "http://127.0.0.1:1".into(),
+                    "refused".into(),
+                ),
+            );
+        }
+        assert_eq!(state.len(), 5);
+        // A live app is looked at again within CHECK_INTERVAL: its entries are refreshed.
+        let later = start + FORGET_AFTER;
+        {
+            let mut inner = state.inner.lock().expect("lock");
+            inner.checked.get_mut("ns/live").expect("live").at = later - CHECK_INTERVAL;
+            inner.push_failures.get_mut("ns/live").expect("live").1 = later - CHECK_INTERVAL;
+        }
+        let inner = state.lock(later);
+        assert_eq!(
+            inner.checked.keys().collect::<Vec<_>>(),
+            ["ns/live"],
+            "the deleted app's check is forgotten"
+        );
+        assert_eq!(inner.push_failures.keys().collect::<Vec<_>>(), ["ns/live"]);
+        assert!(inner.unreachable.is_empty(), "an expired hold is forgotten");
+        drop(inner);
+        state.forget_app("ns/live");
+        assert!(state.is_empty());
     }
 
     #[test]

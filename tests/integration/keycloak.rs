@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
-use oauthapp_operator::crd::OAuthApp;
+use oauthapp_operator::crd::{OAuthApp, PreviousSecret};
 use oauthapp_operator::provider::crd::OAuthProvider;
 use serde_json::{Value, json};
 
@@ -50,8 +50,15 @@ pub fn keycloak() -> &'static KeycloakServer {
     KEYCLOAK.get_or_init(start_keycloak)
 }
 
-/// A Keycloak started with `args` (after `start-dev`), in a process group of its own that a
-/// watchdog kills once this test process is gone: (process group, log file).
+/// The directory of the Keycloak called `name` in this test process: its log, and its database
+/// when it keeps one in files.
+fn keycloak_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("oauthapp-it-{}-{name}", std::process::id()))
+}
+
+/// A Keycloak started with `args` (after `start-dev`; they name its database, `--db=dev-mem` or
+/// files), in a process group of its own that a watchdog kills once this test process is gone:
+/// (process group, log file). A Keycloak started again under the same name appends to its log.
 fn spawn_keycloak(name: &str, args: &[&str]) -> (u32, PathBuf) {
     let out = Command::new(repo().join("tests/keycloak/build.sh"))
         .stderr(Stdio::inherit())
@@ -59,14 +66,18 @@ fn spawn_keycloak(name: &str, args: &[&str]) -> (u32, PathBuf) {
         .expect("run tests/keycloak/build.sh");
     assert!(out.status.success(), "tests/keycloak/build.sh failed");
     let home = PathBuf::from(stdout(&out).trim());
-    let dir = std::env::temp_dir().join(format!("oauthapp-it-{}-{name}", std::process::id()));
+    let dir = keycloak_dir(name);
     std::fs::create_dir_all(&dir).expect("keycloak dir");
     let log = dir.join("keycloak.log");
-    let log_file = std::fs::File::create(&log).expect("keycloak log");
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("keycloak log");
     let mut cmd = Command::new(home.join("bin/kc.sh"));
     cmd.arg("start-dev")
         .args(args)
-        .args(["--features=client-secret-rotation", "--db=dev-mem"])
+        .arg("--features=client-secret-rotation")
         .env("KC_BOOTSTRAP_ADMIN_USERNAME", ADMIN)
         .env("KC_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("JAVA_OPTS_KC_HEAP", "-Xms64m -Xmx512m")
@@ -99,7 +110,13 @@ fn start_keycloak() -> KeycloakServer {
     let started = Instant::now();
     let (_, log) = spawn_keycloak(
         "keycloak",
-        &["--http-host", "127.0.0.1", "--http-port", &port.to_string()],
+        &[
+            "--db=dev-mem",
+            "--http-host",
+            "127.0.0.1",
+            "--http-port",
+            &port.to_string(),
+        ],
     );
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -170,40 +187,45 @@ impl Realm {
                 })),
             )
             .await;
-        let sa = realm
+        realm.manage_clients(reqwest::Method::POST).await;
+        (realm, sa_secret)
+    }
+
+    /// Gives (POST) or takes (DELETE) the realm-management role manage-clients to the service
+    /// account of client `oauthapp-operator`.
+    async fn manage_clients(&self, method: reqwest::Method) {
+        let sa = self
             .client("oauthapp-operator")
             .await
             .expect("service account client");
-        let user = realm
+        let user = self
             .admin(
                 reqwest::Method::GET,
-                &realm.path(&format!(
+                &self.path(&format!(
                     "/clients/{}/service-account-user",
                     sa["id"].as_str().expect("id")
                 )),
                 None,
             )
             .await;
-        let management = realm.client("realm-management").await.expect("realm-management");
+        let management = self.client("realm-management").await.expect("realm-management");
         let management_id = management["id"].as_str().expect("id").to_string();
-        let role = realm
+        let role = self
             .admin(
                 reqwest::Method::GET,
-                &realm.path(&format!("/clients/{management_id}/roles/manage-clients")),
+                &self.path(&format!("/clients/{management_id}/roles/manage-clients")),
                 None,
             )
             .await;
-        realm
-            .admin(
-                reqwest::Method::POST,
-                &realm.path(&format!(
-                    "/users/{}/role-mappings/clients/{management_id}",
-                    user["id"].as_str().expect("user id")
-                )),
-                Some(json!([role])),
-            )
-            .await;
-        (realm, sa_secret)
+        self.admin(
+            method,
+            &self.path(&format!(
+                "/users/{}/role-mappings/clients/{management_id}",
+                user["id"].as_str().expect("user id")
+            )),
+            Some(json!([role])),
+        )
+        .await;
     }
 
     fn path(&self, rest: &str) -> String {
@@ -442,24 +464,59 @@ impl Setup {
         ]);
     }
 
+    /// The opening of most tests: app `name` registered in provider `kc` (`extra`: more lines of
+    /// its spec), once it has its first secret, at Keycloak too: (the app, its client id, the
+    /// secret in its Secret).
+    async fn provisioned(&self, name: &str, extra: &str) -> (OAuthApp, String, String) {
+        self.app(name, "kc", extra);
+        let (app, secret) = self.settled(name, 1, "Synced").await;
+        (app, client_id_of(&secret), plaintext(&secret))
+    }
+
+    /// App `name` with `spec.rotation.gracePeriod: grace`, in a realm whose secret-rotation
+    /// policy keeps a rotated secret, rotated once: both its secrets get tokens at Keycloak.
+    /// (client id, first secret, second secret, `status.previousSecret`).
+    async fn rotated_with_grace(&self, name: &str, grace: &str) -> (String, String, String, PreviousSecret) {
+        self.realm.enable_secret_rotation().await;
+        let (_, client_id, first) = self
+            .provisioned(name, &format!("  rotation:\n    gracePeriod: {grace}\n"))
+            .await;
+        self.rotate(name, "one");
+        let (app, secret) = self.settled(name, 2, "Synced").await;
+        let second = plaintext(&secret);
+        let previous = app
+            .status
+            .and_then(|s| s.previous_secret)
+            .expect("status.previousSecret");
+        assert_eq!(self.realm.token(&client_id, &second).await, (200, String::new()));
+        assert_eq!(
+            self.realm.token(&client_id, &first).await,
+            (200, String::new()),
+            "previous secret within grace"
+        );
+        (client_id, first, second, *previous)
+    }
+
     /// The app once it is Ready with `count` secrets, its status describing its Secret, and
     /// `ProviderSynced` in `reason`; with its Secret.
     async fn settled(&self, name: &str, count: i64, reason: &str) -> (OAuthApp, Secret) {
         eventually(
             &format!("{name}: rotation {count}, ProviderSynced {reason}"),
             WAIT,
-            || async {
-                let app = self.apps.get_opt(name).await.ok()??;
-                let status = app.status.clone()?;
-                let secret = self.secrets.get_opt(&app.secret_name()).await.ok()??;
-                let ready = app.ready_condition().is_some_and(|c| c.status == "True");
-                let in_sync =
-                    secret.annotations().get("oauthapp.io/rotation-id") == status.rotation_id.as_ref();
-                let synced = provider_synced(&app).is_some_and(|(_, r, _)| r == reason);
-                (ready && in_sync && synced && status.rotation_count == count).then_some((app, secret))
-            },
+            || self.settled_now(name, count, reason),
         )
         .await
+    }
+
+    /// [`Setup::settled`], looked at once.
+    async fn settled_now(&self, name: &str, count: i64, reason: &str) -> Option<(OAuthApp, Secret)> {
+        let app = self.apps.get_opt(name).await.ok()??;
+        let status = app.status.clone()?;
+        let secret = self.secrets.get_opt(&app.secret_name()).await.ok()??;
+        let ready = app.ready_condition().is_some_and(|c| c.status == "True");
+        let in_sync = secret.annotations().get("oauthapp.io/rotation-id") == status.rotation_id.as_ref();
+        let synced = provider_synced(&app).is_some_and(|(_, r, _)| r == reason);
+        (ready && in_sync && synced && status.rotation_count == count).then_some((app, secret))
     }
 
     /// The provider's Ready condition once it has `reason`: (status, message).
@@ -495,10 +552,7 @@ async fn a_new_app_gets_a_token_with_its_secret_and_after_a_rotation_only_the_ne
     let (_, message) = s.provider_ready("kc", "Authenticated").await;
     assert!(!message.contains(&s.sa_secret), "{message}");
 
-    s.app("billing", "kc", "");
-    let (app, secret) = s.settled("billing", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
-    let first = plaintext(&secret);
+    let (app, client_id, first) = s.provisioned("billing", "").await;
     assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
     // The client as the app describes it, marked as the operator's.
     let client = s
@@ -654,10 +708,7 @@ async fn a_client_of_that_id_the_operator_did_not_create_is_a_conflict_and_is_le
 #[tokio::test]
 async fn a_secret_or_redirect_uri_changed_at_keycloak_is_set_back_without_a_rotation() {
     let s = setup("kc-drift", &[]).await;
-    s.app("drifty", "kc", "");
-    let (_, secret) = s.settled("drifty", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
-    let current = plaintext(&secret);
+    let (_, client_id, current) = s.provisioned("drifty", "").await;
     // Someone sets another secret in Keycloak's admin API.
     s.realm
         .edit_client(&client_id, |c| c["secret"] = json!("changed-by-hand"))
@@ -701,10 +752,7 @@ async fn a_secret_or_redirect_uri_changed_at_keycloak_is_set_back_without_a_rota
 #[tokio::test]
 async fn a_kill_between_the_keycloak_write_and_the_secret_write_converges_with_one_rotation() {
     let s = setup("kc-kill", &[]).await;
-    s.app("crashy", "kc", "");
-    let (_, secret) = s.settled("crashy", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
-    let first = plaintext(&secret);
+    let (_, client_id, first) = s.provisioned("crashy", "").await;
     // An operator that stops for good right after Keycloak took the new secret.
     let mut s = s;
     s.operator.kill9();
@@ -738,26 +786,8 @@ async fn a_kill_between_the_keycloak_write_and_the_secret_write_converges_with_o
 #[tokio::test]
 async fn with_a_grace_period_keycloak_takes_both_secrets_until_the_expiry() {
     let s = setup("kc-grace", &[]).await;
-    s.realm.enable_secret_rotation().await;
-    s.app("graceful", "kc", "  rotation:\n    gracePeriod: 30s\n");
-    let (_, secret) = s.settled("graceful", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
-    let first = plaintext(&secret);
-    s.rotate("graceful", "one");
-    let (app, secret) = s.settled("graceful", 2, "Synced").await;
-    let second = plaintext(&secret);
-    let expires = app
-        .status
-        .as_ref()
-        .and_then(|s| s.previous_secret.as_ref())
-        .map(|p| p.expires_at.0)
-        .expect("status.previousSecret");
-    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
-    assert_eq!(
-        s.realm.token(&client_id, &first).await,
-        (200, String::new()),
-        "previous secret within grace"
-    );
+    let (client_id, first, second, previous) = s.rotated_with_grace("graceful", "30s").await;
+    let expires = previous.expires_at.0;
     // After the expiry, only the new one.
     eventually("the previous secret stops working at Keycloak", WAIT, || async {
         (s.realm.token(&client_id, &first).await.0 == 401).then_some(())
@@ -771,13 +801,59 @@ async fn with_a_grace_period_keycloak_takes_both_secrets_until_the_expiry() {
     assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
 }
 
+/// With a grace period both secrets get tokens at Keycloak after a rotation; revoking the
+/// previous one (`oauthapp.io/revoke-previous`, valued with its rotation id) ends it at Keycloak
+/// too, long before its expiry, with no new rotation: the new secret still gets a token.
+#[tokio::test]
+async fn revoking_the_previous_secret_ends_it_at_keycloak_before_its_expiry() {
+    let s = setup("kc-revoke", &[]).await;
+    let (client_id, first, second, previous) = s.rotated_with_grace("revoker", "10m").await;
+
+    control_plane().kubectl_ok(&[
+        "-n",
+        &s.ns,
+        "annotate",
+        "oauthapp",
+        "revoker",
+        &format!("oauthapp.io/revoke-previous={}", previous.rotation_id),
+        "--overwrite",
+    ]);
+    let revoked = Instant::now();
+    eventually("the app keeps no previous secret", WAIT, || async {
+        let app = s.apps.get_opt("revoker").await.ok()??;
+        app.status?.previous_secret.is_none().then_some(())
+    })
+    .await;
+    eventually("Keycloak refuses the previous secret", WAIT, || async {
+        (s.realm.token(&client_id, &first).await.0 == 401).then_some(())
+    })
+    .await;
+    eprintln!(
+        "previous secret refused at Keycloak {:?} after the revoke annotation",
+        revoked.elapsed()
+    );
+    assert!(
+        jiff::Timestamp::now() < previous.expires_at.0,
+        "refused only at its expiry"
+    );
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    let events = event_seen(&s, "revoker", "Normal", "ProviderPreviousSecretRevoked").await;
+    assert!(
+        events
+            .iter()
+            .all(|(_, _, note)| !note.contains(&first) && !note.contains(&second))
+    );
+    let (app, secret) = s.settled("revoker", 2, "Synced").await;
+    assert_eq!(plaintext(&secret), second, "no new rotation");
+    assert!(app.status.expect("status").previous_secret.is_none());
+}
+
 #[tokio::test]
 async fn with_a_grace_period_and_no_rotation_policy_in_the_realm_the_condition_says_so() {
     let s = setup("kc-nograce", &[]).await;
-    s.app("strict", "kc", "  rotation:\n    gracePeriod: 10m\n");
-    let (_, secret) = s.settled("strict", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
-    let first = plaintext(&secret);
+    let (_, client_id, first) = s
+        .provisioned("strict", "  rotation:\n    gracePeriod: 10m\n")
+        .await;
     s.rotate("strict", "one");
     let (app, secret) = s.settled("strict", 2, "SyncedWithoutGrace").await;
     let (_, _, message) = provider_synced(&app).expect("condition");
@@ -794,9 +870,7 @@ async fn with_a_grace_period_and_no_rotation_policy_in_the_realm_the_condition_s
 #[tokio::test]
 async fn a_rest_rotation_answers_200_with_a_secret_keycloak_takes_and_503_when_keycloak_refuses() {
     let s = setup("kc-rest", &[]).await;
-    s.app("viarest", "kc", "");
-    let (app, secret) = s.settled("viarest", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
+    let (app, client_id, initial) = s.provisioned("viarest", "").await;
     let token = admin_token_for_rest(&s.ns);
     let app_id = app
         .status
@@ -824,7 +898,7 @@ async fn a_rest_rotation_answers_200_with_a_secret_keycloak_takes_and_503_when_k
         .expect("client_secret")
         .to_string();
     assert_eq!(s.realm.token(&client_id, &returned).await, (200, String::new()));
-    assert_eq!(s.realm.token(&client_id, &plaintext(&secret)).await.0, 401);
+    assert_eq!(s.realm.token(&client_id, &initial).await.0, 401);
     let (_, secret) = s.settled("viarest", 2, "Synced").await;
     let first = plaintext(&secret);
     assert_eq!(first, returned);
@@ -847,6 +921,54 @@ async fn a_rest_rotation_answers_200_with_a_secret_keycloak_takes_and_503_when_k
     assert_eq!((status.as_str(), reason.as_str()), ("False", "Unauthorized"));
 }
 
+/// The service account loses the realm-management role manage-clients: Keycloak still gives it
+/// a token but its admin API answers 403. The provider says `Ready=False, reason Forbidden`, a
+/// rotation is held (`ProviderSynced=False, Forbidden`, the message naming the role; the Secret
+/// keeps the old secret); with the role given back the rotation lands, once.
+#[tokio::test]
+async fn a_service_account_without_manage_clients_holds_rotations_until_the_role_is_back() {
+    let s = setup("kc-forbidden", &[]).await;
+    let (_, client_id, first) = s.provisioned("guarded", "").await;
+    s.realm.manage_clients(reqwest::Method::DELETE).await;
+    s.rotate("guarded", "one");
+    let (_, reason, message) = eventually("guarded: ProviderSynced=False", WAIT, || async {
+        let app = s.apps.get_opt("guarded").await.ok()??;
+        provider_synced(&app).filter(|(status, _, _)| status == "False")
+    })
+    .await;
+    assert_eq!(reason, "Forbidden", "{message}");
+    assert!(message.contains("manage-clients"), "{message}");
+    let (status, message) = s.provider_ready("kc", "Forbidden").await;
+    assert_eq!(status, "False");
+    assert!(!message.contains(&s.sa_secret), "{message}");
+    let held = s.secrets.get("guarded-oauth-client").await.expect("secret");
+    assert_eq!(
+        plaintext(&held),
+        first,
+        "the Secret holds a secret Keycloak never took"
+    );
+    assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
+
+    s.realm.manage_clients(reqwest::Method::POST).await;
+    let given_back = Instant::now();
+    // The rotation's backoff may have grown meanwhile (up to 5 min).
+    let (app, secret) = eventually(
+        "guarded: rotation 2, ProviderSynced Synced",
+        Duration::from_secs(360),
+        || s.settled_now("guarded", 2, "Synced"),
+    )
+    .await;
+    eprintln!(
+        "rotation landed {:?} after the role was given back",
+        given_back.elapsed()
+    );
+    assert_eq!(app.status.expect("status").rotation_count, 2);
+    let second = plaintext(&secret);
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
+    s.provider_ready("kc", "Authenticated").await;
+}
+
 /// A token for a ServiceAccount that may rotate apps in `ns`.
 fn admin_token_for_rest(ns: &str) -> String {
     control_plane().kubectl_ok(&["-n", ns, "create", "serviceaccount", "rotator"]);
@@ -862,37 +984,121 @@ fn admin_token_for_rest(ns: &str) -> String {
     service_account_token(ns, "rotator")
 }
 
-/// Keycloak unreachable during a rotation (the provider's URL pointed at a closed port, as a
-/// stopped Keycloak is), then reachable again: the rotation waits with `ProviderSynced=False`,
-/// the old secret keeps working meanwhile, and then the rotation lands at Keycloak and in the
-/// Secret together. An app without a provider rotates meanwhile.
+/// A Keycloak of one test's own, on a port of its own with its database in files (H2,
+/// `--db=dev-file` under [`keycloak_dir`]), so that it can be killed and started again as the
+/// same server: realms, clients and secrets kept. Its process group is killed when this value is
+/// dropped, however the test ends (and by the watchdog, if the test process goes first).
+struct RestartableKeycloak {
+    name: String,
+    port: u16,
+    server: KeycloakServer,
+    /// The running process group; None while it is stopped.
+    group: Option<u32>,
+}
+
+impl RestartableKeycloak {
+    async fn start(name: &str) -> RestartableKeycloak {
+        let port = free_port();
+        let mut kc = RestartableKeycloak {
+            name: name.to_string(),
+            port,
+            server: KeycloakServer {
+                url: format!("http://127.0.0.1:{port}"),
+                ca_pem: None,
+            },
+            group: None,
+        };
+        let took = kc.run().await;
+        eprintln!("keycloak ({name}): ready on {} after {took:?}", kc.server.url);
+        kc
+    }
+
+    /// Starts the process and waits until it answers: how long that took.
+    async fn run(&mut self) -> Duration {
+        assert!(self.group.is_none(), "Keycloak {} is running already", self.name);
+        let started = Instant::now();
+        let db = keycloak_dir(&self.name).join("h2/keycloakdb");
+        let (group, log) = spawn_keycloak(
+            &self.name,
+            &[
+                "--db=dev-file",
+                // WRITE_DELAY=0: every commit on disk at once, so that a kill -9 right after a
+                // write keeps it (with H2's default delay a realm made just before was lost).
+                &format!(
+                    "--db-url=jdbc:h2:file:{};NON_KEYWORDS=VALUE;WRITE_DELAY=0",
+                    db.display()
+                ),
+                "--http-host",
+                "127.0.0.1",
+                "--http-port",
+                &self.port.to_string(),
+            ],
+        );
+        self.group = Some(group);
+        let http = self.server.http();
+        let master = format!("{}/realms/master", self.server.url);
+        eventually(
+            &format!("Keycloak {} to answer (log: {})", self.name, log.display()),
+            Duration::from_secs(240),
+            || async {
+                let response = http.get(&master).send().await.ok()?;
+                (response.status() == 200).then_some(())
+            },
+        )
+        .await;
+        started.elapsed()
+    }
+
+    /// Kills it (SIGKILL to its process group) and waits until its port refuses connections.
+    async fn kill(&mut self) {
+        if let Some(group) = self.group.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .status();
+        }
+        let port = self.port;
+        eventually("the killed Keycloak's port to refuse", WAIT, || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+                .then_some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for RestartableKeycloak {
+    fn drop(&mut self) {
+        if let Some(group) = self.group.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .status();
+        }
+        // Its database (some 70 MB); the log stays, beside the other Keycloaks'.
+        let _ = std::fs::remove_dir_all(keycloak_dir(&self.name).join("h2"));
+    }
+}
+
+/// Keycloak killed during a rotation, then started again (same port, same database): meanwhile
+/// the rotation is held, `ProviderSynced=False` with reason `Unreachable`, the Secret still holds
+/// the old secret (Keycloak takes a new secret before the Secret does) and an app without a
+/// provider rotates; once Keycloak is back the rotation lands, once: the new secret gets a
+/// token at Keycloak's token endpoint and the old one is refused.
 #[tokio::test]
-async fn keycloak_down_during_a_rotation_holds_it_and_it_lands_when_keycloak_is_back() {
-    let s = setup("kc-down", &[]).await;
-    s.app("patient", "kc", "");
-    let (_, secret) = s.settled("patient", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
-    let first = plaintext(&secret);
+async fn keycloak_killed_during_a_rotation_holds_it_and_it_lands_once_when_keycloak_is_back() {
+    let mut kc = RestartableKeycloak::start("keycloak-restart").await;
+    let s = setup_on(&kc.server, "kc-down", &[]).await;
+    let (app, client_id, first) = s.provisioned("patient", "").await;
+    let first_rotation = app.status.and_then(|s| s.rotation_id).expect("rotation id");
     control_plane().apply_ok(
         &s.ns,
         "apiVersion: oauthapp.io/v1alpha1\nkind: OAuthApp\nmetadata:\n  name: plain\nspec:\n  redirectUris: [\"https://plain.example.com/cb\"]\n",
     );
 
-    let closed = free_port();
-    let set_url = |url: String| {
-        control_plane().kubectl_ok(&[
-            "-n",
-            &s.ns,
-            "patch",
-            "oauthprovider",
-            "kc",
-            "--type=merge",
-            "-p",
-            &json!({"spec": {"keycloak": {"url": url}}}).to_string(),
-        ]);
-    };
-    set_url(format!("http://127.0.0.1:{closed}"));
-    s.provider_ready("kc", "Unreachable").await;
+    // Ready before the kill, so that its Unreachable below is a look made after it.
+    s.provider_ready("kc", "Authenticated").await;
+    kc.kill().await;
+    let killed = Instant::now();
     s.rotate("patient", "one");
     s.rotate("plain", "one");
     let (_, reason, message) = eventually("patient: ProviderSynced=False", WAIT, || async {
@@ -901,30 +1107,80 @@ async fn keycloak_down_during_a_rotation_holds_it_and_it_lands_when_keycloak_is_
     })
     .await;
     assert_eq!(reason, "Unreachable", "{message}");
+    assert!(!message.contains(&first), "{message}");
+    // The provider looks every minute while Ready: its look after the kill.
+    s.provider_ready("kc", "Unreachable").await;
+    eprintln!("provider Unreachable {:?} after the kill", killed.elapsed());
     // The app without a provider rotated; the held one did not, anywhere.
     eventually("plain rotated", WAIT, || async {
-        let app = s.apps.get_opt("plain").await.ok()??;
-        (app.status?.rotation_count == 2).then_some(())
+        let plain = s.apps.get_opt("plain").await.ok()??;
+        (plain.status?.rotation_count == 2).then_some(())
     })
     .await;
     let app = s.apps.get("patient").await.expect("app");
-    assert_eq!(app.status.expect("status").rotation_count, 1);
+    let status = app.status.expect("status");
+    assert_eq!(status.rotation_count, 1);
+    assert_eq!(status.rotation_id.as_deref(), Some(first_rotation.as_str()));
+    let held = s.secrets.get("patient-oauth-client").await.expect("secret");
     assert_eq!(
-        plaintext(&s.secrets.get("patient-oauth-client").await.expect("secret")),
-        first
+        plaintext(&held),
+        first,
+        "the Secret holds a secret Keycloak never took"
     );
-    assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
+    assert_eq!(
+        held.annotations().get("oauthapp.io/rotation-id"),
+        Some(&first_rotation)
+    );
 
+    let took = kc.run().await;
     let back = Instant::now();
-    set_url(keycloak().url.clone());
-    let (_, secret) = s.settled("patient", 2, "Synced").await;
     eprintln!(
-        "rotation landed {:?} after Keycloak was reachable again",
+        "keycloak ({}): started again in {took:?}, {:?} after it was killed",
+        kc.name,
+        killed.elapsed()
+    );
+    // The realm survived the restart: the old secret still works there.
+    assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
+    // The provider's backoff may have grown while Keycloak was down: up to CHECK_INTERVAL.
+    let (app, secret) = eventually(
+        "patient: rotation 2, ProviderSynced Synced",
+        Duration::from_secs(360),
+        || s.settled_now("patient", 2, "Synced"),
+    )
+    .await;
+    eprintln!(
+        "rotation landed {:?} after Keycloak answered again",
         back.elapsed()
     );
     let second = plaintext(&secret);
+    assert_ne!(second, first);
+    let status = app.status.expect("status");
+    assert_eq!(status.rotation_count, 2, "exactly one rotation");
+    assert_eq!(status.observed_rotate_token.as_deref(), Some("one"));
+    assert_ne!(status.rotation_id.as_deref(), Some(first_rotation.as_str()));
+    assert_eq!(
+        secret.annotations().get("oauthapp.io/rotation-id"),
+        status.rotation_id.as_ref()
+    );
     assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
-    assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
+    let (code, error) = s.realm.token(&client_id, &first).await;
+    assert_eq!(code, 401, "old secret: {error}");
+    // Keycloak 26.7 answers a wrong client secret with `unauthorized_client`.
+    assert_eq!(error, "unauthorized_client");
+    s.provider_ready("kc", "Authenticated").await;
+    let rotated = event_seen(&s, "patient", "Normal", "SecretRotated")
+        .await
+        .into_iter()
+        .filter(|(_, reason, _)| reason == "SecretRotated")
+        .count();
+    assert_eq!(rotated, 1, "one SecretRotated Event");
+    let log = s.operator.log_text();
+    assert!(
+        !log.contains(&first) && !log.contains(&second),
+        "the operator logged a secret"
+    );
+    drop(s);
+    drop(kc);
 }
 
 /// Deleting an app deletes its client at Keycloak once its Secret is gone too (the provider
@@ -960,6 +1216,65 @@ async fn a_deleted_app_loses_its_client_unless_its_secret_is_retained() {
         events
             .iter()
             .any(|(_, reason, note)| reason == "ClientDeleted" && note.contains(&gone_id)),
+        "{events:?}"
+    );
+}
+
+/// A provider with `spec.deletionPolicy: Retain` keeps the clients of deleted apps, even with
+/// their Secrets gone: a look of the provider after the deletion (made at once by a change of
+/// its spec) leaves the client working. Switched back to `Delete`, its next look deletes it.
+#[tokio::test]
+async fn a_provider_that_retains_keeps_the_clients_of_deleted_apps() {
+    let s = setup("kc-retain", &[]).await;
+    let set_spec = |patch: Value| {
+        control_plane().kubectl_ok(&[
+            "-n",
+            &s.ns,
+            "patch",
+            "oauthprovider",
+            "kc",
+            "--type=merge",
+            "-p",
+            &json!({ "spec": patch }).to_string(),
+        ]);
+    };
+    set_spec(json!({"deletionPolicy": "Retain"}));
+    let (_, client_id, last) = s.provisioned("spared", "").await;
+    control_plane().kubectl_ok(&["-n", &s.ns, "delete", "oauthapp", "spared", "--wait=true"]);
+    eventually("the app's Secret is garbage-collected", WAIT, || async {
+        s.secrets
+            .get_opt("spared-oauth-client")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // A change of the provider's spec (the default key, spelled out) makes it look now; its
+    // observedGeneration says the look came after the deletion.
+    set_spec(json!({"keycloak": {"credentialsSecretRef": {"clientIdKey": "client_id"}}}));
+    s.provider_ready("kc", "Authenticated").await;
+    assert!(
+        s.realm.client(&client_id).await.is_some(),
+        "a retaining provider deleted a client"
+    );
+    assert_eq!(s.realm.token(&client_id, &last).await, (200, String::new()));
+
+    let switched = Instant::now();
+    set_spec(json!({"deletionPolicy": "Delete"}));
+    eventually("the deleted app's client is gone from Keycloak", WAIT, || async {
+        s.realm.client(&client_id).await.is_none().then_some(())
+    })
+    .await;
+    eprintln!(
+        "client deleted {:?} after the provider stopped retaining",
+        switched.elapsed()
+    );
+    let events = events_about(&s.client, &s.ns, "kc").await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, reason, note)| reason == "ClientDeleted" && note.contains(&client_id)),
         "{events:?}"
     );
 }
@@ -1011,15 +1326,14 @@ fn stranger_secret() -> String {
 async fn verify_agrees_with_keycloak_on_the_current_and_the_previous_secret() {
     let s = setup("kc-verify", &[]).await;
     s.realm.enable_secret_rotation().await;
-    s.app("checked", "kc", "  rotation:\n    gracePeriod: 30s\n");
-    let (app, secret) = s.settled("checked", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
+    let (app, client_id, first) = s
+        .provisioned("checked", "  rotation:\n    gracePeriod: 30s\n")
+        .await;
     let app_id = app
         .status
         .as_ref()
         .and_then(|s| s.app_id.clone())
         .expect("app id");
-    let first = plaintext(&secret);
     let token = verifier_token(&s.ns);
     let port = s.operator.api_port;
 
@@ -1099,10 +1413,7 @@ async fn verify_agrees_with_keycloak_on_the_current_and_the_previous_secret() {
 #[tokio::test]
 async fn a_scheduled_rotation_and_a_repair_each_land_at_keycloak() {
     let s = setup("kc-triggers", &[]).await;
-    s.app("timely", "kc", "  rotation:\n    interval: 2h\n");
-    let (app, secret) = s.settled("timely", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
-    let first = plaintext(&secret);
+    let (app, client_id, first) = s.provisioned("timely", "  rotation:\n    interval: 2h\n").await;
 
     // The secret three hours old: the schedule is due (the record is signed: this takes the
     // operator's key).
@@ -1184,6 +1495,7 @@ impl HttpsKeycloak {
         let (group, log) = spawn_keycloak(
             "keycloak-https",
             &[
+                "--db=dev-mem",
                 "--http-enabled=false",
                 "--http-host",
                 "127.0.0.1",
@@ -1256,14 +1568,9 @@ async fn an_https_keycloak_behind_a_private_ca_is_trusted_with_the_ca_bundle_onl
     );
     assert!(!message.contains(&s.sa_secret), "{message}");
 
-    s.app("secure", "kc", "");
-    let (_, secret) = s.settled("secure", 1, "Synced").await;
-    let client_id = client_id_of(&secret);
+    let (_, client_id, secret) = s.provisioned("secure", "").await;
     assert!(s.realm.base.starts_with("https://"));
-    assert_eq!(
-        s.realm.token(&client_id, &plaintext(&secret)).await,
-        (200, String::new())
-    );
+    assert_eq!(s.realm.token(&client_id, &secret).await, (200, String::new()));
 
     // A bundle without a PEM certificate is refused by the API server.
     let refused = control_plane().apply(
