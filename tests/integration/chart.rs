@@ -645,6 +645,53 @@ fn the_schema_and_the_templates_reject_values_that_cannot_work() {
         &["--set", "leaderElection.enabled=false"],
         "needs leaderElection.enabled",
     );
+    // The hash workers' memory is counted against the limit: 8 × 19 MiB is more than half of
+    // the default 256Mi, and so is the default 4 × 19 MiB of 128Mi, or of 1Gi with 32 workers.
+    fails(
+        &["--set", "hashing.workers=8"],
+        "hashing.workers × memoryKiB (8 × 19456 KiB = 152 MiB) is more than half of resources.limits.memory (256Mi)",
+    );
+    fails(
+        &["--set", "resources.limits.memory=128Mi"],
+        "is more than half of resources.limits.memory (128Mi)",
+    );
+    fails(
+        &[
+            "--set",
+            "resources.limits.memory=1Gi",
+            "--set",
+            "hashing.workers=32",
+        ],
+        "(32 × 19456 KiB = 608 MiB)",
+    );
+    // An earlier configuration's memory counts where it is the larger.
+    fails(
+        &[
+            "--set-json",
+            r#"hashing.acceptPrevious=[{"memoryKiB":65536,"iterations":2,"parallelism":1}]"#,
+        ],
+        "(4 × 65536 KiB = 256 MiB)",
+    );
+    // Within the bound, or a unit the chart does not read: rendered.
+    for ok in [
+        &[
+            "--set",
+            "resources.limits.memory=1Gi",
+            "--set",
+            "hashing.workers=8",
+        ][..],
+        &["--set", "resources.limits.memory=268435456"],
+        &[
+            "--set",
+            "resources.limits.memory=300M",
+            "--set",
+            "hashing.workers=8",
+        ],
+    ] {
+        let mut args = vec!["template", RELEASE, CHART];
+        args.extend_from_slice(ok);
+        helm_ok(&args);
+    }
 }
 
 #[test]

@@ -86,6 +86,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and $pdb.enabled (gt (int .Values.replicaCount) 1) (not (kindIs "string" $pdb.minAvailable)) (ge (int $pdb.minAvailable) (int .Values.replicaCount)) }}
 {{- fail "podDisruptionBudget.minAvailable must be below replicaCount, or no node could ever be drained" }}
 {{- end }}
+{{- /* The hash workers' memory counted against the memory limit (in Ki, Mi, Gi or bytes; other units are not checked): at most half of it, the rest is the caches'. */}}
+{{- $limit := toString (dig "limits" "memory" "" (.Values.resources | default dict)) }}
+{{- $limitKiB := 0 }}
+{{- if regexMatch "^[0-9]+Ki$" $limit }}{{ $limitKiB = int64 (trimSuffix "Ki" $limit) }}
+{{- else if regexMatch "^[0-9]+Mi$" $limit }}{{ $limitKiB = mul (int64 (trimSuffix "Mi" $limit)) 1024 }}
+{{- else if regexMatch "^[0-9]+Gi$" $limit }}{{ $limitKiB = mul (int64 (trimSuffix "Gi" $limit)) 1048576 }}
+{{- else if regexMatch "^[0-9]+$" $limit }}{{ $limitKiB = div (int64 $limit) 1024 }}
+{{- end }}
+{{- $hashKiB := int64 .Values.hashing.memoryKiB }}
+{{- range .Values.hashing.acceptPrevious }}{{ if gt (int64 .memoryKiB) $hashKiB }}{{ $hashKiB = int64 .memoryKiB }}{{ end }}{{ end }}
+{{- $workersKiB := mul (int64 .Values.hashing.workers) $hashKiB }}
+{{- if and (gt $limitKiB 0) (gt (mul $workersKiB 2) $limitKiB) }}
+{{- fail (printf "hashing.workers × memoryKiB (%d × %d KiB = %d MiB) is more than half of resources.limits.memory (%s): the caches need the rest (see the chart README's memory table); raise the limit or lower hashing.workers" (int64 .Values.hashing.workers) $hashKiB (div $workersKiB 1024) $limit) }}
+{{- end }}
 {{- end }}
 
 {{/*
