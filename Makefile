@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CP := tests/controlplane
 CARGO ?= cargo
 
-.PHONY: help build controlplane-bin toxiproxy-bin keycloak-bin previous-operator-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench clean-cache openapi schemathesis image node node-down e2e soak
+.PHONY: help build controlplane-bin toxiproxy-bin keycloak-bin previous-operator-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench bench-scale clean-cache openapi schemathesis image node node-down e2e soak
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -95,6 +95,11 @@ bench: controlplane-bin ## benchmarks on a local control plane, release build, t
 	$(CARGO) build --release
 	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --release --manifest-path bench/Cargo.toml
 	target/release/oauthapp-bench
+
+bench-scale: controlplane-bin ## the scale phase alone, at BENCH_APPS (default 100000; about an hour on 2 cores), release build: bench/results/scale-<apps>.md
+	$(CARGO) build --release
+	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --release --manifest-path bench/Cargo.toml
+	BENCH_SCALE_ONLY=1 BENCH_APPS=$${BENCH_APPS:-100000} BENCH_IDLE_SECS=$${BENCH_IDLE_SECS:-120} target/release/oauthapp-bench
 
 soak: controlplane-bin toxiproxy-bin ## the soak, not in make test (~12 min): 50 apps, two replicas behind Toxiproxy, random faults and a leader kill for SOAK_SECONDS (600), seeded (SOAK_SEED); debug build; bench/results/soak.{md,json}
 	$(CARGO) test --features failpoints --test integration -- --ignored --exact soak::soak_with_random_faults --nocapture

@@ -19,8 +19,8 @@
 //! Environment: `BENCH_QUICK=1` (a smoke run: everything shorter and smaller), `BENCH_APPS`,
 //! `BENCH_CALLS`, `BENCH_THROUGHPUT_SECS`, `BENCH_IDLE_SECS` (default 300), `BENCH_OPERATOR`
 //! (the operator binary; default target/release/oauthapp-operator), `BENCH_OUT` (default
-//! bench/results), `BENCH_SCALE_ONLY=1` (phase 4 alone, for its memory figures: printed, no
-//! results written).
+//! bench/results), `BENCH_SCALE_ONLY=1` (phase 4 alone, `make bench-scale`: its figures in
+//! `scale-<apps>.md`).
 
 #![recursion_limit = "512"]
 
@@ -65,7 +65,7 @@ const WARMUP: usize = 5;
 
 pub struct Settings {
     pub quick: bool,
-    /// Phase 4 alone (`BENCH_SCALE_ONLY`): its figures are printed, nothing is written.
+    /// Phase 4 alone (`BENCH_SCALE_ONLY`): its figures go to `scale-<apps>.md`.
     pub scale_only: bool,
     pub calls: usize,
     pub throughput_secs: u64,
@@ -165,7 +165,21 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
     if settings.scale_only {
         let cp = ControlPlane::up(repo)?;
         let client = cp.client().await?;
+        report.versions.kubernetes = client
+            .apiserver_version()
+            .await
+            .map(|v| v.git_version)
+            .unwrap_or_default();
+        // The hashing bound the provisioning is measured against.
+        cp.kubectl(&["create", "namespace", "bench-floor"])?;
+        let mut floors = Floors::new(&client, "bench-floor", settings.hash).await?;
+        for _ in 0..SCALE_FLOOR_SAMPLES {
+            floors.sample().await?;
+        }
+        report.floor_hash = Stats::of(&floors.hash_ms);
         scale(&cp, &client, settings, &mut report).await?;
+        let path = report.write_scale(&settings.out)?;
+        say!("wrote {}", path.display());
         say!(
             "scale only: RSS with no app {:.1} MiB; peak {:.1} MiB provisioning, {:.1} MiB after the restart; idle {:.1} MiB ({:.1} anonymous, {:.1} file-backed)",
             report.rss_empty_mib,
@@ -379,6 +393,9 @@ async fn run(repo: &Path, settings: &Settings) -> anyhow::Result<()> {
     println!("{}", report.markdown());
     Ok(())
 }
+
+/// Hash floor samples of a scale-only run: enough for the median the hashing bound is from.
+const SCALE_FLOOR_SAMPLES: usize = 30;
 
 async fn scale(
     cp: &ControlPlane,

@@ -878,6 +878,105 @@ impl Report {
         md
     }
 
+    /// The scale run alone (`make bench-scale`): `scale-<apps>.md` in `dir`.
+    pub fn write_scale(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("scale-{}.md", self.apps));
+        let tmp = path.with_extension("md.tmp");
+        std::fs::write(&tmp, self.scale_markdown())?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+
+    fn scale_markdown(&self) -> String {
+        let m = &self.machine;
+        let n = self.apps as f64;
+        let bound = m.cores as f64 * 1000.0 / self.floor_hash.p50;
+        let per_app = |mib: f64| (mib - self.rss_empty_mib) * 1024.0 * 1024.0 / n;
+        let mut md = format!(
+            "# oauthapp-operator at scale (`make bench-scale`)\n\n\
+             Run {} · operator `{}` · Kubernetes {} · etcd {} · {}  \n\
+             Machine: {} cores, {:.1} GiB, {} (Linux {})  \n\
+             argon2id m={} KiB, t={}, p={}; {} hash workers · {} apps · idle window {} s\n\n",
+            self.started,
+            self.versions.operator_commit,
+            self.versions.kubernetes,
+            self.versions.etcd,
+            self.versions.rustc,
+            m.cores,
+            m.memory_gib,
+            m.cpu_model,
+            m.kernel,
+            self.hash_m_kib,
+            self.hash_t,
+            self.hash_p,
+            m.cores,
+            self.apps,
+            self.idle_secs,
+        );
+        md.push_str("| measure | result |\n| --- | --- |\n");
+        let rows = [
+            (
+                format!("provision {} apps (create → all Ready)", self.apps),
+                format!(
+                    "{:.1} s, {:.1} apps/s ({:.0} % of the hashing bound: {} cores / one hash {:.1} ms = {:.1}/s)",
+                    self.provision_s,
+                    n / self.provision_s,
+                    100.0 * n / self.provision_s / bound,
+                    m.cores,
+                    self.floor_hash.p50,
+                    bound
+                ),
+            ),
+            (
+                "API writes while provisioning".into(),
+                format!("{}", self.provision_writes),
+            ),
+            (
+                format!("restart → all {} reconciled and Ready", self.apps),
+                format!("{:.2} s, {} writes", self.restart_ready_s, self.restart_writes),
+            ),
+            (
+                format!("idle {} s", self.idle_secs),
+                format!(
+                    "{} writes, {} reconciles, CPU {:.3} % of a core",
+                    self.idle_writes, self.idle_reconciles, self.idle_cpu_percent
+                ),
+            ),
+            ("RSS with no app".into(), format!("{:.1} MiB", self.rss_empty_mib)),
+            (
+                format!("peak RSS provisioning ({} hash workers)", m.cores),
+                format!("{:.1} MiB", self.rss_provision_mib),
+            ),
+            (
+                "peak RSS across the restart".into(),
+                format!(
+                    "{:.1} MiB ({:.0} bytes per app and its Secret)",
+                    self.rss_restarted_mib,
+                    per_app(self.rss_restarted_mib)
+                ),
+            ),
+            (
+                "idle RSS after the restart".into(),
+                format!(
+                    "{:.1} MiB ({:.1} anonymous, {:.1} file-backed; {:.0} bytes per app and its Secret)",
+                    self.rss_idle_mib,
+                    self.rss_idle_anon_mib,
+                    self.rss_idle_file_mib,
+                    per_app(self.rss_idle_mib)
+                ),
+            ),
+        ];
+        for (what, result) in rows {
+            md.push_str(&format!("| {what} | {result} |\n"));
+        }
+        md.push_str(
+            "\nA memory cgroup (a pod's limit) charges the same pages as the RSS: anonymous memory \
+             and the binary's file-backed pages. Per app is (RSS − RSS with no app) / apps.\n",
+        );
+        md
+    }
+
     /// Writes latest.json and latest.md into `dir` (through temporary files: a run that fails
     /// half-way leaves the previous results whole).
     pub fn write(&self, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
