@@ -24,25 +24,9 @@ use crate::crd::{
 };
 use crate::record::{Record, annotations};
 
-/// The strings every operator Secret repeats, shared by all.
-const KNOWN: [&str; 41] = [
-    annotations::APP_ID,
-    annotations::APP_NAME,
-    annotations::INSTALLATION,
-    annotations::SEAL,
-    annotations::ROTATION_ID,
-    annotations::HASH,
-    annotations::HINT,
-    annotations::TRIGGER,
-    annotations::ROTATED_AT,
-    annotations::ROTATION_COUNT,
-    annotations::OBSERVED_ROTATE_TOKEN,
-    annotations::SIGNATURE,
-    annotations::PREVIOUS_ROTATION_ID,
-    annotations::PREVIOUS_HASH,
-    annotations::PREVIOUS_HINT,
-    annotations::PREVIOUS_EXPIRES_AT,
-    annotations::HISTORY,
+/// The strings every operator Secret and app repeats, shared by all: the record's keys
+/// ([`Record::KEYS`]), then these.
+const OTHERS: [&str; 24] = [
     annotations::SPEC_METADATA_KEYS,
     crate::watches::TRIMMED,
     crate::controller::plan::MANAGED_BY_LABEL,
@@ -70,19 +54,65 @@ const KNOWN: [&str; 41] = [
     reasons::INVALID_SCHEDULE,
 ];
 
-// Every key a record writes is shared.
-const _: () = assert!(Record::KEYS.len() == 17);
+/// The index of `s` among the shared strings ([`known`]).
+fn known_index(s: &str) -> Option<u8> {
+    Record::KEYS
+        .iter()
+        .chain(OTHERS.iter())
+        .position(|k| *k == s)
+        .map(|i| i as u8)
+}
 
-/// A string of a cached Secret: one of [`KNOWN`], or a range of its buffer.
+/// The shared string of this index.
+fn known(i: u8) -> &'static str {
+    let i = usize::from(i);
+    Record::KEYS
+        .get(i)
+        .copied()
+        .unwrap_or_else(|| OTHERS[i - Record::KEYS.len()])
+}
+
+/// A string of a cached Secret or app: one of the shared ones ([`known`]), or a range of its
+/// buffer ([`Text`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Str {
     Known(u8),
     At(u32, u32),
 }
 
-/// Collects a Secret's strings into one buffer.
+/// Collects an object's strings into one buffer.
 #[derive(Default)]
 struct Buffer(String);
+
+/// An object's strings, collected by a [`Buffer`].
+#[derive(Clone, Debug)]
+struct Text(Box<str>);
+
+impl Text {
+    fn get(&self, s: Str) -> &str {
+        match s {
+            Str::Known(i) => known(i),
+            Str::At(start, end) => &self.0[start as usize..end as usize],
+        }
+    }
+}
+
+impl From<Buffer> for Text {
+    fn from(buf: Buffer) -> Self {
+        Self(buf.0.into_boxed_str())
+    }
+}
+
+/// A watch event of `A`, in the cached form `B`.
+fn cached_event<A, B: From<A>>(event: watcher::Event<A>) -> watcher::Event<B> {
+    match event {
+        watcher::Event::Apply(a) => watcher::Event::Apply(a.into()),
+        watcher::Event::Delete(a) => watcher::Event::Delete(a.into()),
+        watcher::Event::InitApply(a) => watcher::Event::InitApply(a.into()),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
 
 impl Buffer {
     fn put_opt(&mut self, s: Option<&str>) -> Option<Str> {
@@ -90,8 +120,8 @@ impl Buffer {
     }
 
     fn put(&mut self, s: &str) -> Str {
-        if let Some(i) = KNOWN.iter().position(|k| *k == s) {
-            return Str::Known(i as u8);
+        if let Some(i) = known_index(s) {
+            return Str::Known(i);
         }
         let start = self.0.len();
         self.0.push_str(s);
@@ -126,7 +156,7 @@ pub enum ControlledBy<'a> {
 /// resourceVersion, then the labels, annotations and owner references kept of it.
 #[derive(Clone, Debug)]
 pub struct CachedSecret {
-    text: Box<str>,
+    text: Text,
     name: Str,
     namespace: Str,
     resource_version: Str,
@@ -168,7 +198,7 @@ impl From<PartialObjectMeta<Secret>> for CachedSecret {
             .collect();
         let rest = (meta != ObjectMeta::default()).then(|| Box::new(meta));
         Self {
-            text: buf.0.into_boxed_str(),
+            text: buf.into(),
             name,
             namespace,
             resource_version,
@@ -182,10 +212,7 @@ impl From<PartialObjectMeta<Secret>> for CachedSecret {
 
 impl CachedSecret {
     fn str(&self, s: Str) -> &str {
-        match s {
-            Str::Known(i) => KNOWN[usize::from(i)],
-            Str::At(start, end) => &self.text[start as usize..end as usize],
-        }
+        self.text.get(s)
     }
 
     fn map_of(&self, pairs: &[(Str, Str)]) -> Option<BTreeMap<String, String>> {
@@ -257,13 +284,7 @@ impl CachedSecret {
 
     /// A watch event of stripped Secret metadata, in this form.
     pub fn event(event: watcher::Event<PartialObjectMeta<Secret>>) -> watcher::Event<Self> {
-        match event {
-            watcher::Event::Apply(s) => watcher::Event::Apply(s.into()),
-            watcher::Event::Delete(s) => watcher::Event::Delete(s.into()),
-            watcher::Event::InitApply(s) => watcher::Event::InitApply(s.into()),
-            watcher::Event::Init => watcher::Event::Init,
-            watcher::Event::InitDone => watcher::Event::InitDone,
-        }
+        cached_event(event)
     }
 }
 
@@ -326,7 +347,7 @@ pub struct CachedApp {
     /// Name and namespace only: all kube's controller and store look at (a key without the
     /// uid and version, which would be two more copies per app in each of its queues).
     metadata: ObjectMeta,
-    text: Box<str>,
+    text: Text,
     uid: Str,
     resource_version: Str,
     generation: Option<i64>,
@@ -451,7 +472,7 @@ impl From<OAuthApp> for CachedApp {
         });
         Self {
             metadata,
-            text: buf.0.into_boxed_str(),
+            text: buf.into(),
             uid,
             resource_version,
             generation,
@@ -466,10 +487,7 @@ impl From<OAuthApp> for CachedApp {
 
 impl CachedApp {
     fn str(&self, s: Str) -> &str {
-        match s {
-            Str::Known(i) => KNOWN[usize::from(i)],
-            Str::At(start, end) => &self.text[start as usize..end as usize],
-        }
+        self.text.get(s)
     }
 
     fn string(&self, s: Option<Str>) -> Option<String> {
@@ -557,13 +575,7 @@ impl CachedApp {
 
     /// A watch event of a stripped app, in this form.
     pub fn event(event: watcher::Event<OAuthApp>) -> watcher::Event<Self> {
-        match event {
-            watcher::Event::Apply(a) => watcher::Event::Apply(a.into()),
-            watcher::Event::Delete(a) => watcher::Event::Delete(a.into()),
-            watcher::Event::InitApply(a) => watcher::Event::InitApply(a.into()),
-            watcher::Event::Init => watcher::Event::Init,
-            watcher::Event::InitDone => watcher::Event::InitDone,
-        }
+        cached_event(event)
     }
 }
 
@@ -687,7 +699,7 @@ mod tests {
         .iter()
         .map(|s| s.len())
         .sum();
-        assert_eq!(cached.text.len(), expected);
+        assert_eq!(cached.text.0.len(), expected);
     }
 
     #[test]
