@@ -742,21 +742,22 @@ impl Report {
         })
     }
 
-    pub fn markdown(&self) -> String {
-        let mut md = String::new();
-        let m = &self.machine;
-        let v = &self.versions;
-        md.push_str("# oauthapp-operator benchmarks (`make bench`)\n\n");
-        md.push_str(&format!(
-            "Run {} · operator `{}` · Kubernetes {} · etcd {} · {}  \n",
-            self.started, v.operator_commit, v.kubernetes, v.etcd, v.rustc
-        ));
-        md.push_str(&format!(
-            "Machine: {} cores, {:.1} GiB, {} (Linux {})  \n",
-            m.cores, m.memory_gib, m.cpu_model, m.kernel
-        ));
-        md.push_str(&format!(
-            "argon2id m={} KiB, t={}, p={}; {} hash workers · {} apps · idle window {} s{}\n\n",
+    /// The run, the machine and the hash parameters: the opening lines of both reports.
+    fn header(&self) -> String {
+        let (m, v) = (&self.machine, &self.versions);
+        format!(
+            "Run {} · operator `{}` · Kubernetes {} · etcd {} · {}  \n\
+             Machine: {} cores, {:.1} GiB, {} (Linux {})  \n\
+             argon2id m={} KiB, t={}, p={}; {} hash workers · {} apps · idle window {} s{}\n\n",
+            self.started,
+            v.operator_commit,
+            v.kubernetes,
+            v.etcd,
+            v.rustc,
+            m.cores,
+            m.memory_gib,
+            m.cpu_model,
+            m.kernel,
             self.hash_m_kib,
             self.hash_t,
             self.hash_p,
@@ -768,7 +769,14 @@ impl Report {
             } else {
                 ""
             }
-        ));
+        )
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let m = &self.machine;
+        md.push_str("# oauthapp-operator benchmarks (`make bench`)\n\n");
+        md.push_str(&self.header());
         md.push_str(&format!(
             "Floors, sampled in this run ({} times: at the start on a quiet machine, then between the \
              latency calls): one argon2id hash **{:.1} ms** (`floor_hash_ms`, median; {:.1} ms at the start); \
@@ -893,27 +901,8 @@ impl Report {
         let n = self.apps as f64;
         let bound = m.cores as f64 * 1000.0 / self.floor_hash.p50;
         let per_app = |mib: f64| (mib - self.rss_empty_mib) * 1024.0 * 1024.0 / n;
-        let mut md = format!(
-            "# oauthapp-operator at scale (`make bench-scale`)\n\n\
-             Run {} · operator `{}` · Kubernetes {} · etcd {} · {}  \n\
-             Machine: {} cores, {:.1} GiB, {} (Linux {})  \n\
-             argon2id m={} KiB, t={}, p={}; {} hash workers · {} apps · idle window {} s\n\n",
-            self.started,
-            self.versions.operator_commit,
-            self.versions.kubernetes,
-            self.versions.etcd,
-            self.versions.rustc,
-            m.cores,
-            m.memory_gib,
-            m.cpu_model,
-            m.kernel,
-            self.hash_m_kib,
-            self.hash_t,
-            self.hash_p,
-            m.cores,
-            self.apps,
-            self.idle_secs,
-        );
+        let mut md = String::from("# oauthapp-operator at scale (`make bench-scale`)\n\n");
+        md.push_str(&self.header());
         md.push_str("| measure | result |\n| --- | --- |\n");
         let rows = [
             (
