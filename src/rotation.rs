@@ -546,6 +546,15 @@ pub async fn revoke_previous(ctx: &Context, app: &OAuthApp, secret: Secret) -> R
     let Some(retired) = rec.previous.take().filter(|p| p.valid_at(now)) else {
         return Ok(false);
     };
+    // The identity provider first: once this answers, the previous secret works nowhere.
+    if let Some(current) = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CLIENT_SECRET_KEY))
+        .and_then(|b| std::str::from_utf8(&b.0).ok())
+    {
+        crate::provider::sync::push_revocation(ctx, app, current).await?;
+    }
     let ns = app.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let replaced = secret.resource_version().unwrap_or_default();

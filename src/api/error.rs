@@ -155,7 +155,9 @@ impl ApiError {
             }
             Error::Kube(k) => Self::from_kube(what, k),
             // Nothing was rotated: the identity provider did not take the new secret.
-            Error::Provider(p) => Self::unavailable(format!("{what} failed, nothing was rotated: {p}")),
+            Error::Provider(p) => Self::unavailable(format!(
+                "{what} failed at the identity provider, nothing was rotated or revoked: {p}"
+            )),
             _ => {
                 error!(error = %e, reason = e.reason(), "{what} failed");
                 Self::internal()

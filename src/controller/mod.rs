@@ -197,6 +197,19 @@ fn error_policy(cached: Arc<CachedApp>, error: &Error, scope: Arc<Scope>) -> Act
 
 async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
     let ctx = &scope.ctx;
+    // An app with a provider holds its finalizer before anything is written there; a deleted
+    // one has its client deleted, then lets go (crate::provider::finalizer).
+    let finalized;
+    let app = match crate::provider::finalizer::step(app) {
+        crate::provider::finalizer::Step::None if app.metadata.deletion_timestamp.is_none() => app,
+        _ => match crate::provider::finalizer::apply(ctx, app).await? {
+            Some(written) => {
+                finalized = written;
+                &finalized
+            }
+            None => return Ok(Action::await_change()),
+        },
+    };
     let ns = app.namespace().unwrap_or_default();
     let secret_name = app.secret_name();
     let cached = scope.secrets.get(&ObjectRef::new(&secret_name).within(&ns));

@@ -54,7 +54,7 @@ pub struct OAuthProviderSpec {
 /// `spec.deletionPolicy` of an OAuthProvider.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ClientDeletionPolicy {
-    /// The client of a deleted app is deleted once its Secret is gone too.
+    /// The client of a deleted app is deleted before the app is gone (its finalizer), unless the app keeps its Secret (`spec.secret.deletionPolicy: Retain`).
     #[default]
     Delete,
     /// Clients of deleted apps are kept at the provider.

@@ -14,6 +14,7 @@
 
 pub mod controller;
 pub mod crd;
+pub mod finalizer;
 pub mod keycloak;
 pub mod sync;
 

@@ -128,7 +128,7 @@ type Held = (Instant, String, String);
 
 /// `call` on the provider `namespace/name`, unless it was found unreachable less than
 /// [`UNREACHABLE_HOLD`] ago (then that error again, with no request).
-async fn guarded<T>(
+pub(super) async fn guarded<T>(
     state: &State,
     namespace: &str,
     name: &str,
@@ -338,6 +338,53 @@ pub async fn push_rotation(
             Err(e)
         }
     }
+}
+
+/// A revocation of the previous secret, at the provider before the Secret's record says so: the
+/// client keeps `current` alone (the Secret's current secret), so that when the revocation
+/// answers, the previous secret no longer works anywhere. None to do when the app has no
+/// provider. A failure writes `ProviderSynced=False` (when it changes) and fails the revocation:
+/// the Secret still keeps the previous secret valid, and the request is retried (the annotation)
+/// or answered with an error (the REST API). A crash after this write leaves the provider ahead
+/// of the Secret, which the retried request (or the reconcile-time check, once the previous
+/// secret expires) brings back together.
+pub async fn push_revocation(ctx: &Context, app: &OAuthApp, current: &str) -> Result<(), Error> {
+    let Some(reference) = &app.spec.provider_ref else {
+        return Ok(());
+    };
+    let ns = app.namespace().unwrap_or_default();
+    let client_id = app
+        .status
+        .as_ref()
+        .and_then(|s| s.client_id.clone())
+        .unwrap_or_default();
+    let result = guarded(&ctx.providers, &ns, &reference.name, async {
+        let provider = connect(&ctx.client, &ns, &reference.name).await?;
+        ctx.leadership.check()?;
+        provider
+            .put_client(&desired(app, &client_id), current, &Previous::Drop)
+            .await?;
+        Ok::<_, Error>(())
+    })
+    .await;
+    match &result {
+        Ok(()) => {
+            info!(app = %app_key(app), provider = %reference.name, "the identity provider no longer takes the previous secret");
+            rotation::publish_in_background(
+                ctx,
+                app,
+                EventType::Normal,
+                "ProviderPreviousSecretRevoked",
+                format!(
+                    "OAuthProvider {} no longer takes the previous secret of client {client_id}: revoked on request",
+                    reference.name
+                ),
+            );
+        }
+        Err(Error::Provider(pe)) => mark_unsynced(ctx, app, &reference.name, pe).await,
+        Err(_) => {}
+    }
+    result
 }
 
 /// `ProviderSynced=False` reasons that are the provider's, not the app's: once the provider
@@ -725,7 +772,7 @@ async fn write_condition(
 
 /// `ProviderSynced=False` for `error`, and a Warning Event when it newly says so; a failure to
 /// write it is logged (the caller's error is the one that counts).
-async fn mark_unsynced(ctx: &Context, app: &OAuthApp, provider: &str, error: &ProviderError) {
+pub(super) async fn mark_unsynced(ctx: &Context, app: &OAuthApp, provider: &str, error: &ProviderError) {
     let reason = error.reason();
     let message = format!("OAuthProvider {provider}: {error}");
     warn!(app = %app_key(app), provider, reason, error = %error, "the identity provider does not hold the app's secret");

@@ -271,15 +271,18 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         .into_iter()
         .find(|r| grants(r, "", "secrets", "get"))
         .expect("a ClusterRole for Secrets");
-    let calls: [(&str, &str, &[&str]); 10] = [
+    let calls: [(&str, &str, &[&str]); 11] = [
         // watches.rs: list+watch (metadata watch); rotation.rs: get_opt, create, replace.
         ("", "secrets", &["get", "list", "watch", "create", "update"]),
         // watches.rs: list+watch; controller and API: get_opt; api/handlers.rs: create, delete.
         (
             "oauthapp.io",
             "oauthapps",
-            &["get", "list", "watch", "create", "delete"],
+            &["get", "list", "watch", "create", "delete", "patch"],
         ),
+        // provider/finalizer.rs: the admission policy asks the operator's finalizer patch for
+        // update on this virtual subresource.
+        ("oauthapp.io", "oauthapps/spec", &["update"]),
         // rotation.rs write_status: replace_status.
         ("oauthapp.io", "oauthapps/status", &["update"]),
         // The Secret's ownerReference sets blockOwnerDeletion.
@@ -309,8 +312,8 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
         .map(|r| strings(&r["resources"]).len())
         .sum();
     assert_eq!(
-        granted, 11,
-        "no rule beyond the calls above (oauthapps appears twice)"
+        granted, 13,
+        "no rule beyond the calls above (oauthapps appears three times)"
     );
     // The only Role touching Secrets reads the record key ring's Secrets, in the release
     // namespace, and no other.

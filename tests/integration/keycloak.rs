@@ -848,6 +848,39 @@ async fn revoking_the_previous_secret_ends_it_at_keycloak_before_its_expiry() {
     assert!(app.status.expect("status").previous_secret.is_none());
 }
 
+/// `DELETE /api/v1/oauth-apps/{id}/previous-secret` answers only once Keycloak has dropped the
+/// previous secret: right after the 204 it is refused there, the current one still works, and
+/// nothing was rotated.
+#[tokio::test]
+async fn a_rest_revocation_answers_once_keycloak_refuses_the_previous_secret() {
+    let s = setup("kc-rest-revoke", &[]).await;
+    let (client_id, first, second, _) = s.rotated_with_grace("restrevoke", "10m").await;
+    let token = admin_token_for_rest(&s.ns);
+    let app = s.apps.get("restrevoke").await.expect("app");
+    let app_id = app
+        .status
+        .as_ref()
+        .and_then(|s| s.app_id.clone())
+        .expect("app id");
+    let (code, body) = eventually("the REST API answers", WAIT, || async {
+        http_request(
+            s.operator.api_port,
+            "DELETE",
+            &format!("/api/v1/oauth-apps/{app_id}/previous-secret"),
+            &token,
+        )
+        .await
+    })
+    .await;
+    assert_eq!(code, 204, "{body}");
+    // No waiting: the answer came after Keycloak's.
+    assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    let (app, secret) = s.settled("restrevoke", 2, "Synced").await;
+    assert_eq!(plaintext(&secret), second, "no new rotation");
+    assert!(app.status.expect("status").previous_secret.is_none());
+}
+
 #[tokio::test]
 async fn with_a_grace_period_and_no_rotation_policy_in_the_realm_the_condition_says_so() {
     let s = setup("kc-nograce", &[]).await;
@@ -1183,33 +1216,47 @@ async fn keycloak_killed_during_a_rotation_holds_it_and_it_lands_once_when_keycl
     drop(kc);
 }
 
-/// Deleting an app deletes its client at Keycloak once its Secret is gone too (the provider
-/// looks every minute); an app deleted with `deletionPolicy: Retain` keeps its Secret and its
+/// Deleting an app deletes its client at Keycloak before the app is gone: the app carries the
+/// finalizer `oauthapp.io/provider-client`, so when `kubectl delete --wait=true` returns the client
+/// is already deleted. An app deleted with `deletionPolicy: Retain` keeps its Secret and its
 /// client, for the same app applied again.
 #[tokio::test]
 async fn a_deleted_app_loses_its_client_unless_its_secret_is_retained() {
     let s = setup("kc-delete", &[]).await;
     s.app("gone", "kc", "");
     s.app("kept", "kc", "  secret:\n    deletionPolicy: Retain\n");
-    let (_, gone_secret) = s.settled("gone", 1, "Synced").await;
+    let (gone, gone_secret) = s.settled("gone", 1, "Synced").await;
     let (_, kept_secret) = s.settled("kept", 1, "Synced").await;
+    assert!(
+        gone.finalizers()
+            .iter()
+            .any(|f| f == "oauthapp.io/provider-client"),
+        "{:?}",
+        gone.finalizers()
+    );
     let (gone_id, kept_id) = (client_id_of(&gone_secret), client_id_of(&kept_secret));
-    // The retained one first: the look that finds the other one gone comes after it.
     control_plane().kubectl_ok(&["-n", &s.ns, "delete", "oauthapp", "kept", "--wait=true"]);
+    let deleting = Instant::now();
     control_plane().kubectl_ok(&["-n", &s.ns, "delete", "oauthapp", "gone", "--wait=true"]);
-    let deleted = Instant::now();
-    eventually(
-        "the deleted app's client is gone from Keycloak",
-        Duration::from_secs(150),
-        || async { s.realm.client(&gone_id).await.is_none().then_some(()) },
-    )
-    .await;
-    eprintln!("client deleted {:?} after its app", deleted.elapsed());
-    // That look kept the retained one: it still works with its Secret's secret.
+    eprintln!("app with a provider deleted in {:?}", deleting.elapsed());
+    // No waiting: the app was gone only once its client was.
+    assert!(
+        s.realm.client(&gone_id).await.is_none(),
+        "the deleted app's client is still at Keycloak"
+    );
+    // The retained one still works with its Secret's secret.
     assert!(s.realm.client(&kept_id).await.is_some());
     assert_eq!(
         s.realm.token(&kept_id, &plaintext(&kept_secret)).await,
         (200, String::new())
+    );
+    assert!(
+        s.secrets
+            .get_opt(&kept_secret.name_any())
+            .await
+            .expect("get")
+            .is_some(),
+        "the retained Secret is kept"
     );
     let events = events_about(&s.client, &s.ns, "kc").await;
     assert!(
@@ -1217,6 +1264,60 @@ async fn a_deleted_app_loses_its_client_unless_its_secret_is_retained() {
             .iter()
             .any(|(_, reason, note)| reason == "ClientDeleted" && note.contains(&gone_id)),
         "{events:?}"
+    );
+}
+
+/// An app deleted while its Keycloak cannot be reached stays (`Terminating`) with
+/// `ProviderSynced=False, reason Unreachable`, its client still at Keycloak; once the provider
+/// reaches Keycloak again, the client is deleted and then the app is gone.
+#[tokio::test]
+async fn an_app_deleted_while_keycloak_is_unreachable_waits_and_its_client_goes_when_keycloak_is_back() {
+    let s = setup("kc-delete-down", &[]).await;
+    let (_, client_id, _) = s.provisioned("held", "").await;
+    let set_url = |url: &str| {
+        control_plane().kubectl_ok(&[
+            "-n",
+            &s.ns,
+            "patch",
+            "oauthprovider",
+            "kc",
+            "--type=merge",
+            "-p",
+            &json!({ "spec": { "keycloak": { "url": url } } }).to_string(),
+        ]);
+    };
+    // A loopback port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = format!("http://127.0.0.1:{}", closed.local_addr().expect("addr").port());
+    drop(closed);
+    set_url(&dead);
+    s.provider_ready("kc", "Unreachable").await;
+    control_plane().kubectl_ok(&["-n", &s.ns, "delete", "oauthapp", "held", "--wait=false"]);
+    let app = eventually("the deleted app says Keycloak is unreachable", WAIT, || async {
+        let app = s.apps.get_opt("held").await.ok()??;
+        let (status, reason, _) = provider_synced(&app)?;
+        (status == "False" && reason == "Unreachable").then_some(app)
+    })
+    .await;
+    assert!(app.metadata.deletion_timestamp.is_some());
+    assert!(
+        s.realm.client(&client_id).await.is_some(),
+        "the client is kept while its deletion cannot reach Keycloak"
+    );
+
+    set_url(&s.url);
+    let back = Instant::now();
+    eventually("the app is gone", WAIT, || async {
+        s.apps.get_opt("held").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    eprintln!(
+        "app gone {:?} after its provider pointed at Keycloak again",
+        back.elapsed()
+    );
+    assert!(
+        s.realm.client(&client_id).await.is_none(),
+        "the app went before its client"
     );
 }
 
