@@ -356,8 +356,18 @@ pub struct CachedApp {
     /// Whatever else the stripped metadata holds (the operator's annotations, finalizers,
     /// owner references): rare.
     rest: Option<Box<ObjectMeta>>,
-    spec: OAuthAppSpec,
+    spec: Spec,
     status: Option<Box<Status>>,
+}
+
+/// An app's spec in the cache: its JSON, in the app's buffer (some 90 bytes for an app with a
+/// redirect URI and a scope, where the struct and its boxes take some 300), read back on
+/// [`CachedApp::app`]. A spec whose JSON would not read back (none that serde writes) is kept
+/// as it is.
+#[derive(Clone, Debug)]
+enum Spec {
+    Json(Str),
+    Kept(Box<OAuthAppSpec>),
 }
 
 /// [`OAuthAppStatus`], its strings in the app's buffer.
@@ -470,6 +480,10 @@ impl From<OAuthApp> for CachedApp {
                 conditions,
             })
         });
+        let spec = match serde_json::to_string(&app.spec) {
+            Ok(json) if serde_json::from_str::<OAuthAppSpec>(&json).is_ok() => Spec::Json(buf.put(&json)),
+            _ => Spec::Kept(Box::new(app.spec)),
+        };
         Self {
             metadata,
             text: buf.into(),
@@ -479,7 +493,7 @@ impl From<OAuthApp> for CachedApp {
             created,
             deleted,
             rest,
-            spec: app.spec,
+            spec,
             status,
         }
     }
@@ -547,13 +561,22 @@ impl CachedApp {
         });
         OAuthApp {
             metadata,
-            spec: self.spec.clone(),
+            spec: self.spec(),
             status,
         }
     }
 
     pub fn uid(&self) -> Option<&str> {
         Some(self.str(self.uid)).filter(|u| !u.is_empty())
+    }
+
+    /// The app's spec, as it came.
+    pub fn spec(&self) -> OAuthAppSpec {
+        match &self.spec {
+            // Read back only what was checked to read back when it was cached.
+            Spec::Json(json) => serde_json::from_str(self.str(*json)).unwrap_or_default(),
+            Spec::Kept(spec) => spec.as_ref().clone(),
+        }
     }
 
     /// The Ready condition's status and reason.
@@ -833,6 +856,36 @@ mod tests {
         bare.status = Some(OAuthAppStatus::default());
         assert_eq!(CachedApp::from(bare.clone()).app(), bare);
         assert_eq!(CachedApp::from(bare).ready(), None);
+    }
+
+    #[test]
+    fn a_spec_with_every_field_set_is_kept_as_json_and_reads_back_the_same() {
+        let spec: OAuthAppSpec = serde_json::from_value(serde_json::json!({
+            "displayName": "Billing",
+            "redirectUris": ["https://billing.example/cb", "https://billing.example/cb2"],
+            "scopes": ["invoices:read", "invoices:write"],
+            "clientId": "billing-client",
+            "secret": {
+                "name": "billing-creds",
+                "labels": {"team": "a"},
+                "annotations": {"note": "n"},
+                "deletionPolicy": "Retain"
+            },
+            "rotation": {
+                "interval": "720h",
+                "schedule": "0 3 * * 1",
+                "timeZone": "Europe/Berlin",
+                "gracePeriod": "10m",
+                "historyLimit": 5
+            },
+            "rolloutRestartTargets": [{"kind": "Deployment", "name": "billing"}],
+            "providerRef": {"name": "kc"}
+        }))
+        .expect("a spec with every field");
+        let cached = CachedApp::from(OAuthApp::new("billing", spec.clone()));
+        assert!(matches!(cached.spec, Spec::Json(_)), "{:?}", cached.spec);
+        assert_eq!(cached.spec(), spec);
+        assert_eq!(cached.app().spec, spec);
     }
 
     #[test]

@@ -180,13 +180,21 @@ impl AppLocks {
 /// Bounded by the operator's Secrets that exist: [`VerifiedCache::forget_deleted`] drops the
 /// others.
 #[derive(Default)]
-pub struct VerifiedCache(Mutex<HashMap<String, Checked>>);
+pub struct VerifiedCache(Mutex<HashMap<Box<str>, Checked>>);
 
+/// One check, some 100 bytes: the PHC string it was made against is kept as its SHA-256 (the
+/// string itself is 97 bytes), compared as such.
 struct Checked {
-    resource_version: String,
-    hash: String,
+    resource_version: Box<str>,
+    hash: [u8; 32],
     content: [u8; 32],
     check: ContentCheck,
+}
+
+/// What a check remembers of the PHC string it was made against.
+fn hash_digest(hash: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(hash.as_bytes()).into()
 }
 
 /// A SHA-256 over a Secret's `client_id` and `client_secret` (length-prefixed): what a content
@@ -215,7 +223,7 @@ impl VerifiedCache {
     pub fn get(&self, key: &str, resource_version: &str, hash: &str) -> Option<ContentCheck> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.get(key)
-            .filter(|c| c.resource_version == resource_version && c.hash == hash)
+            .filter(|c| &*c.resource_version == resource_version && c.hash == hash_digest(hash))
             .map(|c| c.check)
     }
 
@@ -231,18 +239,18 @@ impl VerifiedCache {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let checked = map
             .get_mut(key)
-            .filter(|c| c.hash == hash && &c.content == content)?;
-        checked.resource_version = resource_version.to_string();
+            .filter(|c| c.hash == hash_digest(hash) && &c.content == content)?;
+        checked.resource_version = resource_version.into();
         Some(checked.check)
     }
 
     pub fn put(&self, key: &str, resource_version: &str, hash: &str, content: [u8; 32], check: ContentCheck) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.insert(
-            key.to_string(),
+            key.into(),
             Checked {
-                resource_version: resource_version.to_string(),
-                hash: hash.to_string(),
+                resource_version: resource_version.into(),
+                hash: hash_digest(hash),
                 content,
                 check,
             },

@@ -213,7 +213,7 @@ fn changes<K: Send + Sync + 'static>(
 /// All watched scopes, their readiness, the uid index and the client id claims.
 pub struct Watches {
     pub scopes: Vec<ScopeCaches>,
-    index: RwLock<HashMap<String, ObjectRef<CachedApp>>>,
+    index: RwLock<UidIndex>,
     client_ids: RwLock<ClientIds>,
     ready: watch::Receiver<usize>,
     /// Kept app ids (as UUIDs) that are not their app's uid (an adopted app's), to that uid.
@@ -271,7 +271,7 @@ impl Watches {
         }
         let watches = Arc::new(Watches {
             scopes: caches,
-            index: RwLock::new(HashMap::new()),
+            index: RwLock::new(UidIndex::default()),
             client_ids: RwLock::default(),
             ready: ready_rx,
             kept_ids: RwLock::default(),
@@ -385,12 +385,7 @@ impl Watches {
 
     /// The app with this uid, from the cache.
     fn find_by_uid(&self, uid: &str) -> Option<Arc<OAuthApp>> {
-        let key = self
-            .index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(uid)
-            .cloned()?;
+        let key = self.index.read().unwrap_or_else(|e| e.into_inner()).get(uid)?;
         self.scopes
             .iter()
             .filter(|s| s.namespace.is_none() || s.namespace == key.namespace)
@@ -466,16 +461,12 @@ impl Watches {
                         kept.insert(id, uid.clone());
                     }
                 }
-                if let Some(uid) = app.meta().uid.clone() {
-                    // Its name and namespace only: a lookup in the store needs no more.
+                if let Some(uid) = app.meta().uid.as_deref() {
                     let meta = &app.metadata;
-                    let key = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
                     index.insert(
                         uid,
-                        match meta.namespace.as_deref() {
-                            Some(ns) => key.within(ns),
-                            None => key,
-                        },
+                        meta.namespace.as_deref(),
+                        meta.name.as_deref().unwrap_or_default(),
                     );
                 }
                 claims.put(app);
@@ -498,11 +489,85 @@ impl Watches {
                     let in_scope = namespace.is_none() || r.namespace.as_deref() == namespace;
                     !in_scope || store.get(r).is_some_and(|app| app.uid() == Some(uid))
                 });
-                claims.retain(|uid| index.contains_key(uid));
-                kept.retain(|_, uid| index.contains_key(uid));
+                claims.retain(|uid| index.contains(uid));
+                kept.retain(|_, uid| index.contains(uid));
             }
             watcher::Event::Init => {}
         }
+    }
+}
+
+/// The cached apps by uid, for the REST API. A uid (a UUID, as the API server makes them) is kept
+/// as its 128 bits and the app as `namespace/name` in one allocation: some 80 bytes an app, where
+/// a uid string and an `ObjectRef` took some 300. A uid that is not a UUID (the API server makes
+/// none) is kept as text.
+#[derive(Default)]
+struct UidIndex {
+    uuids: HashMap<u128, Box<str>>,
+    others: HashMap<String, Box<str>>,
+}
+
+impl UidIndex {
+    /// The uid's 128 bits when it is a UUID written as the API server writes them (lower-case,
+    /// hyphenated), so that it is written back the same.
+    fn uuid(uid: &str) -> Option<u128> {
+        let u = uuid::Uuid::try_parse(uid).ok()?;
+        let mut buf = uuid::Uuid::encode_buffer();
+        (u.hyphenated().encode_lower(&mut buf) == uid).then(|| u.as_u128())
+    }
+
+    fn insert(&mut self, uid: &str, namespace: Option<&str>, name: &str) {
+        let at: Box<str> = format!("{}/{name}", namespace.unwrap_or_default()).into();
+        match Self::uuid(uid) {
+            Some(u) => {
+                self.uuids.insert(u, at);
+            }
+            None => {
+                self.others.insert(uid.to_string(), at);
+            }
+        }
+    }
+
+    fn at(uid: &str, at: &str) -> (String, ObjectRef<CachedApp>) {
+        let (namespace, name) = at.split_once('/').unwrap_or(("", at));
+        let key = ObjectRef::new(name);
+        let key = if namespace.is_empty() {
+            key
+        } else {
+            key.within(namespace)
+        };
+        (uid.to_string(), key)
+    }
+
+    fn get(&self, uid: &str) -> Option<ObjectRef<CachedApp>> {
+        let at = match Self::uuid(uid) {
+            Some(u) => self.uuids.get(&u),
+            None => self.others.get(uid),
+        }?;
+        Some(Self::at(uid, at).1)
+    }
+
+    fn remove(&mut self, uid: &str) {
+        match Self::uuid(uid) {
+            Some(u) => self.uuids.remove(&u),
+            None => self.others.remove(uid),
+        };
+    }
+
+    fn contains(&self, uid: &str) -> bool {
+        match Self::uuid(uid) {
+            Some(u) => self.uuids.contains_key(&u),
+            None => self.others.contains_key(uid),
+        }
+    }
+
+    /// Keeps the entries for which `keep(uid, app)` holds.
+    fn retain(&mut self, mut keep: impl FnMut(&str, &ObjectRef<CachedApp>) -> bool) {
+        self.uuids.retain(|u, at| {
+            let (uid, key) = Self::at(&uuid::Uuid::from_u128(*u).hyphenated().to_string(), at);
+            keep(&uid, &key)
+        });
+        self.others.retain(|uid, at| keep(uid, &Self::at(uid, at).1));
     }
 }
 
@@ -747,6 +812,34 @@ mod tests {
     use super::*;
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    #[test]
+    fn the_uid_index_finds_each_app_by_its_uid_and_keeps_what_it_is_told_to() {
+        let mut index = UidIndex::default();
+        let uuid = "0b5f6c1e-8c4d-4c1a-9f3e-2d7a1b6c5e4f";
+        index.insert(uuid, Some("team-a"), "billing");
+        // Not the API server's form: kept as text, found as given.
+        index.insert("0B5F6C1E-8C4D-4C1A-9F3E-2D7A1B6C5E40", Some("team-b"), "upper");
+        index.insert("uid-1", Some("team-c"), "plain");
+        assert_eq!(index.uuids.len(), 1);
+        assert_eq!(index.get(uuid), Some(ObjectRef::new("billing").within("team-a")));
+        assert_eq!(
+            index.get("0B5F6C1E-8C4D-4C1A-9F3E-2D7A1B6C5E40"),
+            Some(ObjectRef::new("upper").within("team-b"))
+        );
+        assert_eq!(index.get("uid-1"), Some(ObjectRef::new("plain").within("team-c")));
+        assert_eq!(index.get("0b5f6c1e-8c4d-4c1a-9f3e-2d7a1b6c5e40"), None);
+        let mut seen = Vec::new();
+        index.retain(|uid, at| {
+            seen.push(uid.to_string());
+            at.namespace.as_deref() != Some("team-c")
+        });
+        seen.sort();
+        assert_eq!(seen, ["0B5F6C1E-8C4D-4C1A-9F3E-2D7A1B6C5E40", uuid, "uid-1"]);
+        assert!(index.contains(uuid) && !index.contains("uid-1"));
+        index.remove(uuid);
+        assert!(!index.contains(uuid));
+    }
 
     fn reference(kind: &str, controller: bool) -> OwnerReference {
         OwnerReference {
