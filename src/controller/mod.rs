@@ -176,7 +176,11 @@ async fn reconcile(cached: Arc<CachedApp>, scope: Arc<Scope>) -> Result<Action, 
 }
 
 fn error_policy(cached: Arc<CachedApp>, error: &Error, scope: Arc<Scope>) -> Action {
-    let app = cached.app();
+    let key = format!(
+        "{}/{}",
+        kube::Resource::meta(cached.as_ref()).namespace.as_deref().unwrap_or_default(),
+        kube::Resource::meta(cached.as_ref()).name.as_deref().unwrap_or_default()
+    );
     scope
         .ctx
         .metrics
@@ -185,11 +189,11 @@ fn error_policy(cached: Arc<CachedApp>, error: &Error, scope: Arc<Scope>) -> Act
             reason: error.reason(),
         })
         .inc();
-    warn!(app = %app_key(&app), reason = error.reason(), error = %error, "reconcile failed; retrying");
+    warn!(app = %key, reason = error.reason(), error = %error, "reconcile failed; retrying");
     match error {
         // Backs off while the app's identity provider refuses or cannot be reached.
         Error::Provider(_) => {
-            Action::requeue(crate::provider::sync::retry_after_push_failure(&scope.ctx, &app))
+            Action::requeue(crate::provider::sync::retry_after_push_failure(&scope.ctx, &key))
         }
         _ => Action::requeue(ERROR_REQUEUE),
     }

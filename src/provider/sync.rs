@@ -178,12 +178,13 @@ impl State {
 /// When to retry a rotation of `app` that failed at its provider: 5 s after the first failure,
 /// doubling up to 5 min, so that a provider that is down costs no new secret (and hash) per app
 /// every few seconds. A new request (a new annotation value) still runs at once.
-pub fn retry_after_push_failure(ctx: &Context, app: &OAuthApp) -> Duration {
+/// `key`: the app's `namespace/name`.
+pub fn retry_after_push_failure(ctx: &Context, key: &str) -> Duration {
     let failures = ctx
         .providers
         .lock(Instant::now())
         .push_failures
-        .get(&app_key(app))
+        .get(key)
         .map(|(n, _)| *n)
         .unwrap_or(1);
     retry_after(failures)
