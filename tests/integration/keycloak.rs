@@ -322,6 +322,96 @@ impl Realm {
         (status, error)
     }
 
+    /// A client scope `name` in the realm, as an admin makes one (OpenID Connect, its name in the
+    /// token's `scope`).
+    async fn create_scope(&self, name: &str) {
+        self.admin(
+            reqwest::Method::POST,
+            &self.path("/client-scopes"),
+            Some(json!({"name": name, "protocol": "openid-connect",
+                "attributes": {"include.in.token.scope": "true"}})),
+        )
+        .await;
+    }
+
+    /// The optional client scopes of the client with `client_id`, by name, sorted.
+    async fn optional_scopes(&self, client_id: &str) -> Vec<String> {
+        let client = self.client(client_id).await.expect("client");
+        let mut names: Vec<String> = client["optionalClientScopes"]
+            .as_array()
+            .expect("optionalClientScopes")
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Assigns (PUT) or takes off (DELETE) the realm's client scope `scope` as an optional scope
+    /// of the client with `client_id`, as someone would in the admin console.
+    async fn optional_scope(&self, method: reqwest::Method, client_id: &str, scope: &str) {
+        let client = self.client(client_id).await.expect("client");
+        let scopes = self
+            .admin(reqwest::Method::GET, &self.path("/client-scopes"), None)
+            .await;
+        let scope_id = scopes
+            .as_array()
+            .expect("scopes")
+            .iter()
+            .find(|s| s["name"] == scope)
+            .and_then(|s| s["id"].as_str())
+            .expect("scope id")
+            .to_string();
+        self.admin(
+            method,
+            &self.path(&format!(
+                "/clients/{}/optional-client-scopes/{scope_id}",
+                client["id"].as_str().expect("id")
+            )),
+            None,
+        )
+        .await;
+    }
+
+    /// A client_credentials grant asking for `scope`: the HTTP status, and the scopes of the
+    /// access token's `scope` claim (empty without a token).
+    async fn token_scopes(&self, client_id: &str, secret: &str, scope: &str) -> (u16, Vec<String>) {
+        let response = self
+            .http
+            .post(format!(
+                "{}/realms/{}/protocol/openid-connect/token",
+                self.base, self.name
+            ))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", secret),
+                ("scope", scope),
+            ])
+            .send()
+            .await
+            .expect("token request");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let Some(token) = body["access_token"].as_str() else {
+            return (status, Vec::new());
+        };
+        // The claim itself, from the JWT's payload (not the response's echo of it).
+        let payload = token.split('.').nth(1).expect("a JWT");
+        let claims: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .expect("base64url payload"),
+        )
+        .expect("JSON claims");
+        let scopes = claims["scope"]
+            .as_str()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        (status, scopes)
+    }
+
     /// A client policy that applies Keycloak's secret-rotation executor to every confidential
     /// client of the realm (the preview feature client-secret-rotation).
     async fn enable_secret_rotation(&self) {
@@ -747,6 +837,188 @@ async fn a_secret_or_redirect_uri_changed_at_keycloak_is_set_back_without_a_rota
     .await;
     assert_eq!(s.realm.token(&client_id, &current).await, (200, String::new()));
     event_seen(&s, "drifty", "Warning", "ProviderClientRestored").await;
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+    v.sort_unstable();
+    v
+}
+
+#[tokio::test]
+async fn an_apps_scopes_are_optional_client_scopes_that_its_token_may_ask_for() {
+    let s = setup("kc-scopes", &[]).await;
+    for scope in ["invoices:read", "invoices:write"] {
+        s.realm.create_scope(scope).await;
+    }
+    let (_, client_id, secret) = s
+        .provisioned(
+            "scoped",
+            "  scopes: [\"invoices:read\", \"invoices:write\", openid]\n",
+        )
+        .await;
+    let client = s.realm.client(&client_id).await.expect("client");
+    // The app's scopes as optional scopes, next to the realm's defaults (kept).
+    assert_eq!(
+        s.realm.optional_scopes(&client_id).await,
+        names(&[
+            "address",
+            "invoices:read",
+            "invoices:write",
+            "microprofile-jwt",
+            "offline_access",
+            "organization",
+            "phone"
+        ])
+    );
+    assert!(
+        client["defaultClientScopes"]
+            .as_array()
+            .expect("defaults")
+            .contains(&json!("profile")),
+        "{client}"
+    );
+    assert_eq!(
+        client["attributes"]["oauthapp.io/scopes"], "invoices:read invoices:write",
+        "the operator's own"
+    );
+    let (status, scopes) = s.realm.token_scopes(&client_id, &secret, "invoices:read").await;
+    assert_eq!(status, 200);
+    assert!(scopes.contains(&"invoices:read".to_string()), "{scopes:?}");
+    assert!(
+        !scopes.contains(&"invoices:write".to_string()),
+        "optional: only when asked, {scopes:?}"
+    );
+    let (status, scopes) = s
+        .realm
+        .token_scopes(&client_id, &secret, "invoices:read invoices:write")
+        .await;
+    assert_eq!(status, 200);
+    assert!(scopes.contains(&"invoices:write".to_string()), "{scopes:?}");
+    // A scope the app does not list is refused.
+    s.realm.create_scope("payroll").await;
+    assert_eq!(s.realm.token_scopes(&client_id, &secret, "payroll").await.0, 400);
+}
+
+#[tokio::test]
+async fn a_scope_missing_in_the_realm_is_named_and_the_secret_works_until_it_is_created() {
+    let s = setup("kc-scopes-missing", &[]).await;
+    s.realm.create_scope("reports").await;
+    s.app("partial", "kc", "  scopes: [reports, \"ledger:read\"]\n");
+    let (app, secret) = s.settled("partial", 1, "SyncedWithoutScopes").await;
+    let (client_id, current) = (client_id_of(&secret), plaintext(&secret));
+    let (status, _, message) = provider_synced(&app).expect("condition");
+    assert_eq!(status, "True", "the client holds the secret");
+    assert!(
+        message.contains("no client scope ledger:read of spec.scopes"),
+        "{message}"
+    );
+    assert!(message.contains("create them in the realm"), "{message}");
+    assert!(!message.contains(&current), "{message}");
+    assert_eq!(s.realm.token(&client_id, &current).await, (200, String::new()));
+    let (_, scopes) = s.realm.token_scopes(&client_id, &current, "reports").await;
+    assert!(
+        scopes.contains(&"reports".to_string()),
+        "the realm's scope is assigned: {scopes:?}"
+    );
+    let events = event_seen(&s, "partial", "Warning", "ProviderScopesMissing").await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, r, note)| r == "ProviderScopesMissing" && note.contains("ledger:read")),
+        "{events:?}"
+    );
+
+    // Created in the realm: the next check (here: after a restart) assigns it, no new secret.
+    s.realm.create_scope("ledger:read").await;
+    let mut s = s;
+    s.operator.kill9();
+    let restarted = Instant::now();
+    s.operator = Operator::start(&control_plane().kubeconfig, &s.ns, &[], &[]);
+    let (_, secret) = s.settled("partial", 1, "Synced").await;
+    eprintln!(
+        "a scope created in the realm assigned {:?} after a restart",
+        restarted.elapsed()
+    );
+    assert_eq!(plaintext(&secret), current, "no new rotation");
+    let (status, scopes) = s.realm.token_scopes(&client_id, &current, "ledger:read").await;
+    assert_eq!(status, 200);
+    assert!(scopes.contains(&"ledger:read".to_string()), "{scopes:?}");
+}
+
+#[tokio::test]
+async fn a_scope_dropped_from_the_app_leaves_the_client_and_one_taken_off_by_hand_is_set_back() {
+    let s = setup("kc-scopes-drift", &[]).await;
+    for scope in ["a", "b", "by-hand"] {
+        s.realm.create_scope(scope).await;
+    }
+    let (_, client_id, current) = s.provisioned("shifty", "  scopes: [a, b]\n").await;
+    // Someone adds a scope the app never listed.
+    s.realm
+        .optional_scope(reqwest::Method::PUT, &client_id, "by-hand")
+        .await;
+    control_plane().kubectl_ok(&[
+        "-n",
+        &s.ns,
+        "patch",
+        "oauthapp",
+        "shifty",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"scopes":["a"]}}"#,
+    ]);
+    let optional = eventually("b leaves the client", WAIT, || async {
+        let optional = s.realm.optional_scopes(&client_id).await;
+        (!optional.contains(&"b".to_string())).then_some(optional)
+    })
+    .await;
+    for kept in ["a", "by-hand", "address", "phone"] {
+        assert!(optional.contains(&kept.to_string()), "{kept} kept: {optional:?}");
+    }
+    event_seen(&s, "shifty", "Normal", "ProviderClientUpdated").await;
+    let client = s.realm.client(&client_id).await.expect("client");
+    assert_eq!(client["attributes"]["oauthapp.io/scopes"], "a");
+    assert_eq!(s.realm.token_scopes(&client_id, &current, "b").await.0, 400);
+
+    // Someone takes a off by hand: the next check (after a restart) sets it back.
+    s.realm
+        .optional_scope(reqwest::Method::DELETE, &client_id, "a")
+        .await;
+    assert_eq!(s.realm.token_scopes(&client_id, &current, "a").await.0, 400);
+    let mut s = s;
+    s.operator.kill9();
+    let restarted = Instant::now();
+    s.operator = Operator::start(&control_plane().kubeconfig, &s.ns, &[], &[]);
+    eventually("a is an optional scope again", WAIT, || async {
+        s.realm
+            .optional_scopes(&client_id)
+            .await
+            .contains(&"a".to_string())
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "a scope taken off by hand set back {:?} after a restart",
+        restarted.elapsed()
+    );
+    let (status, scopes) = s.realm.token_scopes(&client_id, &current, "a").await;
+    assert_eq!(status, 200);
+    assert!(scopes.contains(&"a".to_string()), "{scopes:?}");
+    assert!(
+        s.realm
+            .optional_scopes(&client_id)
+            .await
+            .contains(&"by-hand".to_string())
+    );
+    let events = event_seen(&s, "shifty", "Warning", "ProviderClientRestored").await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, r, note)| r == "ProviderClientRestored" && note.contains("scopes")),
+        "{events:?}"
+    );
+    let (app, _) = s.settled("shifty", 1, "Synced").await;
+    assert_eq!(app.status.expect("status").rotation_count, 1, "no new rotation");
 }
 
 #[tokio::test]
