@@ -1455,6 +1455,189 @@ async fn keycloak_killed_during_a_rotation_holds_it_and_it_lands_once_when_keycl
     drop(kc);
 }
 
+/// A fault-injecting HTTP proxy on loopback in front of a Keycloak: it forwards every request
+/// there, or, while refusing, answers each one `503 Service Unavailable` itself.
+struct FaultProxy {
+    url: String,
+    state: std::sync::Arc<ProxyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyState {
+    upstream: String,
+    http: reqwest::Client,
+    refusing: std::sync::atomic::AtomicBool,
+    /// Requests answered 503.
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl FaultProxy {
+    /// A proxy to `upstream` (an http URL on loopback), forwarding.
+    async fn start(upstream: &str) -> FaultProxy {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let state = std::sync::Arc::new(ProxyState {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("proxy client"),
+            refusing: std::sync::atomic::AtomicBool::new(false),
+            refused: std::sync::atomic::AtomicU64::new(0),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let router = axum::Router::new()
+            .fallback(proxy_forward)
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        FaultProxy { url, state, task }
+    }
+
+    fn refuse(&self, on: bool) {
+        self.state.refusing.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn refused(&self) -> u64 {
+        self.state.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn proxy_forward(
+    axum::extract::State(proxy): axum::extract::State<std::sync::Arc<ProxyState>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    if proxy.refusing.load(std::sync::atomic::Ordering::SeqCst) {
+        proxy.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 16 << 20).await else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut upstream = proxy
+        .http
+        .request(parts.method, format!("{}{path}", proxy.upstream))
+        .body(body);
+    for (name, value) in &parts.headers {
+        if name != header::HOST && name != header::CONTENT_LENGTH {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let Ok(answer) = upstream.send().await else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let body = answer.bytes().await.unwrap_or_default();
+    let mut response = axum::response::Response::new(axum::body::Body::from(body));
+    *response.status_mut() = status;
+    for (name, value) in &headers {
+        if name != header::TRANSFER_ENCODING && name != header::CONTENT_LENGTH && name != header::CONNECTION {
+            response.headers_mut().append(name, value.clone());
+        }
+    }
+    response
+}
+
+/// Keycloak behind a proxy that answers `503` to everything during a rotation: the rotation is
+/// held (nothing written, the old secret working), and lands once when the 503s stop.
+#[tokio::test]
+async fn a_keycloak_answering_503_holds_a_rotation_that_lands_once_when_the_503s_stop() {
+    let s = setup("kc-503", &[]).await;
+    let proxy = FaultProxy::start(&s.url).await;
+    let provider = json!({
+        "apiVersion": "oauthapp.io/v1alpha1",
+        "kind": "OAuthProvider",
+        "metadata": {"name": "proxied"},
+        "spec": {"keycloak": {
+            "url": proxy.url,
+            "realm": s.realm.name,
+            "credentialsSecretRef": {"name": "kc-credentials"},
+        }},
+    });
+    control_plane().apply_ok(&s.ns, &provider.to_string());
+    s.app("bumpy", "proxied", "");
+    let (app, secret) = s.settled("bumpy", 1, "Synced").await;
+    let (client_id, first) = (client_id_of(&secret), plaintext(&secret));
+    let first_rotation = app.status.and_then(|s| s.rotation_id).expect("rotation id");
+    s.provider_ready("proxied", "Authenticated").await;
+
+    proxy.refuse(true);
+    s.rotate("bumpy", "one");
+    let (_, reason, message) = eventually("bumpy: ProviderSynced=False", WAIT, || async {
+        let app = s.apps.get_opt("bumpy").await.ok()??;
+        provider_synced(&app).filter(|(status, _, _)| status == "False")
+    })
+    .await;
+    assert_eq!(reason, "Unreachable", "{message}");
+    assert!(message.contains("HTTP 503"), "{message}");
+    assert!(!message.contains(&first), "{message}");
+    // One more call refused after that (a retry, or the provider's look): still held.
+    let refused = proxy.refused();
+    eventually("another request refused with 503", WAIT, || async {
+        (proxy.refused() > refused).then_some(())
+    })
+    .await;
+    let app = s.apps.get("bumpy").await.expect("app");
+    let status = app.status.expect("status");
+    assert_eq!(status.rotation_count, 1, "no rotation while Keycloak answers 503");
+    assert_eq!(status.rotation_id.as_deref(), Some(first_rotation.as_str()));
+    let held = s.secrets.get("bumpy-oauth-client").await.expect("secret");
+    assert_eq!(plaintext(&held), first, "the Secret keeps the old secret");
+    assert_eq!(
+        held.annotations().get("oauthapp.io/rotation-id"),
+        Some(&first_rotation)
+    );
+    assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
+
+    proxy.refuse(false);
+    let off = Instant::now();
+    let refused = proxy.refused();
+    let (app, secret) = eventually(
+        "bumpy: rotation 2, ProviderSynced Synced",
+        Duration::from_secs(360),
+        || s.settled_now("bumpy", 2, "Synced"),
+    )
+    .await;
+    eprintln!(
+        "503s: {refused} requests refused; the rotation landed {:?} after the 503s stopped",
+        off.elapsed()
+    );
+    let second = plaintext(&secret);
+    assert_ne!(second, first);
+    let status = app.status.expect("status");
+    assert_eq!(status.rotation_count, 2, "exactly one rotation");
+    assert_eq!(status.observed_rotate_token.as_deref(), Some("one"));
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    let (code, error) = s.realm.token(&client_id, &first).await;
+    assert_eq!(code, 401, "old secret: {error}");
+    let rotated = event_seen(&s, "bumpy", "Normal", "SecretRotated")
+        .await
+        .into_iter()
+        .filter(|(_, reason, _)| reason == "SecretRotated")
+        .count();
+    assert_eq!(rotated, 1, "one SecretRotated Event");
+    let log = s.operator.log_text();
+    assert!(
+        !log.contains(&first) && !log.contains(&second),
+        "the operator logged a secret"
+    );
+}
+
 /// Deleting an app deletes its client at Keycloak once its Secret is gone too (the provider
 /// looks every minute); an app deleted with `deletionPolicy: Retain` keeps its Secret and its
 /// client, for the same app applied again.
