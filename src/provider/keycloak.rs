@@ -540,11 +540,15 @@ impl IdentityProvider for Keycloak {
                 (Put::Updated, kept, recorded_scopes(&found))
             }
         };
-        let missing_scopes = self.put_scopes(&token, desired, &recorded).await?;
+        let (missing_scopes, scopes_failed) = match self.put_scopes(&token, desired, &recorded).await {
+            Ok(missing) => (missing, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
         Ok(Pushed {
             put,
             grace_kept,
             missing_scopes,
+            scopes_failed,
         })
     }
 

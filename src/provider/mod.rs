@@ -77,11 +77,14 @@ pub enum Put {
 /// What a put did: created or updated, whether the provider kept the previous secret (false
 /// only for [`Previous::Until`] where it did not), and the app's scopes the provider has none of
 /// (the client holds the secret all the same).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Pushed {
     pub put: Put,
     pub grace_kept: bool,
     pub missing_scopes: Vec<String>,
+    /// The scopes could not be set (the secret was put before): a rotation is not failed for
+    /// it (a retried rotation would make another secret); the next check sets them.
+    pub scopes_failed: Option<ProviderError>,
 }
 
 /// Whether a provider's client holds the app's current secret.
@@ -173,7 +176,8 @@ pub trait IdentityProvider {
     /// current secret is `secret` and the rest is `desired`. With [`Previous::Until`], the
     /// replaced secret stays valid until its expiry where the provider can keep two
     /// ([`Pushed::grace_kept`] false: it did not). The secret is put first; a scope the provider
-    /// does not have is no error, it is named in [`Pushed::missing_scopes`].
+    /// does not have is no error, it is named in [`Pushed::missing_scopes`], and a failure to set
+    /// the scopes after the secret is in [`Pushed::scopes_failed`].
     fn put_client(
         &self,
         desired: &DesiredClient,

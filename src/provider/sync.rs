@@ -297,18 +297,26 @@ pub async fn push_rotation(
     match result {
         Ok(pushed) => {
             info!(app = %key, provider = %reference.name, created = (pushed.put == Put::Created), "the identity provider holds the new secret");
+            if let Some(e) = &pushed.scopes_failed {
+                warn!(app = %key, provider = %reference.name, reason = e.reason(), error = %e, "the identity provider holds the new secret, but the app's scopes could not be set there; the next check sets them");
+            }
             {
                 let now = Instant::now();
                 let mut state = ctx.providers.lock(now);
                 state.push_failures.remove(&key);
-                state.checked.insert(
-                    key,
-                    Checked {
-                        rotation_id: checked_version(rotation_id, app),
-                        at: now,
-                        failures: 0,
-                    },
-                );
+                if pushed.scopes_failed.is_some() {
+                    // Not in sync: the app's next look checks it at once.
+                    state.checked.remove(&key);
+                } else {
+                    state.checked.insert(
+                        key,
+                        Checked {
+                            rotation_id: checked_version(rotation_id, app),
+                            at: now,
+                            failures: 0,
+                        },
+                    );
+                }
             }
             // Tests: a crash between the provider write and the Secret write.
             #[cfg(feature = "failpoints")]
@@ -318,17 +326,31 @@ pub async fn push_rotation(
             }
             let mut synced = app.clone();
             let status = synced.status.get_or_insert_with(Default::default);
-            let (reason, message) = synced_condition(
-                &reference.name,
-                rotation_id,
-                with_grace && !pushed.grace_kept,
-                &pushed.missing_scopes,
-            );
-            warn_missing_scopes(ctx, app, &reference.name, &pushed.missing_scopes);
+            let (synced_status, reason, message) = match &pushed.scopes_failed {
+                // The secret is there; the scopes are not: said, and the next check sets them.
+                Some(e) => (
+                    "False",
+                    e.reason(),
+                    format!(
+                        "OAuthProvider {} holds the secret of rotation {rotation_id}, but the app's scopes could not be set: {e}",
+                        reference.name
+                    ),
+                ),
+                None => {
+                    let (reason, message) = synced_condition(
+                        &reference.name,
+                        rotation_id,
+                        with_grace && !pushed.grace_kept,
+                        &pushed.missing_scopes,
+                    );
+                    warn_missing_scopes(ctx, app, &reference.name, &pushed.missing_scopes);
+                    ("True", reason, message)
+                }
+            };
             set_condition(
                 &mut status.conditions,
                 app.metadata.generation,
-                "True",
+                synced_status,
                 reason,
                 message,
             );
@@ -502,10 +524,12 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
         let missing = match previous {
             Some(previous) => {
                 ctx.leadership.check()?;
-                provider
-                    .put_client(&wanted, &current, &previous)
-                    .await?
-                    .missing_scopes
+                let pushed = provider.put_client(&wanted, &current, &previous).await?;
+                // No rotation to spare here: the check fails, and is retried.
+                if let Some(e) = pushed.scopes_failed {
+                    return Err(e.into());
+                }
+                pushed.missing_scopes
             }
             None => missing,
         };

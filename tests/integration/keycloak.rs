@@ -1467,6 +1467,8 @@ struct ProxyState {
     upstream: String,
     http: reqwest::Client,
     refusing: std::sync::atomic::AtomicBool,
+    /// While set, the requests whose path holds it are answered 503 (the others forwarded).
+    refusing_paths: std::sync::Mutex<Option<String>>,
     /// Requests answered 503.
     refused: std::sync::atomic::AtomicU64,
 }
@@ -1483,6 +1485,7 @@ impl FaultProxy {
                 .build()
                 .expect("proxy client"),
             refusing: std::sync::atomic::AtomicBool::new(false),
+            refusing_paths: std::sync::Mutex::new(None),
             refused: std::sync::atomic::AtomicU64::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1502,6 +1505,11 @@ impl FaultProxy {
         self.state.refusing.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Answers 503 to the requests whose path holds `part` (None: to none of them).
+    fn refuse_paths(&self, part: Option<&str>) {
+        *self.state.refusing_paths.lock().expect("lock") = part.map(str::to_string);
+    }
+
     fn refused(&self) -> u64 {
         self.state.refused.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -1519,7 +1527,13 @@ async fn proxy_forward(
 ) -> axum::response::Response {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
-    if proxy.refusing.load(std::sync::atomic::Ordering::SeqCst) {
+    let path_refused = proxy
+        .refusing_paths
+        .lock()
+        .expect("lock")
+        .as_deref()
+        .is_some_and(|part| request.uri().path().contains(part));
+    if path_refused || proxy.refusing.load(std::sync::atomic::Ordering::SeqCst) {
         proxy.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
     }
@@ -1636,6 +1650,104 @@ async fn a_keycloak_answering_503_holds_a_rotation_that_lands_once_when_the_503s
         !log.contains(&first) && !log.contains(&second),
         "the operator logged a secret"
     );
+}
+
+/// A 503 on the scope requests after Keycloak took a rotation's secret fails no rotation (a retry
+/// would make another secret): the rotation lands, `ProviderSynced` says the scopes were not
+/// set, and the app's checks set them once Keycloak answers.
+#[tokio::test]
+async fn a_503_on_the_scopes_after_the_secret_lands_costs_no_second_rotation() {
+    let s = setup("kc-503-scopes", &[]).await;
+    s.realm.create_scope("a").await;
+    let proxy = FaultProxy::start(&s.url).await;
+    let provider = json!({
+        "apiVersion": "oauthapp.io/v1alpha1",
+        "kind": "OAuthProvider",
+        "metadata": {"name": "proxied"},
+        "spec": {"keycloak": {
+            "url": proxy.url,
+            "realm": s.realm.name,
+            "credentialsSecretRef": {"name": "kc-credentials"},
+        }},
+    });
+    control_plane().apply_ok(&s.ns, &provider.to_string());
+    s.app("scoped", "proxied", "  scopes: [a]\n");
+    let (_, secret) = s.settled("scoped", 1, "Synced").await;
+    let (client_id, first) = (client_id_of(&secret), plaintext(&secret));
+
+    // Scope assignments answered 503; someone takes a off by hand; then a rotation.
+    proxy.refuse_paths(Some("/optional-client-scopes/"));
+    s.realm
+        .optional_scope(reqwest::Method::DELETE, &client_id, "a")
+        .await;
+    s.rotate("scoped", "one");
+    let (app, secret) = eventually("scoped: rotated once, scopes unset", WAIT, || async {
+        let app = s.apps.get_opt("scoped").await.ok()??;
+        let secret = s.secrets.get_opt("scoped-oauth-client").await.ok()??;
+        let (status, _, _) = provider_synced(&app)?;
+        (app.status.as_ref()?.rotation_count == 2
+            && secret.annotations().get("oauthapp.io/rotation-id")
+                == app.status.as_ref()?.rotation_id.as_ref()
+            && status == "False")
+            .then_some((app, secret))
+    })
+    .await;
+    let second = plaintext(&secret);
+    assert_ne!(second, first);
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    let (_, reason, message) = provider_synced(&app).expect("condition");
+    assert_eq!(reason, "Unreachable", "{message}");
+    assert!(message.contains("HTTP 503"), "{message}");
+    // The app's check that follows is refused too (no rotation for it either).
+    let refused = proxy.refused();
+    assert!(refused > 0);
+    eventually("a check's scope request refused", WAIT, || async {
+        (proxy.refused() > refused).then_some(())
+    })
+    .await;
+    assert!(
+        !s.realm
+            .optional_scopes(&client_id)
+            .await
+            .contains(&"a".to_string())
+    );
+    let app = s.apps.get("scoped").await.expect("app");
+    assert_eq!(app.status.expect("status").rotation_count, 2);
+
+    proxy.refuse_paths(None);
+    let off = Instant::now();
+    let (app, _) = eventually(
+        "scoped: rotation 2, ProviderSynced Synced",
+        Duration::from_secs(360),
+        || s.settled_now("scoped", 2, "Synced"),
+    )
+    .await;
+    eprintln!(
+        "scopes set {:?} after the 503s stopped ({} refused)",
+        off.elapsed(),
+        proxy.refused()
+    );
+    assert!(
+        s.realm
+            .optional_scopes(&client_id)
+            .await
+            .contains(&"a".to_string())
+    );
+    assert_eq!(
+        app.status.expect("status").rotation_count,
+        2,
+        "no second rotation"
+    );
+    let (status, scopes) = s.realm.token_scopes(&client_id, &second, "a").await;
+    assert_eq!(status, 200);
+    assert!(scopes.contains(&"a".to_string()), "{scopes:?}");
+    assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
+    let rotated = event_seen(&s, "scoped", "Normal", "SecretRotated")
+        .await
+        .into_iter()
+        .filter(|(_, reason, _)| reason == "SecretRotated")
+        .count();
+    assert_eq!(rotated, 1, "one SecretRotated Event");
 }
 
 /// Deleting an app deletes its client at Keycloak once its Secret is gone too (the provider
