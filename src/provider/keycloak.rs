@@ -8,6 +8,12 @@
 //! Where no such policy applies, Keycloak drops those attributes silently: the put reports that the
 //! grace was not kept. (Measured on 26.7.3; a PUT of `secret` alone never moves the old secret to
 //! "rotated", only `POST .../client-secret` does, with a secret Keycloak generates.)
+//!
+//! `spec.scopes` become optional client scopes of the client, after the secret:
+//! `PUT`/`DELETE .../clients/{id}/optional-client-scopes/{scope id}`, the ids from the realm's
+//! `GET .../client-scopes` (both allowed to `manage-clients` alone). Measured on 26.7.3: the
+//! client representation's `optionalClientScopes` is ignored on PUT, and on POST it replaces the
+//! realm's default scopes, so neither is used.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
