@@ -1021,6 +1021,42 @@ async fn a_scope_dropped_from_the_app_leaves_the_client_and_one_taken_off_by_han
     assert_eq!(app.status.expect("status").rotation_count, 1, "no new rotation");
 }
 
+/// A scope added while a grace period runs is assigned with the client's previous secret left
+/// as it is: both secrets keep getting tokens, with the new scope.
+#[tokio::test]
+async fn a_scope_added_while_a_grace_period_runs_leaves_both_secrets_working() {
+    let s = setup("kc-scopes-grace", &[]).await;
+    s.realm.create_scope("a").await;
+    let (client_id, first, second, _) = s.rotated_with_grace("graceful", "5m").await;
+    control_plane().kubectl_ok(&[
+        "-n",
+        &s.ns,
+        "patch",
+        "oauthapp",
+        "graceful",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"scopes":["a"]}}"#,
+    ]);
+    eventually("a is an optional scope", WAIT, || async {
+        let client = s.realm.client(&client_id).await?;
+        (s.realm
+            .optional_scopes(&client_id)
+            .await
+            .contains(&"a".to_string())
+            && client["attributes"]["oauthapp.io/scopes"] == "a")
+            .then_some(())
+    })
+    .await;
+    for secret in [&first, &second] {
+        let (status, scopes) = s.realm.token_scopes(&client_id, secret, "a").await;
+        assert_eq!(status, 200, "both secrets within the grace period");
+        assert!(scopes.contains(&"a".to_string()), "{scopes:?}");
+    }
+    let (app, _) = s.settled("graceful", 2, "Synced").await;
+    assert_eq!(app.status.expect("status").rotation_count, 2, "no new rotation");
+}
+
 #[tokio::test]
 async fn a_kill_between_the_keycloak_write_and_the_secret_write_converges_with_one_rotation() {
     let s = setup("kc-kill", &[]).await;
