@@ -178,8 +178,14 @@ async fn reconcile(cached: Arc<CachedApp>, scope: Arc<Scope>) -> Result<Action, 
 fn error_policy(cached: Arc<CachedApp>, error: &Error, scope: Arc<Scope>) -> Action {
     let key = format!(
         "{}/{}",
-        kube::Resource::meta(cached.as_ref()).namespace.as_deref().unwrap_or_default(),
-        kube::Resource::meta(cached.as_ref()).name.as_deref().unwrap_or_default()
+        kube::Resource::meta(cached.as_ref())
+            .namespace
+            .as_deref()
+            .unwrap_or_default(),
+        kube::Resource::meta(cached.as_ref())
+            .name
+            .as_deref()
+            .unwrap_or_default()
     );
     scope
         .ctx

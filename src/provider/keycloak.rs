@@ -8,17 +8,29 @@
 //! Where no such policy applies, Keycloak drops those attributes silently: the put reports that the
 //! grace was not kept. (Measured on 26.7.3; a PUT of `secret` alone never moves the old secret to
 //! "rotated", only `POST .../client-secret` does, with a secret Keycloak generates.)
+//!
+//! `spec.scopes` become optional client scopes of the client, after the secret:
+//! `PUT`/`DELETE .../clients/{id}/optional-client-scopes/{scope id}`, the ids from the realm's
+//! `GET .../client-scopes` (both allowed to `manage-clients` alone). Measured on 26.7.3: the
+//! client representation's `optionalClientScopes` is ignored on PUT, and on POST it replaces the
+//! realm's default scopes, so neither is used.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::{DesiredClient, Holds, IdentityProvider, OwnedClient, Previous, ProviderError, Put};
+use super::{DesiredClient, Holds, IdentityProvider, OwnedClient, Previous, ProviderError, Pushed, Put};
 
 /// The client attribute that marks a client the operator created, valued `<namespace>/<app>`.
 pub const OWNER_ATTRIBUTE: &str = "oauthapp.io/owner";
 /// The client attribute that names the app's Secret.
 pub const SECRET_ATTRIBUTE: &str = "oauthapp.io/secret";
+/// The client attribute that lists the optional client scopes the operator assigned for the app's
+/// `spec.scopes` (space-separated): only those are ever taken off the client again.
+pub const SCOPES_ATTRIBUTE: &str = "oauthapp.io/scopes";
+/// The scope every OpenID Connect client may request: not a client scope in Keycloak.
+const OPENID: &str = "openid";
 /// Clients listed per request when looking for the operator's.
 const PAGE: usize = 500;
 const ROTATED: &str = "client.secret.rotated";
@@ -239,6 +251,196 @@ impl Keycloak {
         let body: Value = response.json().await.unwrap_or(Value::Null);
         Err(self.answer_error(status, &body, what))
     }
+
+    /// A request without a body (a scope assigned or taken off a client).
+    async fn send_empty(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: &str,
+        what: &str,
+    ) -> Result<(), ProviderError> {
+        let response = self
+            .http
+            .request(method, url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Err(self.answer_error(status, &body, what))
+    }
+
+    /// The realm's OpenID Connect client scopes, name → id (`GET .../client-scopes`: the role
+    /// `manage-clients` may list them, measured on 26.7.3).
+    async fn realm_scopes(&self, token: &str) -> Result<BTreeMap<String, String>, ProviderError> {
+        let response = self
+            .http
+            .get(format!("{}/admin/realms/{}/client-scopes", self.url, self.realm))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(self.answer_error(status, &body, "client scope list"));
+        }
+        Ok(realm_scopes(&body))
+    }
+
+    /// After the client `desired` holds its secret: its optional client scopes made the app's
+    /// `spec.scopes` (those the realm has; the others are returned), taking off only the ones the
+    /// operator assigned before ([`SCOPES_ATTRIBUTE`], updated when it changes). `recorded`: that
+    /// attribute before the put; with it and `spec.scopes` both empty, no request at all.
+    async fn put_scopes(
+        &self,
+        token: &str,
+        desired: &DesiredClient,
+        recorded: &[String],
+    ) -> Result<Vec<String>, ProviderError> {
+        if desired.scopes.is_empty() && recorded.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(mut found) = self.find(token, &desired.client_id).await? else {
+            return Ok(Vec::new());
+        };
+        let id = self.owned(desired, &found)?.to_string();
+        let realm = self.realm_scopes(token).await?;
+        let plan = scope_plan(&found, &desired.scopes, &realm);
+        let url = |name: &str| {
+            format!(
+                "{}/{id}/optional-client-scopes/{}",
+                self.clients_url(),
+                realm.get(name).map(String::as_str).unwrap_or_default()
+            )
+        };
+        for name in &plan.add {
+            self.send_empty(reqwest::Method::PUT, &url(name), token, "client scope assignment")
+                .await?;
+        }
+        for name in &plan.remove {
+            self.send_empty(reqwest::Method::DELETE, &url(name), token, "client scope removal")
+                .await?;
+        }
+        if plan.recorded != recorded_scopes(&found) {
+            // The client as Keycloak has it (its secret, and a rotated one, sent back as they
+            // are), with the attribute alone changed. Its scope lists are left out: a PUT ignores
+            // them (measured on 26.7.3), and they predate the assignments above.
+            found.remove("optionalClientScopes");
+            found.remove("defaultClientScopes");
+            let attributes = found
+                .entry("attributes")
+                .or_insert_with(|| json!({}))
+                .as_object_mut();
+            if let Some(attributes) = attributes {
+                attributes.insert(SCOPES_ATTRIBUTE.into(), json!(plan.recorded.join(" ")));
+            }
+            let client_url = format!("{}/{id}", self.clients_url());
+            self.send_json(
+                reqwest::Method::PUT,
+                &client_url,
+                token,
+                &Value::Object(found),
+                "client update",
+            )
+            .await?;
+        }
+        Ok(plan.missing)
+    }
+}
+
+/// The OpenID Connect client scopes in Keycloak's answer to `GET .../client-scopes`: name → id.
+pub fn realm_scopes(body: &Value) -> BTreeMap<String, String> {
+    body.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["protocol"].as_str().is_none_or(|p| p == "openid-connect"))
+        .filter_map(|s| Some((s["name"].as_str()?.to_string(), s["id"].as_str()?.to_string())))
+        .collect()
+}
+
+/// The scopes the operator assigned to Keycloak's client `found` ([`SCOPES_ATTRIBUTE`]), sorted.
+pub fn recorded_scopes(found: &Map<String, Value>) -> Vec<String> {
+    let mut recorded: Vec<String> = found
+        .get("attributes")
+        .and_then(|a| a.get(SCOPES_ATTRIBUTE))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    recorded.sort_unstable();
+    recorded.dedup();
+    recorded
+}
+
+/// What makes a client's optional client scopes the app's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScopePlan {
+    /// Scopes of the app the client has neither as optional nor as default scope: assigned as
+    /// optional.
+    pub add: Vec<String>,
+    /// Optional scopes the operator assigned that the app no longer lists: taken off.
+    pub remove: Vec<String>,
+    /// Scopes of the app the realm has no (OpenID Connect) client scope of, in the app's order.
+    pub missing: Vec<String>,
+    /// [`SCOPES_ATTRIBUTE`] afterwards, sorted: the app's scopes the operator assigned (not those
+    /// the client had already, from the realm's defaults or by hand).
+    pub recorded: Vec<String>,
+}
+
+impl ScopePlan {
+    /// Whether the client `found` has the app's scopes already (nothing to do).
+    pub fn settled(&self, found: &Map<String, Value>) -> bool {
+        self.add.is_empty() && self.remove.is_empty() && self.recorded == recorded_scopes(found)
+    }
+}
+
+/// The plan that makes Keycloak's client `found` offer the scopes `wanted` (`spec.scopes`) that
+/// the realm has (`realm`: name → id), taking off only optional scopes the operator assigned.
+/// `openid` is no client scope in Keycloak, and always allowed: never assigned, never missing.
+pub fn scope_plan(
+    found: &Map<String, Value>,
+    wanted: &[String],
+    realm: &BTreeMap<String, String>,
+) -> ScopePlan {
+    let names = |k: &str| -> Vec<&str> {
+        found
+            .get(k)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    };
+    let optional = names("optionalClientScopes");
+    let default = names("defaultClientScopes");
+    let before = recorded_scopes(found);
+    let mut plan = ScopePlan::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for scope in wanted {
+        if scope == OPENID || !seen.insert(scope.as_str()) {
+            continue;
+        }
+        if !realm.contains_key(scope) {
+            plan.missing.push(scope.clone());
+        } else if !optional.contains(&scope.as_str()) && !default.contains(&scope.as_str()) {
+            plan.add.push(scope.clone());
+            plan.recorded.push(scope.clone());
+        } else if optional.contains(&scope.as_str()) && before.contains(scope) {
+            plan.recorded.push(scope.clone());
+        }
+    }
+    plan.remove = before
+        .iter()
+        .filter(|s| !seen.contains(s.as_str()) && optional.contains(&s.as_str()) && realm.contains_key(*s))
+        .cloned()
+        .collect();
+    plan.recorded.sort_unstable();
+    plan
 }
 
 /// The representation of `desired` holding `secret`, on top of `base` (what Keycloak has, or
@@ -309,36 +511,51 @@ impl IdentityProvider for Keycloak {
         desired: &DesiredClient,
         secret: &str,
         previous: &Previous<'_>,
-    ) -> Result<(Put, bool), ProviderError> {
+    ) -> Result<Pushed, ProviderError> {
         let token = self.token().await?;
         let now = jiff::Timestamp::now().as_second();
-        let Some(found) = self.find(&token, &desired.client_id).await? else {
-            let rep = representation(None, desired, secret, previous, now);
-            self.send_json(
-                reqwest::Method::POST,
-                &self.clients_url(),
-                &token,
-                &rep,
-                "client create",
-            )
-            .await?;
-            return Ok((Put::Created, !matches!(previous, Previous::Until(_))));
+        // The secret first: a scope that cannot be assigned never holds it back.
+        let (put, grace_kept, recorded) = match self.find(&token, &desired.client_id).await? {
+            None => {
+                let rep = representation(None, desired, secret, previous, now);
+                self.send_json(
+                    reqwest::Method::POST,
+                    &self.clients_url(),
+                    &token,
+                    &rep,
+                    "client create",
+                )
+                .await?;
+                (Put::Created, !matches!(previous, Previous::Until(_)), Vec::new())
+            }
+            Some(found) => {
+                let id = self.owned(desired, &found)?.to_string();
+                let rep = representation(Some(&found), desired, secret, previous, now);
+                let url = format!("{}/{id}", self.clients_url());
+                self.send_json(reqwest::Method::PUT, &url, &token, &rep, "client update")
+                    .await?;
+                let kept = match previous {
+                    // Keycloak keeps the attributes only where its secret-rotation policy applies.
+                    Previous::Until(_) => self
+                        .find(&token, &desired.client_id)
+                        .await?
+                        .and_then(|c| c.get("attributes").and_then(|a| a.get(ROTATED)).cloned())
+                        .is_some(),
+                    Previous::Drop | Previous::Keep => true,
+                };
+                (Put::Updated, kept, recorded_scopes(&found))
+            }
         };
-        let id = self.owned(desired, &found)?.to_string();
-        let rep = representation(Some(&found), desired, secret, previous, now);
-        let url = format!("{}/{id}", self.clients_url());
-        self.send_json(reqwest::Method::PUT, &url, &token, &rep, "client update")
-            .await?;
-        let kept = match previous {
-            // Keycloak keeps the attributes only where its secret-rotation policy applies.
-            Previous::Until(_) => self
-                .find(&token, &desired.client_id)
-                .await?
-                .and_then(|c| c.get("attributes").and_then(|a| a.get(ROTATED)).cloned())
-                .is_some(),
-            Previous::Drop | Previous::Keep => true,
+        let (missing_scopes, scopes_failed) = match self.put_scopes(&token, desired, &recorded).await {
+            Ok(missing) => (missing, None),
+            Err(e) => (Vec::new(), Some(e)),
         };
-        Ok((Put::Updated, kept))
+        Ok(Pushed {
+            put,
+            grace_kept,
+            missing_scopes,
+            scopes_failed,
+        })
     }
 
     async fn owned_clients(&self, namespace: &str) -> Result<Vec<OwnedClient>, ProviderError> {
@@ -407,23 +624,31 @@ impl IdentityProvider for Keycloak {
         desired: &DesiredClient,
         secret: &str,
         previous_valid: bool,
-    ) -> Result<Holds, ProviderError> {
+    ) -> Result<(Holds, Vec<String>), ProviderError> {
         let token = self.token().await?;
         let Some(found) = self.find(&token, &desired.client_id).await? else {
-            return Ok(Holds::Missing);
+            return Ok((Holds::Missing, Vec::new()));
         };
         self.owned(desired, &found)?;
         let same = found
             .get("secret")
             .and_then(Value::as_str)
             .is_some_and(|s| constant_time_eq(s.as_bytes(), secret.as_bytes()));
+        // The scopes only when the app has some or the operator assigned some: no request else.
+        let (scopes_settled, missing) = if desired.scopes.is_empty() && recorded_scopes(&found).is_empty() {
+            (true, Vec::new())
+        } else {
+            let plan = scope_plan(&found, &desired.scopes, &self.realm_scopes(&token).await?);
+            (plan.settled(&found), plan.missing)
+        };
         let now = jiff::Timestamp::now().as_second();
-        Ok(match (same, describes(&found, desired)) {
+        let holds = match (same, describes(&found, desired) && scopes_settled) {
             (false, _) => Holds::Other,
             (true, false) => Holds::Outdated,
             (true, true) if !previous_valid && takes_rotated(&found, now) => Holds::PreviousRetired,
             (true, true) => Holds::Same,
-        })
+        };
+        Ok((holds, missing))
     }
 }
 
@@ -443,7 +668,8 @@ pub fn takes_rotated(found: &Map<String, Value>, now: i64) -> bool {
             .is_none_or(|expires| expires > now)
 }
 
-/// Whether Keycloak's client `found` has the name and redirect URIs the app asks for.
+/// Whether Keycloak's client `found` has the name and redirect URIs the app asks for (its scopes:
+/// [`ScopePlan::settled`], which needs the realm's client scopes).
 pub fn describes(found: &Map<String, Value>, desired: &DesiredClient) -> bool {
     let name = found.get("name").and_then(Value::as_str).unwrap_or_default();
     let mut uris: Vec<&str> = found
@@ -500,6 +726,7 @@ mod tests {
             client_id: "billing".into(),
             name: Some("Billing".into()),
             redirect_uris: vec!["https://billing.example.com/cb".into()],
+            scopes: Vec::new(),
             owner: "team-a/billing".into(),
             secret_name: "billing-oauth-client".into(),
         }
@@ -652,6 +879,94 @@ mod tests {
         let mut renamed = rep.as_object().cloned().expect("object");
         renamed.insert("name".into(), json!("Other"));
         assert!(!describes(&renamed, &d));
+    }
+
+    fn realm() -> BTreeMap<String, String> {
+        realm_scopes(&json!([
+            {"id": "id-a", "name": "a", "protocol": "openid-connect"},
+            {"id": "id-b", "name": "b", "protocol": "openid-connect"},
+            {"id": "id-old", "name": "old", "protocol": "openid-connect"},
+            {"id": "id-hand", "name": "by-hand", "protocol": "openid-connect"},
+            {"id": "id-address", "name": "address", "protocol": "openid-connect"},
+            {"id": "id-profile", "name": "profile", "protocol": "openid-connect"},
+            {"id": "id-saml", "name": "saml-only", "protocol": "saml"},
+        ]))
+    }
+
+    fn client(optional: &[&str], default: &[&str], recorded: &str) -> Map<String, Value> {
+        json!({
+            "optionalClientScopes": optional,
+            "defaultClientScopes": default,
+            "attributes": {SCOPES_ATTRIBUTE: recorded},
+        })
+        .as_object()
+        .cloned()
+        .expect("object")
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_realms_scopes_are_its_openid_connect_ones_by_name() {
+        let realm = realm();
+        assert_eq!(realm["a"], "id-a");
+        assert!(!realm.contains_key("saml-only"));
+    }
+
+    #[test]
+    fn a_new_clients_scopes_are_the_apps_that_the_realm_has_and_the_rest_are_missing() {
+        let found = client(&["address"], &["profile"], "");
+        let wanted = strings(&["a", "openid", "b", "a", "profile", "address", "zz", "saml-only"]);
+        let plan = scope_plan(&found, &wanted, &realm());
+        assert_eq!(plan.add, strings(&["a", "b"]));
+        assert!(plan.remove.is_empty());
+        assert_eq!(
+            plan.missing,
+            strings(&["zz", "saml-only"]),
+            "openid is no client scope"
+        );
+        assert_eq!(
+            plan.recorded,
+            strings(&["a", "b"]),
+            "the realm's defaults are not the operator's"
+        );
+        assert!(!plan.settled(&found));
+    }
+
+    #[test]
+    fn only_scopes_the_operator_assigned_are_taken_off() {
+        let found = client(&["a", "old", "address", "by-hand"], &["profile"], "a old");
+        let plan = scope_plan(&found, &strings(&["b"]), &realm());
+        assert_eq!(plan.add, strings(&["b"]));
+        assert_eq!(plan.remove, strings(&["a", "old"]), "address and by-hand stay");
+        assert_eq!(plan.recorded, strings(&["b"]));
+        // Applied: nothing more to do.
+        let done = client(&["b", "address", "by-hand"], &["profile"], "b");
+        assert!(scope_plan(&done, &strings(&["b"]), &realm()).settled(&done));
+        // No scopes any more: the operator's go, the attribute is emptied.
+        let plan = scope_plan(&done, &[], &realm());
+        assert_eq!(plan.remove, strings(&["b"]));
+        assert!(plan.recorded.is_empty());
+    }
+
+    #[test]
+    fn a_scope_taken_off_by_hand_is_not_settled_and_a_missing_one_does_not_unsettle() {
+        let by_hand = client(&["address"], &["profile"], "b");
+        let plan = scope_plan(&by_hand, &strings(&["b"]), &realm());
+        assert_eq!(plan.add, strings(&["b"]));
+        assert!(!plan.settled(&by_hand));
+        let missing = client(&["b"], &[], "b");
+        let plan = scope_plan(&missing, &strings(&["b", "zz"]), &realm());
+        assert!(plan.settled(&missing), "{plan:?}");
+        assert_eq!(plan.missing, strings(&["zz"]));
+        // A recorded scope deleted from the realm leaves the attribute.
+        let deleted = client(&["b"], &[], "b gone");
+        let plan = scope_plan(&deleted, &strings(&["b", "gone"]), &realm());
+        assert_eq!(plan.recorded, strings(&["b"]));
+        assert!(!plan.settled(&deleted));
+        assert!(plan.add.is_empty() && plan.remove.is_empty());
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct DesiredClient {
     pub name: Option<String>,
     /// `spec.redirectUris`.
     pub redirect_uris: Vec<String>,
+    /// `spec.scopes`: the scopes the app may request (in Keycloak, optional client scopes of the
+    /// client, taken from the realm's client scopes by name).
+    pub scopes: Vec<String>,
     /// Who owns the client at the provider: `<namespace>/<app name>`. A client with this id that
     /// does not carry this owner was not created by the operator for this app.
     pub owner: String,
@@ -72,6 +75,19 @@ pub enum Put {
     Updated,
 }
 
+/// What a put did: created or updated, whether the provider kept the previous secret (false
+/// only for [`Previous::Until`] where it did not), and the app's scopes the provider has none of
+/// (the client holds the secret all the same).
+#[derive(Debug)]
+pub struct Pushed {
+    pub put: Put,
+    pub grace_kept: bool,
+    pub missing_scopes: Vec<String>,
+    /// The scopes could not be set (the secret was put before): a rotation is not failed for
+    /// it (a retried rotation would make another secret); the next check sets them.
+    pub scopes_failed: Option<ProviderError>,
+}
+
 /// Whether a provider's client holds the app's current secret.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Holds {
@@ -79,7 +95,7 @@ pub enum Holds {
     Same,
     /// The client exists with another secret.
     Other,
-    /// The client holds the secret, but its name or redirect URIs are not the app's.
+    /// The client holds the secret, but its name, redirect URIs or scopes are not the app's.
     Outdated,
     /// The client holds the secret, and also a previous one that still authenticates, while the
     /// app keeps none (revoked early, or a rotation without a grace period).
@@ -159,14 +175,16 @@ pub trait IdentityProvider {
 
     /// Creates the client, or updates the one the operator created for this app, so that its
     /// current secret is `secret` and the rest is `desired`. With [`Previous::Until`], the
-    /// replaced secret stays valid until its expiry where the provider can keep two; Ok(false) in
-    /// `.1` says the provider did not keep it.
+    /// replaced secret stays valid until its expiry where the provider can keep two
+    /// ([`Pushed::grace_kept`] false: it did not). The secret is put first; a scope the provider
+    /// does not have is no error, it is named in [`Pushed::missing_scopes`], and a failure to set
+    /// the scopes after the secret is in [`Pushed::scopes_failed`].
     fn put_client(
         &self,
         desired: &DesiredClient,
         secret: &str,
         previous: &Previous<'_>,
-    ) -> impl Future<Output = Result<(Put, bool), ProviderError>> + Send;
+    ) -> impl Future<Output = Result<Pushed, ProviderError>> + Send;
 
     /// The clients the operator created for apps in `namespace`.
     fn owned_clients(
@@ -178,11 +196,12 @@ pub trait IdentityProvider {
     fn delete_client(&self, client: &OwnedClient) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
     /// Whether the client holds `secret` as its current secret; with `previous_valid` false, also
-    /// whether it still takes a previous secret (the app has none valid).
+    /// whether it still takes a previous secret (the app has none valid). With it, the app's
+    /// scopes the provider has none of (they count as described: nothing to set back).
     fn holds(
         &self,
         desired: &DesiredClient,
         secret: &str,
         previous_valid: bool,
-    ) -> impl Future<Output = Result<Holds, ProviderError>> + Send;
+    ) -> impl Future<Output = Result<(Holds, Vec<String>), ProviderError>> + Send;
 }

@@ -31,6 +31,14 @@ pub const SYNCED: &str = "Synced";
 /// `ProviderSynced=True`, with a grace period the provider did not keep: only the current secret
 /// works there.
 pub const SYNCED_WITHOUT_GRACE: &str = "SyncedWithoutGrace";
+/// `ProviderSynced=True`: the provider holds the secret, but its realm has no client scope of
+/// some of the app's `spec.scopes` (named in the message); the next check assigns them once they
+/// exist.
+pub const SYNCED_WITHOUT_SCOPES: &str = "SyncedWithoutScopes";
+/// The Warning Event when an app's scopes are missing in its provider's realm.
+pub const PROVIDER_SCOPES_MISSING: &str = "ProviderScopesMissing";
+/// The words of a `ProviderSynced` message that say the previous secret was not kept.
+const NO_ROTATION_POLICY: &str = "the realm has no client policy with the secret-rotation executor";
 /// An app's client is checked against the provider at most this often (and after every change of
 /// its rotation, and once per process start: a crash between the provider write and the Secret
 /// write is caught by the restart).
@@ -238,6 +246,7 @@ pub fn desired(app: &OAuthApp, client_id: &str) -> DesiredClient {
         client_id: client_id.to_string(),
         name: app.spec.display_name.clone(),
         redirect_uris: app.spec.redirect_uris.clone(),
+        scopes: app.spec.scopes.clone(),
         owner: app_key(app),
         secret_name: app.secret_name(),
     }
@@ -287,20 +296,28 @@ pub async fn push_rotation(
     .await;
     let key = app_key(app);
     match result {
-        Ok((put, kept)) => {
-            info!(app = %key, provider = %reference.name, created = (put == Put::Created), "the identity provider holds the new secret");
+        Ok(pushed) => {
+            info!(app = %key, provider = %reference.name, created = (pushed.put == Put::Created), "the identity provider holds the new secret");
+            if let Some(e) = &pushed.scopes_failed {
+                warn!(app = %key, provider = %reference.name, reason = e.reason(), error = %e, "the identity provider holds the new secret, but the app's scopes could not be set there; the next check sets them");
+            }
             {
                 let now = Instant::now();
                 let mut state = ctx.providers.lock(now);
                 state.push_failures.remove(&key);
-                state.checked.insert(
-                    key,
-                    Checked {
-                        rotation_id: checked_version(rotation_id, app),
-                        at: now,
-                        failures: 0,
-                    },
-                );
+                if pushed.scopes_failed.is_some() {
+                    // Not in sync: the app's next look checks it at once.
+                    state.checked.remove(&key);
+                } else {
+                    state.checked.insert(
+                        key,
+                        Checked {
+                            rotation_id: checked_version(rotation_id, app),
+                            at: now,
+                            failures: 0,
+                        },
+                    );
+                }
             }
             // Tests: a crash between the provider write and the Secret write.
             #[cfg(feature = "failpoints")]
@@ -310,11 +327,31 @@ pub async fn push_rotation(
             }
             let mut synced = app.clone();
             let status = synced.status.get_or_insert_with(Default::default);
-            let (reason, message) = synced_condition(&reference.name, rotation_id, with_grace && !kept);
+            let (synced_status, reason, message) = match &pushed.scopes_failed {
+                // The secret is there; the scopes are not: said, and the next check sets them.
+                Some(e) => (
+                    "False",
+                    e.reason(),
+                    format!(
+                        "OAuthProvider {} holds the secret of rotation {rotation_id}, but the app's scopes could not be set: {e}",
+                        reference.name
+                    ),
+                ),
+                None => {
+                    let (reason, message) = synced_condition(
+                        &reference.name,
+                        rotation_id,
+                        with_grace && !pushed.grace_kept,
+                        &pushed.missing_scopes,
+                    );
+                    warn_missing_scopes(ctx, app, &reference.name, &pushed.missing_scopes);
+                    ("True", reason, message)
+                }
+            };
             set_condition(
                 &mut status.conditions,
                 app.metadata.generation,
-                "True",
+                synced_status,
                 reason,
                 message,
             );
@@ -523,7 +560,7 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
         .is_some_and(|p| p.expires_at.0 > Timestamp::now());
     let outcome = guarded(&ctx.providers, &ns, &reference.name, async {
         let provider = connect(&ctx.client, &ns, &reference.name).await?;
-        let holds = provider.holds(&wanted, &current, previous_valid).await?;
+        let (holds, missing) = provider.holds(&wanted, &current, previous_valid).await?;
         // A hand-changed or missing client gets the current secret alone, and so does one that
         // still takes a previous secret the app has retired; one whose description alone changed
         // keeps a previous secret it holds (a grace period running).
@@ -532,16 +569,24 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
             Holds::Outdated => Some(Previous::Keep),
             Holds::Other | Holds::Missing | Holds::PreviousRetired => Some(Previous::Drop),
         };
-        if let Some(previous) = previous {
-            ctx.leadership.check()?;
-            provider.put_client(&wanted, &current, &previous).await?;
-        }
-        Ok::<_, Error>(holds)
+        let missing = match previous {
+            Some(previous) => {
+                ctx.leadership.check()?;
+                let pushed = provider.put_client(&wanted, &current, &previous).await?;
+                // No rotation to spare here: the check fails, and is retried.
+                if let Some(e) = pushed.scopes_failed {
+                    return Err(e.into());
+                }
+                pushed.missing_scopes
+            }
+            None => missing,
+        };
+        Ok::<_, Error>((holds, missing))
     })
     .await;
     drop(current);
     match outcome {
-        Ok(holds) => {
+        Ok((holds, missing)) => {
             let now = Instant::now();
             ctx.providers.lock(now).checked.insert(
                 key.clone(),
@@ -578,12 +623,12 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
                 )),
                 Holds::Outdated if spec_changed => Some((
                     "ProviderClientUpdated",
-                    format!("client {client_id} updated to the app's name and redirect URIs"),
+                    format!("client {client_id} updated to the app's name, redirect URIs and scopes"),
                 )),
                 Holds::Outdated => Some((
                     "ProviderClientRestored",
                     format!(
-                        "had another name or other redirect URIs for client {client_id}; set back to the app's"
+                        "had another name, other redirect URIs or other scopes for client {client_id}; set back to the app's"
                     ),
                 )),
             };
@@ -605,17 +650,17 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
             }
             // The grace a rotation gave is kept by the provider as it was; only a restored
             // client loses it (said here).
-            let keeps_reason = provider_condition(app)
+            let grace_dropped = provider_condition(app)
                 .filter(|c| {
                     c.status == "True"
                         && matches!(holds, Holds::Same | Holds::Outdated | Holds::PreviousRetired)
                 })
-                .map(|c| c.reason.clone());
-            let (reason, message) = synced_condition(
-                &reference.name,
-                &rotation_id,
-                keeps_reason.as_deref() == Some(SYNCED_WITHOUT_GRACE),
-            );
+                .is_some_and(|c| {
+                    c.reason == SYNCED_WITHOUT_GRACE
+                        || (c.reason == SYNCED_WITHOUT_SCOPES && c.message.contains(NO_ROTATION_POLICY))
+                });
+            warn_missing_scopes(ctx, app, &reference.name, &missing);
+            let (reason, message) = synced_condition(&reference.name, &rotation_id, grace_dropped, &missing);
             write_condition(ctx, app, "True", reason, message).await?;
             Ok(Some(CHECK_INTERVAL))
         }
@@ -693,14 +738,31 @@ fn retry_after(failures: u32) -> Duration {
         .min(CHECK_INTERVAL)
 }
 
-fn synced_condition(provider: &str, rotation_id: &str, grace_dropped: bool) -> (&'static str, String) {
-    if grace_dropped {
+fn synced_condition(
+    provider: &str,
+    rotation_id: &str,
+    grace_dropped: bool,
+    missing_scopes: &[String],
+) -> (&'static str, String) {
+    let no_grace = format!(
+        "{NO_ROTATION_POLICY} for this client (Keycloak's client-secret-rotation feature), so the grace period holds \
+         only at this operator's verify endpoint"
+    );
+    if !missing_scopes.is_empty() {
+        let mut message = format!(
+            "OAuthProvider {provider} holds the secret of rotation {rotation_id}, but its realm has no client scope {} \
+             of spec.scopes: create them in the realm, and the operator's next check assigns them to the client",
+            missing_scopes.join(", ")
+        );
+        if grace_dropped {
+            message.push_str(&format!("; nor does it hold the previous secret: {no_grace}"));
+        }
+        (SYNCED_WITHOUT_SCOPES, message)
+    } else if grace_dropped {
         (
             SYNCED_WITHOUT_GRACE,
             format!(
-                "OAuthProvider {provider} holds the secret of rotation {rotation_id}, but not the previous one: the realm \
-                 has no client policy with the secret-rotation executor for this client (Keycloak's client-secret-rotation \
-                 feature), so the grace period holds only at this operator's verify endpoint"
+                "OAuthProvider {provider} holds the secret of rotation {rotation_id}, but not the previous one: {no_grace}"
             ),
         )
     } else {
@@ -709,6 +771,32 @@ fn synced_condition(provider: &str, rotation_id: &str, grace_dropped: bool) -> (
             format!("OAuthProvider {provider} holds the secret of rotation {rotation_id}"),
         )
     }
+}
+
+/// A Warning Event naming the app's scopes its provider's realm has none of, unless its
+/// `ProviderSynced` already names the same ones.
+fn warn_missing_scopes(ctx: &Context, app: &OAuthApp, provider: &str, missing: &[String]) {
+    if missing.is_empty() {
+        return;
+    }
+    let list = missing.join(", ");
+    let said = provider_condition(app).is_some_and(|c| {
+        c.reason == SYNCED_WITHOUT_SCOPES && c.message.contains(&format!("no client scope {list} of"))
+    });
+    if said {
+        return;
+    }
+    warn!(app = %app_key(app), provider, scopes = %list, "the identity provider's realm has no client scope for some of the app's scopes");
+    rotation::publish_in_background(
+        ctx,
+        app,
+        EventType::Warning,
+        PROVIDER_SCOPES_MISSING,
+        format!(
+            "OAuthProvider {provider} holds the app's secret, but its realm has no client scope {list} of spec.scopes; \
+             create them in the realm, and the operator's next check assigns them"
+        ),
+    );
 }
 
 fn provider_condition(app: &OAuthApp) -> Option<&Condition> {
@@ -936,6 +1024,30 @@ mod tests {
         drop(inner);
         state.forget_app("ns/live");
         assert!(state.is_empty());
+    }
+
+    #[test]
+    fn missing_scopes_are_named_in_the_condition_and_a_dropped_grace_is_still_said() {
+        let (reason, message) = synced_condition("kc", "r1", false, &[]);
+        assert_eq!(
+            (reason, message.as_str()),
+            (SYNCED, "OAuthProvider kc holds the secret of rotation r1")
+        );
+        let (reason, message) = synced_condition("kc", "r1", true, &[]);
+        assert_eq!(reason, SYNCED_WITHOUT_GRACE);
+        assert!(message.contains(NO_ROTATION_POLICY), "{message}");
+        let missing = vec!["invoices:read".to_string(), "zz".to_string()];
+        let (reason, message) = synced_condition("kc", "r1", false, &missing);
+        assert_eq!(reason, SYNCED_WITHOUT_SCOPES);
+        assert!(
+            message.contains("no client scope invoices:read, zz of spec.scopes"),
+            "{message}"
+        );
+        assert!(message.contains("create them in the realm"), "{message}");
+        assert!(!message.contains(NO_ROTATION_POLICY), "{message}");
+        let (reason, message) = synced_condition("kc", "r1", true, &missing);
+        assert_eq!(reason, SYNCED_WITHOUT_SCOPES);
+        assert!(message.contains(NO_ROTATION_POLICY), "both said: {message}");
     }
 
     #[test]

@@ -322,6 +322,96 @@ impl Realm {
         (status, error)
     }
 
+    /// A client scope `name` in the realm, as an admin makes one (OpenID Connect, its name in the
+    /// token's `scope`).
+    async fn create_scope(&self, name: &str) {
+        self.admin(
+            reqwest::Method::POST,
+            &self.path("/client-scopes"),
+            Some(json!({"name": name, "protocol": "openid-connect",
+                "attributes": {"include.in.token.scope": "true"}})),
+        )
+        .await;
+    }
+
+    /// The optional client scopes of the client with `client_id`, by name, sorted.
+    async fn optional_scopes(&self, client_id: &str) -> Vec<String> {
+        let client = self.client(client_id).await.expect("client");
+        let mut names: Vec<String> = client["optionalClientScopes"]
+            .as_array()
+            .expect("optionalClientScopes")
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Assigns (PUT) or takes off (DELETE) the realm's client scope `scope` as an optional scope
+    /// of the client with `client_id`, as someone would in the admin console.
+    async fn optional_scope(&self, method: reqwest::Method, client_id: &str, scope: &str) {
+        let client = self.client(client_id).await.expect("client");
+        let scopes = self
+            .admin(reqwest::Method::GET, &self.path("/client-scopes"), None)
+            .await;
+        let scope_id = scopes
+            .as_array()
+            .expect("scopes")
+            .iter()
+            .find(|s| s["name"] == scope)
+            .and_then(|s| s["id"].as_str())
+            .expect("scope id")
+            .to_string();
+        self.admin(
+            method,
+            &self.path(&format!(
+                "/clients/{}/optional-client-scopes/{scope_id}",
+                client["id"].as_str().expect("id")
+            )),
+            None,
+        )
+        .await;
+    }
+
+    /// A client_credentials grant asking for `scope`: the HTTP status, and the scopes of the
+    /// access token's `scope` claim (empty without a token).
+    async fn token_scopes(&self, client_id: &str, secret: &str, scope: &str) -> (u16, Vec<String>) {
+        let response = self
+            .http
+            .post(format!(
+                "{}/realms/{}/protocol/openid-connect/token",
+                self.base, self.name
+            ))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", secret),
+                ("scope", scope),
+            ])
+            .send()
+            .await
+            .expect("token request");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let Some(token) = body["access_token"].as_str() else {
+            return (status, Vec::new());
+        };
+        // The claim itself, from the JWT's payload (not the response's echo of it).
+        let payload = token.split('.').nth(1).expect("a JWT");
+        let claims: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .expect("base64url payload"),
+        )
+        .expect("JSON claims");
+        let scopes = claims["scope"]
+            .as_str()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        (status, scopes)
+    }
+
     /// A client policy that applies Keycloak's secret-rotation executor to every confidential
     /// client of the realm (the preview feature client-secret-rotation).
     async fn enable_secret_rotation(&self) {
@@ -747,6 +837,224 @@ async fn a_secret_or_redirect_uri_changed_at_keycloak_is_set_back_without_a_rota
     .await;
     assert_eq!(s.realm.token(&client_id, &current).await, (200, String::new()));
     event_seen(&s, "drifty", "Warning", "ProviderClientRestored").await;
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+    v.sort_unstable();
+    v
+}
+
+#[tokio::test]
+async fn an_apps_scopes_are_optional_client_scopes_that_its_token_may_ask_for() {
+    let s = setup("kc-scopes", &[]).await;
+    for scope in ["invoices:read", "invoices:write"] {
+        s.realm.create_scope(scope).await;
+    }
+    let (_, client_id, secret) = s
+        .provisioned(
+            "scoped",
+            "  scopes: [\"invoices:read\", \"invoices:write\", openid]\n",
+        )
+        .await;
+    let client = s.realm.client(&client_id).await.expect("client");
+    // The app's scopes as optional scopes, next to the realm's defaults (kept).
+    assert_eq!(
+        s.realm.optional_scopes(&client_id).await,
+        names(&[
+            "address",
+            "invoices:read",
+            "invoices:write",
+            "microprofile-jwt",
+            "offline_access",
+            "organization",
+            "phone"
+        ])
+    );
+    assert!(
+        client["defaultClientScopes"]
+            .as_array()
+            .expect("defaults")
+            .contains(&json!("profile")),
+        "{client}"
+    );
+    assert_eq!(
+        client["attributes"]["oauthapp.io/scopes"], "invoices:read invoices:write",
+        "the operator's own"
+    );
+    let (status, scopes) = s.realm.token_scopes(&client_id, &secret, "invoices:read").await;
+    assert_eq!(status, 200);
+    assert!(scopes.contains(&"invoices:read".to_string()), "{scopes:?}");
+    assert!(
+        !scopes.contains(&"invoices:write".to_string()),
+        "optional: only when asked, {scopes:?}"
+    );
+    let (status, scopes) = s
+        .realm
+        .token_scopes(&client_id, &secret, "invoices:read invoices:write")
+        .await;
+    assert_eq!(status, 200);
+    assert!(scopes.contains(&"invoices:write".to_string()), "{scopes:?}");
+    // A scope the app does not list is refused.
+    s.realm.create_scope("payroll").await;
+    assert_eq!(s.realm.token_scopes(&client_id, &secret, "payroll").await.0, 400);
+}
+
+#[tokio::test]
+async fn a_scope_missing_in_the_realm_is_named_and_the_secret_works_until_it_is_created() {
+    let s = setup("kc-scopes-missing", &[]).await;
+    s.realm.create_scope("reports").await;
+    s.app("partial", "kc", "  scopes: [reports, \"ledger:read\"]\n");
+    let (app, secret) = s.settled("partial", 1, "SyncedWithoutScopes").await;
+    let (client_id, current) = (client_id_of(&secret), plaintext(&secret));
+    let (status, _, message) = provider_synced(&app).expect("condition");
+    assert_eq!(status, "True", "the client holds the secret");
+    assert!(
+        message.contains("no client scope ledger:read of spec.scopes"),
+        "{message}"
+    );
+    assert!(message.contains("create them in the realm"), "{message}");
+    assert!(!message.contains(&current), "{message}");
+    assert_eq!(s.realm.token(&client_id, &current).await, (200, String::new()));
+    let (_, scopes) = s.realm.token_scopes(&client_id, &current, "reports").await;
+    assert!(
+        scopes.contains(&"reports".to_string()),
+        "the realm's scope is assigned: {scopes:?}"
+    );
+    let events = event_seen(&s, "partial", "Warning", "ProviderScopesMissing").await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, r, note)| r == "ProviderScopesMissing" && note.contains("ledger:read")),
+        "{events:?}"
+    );
+
+    // Created in the realm: the next check (here: after a restart) assigns it, no new secret.
+    s.realm.create_scope("ledger:read").await;
+    let mut s = s;
+    s.operator.kill9();
+    let restarted = Instant::now();
+    s.operator = Operator::start(&control_plane().kubeconfig, &s.ns, &[], &[]);
+    let (_, secret) = s.settled("partial", 1, "Synced").await;
+    eprintln!(
+        "a scope created in the realm assigned {:?} after a restart",
+        restarted.elapsed()
+    );
+    assert_eq!(plaintext(&secret), current, "no new rotation");
+    let (status, scopes) = s.realm.token_scopes(&client_id, &current, "ledger:read").await;
+    assert_eq!(status, 200);
+    assert!(scopes.contains(&"ledger:read".to_string()), "{scopes:?}");
+}
+
+#[tokio::test]
+async fn a_scope_dropped_from_the_app_leaves_the_client_and_one_taken_off_by_hand_is_set_back() {
+    let s = setup("kc-scopes-drift", &[]).await;
+    for scope in ["a", "b", "by-hand"] {
+        s.realm.create_scope(scope).await;
+    }
+    let (_, client_id, current) = s.provisioned("shifty", "  scopes: [a, b]\n").await;
+    // Someone adds a scope the app never listed.
+    s.realm
+        .optional_scope(reqwest::Method::PUT, &client_id, "by-hand")
+        .await;
+    control_plane().kubectl_ok(&[
+        "-n",
+        &s.ns,
+        "patch",
+        "oauthapp",
+        "shifty",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"scopes":["a"]}}"#,
+    ]);
+    let optional = eventually("b leaves the client", WAIT, || async {
+        let optional = s.realm.optional_scopes(&client_id).await;
+        (!optional.contains(&"b".to_string())).then_some(optional)
+    })
+    .await;
+    for kept in ["a", "by-hand", "address", "phone"] {
+        assert!(optional.contains(&kept.to_string()), "{kept} kept: {optional:?}");
+    }
+    event_seen(&s, "shifty", "Normal", "ProviderClientUpdated").await;
+    let client = s.realm.client(&client_id).await.expect("client");
+    assert_eq!(client["attributes"]["oauthapp.io/scopes"], "a");
+    assert_eq!(s.realm.token_scopes(&client_id, &current, "b").await.0, 400);
+
+    // Someone takes a off by hand: the next check (after a restart) sets it back.
+    s.realm
+        .optional_scope(reqwest::Method::DELETE, &client_id, "a")
+        .await;
+    assert_eq!(s.realm.token_scopes(&client_id, &current, "a").await.0, 400);
+    let mut s = s;
+    s.operator.kill9();
+    let restarted = Instant::now();
+    s.operator = Operator::start(&control_plane().kubeconfig, &s.ns, &[], &[]);
+    eventually("a is an optional scope again", WAIT, || async {
+        s.realm
+            .optional_scopes(&client_id)
+            .await
+            .contains(&"a".to_string())
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "a scope taken off by hand set back {:?} after a restart",
+        restarted.elapsed()
+    );
+    let (status, scopes) = s.realm.token_scopes(&client_id, &current, "a").await;
+    assert_eq!(status, 200);
+    assert!(scopes.contains(&"a".to_string()), "{scopes:?}");
+    assert!(
+        s.realm
+            .optional_scopes(&client_id)
+            .await
+            .contains(&"by-hand".to_string())
+    );
+    let events = event_seen(&s, "shifty", "Warning", "ProviderClientRestored").await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, r, note)| r == "ProviderClientRestored" && note.contains("scopes")),
+        "{events:?}"
+    );
+    let (app, _) = s.settled("shifty", 1, "Synced").await;
+    assert_eq!(app.status.expect("status").rotation_count, 1, "no new rotation");
+}
+
+/// A scope added while a grace period runs is assigned with the client's previous secret left
+/// as it is: both secrets keep getting tokens, with the new scope.
+#[tokio::test]
+async fn a_scope_added_while_a_grace_period_runs_leaves_both_secrets_working() {
+    let s = setup("kc-scopes-grace", &[]).await;
+    s.realm.create_scope("a").await;
+    let (client_id, first, second, _) = s.rotated_with_grace("graceful", "5m").await;
+    control_plane().kubectl_ok(&[
+        "-n",
+        &s.ns,
+        "patch",
+        "oauthapp",
+        "graceful",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"scopes":["a"]}}"#,
+    ]);
+    eventually("a is an optional scope", WAIT, || async {
+        let client = s.realm.client(&client_id).await?;
+        (s.realm
+            .optional_scopes(&client_id)
+            .await
+            .contains(&"a".to_string())
+            && client["attributes"]["oauthapp.io/scopes"] == "a")
+            .then_some(())
+    })
+    .await;
+    for secret in [&first, &second] {
+        let (status, scopes) = s.realm.token_scopes(&client_id, secret, "a").await;
+        assert_eq!(status, 200, "both secrets within the grace period");
+        assert!(scopes.contains(&"a".to_string()), "{scopes:?}");
+    }
+    let (app, _) = s.settled("graceful", 2, "Synced").await;
+    assert_eq!(app.status.expect("status").rotation_count, 2, "no new rotation");
 }
 
 #[tokio::test]
@@ -1214,6 +1522,301 @@ async fn keycloak_killed_during_a_rotation_holds_it_and_it_lands_once_when_keycl
     );
     drop(s);
     drop(kc);
+}
+
+/// A fault-injecting HTTP proxy on loopback in front of a Keycloak: it forwards every request
+/// there, or, while refusing, answers each one `503 Service Unavailable` itself.
+struct FaultProxy {
+    url: String,
+    state: std::sync::Arc<ProxyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyState {
+    upstream: String,
+    http: reqwest::Client,
+    refusing: std::sync::atomic::AtomicBool,
+    /// While set, the requests whose path holds it are answered 503 (the others forwarded).
+    refusing_paths: std::sync::Mutex<Option<String>>,
+    /// Requests answered 503.
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl FaultProxy {
+    /// A proxy to `upstream` (an http URL on loopback), forwarding.
+    async fn start(upstream: &str) -> FaultProxy {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let state = std::sync::Arc::new(ProxyState {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("proxy client"),
+            refusing: std::sync::atomic::AtomicBool::new(false),
+            refusing_paths: std::sync::Mutex::new(None),
+            refused: std::sync::atomic::AtomicU64::new(0),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let router = axum::Router::new()
+            .fallback(proxy_forward)
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        FaultProxy { url, state, task }
+    }
+
+    fn refuse(&self, on: bool) {
+        self.state.refusing.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Answers 503 to the requests whose path holds `part` (None: to none of them).
+    fn refuse_paths(&self, part: Option<&str>) {
+        *self.state.refusing_paths.lock().expect("lock") = part.map(str::to_string);
+    }
+
+    fn refused(&self) -> u64 {
+        self.state.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn proxy_forward(
+    axum::extract::State(proxy): axum::extract::State<std::sync::Arc<ProxyState>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let path_refused = proxy
+        .refusing_paths
+        .lock()
+        .expect("lock")
+        .as_deref()
+        .is_some_and(|part| request.uri().path().contains(part));
+    if path_refused || proxy.refusing.load(std::sync::atomic::Ordering::SeqCst) {
+        proxy.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 16 << 20).await else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut upstream = proxy
+        .http
+        .request(parts.method, format!("{}{path}", proxy.upstream))
+        .body(body);
+    for (name, value) in &parts.headers {
+        if name != header::HOST && name != header::CONTENT_LENGTH {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let Ok(answer) = upstream.send().await else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let body = answer.bytes().await.unwrap_or_default();
+    let mut response = axum::response::Response::new(axum::body::Body::from(body));
+    *response.status_mut() = status;
+    for (name, value) in &headers {
+        if name != header::TRANSFER_ENCODING && name != header::CONTENT_LENGTH && name != header::CONNECTION {
+            response.headers_mut().append(name, value.clone());
+        }
+    }
+    response
+}
+
+/// Keycloak behind a proxy that answers `503` to everything during a rotation: the rotation is
+/// held (nothing written, the old secret working), and lands once when the 503s stop.
+#[tokio::test]
+async fn a_keycloak_answering_503_holds_a_rotation_that_lands_once_when_the_503s_stop() {
+    let s = setup("kc-503", &[]).await;
+    let proxy = FaultProxy::start(&s.url).await;
+    let provider = json!({
+        "apiVersion": "oauthapp.io/v1alpha1",
+        "kind": "OAuthProvider",
+        "metadata": {"name": "proxied"},
+        "spec": {"keycloak": {
+            "url": proxy.url,
+            "realm": s.realm.name,
+            "credentialsSecretRef": {"name": "kc-credentials"},
+        }},
+    });
+    control_plane().apply_ok(&s.ns, &provider.to_string());
+    s.app("bumpy", "proxied", "");
+    let (app, secret) = s.settled("bumpy", 1, "Synced").await;
+    let (client_id, first) = (client_id_of(&secret), plaintext(&secret));
+    let first_rotation = app.status.and_then(|s| s.rotation_id).expect("rotation id");
+    s.provider_ready("proxied", "Authenticated").await;
+
+    proxy.refuse(true);
+    s.rotate("bumpy", "one");
+    let (_, reason, message) = eventually("bumpy: ProviderSynced=False", WAIT, || async {
+        let app = s.apps.get_opt("bumpy").await.ok()??;
+        provider_synced(&app).filter(|(status, _, _)| status == "False")
+    })
+    .await;
+    assert_eq!(reason, "Unreachable", "{message}");
+    assert!(message.contains("HTTP 503"), "{message}");
+    assert!(!message.contains(&first), "{message}");
+    // One more call refused after that (a retry, or the provider's look): still held.
+    let refused = proxy.refused();
+    eventually("another request refused with 503", WAIT, || async {
+        (proxy.refused() > refused).then_some(())
+    })
+    .await;
+    let app = s.apps.get("bumpy").await.expect("app");
+    let status = app.status.expect("status");
+    assert_eq!(status.rotation_count, 1, "no rotation while Keycloak answers 503");
+    assert_eq!(status.rotation_id.as_deref(), Some(first_rotation.as_str()));
+    let held = s.secrets.get("bumpy-oauth-client").await.expect("secret");
+    assert_eq!(plaintext(&held), first, "the Secret keeps the old secret");
+    assert_eq!(
+        held.annotations().get("oauthapp.io/rotation-id"),
+        Some(&first_rotation)
+    );
+    assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
+
+    proxy.refuse(false);
+    let off = Instant::now();
+    let refused = proxy.refused();
+    let (app, secret) = eventually(
+        "bumpy: rotation 2, ProviderSynced Synced",
+        Duration::from_secs(360),
+        || s.settled_now("bumpy", 2, "Synced"),
+    )
+    .await;
+    eprintln!(
+        "503s: {refused} requests refused; the rotation landed {:?} after the 503s stopped",
+        off.elapsed()
+    );
+    let second = plaintext(&secret);
+    assert_ne!(second, first);
+    let status = app.status.expect("status");
+    assert_eq!(status.rotation_count, 2, "exactly one rotation");
+    assert_eq!(status.observed_rotate_token.as_deref(), Some("one"));
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    let (code, error) = s.realm.token(&client_id, &first).await;
+    assert_eq!(code, 401, "old secret: {error}");
+    let rotated = event_seen(&s, "bumpy", "Normal", "SecretRotated")
+        .await
+        .into_iter()
+        .filter(|(_, reason, _)| reason == "SecretRotated")
+        .count();
+    assert_eq!(rotated, 1, "one SecretRotated Event");
+    let log = s.operator.log_text();
+    assert!(
+        !log.contains(&first) && !log.contains(&second),
+        "the operator logged a secret"
+    );
+}
+
+/// A 503 on the scope requests after Keycloak took a rotation's secret fails no rotation (a retry
+/// would make another secret): the rotation lands, `ProviderSynced` says the scopes were not
+/// set, and the app's checks set them once Keycloak answers.
+#[tokio::test]
+async fn a_503_on_the_scopes_after_the_secret_lands_costs_no_second_rotation() {
+    let s = setup("kc-503-scopes", &[]).await;
+    s.realm.create_scope("a").await;
+    let proxy = FaultProxy::start(&s.url).await;
+    let provider = json!({
+        "apiVersion": "oauthapp.io/v1alpha1",
+        "kind": "OAuthProvider",
+        "metadata": {"name": "proxied"},
+        "spec": {"keycloak": {
+            "url": proxy.url,
+            "realm": s.realm.name,
+            "credentialsSecretRef": {"name": "kc-credentials"},
+        }},
+    });
+    control_plane().apply_ok(&s.ns, &provider.to_string());
+    s.app("scoped", "proxied", "  scopes: [a]\n");
+    let (_, secret) = s.settled("scoped", 1, "Synced").await;
+    let (client_id, first) = (client_id_of(&secret), plaintext(&secret));
+
+    // Scope assignments answered 503; someone takes a off by hand; then a rotation.
+    proxy.refuse_paths(Some("/optional-client-scopes/"));
+    s.realm
+        .optional_scope(reqwest::Method::DELETE, &client_id, "a")
+        .await;
+    s.rotate("scoped", "one");
+    let (app, secret) = eventually("scoped: rotated once, scopes unset", WAIT, || async {
+        let app = s.apps.get_opt("scoped").await.ok()??;
+        let secret = s.secrets.get_opt("scoped-oauth-client").await.ok()??;
+        let (status, _, _) = provider_synced(&app)?;
+        (app.status.as_ref()?.rotation_count == 2
+            && secret.annotations().get("oauthapp.io/rotation-id")
+                == app.status.as_ref()?.rotation_id.as_ref()
+            && status == "False")
+            .then_some((app, secret))
+    })
+    .await;
+    let second = plaintext(&secret);
+    assert_ne!(second, first);
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    let (_, reason, message) = provider_synced(&app).expect("condition");
+    assert_eq!(reason, "Unreachable", "{message}");
+    assert!(message.contains("HTTP 503"), "{message}");
+    // The app's check that follows is refused too (no rotation for it either).
+    let refused = proxy.refused();
+    assert!(refused > 0);
+    eventually("a check's scope request refused", WAIT, || async {
+        (proxy.refused() > refused).then_some(())
+    })
+    .await;
+    assert!(
+        !s.realm
+            .optional_scopes(&client_id)
+            .await
+            .contains(&"a".to_string())
+    );
+    let app = s.apps.get("scoped").await.expect("app");
+    assert_eq!(app.status.expect("status").rotation_count, 2);
+
+    proxy.refuse_paths(None);
+    let off = Instant::now();
+    let (app, _) = eventually(
+        "scoped: rotation 2, ProviderSynced Synced",
+        Duration::from_secs(360),
+        || s.settled_now("scoped", 2, "Synced"),
+    )
+    .await;
+    eprintln!(
+        "scopes set {:?} after the 503s stopped ({} refused)",
+        off.elapsed(),
+        proxy.refused()
+    );
+    assert!(
+        s.realm
+            .optional_scopes(&client_id)
+            .await
+            .contains(&"a".to_string())
+    );
+    assert_eq!(
+        app.status.expect("status").rotation_count,
+        2,
+        "no second rotation"
+    );
+    let (status, scopes) = s.realm.token_scopes(&client_id, &second, "a").await;
+    assert_eq!(status, 200);
+    assert!(scopes.contains(&"a".to_string()), "{scopes:?}");
+    assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
+    let rotated = event_seen(&s, "scoped", "Normal", "SecretRotated")
+        .await
+        .into_iter()
+        .filter(|(_, reason, _)| reason == "SecretRotated")
+        .count();
+    assert_eq!(rotated, 1, "one SecretRotated Event");
 }
 
 /// Deleting an app deletes its client at Keycloak before the app is gone: the app carries the
