@@ -68,7 +68,17 @@ struct Inner {
     push_failures: HashMap<String, (u32, Instant)>,
     /// When entries were last looked through for [`FORGET_AFTER`].
     pruned: Option<Instant>,
+    /// Per app (`namespace/name`): until when a write the operator gave up on (a timeout, a
+    /// 5xx) may still land at the provider ([`LATE_WRITE_WINDOW`]); meanwhile the app is checked
+    /// every [`FIRST_RETRY`], not every [`CHECK_INTERVAL`].
+    late_writes: HashMap<String, Instant>,
 }
+
+/// How long after the operator gave up on a write to a provider (a timeout, a 5xx) that write
+/// is watched for: a slow provider may still do it, late, and put back a secret the Secret no
+/// longer holds. Such a write is caught by the next check, within [`FIRST_RETRY`] while the window
+/// runs, within [`CHECK_INTERVAL`] after it.
+pub const LATE_WRITE_WINDOW: Duration = Duration::from_secs(60);
 
 /// An entry not refreshed for this long is forgotten: twice the longest wait between two looks
 /// at a live app (a check or a retry), so forgetting never changes what a live app sees.
@@ -123,6 +133,19 @@ impl Inner {
         self.checked.retain(|_, c| fresh(c.at));
         self.push_failures.retain(|_, (_, at)| fresh(*at));
         self.unreachable.retain(|_, (until, _, _)| now < *until);
+        self.late_writes.retain(|_, until| now < *until);
+    }
+
+    /// Notes that a write for `key` may still land late (it failed as unreachable).
+    fn may_land_late(&mut self, key: &str, error: &Error, now: Instant) {
+        if matches!(error, Error::Provider(ProviderError::Unreachable { .. })) {
+            self.late_writes.insert(key.to_string(), now + LATE_WRITE_WINDOW);
+        }
+    }
+
+    /// Whether a write for `key` may still land late.
+    fn late_write_possible(&self, key: &str, now: Instant) -> bool {
+        self.late_writes.get(key).is_some_and(|until| now < *until)
     }
 }
 
@@ -364,6 +387,9 @@ pub async fn push_rotation(
                 let now = Instant::now();
                 let mut state = ctx.providers.lock(now);
                 state.checked.remove(&key);
+                if !held {
+                    state.may_land_late(&key, &e, now);
+                }
                 if matches!(e, Error::Provider(_)) && !held {
                     let (n, at) = state.push_failures.entry(key.clone()).or_insert((0, now));
                     *n = n.saturating_add(1);
@@ -419,8 +445,13 @@ pub async fn push_revocation(ctx: &Context, app: &OAuthApp, current: &str) -> Re
                 ),
             );
         }
-        Err(Error::Provider(pe)) => mark_unsynced(ctx, app, &reference.name, pe).await,
-        Err(_) => {}
+        Err(e) => {
+            let now = Instant::now();
+            ctx.providers.lock(now).may_land_late(&app_key(app), e, now);
+            if let Error::Provider(pe) = e {
+                mark_unsynced(ctx, app, &reference.name, pe).await;
+            }
+        }
     }
     result
 }
@@ -526,9 +557,10 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
             let (rotation, generation) = rotation_and_generation(&c.rotation_id);
             (rotation, generation) != rotation_and_generation(&version) && rotation == rotation_id
         });
+        let late = state.late_write_possible(&key, now);
         (
             spec_changed,
-            wait_before_check(&state.checked, &key, &version, condition_true, now),
+            wait_before_check(&state.checked, &key, &version, condition_true, late, now),
         )
     };
     if let Some(wait) = wait {
@@ -662,13 +694,18 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
             warn_missing_scopes(ctx, app, &reference.name, &missing);
             let (reason, message) = synced_condition(&reference.name, &rotation_id, grace_dropped, &missing);
             write_condition(ctx, app, "True", reason, message).await?;
-            Ok(Some(CHECK_INTERVAL))
+            let late = ctx
+                .providers
+                .lock(Instant::now())
+                .late_write_possible(&key, Instant::now());
+            Ok(Some(if late { FIRST_RETRY } else { CHECK_INTERVAL }))
         }
         Err(Error::Provider(pe)) => {
             mark_unsynced(ctx, app, &reference.name, &pe).await;
             let failures = {
                 let now = Instant::now();
                 let mut state = ctx.providers.lock(now);
+                state.may_land_late(&key, &Error::Provider(pe), now);
                 let entry = state.checked.entry(key).or_insert(Checked {
                     rotation_id: String::new(),
                     at: now,
@@ -716,6 +753,7 @@ fn wait_before_check(
     key: &str,
     rotation_id: &str,
     condition_true: bool,
+    late_write_possible: bool,
     now: Instant,
 ) -> Option<Duration> {
     let entry = checked.get(key)?;
@@ -728,7 +766,12 @@ fn wait_before_check(
     if entry.rotation_id != rotation_id || !condition_true {
         return None;
     }
-    CHECK_INTERVAL.checked_sub(since).filter(|d| !d.is_zero())
+    let interval = if late_write_possible {
+        FIRST_RETRY
+    } else {
+        CHECK_INTERVAL
+    };
+    interval.checked_sub(since).filter(|d| !d.is_zero())
 }
 
 /// The wait after `failures` failed checks in a row: 5 s, doubling, at most `CHECK_INTERVAL`.
@@ -892,7 +935,7 @@ mod tests {
         let key = "ns-check/app";
         let mut checked = HashMap::new();
         assert_eq!(
-            wait_before_check(&checked, key, "r1", true, now),
+            wait_before_check(&checked, key, "r1", true, false, now),
             None,
             "never checked"
         );
@@ -904,23 +947,52 @@ mod tests {
                 failures: 0,
             },
         );
-        let wait = wait_before_check(&checked, key, "r1", true, now).expect("in sync: waits");
+        let wait = wait_before_check(&checked, key, "r1", true, false, now).expect("in sync: waits");
         assert_eq!(wait, CHECK_INTERVAL);
         assert_eq!(
-            wait_before_check(&checked, key, "r2", true, now),
+            wait_before_check(&checked, key, "r2", true, false, now),
             None,
             "a new rotation"
         );
         assert_eq!(
-            wait_before_check(&checked, key, "r1", false, now),
+            wait_before_check(&checked, key, "r1", false, false, now),
             None,
             "condition not True"
         );
         assert_eq!(
-            wait_before_check(&checked, key, "r1", true, now + CHECK_INTERVAL),
+            wait_before_check(&checked, key, "r1", true, false, now + CHECK_INTERVAL),
             None,
             "interval over"
         );
+        // A write given up on may still land: checked every FIRST_RETRY meanwhile.
+        assert_eq!(
+            wait_before_check(&checked, key, "r1", true, true, now),
+            Some(FIRST_RETRY)
+        );
+        assert_eq!(
+            wait_before_check(&checked, key, "r1", true, true, now + FIRST_RETRY),
+            None
+        );
+    }
+
+    #[test]
+    fn a_write_given_up_as_unreachable_is_watched_for_a_minute_and_no_other() {
+        let state = State::default();
+        let now = Instant::now();
+        let mut inner = state.lock(now);
+        let unreachable = Error::Provider(ProviderError::Unreachable {
+            url: "http://kc".into(),
+            detail: "timed out".into(),
+        });
+        let refused = Error::Provider(ProviderError::Unauthorized {
+            url: "http://kc".into(),
+            detail: "401".into(),
+        });
+        inner.may_land_late("ns/slow", &unreachable, now);
+        inner.may_land_late("ns/refused", &refused, now);
+        assert!(inner.late_write_possible("ns/slow", now));
+        assert!(!inner.late_write_possible("ns/refused", now));
+        assert!(!inner.late_write_possible("ns/slow", now + LATE_WRITE_WINDOW));
     }
 
     #[test]

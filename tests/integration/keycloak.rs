@@ -1540,6 +1540,13 @@ struct ProxyState {
     refusing_paths: std::sync::Mutex<Option<String>>,
     /// Requests answered 503.
     refused: std::sync::atomic::AtomicU64,
+    /// While set, the requests whose path holds `.0` are forwarded only after `.1` (a slow
+    /// Keycloak that still does what it is asked, late).
+    slow_paths: std::sync::Mutex<Option<(String, Duration)>>,
+    /// Slowed requests forwarded, and answered by Keycloak.
+    slowed: std::sync::atomic::AtomicU64,
+    /// Slowed requests not yet forwarded.
+    waiting: std::sync::atomic::AtomicU64,
 }
 
 impl FaultProxy {
@@ -1556,6 +1563,9 @@ impl FaultProxy {
             refusing: std::sync::atomic::AtomicBool::new(false),
             refusing_paths: std::sync::Mutex::new(None),
             refused: std::sync::atomic::AtomicU64::new(0),
+            slow_paths: std::sync::Mutex::new(None),
+            slowed: std::sync::atomic::AtomicU64::new(0),
+            waiting: std::sync::atomic::AtomicU64::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -1582,6 +1592,19 @@ impl FaultProxy {
     fn refused(&self) -> u64 {
         self.state.refused.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// Forwards the requests whose path holds `part` only after `delay` (None: none delayed).
+    fn slow_paths(&self, slow: Option<(&str, Duration)>) {
+        *self.state.slow_paths.lock().expect("lock") = slow.map(|(p, d)| (p.to_string(), d));
+    }
+
+    fn slowed(&self) -> u64 {
+        self.state.slowed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn waiting(&self) -> u64 {
+        self.state.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Drop for FaultProxy {
@@ -1594,7 +1617,7 @@ async fn proxy_forward(
     axum::extract::State(proxy): axum::extract::State<std::sync::Arc<ProxyState>>,
     request: axum::extract::Request,
 ) -> axum::response::Response {
-    use axum::http::{StatusCode, header};
+    use axum::http::StatusCode;
     use axum::response::IntoResponse;
     let path_refused = proxy
         .refusing_paths
@@ -1606,10 +1629,43 @@ async fn proxy_forward(
         proxy.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
     }
+    let delay = proxy
+        .slow_paths
+        .lock()
+        .expect("lock")
+        .as_ref()
+        .filter(|(part, _)| request.uri().path().contains(part.as_str()))
+        .map(|(_, delay)| *delay);
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, 16 << 20).await else {
         return StatusCode::BAD_REQUEST.into_response();
     };
+    if let Some(delay) = delay {
+        // Forwarded late, whether or not the caller still waits: Keycloak does it anyway.
+        let (proxy, parts, body) = (proxy.clone(), parts.clone(), body.clone());
+        proxy.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let forwarded = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let answer = forward(&proxy, parts, body).await;
+            proxy.slowed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            proxy.waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            answer
+        });
+        return forwarded
+            .await
+            .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
+    }
+    forward(&proxy, parts, body).await
+}
+
+/// `parts` and `body` sent on to the proxy's upstream; its answer.
+async fn forward(
+    proxy: &ProxyState,
+    parts: axum::http::request::Parts,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut upstream = proxy
         .http
@@ -1636,12 +1692,8 @@ async fn proxy_forward(
     response
 }
 
-/// Keycloak behind a proxy that answers `503` to everything during a rotation: the rotation is
-/// held (nothing written, the old secret working), and lands once when the 503s stop.
-#[tokio::test]
-async fn a_keycloak_answering_503_holds_a_rotation_that_lands_once_when_the_503s_stop() {
-    let s = setup("kc-503", &[]).await;
-    let proxy = FaultProxy::start(&s.url).await;
+/// The OAuthProvider `proxied`: the realm of `s`, reached through `proxy`.
+fn proxied_provider(s: &Setup, proxy: &FaultProxy) {
     let provider = json!({
         "apiVersion": "oauthapp.io/v1alpha1",
         "kind": "OAuthProvider",
@@ -1653,6 +1705,123 @@ async fn a_keycloak_answering_503_holds_a_rotation_that_lands_once_when_the_503s
         }},
     });
     control_plane().apply_ok(&s.ns, &provider.to_string());
+}
+
+/// Keycloak behind a proxy that is slow with client writes. Within the operator's 5 s per
+/// request, a rotation lands once, late. Slower than that, each push gives up while Keycloak
+/// still does it, late: the rotation is held (the Secret keeps its secret), and once Keycloak is
+/// fast again it lands once, and a stale write that lands after it is set back by the checks that
+/// follow a write given up on: Keycloak and the Secret agree, and no secret but the Secret's works.
+#[tokio::test]
+async fn a_slow_keycloak_delays_a_rotation_and_late_writes_never_outlast_the_convergence() {
+    let s = setup("kc-slow", &[]).await;
+    let proxy = FaultProxy::start(&s.url).await;
+    proxied_provider(&s, &proxy);
+    s.app("sluggish", "proxied", "");
+    let (_, secret) = s.settled("sluggish", 1, "Synced").await;
+    let (client_id, first) = (client_id_of(&secret), plaintext(&secret));
+    s.provider_ready("proxied", "Authenticated").await;
+
+    // 2 s per client write: inside the operator's timeout.
+    proxy.slow_paths(Some(("/clients/", Duration::from_secs(2))));
+    let asked = Instant::now();
+    s.rotate("sluggish", "one");
+    let (_, secret) = s.settled("sluggish", 2, "Synced").await;
+    eprintln!(
+        "2 s per client write: the rotation landed {:?} after the annotation",
+        asked.elapsed()
+    );
+    assert!(proxy.slowed() >= 1, "no client write was slowed");
+    let second = plaintext(&secret);
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
+
+    // 25 s per client write: the operator gives up after 5 s, Keycloak does it after 25, long
+    // after the retry (5-10 s later) has landed.
+    proxy.slow_paths(Some(("/clients/", Duration::from_secs(25))));
+    let slowed = proxy.slowed();
+    s.rotate("sluggish", "two");
+    let (_, reason, message) = eventually("sluggish: ProviderSynced=False", WAIT, || async {
+        let app = s.apps.get_opt("sluggish").await.ok()??;
+        provider_synced(&app).filter(|(status, _, _)| status == "False")
+    })
+    .await;
+    assert_eq!(reason, "Unreachable", "{message}");
+    assert!(!message.contains(&second), "{message}");
+    // The operator gave up on a write that is still on its way: Keycloak takes it late.
+    assert!(proxy.waiting() >= 1, "no client write on its way");
+    let held = s.secrets.get("sluggish-oauth-client").await.expect("secret");
+    assert_eq!(plaintext(&held), second, "the Secret keeps its secret");
+    assert_eq!(
+        s.apps
+            .get("sluggish")
+            .await
+            .expect("app")
+            .status
+            .expect("status")
+            .rotation_count,
+        2
+    );
+
+    // Fast again while that write is still on its way.
+    proxy.slow_paths(None);
+    let fast = Instant::now();
+    let (_, secret) = eventually(
+        "sluggish: rotation 3, ProviderSynced Synced",
+        Duration::from_secs(360),
+        || s.settled_now("sluggish", 3, "Synced"),
+    )
+    .await;
+    let third = plaintext(&secret);
+    eprintln!(
+        "25 s per client write: the rotation landed {:?} after Keycloak was fast again",
+        fast.elapsed()
+    );
+    eventually("every late write has landed", WAIT, || async {
+        (proxy.waiting() == 0).then_some(())
+    })
+    .await;
+    eprintln!("late writes landed at Keycloak: {}", proxy.slowed() - slowed);
+    // Whatever landed late, Keycloak comes to take the Secret's secret and no other.
+    eventually("Keycloak takes the Secret's secret alone", WAIT, || async {
+        let current = s.realm.token(&client_id, &third).await.0 == 200;
+        let old = s.realm.token(&client_id, &second).await.0 == 401;
+        (current && old).then_some(())
+    })
+    .await;
+    eprintln!(
+        "Keycloak and the Secret agree {:?} after Keycloak was fast again",
+        fast.elapsed()
+    );
+    // The stale write did land after the rotation, and was set back (not left for the next
+    // five-minute check).
+    let restored = event_seen(&s, "sluggish", "Warning", "ProviderSecretRestored").await;
+    assert!(
+        restored
+            .iter()
+            .all(|(_, _, note)| !note.contains(&second) && !note.contains(&third)),
+        "{restored:?}"
+    );
+    let app = s.apps.get("sluggish").await.expect("app");
+    let status = app.status.expect("status");
+    assert_eq!(status.rotation_count, 3, "one rotation per annotation");
+    let secret = s.secrets.get("sluggish-oauth-client").await.expect("secret");
+    assert_eq!(plaintext(&secret), third, "no new rotation");
+    let rotated = event_seen(&s, "sluggish", "Normal", "SecretRotated")
+        .await
+        .into_iter()
+        .filter(|(_, reason, _)| reason == "SecretRotated")
+        .count();
+    assert_eq!(rotated, 2, "one SecretRotated Event per annotation");
+}
+
+/// Keycloak behind a proxy that answers `503` to everything during a rotation: the rotation is
+/// held (nothing written, the old secret working), and lands once when the 503s stop.
+#[tokio::test]
+async fn a_keycloak_answering_503_holds_a_rotation_that_lands_once_when_the_503s_stop() {
+    let s = setup("kc-503", &[]).await;
+    let proxy = FaultProxy::start(&s.url).await;
+    proxied_provider(&s, &proxy);
     s.app("bumpy", "proxied", "");
     let (app, secret) = s.settled("bumpy", 1, "Synced").await;
     let (client_id, first) = (client_id_of(&secret), plaintext(&secret));
@@ -1729,17 +1898,7 @@ async fn a_503_on_the_scopes_after_the_secret_lands_costs_no_second_rotation() {
     let s = setup("kc-503-scopes", &[]).await;
     s.realm.create_scope("a").await;
     let proxy = FaultProxy::start(&s.url).await;
-    let provider = json!({
-        "apiVersion": "oauthapp.io/v1alpha1",
-        "kind": "OAuthProvider",
-        "metadata": {"name": "proxied"},
-        "spec": {"keycloak": {
-            "url": proxy.url,
-            "realm": s.realm.name,
-            "credentialsSecretRef": {"name": "kc-credentials"},
-        }},
-    });
-    control_plane().apply_ok(&s.ns, &provider.to_string());
+    proxied_provider(&s, &proxy);
     s.app("scoped", "proxied", "  scopes: [a]\n");
     let (_, secret) = s.settled("scoped", 1, "Synced").await;
     let (client_id, first) = (client_id_of(&secret), plaintext(&secret));
