@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ObjectMeta, Preconditions, PropagationPolicy};
 use kube::{Api, ResourceExt};
 use serde::Deserialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::auth::{Access, Caller};
 use super::error::{ApiError, RestErrorResponse};
@@ -33,9 +33,14 @@ pub const TAG: &str = "OAuth Apps";
 /// SubjectAccessReviews in flight at once for one list request.
 const LIST_REVIEWS_IN_FLIGHT: usize = 8;
 
-/// How often creating an app retries provisioning its first secret when a concurrent writer
+/// How often creating an app tries provisioning its first secret when a concurrent writer
 /// (another replica's controller) wins a race.
-const CREATE_PROVISION_ATTEMPTS: usize = 4;
+const CREATE_PROVISION_ATTEMPTS: usize = 6;
+/// The wait before the second try; doubled before each one after (25 ms to 400 ms: 775 ms in
+/// all). The leader's controller writes the Secret, then the status: a try made between the two
+/// loses again, so the tries are spread over the leader's whole rotation (tens of ms on a quiet
+/// cluster), not made back to back.
+const CREATE_PROVISION_BACKOFF: std::time::Duration = std::time::Duration::from_millis(25);
 /// Tries at deleting an app a REST create could not answer with a secret for.
 const WITHDRAW_ATTEMPTS: usize = 8;
 
@@ -700,7 +705,12 @@ impl Shared {
                     warn!(app = %format!("{ns}/{name}"), error = %source, "the first secret is written, its status is not yet; answering with it");
                     return Ok(written.0);
                 }
-                Err(e) if lost_a_race(&e) && attempt < CREATE_PROVISION_ATTEMPTS => continue,
+                Err(e) if lost_a_race(&e) && attempt < CREATE_PROVISION_ATTEMPTS => {
+                    let wait = CREATE_PROVISION_BACKOFF.saturating_mul(1 << (attempt - 1));
+                    debug!(app = %format!("{ns}/{name}"), attempt, ?wait, "the first secret lost a race with another writer; trying again");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
                 Err(e) if lost_a_race(&e) => {
                     return Err(ApiError::conflict(format!(
                         "the first secret of OAuthApp {ns}/{name} lost a race with a concurrent writer \
