@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
@@ -72,12 +73,28 @@ fn known(i: u8) -> &'static str {
         .unwrap_or_else(|| OTHERS[i - Record::KEYS.len()])
 }
 
-/// A string of a cached Secret or app: one of the shared ones ([`known`]), or a range of its
-/// buffer ([`Text`]).
+/// A string of a cached Secret or app, in 8 bytes (and 8 as an `Option`): one of the shared ones
+/// ([`known`]; `start` is [`Str::KNOWN`] and `end` its index + 1), or the range `start..end` of
+/// its buffer ([`Text`]; never empty: the empty string is a shared one, so `end` is never 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Str {
-    Known(u8),
-    At(u32, u32),
+struct Str {
+    start: u32,
+    end: NonZeroU32,
+}
+
+impl Str {
+    const KNOWN: u32 = u32::MAX;
+
+    fn known(i: u8) -> Str {
+        Str {
+            start: Self::KNOWN,
+            end: NonZeroU32::MIN.saturating_add(u32::from(i)),
+        }
+    }
+
+    fn is_known(self) -> bool {
+        self.start == Self::KNOWN
+    }
 }
 
 /// Collects an object's strings into one buffer.
@@ -90,10 +107,11 @@ struct Text(Box<str>);
 
 impl Text {
     fn get(&self, s: Str) -> &str {
-        match s {
-            Str::Known(i) => known(i),
-            Str::At(start, end) => &self.0[start as usize..end as usize],
+        if s.is_known() {
+            // The index was a u8 (Str::known).
+            return known((s.end.get() - 1) as u8);
         }
+        &self.0[s.start as usize..s.end.get() as usize]
     }
 }
 
@@ -115,18 +133,38 @@ fn cached_event<A, B: From<A>>(event: watcher::Event<A>) -> watcher::Event<B> {
 }
 
 impl Buffer {
+    /// Strings are looked for in a buffer up to this long (an operator Secret's is some 700
+    /// bytes, an app's some 500).
+    const SHARED_UP_TO: usize = 8 << 10;
+
     fn put_opt(&mut self, s: Option<&str>) -> Option<Str> {
         s.map(|s| self.put(s))
     }
 
     fn put(&mut self, s: &str) -> Str {
         if let Some(i) = known_index(s) {
-            return Str::Known(i);
+            return Str::known(i);
         }
-        let start = self.0.len();
-        self.0.push_str(s);
-        // A Secret's metadata is at most 1.5 MiB: offsets fit in u32.
-        Str::At(start as u32, self.0.len() as u32)
+        // A string the buffer holds already, alone or inside another (an app's id that is also
+        // its client id, a rotation id or hint that is also in the history), is kept once. Only
+        // in a buffer of ordinary size: each look reads the buffer through.
+        let start = match (self.0.len() <= Self::SHARED_UP_TO)
+            .then(|| self.0.find(s))
+            .flatten()
+        {
+            Some(at) => at,
+            None => {
+                let at = self.0.len();
+                self.0.push_str(s);
+                at
+            }
+        };
+        // A Secret's or app's metadata is at most 1.5 MiB: offsets fit in u32. `s` is not empty
+        // (the empty string is a shared one).
+        Str {
+            start: start as u32,
+            end: NonZeroU32::new((start + s.len()) as u32).unwrap_or(NonZeroU32::MIN),
+        }
     }
 }
 
@@ -174,10 +212,20 @@ impl From<PartialObjectMeta<Secret>> for CachedSecret {
         let name = buf.put(meta.name.take().as_deref().unwrap_or_default());
         let namespace = buf.put(meta.namespace.take().as_deref().unwrap_or_default());
         let resource_version = buf.put(meta.resource_version.take().as_deref().unwrap_or_default());
+        // The longest values first, so that a shorter one inside them (the rotation id, hint and
+        // time in the record's history) is kept once.
         let mut pairs = |map: Option<BTreeMap<String, String>>| -> Box<[(Str, Str)]> {
-            map.iter()
-                .flatten()
-                .map(|(k, v)| (buf.put(k), buf.put(v)))
+            let entries: Vec<(String, String)> = map.into_iter().flatten().collect();
+            let mut longest_first: Vec<usize> = (0..entries.len()).collect();
+            longest_first.sort_by_key(|&i| std::cmp::Reverse(entries[i].1.len()));
+            let mut values = vec![None; entries.len()];
+            for i in longest_first {
+                values[i] = Some(buf.put(&entries[i].1));
+            }
+            entries
+                .iter()
+                .zip(values)
+                .filter_map(|((k, _), v)| Some((buf.put(k), v?)))
                 .collect()
         };
         let labels = pairs(meta.labels.take());
@@ -421,6 +469,13 @@ impl From<OAuthApp> for CachedApp {
             namespace: meta.namespace.take(),
             ..ObjectMeta::default()
         };
+        // The long strings first (the spec's JSON, the conditions' messages), so that the
+        // shorter ones inside them (a name in a redirect URI, the Secret's name in a message) are
+        // kept once (Buffer::put).
+        let spec = match serde_json::to_string(&app.spec) {
+            Ok(json) if serde_json::from_str::<OAuthAppSpec>(&json).is_ok() => Spec::Json(buf.put(&json)),
+            _ => Spec::Kept(Box::new(app.spec)),
+        };
         let uid = buf.put(meta.uid.take().as_deref().unwrap_or_default());
         let resource_version = buf.put(meta.resource_version.take().as_deref().unwrap_or_default());
         let generation = meta.generation.take();
@@ -428,6 +483,18 @@ impl From<OAuthApp> for CachedApp {
         let deleted = meta.deletion_timestamp.take();
         let rest = (meta != ObjectMeta::default()).then(|| Box::new(meta));
         let status = app.status.map(|st| {
+            let conditions: Box<[Cond]> = st
+                .conditions
+                .into_iter()
+                .map(|c| Cond {
+                    message: buf.put(&c.message),
+                    type_: buf.put(&c.type_),
+                    status: buf.put(&c.status),
+                    reason: buf.put(&c.reason),
+                    last_transition_time: c.last_transition_time,
+                    observed_generation: c.observed_generation,
+                })
+                .collect();
             let mut put = |s: &Option<String>| buf.put_opt(s.as_deref());
             let (app_id, client_id, secret_name) =
                 (put(&st.app_id), put(&st.client_id), put(&st.secret_name));
@@ -445,18 +512,6 @@ impl From<OAuthApp> for CachedApp {
                     username: buf.put_opt(e.username.as_deref()),
                     trigger: e.trigger,
                     time: e.time,
-                })
-                .collect();
-            let conditions = st
-                .conditions
-                .into_iter()
-                .map(|c| Cond {
-                    type_: buf.put(&c.type_),
-                    status: buf.put(&c.status),
-                    reason: buf.put(&c.reason),
-                    message: buf.put(&c.message),
-                    last_transition_time: c.last_transition_time,
-                    observed_generation: c.observed_generation,
                 })
                 .collect();
             Box::new(Status {
@@ -480,10 +535,6 @@ impl From<OAuthApp> for CachedApp {
                 conditions,
             })
         });
-        let spec = match serde_json::to_string(&app.spec) {
-            Ok(json) if serde_json::from_str::<OAuthAppSpec>(&json).is_ok() => Spec::Json(buf.put(&json)),
-            _ => Spec::Kept(Box::new(app.spec)),
-        };
         Self {
             metadata,
             text: buf.into(),
@@ -695,7 +746,7 @@ mod tests {
     #[test]
     fn the_operators_own_strings_are_shared_not_copied() {
         let cached = CachedSecret::from(stripped());
-        let known = |t: &Str| matches!(t, Str::Known(_));
+        let known = |t: &Str| t.is_known();
         assert!(cached.labels.iter().any(|(k, v)| known(k) && known(v)));
         assert!(cached.annotations.iter().filter(|(k, _)| known(k)).count() == 2);
         let note = cached
@@ -705,24 +756,89 @@ mod tests {
         assert!(!known(&note.unwrap().0));
         assert!(known(&cached.owners[0].kind) && known(&cached.owners[0].api_version));
         // One buffer for the rest: name, namespace, version, the others' keys and values, the
-        // owner's name and uid, and the record's values.
-        let expected: usize = [
+        // owner's name and uid, and the record's values; a string repeated, alone or inside
+        // another ("billing" as the name, a label value and the owner; the label key "team" in
+        // "team-a"), once.
+        let distinct = [
             "billing",
             "team-a",
             "4711",
-            "team",
-            "billing",
             "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",
             "r-1",
             "example.com/note",
             "kept",
-            "billing",
             "7d1c",
-        ]
-        .iter()
-        .map(|s| s.len())
-        .sum();
-        assert_eq!(cached.text.0.len(), expected);
+        ];
+        for s in distinct {
+            assert_eq!(
+                cached.text.0.matches(s).count(),
+                1,
+                "{s} once in {}",
+                cached.text.0
+            );
+        }
+        assert_eq!(
+            cached.text.0.len(),
+            distinct.iter().map(|s| s.len()).sum::<usize>()
+        );
+        assert_eq!(cached.metadata(), stripped().metadata);
+    }
+
+    #[test]
+    fn a_string_is_looked_for_only_in_a_buffer_of_ordinary_size() {
+        let mut buf = Buffer::default();
+        let big = "x".repeat(Buffer::SHARED_UP_TO + 1);
+        let first = buf.put(&big);
+        let again = buf.put("xx");
+        assert_ne!(first, again);
+        assert_eq!(buf.0.len(), big.len() + 2);
+        let text = Text::from(buf);
+        assert_eq!(text.get(again), "xx");
+        assert_eq!(text.get(first), big);
+    }
+
+    proptest::proptest! {
+        /// Strings that repeat and sit inside one another (a small alphabet) read back as they
+        /// were put, however they share the buffer.
+        #[test]
+        fn metadata_with_repeated_strings_reads_back_the_same(
+            name in "[ab]{1,6}",
+            labels in proptest::collection::btree_map("[ab-]{0,4}", "[ab-]{0,6}", 0..4),
+            annotations in proptest::collection::btree_map("[ab/]{0,5}", "[ab]{0,12}", 0..8),
+            owner in "[ab]{0,5}",
+        ) {
+            let meta = ObjectMeta {
+                name: Some(name),
+                namespace: Some("ab".into()),
+                resource_version: Some("ba".into()),
+                labels: (!labels.is_empty()).then_some(labels),
+                annotations: (!annotations.is_empty()).then_some(annotations),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "a/b".into(),
+                    kind: "Ab".into(),
+                    name: owner,
+                    uid: "ab-ba".into(),
+                    controller: Some(true),
+                    block_owner_deletion: None,
+                }]),
+                ..ObjectMeta::default()
+            };
+            let cached = CachedSecret::from(PartialObjectMeta::<Secret> {
+                metadata: meta.clone(),
+                ..Default::default()
+            });
+            proptest::prop_assert_eq!(cached.metadata(), meta);
+        }
+    }
+
+    #[test]
+    fn a_str_is_eight_bytes_and_so_is_an_optional_one() {
+        assert_eq!(std::mem::size_of::<Str>(), 8);
+        assert_eq!(std::mem::size_of::<Option<Str>>(), 8);
+        let text = Text::from(Buffer::default());
+        for i in 0..(Record::KEYS.len() + OTHERS.len()) as u8 {
+            assert_eq!(text.get(Str::known(i)), known(i));
+        }
     }
 
     #[test]

@@ -528,7 +528,36 @@ async fn scale(
         report.rss_restarted_mib
     );
     op.stop(Duration::from_secs(30));
+    report.cache_bytes_per_app = Some(cache_bytes(cp, ns)?);
+    say!(
+        "   heap bytes per app in the caches: {:?} (apps, Secrets)",
+        report.cache_bytes_per_app
+    );
     Ok(())
+}
+
+/// Runs `oauthapp-cache-bytes` (built beside this binary) on `ns`: the heap bytes per app in
+/// the app cache and in the Secret cache.
+fn cache_bytes(cp: &ControlPlane, ns: &str) -> anyhow::Result<(u64, u64)> {
+    let binary = std::env::current_exe()?.with_file_name("oauthapp-cache-bytes");
+    let out = std::process::Command::new(&binary)
+        .arg(ns)
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let figures: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let field = |k: &str| figures[k].as_u64().with_context(|| format!("{k} in {figures}"));
+    Ok((
+        field("app_cache_bytes_per_app")?,
+        field("secret_cache_bytes_per_app")?,
+    ))
 }
 
 /// Phase 7: the peer (mittwald's kubernetes-secret-generator) alone on the control plane, on

@@ -23,6 +23,8 @@ const VERIFY_CACHED_GOAL_MS: f64 = 1.0;
 const RSS_GOAL_MIB: f64 = 64.0;
 /// Idle RSS goal at the scale phase's apps (and no more than the peer's).
 const IDLE_RSS_GOAL_MIB: f64 = 48.0;
+/// Heap bytes per app in the two watch caches (the scale issue's goal).
+const CACHE_BYTES_GOAL: u64 = 1000;
 /// REST rotate p50 goal with a warm pool: within this factor of 2 × floor_write.
 const POOL_LATENCY_FACTOR: f64 = 1.3;
 /// Operator CPU per rotation under load: within this factor of floor_hash.
@@ -158,6 +160,9 @@ pub struct Report {
     /// The idle RSS, anonymous (heap, stacks) and file-backed.
     pub rss_idle_anon_mib: f64,
     pub rss_idle_file_mib: f64,
+    /// Heap bytes per app in the operator's two watch caches, counted by `oauthapp-cache-bytes`
+    /// (dhat) on the scale phase's apps and Secrets: the app cache, the Secret cache.
+    pub cache_bytes_per_app: Option<(u64, u64)>,
 
     /// Annotate → the app's Secret data changed (watch), in the annotation run.
     pub annotation_secret: Stats,
@@ -472,6 +477,15 @@ impl Report {
             },
             met: Some(self.rss_idle_mib <= idle_goal),
         });
+        if let Some((app, secret)) = self.cache_bytes_per_app {
+            goals.push(Goal {
+                key: "cache_bytes_per_app",
+                label: "heap bytes per app in the caches (apps + Secrets, counted)".into(),
+                value: format!("{} ({app} + {secret})", app + secret),
+                goal: format!("≤ {CACHE_BYTES_GOAL}"),
+                met: Some(app + secret <= CACHE_BYTES_GOAL),
+            });
+        }
         goals.push(Goal {
             key: "peak_rss_10k_mib",
             label: format!("operator peak RSS, {} apps", self.apps),
@@ -722,6 +736,7 @@ impl Report {
                 "rss_idle_anon_mib": r2(self.rss_idle_anon_mib),
                 "rss_idle_file_mib": r2(self.rss_idle_file_mib),
                 "rss_per_app_kib": r2(self.rss_per_app_kib()),
+                "cache_bytes_per_app": self.cache_bytes_per_app.map(|(a, s)| json!({"apps": a, "secrets": s, "total": a + s})),
                 "idle_reconciles": self.idle_reconciles,
                 "annotation_secret": self.annotation_secret.json(),
                 "peer": if self.peer_ran { json!({
@@ -959,9 +974,17 @@ impl Report {
         for (what, result) in rows {
             md.push_str(&format!("| {what} | {result} |\n"));
         }
+        if let Some((app, secret)) = self.cache_bytes_per_app {
+            md.push_str(&format!(
+                "| heap bytes per app in the caches (counted) | {} ({app} the app cache, {secret} the Secret cache) |\n",
+                app + secret
+            ));
+        }
         md.push_str(
             "\nA memory cgroup (a pod's limit) charges the same pages as the RSS: anonymous memory \
-             and the binary's file-backed pages. Per app is (RSS − RSS with no app) / apps.\n",
+             and the binary's file-backed pages. Per app is (RSS − RSS with no app) / apps. The heap \
+             bytes in the caches are counted by `oauthapp-cache-bytes` (a heap profiler), which \
+             puts the same apps and Secrets into the operator's two caches the way its watches do.\n",
         );
         md
     }
