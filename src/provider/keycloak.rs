@@ -236,6 +236,22 @@ impl Keycloak {
         body: &Value,
         what: &str,
     ) -> Result<(), ProviderError> {
+        self.send_json_unless(method, url, token, body, what, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Self::send_json`], with `unless` an answer that is no error: Ok(false) when Keycloak
+    /// gave it, Ok(true) on success.
+    async fn send_json_unless(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: &str,
+        body: &Value,
+        what: &str,
+        unless: Option<reqwest::StatusCode>,
+    ) -> Result<bool, ProviderError> {
         let response = self
             .http
             .request(method, url)
@@ -246,7 +262,10 @@ impl Keycloak {
             .map_err(|e| self.unreachable(e))?;
         let status = response.status();
         if status.is_success() {
-            return Ok(());
+            return Ok(true);
+        }
+        if Some(status) == unless {
+            return Ok(false);
         }
         let body: Value = response.json().await.unwrap_or(Value::Null);
         Err(self.answer_error(status, &body, what))
@@ -515,36 +534,53 @@ impl IdentityProvider for Keycloak {
         let token = self.token().await?;
         let now = jiff::Timestamp::now().as_second();
         // The secret first: a scope that cannot be assigned never holds it back.
-        let (put, grace_kept, recorded) = match self.find(&token, &desired.client_id).await? {
-            None => {
+        let mut looked_again = false;
+        let (put, grace_kept, recorded) = loop {
+            let Some(found) = self.find(&token, &desired.client_id).await? else {
                 let rep = representation(None, desired, secret, previous, now);
-                self.send_json(
-                    reqwest::Method::POST,
-                    &self.clients_url(),
-                    &token,
-                    &rep,
-                    "client create",
-                )
-                .await?;
-                (Put::Created, !matches!(previous, Previous::Until(_)), Vec::new())
-            }
-            Some(found) => {
-                let id = self.owned(desired, &found)?.to_string();
-                let rep = representation(Some(&found), desired, secret, previous, now);
-                let url = format!("{}/{id}", self.clients_url());
-                self.send_json(reqwest::Method::PUT, &url, &token, &rep, "client update")
+                let created = self
+                    .send_json_unless(
+                        reqwest::Method::POST,
+                        &self.clients_url(),
+                        &token,
+                        &rep,
+                        "client create",
+                        Some(reqwest::StatusCode::CONFLICT),
+                    )
                     .await?;
-                let kept = match previous {
-                    // Keycloak keeps the attributes only where its secret-rotation policy applies.
-                    Previous::Until(_) => self
-                        .find(&token, &desired.client_id)
-                        .await?
-                        .and_then(|c| c.get("attributes").and_then(|a| a.get(ROTATED)).cloned())
-                        .is_some(),
-                    Previous::Drop | Previous::Keep => true,
-                };
-                (Put::Updated, kept, recorded_scopes(&found))
-            }
+                if created {
+                    break (Put::Created, !matches!(previous, Previous::Until(_)), Vec::new());
+                }
+                // 409: a client of that id was made since the look-up (a create of ours whose
+                // answer was lost, or someone else's). Look once more: ours is updated, another's
+                // is a conflict.
+                if looked_again {
+                    return Err(ProviderError::Rejected {
+                        url: self.url.clone(),
+                        detail: format!(
+                            "client create: HTTP 409 twice for client id {}, which the look-up does not find",
+                            desired.client_id
+                        ),
+                    });
+                }
+                looked_again = true;
+                continue;
+            };
+            let id = self.owned(desired, &found)?.to_string();
+            let rep = representation(Some(&found), desired, secret, previous, now);
+            let url = format!("{}/{id}", self.clients_url());
+            self.send_json(reqwest::Method::PUT, &url, &token, &rep, "client update")
+                .await?;
+            let kept = match previous {
+                // Keycloak keeps the attributes only where its secret-rotation policy applies.
+                Previous::Until(_) => self
+                    .find(&token, &desired.client_id)
+                    .await?
+                    .and_then(|c| c.get("attributes").and_then(|a| a.get(ROTATED)).cloned())
+                    .is_some(),
+                Previous::Drop | Previous::Keep => true,
+            };
+            break (Put::Updated, kept, recorded_scopes(&found));
         };
         let (missing_scopes, scopes_failed) = match self.put_scopes(&token, desired, &recorded).await {
             Ok(missing) => (missing, None),

@@ -1547,6 +1547,11 @@ struct ProxyState {
     slowed: std::sync::atomic::AtomicU64,
     /// Slowed requests not yet forwarded.
     waiting: std::sync::atomic::AtomicU64,
+    /// While set, a POST whose path ends with it is forwarded twice and the caller gets the
+    /// second answer (a create sent again by something on the way, the first answer lost).
+    doubled_posts: std::sync::Mutex<Option<String>>,
+    /// Second answers that were `409 Conflict` from Keycloak.
+    conflicts: std::sync::atomic::AtomicU64,
 }
 
 impl FaultProxy {
@@ -1566,6 +1571,8 @@ impl FaultProxy {
             slow_paths: std::sync::Mutex::new(None),
             slowed: std::sync::atomic::AtomicU64::new(0),
             waiting: std::sync::atomic::AtomicU64::new(0),
+            doubled_posts: std::sync::Mutex::new(None),
+            conflicts: std::sync::atomic::AtomicU64::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -1605,6 +1612,15 @@ impl FaultProxy {
     fn waiting(&self) -> u64 {
         self.state.waiting.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// Forwards each POST whose path ends with `suffix` twice (None: none).
+    fn double_posts(&self, suffix: Option<&str>) {
+        *self.state.doubled_posts.lock().expect("lock") = suffix.map(str::to_string);
+    }
+
+    fn conflicts(&self) -> u64 {
+        self.state.conflicts.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Drop for FaultProxy {
@@ -1640,6 +1656,21 @@ async fn proxy_forward(
     let Ok(body) = axum::body::to_bytes(body, 16 << 20).await else {
         return StatusCode::BAD_REQUEST.into_response();
     };
+    let doubled = parts.method == axum::http::Method::POST
+        && proxy
+            .doubled_posts
+            .lock()
+            .expect("lock")
+            .as_deref()
+            .is_some_and(|suffix| parts.uri.path().ends_with(suffix));
+    if doubled {
+        let _first = forward(&proxy, parts.clone(), body.clone()).await;
+        let second = forward(&proxy, parts, body).await;
+        if second.status() == StatusCode::CONFLICT {
+            proxy.conflicts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        return second;
+    }
     if let Some(delay) = delay {
         // Forwarded late, whether or not the caller still waits: Keycloak does it anyway.
         let (proxy, parts, body) = (proxy.clone(), parts.clone(), body.clone());
@@ -1883,6 +1914,46 @@ async fn a_keycloak_answering_503_holds_a_rotation_that_lands_once_when_the_503s
         .filter(|(_, reason, _)| reason == "SecretRotated")
         .count();
     assert_eq!(rotated, 1, "one SecretRotated Event");
+    let log = s.operator.log_text();
+    assert!(
+        !log.contains(&first) && !log.contains(&second),
+        "the operator logged a secret"
+    );
+}
+
+/// Keycloak's own `409 Conflict` on a client create (the create was sent twice on the way and the
+/// first one landed, its answer lost): the operator looks the client up again, finds its own and
+/// puts the secret there. No failure is reported, no second secret is made, and the token works.
+#[tokio::test]
+async fn a_409_from_keycloak_on_a_create_finds_the_operators_client_and_costs_no_rotation() {
+    let s = setup("kc-409", &[]).await;
+    let proxy = FaultProxy::start(&s.url).await;
+    proxied_provider(&s, &proxy);
+    s.provider_ready("proxied", "Authenticated").await;
+    proxy.double_posts(Some("/clients"));
+    let start = Instant::now();
+    s.app("twice", "proxied", "");
+    let (app, secret) = s.settled("twice", 1, "Synced").await;
+    eprintln!(
+        "409 on create: settled {:?} after the app was created",
+        start.elapsed()
+    );
+    assert_eq!(proxy.conflicts(), 1, "Keycloak answered the second create 409");
+    let (client_id, first) = (client_id_of(&secret), plaintext(&secret));
+    assert_eq!(s.realm.token(&client_id, &first).await, (200, String::new()));
+    let status = app.status.expect("status");
+    assert_eq!(status.rotation_count, 1, "no second secret");
+    let events = events_about(&s.client, &s.ns, "twice").await;
+    assert!(
+        !events.iter().any(|(_, reason, _)| reason == "ProviderSyncFailed"),
+        "a 409 on create reported as a failure: {events:?}"
+    );
+    // A rotation afterwards is an update: the doubled POSTs do not come into it.
+    s.rotate("twice", "one");
+    let (_, secret) = s.settled("twice", 2, "Synced").await;
+    let second = plaintext(&secret);
+    assert_eq!(s.realm.token(&client_id, &second).await, (200, String::new()));
+    assert_eq!(s.realm.token(&client_id, &first).await.0, 401);
     let log = s.operator.log_text();
     assert!(
         !log.contains(&first) && !log.contains(&second),
