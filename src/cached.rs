@@ -212,21 +212,20 @@ impl From<PartialObjectMeta<Secret>> for CachedSecret {
         let name = buf.put(meta.name.take().as_deref().unwrap_or_default());
         let namespace = buf.put(meta.namespace.take().as_deref().unwrap_or_default());
         let resource_version = buf.put(meta.resource_version.take().as_deref().unwrap_or_default());
-        // The longest values first, so that a shorter one inside them (the rotation id, hint and
-        // time in the record's history) is kept once.
+        // The long values first, so that a short one inside them (the rotation id, hint and time
+        // in the record's history) is kept once. No allocation but the pairs' own (short-lived
+        // ones between the cached objects would leave the heap fragmented).
         let mut pairs = |map: Option<BTreeMap<String, String>>| -> Box<[(Str, Str)]> {
-            let entries: Vec<(String, String)> = map.into_iter().flatten().collect();
-            let mut longest_first: Vec<usize> = (0..entries.len()).collect();
-            longest_first.sort_by_key(|&i| std::cmp::Reverse(entries[i].1.len()));
-            let mut values = vec![None; entries.len()];
-            for i in longest_first {
-                values[i] = Some(buf.put(&entries[i].1));
+            let map = map.unwrap_or_default();
+            let mut pairs: Box<[(Str, Str)]> = map.keys().map(|k| (buf.put(k), Str::known(0))).collect();
+            for long in [true, false] {
+                for (v, (_, at)) in map.values().zip(pairs.iter_mut()) {
+                    if (v.len() >= Self::LONG_VALUE) == long {
+                        *at = buf.put(v);
+                    }
+                }
             }
-            entries
-                .iter()
-                .zip(values)
-                .filter_map(|((k, _), v)| Some((buf.put(k), v?)))
-                .collect()
+            pairs
         };
         let labels = pairs(meta.labels.take());
         let annotations = pairs(meta.annotations.take());
@@ -259,6 +258,10 @@ impl From<PartialObjectMeta<Secret>> for CachedSecret {
 }
 
 impl CachedSecret {
+    /// Values at least this long go into the buffer first (the record's hash, seal, signature
+    /// and history; not its rotation id, hint or time).
+    const LONG_VALUE: usize = 40;
+
     fn str(&self, s: Str) -> &str {
         self.text.get(s)
     }
