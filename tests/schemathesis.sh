@@ -14,12 +14,27 @@ cd "$repo"
 log() { echo "schemathesis.sh: $*" >&2; }
 
 version=4.32.5 # needs Python >= 3.11
+# CPython 3.11 before 3.11.8 (and 3.12 before 3.12.2) shares the AST module's recursion count
+# between threads (CPython gh-106905): hypothesis, describing a strategy's filter, then fails with
+# "AST constructor recursion depth mismatch" now and then (seen once in CI on 3.11.7). A Python
+# with the fix is taken where there is one (python3.13 on PATH, or one pyenv installed), python3
+# otherwise; and schemathesis runs one worker (below).
+fixed='import sys; v = sys.version_info[:3]; sys.exit(not (v >= (3, 13) or (3, 12, 2) <= v < (3, 13) or (3, 11, 8) <= v < (3, 12)))'
+python=python3
+pyenv_root=$(pyenv root 2>/dev/null || true)
+for candidate in python3.13 python3.12 python3 ${pyenv_root:+"$pyenv_root"/versions/3.1[1-9]*/bin/python3}; do
+  if "$candidate" -c "$fixed" 2>/dev/null; then
+    python=$candidate
+    break
+  fi
+done
+py_version=$("$python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')
 cache=${OAUTHAPP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/oauthapp-operator}
-venv="$cache/venv-schemathesis-$version"
+venv="$cache/venv-schemathesis-$version-py$py_version"
 if [ ! -x "$venv/bin/schemathesis" ]; then
   log "installing schemathesis $version into $venv"
   rm -rf "$venv"
-  python3 -m venv "$venv"
+  "$python" -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$version"
 fi
 
@@ -134,7 +149,7 @@ set +e
   --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-100}" \
   ${SCHEMATHESIS_SEED:+--seed "$SCHEMATHESIS_SEED"} \
   --generation-database none \
-  --workers 2 \
+  --workers 1 \
   --request-timeout 30 \
   --no-color \
   --report-dir "$work/report")
