@@ -173,20 +173,42 @@ impl Keycloak {
         query: &[(&str, &str)],
         what: &str,
     ) -> Result<Value, ProviderError> {
-        let response = self
-            .http
-            .get(self.clients_url())
-            .bearer_auth(token)
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        self.get_json(
+            self.http.get(self.clients_url()).bearer_auth(token).query(query),
+            what,
+        )
+        .await
+    }
+
+    /// Sends `request`: Keycloak's JSON answer, or the error for its status.
+    async fn get_json(&self, request: reqwest::RequestBuilder, what: &str) -> Result<Value, ProviderError> {
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
             return Err(self.answer_error(status, &body, what));
         }
         Ok(body)
+    }
+
+    /// Sends `request`, whose answer has no body to read: Ok(true) on success, Ok(false) when
+    /// Keycloak answered `unless` (an answer that is no error here), else the error.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+        unless: Option<reqwest::StatusCode>,
+    ) -> Result<bool, ProviderError> {
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(true);
+        }
+        if Some(status) == unless {
+            return Ok(false);
+        }
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Err(self.answer_error(status, &body, what))
     }
 
     /// The representation of the client with `client_id`, if there is one.
@@ -252,23 +274,8 @@ impl Keycloak {
         what: &str,
         unless: Option<reqwest::StatusCode>,
     ) -> Result<bool, ProviderError> {
-        let response = self
-            .http
-            .request(method, url)
-            .bearer_auth(token)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(true);
-        }
-        if Some(status) == unless {
-            return Ok(false);
-        }
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        Err(self.answer_error(status, &body, what))
+        let request = self.http.request(method, url).bearer_auth(token).json(body);
+        self.send(request, what, unless).await
     }
 
     /// A request without a body (a scope assigned or taken off a client).
@@ -279,36 +286,17 @@ impl Keycloak {
         token: &str,
         what: &str,
     ) -> Result<(), ProviderError> {
-        let response = self
-            .http
-            .request(method, url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        Err(self.answer_error(status, &body, what))
+        let request = self.http.request(method, url).bearer_auth(token);
+        self.send(request, what, None).await.map(|_| ())
     }
 
     /// The realm's OpenID Connect client scopes, name → id (`GET .../client-scopes`: the role
     /// `manage-clients` may list them, measured on 26.7.3).
     async fn realm_scopes(&self, token: &str) -> Result<BTreeMap<String, String>, ProviderError> {
-        let response = self
-            .http
-            .get(format!("{}/admin/realms/{}/client-scopes", self.url, self.realm))
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(self.answer_error(status, &body, "client scope list"));
-        }
+        let url = format!("{}/admin/realms/{}/client-scopes", self.url, self.realm);
+        let body = self
+            .get_json(self.http.get(url).bearer_auth(token), "client scope list")
+            .await?;
         Ok(realm_scopes(&body))
     }
 
@@ -640,19 +628,14 @@ impl IdentityProvider for Keycloak {
         let Some(id) = found.get("id").and_then(Value::as_str) else {
             return Ok(());
         };
-        let response = self
+        // A 404: gone already.
+        let request = self
             .http
             .delete(format!("{}/{id}", self.clients_url()))
-            .bearer_auth(&token)
-            .send()
+            .bearer_auth(&token);
+        self.send(request, "client delete", Some(reqwest::StatusCode::NOT_FOUND))
             .await
-            .map_err(|e| self.unreachable(e))?;
-        let status = response.status();
-        if status.is_success() || status.as_u16() == 404 {
-            return Ok(());
-        }
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        Err(self.answer_error(status, &body, "client delete"))
+            .map(|_| ())
     }
 
     async fn holds(
