@@ -9,7 +9,7 @@
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ListParams, PartialObjectMeta};
+use kube::api::{ListParams, ObjectList, PartialObjectMeta};
 use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
 use kube::{Api, Client};
@@ -35,43 +35,14 @@ async fn main() -> anyhow::Result<()> {
 
     // Each object as the JSON the API server sent, so that what is counted below is the cache
     // alone: the text is freed as each object goes in.
-    let mut app_texts = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut lp = ListParams::default().limit(500);
-        if let Some(t) = &token {
-            lp = lp.continue_token(t);
-        }
-        let page = apps.list(&lp).await.context("listing the apps")?;
-        app_texts.extend(
-            page.items
-                .iter()
-                .map(serde_json::to_string)
-                .collect::<Result<Vec<_>, _>>()?,
-        );
-        token = page.metadata.continue_.filter(|t| !t.is_empty());
-        if token.is_none() {
-            break;
-        }
-    }
-    let mut secret_texts = Vec::new();
-    loop {
-        let mut lp = ListParams::default().labels(SELECTOR).limit(500);
-        if let Some(t) = &token {
-            lp = lp.continue_token(t);
-        }
-        let page = secrets.list_metadata(&lp).await.context("listing the Secrets")?;
-        secret_texts.extend(
-            page.items
-                .iter()
-                .map(serde_json::to_string)
-                .collect::<Result<Vec<_>, _>>()?,
-        );
-        token = page.metadata.continue_.filter(|t| !t.is_empty());
-        if token.is_none() {
-            break;
-        }
-    }
+    let (apps, secrets) = (&apps, &secrets);
+    let app_texts = texts(ListParams::default(), |lp| async move { apps.list(&lp).await })
+        .await
+        .context("listing the apps")?;
+    let selected = ListParams::default().labels(SELECTOR);
+    let secret_texts = texts(selected, |lp| async move { secrets.list_metadata(&lp).await })
+        .await
+        .context("listing the Secrets")?;
     let (n_apps, n_secrets) = (app_texts.len(), secret_texts.len());
 
     let (app_store, mut app_writer) = reflector::store::<CachedApp>();
@@ -105,6 +76,27 @@ async fn main() -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// Every object `list` gives for `lp`, page by page (500 a page), as JSON.
+async fn texts<T, F, Fut>(lp: ListParams, mut list: F) -> anyhow::Result<Vec<String>>
+where
+    T: Clone + k8s_openapi::serde::Serialize,
+    F: FnMut(ListParams) -> Fut,
+    Fut: std::future::Future<Output = kube::Result<ObjectList<T>>>,
+{
+    let mut texts = Vec::new();
+    let mut lp = lp.limit(500);
+    loop {
+        let page = list(lp.clone()).await?;
+        for item in &page.items {
+            texts.push(serde_json::to_string(item)?);
+        }
+        match page.metadata.continue_.filter(|t| !t.is_empty()) {
+            Some(token) => lp = lp.continue_token(&token),
+            None => return Ok(texts),
+        }
+    }
 }
 
 /// The heap bytes `put` leaves allocated when it is given each of `texts` (the texts freed as it
