@@ -358,17 +358,17 @@ pub async fn list_oauth_apps(
         .transpose()?;
     let mut by_namespace: BTreeMap<String, Vec<Arc<CachedApp>>> = BTreeMap::new();
     for app in api.watches.apps() {
-        let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
-        if query.namespace.as_ref().is_none_or(|q| *q == ns)
-            && after.as_ref().is_none_or(|p| p.before(&ns, &name))
+        let (ns, name) = (app.namespace(), app.name());
+        if query.namespace.as_deref().is_none_or(|q| q == ns)
+            && after.as_ref().is_none_or(|p| p.before(ns, name))
         {
-            by_namespace.entry(ns).or_default().push(app);
+            by_namespace.entry(ns.to_string()).or_default().push(app);
         }
     }
     let namespaces: Vec<(String, Vec<Arc<CachedApp>>)> = by_namespace
         .into_iter()
         .map(|(ns, mut apps)| {
-            apps.sort_by_key(|a| a.name_any());
+            apps.sort_by(|a, b| a.name().cmp(b.name()));
             (ns, apps)
         })
         .collect();
@@ -440,7 +440,7 @@ pub async fn list_oauth_apps(
             data.push(OAuthAppView::of(&app.app()));
             last = Some(ListPosition {
                 namespace: ns.clone(),
-                name: Some(app.name_any()),
+                name: Some(app.name().to_string()),
             });
         }
     }
@@ -558,9 +558,40 @@ pub async fn create_oauth_app(
         status: None,
     };
     let apps: Api<OAuthApp> = Api::namespaced(api.ctx.client.clone(), &ns);
-    let created = apps
-        .create(&rotation::post_params(), &app)
+    // The create runs in a task of its own that hands back the app with its withdrawal armed:
+    // a request dropped while the create is on its way (a timeout, a client gone) drops that
+    // answer unread, and with it the guard, which withdraws the app. From here on, an app whose
+    // secret this request does not answer with is withdrawn: nobody would ever see that secret.
+    let creating = {
+        let (api, ns, name) = (api.clone(), ns.clone(), resource_name.clone());
+        tokio::spawn(async move {
+            let created = apps.create(&rotation::post_params(), &app).await?;
+            #[cfg(feature = "failpoints")]
+            if let Some(d) = api
+                .ctx
+                .failpoint
+                .as_deref()
+                .and_then(|f| f.strip_prefix("pause-after-create="))
+                .and_then(crate::controller::plan::parse_interval)
+                .and_then(|d| Duration::try_from(d).ok())
+            {
+                tokio::time::sleep(d).await;
+            }
+            let guard = WithdrawOnDrop(Some(Withdrawal {
+                api,
+                ns,
+                name,
+                uid: created.uid().unwrap_or_default(),
+            }));
+            Ok::<_, kube::Error>((created, guard))
+        })
+    };
+    let (created, mut guard) = creating
         .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "the create task failed");
+            ApiError::internal()
+        })?
         .map_err(|e| match &e {
             kube::Error::Api(s) if s.code == 409 => ApiError::conflict(format!(
                 "an OAuthApp named {resource_name} already exists in namespace {ns}"
@@ -572,15 +603,6 @@ pub async fn create_oauth_app(
         })?;
     let uid = created.uid().unwrap_or_default();
     info!(app = %format!("{ns}/{resource_name}"), caller = %caller.username, "created OAuthApp through the REST API");
-    // From here on, an app whose secret this request does not answer with is withdrawn: nobody
-    // would ever see that secret. Dropped unanswered (a timeout, a client gone), the guard
-    // withdraws it in the background.
-    let mut guard = WithdrawOnDrop(Some(Withdrawal {
-        api: api.clone(),
-        ns: ns.clone(),
-        name: resource_name.clone(),
-        uid: uid.clone(),
-    }));
     let provisioned = api
         .provision_created(&ns, &resource_name, &uid, &created, &caller, commitment)
         .await;
@@ -588,8 +610,10 @@ pub async fn create_oauth_app(
     let rotated = match provisioned {
         Ok(rotated) => rotated,
         Err(e) => {
+            // In a task of its own: a timeout that drops this request now (its rotation never
+            // committed) must not cut the withdrawal short and leave the app behind.
             let kept = match withdrawal {
-                Some(w) => !w.run().await,
+                Some(w) => !tokio::spawn(w.run()).await.unwrap_or(false),
                 None => false,
             };
             return Err(if kept {
@@ -909,7 +933,7 @@ impl Shared {
             .watches
             .scope_of(ns)?
             .secrets
-            .get(&kube::runtime::reflector::ObjectRef::new(&app.secret_name()).within(ns))
+            .lookup(ns, &app.secret_name())
             .map(|s| s.metadata());
         (!rotation::caches_lag(&self.ctx, &app, secret.as_ref())).then_some((app, secret))
     }

@@ -2213,6 +2213,44 @@ async fn a_create_that_times_out_before_its_first_secret_leaves_no_app_behind() 
 }
 
 #[tokio::test]
+async fn a_create_that_times_out_while_the_app_is_being_created_leaves_no_app_behind() {
+    // The app reaches the API server, and the request times out (2 s) before the create's
+    // answer is read (3 s later): nobody will see its secret.
+    let ns = namespace("api-create-in-flight");
+    let client = admin_client().await;
+    let operator = Operator::start(
+        &control_plane().kubeconfig,
+        &ns,
+        &["--api-request-timeout", "2s"],
+        &[("OAUTHAPP_FAILPOINT", "pause-after-create=3s")],
+    );
+    wait_ready(&operator).await;
+    let s = Setup {
+        apps: Api::namespaced(client.clone(), &ns),
+        secrets: Api::namespaced(client.clone(), &ns),
+        base: format!("http://127.0.0.1:{}", operator.api_port),
+        client,
+        ns,
+        operator,
+    };
+    let owner = s.caller("owner", &s.ns, ALL_RULES);
+    let timed_out = s
+        .create("in-flight", &owner)
+        .await
+        .error(StatusCode::SERVICE_UNAVAILABLE, "INTERNAL_SERVER_ERROR");
+    assert!(timed_out.message.contains("timed out"), "{}", timed_out.message);
+    // Withdrawn once its create's answer came back unread (the app was created).
+    eventually("the operator to withdraw the unanswered app", WAIT, || async {
+        s.operator
+            .log_text()
+            .contains("withdrew an OAuthApp")
+            .then_some(())
+    })
+    .await;
+    assert!(s.apps.get_opt("in-flight").await.expect("get").is_none());
+}
+
+#[tokio::test]
 async fn a_create_whose_secret_name_is_taken_is_refused_and_leaves_no_app_behind() {
     let s = setup("api-create-taken", &[]).await;
     let owner = s.caller("owner", &s.ns, ALL_RULES);
