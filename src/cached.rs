@@ -388,17 +388,16 @@ impl Lookup for CachedSecret {
 
 /// An app in the watch cache ([`crate::watches`]): what [`crate::watches::strip_app`] keeps of
 /// it, with its status's strings in one buffer, referred to by offsets, and its metadata but
-/// the name and namespace there too. An `OAuthApp` costs some 2.4 KiB in the cache, most of it
-/// fixed-size parts (its status 360 bytes, a condition 128, a history entry 96) and a box per
-/// string. The controller runs on this type (kube's controller reads the name and namespace of
-/// its metadata); [`CachedApp::app`] gives back the app as it came, which the planner and the
-/// REST API read, once per reconcile or request.
+/// the name and namespace there too (no `ObjectMeta`: 360 bytes for two strings). An
+/// `OAuthApp` costs some 2.4 KiB in the cache, most of it fixed-size parts (its status 360
+/// bytes, a condition 128, a history entry 96) and a box per string. The controller's queue
+/// ([`crate::controller::queue`]) keys apps by name and namespace; [`CachedApp::app`] gives back
+/// the app as it came, which the planner and the REST API read, once per reconcile or request.
 #[derive(Clone, Debug)]
 pub struct CachedApp {
-    /// Name and namespace only: all kube's controller and store look at (a key without the
-    /// uid and version, which would be two more copies per app in each of its queues).
-    metadata: ObjectMeta,
     text: Text,
+    name: Str,
+    namespace: Str,
     uid: Str,
     resource_version: Str,
     generation: Option<i64>,
@@ -467,11 +466,6 @@ impl From<OAuthApp> for CachedApp {
     fn from(app: OAuthApp) -> Self {
         let mut meta = app.metadata;
         let mut buf = Buffer::default();
-        let metadata = ObjectMeta {
-            name: meta.name.take(),
-            namespace: meta.namespace.take(),
-            ..ObjectMeta::default()
-        };
         // The long strings first (the spec's JSON, the conditions' messages), so that the
         // shorter ones inside them (a name in a redirect URI, the Secret's name in a message) are
         // kept once (Buffer::put).
@@ -479,6 +473,8 @@ impl From<OAuthApp> for CachedApp {
             Ok(json) if serde_json::from_str::<OAuthAppSpec>(&json).is_ok() => Spec::Json(buf.put(&json)),
             _ => Spec::Kept(Box::new(app.spec)),
         };
+        let name = buf.put(meta.name.take().as_deref().unwrap_or_default());
+        let namespace = buf.put(meta.namespace.take().as_deref().unwrap_or_default());
         let uid = buf.put(meta.uid.take().as_deref().unwrap_or_default());
         let resource_version = buf.put(meta.resource_version.take().as_deref().unwrap_or_default());
         let generation = meta.generation.take();
@@ -539,8 +535,9 @@ impl From<OAuthApp> for CachedApp {
             })
         });
         Self {
-            metadata,
             text: buf.into(),
+            name,
+            namespace,
             uid,
             resource_version,
             generation,
@@ -565,8 +562,8 @@ impl CachedApp {
     /// The app as [`crate::watches::strip_app`] left it.
     pub fn app(&self) -> OAuthApp {
         let mut metadata = self.rest.as_deref().cloned().unwrap_or_default();
-        metadata.name = self.metadata.name.clone();
-        metadata.namespace = self.metadata.namespace.clone();
+        metadata.name = self.string(Some(self.name)).filter(|s| !s.is_empty());
+        metadata.namespace = self.string(Some(self.namespace)).filter(|s| !s.is_empty());
         metadata.uid = self.string(Some(self.uid)).filter(|s| !s.is_empty());
         metadata.resource_version = self.string(Some(self.resource_version)).filter(|s| !s.is_empty());
         metadata.generation = self.generation;
@@ -624,6 +621,14 @@ impl CachedApp {
         Some(self.str(self.uid)).filter(|u| !u.is_empty())
     }
 
+    pub fn name(&self) -> &str {
+        self.str(self.name)
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.str(self.namespace)
+    }
+
     /// The app's spec, as it came.
     pub fn spec(&self) -> OAuthAppSpec {
         match &self.spec {
@@ -656,9 +661,28 @@ impl CachedApp {
     }
 }
 
-impl kube::Resource for CachedApp {
+impl crate::store::Keyed for CachedApp {
+    fn namespace(&self) -> &str {
+        CachedApp::namespace(self)
+    }
+
+    fn name(&self) -> &str {
+        CachedApp::name(self)
+    }
+}
+
+impl crate::store::Keyed for CachedSecret {
+    fn namespace(&self) -> &str {
+        CachedSecret::namespace(self)
+    }
+
+    fn name(&self) -> &str {
+        CachedSecret::name(self)
+    }
+}
+
+impl Lookup for CachedApp {
     type DynamicType = ();
-    type Scope = <OAuthApp as kube::Resource>::Scope;
 
     fn kind(dt: &()) -> Cow<'_, str> {
         <OAuthApp as kube::Resource>::kind(dt)
@@ -676,22 +700,27 @@ impl kube::Resource for CachedApp {
         <OAuthApp as kube::Resource>::plural(dt)
     }
 
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
+    fn name(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(CachedApp::name(self)))
     }
 
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        let ns = CachedApp::namespace(self);
+        (!ns.is_empty()).then_some(Cow::Borrowed(ns))
     }
-}
 
-/// kube's controller asks that its type can be read from the API server's JSON: it is never
-/// read so here (the watch reads `OAuthApp`s), but if it were, it would be an app, stripped.
-impl<'de> serde::Deserialize<'de> for CachedApp {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let mut app = OAuthApp::deserialize(d)?;
-        crate::watches::strip_app(&mut app);
-        Ok(app.into())
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(self.str(self.resource_version))).filter(|v| !v.is_empty())
+    }
+
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        CachedApp::uid(self).map(Cow::Borrowed)
+    }
+
+    /// The store's key: name and namespace only (the uid and version would be two more copies
+    /// per app, and a key does not compare them).
+    fn to_object_ref(&self, _: ()) -> ObjectRef<Self> {
+        ObjectRef::new(CachedApp::name(self)).within(CachedApp::namespace(self))
     }
 }
 
@@ -961,12 +990,10 @@ mod tests {
             cached.next_rotation_time(),
             app.status.as_ref().unwrap().next_rotation_time.as_ref()
         );
-        // kube's controller sees the name and namespace, and keys the app by them alone.
-        use kube::Resource;
-        assert_eq!(cached.meta().name.as_deref(), Some("billing"));
-        assert_eq!(cached.meta().uid, None);
+        // The cache keys the app by its name and namespace alone.
+        assert_eq!((cached.namespace(), cached.name()), ("team-a", "billing"));
         assert_eq!(
-            ObjectRef::from_obj(&cached),
+            Lookup::to_object_ref(&cached, ()),
             ObjectRef::new("billing").within("team-a")
         );
         // An app without a status, or a fresh one, too.
@@ -1005,14 +1032,5 @@ mod tests {
         assert!(matches!(cached.spec, Spec::Json(_)), "{:?}", cached.spec);
         assert_eq!(cached.spec(), spec);
         assert_eq!(cached.app().spec, spec);
-    }
-
-    #[test]
-    fn the_cached_app_reads_as_the_stripped_app() {
-        let mut app = full_app();
-        app.metadata.labels = Some(BTreeMap::from([("team".into(), "a".into())]));
-        let cached: CachedApp = serde_json::from_value(serde_json::to_value(&app).unwrap()).unwrap();
-        crate::watches::strip_app(&mut app);
-        assert_eq!(cached.app(), app);
     }
 }

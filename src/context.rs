@@ -278,14 +278,13 @@ impl VerifiedCache {
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         use futures::StreamExt;
-        use kube::runtime::reflector::ObjectRef;
 
         let cached = |key: &str| {
             let (ns, name) = key.split_once('/').unwrap_or(("", key));
             watches
                 .scopes
                 .iter()
-                .any(|scope| scope.secrets.get(&ObjectRef::new(name).within(ns)).is_some())
+                .any(|scope| scope.secrets.lookup(ns, name).is_some())
         };
         let mut changes = futures::stream::select_all(
             watches

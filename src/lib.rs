@@ -25,4 +25,5 @@ pub mod rotation;
 pub mod schedule;
 pub mod secret;
 pub mod serve;
+pub mod store;
 pub mod watches;

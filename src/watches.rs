@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, PartialObjectMeta};
-use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::{broadcast, watch};
@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::cached::{CachedApp, CachedSecret};
 use crate::controller::plan::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::crd::OAuthApp;
+use crate::store::{self, Keyed, Store};
 
 /// What the cached copy of an app keeps of its metadata: managedFields and labels are dropped
 /// (they can outweigh the rest of an object, and nothing here reads them), and so are the
@@ -256,8 +257,8 @@ impl Watches {
         let mut caches = Vec::new();
         let mut writers = Vec::new();
         for ns in &scopes {
-            let (apps, app_writer) = reflector::store::<CachedApp>();
-            let (secrets, secret_writer) = reflector::store::<CachedSecret>();
+            let (apps, app_writer) = store::store::<CachedApp>();
+            let (secrets, secret_writer) = store::store::<CachedSecret>();
             let (app_changes, _) = broadcast::channel(CHANGE_BUFFER);
             let (secret_changes, _) = broadcast::channel(CHANGE_BUFFER);
             caches.push(ScopeCaches {
@@ -678,12 +679,11 @@ impl ClientIds {
 /// Secret deleted) has no event of its own.
 fn forward<K>(event: &watcher::Event<K>, store: &Store<K>, tx: &broadcast::Sender<Change<K>>)
 where
-    K: Lookup + Clone + 'static,
-    <K as Lookup>::DynamicType: Eq + std::hash::Hash + Clone + Default,
+    K: Keyed + Clone + 'static,
 {
     match event {
         watcher::Event::Apply(obj) => {
-            let stored = store.get(&obj.to_object_ref(Default::default()));
+            let stored = store.lookup(obj.namespace(), obj.name());
             if let Some(stored) = stored {
                 let _ = tx.send(Change::Object(stored));
             }
@@ -707,7 +707,7 @@ const RESTART_FAILED_WATCH: std::time::Duration = std::time::Duration::from_secs
 /// the watch fails, and `true` once it shows a change or a complete relist again. While it
 /// fails, the watch is started afresh every [`RESTART_FAILED_WATCH`].
 async fn pump<K, S>(
-    mut writer: reflector::store::Writer<K>,
+    mut writer: store::Writer<K>,
     events: impl Fn() -> S + Send,
     shutdown: CancellationToken,
     ready: Arc<watch::Sender<usize>>,
@@ -715,8 +715,7 @@ async fn pump<K, S>(
     mut on_event: impl FnMut(&watcher::Event<K>) + Send,
     mut on_view: impl FnMut(bool) + Send,
 ) where
-    K: Lookup + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
+    K: Keyed + Clone + 'static,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
     let mut stream = Box::pin(events());
@@ -1191,7 +1190,7 @@ mod tests {
     /// Applies each event to a store, forwards it, and returns what the subscribers got: the
     /// name and resourceVersion of each object, "missed" for a notice to look at everything.
     fn forwarded(events: Vec<watcher::Event<OAuthApp>>) -> Vec<String> {
-        let (store, mut writer) = reflector::store::<CachedApp>();
+        let (store, mut writer) = store::store::<CachedApp>();
         let (tx, mut rx) = broadcast::channel(16);
         for event in events {
             let event = CachedApp::event(event);

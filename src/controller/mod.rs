@@ -6,6 +6,7 @@
 //! write — it costs at most two GETs — and the steady state makes no requests at all.
 
 pub mod plan;
+pub mod queue;
 pub mod shares;
 
 use std::sync::Arc;
@@ -15,9 +16,7 @@ use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -28,8 +27,10 @@ use crate::error::Error;
 use crate::metrics::ReasonLabels;
 use crate::rotation::{self, app_key};
 use crate::schedule::{ScheduledRotations, Turn};
+use crate::store::Store;
 use crate::watches::{Change, Watches};
 use plan::{SecretView, Step};
+use queue::{Action, AppKey, Trigger};
 use tokio_util::sync::CancellationToken;
 
 /// How the controller runs.
@@ -96,42 +97,30 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
             resync_all.clone(),
             shutdown.clone(),
         ));
-        let on_missed = resync_all.clone();
-        let apps = caches.app_changes().filter_map(move |change| {
-            futures::future::ready(match change {
-                Change::Object(app) => Some(app),
-                Change::Missed => {
-                    // Changes were dropped while this controller lagged: look at everything.
-                    let _ = on_missed.unbounded_send(());
-                    None
-                }
-            })
+        let apps = caches.app_changes().map(|change| match change {
+            Change::Object(app) => Some(Trigger::One(AppKey::new(app.namespace(), app.name()))),
+            // Changes were dropped while this controller lagged: look at everything.
+            Change::Missed => Some(Trigger::All),
         });
-        let on_missed = resync_all.clone();
-        let secrets = caches.secret_changes().filter_map(move |change| {
-            futures::future::ready(match change {
-                // A Secret maps to its app by its controller reference, or, without one (a
-                // retained or restored Secret), by the app name its record names.
-                Change::Object(secret) => secret_owner(&secret),
-                Change::Missed => {
-                    let _ = on_missed.unbounded_send(());
-                    None
-                }
-            })
+        let secrets = caches.secret_changes().map(|change| match change {
+            // A Secret maps to its app by its controller reference, or, without one (a
+            // retained or restored Secret), by the app name its record names.
+            Change::Object(secret) => secret_owner(&secret).map(Trigger::One),
+            Change::Missed => Some(Trigger::All),
         });
-        let stop = shutdown.clone();
         // One namespace watched: its share is the whole.
         let per_namespace = match caches.namespace {
             Some(_) => u16::MAX,
             None => settings.namespace_concurrency,
         };
         let (shares, unparked) = shares::NamespaceShares::new(usize::from(per_namespace));
-        let controller = Controller::for_shared_stream(apps, caches.apps.clone())
-            .reconcile_on(secrets)
-            .reconcile_all_on(resync_all_rx)
-            .reconcile_on(unparked)
-            .with_config(ControllerConfig::default().concurrency(settings.concurrency))
-            .graceful_shutdown_on(async move { stop.cancelled().await });
+        let triggers = futures::stream::select_all([
+            apps.boxed(),
+            secrets.boxed(),
+            resync_all_rx.map(|()| Some(Trigger::All)).boxed(),
+            unparked.map(|app| Some(Trigger::One(app))).boxed(),
+        ])
+        .filter_map(futures::future::ready);
         let scope = Arc::new(Scope {
             ctx: ctx.clone(),
             watches: watches.clone(),
@@ -144,14 +133,33 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
             namespace = caches.namespace.as_deref().unwrap_or("<all>"),
             "starting controller"
         );
-        runs.push(controller.run(reconcile, error_policy, scope).for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => {
-                    debug!(app = %format!("{}/{}", obj.namespace.unwrap_or_default(), obj.name), "reconciled")
+        let store = caches.apps.clone();
+        let all = move || {
+            store
+                .state()
+                .iter()
+                .map(|app| AppKey::new(app.namespace(), app.name()))
+                .collect::<Vec<_>>()
+        };
+        runs.push(queue::run(
+            triggers,
+            all,
+            usize::from(settings.concurrency),
+            move |key| {
+                let scope = scope.clone();
+                async move {
+                    // An app gone from the cache since it was triggered: nothing to do.
+                    let Some(cached) = scope.apps.lookup(key.namespace(), key.name()) else {
+                        return Action::await_change();
+                    };
+                    match reconcile(&cached, &scope).await {
+                        Ok(action) => action,
+                        Err(e) => error_policy(&cached, &e, &scope),
+                    }
                 }
-                Err(e) => debug!(error = %crate::error::redact(&e.to_string()), "reconcile stream"),
-            }
-        }));
+            },
+            shutdown.clone(),
+        ));
         // Keep the sender alive as long as the controller runs.
         std::mem::forget(resync_all);
     }
@@ -159,34 +167,24 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
     info!("controller stopped");
 }
 
-async fn reconcile(cached: Arc<CachedApp>, scope: Arc<Scope>) -> Result<Action, Error> {
+async fn reconcile(cached: &CachedApp, scope: &Scope) -> Result<Action, Error> {
     let ctx = &scope.ctx;
-    let Some(_slot) = scope.shares.enter(cached.as_ref()) else {
+    let Some(_slot) = scope.shares.enter(cached.namespace(), cached.name()) else {
         // Its namespace holds its share of the slots: reconciled when one of them ends.
         ctx.metrics.reconciles_deferred.inc();
         return Ok(Action::await_change());
     };
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let result = reconcile_app(&cached.app(), &scope).await;
+    let result = reconcile_app(&cached.app(), scope).await;
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
     result
 }
 
-fn error_policy(cached: Arc<CachedApp>, error: &Error, scope: Arc<Scope>) -> Action {
-    let key = format!(
-        "{}/{}",
-        kube::Resource::meta(cached.as_ref())
-            .namespace
-            .as_deref()
-            .unwrap_or_default(),
-        kube::Resource::meta(cached.as_ref())
-            .name
-            .as_deref()
-            .unwrap_or_default()
-    );
+fn error_policy(cached: &CachedApp, error: &Error, scope: &Scope) -> Action {
+    let key = format!("{}/{}", cached.namespace(), cached.name());
     scope
         .ctx
         .metrics
@@ -222,7 +220,7 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
     };
     let ns = app.namespace().unwrap_or_default();
     let secret_name = app.secret_name();
-    let cached = scope.secrets.get(&ObjectRef::new(&secret_name).within(&ns));
+    let cached = scope.secrets.lookup(&ns, &secret_name);
     let cached_meta = cached.as_ref().map(|s| s.metadata());
     let now = Timestamp::now();
     let view = cached
@@ -743,12 +741,15 @@ async fn rotate_from_cache(
     scheduled_turn: bool,
 ) -> Result<Option<Action>, Error> {
     let ctx = &*scope.ctx;
-    let key = ObjectRef::new(&cached.name_any()).within(&cached.namespace().unwrap_or_default());
-    let Some(app) = scope.apps.get(&key).map(|a| a.app()) else {
+    let Some(app) = scope
+        .apps
+        .lookup(&cached.namespace().unwrap_or_default(), &cached.name_any())
+        .map(|a| a.app())
+    else {
         return Ok(None);
     };
     let ns = app.namespace().unwrap_or_default();
-    let secret = scope.secrets.get(&ObjectRef::new(&app.secret_name()).within(&ns));
+    let secret = scope.secrets.lookup(&ns, &app.secret_name());
     let secret_meta = secret.as_ref().map(|s| s.metadata());
     let key = app_key(&app);
     if rotation::caches_lag(ctx, &app, secret_meta.as_ref())
@@ -786,13 +787,13 @@ async fn rotate_from_cache(
 
 /// The app a Secret's change concerns: its controller (an OAuthApp), or the app its record
 /// names (`oauthapp.io/app-name`).
-fn secret_owner(secret: &CachedSecret) -> Option<ObjectRef<CachedApp>> {
+fn secret_owner(secret: &CachedSecret) -> Option<AppKey> {
     let name = match secret.controller() {
         ControlledBy::App(app) => app,
         ControlledBy::Other => return None,
         ControlledBy::Nothing => secret.annotation(plan::annotations::APP_NAME)?,
     };
-    Some(ObjectRef::new(name).within(secret.namespace()))
+    Some(AppKey::new(secret.namespace(), name))
 }
 
 /// The condition an installation puts on an app another installation manages.

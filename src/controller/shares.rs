@@ -12,27 +12,23 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
-use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
 
-use crate::cached::CachedApp;
-#[cfg(test)]
-use crate::crd::OAuthApp;
+use super::queue::AppKey;
 
 #[derive(Default)]
 struct Share {
     /// Reconciles of the namespace running now.
     running: usize,
     /// Apps waiting for a slot, in the order they came (each once).
-    parked: VecDeque<ObjectRef<CachedApp>>,
+    parked: VecDeque<AppKey>,
     parked_names: HashSet<String>,
 }
 
 pub struct NamespaceShares {
     per_namespace: usize,
     state: Mutex<HashMap<String, Share>>,
-    /// Triggers the controller's reconcile of a parked app (`Controller::reconcile_on`).
-    unpark: UnboundedSender<ObjectRef<CachedApp>>,
+    /// Triggers the controller's reconcile of a parked app (`queue::Trigger::One`).
+    unpark: UnboundedSender<AppKey>,
 }
 
 /// A running reconcile's slot in its namespace's share; given back when dropped.
@@ -44,7 +40,7 @@ pub struct Slot<'a> {
 impl NamespaceShares {
     /// Shares of at most `per_namespace` slots (at least one), and the stream of parked apps to
     /// reconcile again.
-    pub fn new(per_namespace: usize) -> (Self, UnboundedReceiver<ObjectRef<CachedApp>>) {
+    pub fn new(per_namespace: usize) -> (Self, UnboundedReceiver<AppKey>) {
         let (unpark, parked) = unbounded();
         let shares = Self {
             per_namespace: per_namespace.max(1),
@@ -60,20 +56,18 @@ impl NamespaceShares {
 
     /// A slot for `app`'s reconcile if its namespace has one free; else `app` is parked (once,
     /// however often it is triggered meanwhile) until one of its namespace's reconciles ends.
-    pub fn enter(&self, app: &impl kube::Resource) -> Option<Slot<'_>> {
-        let namespace = app.namespace().unwrap_or_default();
+    pub fn enter(&self, namespace: &str, name: &str) -> Option<Slot<'_>> {
         let mut state = self.lock();
-        let share = state.entry(namespace.clone()).or_default();
+        let share = state.entry(namespace.to_string()).or_default();
         if share.running < self.per_namespace {
             share.running += 1;
             return Some(Slot {
                 shares: self,
-                namespace,
+                namespace: namespace.to_string(),
             });
         }
-        let name = app.name_any();
-        if share.parked_names.insert(name.clone()) {
-            share.parked.push_back(ObjectRef::new(&name).within(&namespace));
+        if share.parked_names.insert(name.to_string()) {
+            share.parked.push_back(AppKey::new(namespace, name));
         }
         None
     }
@@ -92,7 +86,7 @@ impl Drop for Slot<'_> {
         };
         share.running = share.running.saturating_sub(1);
         if let Some(next) = share.parked.pop_front() {
-            share.parked_names.remove(&next.name);
+            share.parked_names.remove(next.name());
             // The controller is gone when this fails (shutdown): nothing to trigger.
             let _ = self.shares.unpark.unbounded_send(next);
         }
@@ -107,34 +101,36 @@ mod tests {
     use super::*;
     use futures::StreamExt;
 
-    fn app(namespace: &str, name: &str) -> OAuthApp {
-        let mut app = OAuthApp::new(name, Default::default());
-        app.metadata.namespace = Some(namespace.into());
-        app
+    fn app(namespace: &str, name: &str) -> (String, String) {
+        (namespace.to_string(), name.to_string())
+    }
+
+    fn enter<'a>(shares: &'a NamespaceShares, (namespace, name): &(String, String)) -> Option<Slot<'a>> {
+        shares.enter(namespace, name)
     }
 
     #[tokio::test]
     async fn a_busy_namespace_leaves_the_other_slots_to_other_namespaces() {
         let (shares, mut parked) = NamespaceShares::new(2);
         let storm: Vec<_> = (0..5).map(|i| app("storm", &format!("s{i}"))).collect();
-        let first = shares.enter(&storm[0]);
-        let second = shares.enter(&storm[1]);
+        let first = enter(&shares, &storm[0]);
+        let second = enter(&shares, &storm[1]);
         assert!(first.is_some() && second.is_some());
         for app in &storm[2..] {
-            assert!(shares.enter(app).is_none(), "past the namespace's share");
+            assert!(enter(&shares, app).is_none(), "past the namespace's share");
         }
         // Triggered again while parked: parked once.
-        assert!(shares.enter(&storm[2]).is_none());
+        assert!(enter(&shares, &storm[2]).is_none());
         assert_eq!(shares.parked(), 3);
         // Another namespace is not held back by the storm's line.
-        let quiet = shares.enter(&app("quiet", "q"));
+        let quiet = enter(&shares, &app("quiet", "q"));
         assert!(quiet.is_some());
         drop(quiet);
         assert_eq!(shares.parked(), 3);
         // The storm's next app is triggered when one of the storm's reconciles ends.
         drop(first);
-        assert_eq!(parked.next().await, Some(ObjectRef::new("s2").within("storm")));
-        let third = shares.enter(&storm[2]);
+        assert_eq!(parked.next().await, Some(AppKey::new("storm", "s2")));
+        let third = enter(&shares, &storm[2]);
         assert!(third.is_some());
         assert_eq!(shares.parked(), 2);
     }
@@ -142,7 +138,7 @@ mod tests {
     #[test]
     fn a_namespace_with_nothing_running_or_parked_is_forgotten() {
         let (shares, _parked) = NamespaceShares::new(1);
-        drop(shares.enter(&app("a", "x")));
+        drop(enter(&shares, &app("a", "x")));
         assert!(shares.lock().is_empty());
     }
 }

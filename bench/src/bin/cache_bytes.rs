@@ -2,7 +2,7 @@
 //! a heap profiler (dhat) rather than read off the RSS. It lists the OAuthApps of a namespace and
 //! the Secrets the operator manages there from the cluster in `KUBECONFIG`, then puts each one
 //! into a cache the way the operator's watches do (`strip_app` / `strip_secret`, the cached form,
-//! a kube `reflector` store), and prints one JSON line: the apps and Secrets cached and the bytes
+//! the operator's `store::Store`), and prints one JSON line: the apps and Secrets cached and the bytes
 //! each store holds. `make bench-scale` runs it on the apps it provisioned.
 //!
 //! Usage: `oauthapp-cache-bytes <namespace>`.
@@ -10,7 +10,6 @@
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, ObjectList, PartialObjectMeta};
-use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
 use kube::{Api, Client};
 use oauthapp_operator::cached::{CachedApp, CachedSecret};
@@ -45,13 +44,13 @@ async fn main() -> anyhow::Result<()> {
         .context("listing the Secrets")?;
     let (n_apps, n_secrets) = (app_texts.len(), secret_texts.len());
 
-    let (app_store, mut app_writer) = reflector::store::<CachedApp>();
+    let (app_store, mut app_writer) = oauthapp_operator::store::store::<CachedApp>();
     let app_bytes = counted(app_texts, |text| {
         let mut app: OAuthApp = serde_json::from_str(text).expect("an app read back");
         strip_app(&mut app);
         app_writer.apply_watcher_event(&Event::Apply(CachedApp::from(app)));
     });
-    let (secret_store, mut secret_writer) = reflector::store::<CachedSecret>();
+    let (secret_store, mut secret_writer) = oauthapp_operator::store::store::<CachedSecret>();
     let secret_bytes = counted(secret_texts, |text| {
         let mut secret: PartialObjectMeta<Secret> = serde_json::from_str(text).expect("a Secret read back");
         strip_secret(&mut secret);
