@@ -74,9 +74,14 @@ struct Setup {
 }
 
 async fn setup(test: &str, args: &[&str]) -> Setup {
+    setup_with_env(test, args, &[]).await
+}
+
+/// [`setup`], the operator started with `env` too (a failpoint).
+async fn setup_with_env(test: &str, args: &[&str], env: &[(&str, &str)]) -> Setup {
     let ns = namespace(test);
     let client = admin_client().await;
-    let operator = Operator::start(&control_plane().kubeconfig, &ns, args, &[]);
+    let operator = Operator::start(&control_plane().kubeconfig, &ns, args, env);
     let base = format!("http://127.0.0.1:{}", operator.api_port);
     wait_ready(&operator).await;
     Setup {
@@ -2168,23 +2173,12 @@ impl Setup {
 #[tokio::test]
 async fn a_create_that_times_out_before_its_first_secret_leaves_no_app_behind() {
     // Every rotation pauses 4 s right before its Secret write; requests time out after 2 s.
-    let ns = namespace("api-create-withdrawn");
-    let client = admin_client().await;
-    let operator = Operator::start(
-        &control_plane().kubeconfig,
-        &ns,
+    let s = setup_with_env(
+        "api-create-withdrawn",
         &["--api-request-timeout", "2s"],
         &[("OAUTHAPP_FAILPOINT", "pause-before-secret-write=4s")],
-    );
-    wait_ready(&operator).await;
-    let s = Setup {
-        apps: Api::namespaced(client.clone(), &ns),
-        secrets: Api::namespaced(client.clone(), &ns),
-        base: format!("http://127.0.0.1:{}", operator.api_port),
-        client,
-        ns,
-        operator,
-    };
+    )
+    .await;
     let owner = s.caller("owner", &s.ns, ALL_RULES);
     let timed_out = s
         .create("late", &owner)
@@ -2216,23 +2210,12 @@ async fn a_create_that_times_out_before_its_first_secret_leaves_no_app_behind() 
 async fn a_create_that_times_out_while_the_app_is_being_created_leaves_no_app_behind() {
     // The app reaches the API server, and the request times out (2 s) before the create's
     // answer is read (3 s later): nobody will see its secret.
-    let ns = namespace("api-create-in-flight");
-    let client = admin_client().await;
-    let operator = Operator::start(
-        &control_plane().kubeconfig,
-        &ns,
+    let s = setup_with_env(
+        "api-create-in-flight",
         &["--api-request-timeout", "2s"],
         &[("OAUTHAPP_FAILPOINT", "pause-after-create=3s")],
-    );
-    wait_ready(&operator).await;
-    let s = Setup {
-        apps: Api::namespaced(client.clone(), &ns),
-        secrets: Api::namespaced(client.clone(), &ns),
-        base: format!("http://127.0.0.1:{}", operator.api_port),
-        client,
-        ns,
-        operator,
-    };
+    )
+    .await;
     let owner = s.caller("owner", &s.ns, ALL_RULES);
     let timed_out = s
         .create("in-flight", &owner)
