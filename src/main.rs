@@ -9,15 +9,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use oauthapp_operator::admin::{self, AdminState};
+use oauthapp_operator::runtime::admin::{self, AdminState};
 use oauthapp_operator::api::{self, ApiConfig, ApiState};
-use oauthapp_operator::context::Context;
+use oauthapp_operator::runtime::context::Context;
 use oauthapp_operator::controller::{self, Settings};
-use oauthapp_operator::hasher::Hasher;
-use oauthapp_operator::leader;
-use oauthapp_operator::metrics::Metrics;
-use oauthapp_operator::secret::HashParams;
-use oauthapp_operator::watches::Watches;
+use oauthapp_operator::runtime::hasher::Hasher;
+use oauthapp_operator::runtime::leader;
+use oauthapp_operator::runtime::metrics::Metrics;
+use oauthapp_operator::model::secret::HashParams;
+use oauthapp_operator::runtime::watches::Watches;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -94,7 +94,7 @@ struct RunArgs {
     /// `m=KIB,t=ITERATIONS,p=LANES`, several separated by `;`. New hashes use the parameters
     /// above; an app's hash moves to them at its next rotation. A hash with parameters neither
     /// here nor above is drift, and is never computed.
-    #[arg(long, env = "OAUTHAPP_HASH_ACCEPT_PARAMS", value_delimiter = ';', value_parser = oauthapp_operator::secret::parse_params)]
+    #[arg(long, env = "OAUTHAPP_HASH_ACCEPT_PARAMS", value_delimiter = ';', value_parser = oauthapp_operator::model::secret::parse_params)]
     hash_accept_params: Vec<HashParams>,
     /// Hashes computed at the same time (default: the number of CPUs).
     #[arg(long, env = "OAUTHAPP_HASH_WORKERS")]
@@ -103,11 +103,11 @@ struct RunArgs {
     /// (with two workers or more, by a thread at idle CPU priority, SCHED_IDLE), so that a
     /// rotation need not hash on its request's path (0: none). The plaintexts are never written
     /// anywhere and are zeroized when dropped.
-    #[arg(long, env = "OAUTHAPP_HASH_POOL", default_value_t = oauthapp_operator::hasher::DEFAULT_POOL)]
+    #[arg(long, env = "OAUTHAPP_HASH_POOL", default_value_t = oauthapp_operator::runtime::hasher::DEFAULT_POOL)]
     hash_pool: usize,
     /// Repairs (a Secret gone or altered: SecretMissing, SecretDrift) started per second at
     /// most, in turn: never all at once.
-    #[arg(long, env = "OAUTHAPP_MAX_REPAIRS_PER_SECOND", default_value_t = oauthapp_operator::context::DEFAULT_REPAIRS_PER_SECOND, value_parser = parse_rate)]
+    #[arg(long, env = "OAUTHAPP_MAX_REPAIRS_PER_SECOND", default_value_t = oauthapp_operator::runtime::context::DEFAULT_REPAIRS_PER_SECOND, value_parser = parse_rate)]
     max_repairs_per_second: f64,
     /// The brake on mass repair: once more than this share of the apps were repaired within
     /// `--repair-brake-window` (and at least `--repair-brake-min`), further repairs are held
@@ -205,7 +205,7 @@ struct RunArgs {
     /// Scheduled rotations (spec.rotation.schedule or interval) started per second at most,
     /// operator-wide; those over the limit wait their turn, in order. Requested rotations
     /// (annotation, REST API) never wait for it.
-    #[arg(long, env = "OAUTHAPP_MAX_SCHEDULED_ROTATIONS_PER_SECOND", default_value_t = oauthapp_operator::schedule::DEFAULT_MAX_PER_SECOND, value_parser = parse_rate)]
+    #[arg(long, env = "OAUTHAPP_MAX_SCHEDULED_ROTATIONS_PER_SECOND", default_value_t = oauthapp_operator::model::schedule::DEFAULT_MAX_PER_SECOND, value_parser = parse_rate)]
     max_scheduled_rotations_per_second: f64,
     /// How long SIGTERM waits for in-flight work before exiting.
     #[arg(long, env = "OAUTHAPP_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
@@ -224,14 +224,14 @@ async fn check_installed_crd(
 ) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client);
-    let name = oauthapp_operator::crd::CRD_NAME;
+    let name = oauthapp_operator::model::crd::CRD_NAME;
     let version = env!("CARGO_PKG_VERSION");
     let mut pause = Duration::from_millis(500);
     let why = loop {
         match crds.get_opt(name).await {
             Ok(Some(crd)) => {
                 let missing = serde_json::to_value(&crd)
-                    .map(|v| oauthapp_operator::crd::missing_fields(&v))
+                    .map(|v| oauthapp_operator::model::crd::missing_fields(&v))
                     .unwrap_or_default();
                 if missing.is_empty() {
                     return;
@@ -292,8 +292,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd { name } => {
             let yaml = match name {
-                CrdName::Oauthapps => oauthapp_operator::crd::crd_yaml()?,
-                CrdName::Oauthproviders => oauthapp_operator::provider::crd::crd_yaml()?,
+                CrdName::Oauthapps => oauthapp_operator::model::crd::crd_yaml()?,
+                CrdName::Oauthproviders => oauthapp_operator::model::provider::crd_yaml()?,
             };
             print!("{yaml}");
             Ok(())
@@ -345,7 +345,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         p_cost: args.hash_parallelism,
     };
     // Refuse bad hash parameters at start, not at the first rotation.
-    oauthapp_operator::secret::hash("startup-check", &params).context("invalid argon2 parameters")?;
+    oauthapp_operator::model::secret::hash("startup-check", &params).context("invalid argon2 parameters")?;
     let workers = args
         .hash_workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -366,7 +366,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_max_scheduled_rotations_per_second(args.max_scheduled_rotations_per_second)
         .with_repairs(
             args.max_repairs_per_second,
-            oauthapp_operator::repairs::BrakeSettings {
+            oauthapp_operator::runtime::repairs::BrakeSettings {
                 share: args.repair_brake_share,
                 min: args.repair_brake_min,
                 window: args.repair_brake_window,
@@ -381,7 +381,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             let lister = client.clone();
             let installation = ctx.installation.clone();
             let signed_records = move || {
-                oauthapp_operator::record::count_signed_records(
+                oauthapp_operator::model::record::count_signed_records(
                     lister.clone(),
                     namespaces.clone(),
                     installation.clone(),
@@ -413,7 +413,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     {
         let (ctx, client, shutdown) = (ctx.clone(), client.clone(), shutdown.clone());
-        let name = oauthapp_operator::ledger::configmap_name(&args.record_key_secret);
+        let name = oauthapp_operator::runtime::ledger::configmap_name(&args.record_key_secret);
         let namespace = ctx.installation.split('/').next().unwrap_or_default().to_string();
         tokio::spawn(async move { ctx.ledger.run(client, namespace, name, shutdown).await });
     }
@@ -430,12 +430,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the admin server to {}", args.admin_addr))?;
     info!(addr = %args.admin_addr, "admin server listening");
-    let connections = oauthapp_operator::serve::ConnectionLimits {
+    let connections = oauthapp_operator::runtime::serve::ConnectionLimits {
         header_read_timeout: args.header_read_timeout,
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
     };
-    let admin = tokio::spawn(oauthapp_operator::serve::serve(
+    let admin = tokio::spawn(oauthapp_operator::runtime::serve::serve(
         admin_listener,
         admin::router(AdminState {
             metrics: metrics.clone(),

@@ -1,9 +1,9 @@
 //! The hashing workers' argon2 memory goes back to the system when it is freed
-//! (`oauthapp_operator::secret::HashMemory`; the workers free theirs when idle): a test binary
+//! (`oauthapp_operator::model::secret::HashMemory`; the workers free theirs when idle): a test binary
 //! of its own, so that no other test's allocations move this process's resident set. It uses
 //! the operator's global allocator (src/main.rs), as the operator's workers do.
 
-use oauthapp_operator::secret::{HashMemory, HashParams, hash_in};
+use oauthapp_operator::model::secret::{HashMemory, HashParams, hash_in};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -14,8 +14,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client, ResourceExt};
-use oauthapp_operator::crd::{OAuthApp, OAuthAppStatus};
-use oauthapp_operator::secret::{self, HashMemory, HashParams};
+use oauthapp_operator::model::crd::{OAuthApp, OAuthAppStatus};
+use oauthapp_operator::model::secret::{self, HashMemory, HashParams};
 use serde_json::json;
 
 use crate::ms;

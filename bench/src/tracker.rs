@@ -9,7 +9,7 @@ use anyhow::bail;
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use oauthapp_operator::crd::OAuthApp;
+use oauthapp_operator::model::crd::OAuthApp;
 use tokio::sync::watch;
 
 #[derive(Clone, Debug)]

@@ -21,7 +21,7 @@ use tokio::sync::OnceCell;
 use tracing::debug;
 
 use super::error::ApiError;
-use crate::crd::GROUP;
+use crate::model::crd::GROUP;
 
 /// Tokens longer than this are refused without a review (service account tokens are ~1 KiB).
 const MAX_TOKEN_LEN: usize = 8 * 1024;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
 use utoipa::ToSchema;
 
-use crate::error::{Error, redact};
+use crate::runtime::error::{Error, redact};
 
 // The seed's `ErrorCode` (no doc comment: the seed's schema has no description).
 #[derive(Serialize, Deserialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,7 +278,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_secret_in_a_message_never_reaches_the_body() {
-        let s = crate::secret::ClientSecret::generate().expect("secret");
+        let s = crate::model::secret::ClientSecret::generate().expect("secret");
         let r = ApiError::bad_request(format!("bad value {}", s.expose())).into_response();
         let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.expect("body");
         let body: RestErrorResponse = serde_json::from_slice(&body).expect("json");

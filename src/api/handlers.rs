@@ -22,9 +22,9 @@ use super::auth::{Access, Caller};
 use super::error::{ApiError, RestErrorResponse};
 use super::model::{CreateOAuthApp, CreatedOAuthApp, OAuthAppId, OAuthAppList, OAuthAppView, RotatedSecret};
 use super::{Commitment, Shared};
-use crate::cached::CachedApp;
-use crate::crd::{OAuthApp, OAuthAppSpec, RotationTrigger};
-use crate::error::{Error, redact};
+use crate::runtime::cached::CachedApp;
+use crate::model::crd::{OAuthApp, OAuthAppSpec, RotationTrigger};
+use crate::runtime::error::{Error, redact};
 use crate::rotation::{self, Rotated};
 
 /// The OpenAPI tag of every operation.
@@ -57,7 +57,7 @@ impl<S: Send + Sync> FromRequestParts<S> for AppUid {
         let Path(id) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let uuid = crate::id::decode(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let uuid = crate::model::id::decode(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(Self(uuid.to_string()))
     }
 }
@@ -307,8 +307,8 @@ pub async fn revoke_previous_secret(
     else {
         return Ok(StatusCode::NO_CONTENT);
     };
-    // The REST API's writes are not the leader's to fence (crate::leader).
-    let retired = crate::leader::exempt_if(true, rotation::revoke_previous(&api.ctx, &fresh, secret))
+    // The REST API's writes are not the leader's to fence (crate::runtime::leader).
+    let retired = crate::runtime::leader::exempt_if(true, rotation::revoke_previous(&api.ctx, &fresh, secret))
         .await
         .map_err(|e| ApiError::from_rotation("retiring the previous secret", e))?;
     api.verify_answers.forget_app(&uid);
@@ -667,7 +667,7 @@ impl Withdrawal {
                 // Gone already, or the name is another app's now.
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return true,
                 Err(e) => {
-                    warn!(app = %key, error = %crate::error::Error::Kube(e), "withdrawing an unanswered OAuthApp failed; retrying");
+                    warn!(app = %key, error = %crate::runtime::error::Error::Kube(e), "withdrawing an unanswered OAuthApp failed; retrying");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
@@ -887,8 +887,8 @@ impl Shared {
                 };
                 let commit = commit.clone();
                 // The REST API's writes are not the leader's to fence, whatever the trigger
-                // (crate::leader): a create's first secret is `Created`.
-                let result = crate::leader::exempt_if(
+                // (crate::runtime::leader): a create's first secret is `Created`.
+                let result = crate::runtime::leader::exempt_if(
                     true,
                     rotation::rotate_committing(&api.ctx, &app, secret, cause, generated, move || {
                         commit.commit()

@@ -39,8 +39,8 @@ pub use model::{CreateOAuthApp, CreatedOAuthApp, OAuthAppId, OAuthAppList, OAuth
 pub use openapi::openapi_json;
 pub use tls::ReloadingCert;
 
-use crate::context::Context;
-use crate::watches::Watches;
+use crate::runtime::context::Context;
+use crate::runtime::watches::Watches;
 
 /// The largest request body accepted (413 beyond).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -71,7 +71,7 @@ pub struct ApiConfig {
     /// A request that takes longer is answered 503, unless it is past its point of no return.
     pub request_timeout: Duration,
     /// Header-read and idle timeouts, and the connection cap.
-    pub connections: crate::serve::ConnectionLimits,
+    pub connections: crate::runtime::serve::ConnectionLimits,
     /// Verify answers 503 once the operator's view of the apps may be older than this (their
     /// watch has been failing that long).
     pub verify_max_staleness: Duration,
@@ -214,7 +214,7 @@ async fn serve_until(
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(cert, provider)?));
             let listener = tls::TlsListener::new(tcp, acceptor, shutdown.clone())?;
             info!(addr = %config.addr, cert = %cert_file.display(), "REST API listening (HTTPS)");
-            crate::serve::serve(listener, app, config.connections, shutdown).await
+            crate::runtime::serve::serve(listener, app, config.connections, shutdown).await
         }
         _ => {
             warn!(
@@ -222,7 +222,7 @@ async fn serve_until(
                 "REST API listening on plain HTTP: bearer tokens and client secrets cross the network \
                  unencrypted; set --tls-cert-file and --tls-key-file"
             );
-            crate::serve::serve(tcp, app, config.connections, shutdown).await
+            crate::runtime::serve::serve(tcp, app, config.connections, shutdown).await
         }
     }
 }
@@ -241,7 +241,7 @@ async fn global_limit(State(api): State<Arc<Shared>>, request: Request, next: Ne
 async fn authenticate(State(api): State<Arc<Shared>>, mut request: Request, next: Next) -> Response {
     let address = request
         .extensions()
-        .get::<crate::serve::ClientAddr>()
+        .get::<crate::runtime::serve::ClientAddr>()
         .map(|a| a.0.ip());
     let authenticated = api
         .auth

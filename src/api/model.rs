@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::controller::plan;
-use crate::crd::OAuthApp;
+use crate::model::crd::OAuthApp;
 
-// The seed's `OAuthAppId`: `app_` + base62 of the resource's uid (see `crate::id`); a bare UUID
+// The seed's `OAuthAppId`: `app_` + base62 of the resource's uid (see `crate::model::id`); a bare UUID
 // is accepted too.
 #[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq, Eq)]
 #[schema(value_type = String, format = "MeteroidId", examples("app_7n42DGM5Tflk9n8mt7Fhc7"))]
@@ -272,7 +272,7 @@ mod tests {
     use kube::api::ObjectMeta;
 
     use super::*;
-    use crate::crd::{OAuthAppSpec, OAuthAppStatus};
+    use crate::model::crd::{OAuthAppSpec, OAuthAppStatus};
 
     fn app() -> OAuthApp {
         let created: jiff::Timestamp = "2026-11-01T10:00:00Z".parse().expect("time");

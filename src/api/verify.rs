@@ -28,8 +28,8 @@ use super::auth::{Access, Caller};
 use super::error::{ApiError, RestErrorResponse};
 use super::handlers::{Body, TAG};
 use super::model::{MatchedSecret, VerifyRequest, VerifyResult};
-use crate::crd::OAuthApp;
-use crate::metrics::ResultLabels;
+use crate::model::crd::OAuthApp;
+use crate::runtime::metrics::ResultLabels;
 
 /// How long a positive answer is remembered.
 const ANSWER_TTL: Duration = Duration::from_secs(10);
@@ -130,7 +130,7 @@ pub async fn verify_client_credentials(
         )));
     }
     // Before any lookup, limiter or memory: a string that cannot be a client id.
-    if !crate::crd::could_be_client_id(&request.client_id) {
+    if !crate::model::crd::could_be_client_id(&request.client_id) {
         return Err(ApiError::bad_request(
             "client_id is not a client id: an app id (app_ and up to 22 letters and digits) or 1 to 128 of [A-Za-z0-9._:-], starting with a letter or digit",
         ));
@@ -163,7 +163,7 @@ pub async fn verify_client_credentials(
     let uid = app.as_ref().and_then(|a| a.uid()).unwrap_or_default();
     let answer = |which: MatchedSecret, expires_at: Option<String>| VerifyResult {
         valid: true,
-        app_id: app.as_deref().and_then(crate::record::app_id),
+        app_id: app.as_deref().and_then(crate::model::record::app_id),
         namespace: app.as_deref().and_then(|a| a.namespace()),
         secret: Some(which),
         expires_at: Some(expires_at),
@@ -209,7 +209,7 @@ pub async fn verify_client_credentials(
     }
 }
 
-/// Whose turn a verification's hash waits for ([`crate::fair`]): a ServiceAccount's namespace
+/// Whose turn a verification's hash waits for ([`crate::runtime::fair`]): a ServiceAccount's namespace
 /// (a tenant's many ServiceAccounts are one tenant), else the user.
 fn tenant_of(username: &str) -> String {
     match username
@@ -254,7 +254,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::crd::{OAuthAppSpec, OAuthAppStatus, PreviousSecret};
+    use crate::model::crd::{OAuthAppSpec, OAuthAppStatus, PreviousSecret};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     #[test]

@@ -455,7 +455,7 @@ impl IdLine {
 
 /// `spec.rotation` as the detail view shows it: the cron schedule and its time zone, the
 /// interval, or `on request`.
-fn schedule_text(app: &oauthapp_operator::crd::OAuthApp) -> String {
+fn schedule_text(app: &oauthapp_operator::model::crd::OAuthApp) -> String {
     let rotation = app.spec.rotation.as_ref();
     match (
         rotation.and_then(|r| r.schedule.as_deref()),
@@ -465,14 +465,14 @@ fn schedule_text(app: &oauthapp_operator::crd::OAuthApp) -> String {
             "{cron} ({})",
             rotation
                 .and_then(|r| r.time_zone.as_deref())
-                .unwrap_or(oauthapp_operator::schedule::DEFAULT_TIME_ZONE)
+                .unwrap_or(oauthapp_operator::model::schedule::DEFAULT_TIME_ZONE)
         ),
         (None, Some(interval)) => format!("every {interval}"),
         (None, None) => "on request".into(),
     }
 }
 
-fn detail(app: &oauthapp_operator::crd::OAuthApp, row: &AppRow) -> String {
+fn detail(app: &oauthapp_operator::model::crd::OAuthApp, row: &AppRow) -> String {
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let ready = match &row.message {
         Some(m) => format!("{}: {m}", row.ready_text()),

@@ -7,6 +7,7 @@
 
 pub mod plan;
 pub mod queue;
+pub mod restart;
 pub mod shares;
 
 use std::sync::Arc;
@@ -20,15 +21,15 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::cached::{CachedApp, CachedSecret, ControlledBy};
-use crate::context::Context;
-use crate::crd::{OAuthApp, OAuthAppStatus, RotationTrigger};
-use crate::error::Error;
-use crate::metrics::ReasonLabels;
+use crate::runtime::cached::{CachedApp, CachedSecret, ControlledBy};
+use crate::runtime::context::Context;
+use crate::model::crd::{OAuthApp, OAuthAppStatus, RotationTrigger};
+use crate::runtime::error::Error;
+use crate::runtime::metrics::ReasonLabels;
 use crate::rotation::{self, app_key};
-use crate::schedule::{ScheduledRotations, Turn};
-use crate::store::Store;
-use crate::watches::{Change, Watches};
+use crate::model::schedule::{ScheduledRotations, Turn};
+use crate::runtime::store::Store;
+use crate::runtime::watches::{Change, Watches};
 use plan::{SecretView, Step};
 use queue::{Action, AppKey, Trigger};
 use tokio_util::sync::CancellationToken;
@@ -322,7 +323,7 @@ fn is_repair(step: &Step) -> bool {
 }
 
 /// Whether the repair of `app` may start now: in its turn (`--max-repairs-per-second`), and
-/// while the brake on mass repair lets it (crate::repairs). Otherwise when to look again; a
+/// while the brake on mass repair lets it (crate::runtime::repairs). Otherwise when to look again; a
 /// held app is marked `Ready=False, reason=RepairHeld` (its status otherwise kept).
 async fn repair_gate(
     ctx: &Context,
@@ -335,7 +336,7 @@ async fn repair_gate(
     }
     let release = ctx.record_key.release();
     let apps = watches.apps().len();
-    if ctx.repairs.admit(key, Instant::now(), apps, release.as_deref()) == crate::repairs::Admission::Go {
+    if ctx.repairs.admit(key, Instant::now(), apps, release.as_deref()) == crate::runtime::repairs::Admission::Go {
         return Ok(None);
     }
     // A conflict (a stale view) is written at the next look.
@@ -419,14 +420,14 @@ fn secret_view<'a>(
         app.metadata.namespace.as_deref().unwrap_or_default(),
         app.metadata.name.as_deref().unwrap_or_default(),
     );
-    let record = crate::record::judge(app, meta, &key, ctx.hasher.trusted(), now, retired.as_ref());
+    let record = crate::model::record::judge(app, meta, &key, ctx.hasher.trusted(), now, retired.as_ref());
     Ok(SecretView {
         meta,
         check,
         record,
-        resign: record == crate::record::Verdict::Signed
-            && (!crate::record::signed_by_newest(app, meta, &key) || !names_installation(ctx, meta)),
-        kept_id: crate::record::proven_app_id(app, meta, &key),
+        resign: record == crate::model::record::Verdict::Signed
+            && (!crate::model::record::signed_by_newest(app, meta, &key) || !names_installation(ctx, meta)),
+        kept_id: crate::model::record::proven_app_id(app, meta, &key),
     })
 }
 
@@ -627,7 +628,7 @@ async fn converge(
                 None => Ok(()),
             },
             Step::RestartConsumers(targets) => {
-                match crate::restart::restart_consumers(ctx, &app, targets).await {
+                match crate::controller::restart::restart_consumers(ctx, &app, targets).await {
                     // Some targets could not be restarted: try again after the backoff.
                     Ok(Some(wait)) => return Ok(Action::requeue(wait.min(resync))),
                     result => result.map(|_| ()),
@@ -878,7 +879,7 @@ fn unreachable_step() -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{OAuthAppSpec, OAuthAppStatus};
+    use crate::model::crd::{OAuthAppSpec, OAuthAppStatus};
     use std::collections::BTreeMap;
 
     #[test]

@@ -10,17 +10,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 
-use crate::crd::{
+use crate::model::crd::{
     DEFAULT_HISTORY_LIMIT, OAuthApp, OAuthAppStatus, RestartTarget, RolloutRestarts, RotationHistoryEntry,
     RotationTrigger,
 };
 
-pub use crate::record::{Drift, Verdict, annotations, app_id, client_id};
+pub use crate::model::record::{Drift, Verdict, annotations, app_id, client_id};
 
 /// Labels on every Secret the operator writes; the operator watches only Secrets that carry them.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].
-pub const MANAGED_BY: &str = crate::crd::MANAGER;
+pub const MANAGED_BY: &str = crate::model::crd::MANAGER;
 
 /// The Ready condition's reasons.
 pub mod reasons {
@@ -37,7 +37,7 @@ pub mod reasons {
     /// back or a person decides.
     pub const RECORD_UNVERIFIABLE: &str = "RecordUnverifiable";
     /// The app needs a repair (its Secret is gone or altered), and the brake on mass repair
-    /// holds it: too many apps needed one at once (crate::repairs).
+    /// holds it: too many apps needed one at once (crate::runtime::repairs).
     pub const REPAIR_HELD: &str = "RepairHeld";
     /// The Secret was altered again right after a repair for drift (another writer fights the
     /// operator, e.g. a GitOps tool re-applying `client_secret`): repairs back off
@@ -98,11 +98,11 @@ pub struct SecretView<'a> {
     pub meta: &'a ObjectMeta,
     /// The content check at the Secret's current resourceVersion, if one was made.
     pub check: Option<ContentCheck>,
-    /// Whether the record in its annotations is believed ([`crate::record::verdict`]).
+    /// Whether the record in its annotations is believed ([`crate::model::record::verdict`]).
     pub record: Verdict,
-    /// A believed record signed by an older key of the ring ([`crate::record::signed_by_newest`]).
+    /// A believed record signed by an older key of the ring ([`crate::model::record::signed_by_newest`]).
     pub resign: bool,
-    /// The app id the Secret's record proves ([`crate::record::proven_app_id`]): the id a
+    /// The app id the Secret's record proves ([`crate::model::record::proven_app_id`]): the id a
     /// restored or re-created app keeps.
     pub kept_id: Option<String>,
 }
@@ -178,11 +178,11 @@ pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> S
         return Step::Rotate(RotationTrigger::Annotation);
     }
 
-    let previous = crate::record::Record::from_annotations("", "", secret.meta)
+    let previous = crate::model::record::Record::from_annotations("", "", secret.meta)
         .and_then(|r| r.previous)
         .filter(|p| p.valid_at(now));
     if let Some(p) = &previous
-        && app.annotation(crate::crd::REVOKE_PREVIOUS_ANNOTATION) == Some(p.rotation_id.as_str())
+        && app.annotation(crate::model::crd::REVOKE_PREVIOUS_ANNOTATION) == Some(p.rotation_id.as_str())
     {
         return Step::RevokePrevious;
     }
@@ -233,11 +233,11 @@ pub fn grace_for(app: &OAuthApp, trigger: RotationTrigger, revoke: bool) -> Opti
         trigger,
         RotationTrigger::Annotation | RotationTrigger::Api | RotationTrigger::Schedule
     );
-    let revoke_annotation = app.annotation(crate::crd::ROTATE_REVOKE_ANNOTATION);
+    let revoke_annotation = app.annotation(crate::model::crd::ROTATE_REVOKE_ANNOTATION);
     let revoked = revoke
         || (trigger == RotationTrigger::Annotation
             && revoke_annotation
-                .is_some_and(|v| v == "true" || Some(v) == app.annotation(crate::crd::ROTATE_ANNOTATION)));
+                .is_some_and(|v| v == "true" || Some(v) == app.annotation(crate::model::crd::ROTATE_ANNOTATION)));
     if !routine || revoked {
         return None;
     }
@@ -350,7 +350,7 @@ pub fn history_limit(app: &OAuthApp) -> usize {
 pub fn history_after(
     app: &OAuthApp,
     newest: RotationHistoryEntry,
-    replaced: Option<&crate::record::Record>,
+    replaced: Option<&crate::model::record::Record>,
 ) -> Vec<RotationHistoryEntry> {
     let older = match replaced {
         Some(r) => r.history_entries(),
@@ -385,7 +385,7 @@ pub fn observed_rotate_token(app: &OAuthApp, replaced: Option<&ObjectMeta>) -> O
 
 /// True when `meta` has a controller ownerReference to this app (by uid).
 pub fn is_controlled_by(meta: &ObjectMeta, app: &OAuthApp) -> bool {
-    crate::record::controlled_by(meta, app)
+    crate::model::record::controlled_by(meta, app)
 }
 
 /// The Secret's ownerReferences follow `spec.secret.deletionPolicy`: with `Delete`, a
@@ -397,8 +397,8 @@ fn owner_in_sync(app: &OAuthApp, meta: &ObjectMeta) -> bool {
     };
     let refs: Vec<_> = meta.owner_references.iter().flatten().filter(ours).collect();
     match app.deletion_policy() {
-        crate::crd::DeletionPolicy::Delete => refs.len() == 1 && is_controlled_by(meta, app),
-        crate::crd::DeletionPolicy::Retain => refs.is_empty(),
+        crate::model::crd::DeletionPolicy::Delete => refs.len() == 1 && is_controlled_by(meta, app),
+        crate::model::crd::DeletionPolicy::Retain => refs.is_empty(),
     }
 }
 
@@ -413,7 +413,7 @@ pub fn apply_owner(app: &OAuthApp, meta: &mut ObjectMeta) {
         .into_iter()
         .filter(|r| !(r.kind == "OAuthApp" && Some(&r.name) == name.as_ref()))
         .collect();
-    if app.deletion_policy() == crate::crd::DeletionPolicy::Delete {
+    if app.deletion_policy() == crate::model::crd::DeletionPolicy::Delete {
         refs.extend(app.controller_owner_ref(&()));
     }
     meta.owner_references = (!refs.is_empty()).then_some(refs);
@@ -529,19 +529,19 @@ pub fn apply_secret_metadata(app: &OAuthApp, meta: &mut ObjectMeta) {
 /// When the next scheduled rotation of an app last rotated at `rotated_at` is due:
 /// `spec.rotation.interval` after it, or the first time of `spec.rotation.schedule` after it
 /// (in the past when a time was missed: then it is due now, once; see
-/// [`crate::schedule::next_rotation`]). None: no scheduled rotation. Err: a schedule the
+/// [`crate::model::schedule::next_rotation`]). None: no scheduled rotation. Err: a schedule the
 /// operator cannot use.
 pub fn next_rotation_time(
     app: &OAuthApp,
     rotated_at: Option<Timestamp>,
-) -> Result<Option<Timestamp>, crate::schedule::ScheduleError> {
+) -> Result<Option<Timestamp>, crate::model::schedule::ScheduleError> {
     let Some(rotation) = app.spec.rotation.as_ref() else {
         return Ok(None);
     };
     if let Some(expr) = rotation.schedule.as_deref() {
-        let schedule = crate::schedule::Schedule::parse_for_app(expr, rotation.time_zone.as_deref())?;
+        let schedule = crate::model::schedule::Schedule::parse_for_app(expr, rotation.time_zone.as_deref())?;
         return rotated_at
-            .map(|at| crate::schedule::next_rotation(&schedule, at))
+            .map(|at| crate::model::schedule::next_rotation(&schedule, at))
             .transpose();
     }
     Ok(rotation
@@ -592,7 +592,7 @@ pub fn status_from_secret(
     let previous = app.status.clone().unwrap_or_default();
     // Only ever called for a record the operator wrote (signed, or re-signed from the status).
     let secret_name = app.secret_name();
-    let record = crate::record::Record::from_annotations("", "", meta);
+    let record = crate::model::record::Record::from_annotations("", "", meta);
     let record = record.as_ref();
     let next_rotation = next_rotation_time(app, rotated_at);
     let (ready, reason, message) = match &next_rotation {
@@ -612,9 +612,9 @@ pub fn status_from_secret(
     };
     // The id is made once and kept: the status's, else the one the record proves, else the
     // uid's (a new app).
-    let app_id = crate::record::status_app_id(app)
+    let app_id = crate::model::record::status_app_id(app)
         .or_else(|| kept_id.map(str::to_string))
-        .or_else(|| crate::record::uid_app_id(app));
+        .or_else(|| crate::model::record::uid_app_id(app));
     OAuthAppStatus {
         client_id: app.spec.client_id.clone().or_else(|| app_id.clone()),
         app_id,
@@ -633,7 +633,7 @@ pub fn status_from_secret(
             .and_then(|r| r.previous.clone())
             .filter(|p| p.valid_at(now))
             .and_then(|p| {
-                Some(Box::new(crate::crd::PreviousSecret {
+                Some(Box::new(crate::model::crd::PreviousSecret {
                     expires_at: time(p.expiry()?),
                     rotation_id: p.rotation_id,
                     client_secret_hash: p.hash,
@@ -713,7 +713,7 @@ pub fn unverifiable_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
          to check it against; nothing is rotated. Restore the record key Secret, or accept the Secret as it is \
          with the annotation {}=<its rotation id> on this app (see the README)",
         app.secret_name(),
-        crate::crd::ACCEPT_SECRET_ANNOTATION,
+        crate::model::crd::ACCEPT_SECRET_ANNOTATION,
     );
     not_ready_status(app, reasons::RECORD_UNVERIFIABLE, message, now)
 }
@@ -724,7 +724,7 @@ pub fn repair_held_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
         "Secret {} needs a repair (it is gone or altered), and too many apps needed one at once: repairs are held until \
          a person releases them with a new value of the annotation {} on the record key Secret (see the README)",
         app.secret_name(),
-        crate::repairs::RELEASE_ANNOTATION,
+        crate::runtime::repairs::RELEASE_ANNOTATION,
     );
     not_ready_status(app, reasons::REPAIR_HELD, message, now)
 }
@@ -860,7 +860,7 @@ fn condition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{OAuthAppSpec, RotationSpec, SecretSpec};
+    use crate::model::crd::{OAuthAppSpec, RotationSpec, SecretSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     const UID: &str = "ffffffff-ffff-ffff-ffff-ffffffffffff";
@@ -958,7 +958,7 @@ mod tests {
         app.spec.rollout_restart_targets = names
             .iter()
             .map(|n| RestartTarget {
-                kind: crate::crd::RestartKind::Deployment,
+                kind: crate::model::crd::RestartKind::Deployment,
                 name: n.to_string(),
             })
             .collect();
@@ -1072,12 +1072,12 @@ mod tests {
             ..Default::default()
         }));
         let mut rec =
-            crate::record::Record::from_annotations("", "", &owned_secret("r1", "1", None)).unwrap();
+            crate::model::record::Record::from_annotations("", "", &owned_secret("r1", "1", None)).unwrap();
         let mut history = Vec::new();
         for i in 2..=5 {
             history = history_after(&app, entry(&format!("r{i}"), RotationTrigger::Api), Some(&rec));
             rec.rotation_id = format!("r{i}");
-            rec.history = crate::record::Record::history_value(&history);
+            rec.history = crate::model::record::Record::history_value(&history);
         }
         assert_eq!(
             history.iter().map(|e| e.rotation_id.as_str()).collect::<Vec<_>>(),
@@ -1649,7 +1649,7 @@ mod tests {
         assert_eq!(grace_for(&self::app(), RotationTrigger::Api, false), None);
         let mut revoking = app.clone();
         revoking.metadata.annotations = Some(BTreeMap::from([(
-            crate::crd::ROTATE_REVOKE_ANNOTATION.to_string(),
+            crate::model::crd::ROTATE_REVOKE_ANNOTATION.to_string(),
             "true".to_string(),
         )]));
         assert_eq!(grace_for(&revoking, RotationTrigger::Annotation, false), None);
@@ -1657,15 +1657,15 @@ mod tests {
         // Valued with the rotate token it goes with: that rotation revokes, the next does not.
         let mut once = app.clone();
         once.metadata.annotations = Some(BTreeMap::from([
-            (crate::crd::ROTATE_ANNOTATION.to_string(), "t1".to_string()),
-            (crate::crd::ROTATE_REVOKE_ANNOTATION.to_string(), "t1".to_string()),
+            (crate::model::crd::ROTATE_ANNOTATION.to_string(), "t1".to_string()),
+            (crate::model::crd::ROTATE_REVOKE_ANNOTATION.to_string(), "t1".to_string()),
         ]));
         assert_eq!(grace_for(&once, RotationTrigger::Annotation, false), None);
         once.metadata
             .annotations
             .as_mut()
             .expect("annotations")
-            .insert(crate::crd::ROTATE_ANNOTATION.to_string(), "t2".to_string());
+            .insert(crate::model::crd::ROTATE_ANNOTATION.to_string(), "t2".to_string());
         assert_eq!(
             grace_for(&once, RotationTrigger::Annotation, false),
             twenty,
@@ -1721,7 +1721,7 @@ mod tests {
         let mut app = settled(with_grace("20s"), &meta);
         let ann = |v: &str| {
             Some(BTreeMap::from([(
-                crate::crd::REVOKE_PREVIOUS_ANNOTATION.to_string(),
+                crate::model::crd::REVOKE_PREVIOUS_ANNOTATION.to_string(),
                 v.to_string(),
             )]))
         };

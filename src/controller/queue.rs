@@ -4,7 +4,7 @@
 //! (360 bytes per app in the cache, for two strings) and keeps a key of four strings per app in
 //! its store and in each of its queues. This queue keeps, per app, only the key the caller gives
 //! it, and only while something is due for that app; the cache holds the compact
-//! [`crate::cached::CachedApp`].
+//! [`crate::runtime::cached::CachedApp`].
 //!
 //! What it guarantees, as kube's controller did:
 //! - an app is reconciled by one reconcile at a time; a trigger while it runs brings it back

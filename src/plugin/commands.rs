@@ -11,7 +11,7 @@ use kube::{Api, Client};
 use serde::Serialize;
 
 use super::{AppRow, FindKey, previous_kept_until, rotate_nonce, rotate_patch, rotation_done};
-use crate::crd::{OAuthApp, ROTATE_ANNOTATION};
+use crate::model::crd::{OAuthApp, ROTATE_ANNOTATION};
 
 /// Why a command failed as a whole (per-app failures of `rotate` are results, not errors).
 #[derive(Debug, thiserror::Error)]
@@ -288,7 +288,7 @@ pub async fn add_key(client: &Client, namespace: &str, name: &str) -> Result<Key
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
     let mut older = Vec::new();
     let mut free = None;
-    for slot in crate::record::key_slots(name) {
+    for slot in crate::model::record::key_slots(name) {
         let found = secrets
             .get_metadata_opt(&slot)
             .await
@@ -307,9 +307,9 @@ pub async fn add_key(client: &Client, namespace: &str, name: &str) -> Result<Key
         )));
     };
     let bytes =
-        crate::record::new_key_bytes().map_err(|e| PluginError::Usage(format!("no key made: {e}")))?;
-    let key_id = crate::record::key_id(&bytes);
-    let secret = crate::record::key_secret(namespace, &slot, bytes);
+        crate::model::record::new_key_bytes().map_err(|e| PluginError::Usage(format!("no key made: {e}")))?;
+    let key_id = crate::model::record::key_id(&bytes);
+    let secret = crate::model::record::key_secret(namespace, &slot, bytes);
     secrets
         .create(&Default::default(), &secret)
         .await

@@ -10,8 +10,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::controller::plan::app_id;
-use crate::crd::{OAuthApp, PreviousSecret, ROTATE_ANNOTATION, ROTATE_REVOKE_ANNOTATION};
-use crate::secret::{self, HashError};
+use crate::model::crd::{OAuthApp, PreviousSecret, ROTATE_ANNOTATION, ROTATE_REVOKE_ANNOTATION};
+use crate::model::secret::{self, HashError};
 
 /// The most a client secret read from stdin may be: a real one is 53 bytes; anything past this
 /// is not read, so a wrong pipe cannot fill memory.
@@ -203,7 +203,7 @@ pub enum FindKey {
 
 impl FindKey {
     pub fn parse(s: &str) -> FindKey {
-        match crate::id::decode(s) {
+        match crate::model::id::decode(s) {
             Ok(uid) => FindKey::Uid(uid),
             Err(_) => FindKey::ClientId(s.to_string()),
         }
@@ -327,7 +327,7 @@ fn check(app_name: &str, field: &'static str, presented: &str, hash: &str) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{OAuthAppSpec, OAuthAppStatus};
+    use crate::model::crd::{OAuthAppSpec, OAuthAppStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     fn now() -> jiff::Timestamp {

@@ -19,11 +19,11 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 
 use super::IdentityProvider;
-use super::crd::{ClientDeletionPolicy, OAuthProvider, OAuthProviderStatus};
+use crate::model::provider::{ClientDeletionPolicy, OAuthProvider, OAuthProviderStatus};
 use super::keycloak::Keycloak;
-use crate::context::Context;
-use crate::crd::{MANAGER, OAuthApp};
-use crate::error::Error;
+use crate::runtime::context::Context;
+use crate::model::crd::{MANAGER, OAuthApp};
+use crate::runtime::error::Error;
 
 /// A Ready provider is checked again after this long.
 const RECHECK: Duration = Duration::from_secs(60);
@@ -45,7 +45,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
-                debug!(error = %crate::error::redact(&e.to_string()), "OAuthProvider reconcile stream");
+                debug!(error = %crate::runtime::error::redact(&e.to_string()), "OAuthProvider reconcile stream");
             }
         })
         .await;
@@ -128,7 +128,7 @@ async fn sweep(ctx: &Context, provider: &OAuthProvider, kc: &Keycloak) -> Result
             secondary: None,
         };
         if let Err(e) = ctx.recorder().publish(&event, &provider.object_ref(&())).await {
-            warn!(provider = %provider.name_any(), error = %crate::error::redact(&e.to_string()), "failed to publish event");
+            warn!(provider = %provider.name_any(), error = %crate::runtime::error::redact(&e.to_string()), "failed to publish event");
         }
     }
     Ok(())
@@ -213,7 +213,7 @@ async fn write_ready(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::crd::OAuthProviderSpec;
+    use crate::model::provider::OAuthProviderSpec;
 
     #[test]
     fn the_status_is_written_only_when_ready_changes_and_keeps_its_transition_time() {

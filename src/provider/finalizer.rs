@@ -21,11 +21,11 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::crd::{ClientDeletionPolicy, OAuthProvider};
+use crate::model::provider::{ClientDeletionPolicy, OAuthProvider};
 use super::{IdentityProvider, OwnedClient};
-use crate::context::Context;
-use crate::crd::{DeletionPolicy, MANAGER, OAuthApp};
-use crate::error::Error;
+use crate::runtime::context::Context;
+use crate::model::crd::{DeletionPolicy, MANAGER, OAuthApp};
+use crate::runtime::error::Error;
 use crate::rotation::app_key;
 
 /// The finalizer on an app with a provider.
@@ -165,7 +165,7 @@ async fn delete_client(ctx: &Context, app: &OAuthApp) -> Result<(), Error> {
         secondary: None,
     };
     if let Err(e) = ctx.recorder().publish(&event, &provider.object_ref(&())).await {
-        warn!(app = %key, error = %crate::error::redact(&e.to_string()), "failed to publish event");
+        warn!(app = %key, error = %crate::runtime::error::redact(&e.to_string()), "failed to publish event");
     }
     Ok(())
 }
@@ -173,8 +173,8 @@ async fn delete_client(ctx: &Context, app: &OAuthApp) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::OAuthAppSpec;
-    use crate::provider::crd::ProviderRef;
+    use crate::model::crd::OAuthAppSpec;
+    use crate::model::provider::ProviderRef;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn app(provider: bool, finalizer: bool, deleting: bool) -> OAuthApp {

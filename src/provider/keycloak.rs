@@ -103,7 +103,7 @@ impl Keycloak {
             source = cause.source();
         }
         let url = self.url.clone();
-        let detail = crate::error::redact(&detail);
+        let detail = crate::runtime::error::redact(&detail);
         if tls {
             ProviderError::Tls { url, detail }
         } else {
@@ -146,7 +146,7 @@ impl Keycloak {
             .collect::<Vec<_>>()
             .join(": ");
         let said: String = said.chars().take(200).collect();
-        let detail = crate::error::redact(&format!("{what}: HTTP {status} {said}"));
+        let detail = crate::runtime::error::redact(&format!("{what}: HTTP {status} {said}"));
         let url = self.url.clone();
         match status.as_u16() {
             // The admin API with a valid token: the account lacks the role.

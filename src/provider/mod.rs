@@ -13,7 +13,6 @@
 //! ([`sync::check_app`]) puts the Secret's secret back at the provider, without a new rotation.
 
 pub mod controller;
-pub mod crd;
 pub mod finalizer;
 pub mod keycloak;
 pub mod sync;

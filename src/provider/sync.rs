@@ -13,15 +13,15 @@ use kube::runtime::events::EventType;
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
-use super::crd::OAuthProvider;
+use crate::model::provider::OAuthProvider;
 use super::keycloak::Keycloak;
 use super::{DesiredClient, Grace, Holds, IdentityProvider, Previous, ProviderError, Put};
-use crate::context::Context;
-use crate::crd::{CLIENT_SECRET_KEY, OAuthApp};
-use crate::error::Error;
-use crate::record::annotations;
+use crate::runtime::context::Context;
+use crate::model::crd::{CLIENT_SECRET_KEY, OAuthApp};
+use crate::runtime::error::Error;
+use crate::model::record::annotations;
 use crate::rotation::{self, app_key};
-use crate::secret::ClientSecret;
+use crate::model::secret::ClientSecret;
 
 /// The app's condition: whether the provider holds what the Secret holds.
 pub const PROVIDER_SYNCED: &str = "ProviderSynced";
@@ -1127,7 +1127,7 @@ mod tests {
         let secret = ClientSecret::generate().expect("secret");
         let e = ProviderError::Rejected {
             url: "http://127.0.0.1:1".into(),
-            detail: crate::error::redact(&format!("echoed {}", secret.expose())),
+            detail: crate::runtime::error::redact(&format!("echoed {}", secret.expose())),
         };
         assert!(!e.to_string().contains(secret.expose()));
     }

@@ -12,8 +12,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use oauthapp_operator::api::{CreatedOAuthApp, OAuthAppList, OAuthAppView, RestErrorResponse, RotatedSecret};
-use oauthapp_operator::crd::OAuthApp;
-use oauthapp_operator::{id, secret};
+use oauthapp_operator::model::crd::OAuthApp;
+use oauthapp_operator::model::{id, secret};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -1862,7 +1862,7 @@ async fn verify_accepts_the_current_and_the_unexpired_previous_secret_and_reveal
     );
 
     // Wrong secret, unknown client id, a caller without the verb: the same answer.
-    let wrong = oauthapp_operator::secret::ClientSecret::generate().expect("secret");
+    let wrong = oauthapp_operator::model::secret::ClientSecret::generate().expect("secret");
     assert_eq!(
         verify(gateway.clone(), client_id.clone(), wrong.expose().to_string()).await,
         invalid

@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
-use oauthapp_operator::crd::OAuthApp;
-use oauthapp_operator::secret;
+use oauthapp_operator::model::crd::OAuthApp;
+use oauthapp_operator::model::secret;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -330,7 +330,7 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
                 [v] if v == "create" => {}
                 [g, u] if g == "get" && u == "update" => assert_eq!(
                     strings(&rule["resourceNames"]),
-                    [oauthapp_operator::ledger::configmap_name(
+                    [oauthapp_operator::runtime::ledger::configmap_name(
                         "oauthapp-operator-record-key"
                     )]
                 ),
@@ -343,7 +343,7 @@ fn default_values_render_a_leader_elected_cluster_wide_operator_with_restricted_
             [v] if v == "get" => {
                 assert_eq!(
                     strings(&rule["resourceNames"]),
-                    oauthapp_operator::record::key_slots("oauthapp-operator-record-key")
+                    oauthapp_operator::model::record::key_slots("oauthapp-operator-record-key")
                 )
             }
             [v] if v == "create" => {}

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
-use oauthapp_operator::crd::OAuthApp;
+use oauthapp_operator::model::crd::OAuthApp;
 
 use crate::support::*;
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use oauthapp_operator::crd::OAuthApp;
-use oauthapp_operator::record::RecordKey;
+use oauthapp_operator::model::crd::OAuthApp;
+use oauthapp_operator::model::record::RecordKey;
 
 use crate::support::*;
 use crate::trust::settled;
@@ -170,7 +170,7 @@ async fn all_signed_by(
         ) else {
             return false;
         };
-        if !oauthapp_operator::record::signed_by_newest(&app, &secret.metadata, ring) {
+        if !oauthapp_operator::model::record::signed_by_newest(&app, &secret.metadata, ring) {
             return false;
         }
     }
@@ -181,7 +181,7 @@ async fn all_signed_by(
 /// random bytes in the operator's namespace).
 fn make_key(ns: &str, name: &str) -> Vec<u8> {
     // 32 bytes of a fresh client secret's random part: as random as the key needs.
-    let secret = oauthapp_operator::secret::ClientSecret::generate().expect("random");
+    let secret = oauthapp_operator::model::secret::ClientSecret::generate().expect("random");
     let bytes = secret.expose().as_bytes()[4..36].to_vec();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("hmac-key");
@@ -265,7 +265,7 @@ async fn the_record_key_deleted_and_the_operator_restarted_replaces_no_secret() 
     );
 
     // The key is restored from the backup: the operator goes on, and nothing is replaced.
-    let restored = oauthapp_operator::record::key_secret(&key_ns, KEY_SECRET, backup);
+    let restored = oauthapp_operator::model::record::key_secret(&key_ns, KEY_SECRET, backup);
     keys.create(&Default::default(), &restored)
         .await
         .expect("restore the key");
@@ -348,7 +348,7 @@ async fn a_new_key_re_signs_every_record_and_the_old_one_retires_without_a_new_s
     let new = key_bytes(&keys, &format!("{KEY_SECRET}-2")).await;
     assert_eq!(
         added["keyId"],
-        oauthapp_operator::record::key_id(&new),
+        oauthapp_operator::model::record::key_id(&new),
         "it names the key it made"
     );
     let ring = RecordKey::ring(vec![new, old]).expect("ring");
@@ -424,11 +424,11 @@ async fn a_secret_written_back_from_an_earlier_copy_does_not_bring_back_its_reti
     let (app, current) = settled(&apps, &secrets, "portal", 3).await;
     let status = app.status.clone().expect("status");
     assert!(
-        !oauthapp_operator::secret::verify(&old, status.client_secret_hash.as_deref().expect("hash"))
+        !oauthapp_operator::model::secret::verify(&old, status.client_secret_hash.as_deref().expect("hash"))
             .unwrap()
     );
     assert!(
-        !oauthapp_operator::secret::verify(
+        !oauthapp_operator::model::secret::verify(
             &old,
             &status.previous_secret.expect("previous").client_secret_hash
         )
@@ -453,7 +453,7 @@ async fn a_secret_written_back_from_an_earlier_copy_does_not_bring_back_its_reti
         Some("SecretDrift")
     );
     assert!(
-        !oauthapp_operator::secret::verify(&old, status.client_secret_hash.as_deref().expect("hash"))
+        !oauthapp_operator::model::secret::verify(&old, status.client_secret_hash.as_deref().expect("hash"))
             .unwrap()
     );
     assert_eq!(status.previous_secret, None, "a repair leaves one valid secret");
@@ -558,7 +558,7 @@ async fn an_operator_started_against_an_older_crd_refuses_and_says_to_apply_the_
     let cp = &private.0;
     // The CRD as a release before the grace period installed it: no status.previousSecret.
     let mut old: serde_json::Value =
-        serde_json::to_value(<oauthapp_operator::crd::OAuthApp as kube::CustomResourceExt>::crd())
+        serde_json::to_value(<oauthapp_operator::model::crd::OAuthApp as kube::CustomResourceExt>::crd())
             .expect("crd");
     old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
         .as_object_mut()
@@ -663,7 +663,7 @@ fn plaintext_of(secret: &Secret) -> String {
 fn both_verify(app: &OAuthApp, secret: &Secret, previous: Option<&str>) {
     let status = app.status.as_ref().expect("status");
     assert!(
-        oauthapp_operator::secret::verify(
+        oauthapp_operator::model::secret::verify(
             &plaintext_of(secret),
             status.client_secret_hash.as_deref().expect("hash")
         )
@@ -671,7 +671,7 @@ fn both_verify(app: &OAuthApp, secret: &Secret, previous: Option<&str>) {
     );
     if let Some(previous) = previous {
         let p = status.previous_secret.as_ref().expect("a previous secret");
-        assert!(oauthapp_operator::secret::verify(previous, &p.client_secret_hash).expect("PHC"));
+        assert!(oauthapp_operator::model::secret::verify(previous, &p.client_secret_hash).expect("PHC"));
     }
 }
 
@@ -779,7 +779,7 @@ async fn a_velero_restore_of_a_lost_namespace_replaces_no_secret_and_keeps_every
         let id = before[name].app_id.clone().expect("app id");
         let app = apps.get(name).await.expect("app");
         assert_ne!(
-            oauthapp_operator::record::uid_app_id(&app).as_deref(),
+            oauthapp_operator::model::record::uid_app_id(&app).as_deref(),
             Some(id.as_str()),
             "the uid changed"
         );
@@ -910,10 +910,10 @@ async fn a_revoked_secret_never_comes_back_through_a_deleted_and_re_created_app(
         (operator.metric("oauthapp_retired_records").await? >= 1.0).then_some(())
     })
     .await;
-    let ledger = oauthapp_operator::ledger::configmap_name("oauthapp-operator-record-key");
+    let ledger = oauthapp_operator::runtime::ledger::configmap_name("oauthapp-operator-record-key");
     eventually("the ledger written to its ConfigMap", WAIT, || async {
         let out = control_plane().kubectl(&["get", "configmap", &ledger, "-n", &key_ns, "-o", "json"]);
-        let key = oauthapp_operator::ledger::key(&ns, "portal");
+        let key = oauthapp_operator::runtime::ledger::key(&ns, "portal");
         (out.status.success() && stdout(&out).contains(&key)).then_some(())
     })
     .await;
@@ -945,7 +945,7 @@ async fn a_revoked_secret_never_comes_back_through_a_deleted_and_re_created_app(
     assert_eq!(status.previous_secret, None);
     assert_ne!(plaintext_of(&secret), leaked);
     assert!(
-        !oauthapp_operator::secret::verify(&leaked, status.client_secret_hash.as_deref().expect("hash"))
+        !oauthapp_operator::model::secret::verify(&leaked, status.client_secret_hash.as_deref().expect("hash"))
             .unwrap()
     );
     drop(operator);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kube::Api;
-use oauthapp_operator::crd::OAuthApp;
+use oauthapp_operator::model::crd::OAuthApp;
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -437,7 +437,7 @@ async fn secret_matches_status(cp: &ControlPlane, apps: &Api<OAuthApp>, ns: &str
         || async {
             let hash = apps.get(name).await.ok()?.status?.client_secret_hash?;
             let secret = secret_of(cp, ns, name);
-            oauthapp_operator::secret::verify(&secret, &hash)
+            oauthapp_operator::model::secret::verify(&secret, &hash)
                 .ok()?
                 .then_some(secret)
         },

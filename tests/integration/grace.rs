@@ -7,8 +7,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
-use oauthapp_operator::crd::{OAuthApp, OAuthAppStatus};
-use oauthapp_operator::secret;
+use oauthapp_operator::model::crd::{OAuthApp, OAuthAppStatus};
+use oauthapp_operator::model::secret;
 
 use crate::support::*;
 

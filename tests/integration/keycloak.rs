@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
-use oauthapp_operator::crd::{OAuthApp, PreviousSecret};
-use oauthapp_operator::provider::crd::OAuthProvider;
+use oauthapp_operator::model::crd::{OAuthApp, PreviousSecret};
+use oauthapp_operator::model::provider::OAuthProvider;
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -2245,7 +2245,7 @@ async fn verified(port: u16, token: &str, client_id: &str, secret: &str) -> Valu
 
 /// A well-formed secret that is no app's.
 fn stranger_secret() -> String {
-    oauthapp_operator::secret::ClientSecret::generate()
+    oauthapp_operator::model::secret::ClientSecret::generate()
         .expect("random")
         .expose()
         .to_string()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
-use oauthapp_operator::crd::OAuthApp;
+use oauthapp_operator::model::crd::OAuthApp;
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
-use oauthapp_operator::crd::{OAuthApp, OAuthAppSpec, SecretSpec};
-use oauthapp_operator::{record, secret};
+use oauthapp_operator::model::crd::{OAuthApp, OAuthAppSpec, SecretSpec};
+use oauthapp_operator::model::{record, secret};
 
 use crate::support::*;
 
@@ -181,7 +181,7 @@ async fn creating_an_app_provisions_a_secret_that_verifies_against_its_status() 
     let uid = uuid::Uuid::parse_str(&app.uid().expect("uid")).expect("uuid");
     assert_eq!(
         status.app_id.as_deref(),
-        Some(oauthapp_operator::id::encode(uid).as_str())
+        Some(oauthapp_operator::model::id::encode(uid).as_str())
     );
     assert_eq!(status.client_id, status.app_id, "clientId defaults to the app id");
     assert_eq!(client_id(&secret), status.app_id.clone().expect("app id"));

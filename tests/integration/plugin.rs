@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use oauthapp_operator::crd::OAuthApp;
+use oauthapp_operator::model::crd::OAuthApp;
 use serde_json::Value;
 
 use crate::support::*;
@@ -76,7 +76,7 @@ async fn client_secret(ns: &str, app: &str) -> String {
     String::from_utf8(bytes).expect("utf-8")
 }
 
-fn status_of(app: &OAuthApp) -> &oauthapp_operator::crd::OAuthAppStatus {
+fn status_of(app: &OAuthApp) -> &oauthapp_operator::model::crd::OAuthAppStatus {
     app.status.as_ref().expect("status")
 }
 
@@ -474,7 +474,7 @@ async fn verify_refuses_a_status_hash_it_cannot_trust_and_says_why() {
     let ns = namespace("plugin-verify-untrusted");
     let cp = control_plane();
     apply(&ns, &app_manifest("billing", ""));
-    let generated = oauthapp_operator::secret::ClientSecret::generate().expect("a secret");
+    let generated = oauthapp_operator::model::secret::ClientSecret::generate().expect("a secret");
     let secret = generated.expose();
 
     let out = plugin_as(&cp.kubeconfig, &["verify", "billing", "-n", &ns], secret);

@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use oauthapp_operator::crd::{CLIENT_SECRET_KEY, OAuthApp};
+use oauthapp_operator::model::crd::{CLIENT_SECRET_KEY, OAuthApp};
 
 use crate::support::*;
 
@@ -56,7 +56,7 @@ fn count(requests: &[(String, String, i64)], verb: &str, resource: &str) -> usiz
 /// The status and body of `POST /api/v1/oauth-apps/{id}/rotate`.
 async fn rotate(operator: &Operator, app: &OAuthApp, token: &str) -> (u16, String) {
     let uid = uuid::Uuid::parse_str(&app.uid().expect("uid")).expect("uuid");
-    let id = oauthapp_operator::id::encode(uid);
+    let id = oauthapp_operator::model::id::encode(uid);
     http_request(
         operator.api_port,
         "POST",

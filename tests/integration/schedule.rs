@@ -7,8 +7,8 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-use oauthapp_operator::crd::OAuthApp;
-use oauthapp_operator::record;
+use oauthapp_operator::model::crd::OAuthApp;
+use oauthapp_operator::model::record;
 
 use crate::support::*;
 

@@ -33,8 +33,8 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client, ResourceExt};
-use oauthapp_operator::crd::{CLIENT_SECRET_KEY, OAuthApp, ROTATE_ANNOTATION};
-use oauthapp_operator::record::annotations;
+use oauthapp_operator::model::crd::{CLIENT_SECRET_KEY, OAuthApp, ROTATE_ANNOTATION};
+use oauthapp_operator::model::record::annotations;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -1463,9 +1463,9 @@ fn write_results(report: &Value) {
 #[test]
 fn a_plaintext_is_found_in_a_log_as_itself_or_in_base64() {
     use base64::Engine as _;
-    let secret = oauthapp_operator::secret::ClientSecret::generate().expect("a secret");
+    let secret = oauthapp_operator::model::secret::ClientSecret::generate().expect("a secret");
     let plaintext = secret.expose().to_string();
-    let other = oauthapp_operator::secret::ClientSecret::generate()
+    let other = oauthapp_operator::model::secret::ClientSecret::generate()
         .expect("a secret")
         .expose()
         .to_string();

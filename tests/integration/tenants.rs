@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
-use oauthapp_operator::crd::OAuthApp;
+use oauthapp_operator::model::crd::OAuthApp;
 
 use crate::support::*;
 
@@ -49,7 +49,7 @@ async fn verify(port: u16, token: &str, client_id: &str, secret: &str) -> Option
 
 /// A secret of the right shape that is no app's.
 fn wrong_secret() -> String {
-    oauthapp_operator::secret::ClientSecret::generate()
+    oauthapp_operator::model::secret::ClientSecret::generate()
         .expect("random")
         .expose()
         .to_string()
@@ -361,7 +361,7 @@ async fn a_squatter_on_another_tenants_client_id_cannot_be_rotated_into_holding_
             .then_some(app)
     })
     .await;
-    let id = oauthapp_operator::id::encode(
+    let id = oauthapp_operator::model::id::encode(
         squatter
             .metadata
             .uid

@@ -7,8 +7,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-use oauthapp_operator::crd::OAuthApp;
-use oauthapp_operator::secret::{self, ClientSecret, HashParams};
+use oauthapp_operator::model::crd::OAuthApp;
+use oauthapp_operator::model::secret::{self, ClientSecret, HashParams};
 use serde_json::json;
 
 use crate::support::*;

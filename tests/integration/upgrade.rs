@@ -18,7 +18,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
-use oauthapp_operator::crd::{OAuthApp, RotationTrigger};
+use oauthapp_operator::model::crd::{OAuthApp, RotationTrigger};
 
 use crate::support::*;
 

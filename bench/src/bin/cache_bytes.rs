@@ -12,9 +12,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, ObjectList, PartialObjectMeta};
 use kube::runtime::watcher::Event;
 use kube::{Api, Client};
-use oauthapp_operator::cached::{CachedApp, CachedSecret};
-use oauthapp_operator::crd::OAuthApp;
-use oauthapp_operator::watches::{strip_app, strip_secret};
+use oauthapp_operator::runtime::cached::{CachedApp, CachedSecret};
+use oauthapp_operator::model::crd::OAuthApp;
+use oauthapp_operator::runtime::watches::{strip_app, strip_secret};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -44,13 +44,13 @@ async fn main() -> anyhow::Result<()> {
         .context("listing the Secrets")?;
     let (n_apps, n_secrets) = (app_texts.len(), secret_texts.len());
 
-    let (app_store, mut app_writer) = oauthapp_operator::store::store::<CachedApp>();
+    let (app_store, mut app_writer) = oauthapp_operator::runtime::store::store::<CachedApp>();
     let app_bytes = counted(app_texts, |text| {
         let mut app: OAuthApp = serde_json::from_str(text).expect("an app read back");
         strip_app(&mut app);
         app_writer.apply_watcher_event(&Event::Apply(CachedApp::from(app)));
     });
-    let (secret_store, mut secret_writer) = oauthapp_operator::store::store::<CachedSecret>();
+    let (secret_store, mut secret_writer) = oauthapp_operator::runtime::store::store::<CachedSecret>();
     let secret_bytes = counted(secret_texts, |text| {
         let mut secret: PartialObjectMeta<Secret> = serde_json::from_str(text).expect("a Secret read back");
         strip_secret(&mut secret);

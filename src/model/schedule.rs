@@ -140,7 +140,7 @@ pub enum Turn {
 pub struct ScheduledRotations {
     spacing: Duration,
     state: Mutex<Slots>,
-    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    metrics: Option<std::sync::Arc<crate::runtime::metrics::Metrics>>,
 }
 
 #[derive(Default)]
@@ -175,7 +175,7 @@ const STALE: Duration = Duration::from_secs(60);
 
 impl ScheduledRotations {
     /// At most `per_second` scheduled rotations start per second (at least one a day).
-    pub fn new(per_second: f64, metrics: Option<std::sync::Arc<crate::metrics::Metrics>>) -> Self {
+    pub fn new(per_second: f64, metrics: Option<std::sync::Arc<crate::runtime::metrics::Metrics>>) -> Self {
         let per_second = if per_second.is_finite() {
             per_second.max(1.0 / 86_400.0)
         } else {
@@ -541,7 +541,7 @@ mod tests {
 
     #[test]
     fn a_cancelled_or_forgotten_reservation_stops_counting_as_waiting() {
-        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let metrics = std::sync::Arc::new(crate::runtime::metrics::Metrics::new());
         let limit = ScheduledRotations::new(1.0, Some(metrics.clone()));
         let t0 = Instant::now();
         assert_eq!(limit.turn("a", t0), Turn::Now);

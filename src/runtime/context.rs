@@ -25,10 +25,10 @@ impl Context {
 }
 
 use crate::controller::plan::ContentCheck;
-use crate::error::Error;
-use crate::hasher::Hasher;
-use crate::metrics::Metrics;
-use crate::record::{KeyCell, RecordKey};
+use crate::runtime::error::Error;
+use crate::runtime::hasher::Hasher;
+use crate::runtime::metrics::Metrics;
+use crate::model::record::{KeyCell, RecordKey};
 
 pub struct Context {
     pub client: Client,
@@ -53,21 +53,21 @@ pub struct Context {
     /// waits for it, within its timeout, so an audit Event is not lost to a SIGTERM.
     pub background: tokio_util::task::TaskTracker,
     /// Whether the controller may write (closed while this replica does not lead).
-    pub leadership: crate::leader::Leadership,
+    pub leadership: crate::runtime::leader::Leadership,
     /// The operator-wide limit on scheduled rotations (`--max-scheduled-rotations-per-second`).
-    pub scheduled_rotations: crate::schedule::ScheduledRotations,
+    pub scheduled_rotations: crate::model::schedule::ScheduledRotations,
     /// Records re-signed with a new key of the ring, at most [`RESIGNS_PER_SECOND`]: a new key
     /// moves every record over in the background, never as a burst of writes.
     pub resigns: governor::DefaultDirectRateLimiter,
-    /// The brake on mass repair (crate::repairs).
-    pub repairs: crate::repairs::RepairBrake,
+    /// The brake on mass repair (crate::runtime::repairs).
+    pub repairs: crate::runtime::repairs::RepairBrake,
     /// Repairs start in turn, at most `--max-repairs-per-second`.
-    pub repair_turns: crate::schedule::ScheduledRotations,
+    pub repair_turns: crate::model::schedule::ScheduledRotations,
     /// This installation (`<namespace>/<record key Secret>`): recorded on every app it manages;
     /// an app recorded for another is left alone.
     pub installation: String,
-    /// The newest rotation of each deleted app's name (crate::ledger).
-    pub ledger: Arc<crate::ledger::Ledger>,
+    /// The newest rotation of each deleted app's name (crate::runtime::ledger).
+    pub ledger: Arc<crate::runtime::ledger::Ledger>,
     /// What this process knows of its apps' identity providers (checks, backoffs, providers
     /// found unreachable).
     pub providers: Arc<crate::provider::sync::State>,
@@ -82,11 +82,11 @@ pub const RESIGNS_PER_SECOND: std::num::NonZeroU32 = std::num::NonZeroU32::new(1
 impl Context {
     pub fn new(client: Client, hasher: Hasher, metrics: Arc<Metrics>, instance: String) -> Self {
         let reporter = Reporter {
-            controller: crate::crd::MANAGER.into(),
+            controller: crate::model::crd::MANAGER.into(),
             instance: Some(instance),
         };
-        let scheduled_rotations = crate::schedule::ScheduledRotations::new(
-            crate::schedule::DEFAULT_MAX_PER_SECOND,
+        let scheduled_rotations = crate::model::schedule::ScheduledRotations::new(
+            crate::model::schedule::DEFAULT_MAX_PER_SECOND,
             Some(metrics.clone()),
         );
         Self {
@@ -100,11 +100,11 @@ impl Context {
             own_writes: OwnWrites::default(),
             failpoint: failpoint_from_env(),
             background: tokio_util::task::TaskTracker::new(),
-            leadership: crate::leader::Leadership::default(),
+            leadership: crate::runtime::leader::Leadership::default(),
             scheduled_rotations,
             resigns: governor::RateLimiter::direct(governor::Quota::per_second(RESIGNS_PER_SECOND)),
-            repairs: crate::repairs::RepairBrake::new(crate::repairs::BrakeSettings::default()),
-            repair_turns: crate::schedule::ScheduledRotations::new(DEFAULT_REPAIRS_PER_SECOND, None),
+            repairs: crate::runtime::repairs::RepairBrake::new(crate::runtime::repairs::BrakeSettings::default()),
+            repair_turns: crate::model::schedule::ScheduledRotations::new(DEFAULT_REPAIRS_PER_SECOND, None),
             installation: String::new(),
             ledger: Arc::default(),
             providers: Arc::default(),
@@ -118,16 +118,16 @@ impl Context {
     }
 
     /// Repairs start at most `per_second`, in turn, and the brake holds them past `brake`.
-    pub fn with_repairs(mut self, per_second: f64, brake: crate::repairs::BrakeSettings) -> Self {
-        self.repair_turns = crate::schedule::ScheduledRotations::new(per_second, None);
-        self.repairs = crate::repairs::RepairBrake::new(brake);
+    pub fn with_repairs(mut self, per_second: f64, brake: crate::runtime::repairs::BrakeSettings) -> Self {
+        self.repair_turns = crate::model::schedule::ScheduledRotations::new(per_second, None);
+        self.repairs = crate::runtime::repairs::RepairBrake::new(brake);
         self
     }
 
     /// At most `per_second` scheduled rotations start per second, operator-wide.
     pub fn with_max_scheduled_rotations_per_second(mut self, per_second: f64) -> Self {
         self.scheduled_rotations =
-            crate::schedule::ScheduledRotations::new(per_second, Some(self.metrics.clone()));
+            crate::model::schedule::ScheduledRotations::new(per_second, Some(self.metrics.clone()));
         self
     }
 }
@@ -204,7 +204,7 @@ pub fn content_digest(
 ) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut digest = Sha256::new();
-    for key in [crate::crd::CLIENT_ID_KEY, crate::crd::CLIENT_SECRET_KEY] {
+    for key in [crate::model::crd::CLIENT_ID_KEY, crate::model::crd::CLIENT_SECRET_KEY] {
         let value = data.and_then(|d| d.get(key)).map(|b| b.0.as_slice());
         match value {
             Some(v) => {
@@ -274,7 +274,7 @@ impl VerifiedCache {
     /// After a relist or a lag (deletions may have been missed), keeps only the Secrets cached.
     pub async fn forget_deleted(
         &self,
-        watches: &crate::watches::Watches,
+        watches: &crate::runtime::watches::Watches,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         use futures::StreamExt;
@@ -299,8 +299,8 @@ impl VerifiedCache {
             };
             match change {
                 None => return,
-                Some(crate::watches::Change::Missed) => self.retain(cached),
-                Some(crate::watches::Change::Object(secret)) => {
+                Some(crate::runtime::watches::Change::Missed) => self.retain(cached),
+                Some(crate::runtime::watches::Change::Object(secret)) => {
                     let key = format!("{}/{}", secret.namespace(), secret.name());
                     // A delete event leaves the object out of the cache (applied first).
                     if !cached(&key) {

@@ -14,15 +14,15 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::context::Context;
+use crate::runtime::context::Context;
 use crate::controller::plan::{self, ContentCheck};
-use crate::crd::{
+use crate::model::crd::{
     CLIENT_ID_KEY, CLIENT_SECRET_KEY, MANAGER, OAuthApp, OAuthAppStatus, RotationHistoryEntry,
     RotationTrigger,
 };
-use crate::error::{Error, is_status};
-use crate::record::{self, Record, RecordKey, Verdict, annotations};
-use crate::secret::ClientSecret;
+use crate::runtime::error::{Error, is_status};
+use crate::model::record::{self, Record, RecordKey, Verdict, annotations};
+use crate::model::secret::ClientSecret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// How many times a status write is retried after a resourceVersion conflict.
@@ -162,7 +162,7 @@ pub async fn rotate_committing(
         grace: plan::grace_for(app, trigger, revoke_previous),
     };
     // Fenced unless the caller runs it exempt (the REST API does, whatever the trigger: a
-    // create's first secret is `Created`; crate::leader).
+    // create's first secret is `Created`; crate::runtime::leader).
     let result = rotate_inner(ctx, app, current, planned, generated, commit, || {
         counted = true;
         ctx.metrics.rotation(trigger, "success", Some(started.elapsed()));
@@ -324,7 +324,7 @@ async fn rotate_inner(
     // A cached copy without the Secret's other labels and annotations: the write starts from a
     // fresh read of the same version, so that it keeps them.
     let current = match current {
-        Some(meta) if crate::watches::is_trimmed(&meta) => {
+        Some(meta) if crate::runtime::watches::is_trimmed(&meta) => {
             let name = meta.name.clone().unwrap_or_default();
             match secrets.get_metadata_opt(&name).await.map_err(Error::Kube)? {
                 Some(fresh) if fresh.metadata.resource_version == meta.resource_version => {
@@ -418,7 +418,7 @@ async fn rotate_inner(
             &secret_key,
             &rv,
             &hash,
-            crate::context::content_digest(written.data.as_ref()),
+            crate::runtime::context::content_digest(written.data.as_ref()),
             ContentCheck {
                 secret_ok: true,
                 client_id_ok: true,
@@ -479,7 +479,7 @@ async fn rotate_inner(
     };
     let cause = match trigger {
         RotationTrigger::Created => "first secret of a new app".to_string(),
-        RotationTrigger::Annotation => format!("new value of annotation {}", crate::crd::ROTATE_ANNOTATION),
+        RotationTrigger::Annotation => format!("new value of annotation {}", crate::model::crd::ROTATE_ANNOTATION),
         RotationTrigger::Api => format!("REST API request by {}", caller.unwrap_or("an unknown caller")),
         RotationTrigger::Schedule => "spec.rotation.interval elapsed".to_string(),
         RotationTrigger::SecretMissing => format!("Secret {} was deleted", written.name_any()),
@@ -577,7 +577,7 @@ pub async fn revoke_previous(ctx: &Context, app: &OAuthApp, secret: Secret) -> R
             &format!("{ns}/{name}"),
             &rv,
             &rec.hash,
-            crate::context::content_digest(written.data.as_ref()),
+            crate::runtime::context::content_digest(written.data.as_ref()),
             ContentCheck {
                 secret_ok: true,
                 client_id_ok: true,
@@ -662,7 +662,7 @@ fn secret_write_error(app: &OAuthApp, secret: &str, e: kube::Error) -> Error {
     match &e {
         kube::Error::Api(status) if status.code == 422 => Error::SecretRejected {
             secret: secret.to_string(),
-            message: crate::error::redact(&status.message),
+            message: crate::runtime::error::redact(&status.message),
         },
         _ => write_error(app, e),
     }
@@ -761,7 +761,7 @@ pub async fn sync_secret(ctx: &Context, app: &OAuthApp, mut secret: Secret) -> R
             &format!("{ns}/{}", written.name_any()),
             &rv,
             &hash,
-            crate::context::content_digest(written.data.as_ref()),
+            crate::runtime::context::content_digest(written.data.as_ref()),
             ContentCheck {
                 secret_ok: true,
                 client_id_ok: true,
@@ -807,7 +807,7 @@ fn adopted_or_kept_id(app: &OAuthApp, meta: Option<&ObjectMeta>, key: &RecordKey
         .and_then(|m| Record::from_annotations("", "", m))
         .filter(|r| record::verdict_is_accepted(app, Some(r)))
         .and_then(|r| r.app_id)
-        .filter(|id| crate::id::decode(id).is_ok());
+        .filter(|id| crate::model::id::decode(id).is_ok());
     record::status_app_id(app)
         .or(accepted)
         .or_else(|| record::kept_app_id(app, meta, key))
@@ -925,7 +925,7 @@ pub async fn check_content(ctx: &Context, app: &OAuthApp, secret: &Secret) -> Re
         return Ok(check);
     }
     // A new version whose data is what was checked (a label or annotation changed): no hash.
-    let content = crate::context::content_digest(secret.data.as_ref());
+    let content = crate::runtime::context::content_digest(secret.data.as_ref());
     if let Some(check) = ctx.verified.get_same_content(&key, &rv, &hash, &content) {
         return Ok(check);
     }
@@ -983,7 +983,7 @@ pub async fn publish(ctx: &Context, app: &OAuthApp, type_: EventType, reason: &s
         secondary: None,
     };
     if let Err(e) = ctx.recorder().publish(&event, &app.object_ref(&())).await {
-        warn!(app = %app_key(app), reason, error = %crate::error::redact(&e.to_string()), "failed to publish event");
+        warn!(app = %app_key(app), reason, error = %crate::runtime::error::redact(&e.to_string()), "failed to publish event");
     }
 }
 
@@ -1008,7 +1008,7 @@ pub fn publish_in_background(
     };
     ctx.background.spawn(async move {
         if let Err(e) = recorder.publish(&event, &reference).await {
-            warn!(app = %key, reason, error = %crate::error::redact(&e.to_string()), "failed to publish event");
+            warn!(app = %key, reason, error = %crate::runtime::error::redact(&e.to_string()), "failed to publish event");
         }
     });
 }

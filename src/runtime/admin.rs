@@ -9,9 +9,9 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::context::Context;
-use crate::metrics::{AppCounts, Metrics};
-use crate::watches::Watches;
+use crate::runtime::context::Context;
+use crate::runtime::metrics::{AppCounts, Metrics};
+use crate::runtime::watches::Watches;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -79,11 +79,11 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
             .filter(|secret| {
                 let ann = |key| secret.annotation(key);
                 // Another installation's Secrets are not this one's to re-sign.
-                let elsewhere = ann(crate::record::annotations::INSTALLATION)
+                let elsewhere = ann(crate::model::record::annotations::INSTALLATION)
                     .is_some_and(|i| !installation.is_empty() && i != installation);
                 let old_signature =
-                    ann(crate::record::annotations::SIGNATURE).is_some_and(|sig| !ring.looks_current(sig));
-                let old_seal = ann(crate::record::annotations::SEAL)
+                    ann(crate::model::record::annotations::SIGNATURE).is_some_and(|sig| !ring.looks_current(sig));
+                let old_seal = ann(crate::model::record::annotations::SEAL)
                     .is_none_or(|seal| !seal.starts_with(&format!("s2.{}.", ring.signing_id())));
                 !elsewhere && (old_signature || old_seal)
             })

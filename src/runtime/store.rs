@@ -1,4 +1,4 @@
-//! The watch caches' maps ([`crate::watches`]): the cached objects by namespace and name.
+//! The watch caches' maps ([`crate::runtime::watches`]): the cached objects by namespace and name.
 //!
 //! kube's reflector `Store` keys each object by an `ObjectRef` (four strings, some 96 bytes and
 //! two allocations per object) and holds a relist's objects in a second map until the relist

@@ -31,8 +31,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::error::Error;
-use crate::metrics::Metrics;
+use crate::runtime::error::Error;
+use crate::runtime::metrics::Metrics;
 
 tokio::task_local! {
     /// Set around work that is not the leader's (a REST API rotation).
@@ -154,7 +154,7 @@ async fn watch_lease(api: Api<Lease>, config: LeaseConfig, hold: watch::Sender<O
             Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
             Err(e) => {
                 // The fence closes by itself when no renewal is seen: nothing to do but retry.
-                debug!(error = %crate::error::redact(&e.to_string()), "Lease watch failed; retrying");
+                debug!(error = %crate::runtime::error::redact(&e.to_string()), "Lease watch failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -194,7 +194,7 @@ where
             Err(e) => {
                 warn!(
                     lease = %format!("{}/{}", config.namespace, config.name),
-                    error = %crate::error::redact(&e.to_string()),
+                    error = %crate::runtime::error::redact(&e.to_string()),
                     retry_in = ?pause,
                     "cannot read or create the leader-election Lease; standing by"
                 );

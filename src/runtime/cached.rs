@@ -1,4 +1,4 @@
-//! The cached form of an operator Secret: what [`crate::watches::strip_secret`] keeps of its
+//! The cached form of an operator Secret: what [`crate::runtime::watches::strip_secret`] keeps of its
 //! metadata, stored compactly. A `PartialObjectMeta<Secret>` costs some 4 KiB in the cache at a
 //! dozen record annotations (an `ObjectMeta` of 424 bytes, a B-tree node per map of 11 slots
 //! whatever it holds, and two allocations per annotation); this form costs about a quarter of
@@ -19,17 +19,17 @@ use kube::runtime::reflector::{Lookup, ObjectRef};
 use kube::runtime::watcher;
 
 use crate::controller::plan::reasons;
-use crate::crd::{
+use crate::model::crd::{
     OAuthApp, OAuthAppSpec, OAuthAppStatus, PreviousSecret, RolloutRestarts, RotationHistoryEntry,
     RotationTrigger,
 };
-use crate::record::{Record, annotations};
+use crate::model::record::{Record, annotations};
 
 /// The strings every operator Secret and app repeats, shared by all: the record's keys
 /// ([`Record::KEYS`]), then these.
 const OTHERS: [&str; 24] = [
     annotations::SPEC_METADATA_KEYS,
-    crate::watches::TRIMMED,
+    crate::runtime::watches::TRIMMED,
     crate::controller::plan::MANAGED_BY_LABEL,
     crate::controller::plan::MANAGED_BY,
     "OAuthApp",
@@ -190,7 +190,7 @@ pub enum ControlledBy<'a> {
     Nothing,
 }
 
-/// An operator Secret in the watch cache ([`crate::watches`]): name, namespace and
+/// An operator Secret in the watch cache ([`crate::runtime::watches`]): name, namespace and
 /// resourceVersion, then the labels, annotations and owner references kept of it.
 #[derive(Clone, Debug)]
 pub struct CachedSecret {
@@ -275,7 +275,7 @@ impl CachedSecret {
         })
     }
 
-    /// The metadata as [`crate::watches::strip_secret`] left it.
+    /// The metadata as [`crate::runtime::watches::strip_secret`] left it.
     pub fn metadata(&self) -> ObjectMeta {
         let mut meta = self.rest.as_deref().cloned().unwrap_or_default();
         let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -386,7 +386,7 @@ impl Lookup for CachedSecret {
     }
 }
 
-/// An app in the watch cache ([`crate::watches`]): what [`crate::watches::strip_app`] keeps of
+/// An app in the watch cache ([`crate::runtime::watches`]): what [`crate::runtime::watches::strip_app`] keeps of
 /// it, with its status's strings in one buffer, referred to by offsets, and its metadata but
 /// the name and namespace there too (no `ObjectMeta`: 360 bytes for two strings). An
 /// `OAuthApp` costs some 2.4 KiB in the cache, most of it fixed-size parts (its status 360
@@ -559,7 +559,7 @@ impl CachedApp {
         s.map(|s| self.str(s).to_string())
     }
 
-    /// The app as [`crate::watches::strip_app`] left it.
+    /// The app as [`crate::runtime::watches::strip_app`] left it.
     pub fn app(&self) -> OAuthApp {
         let mut metadata = self.rest.as_deref().cloned().unwrap_or_default();
         metadata.name = self.string(Some(self.name)).filter(|s| !s.is_empty());
@@ -661,7 +661,7 @@ impl CachedApp {
     }
 }
 
-impl crate::store::Keyed for CachedApp {
+impl crate::runtime::store::Keyed for CachedApp {
     fn namespace(&self) -> &str {
         CachedApp::namespace(self)
     }
@@ -671,7 +671,7 @@ impl crate::store::Keyed for CachedApp {
     }
 }
 
-impl crate::store::Keyed for CachedSecret {
+impl crate::runtime::store::Keyed for CachedSecret {
     fn namespace(&self) -> &str {
         CachedSecret::namespace(self)
     }
@@ -883,7 +883,7 @@ mod tests {
     }
 
     fn full_app() -> OAuthApp {
-        use crate::crd::{RestartKind, RestartTarget};
+        use crate::model::crd::{RestartKind, RestartTarget};
         let time = |s: &str| Time(s.parse().unwrap());
         let mut app = OAuthApp::new(
             "billing",

@@ -316,7 +316,7 @@ pub fn hash(secret: &str, params: &HashParams) -> Result<String, HashError> {
 }
 
 /// argon2's working memory (`m_cost` KiB: 19 MiB at the defaults), kept from one hash to the
-/// next by a caller that hashes often ([`crate::hasher::Hasher`] keeps one per worker).
+/// next by a caller that hashes often ([`crate::runtime::hasher::Hasher`] keeps one per worker).
 ///
 /// Allocating it per hash costs a page fault per 4 KiB, and with glibc it fragments the heap:
 /// the freed 19 MiB are reused piecemeal by long-lived small allocations, so each hash grows

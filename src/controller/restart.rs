@@ -15,10 +15,10 @@ use kube::{Api, Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::context::Context;
+use crate::runtime::context::Context;
 use crate::controller::plan::{self, CONSUMERS_RESTARTED};
-use crate::crd::{MANAGER, OAuthApp, RESTARTED_FOR_ANNOTATION, RestartKind, RestartTarget};
-use crate::error::{Error, is_status};
+use crate::model::crd::{MANAGER, OAuthApp, RESTARTED_FOR_ANNOTATION, RestartKind, RestartTarget};
+use crate::runtime::error::{Error, is_status};
 use crate::rotation::{self, app_key};
 
 /// The first retry of a failed restart comes after this long.
@@ -67,7 +67,7 @@ pub async fn restart_consumers(
         };
         ctx.metrics
             .rollout_restarts
-            .get_or_create(&crate::metrics::RestartLabels {
+            .get_or_create(&crate::runtime::metrics::RestartLabels {
                 kind: target.kind.as_str(),
                 result: outcome,
             })
@@ -78,7 +78,7 @@ pub async fn restart_consumers(
     }
     let now = Timestamp::now();
     let new_status = plan::restarts_status(app, &restarted, &failed, reason, now);
-    let condition = |s: &crate::crd::OAuthAppStatus| {
+    let condition = |s: &crate::model::crd::OAuthAppStatus| {
         s.conditions
             .iter()
             .find(|c| c.type_ == CONSUMERS_RESTARTED)
@@ -176,7 +176,7 @@ fn failure(e: &kube::Error) -> Failure {
         Failure {
             reason: "RestartFailed",
             result: "error",
-            message: crate::error::redact(&e.to_string()),
+            message: crate::runtime::error::redact(&e.to_string()),
         }
     }
 }

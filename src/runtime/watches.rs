@@ -18,10 +18,10 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cached::{CachedApp, CachedSecret};
+use crate::runtime::cached::{CachedApp, CachedSecret};
 use crate::controller::plan::{MANAGED_BY, MANAGED_BY_LABEL};
-use crate::crd::OAuthApp;
-use crate::store::{self, Keyed, Store};
+use crate::model::crd::OAuthApp;
+use crate::runtime::store::{self, Keyed, Store};
 
 /// What the cached copy of an app keeps of its metadata: managedFields and labels are dropped
 /// (they can outweigh the rest of an object, and nothing here reads them), and so are the
@@ -109,7 +109,7 @@ pub fn is_trimmed(meta: &ObjectMeta) -> bool {
 
 /// [`strip_secret`] of a Secret an app controls.
 fn trim_controlled(meta: &mut ObjectMeta) {
-    use crate::record::{Record, annotations};
+    use crate::model::record::{Record, annotations};
     let record_value_fits = |k: &str, v: &str| match k {
         annotations::HISTORY | annotations::SPEC_METADATA_KEYS => v.len() <= MAX_OWN_VALUE,
         _ => v.len() <= MAX_RECORD_VALUE,
@@ -219,8 +219,8 @@ pub struct Watches {
     ready: watch::Receiver<usize>,
     /// Kept app ids (as UUIDs) that are not their app's uid (an adopted app's), to that uid.
     kept_ids: RwLock<HashMap<String, String>>,
-    /// Deleted apps' last rotations are noted here (crate::ledger).
-    ledger: Option<Arc<crate::ledger::Ledger>>,
+    /// Deleted apps' last rotations are noted here (crate::runtime::ledger).
+    ledger: Option<Arc<crate::runtime::ledger::Ledger>>,
     /// Per scope (by index), since when its app watch has failed with no complete view since.
     app_watch_failing: std::sync::Mutex<HashMap<usize, std::time::Instant>>,
 }
@@ -238,7 +238,7 @@ impl Watches {
         client: Client,
         namespaces: &[String],
         shutdown: CancellationToken,
-        ledger: Option<Arc<crate::ledger::Ledger>>,
+        ledger: Option<Arc<crate::runtime::ledger::Ledger>>,
         streaming: bool,
     ) -> Arc<Watches> {
         let initial = |config: watcher::Config| {
@@ -396,10 +396,10 @@ impl Watches {
     }
 
     /// The app whose client id is `client_id` (its status shows it: the holder), from the cache.
-    /// `released`: the client id a person released ([`crate::ledger::RELEASE_CLIENT_ID_ANNOTATION`]).
+    /// `released`: the client id a person released ([`crate::runtime::ledger::RELEASE_CLIENT_ID_ANNOTATION`]).
     pub fn find_by_client_id(&self, client_id: &str, released: Option<&str>) -> Option<Arc<OAuthApp>> {
         let found = if client_id.starts_with("app_") {
-            self.find(&crate::id::decode(client_id).ok()?.to_string())
+            self.find(&crate::model::id::decode(client_id).ok()?.to_string())
         } else {
             let claims = self.client_ids.read().unwrap_or_else(|e| e.into_inner());
             let uid = claims
@@ -440,7 +440,7 @@ impl Watches {
         claims.owner(id, || self.reserved_for(id, released)) == Some(uid)
     }
 
-    fn reserved_for(&self, client_id: &str, released: Option<&str>) -> Option<crate::ledger::Reservation> {
+    fn reserved_for(&self, client_id: &str, released: Option<&str>) -> Option<crate::runtime::ledger::Reservation> {
         self.ledger.as_ref()?.reserved_for(client_id, released)
     }
 
@@ -572,10 +572,10 @@ impl UidIndex {
     }
 }
 
-/// The UUID of an app's id: its kept id (crate::record::app_id), as the index keys it.
+/// The UUID of an app's id: its kept id (crate::model::record::app_id), as the index keys it.
 fn id_uuid(app: &OAuthApp) -> Option<String> {
-    let id = crate::record::app_id(app)?;
-    crate::id::decode(&id).ok().map(|u| u.to_string())
+    let id = crate::model::record::app_id(app)?;
+    crate::model::id::decode(&id).ok().map(|u| u.to_string())
 }
 
 /// The apps that ask for an explicit `spec.clientId`, by id. Bounded by the number of cached
@@ -595,7 +595,7 @@ struct Claim {
     created: Option<jiff::Timestamp>,
     uid: String,
     namespace: String,
-    /// The app's name, as the ledger keys it ([`crate::ledger::key`]).
+    /// The app's name, as the ledger keys it ([`crate::runtime::ledger::key`]).
     ledger_key: String,
 }
 
@@ -613,7 +613,7 @@ impl ClientIds {
             created: app.meta().creation_timestamp.as_ref().map(|t| t.0),
             uid: uid.clone(),
             namespace: app.meta().namespace.clone().unwrap_or_default(),
-            ledger_key: crate::ledger::key(
+            ledger_key: crate::runtime::ledger::key(
                 app.meta().namespace.as_deref().unwrap_or_default(),
                 app.meta().name.as_deref().unwrap_or_default(),
             ),
@@ -645,7 +645,7 @@ impl ClientIds {
     /// `reserved` for a namespace, the claimant of that namespace with the last holder's name
     /// (or, once the reservation is old enough, the namespace's first claimant); else the first
     /// claimant. None while the id is reserved and no claimant may take it.
-    fn owner(&self, id: &str, reserved: impl FnOnce() -> Option<crate::ledger::Reservation>) -> Option<&str> {
+    fn owner(&self, id: &str, reserved: impl FnOnce() -> Option<crate::runtime::ledger::Reservation>) -> Option<&str> {
         let claims = self.by_id.get(id)?;
         let first = claims.values().min()?;
         if !first.not_holding {
@@ -659,7 +659,7 @@ impl ClientIds {
         let in_namespace = || {
             claims
                 .values()
-                .filter(|c| crate::ledger::digest("namespace", &c.namespace) == reservation.namespace)
+                .filter(|c| crate::runtime::ledger::digest("namespace", &c.namespace) == reservation.namespace)
         };
         let claim = in_namespace()
             .find(|c| c.ledger_key == reservation.holder)
@@ -755,7 +755,7 @@ async fn pump<K, S>(
             Some(Err(e)) => {
                 restart_at.get_or_insert_with(|| tokio::time::Instant::now() + RESTART_FAILED_WATCH);
                 on_view(false);
-                warn!(kind, error = %crate::error::redact(&e.to_string()), "watch failed; retrying")
+                warn!(kind, error = %crate::runtime::error::redact(&e.to_string()), "watch failed; retrying")
             }
             None => break,
         }
@@ -918,7 +918,7 @@ mod tests {
 
     #[test]
     fn a_controlled_secret_whose_others_weigh_too_much_is_cached_with_its_record_only() {
-        use crate::record::annotations;
+        use crate::model::record::annotations;
         let record = |hash: &str| {
             std::collections::BTreeMap::from([
                 (annotations::HASH.to_string(), hash.to_string()),
@@ -978,7 +978,7 @@ mod tests {
 
     #[test]
     fn the_cached_app_keeps_only_the_operators_annotations() {
-        use crate::crd::{REVOKE_PREVIOUS_ANNOTATION, ROTATE_ANNOTATION, ROTATE_REVOKE_ANNOTATION};
+        use crate::model::crd::{REVOKE_PREVIOUS_ANNOTATION, ROTATE_ANNOTATION, ROTATE_REVOKE_ANNOTATION};
         use kube::ResourceExt;
         let mut app = OAuthApp::new("a", Default::default());
         let ours = [
@@ -1071,7 +1071,7 @@ mod tests {
             jiff::Timestamp::from_second(created).unwrap(),
         ));
         if holds {
-            app.status = Some(crate::crd::OAuthAppStatus {
+            app.status = Some(crate::model::crd::OAuthAppStatus {
                 client_id: Some("shared".into()),
                 rotation_id: Some("r".into()),
                 ..Default::default()
@@ -1111,9 +1111,9 @@ mod tests {
         };
         // Deleted long ago: any app of the namespace may take it.
         let payments = || {
-            Some(crate::ledger::Reservation {
-                namespace: crate::ledger::digest("namespace", "payments"),
-                holder: crate::ledger::key("payments", "portal"),
+            Some(crate::runtime::ledger::Reservation {
+                namespace: crate::runtime::ledger::digest("namespace", "payments"),
+                holder: crate::runtime::ledger::key("payments", "portal"),
                 since: 0,
             })
         };
@@ -1134,7 +1134,7 @@ mod tests {
         holding.metadata.namespace = Some("payments".into());
         ids.put(&holding);
         let elsewhere = || {
-            Some(crate::ledger::Reservation {
+            Some(crate::runtime::ledger::Reservation {
                 namespace: "elsewhere".into(),
                 holder: String::new(),
                 since: 0,
@@ -1153,9 +1153,9 @@ mod tests {
         };
         let deleted_now = jiff::Timestamp::now().as_second();
         let reserved = || {
-            Some(crate::ledger::Reservation {
-                namespace: crate::ledger::digest("namespace", "payments"),
-                holder: crate::ledger::key("payments", "portal"),
+            Some(crate::runtime::ledger::Reservation {
+                namespace: crate::runtime::ledger::digest("namespace", "payments"),
+                holder: crate::runtime::ledger::key("payments", "portal"),
                 since: deleted_now,
             })
         };
@@ -1169,8 +1169,8 @@ mod tests {
         // Had the holder's name not come back, the namespace gets it after a while.
         ids.remove("1-holder");
         let long_ago = || {
-            Some(crate::ledger::Reservation {
-                since: deleted_now - crate::ledger::HOLDER_NAME_FIRST.as_secs() as i64,
+            Some(crate::runtime::ledger::Reservation {
+                since: deleted_now - crate::runtime::ledger::HOLDER_NAME_FIRST.as_secs() as i64,
                 ..reserved().unwrap()
             })
         };

@@ -23,8 +23,8 @@ use kube::{Client, ResourceExt};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::crd::OAuthApp;
-use crate::record::Retired;
+use crate::model::crd::OAuthApp;
+use crate::model::record::Retired;
 
 /// Names remembered at most (about 75 bytes each: well inside a ConfigMap's 1 MiB).
 pub const MAX_ENTRIES: usize = 8192;
@@ -249,7 +249,7 @@ impl Ledger {
             if let Err(e) = self.sync(&api, &name).await {
                 tracing::warn!(
                     configmap = %format!("{namespace}/{name}"),
-                    error = %crate::error::redact(&e.to_string()),
+                    error = %crate::runtime::error::redact(&e.to_string()),
                     "the ledger of retired records could not be read or written; retrying"
                 );
             }
@@ -292,7 +292,7 @@ impl Ledger {
         let data = merged.iter().map(|(k, e)| (k.clone(), e.render())).collect();
         let params = PostParams {
             dry_run: false,
-            field_manager: Some(crate::crd::MANAGER.into()),
+            field_manager: Some(crate::model::crd::MANAGER.into()),
         };
         let result = match read {
             Some(mut cm) => {
@@ -360,7 +360,7 @@ fn prune(map: &mut BTreeMap<String, Entry>, now: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{OAuthAppSpec, OAuthAppStatus};
+    use crate::model::crd::{OAuthAppSpec, OAuthAppStatus};
 
     fn deleted(ns: &str, name: &str, count: i64, rotation_id: &str) -> OAuthApp {
         let mut app = OAuthApp::new(name, OAuthAppSpec::default());
@@ -403,7 +403,7 @@ mod tests {
         let mut holder = OAuthApp::new("portal", OAuthAppSpec::default());
         holder.metadata.namespace = Some("payments".into());
         holder.spec.client_id = Some("billing".into());
-        holder.status = Some(crate::crd::OAuthAppStatus {
+        holder.status = Some(crate::model::crd::OAuthAppStatus {
             client_id: Some("billing".into()),
             rotation_id: Some("r1".into()),
             rotation_count: 3,

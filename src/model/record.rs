@@ -24,8 +24,8 @@ use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use sha2::Sha256;
 
-use crate::crd::{OAuthApp, RotationHistoryEntry, RotationTrigger};
-use crate::secret::HashParams;
+use crate::model::crd::{OAuthApp, RotationHistoryEntry, RotationTrigger};
+use crate::model::secret::HashParams;
 
 /// Annotations the operator keeps on every Secret it writes (invariant 1 of DESIGN.md).
 pub mod annotations {
@@ -380,7 +380,7 @@ impl KeyCell {
     }
 
     /// The client id a person released to another namespace (the annotation
-    /// [`crate::ledger::RELEASE_CLIENT_ID_ANNOTATION`] on the record key Secret), as last read.
+    /// [`crate::runtime::ledger::RELEASE_CLIENT_ID_ANNOTATION`] on the record key Secret), as last read.
     pub fn released_client_id(&self) -> Option<String> {
         self.released_client_id
             .lock()
@@ -458,7 +458,7 @@ impl KeyCell {
                     Ok(0) => match RecordKey::create_secret(client.clone(), namespace, name).await {
                         Ok(()) => continue,
                         Err(e) => {
-                            tracing::warn!(error = %crate::error::redact(&e.to_string()), retry_in = ?pause, "creating the record signing key failed");
+                            tracing::warn!(error = %crate::runtime::error::redact(&e.to_string()), retry_in = ?pause, "creating the record signing key failed");
                             pause
                         }
                     },
@@ -475,12 +475,12 @@ impl KeyCell {
                         KEY_POLL.min(pause)
                     }
                     Err(e) => {
-                        tracing::warn!(error = %crate::error::redact(&e.to_string()), retry_in = ?pause, "cannot look for signed records");
+                        tracing::warn!(error = %crate::runtime::error::redact(&e.to_string()), retry_in = ?pause, "cannot look for signed records");
                         pause
                     }
                 },
                 Err(e) => {
-                    tracing::warn!(error = %crate::error::redact(&e.to_string()), retry_in = ?pause, "the record key ring is not loaded; rotations wait for it");
+                    tracing::warn!(error = %crate::runtime::error::redact(&e.to_string()), retry_in = ?pause, "the record key ring is not loaded; rotations wait for it");
                     pause
                 }
             };
@@ -715,10 +715,10 @@ impl RecordKey {
             keys.push(bytes);
         }
         let first = found.iter().find(|s| s.metadata.name.as_deref() == Some(name));
-        let release = first.and_then(|s| s.annotations().get(crate::repairs::RELEASE_ANNOTATION).cloned());
+        let release = first.and_then(|s| s.annotations().get(crate::runtime::repairs::RELEASE_ANNOTATION).cloned());
         let released_client_id = first.and_then(|s| {
             s.annotations()
-                .get(crate::ledger::RELEASE_CLIENT_ID_ANNOTATION)
+                .get(crate::runtime::ledger::RELEASE_CLIENT_ID_ANNOTATION)
                 .cloned()
         });
         Ok(Self::ring(keys).map(|key| Ring {
@@ -736,7 +736,7 @@ impl RecordKey {
         let secret = key_secret(namespace, name, random_key()?);
         let params = PostParams {
             dry_run: false,
-            field_manager: Some(crate::crd::MANAGER.into()),
+            field_manager: Some(crate::model::crd::MANAGER.into()),
         };
         match secrets.create(&params, &secret).await {
             Ok(created) => {
@@ -773,7 +773,7 @@ pub async fn count_signed_records(
     let mut n = 0;
     for secrets in scopes {
         let mut params = kube::api::ListParams::default()
-            .labels(&format!("app.kubernetes.io/managed-by={}", crate::crd::MANAGER))
+            .labels(&format!("app.kubernetes.io/managed-by={}", crate::model::crd::MANAGER))
             .limit(500);
         loop {
             let page = secrets.list_metadata(&params).await?;
@@ -797,12 +797,12 @@ pub async fn count_signed_records(
 }
 
 /// The ring as read: the keys, a fingerprint of the Secrets read, and the repair release value
-/// on the first one ([`crate::repairs::RELEASE_ANNOTATION`]).
+/// on the first one ([`crate::runtime::repairs::RELEASE_ANNOTATION`]).
 pub struct Ring {
     pub key: RecordKey,
     pub fingerprint: String,
     pub release: Option<String>,
-    /// [`crate::ledger::RELEASE_CLIENT_ID_ANNOTATION`] on the first one.
+    /// [`crate::runtime::ledger::RELEASE_CLIENT_ID_ANNOTATION`] on the first one.
     pub released_client_id: Option<String>,
 }
 
@@ -945,7 +945,7 @@ pub fn verdict(
 }
 
 /// The newest rotation the operator saw of an app of some name before that app went away
-/// (crate::ledger): a Secret brought back with an older record is a copy written back.
+/// (crate::runtime::ledger): a Secret brought back with an older record is a copy written back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retired {
     pub count: i64,
@@ -1010,10 +1010,10 @@ fn seal_check(app: &OAuthApp, meta: &ObjectMeta, key: &RecordKey) -> Option<(Rec
 /// uid, that uid's id once its signature verifies. None when it proves none.
 pub fn proven_app_id(app: &OAuthApp, meta: &ObjectMeta, key: &RecordKey) -> Option<String> {
     if let Some((record, KeyCheck::Valid { .. })) = seal_check(app, meta, key) {
-        return record.app_id.filter(|id| crate::id::decode(id).is_ok());
+        return record.app_id.filter(|id| crate::model::id::decode(id).is_ok());
     }
     let old_uid = gone_owner(meta, app).flatten()?;
-    let id = crate::id::encode(uuid::Uuid::parse_str(old_uid).ok()?);
+    let id = crate::model::id::encode(uuid::Uuid::parse_str(old_uid).ok()?);
     let record = Record::from_annotations(old_uid, &record_client_id(app, Some(&id))?, meta)?;
     let signature = meta.annotations.as_ref()?.get(annotations::SIGNATURE)?;
     key.verifies(&record, signature).then_some(id)
@@ -1055,7 +1055,7 @@ pub fn judge(
             .labels
             .as_ref()
             .and_then(|l| l.get("app.kubernetes.io/managed-by"))
-            .is_some_and(|v| v == crate::crd::MANAGER);
+            .is_some_and(|v| v == crate::model::crd::MANAGER);
         if !labelled {
             return Verdict::NotOurs;
         }
@@ -1065,7 +1065,7 @@ pub fn judge(
             // neither believed nor replaced.
             return match sealed {
                 Some((r, KeyCheck::UnknownKey)) if !has_rotation => {
-                    if app.annotation(crate::crd::ACCEPT_SECRET_ANNOTATION) == Some(r.rotation_id.as_str()) {
+                    if app.annotation(crate::model::crd::ACCEPT_SECRET_ANNOTATION) == Some(r.rotation_id.as_str()) {
                         Verdict::Adopt
                     } else {
                         Verdict::Unverifiable
@@ -1148,7 +1148,7 @@ pub fn judge(
         (true, KeyCheck::UnknownKey) if shown => Verdict::Legacy,
         (true, KeyCheck::UnknownKey) if has_rotation => Verdict::Drift(Drift::BadSignature),
         (true, KeyCheck::UnknownKey)
-            if app.annotation(crate::crd::ACCEPT_SECRET_ANNOTATION) == Some(record.rotation_id.as_str()) =>
+            if app.annotation(crate::model::crd::ACCEPT_SECRET_ANNOTATION) == Some(record.rotation_id.as_str()) =>
         {
             Verdict::Accepted
         }
@@ -1161,11 +1161,11 @@ pub fn judge(
 /// A record whose hashes use parameters the operator does not trust, or made in the future, is
 /// never believed, whatever its signature.
 fn untrusted_content(record: &Record, trusted: &[HashParams], now: Timestamp) -> Option<Verdict> {
-    if !crate::secret::uses_trusted_params(&record.hash, trusted)
+    if !crate::model::secret::uses_trusted_params(&record.hash, trusted)
         || record
             .previous
             .as_ref()
-            .is_some_and(|p| !crate::secret::uses_trusted_params(&p.hash, trusted))
+            .is_some_and(|p| !crate::model::secret::uses_trusted_params(&p.hash, trusted))
     {
         return Some(Verdict::Drift(Drift::ForeignParams));
     }
@@ -1191,7 +1191,7 @@ pub fn older_than_status(app: &OAuthApp, record: &Record) -> bool {
 /// rotation id) while the app has no status rotation of its own.
 pub fn verdict_is_accepted(app: &OAuthApp, record: Option<&Record>) -> bool {
     record
-        .is_some_and(|r| app.annotation(crate::crd::ACCEPT_SECRET_ANNOTATION) == Some(r.rotation_id.as_str()))
+        .is_some_and(|r| app.annotation(crate::model::crd::ACCEPT_SECRET_ANNOTATION) == Some(r.rotation_id.as_str()))
         && app.status.as_ref().is_none_or(|s| s.rotation_id.is_none())
 }
 
@@ -1255,13 +1255,13 @@ pub fn app_id(app: &OAuthApp) -> Option<String> {
 pub fn status_app_id(app: &OAuthApp) -> Option<String> {
     let status = app.status.as_ref()?;
     status.rotation_id.as_ref()?;
-    status.app_id.clone().filter(|id| crate::id::decode(id).is_ok())
+    status.app_id.clone().filter(|id| crate::model::id::decode(id).is_ok())
 }
 
 /// The id the app's uid makes (`app_` + base62): a new app's id.
 pub fn uid_app_id(app: &OAuthApp) -> Option<String> {
     let uid = app.metadata.uid.as_deref()?;
-    uuid::Uuid::parse_str(uid).ok().map(crate::id::encode)
+    uuid::Uuid::parse_str(uid).ok().map(crate::model::id::encode)
 }
 
 /// The client id written to the Secret: `spec.clientId`, or the app id.
@@ -1272,7 +1272,7 @@ pub fn client_id(app: &OAuthApp) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{OAuthAppSpec, OAuthAppStatus};
+    use crate::model::crd::{OAuthAppSpec, OAuthAppStatus};
 
     const UID: &str = "ffffffff-ffff-ffff-ffff-ffffffffffff";
     const FAST: HashParams = HashParams {
@@ -1322,7 +1322,7 @@ mod tests {
     }
 
     fn our_hash() -> String {
-        crate::secret::hash("oas_x", &FAST).unwrap()
+        crate::model::secret::hash("oas_x", &FAST).unwrap()
     }
 
     /// A sealed record of an earlier app `demo` (id `app_id`), on a labelled Secret with no
@@ -1340,7 +1340,7 @@ mod tests {
             annotations: Some(rec.to_annotations(&key())),
             labels: Some(BTreeMap::from([(
                 "app.kubernetes.io/managed-by".to_string(),
-                crate::crd::MANAGER.to_string(),
+                crate::model::crd::MANAGER.to_string(),
             )])),
             ..Default::default()
         }
@@ -1356,7 +1356,7 @@ mod tests {
     fn a_sealed_secret_of_an_earlier_app_of_the_name_is_adopted_unless_something_newer_is_known() {
         let now = Timestamp::now();
         let hash = our_hash();
-        let kept = &crate::id::encode(uuid::Uuid::from_u128(0x1111_2222_3333_4444_5555_6666_7777_8888));
+        let kept = &crate::model::id::encode(uuid::Uuid::from_u128(0x1111_2222_3333_4444_5555_6666_7777_8888));
         let orphan = sealed_orphan(&hash, now, kept);
         let kept = kept.as_str();
         let app = app_in_ns();
@@ -1443,7 +1443,7 @@ mod tests {
         let mut accepted = app_in_ns();
         accepted
             .annotations_mut()
-            .insert(crate::crd::ACCEPT_SECRET_ANNOTATION.into(), "r1".into());
+            .insert(crate::model::crd::ACCEPT_SECRET_ANNOTATION.into(), "r1".into());
         assert_eq!(verdict(&accepted, &orphan, &lost, &[FAST], now), Verdict::Adopt);
     }
 
@@ -1505,14 +1505,14 @@ mod tests {
         let mut accepted = app();
         accepted
             .annotations_mut()
-            .insert(crate::crd::ACCEPT_SECRET_ANNOTATION.into(), "r1".into());
+            .insert(crate::model::crd::ACCEPT_SECRET_ANNOTATION.into(), "r1".into());
         assert_eq!(
             verdict(&accepted, &meta(ann.clone()), &other, &[FAST], now),
             Verdict::Accepted
         );
         accepted
             .annotations_mut()
-            .insert(crate::crd::ACCEPT_SECRET_ANNOTATION.into(), "r9".into());
+            .insert(crate::model::crd::ACCEPT_SECRET_ANNOTATION.into(), "r9".into());
         assert_eq!(
             verdict(&accepted, &meta(ann.clone()), &other, &[FAST], now),
             Verdict::Unverifiable
@@ -1529,7 +1529,7 @@ mod tests {
         let mut labelled = meta(ann.clone());
         labelled.labels = Some(BTreeMap::from([(
             "app.kubernetes.io/managed-by".to_string(),
-            crate::crd::MANAGER.to_string(),
+            crate::model::crd::MANAGER.to_string(),
         )]));
         assert_eq!(
             verdict(&elsewhere, &labelled, &key(), &[FAST], now),
@@ -1657,7 +1657,7 @@ mod tests {
             verdict(&app(), &meta(ann), &key(), &[FAST], now),
             Verdict::Drift(Drift::ForeignParams)
         );
-        let weak = crate::secret::hash(
+        let weak = crate::model::secret::hash(
             "oas_x",
             &HashParams {
                 m_cost_kib: 8,

@@ -8,8 +8,8 @@ use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::cached::CachedApp;
-use crate::crd::RotationTrigger;
+use crate::runtime::cached::CachedApp;
+use crate::model::crd::RotationTrigger;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RotationLabels {
@@ -330,7 +330,7 @@ impl Metrics {
                 });
             }
         }
-        for reason in crate::error::Error::REASONS {
+        for reason in crate::runtime::error::Error::REASONS {
             let _ = reconcile_errors.get_or_create(&ReasonLabels { reason });
         }
         for reason in NOT_READY_REASONS {
@@ -502,8 +502,8 @@ mod tests {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
         let now = jiff::Timestamp::from_second(1_800_000_000).expect("timestamp");
         let app = |ready: Option<(&str, &str)>, next_in_secs: Option<i64>| {
-            let mut app = crate::crd::OAuthApp::new("a", Default::default());
-            app.status = Some(crate::crd::OAuthAppStatus {
+            let mut app = crate::model::crd::OAuthApp::new("a", Default::default());
+            app.status = Some(crate::model::crd::OAuthAppStatus {
                 conditions: ready
                     .map(|(status, reason)| Condition {
                         type_: "Ready".into(),
@@ -518,7 +518,7 @@ mod tests {
                 next_rotation_time: next_in_secs.map(|s| Time(now + jiff::SignedDuration::from_secs(s))),
                 ..Default::default()
             });
-            crate::cached::CachedApp::from(app)
+            crate::runtime::cached::CachedApp::from(app)
         };
         let apps = [
             app(Some(("True", "SecretReady")), Some(60)),

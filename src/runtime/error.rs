@@ -2,7 +2,7 @@
 //! No error's text contains a client secret: secrets never enter an error, and text that comes
 //! from the API server is passed through `redact` in case it echoes a value.
 
-use crate::secret::{GenerateError, HashError};
+use crate::model::secret::{GenerateError, HashError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -124,18 +124,18 @@ pub fn is_status(e: &kube::Error, code: u16) -> bool {
 
 /// Replaces anything shaped like a client secret (`oas_` + 49 base62 characters) with a marker.
 pub fn redact(text: &str) -> String {
-    const BODY: usize = crate::secret::SECRET_LEN - crate::secret::SECRET_PREFIX.len();
+    const BODY: usize = crate::model::secret::SECRET_LEN - crate::model::secret::SECRET_PREFIX.len();
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(pos) = rest.find(crate::secret::SECRET_PREFIX) {
+    while let Some(pos) = rest.find(crate::model::secret::SECRET_PREFIX) {
         out.push_str(&rest[..pos]);
-        let after = &rest[pos + crate::secret::SECRET_PREFIX.len()..];
+        let after = &rest[pos + crate::model::secret::SECRET_PREFIX.len()..];
         let run = after.bytes().take_while(u8::is_ascii_alphanumeric).count();
         if run >= BODY {
             out.push_str("oas_<redacted>");
             rest = &after[run..];
         } else {
-            out.push_str(crate::secret::SECRET_PREFIX);
+            out.push_str(crate::model::secret::SECRET_PREFIX);
             rest = after;
         }
     }
@@ -146,7 +146,7 @@ pub fn redact(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::ClientSecret;
+    use crate::model::secret::ClientSecret;
 
     #[test]
     fn every_reason_is_listed_in_reasons() {
@@ -163,7 +163,7 @@ mod tests {
             },
             Error::Conflict(s()),
             Error::StaleView(s()),
-            Error::Hash(crate::secret::HashError::IncompletePhc),
+            Error::Hash(crate::model::secret::HashError::IncompletePhc),
             Error::MissingUid(s()),
             Error::Internal(s()),
         ] {

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::error::Error;
-use crate::fair::{FairPermit, FairPermits};
-use crate::secret::{self, ClientSecret, HashMemory, HashParams};
+use crate::runtime::error::Error;
+use crate::runtime::fair::{FairPermit, FairPermits};
+use crate::model::secret::{self, ClientSecret, HashMemory, HashParams};
 
 /// The workers' argon2 memory goes back to the system after this long without a hash.
 pub const IDLE_RELEASE: Duration = Duration::from_secs(5);
@@ -54,7 +54,7 @@ pub struct Hasher {
     /// earlier configuration (`--hash-accept-params`). Anything else is never computed.
     trusted: Arc<[HashParams]>,
     /// Shared between tenants (namespaces, verify callers) in turn: a storm of one tenant's
-    /// hashes delays another's by one turn, not by the storm ([`crate::fair`]).
+    /// hashes delays another's by one turn, not by the storm ([`crate::runtime::fair`]).
     permits: FairPermits,
     workers: usize,
     memory: Arc<Mutex<Memory>>,

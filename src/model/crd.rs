@@ -142,7 +142,7 @@ pub struct OAuthAppSpec {
     /// its client id, redirect URIs and display name, and its current secret, which the provider
     /// gets before the Secret does. Absent: the app is known to no identity provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider_ref: Option<crate::provider::crd::ProviderRef>,
+    pub provider_ref: Option<crate::model::provider::ProviderRef>,
 }
 
 /// A workload restarted after each rotation (`kubectl rollout restart`, keyed by rotation id).
@@ -590,11 +590,11 @@ fn compare(ours: &serde_json::Value, theirs: &serde_json::Value, path: &str, mis
 }
 
 /// Whether `s` can be a client id at all: a generated one (`app_` and up to 22 base62 digits,
-/// [`crate::id::encode`]) or one `spec.clientId` allows (1 to 128 characters, `[A-Za-z0-9]` then
+/// [`crate::model::id::encode`]) or one `spec.clientId` allows (1 to 128 characters, `[A-Za-z0-9]` then
 /// `[A-Za-z0-9._:-]`). The REST API refuses anything else before any lookup, so that no string
 /// a client could not have is looked up, limited or remembered.
 pub fn could_be_client_id(s: &str) -> bool {
-    if let Some(body) = s.strip_prefix(crate::id::PREFIX) {
+    if let Some(body) = s.strip_prefix(crate::model::id::PREFIX) {
         return (1..=22).contains(&body.len()) && body.bytes().all(|b| b.is_ascii_alphanumeric());
     }
     let mut bytes = s.bytes();
@@ -610,7 +610,7 @@ mod tests {
     #[test]
     fn only_what_a_client_id_can_be_is_one() {
         for n in [0u128, 1, 61, 62, u128::MAX / 3, u128::MAX] {
-            let id = crate::id::encode(uuid::Uuid::from_u128(n));
+            let id = crate::model::id::encode(uuid::Uuid::from_u128(n));
             assert!(could_be_client_id(&id), "{id}");
         }
         for id in [
