@@ -9,14 +9,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use oauthapp_operator::runtime::admin::{self, AdminState};
 use oauthapp_operator::api::{self, ApiConfig, ApiState};
-use oauthapp_operator::runtime::context::Context;
 use oauthapp_operator::controller::{self, Settings};
+use oauthapp_operator::model::secret::HashParams;
+use oauthapp_operator::runtime::admin::{self, AdminState};
+use oauthapp_operator::runtime::context::Context;
 use oauthapp_operator::runtime::hasher::Hasher;
 use oauthapp_operator::runtime::leader;
 use oauthapp_operator::runtime::metrics::Metrics;
-use oauthapp_operator::model::secret::HashParams;
 use oauthapp_operator::runtime::watches::Watches;
 
 #[global_allocator]
@@ -205,7 +205,7 @@ struct RunArgs {
     /// Scheduled rotations (spec.rotation.schedule or interval) started per second at most,
     /// operator-wide; those over the limit wait their turn, in order. Requested rotations
     /// (annotation, REST API) never wait for it.
-    #[arg(long, env = "OAUTHAPP_MAX_SCHEDULED_ROTATIONS_PER_SECOND", default_value_t = oauthapp_operator::model::schedule::DEFAULT_MAX_PER_SECOND, value_parser = parse_rate)]
+    #[arg(long, env = "OAUTHAPP_MAX_SCHEDULED_ROTATIONS_PER_SECOND", default_value_t = oauthapp_operator::runtime::scheduled::DEFAULT_MAX_PER_SECOND, value_parser = parse_rate)]
     max_scheduled_rotations_per_second: f64,
     /// How long SIGTERM waits for in-flight work before exiting.
     #[arg(long, env = "OAUTHAPP_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
@@ -273,7 +273,7 @@ async fn check_installed_crd(
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    oauthapp_operator::controller::plan::parse_interval(s)
+    oauthapp_operator::model::status::parse_interval(s)
         .and_then(|d| Duration::try_from(d).ok())
         .ok_or_else(|| format!("`{s}` is not a duration like 30s, 10m or 1h30m"))
 }

@@ -22,10 +22,11 @@ use super::auth::{Access, Caller};
 use super::error::{ApiError, RestErrorResponse};
 use super::model::{CreateOAuthApp, CreatedOAuthApp, OAuthAppId, OAuthAppList, OAuthAppView, RotatedSecret};
 use super::{Commitment, Shared};
-use crate::runtime::cached::CachedApp;
 use crate::model::crd::{OAuthApp, OAuthAppSpec, RotationTrigger};
-use crate::runtime::error::{Error, redact};
 use crate::rotation::{self, Rotated};
+use crate::runtime::cached::CachedApp;
+use crate::runtime::error::{Error, redact};
+use crate::runtime::writes;
 
 /// The OpenAPI tag of every operation.
 pub const TAG: &str = "OAuth Apps";
@@ -308,9 +309,10 @@ pub async fn revoke_previous_secret(
         return Ok(StatusCode::NO_CONTENT);
     };
     // The REST API's writes are not the leader's to fence (crate::runtime::leader).
-    let retired = crate::runtime::leader::exempt_if(true, rotation::revoke_previous(&api.ctx, &fresh, secret))
-        .await
-        .map_err(|e| ApiError::from_rotation("retiring the previous secret", e))?;
+    let retired =
+        crate::runtime::leader::exempt_if(true, rotation::revoke_previous(&api.ctx, &fresh, secret))
+            .await
+            .map_err(|e| ApiError::from_rotation("retiring the previous secret", e))?;
     api.verify_answers.forget_app(&uid);
     if retired {
         info!(app = %key, caller = %caller.username, "previous client secret retired through the REST API");
@@ -565,14 +567,14 @@ pub async fn create_oauth_app(
     let creating = {
         let (api, ns, name) = (api.clone(), ns.clone(), resource_name.clone());
         tokio::spawn(async move {
-            let created = apps.create(&rotation::post_params(), &app).await?;
+            let created = apps.create(&writes::post_params(), &app).await?;
             #[cfg(feature = "failpoints")]
             if let Some(d) = api
                 .ctx
                 .failpoint
                 .as_deref()
                 .and_then(|f| f.strip_prefix("pause-after-create="))
-                .and_then(crate::controller::plan::parse_interval)
+                .and_then(crate::model::status::parse_interval)
                 .and_then(|d| Duration::try_from(d).ok())
             {
                 tokio::time::sleep(d).await;
@@ -935,7 +937,7 @@ impl Shared {
             .secrets
             .lookup(ns, &app.secret_name())
             .map(|s| s.metadata());
-        (!rotation::caches_lag(&self.ctx, &app, secret.as_ref())).then_some((app, secret))
+        (!writes::caches_lag(&self.ctx, &app, secret.as_ref())).then_some((app, secret))
     }
 
     /// Fresh reads of the app and its Secret (both at once: the Secret's name is fixed when the

@@ -7,8 +7,8 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::controller::plan;
 use crate::model::crd::OAuthApp;
+use crate::model::record;
 
 // The seed's `OAuthAppId`: `app_` + base62 of the resource's uid (see `crate::model::id`); a bare UUID
 // is accepted too.
@@ -96,7 +96,7 @@ impl OAuthAppView {
                 status
                     .app_id
                     .clone()
-                    .or_else(|| plan::app_id(app))
+                    .or_else(|| record::app_id(app))
                     .unwrap_or_default(),
             ),
             name: app
@@ -108,13 +108,13 @@ impl OAuthAppView {
             client_id: status
                 .client_id
                 .clone()
-                .or_else(|| plan::client_id(app))
+                .or_else(|| record::client_id(app))
                 .unwrap_or_default(),
             client_secret_hint: status.client_secret_hint.clone(),
             redirect_uris: app.spec.redirect_uris.clone(),
             scopes: app.spec.scopes.clone(),
             is_active: app.ready_condition().is_some_and(|c| {
-                c.status == "True" || c.reason == crate::controller::plan::reasons::INVALID_SCHEDULE
+                c.status == "True" || c.reason == crate::model::status::reasons::INVALID_SCHEDULE
             }),
             updated_at: last_rotated_at.clone().unwrap_or_else(|| created_at.clone()),
             created_at,

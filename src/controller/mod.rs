@@ -21,15 +21,17 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
+use crate::model::crd::{OAuthApp, OAuthAppStatus, RotationTrigger};
+use crate::model::{record, status};
+use crate::rotation;
 use crate::runtime::cached::{CachedApp, CachedSecret, ControlledBy};
 use crate::runtime::context::Context;
-use crate::model::crd::{OAuthApp, OAuthAppStatus, RotationTrigger};
 use crate::runtime::error::Error;
 use crate::runtime::metrics::ReasonLabels;
-use crate::rotation::{self, app_key};
-use crate::model::schedule::{ScheduledRotations, Turn};
+use crate::runtime::scheduled::{ScheduledRotations, Turn};
 use crate::runtime::store::Store;
 use crate::runtime::watches::{Change, Watches};
+use crate::runtime::writes::{self, app_key};
 use plan::{SecretView, Step};
 use queue::{Action, AppKey, Trigger};
 use tokio_util::sync::CancellationToken;
@@ -234,17 +236,17 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
     // write's watch event brings the app back, so no fresh reads now (the two lag checks both
     // run: each forgets a caught-up entry).
     let key = app_key(app);
-    if let Some(other) = managed_elsewhere(ctx, app, cached_meta.as_ref()) {
+    if let Some(other) = status::managed_elsewhere(&ctx.installation, app, cached_meta.as_ref()) {
         return leave_alone(ctx, app, &other).await;
     }
-    let lags = rotation::caches_lag(ctx, app, cached_meta.as_ref());
+    let lags = writes::caches_lag(ctx, app, cached_meta.as_ref());
     if !scope
         .watches
         .owns_client_id(app, ctx.record_key.released_client_id().as_deref())
     {
         if app
             .ready_condition()
-            .is_some_and(|c| c.reason == plan::reasons::CLIENT_ID_CONFLICT)
+            .is_some_and(|c| c.reason == status::reasons::CLIENT_ID_CONFLICT)
         {
             return Ok(Action::requeue(CLIENT_ID_REQUEUE));
         }
@@ -288,7 +290,7 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
                 return Ok(Action::requeue(wait));
             }
             let in_conflict = app.ready_condition().is_some_and(|c| {
-                c.reason == plan::reasons::SECRET_CONFLICT || c.reason == plan::reasons::SECRET_REJECTED
+                c.reason == status::reasons::SECRET_CONFLICT || c.reason == status::reasons::SECRET_REJECTED
             });
             let repair = is_repair(&step) && !in_conflict;
             // A writer that fights the operator: its repairs back off (before the brake counts
@@ -336,33 +338,35 @@ async fn repair_gate(
     }
     let release = ctx.record_key.release();
     let apps = watches.apps().len();
-    if ctx.repairs.admit(key, Instant::now(), apps, release.as_deref()) == crate::runtime::repairs::Admission::Go {
+    if ctx.repairs.admit(key, Instant::now(), apps, release.as_deref())
+        == crate::runtime::repairs::Admission::Go
+    {
         return Ok(None);
     }
     // A conflict (a stale view) is written at the next look.
     mark_not_ready(
         ctx,
         app,
-        plan::repair_held_status(app, Timestamp::now()),
-        plan::reasons::REPAIR_HELD,
+        status::repair_held_status(app, Timestamp::now()),
+        status::reasons::REPAIR_HELD,
     )
     .await?;
     Ok(Some(Action::requeue(REPAIR_HELD_REQUEUE)))
 }
 
-/// When the repair for drift of `app` must wait ([`plan::drift_backoff`]): says so in its
+/// When the repair for drift of `app` must wait ([`status::drift_backoff`]): says so in its
 /// status (`RepairBackoff`, and a Warning Event the first time) and looks again at its time.
 async fn drift_backed_off(ctx: &Context, app: &OAuthApp) -> Result<Option<Action>, Error> {
     let now = Timestamp::now();
-    let Some(next) = plan::drift_backoff(app, now) else {
+    let Some(next) = status::drift_backoff(app, now) else {
         return Ok(None);
     };
     // A conflict (a stale view) is written at the next look.
     mark_not_ready(
         ctx,
         app,
-        plan::repair_backoff_status(app, next, now),
-        plan::reasons::REPAIR_BACKOFF,
+        status::repair_backoff_status(app, next, now),
+        status::reasons::REPAIR_BACKOFF,
     )
     .await?;
     let wait = Duration::try_from(next.duration_since(now)).unwrap_or_default();
@@ -387,21 +391,21 @@ fn turn(limit: &ScheduledRotations, key: &str, step: &Step, now: Instant) -> Tur
 /// GETs and a status write racing that replica's) is the repair for a writer that crashed, so
 /// it waits [`REPAIR_GRACE`] first.
 fn status_write_in_flight(app: &OAuthApp, secret: &ObjectMeta, now: Timestamp) -> bool {
-    if !plan::secret_ahead_of_status(app, secret) {
+    if !status::secret_ahead_of_status(app, secret) {
         return false;
     }
     let grace = SignedDuration::try_from(REPAIR_GRACE).unwrap_or(SignedDuration::ZERO);
     secret
         .annotations
         .as_ref()
-        .and_then(|a| a.get(plan::annotations::ROTATED_AT))
+        .and_then(|a| a.get(record::annotations::ROTATED_AT))
         .and_then(|t| t.parse::<Timestamp>().ok())
         .is_some_and(|at| now.duration_since(at).abs() < grace)
 }
 
 /// The content check made at the cached Secret's version, if one was (no read, no hash).
-fn cached_check(ctx: &Context, secret: &CachedSecret) -> Option<plan::ContentCheck> {
-    let hash = secret.annotation(plan::annotations::HASH)?;
+fn cached_check(ctx: &Context, secret: &CachedSecret) -> Option<status::ContentCheck> {
+    let hash = secret.annotation(record::annotations::HASH)?;
     let key = format!("{}/{}", secret.namespace(), secret.name());
     ctx.verified.get(&key, secret.resource_version(), hash)
 }
@@ -412,7 +416,7 @@ fn secret_view<'a>(
     ctx: &Context,
     app: &OAuthApp,
     meta: &'a ObjectMeta,
-    check: Option<plan::ContentCheck>,
+    check: Option<status::ContentCheck>,
     now: Timestamp,
 ) -> Result<SecretView<'a>, Error> {
     let key = ctx.record_key()?;
@@ -438,28 +442,8 @@ fn names_installation(ctx: &Context, meta: &ObjectMeta) -> bool {
         || meta
             .annotations
             .as_ref()
-            .and_then(|a| a.get(plan::annotations::INSTALLATION))
+            .and_then(|a| a.get(record::annotations::INSTALLATION))
             .is_some_and(|i| *i == ctx.installation)
-}
-
-/// The other installation that manages `app`, when one does: its status names it, or (no
-/// status claim yet) its Secret's record does. This installation leaves such an app alone.
-pub fn managed_elsewhere(ctx: &Context, app: &OAuthApp, secret: Option<&ObjectMeta>) -> Option<String> {
-    if ctx.installation.is_empty() {
-        return None;
-    }
-    let claimed = app
-        .status
-        .as_ref()
-        .and_then(|s| s.installation.clone())
-        .or_else(|| {
-            secret?
-                .annotations
-                .as_ref()?
-                .get(plan::annotations::INSTALLATION)
-                .cloned()
-        })?;
-    (claimed != ctx.installation).then_some(claimed)
 }
 
 /// An app with something due before the next resync is looked at then; any other waits for a
@@ -542,13 +526,15 @@ async fn converge(
         } else {
             secrets.get_opt(&app.secret_name()).await?
         };
-        if let Some(other) = managed_elsewhere(ctx, &app, secret.as_ref().map(|s| &s.metadata)) {
+        if let Some(other) =
+            status::managed_elsewhere(&ctx.installation, &app, secret.as_ref().map(|s| &s.metadata))
+        {
             return leave_alone(ctx, &app, &other).await;
         }
         if !watches.owns_client_id(&app, ctx.record_key.released_client_id().as_deref()) {
             // Another app claimed this client id first: no Secret for this one.
-            let status = plan::client_id_conflict_status(&app, Timestamp::now());
-            if !mark_not_ready(ctx, &app, status, plan::reasons::CLIENT_ID_CONFLICT).await? {
+            let status = status::client_id_conflict_status(&app, Timestamp::now());
+            if !mark_not_ready(ctx, &app, status, status::reasons::CLIENT_ID_CONFLICT).await? {
                 continue;
             }
             return Ok(Action::requeue(CLIENT_ID_REQUEUE));
@@ -643,10 +629,10 @@ async fn converge(
                     .as_ref()
                     .and_then(|s| s.previous_secret.clone())
                     .filter(|_| status.previous_secret.is_none() && !repaired);
-                let result = rotation::write_status(ctx, &app, *status).await;
+                let result = writes::write_status(ctx, &app, *status).await;
                 if let (Ok(_), Some(expired)) = (&result, expired) {
                     info!(app = %key, previous = %expired.rotation_id, "previous client secret expired");
-                    rotation::publish_in_background(
+                    writes::publish_in_background(
                         ctx,
                         &app,
                         EventType::Normal,
@@ -659,7 +645,7 @@ async fn converge(
                 }
                 if result.is_ok() && repaired {
                     info!(app = %key, rotation_id = %rotation_id, "status completed from the Secret; no new secret");
-                    rotation::publish(
+                    writes::publish(
                         ctx,
                         &app,
                         EventType::Normal,
@@ -674,13 +660,13 @@ async fn converge(
                 result.map(|_| ())
             }
             Step::Conflict(status) => {
-                if !mark_not_ready(ctx, &app, *status, plan::reasons::SECRET_CONFLICT).await? {
+                if !mark_not_ready(ctx, &app, *status, status::reasons::SECRET_CONFLICT).await? {
                     continue;
                 }
                 return Ok(Action::requeue(CONFLICT_REQUEUE.min(resync)));
             }
             Step::Hold(status) => {
-                if !mark_not_ready(ctx, &app, *status, plan::reasons::RECORD_UNVERIFIABLE).await? {
+                if !mark_not_ready(ctx, &app, *status, status::reasons::RECORD_UNVERIFIABLE).await? {
                     continue;
                 }
                 return Ok(Action::requeue(CONFLICT_REQUEUE.min(resync)));
@@ -714,8 +700,8 @@ async fn converge(
             Err(Error::SecretConflict { .. }) => continue,
             // The spec asks for a Secret the API server refuses: say so, and wait for a change.
             Err(Error::SecretRejected { message, .. }) => {
-                let status = plan::rejected_status(&app, &message, Timestamp::now());
-                if !mark_not_ready(ctx, &app, status, plan::reasons::SECRET_REJECTED).await? {
+                let status = status::rejected_status(&app, &message, Timestamp::now());
+                if !mark_not_ready(ctx, &app, status, status::reasons::SECRET_REJECTED).await? {
                     continue;
                 }
                 return Ok(Action::requeue(CONFLICT_REQUEUE.min(resync)));
@@ -753,7 +739,7 @@ async fn rotate_from_cache(
     let secret = scope.secrets.lookup(&ns, &app.secret_name());
     let secret_meta = secret.as_ref().map(|s| s.metadata());
     let key = app_key(&app);
-    if rotation::caches_lag(ctx, &app, secret_meta.as_ref())
+    if writes::caches_lag(ctx, &app, secret_meta.as_ref())
         || app.uid() != cached.uid()
         || !scope
             .watches
@@ -792,13 +778,12 @@ fn secret_owner(secret: &CachedSecret) -> Option<AppKey> {
     let name = match secret.controller() {
         ControlledBy::App(app) => app,
         ControlledBy::Other => return None,
-        ControlledBy::Nothing => secret.annotation(plan::annotations::APP_NAME)?,
+        ControlledBy::Nothing => secret.annotation(record::annotations::APP_NAME)?,
     };
     Some(AppKey::new(secret.namespace(), name))
 }
 
-/// The condition an installation puts on an app another installation manages.
-pub const MANAGED_ELSEWHERE: &str = "ManagedElsewhere";
+pub use crate::model::status::MANAGED_ELSEWHERE;
 
 /// Leaves an app that `other` (another installation) manages alone: no write to its Secret,
 /// no repair; says so once, in a `ManagedElsewhere` condition (kept by the managing
@@ -827,10 +812,10 @@ async fn leave_alone(ctx: &Context, app: &OAuthApp, other: &str) -> Result<Actio
                 observed_generation: app.metadata.generation,
                 last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
             });
-        match rotation::write_status(ctx, app, status).await {
+        match writes::write_status(ctx, app, status).await {
             Ok(_) => {
                 info!(app = %app_key(app), installation = other, "{message}");
-                rotation::publish_in_background(ctx, app, EventType::Normal, "ManagedElsewhere", message);
+                writes::publish_in_background(ctx, app, EventType::Normal, "ManagedElsewhere", message);
             }
             Err(e) if e.is_conflict() => return Ok(Action::requeue(LAGGING_REQUEUE)),
             Err(e) => return Err(e),
@@ -858,14 +843,14 @@ async fn mark_not_ready(
         .first()
         .map(|c| c.message.clone())
         .unwrap_or_default();
-    match rotation::write_status(ctx, app, status).await {
+    match writes::write_status(ctx, app, status).await {
         Ok(_) => {}
         Err(e) if e.is_conflict() => return Ok(false),
         Err(e) => return Err(e),
     }
     if !already {
         warn!(app = %app_key(app), "{message}");
-        rotation::publish(ctx, app, EventType::Warning, reason, message).await;
+        writes::publish(ctx, app, EventType::Warning, reason, message).await;
     }
     Ok(true)
 }
@@ -917,10 +902,13 @@ mod tests {
         ObjectMeta {
             annotations: Some(BTreeMap::from([
                 (
-                    plan::annotations::ROTATION_ID.to_string(),
+                    record::annotations::ROTATION_ID.to_string(),
                     rotation_id.to_string(),
                 ),
-                (plan::annotations::ROTATED_AT.to_string(), rotated_at.to_string()),
+                (
+                    record::annotations::ROTATED_AT.to_string(),
+                    rotated_at.to_string(),
+                ),
             ])),
             ..Default::default()
         }
@@ -946,7 +934,7 @@ mod tests {
             Step::Rotate(RotationTrigger::Api),
             Step::Rotate(RotationTrigger::Created),
             Step::Rotate(RotationTrigger::SecretMissing),
-            Step::Drift(plan::Drift::Mismatch),
+            Step::Drift(record::Drift::Mismatch),
         ] {
             assert_eq!(turn(&limit, "ns/e", &step, now), Turn::Now, "{step:?}");
         }

@@ -15,11 +15,12 @@ use kube::{Api, Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::runtime::context::Context;
-use crate::controller::plan::{self, CONSUMERS_RESTARTED};
 use crate::model::crd::{MANAGER, OAuthApp, RESTARTED_FOR_ANNOTATION, RestartKind, RestartTarget};
+use crate::model::status;
+use crate::model::status::CONSUMERS_RESTARTED;
+use crate::runtime::context::Context;
 use crate::runtime::error::{Error, is_status};
-use crate::rotation::{self, app_key};
+use crate::runtime::writes::{self, app_key};
 
 /// The first retry of a failed restart comes after this long.
 const MIN_BACKOFF: Duration = Duration::from_secs(5);
@@ -77,7 +78,7 @@ pub async fn restart_consumers(
         }
     }
     let now = Timestamp::now();
-    let new_status = plan::restarts_status(app, &restarted, &failed, reason, now);
+    let new_status = status::restarts_status(app, &restarted, &failed, reason, now);
     let condition = |s: &crate::model::crd::OAuthAppStatus| {
         s.conditions
             .iter()
@@ -87,7 +88,7 @@ pub async fn restart_consumers(
     let before = app.status.as_ref().and_then(condition);
     let after = condition(&new_status);
     if app.status.as_ref() != Some(&new_status) {
-        rotation::write_status(ctx, app, new_status).await?;
+        writes::write_status(ctx, app, new_status).await?;
     }
     if !restarted.is_empty() {
         let names = restarted
@@ -96,7 +97,7 @@ pub async fn restart_consumers(
             .collect::<Vec<_>>()
             .join(", ");
         info!(app = %app_key(app), rotation_id = %rotation_id, targets = %names, "rollout restart of consumers");
-        rotation::publish_in_background(
+        writes::publish_in_background(
             ctx,
             app,
             EventType::Normal,
@@ -109,7 +110,7 @@ pub async fn restart_consumers(
     };
     // One Warning per new failure, not one per retry.
     if before.as_ref().map(|c| (&c.status, &c.message)) != Some((&after.status, &after.message)) {
-        rotation::publish_in_background(
+        writes::publish_in_background(
             ctx,
             app,
             EventType::Warning,

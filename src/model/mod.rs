@@ -6,7 +6,10 @@
 
 pub mod crd;
 pub mod id;
+pub mod managed;
 pub mod provider;
 pub mod record;
+pub mod rotated;
 pub mod schedule;
 pub mod secret;
+pub mod status;

@@ -28,6 +28,16 @@ use crate::model::crd::{OAuthApp, RotationHistoryEntry, RotationTrigger};
 use crate::model::secret::HashParams;
 
 /// Annotations the operator keeps on every Secret it writes (invariant 1 of DESIGN.md).
+/// On the record key Secret (`--record-key-secret`): a new value releases held repairs
+/// (`crate::runtime::repairs`).
+pub const RELEASE_REPAIRS_ANNOTATION: &str = "oauthapp.io/release-repairs";
+
+/// The annotation on the record key Secret by which a person passes a reserved client id on:
+/// while its value is a client id, that id's reservation for the namespace of its last holder
+/// (`crate::runtime::ledger::Ledger::reserved_for`) is set aside, and the oldest claimant in any
+/// namespace may take it.
+pub const RELEASE_CLIENT_ID_ANNOTATION: &str = "oauthapp.io/release-client-id";
+
 pub mod annotations {
     /// Unique id of the secret in the Secret; `status.rotationId` follows it.
     pub const ROTATION_ID: &str = "oauthapp.io/rotation-id";
@@ -380,7 +390,7 @@ impl KeyCell {
     }
 
     /// The client id a person released to another namespace (the annotation
-    /// [`crate::runtime::ledger::RELEASE_CLIENT_ID_ANNOTATION`] on the record key Secret), as last read.
+    /// [`RELEASE_CLIENT_ID_ANNOTATION`] on the record key Secret), as last read.
     pub fn released_client_id(&self) -> Option<String> {
         self.released_client_id
             .lock()
@@ -715,12 +725,9 @@ impl RecordKey {
             keys.push(bytes);
         }
         let first = found.iter().find(|s| s.metadata.name.as_deref() == Some(name));
-        let release = first.and_then(|s| s.annotations().get(crate::runtime::repairs::RELEASE_ANNOTATION).cloned());
-        let released_client_id = first.and_then(|s| {
-            s.annotations()
-                .get(crate::runtime::ledger::RELEASE_CLIENT_ID_ANNOTATION)
-                .cloned()
-        });
+        let release = first.and_then(|s| s.annotations().get(RELEASE_REPAIRS_ANNOTATION).cloned());
+        let released_client_id =
+            first.and_then(|s| s.annotations().get(RELEASE_CLIENT_ID_ANNOTATION).cloned());
         Ok(Self::ring(keys).map(|key| Ring {
             key,
             fingerprint,
@@ -773,7 +780,10 @@ pub async fn count_signed_records(
     let mut n = 0;
     for secrets in scopes {
         let mut params = kube::api::ListParams::default()
-            .labels(&format!("app.kubernetes.io/managed-by={}", crate::model::crd::MANAGER))
+            .labels(&format!(
+                "app.kubernetes.io/managed-by={}",
+                crate::model::crd::MANAGER
+            ))
             .limit(500);
         loop {
             let page = secrets.list_metadata(&params).await?;
@@ -797,12 +807,12 @@ pub async fn count_signed_records(
 }
 
 /// The ring as read: the keys, a fingerprint of the Secrets read, and the repair release value
-/// on the first one ([`crate::runtime::repairs::RELEASE_ANNOTATION`]).
+/// on the first one ([`RELEASE_REPAIRS_ANNOTATION`]).
 pub struct Ring {
     pub key: RecordKey,
     pub fingerprint: String,
     pub release: Option<String>,
-    /// [`crate::runtime::ledger::RELEASE_CLIENT_ID_ANNOTATION`] on the first one.
+    /// [`RELEASE_CLIENT_ID_ANNOTATION`] on the first one.
     pub released_client_id: Option<String>,
 }
 
@@ -1065,7 +1075,9 @@ pub fn judge(
             // neither believed nor replaced.
             return match sealed {
                 Some((r, KeyCheck::UnknownKey)) if !has_rotation => {
-                    if app.annotation(crate::model::crd::ACCEPT_SECRET_ANNOTATION) == Some(r.rotation_id.as_str()) {
+                    if app.annotation(crate::model::crd::ACCEPT_SECRET_ANNOTATION)
+                        == Some(r.rotation_id.as_str())
+                    {
                         Verdict::Adopt
                     } else {
                         Verdict::Unverifiable
@@ -1148,7 +1160,8 @@ pub fn judge(
         (true, KeyCheck::UnknownKey) if shown => Verdict::Legacy,
         (true, KeyCheck::UnknownKey) if has_rotation => Verdict::Drift(Drift::BadSignature),
         (true, KeyCheck::UnknownKey)
-            if app.annotation(crate::model::crd::ACCEPT_SECRET_ANNOTATION) == Some(record.rotation_id.as_str()) =>
+            if app.annotation(crate::model::crd::ACCEPT_SECRET_ANNOTATION)
+                == Some(record.rotation_id.as_str()) =>
         {
             Verdict::Accepted
         }
@@ -1190,9 +1203,9 @@ pub fn older_than_status(app: &OAuthApp, record: &Record) -> bool {
 /// Whether `app` accepts `record` as it is (`oauthapp.io/accept-secret` valued with its
 /// rotation id) while the app has no status rotation of its own.
 pub fn verdict_is_accepted(app: &OAuthApp, record: Option<&Record>) -> bool {
-    record
-        .is_some_and(|r| app.annotation(crate::model::crd::ACCEPT_SECRET_ANNOTATION) == Some(r.rotation_id.as_str()))
-        && app.status.as_ref().is_none_or(|s| s.rotation_id.is_none())
+    record.is_some_and(|r| {
+        app.annotation(crate::model::crd::ACCEPT_SECRET_ANNOTATION) == Some(r.rotation_id.as_str())
+    }) && app.status.as_ref().is_none_or(|s| s.rotation_id.is_none())
 }
 
 /// Whether the record on `meta` is signed by the ring's newest key (else a believed record is
@@ -1255,7 +1268,10 @@ pub fn app_id(app: &OAuthApp) -> Option<String> {
 pub fn status_app_id(app: &OAuthApp) -> Option<String> {
     let status = app.status.as_ref()?;
     status.rotation_id.as_ref()?;
-    status.app_id.clone().filter(|id| crate::model::id::decode(id).is_ok())
+    status
+        .app_id
+        .clone()
+        .filter(|id| crate::model::id::decode(id).is_ok())
 }
 
 /// The id the app's uid makes (`app_` + base62): a new app's id.
@@ -1356,7 +1372,8 @@ mod tests {
     fn a_sealed_secret_of_an_earlier_app_of_the_name_is_adopted_unless_something_newer_is_known() {
         let now = Timestamp::now();
         let hash = our_hash();
-        let kept = &crate::model::id::encode(uuid::Uuid::from_u128(0x1111_2222_3333_4444_5555_6666_7777_8888));
+        let kept =
+            &crate::model::id::encode(uuid::Uuid::from_u128(0x1111_2222_3333_4444_5555_6666_7777_8888));
         let orphan = sealed_orphan(&hash, now, kept);
         let kept = kept.as_str();
         let app = app_in_ns();

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::controller::plan::app_id;
 use crate::model::crd::{OAuthApp, PreviousSecret, ROTATE_ANNOTATION, ROTATE_REVOKE_ANNOTATION};
+use crate::model::record::app_id;
 use crate::model::secret::{self, HashError};
 
 /// The most a client secret read from stdin may be: a real one is 53 bytes; anything past this

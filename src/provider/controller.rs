@@ -19,10 +19,10 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 
 use super::IdentityProvider;
-use crate::model::provider::{ClientDeletionPolicy, OAuthProvider, OAuthProviderStatus};
 use super::keycloak::Keycloak;
-use crate::runtime::context::Context;
 use crate::model::crd::{MANAGER, OAuthApp};
+use crate::model::provider::{ClientDeletionPolicy, OAuthProvider, OAuthProviderStatus};
+use crate::runtime::context::Context;
 use crate::runtime::error::Error;
 
 /// A Ready provider is checked again after this long.

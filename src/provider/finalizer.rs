@@ -21,12 +21,12 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::model::provider::{ClientDeletionPolicy, OAuthProvider};
 use super::{IdentityProvider, OwnedClient};
-use crate::runtime::context::Context;
 use crate::model::crd::{DeletionPolicy, MANAGER, OAuthApp};
+use crate::model::provider::{ClientDeletionPolicy, OAuthProvider};
+use crate::runtime::context::Context;
 use crate::runtime::error::Error;
-use crate::rotation::app_key;
+use crate::runtime::writes::app_key;
 
 /// The finalizer on an app with a provider.
 pub const FINALIZER: &str = "oauthapp.io/provider-client";

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -13,24 +12,19 @@ use kube::runtime::events::EventType;
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
-use crate::model::provider::OAuthProvider;
 use super::keycloak::Keycloak;
 use super::{DesiredClient, Grace, Holds, IdentityProvider, Previous, ProviderError, Put};
-use crate::runtime::context::Context;
 use crate::model::crd::{CLIENT_SECRET_KEY, OAuthApp};
-use crate::runtime::error::Error;
+use crate::model::provider::OAuthProvider;
 use crate::model::record::annotations;
-use crate::rotation::{self, app_key};
 use crate::model::secret::ClientSecret;
+use crate::runtime::context::Context;
+use crate::runtime::error::Error;
+pub use crate::runtime::providers::{CHECK_INTERVAL, LATE_WRITE_WINDOW};
+use crate::runtime::providers::{Checked, State};
+use crate::runtime::writes::{self, app_key};
 
-/// The app's condition: whether the provider holds what the Secret holds.
-pub const PROVIDER_SYNCED: &str = "ProviderSynced";
-/// `ProviderSynced=True`: the provider holds the current secret (and the previous one, with a
-/// grace period, where it can).
-pub const SYNCED: &str = "Synced";
-/// `ProviderSynced=True`, with a grace period the provider did not keep: only the current secret
-/// works there.
-pub const SYNCED_WITHOUT_GRACE: &str = "SyncedWithoutGrace";
+pub use crate::model::status::{PROVIDER_SYNCED, SYNCED, SYNCED_WITHOUT_GRACE};
 /// `ProviderSynced=True`: the provider holds the secret, but its realm has no client scope of
 /// some of the app's `spec.scopes` (named in the message); the next check assigns them once they
 /// exist.
@@ -39,123 +33,13 @@ pub const SYNCED_WITHOUT_SCOPES: &str = "SyncedWithoutScopes";
 pub const PROVIDER_SCOPES_MISSING: &str = "ProviderScopesMissing";
 /// The words of a `ProviderSynced` message that say the previous secret was not kept.
 const NO_ROTATION_POLICY: &str = "the realm has no client policy with the secret-rotation executor";
-/// An app's client is checked against the provider at most this often (and after every change of
-/// its rotation, and once per process start: a crash between the provider write and the Secret
-/// write is caught by the restart).
-pub const CHECK_INTERVAL: Duration = Duration::from_secs(300);
 /// The first retry after a failed check; doubling up to [`CHECK_INTERVAL`].
 const FIRST_RETRY: Duration = Duration::from_secs(5);
-
-/// What this operator process remembers about its apps' providers, in memory (a restart checks
-/// every app once): owned by its [`Context`], so that two operators in one process (the tests)
-/// keep their own. An entry that has not been refreshed for [`FORGET_AFTER`] is dropped: a live
-/// app refreshes its entries at least every [`CHECK_INTERVAL`], so only deleted apps (and
-/// providers) lose theirs, and the maps stay as large as the apps in use.
-#[derive(Default)]
-pub struct State {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    /// Per app (`namespace/name`): the rotation last found in sync at the provider, when, and
-    /// the failed checks in a row since.
-    checked: HashMap<String, Checked>,
-    /// Per provider (`namespace/name`): [`Held`].
-    unreachable: HashMap<String, Held>,
-    /// Per app (`namespace/name`): rotations in a row that failed at the provider, and when the
-    /// last one failed.
-    push_failures: HashMap<String, (u32, Instant)>,
-    /// When entries were last looked through for [`FORGET_AFTER`].
-    pruned: Option<Instant>,
-    /// Per app (`namespace/name`): until when a write the operator gave up on (a timeout, a
-    /// 5xx) may still land at the provider ([`LATE_WRITE_WINDOW`]); meanwhile the app is checked
-    /// every [`FIRST_RETRY`], not every [`CHECK_INTERVAL`].
-    late_writes: HashMap<String, Instant>,
-}
-
-/// How long after the operator gave up on a write to a provider (a timeout, a 5xx) that write
-/// is watched for: a slow provider may still do it, late, and put back a secret the Secret no
-/// longer holds. Such a write is caught by the next check, within [`FIRST_RETRY`] while the window
-/// runs, within [`CHECK_INTERVAL`] after it.
-pub const LATE_WRITE_WINDOW: Duration = Duration::from_secs(60);
-
-/// An entry not refreshed for this long is forgotten: twice the longest wait between two looks
-/// at a live app (a check or a retry), so forgetting never changes what a live app sees.
-const FORGET_AFTER: Duration = Duration::from_secs(2 * CHECK_INTERVAL.as_secs());
-
-struct Checked {
-    /// [`checked_version`] of the app when it was found in sync.
-    rotation_id: String,
-    /// When it was found in sync, or when a check last failed.
-    at: Instant,
-    failures: u32,
-}
-
-impl State {
-    fn lock(&self, now: Instant) -> std::sync::MutexGuard<'_, Inner> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.prune(now);
-        inner
-    }
-
-    /// Forgets the app `namespace/name` (its client was deleted with it).
-    pub fn forget_app(&self, key: &str) {
-        let mut inner = self.lock(Instant::now());
-        inner.checked.remove(key);
-        inner.push_failures.remove(key);
-    }
-
-    /// Entries held (apps and providers), for tests and metrics.
-    pub fn len(&self) -> usize {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.checked.len() + inner.unreachable.len() + inner.push_failures.len()
-    }
-
-    /// Whether no entry is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Inner {
-    /// Drops the entries not refreshed for [`FORGET_AFTER`]; looks at most once per
-    /// [`CHECK_INTERVAL`], so the cost is one pass over the apps every few minutes.
-    fn prune(&mut self, now: Instant) {
-        if self
-            .pruned
-            .is_some_and(|at| now.saturating_duration_since(at) < CHECK_INTERVAL)
-        {
-            return;
-        }
-        self.pruned = Some(now);
-        let fresh = |at: Instant| now.saturating_duration_since(at) < FORGET_AFTER;
-        self.checked.retain(|_, c| fresh(c.at));
-        self.push_failures.retain(|_, (_, at)| fresh(*at));
-        self.unreachable.retain(|_, (until, _, _)| now < *until);
-        self.late_writes.retain(|_, until| now < *until);
-    }
-
-    /// Notes that a write for `key` may still land late (it failed as unreachable).
-    fn may_land_late(&mut self, key: &str, error: &Error, now: Instant) {
-        if matches!(error, Error::Provider(ProviderError::Unreachable { .. })) {
-            self.late_writes.insert(key.to_string(), now + LATE_WRITE_WINDOW);
-        }
-    }
-
-    /// Whether a write for `key` may still land late.
-    fn late_write_possible(&self, key: &str, now: Instant) -> bool {
-        self.late_writes.get(key).is_some_and(|until| now < *until)
-    }
-}
 
 /// After a provider was found unreachable, calls to it fail at once for this long: a provider
 /// that hangs (each request up to its timeout) holds at most one controller worker at a time,
 /// not one per app, and apps without a provider never wait for workers behind it.
 const UNREACHABLE_HOLD: Duration = Duration::from_secs(10);
-
-/// Until when a provider is not called, and the URL and detail of the error that said so.
-type Held = (Instant, String, String);
 
 /// `call` on the provider `namespace/name`, unless it was found unreachable less than
 /// [`UNREACHABLE_HOLD`] ago (then that error again, with no request).
@@ -434,7 +318,7 @@ pub async fn push_revocation(ctx: &Context, app: &OAuthApp, current: &str) -> Re
     match &result {
         Ok(()) => {
             info!(app = %app_key(app), provider = %reference.name, "the identity provider no longer takes the previous secret");
-            rotation::publish_in_background(
+            writes::publish_in_background(
                 ctx,
                 app,
                 EventType::Normal,
@@ -672,7 +556,7 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
                     warn!(app = %key, provider = %reference.name, "the identity provider {what}");
                     EventType::Warning
                 };
-                rotation::publish_in_background(
+                writes::publish_in_background(
                     ctx,
                     app,
                     type_,
@@ -830,7 +714,7 @@ fn warn_missing_scopes(ctx: &Context, app: &OAuthApp, provider: &str, missing: &
         return;
     }
     warn!(app = %app_key(app), provider, scopes = %list, "the identity provider's realm has no client scope for some of the app's scopes");
-    rotation::publish_in_background(
+    writes::publish_in_background(
         ctx,
         app,
         EventType::Warning,
@@ -895,7 +779,7 @@ async fn write_condition(
         reason,
         message,
     );
-    match rotation::write_status(ctx, app, new_status).await {
+    match writes::write_status(ctx, app, new_status).await {
         Ok(_) => Ok(()),
         Err(e) if e.is_conflict() => Ok(()),
         Err(e) => Err(e),
@@ -913,13 +797,14 @@ pub(super) async fn mark_unsynced(ctx: &Context, app: &OAuthApp, provider: &str,
         warn!(app = %app_key(app), error = %e, "could not write the ProviderSynced condition");
     }
     if new {
-        rotation::publish_in_background(ctx, app, EventType::Warning, "ProviderSyncFailed", message);
+        writes::publish_in_background(ctx, app, EventType::Warning, "ProviderSyncFailed", message);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::providers::FORGET_AFTER;
 
     #[test]
     fn failed_checks_back_off_from_five_seconds_to_the_check_interval() {

@@ -9,76 +9,25 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, PostParams};
-use kube::runtime::events::{Event, EventType};
+use kube::api::ObjectMeta;
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::runtime::context::Context;
-use crate::controller::plan::{self, ContentCheck};
-use crate::model::crd::{
-    CLIENT_ID_KEY, CLIENT_SECRET_KEY, MANAGER, OAuthApp, OAuthAppStatus, RotationHistoryEntry,
-    RotationTrigger,
-};
-use crate::runtime::error::{Error, is_status};
+use crate::model::crd::{CLIENT_ID_KEY, CLIENT_SECRET_KEY, OAuthApp, RotationHistoryEntry, RotationTrigger};
 use crate::model::record::{self, Record, RecordKey, Verdict, annotations};
 use crate::model::secret::ClientSecret;
+use crate::model::status::ContentCheck;
+use crate::model::{managed, status};
+use crate::runtime::context::Context;
+use crate::runtime::error::Error;
+use crate::runtime::writes::{app_key, post_params, publish_in_background, write_error, write_status};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// How many times a status write is retried after a resourceVersion conflict.
 const STATUS_WRITE_ATTEMPTS: usize = 8;
 
-/// The outcome of a rotation: the new secret (shown once, to an API caller) and the app as
-/// written.
-pub struct Rotated {
-    pub secret: ClientSecret,
-    pub hint: String,
-    pub rotation_id: String,
-    pub app: OAuthApp,
-}
-
-/// A rotation whose Secret is written and whose status is not ([`Error::StatusPending`]). Its
-/// `Debug` names the rotation only, never the secret.
-pub struct Written(pub Rotated);
-
-impl std::fmt::Debug for Written {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Written(rotation {})", self.0.rotation_id)
-    }
-}
-
-pub fn post_params() -> PostParams {
-    PostParams {
-        dry_run: false,
-        field_manager: Some(MANAGER.into()),
-    }
-}
-
-/// Whether the watch caches lag this process's own last write of `app` or of its Secret
-/// (`secret`: the cached Secret's metadata, None when the cache has none). Both are checked,
-/// whatever the first says: each forgets an entry its cache has caught up with.
-pub fn caches_lag(ctx: &Context, app: &OAuthApp, secret: Option<&ObjectMeta>) -> bool {
-    let app_lags = ctx.own_writes.lagging(
-        &format!("OAuthApp {}", app_key(app)),
-        &app.resource_version().unwrap_or_default(),
-    );
-    let secret_lags = ctx.own_writes.lagging(
-        &format!(
-            "Secret {}/{}",
-            app.namespace().unwrap_or_default(),
-            app.secret_name()
-        ),
-        secret
-            .and_then(|m| m.resource_version.as_deref())
-            .unwrap_or_default(),
-    );
-    app_lags || secret_lags
-}
-
-/// `namespace/name` of an app, the key of its lock.
-pub fn app_key(app: &OAuthApp) -> String {
-    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
-}
+pub use crate::model::rotated::{Rotated, Written};
 
 /// Replaces the app's secret. The caller holds the app's lock and passes the app and its
 /// Secret's metadata (`current`: None when there is none), from fresh reads or from the watch
@@ -159,7 +108,7 @@ pub async fn rotate_committing(
     let planned = Planned {
         trigger,
         detail,
-        grace: plan::grace_for(app, trigger, revoke_previous),
+        grace: status::grace_for(app, trigger, revoke_previous),
     };
     // Fenced unless the caller runs it exempt (the REST API does, whatever the trigger: a
     // create's first secret is `Created`; crate::runtime::leader).
@@ -200,7 +149,7 @@ async fn rotate_inner(
     } = planned;
     let ns = app.namespace().unwrap_or_default();
     let name = app.name_any();
-    if let Some(installation) = crate::controller::managed_elsewhere(ctx, app, current.as_ref()) {
+    if let Some(installation) = status::managed_elsewhere(&ctx.installation, app, current.as_ref()) {
         return Err(Error::ManagedElsewhere {
             app: name,
             installation,
@@ -243,7 +192,7 @@ async fn rotate_inner(
             trigger,
             RotationTrigger::Api | RotationTrigger::Annotation | RotationTrigger::Schedule
         )
-        && plan::secret_ahead_of_status(app, meta)
+        && status::secret_ahead_of_status(app, meta)
     {
         return Err(Error::StaleView(app_key(app)));
     }
@@ -254,7 +203,7 @@ async fn rotate_inner(
     };
     let hint = secret.hint();
     let rotation_id = uuid::Uuid::from_u128(rand::random()).simple().to_string();
-    // Whole seconds, as the API server stores times (see plan::status_from_secret).
+    // Whole seconds, as the API server stores times (see status::status_from_secret).
     let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
     // What the replaced Secret says counts only when the operator wrote it.
     let believed = current.as_ref().filter(|_| {
@@ -298,7 +247,7 @@ async fn rotate_inner(
             .filter(|_| trigger == RotationTrigger::Api)
             .map(str::to_string),
     };
-    let history = plan::history_after(app, newest, replaced.as_ref());
+    let history = status::history_after(app, newest, replaced.as_ref());
     let record = Record {
         app_uid: uid,
         client_id: client_id.clone(),
@@ -314,7 +263,7 @@ async fn rotate_inner(
         trigger: trigger.as_str().to_string(),
         // Any new secret satisfies a pending rotate request: record the current annotation
         // value (or keep the last one recorded, so that value never rotates again).
-        observed_rotate_token: plan::observed_rotate_token(app, believed),
+        observed_rotate_token: status::observed_rotate_token(app, believed),
         previous: previous.clone(),
         history: Record::history_value(&history),
     };
@@ -369,8 +318,7 @@ async fn rotate_inner(
         .as_deref()
         .and_then(|f| f.strip_prefix("pause-before-secret-write="))
     {
-        let d =
-            crate::controller::plan::parse_interval(d).and_then(|d| std::time::Duration::try_from(d).ok());
+        let d = crate::model::status::parse_interval(d).and_then(|d| std::time::Duration::try_from(d).ok());
         tokio::time::sleep(d.unwrap_or_default()).await;
     }
     if !commit() {
@@ -436,7 +384,7 @@ async fn rotate_inner(
         // `=<duration>` pauses that long; bare, for ever.
         match pause
             .strip_prefix('=')
-            .and_then(crate::controller::plan::parse_interval)
+            .and_then(crate::model::status::parse_interval)
         {
             Some(d) => tokio::time::sleep(std::time::Duration::try_from(d).unwrap_or_default()).await,
             None => std::future::pending::<()>().await,
@@ -479,7 +427,9 @@ async fn rotate_inner(
     };
     let cause = match trigger {
         RotationTrigger::Created => "first secret of a new app".to_string(),
-        RotationTrigger::Annotation => format!("new value of annotation {}", crate::model::crd::ROTATE_ANNOTATION),
+        RotationTrigger::Annotation => {
+            format!("new value of annotation {}", crate::model::crd::ROTATE_ANNOTATION)
+        }
         RotationTrigger::Api => format!("REST API request by {}", caller.unwrap_or("an unknown caller")),
         RotationTrigger::Schedule => "spec.rotation.interval elapsed".to_string(),
         RotationTrigger::SecretMissing => format!("Secret {} was deleted", written.name_any()),
@@ -617,7 +567,7 @@ async fn write_status_for_secret(
         // (someone changed the Secret meanwhile) is left for the planner to verify.
         // The Secret as written by this process: its app id is the one kept.
         let kept = secret.annotations().get(annotations::APP_ID).cloned();
-        let status = plan::status_from_secret(&app, &secret.metadata, kept.as_deref(), Timestamp::now());
+        let status = status::status_from_secret(&app, &secret.metadata, kept.as_deref(), Timestamp::now());
         match write_status(ctx, &app, status).await {
             Ok(written) => return Ok(written),
             Err(e) if e.is_conflict() => {}
@@ -666,53 +616,6 @@ fn secret_write_error(app: &OAuthApp, secret: &str, e: kube::Error) -> Error {
         },
         _ => write_error(app, e),
     }
-}
-
-/// A failed conditional write of the app's Secret or status: a 409 (a concurrent writer won)
-/// is [`Error::Conflict`].
-fn write_error(app: &OAuthApp, e: kube::Error) -> Error {
-    if is_status(&e, 409) {
-        Error::Conflict(app_key(app))
-    } else {
-        Error::Kube(e)
-    }
-}
-
-/// Replaces the app's status (conditional on the app's resourceVersion).
-pub async fn write_status(ctx: &Context, app: &OAuthApp, status: OAuthAppStatus) -> Result<OAuthApp, Error> {
-    let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
-    let mut object = app.clone();
-    object.status = Some(status);
-    // Managed fields are not ours to send back.
-    object.metadata.managed_fields = None;
-    ctx.leadership.check()?;
-    let written = apps
-        .replace_status(&app.name_any(), &post_params(), &object)
-        .await
-        .map_err(|e| {
-            // The app went away between the read and this write.
-            if is_status(&e, 404) {
-                Error::NotFound(app_key(app))
-            } else {
-                write_error(app, e)
-            }
-        })?;
-    ctx.metrics.writes.inc();
-    ctx.own_writes.put(
-        format!("OAuthApp {}", app_key(app)),
-        &app.resource_version().unwrap_or_default(),
-    );
-    if let Some(message) = plan::newly_not_ready(app, &written, plan::reasons::INVALID_SCHEDULE) {
-        warn!(app = %app_key(app), "{message}");
-        publish_in_background(
-            ctx,
-            app,
-            EventType::Warning,
-            plan::reasons::INVALID_SCHEDULE,
-            message,
-        );
-    }
-    Ok(written)
 }
 
 /// Brings the Secret's labels, annotations and `client_id` in line with the app, keeping the
@@ -969,48 +872,8 @@ fn new_secret(app: &OAuthApp) -> Secret {
 
 /// Sets the desired labels and annotations, drops those the spec dropped; leaves what others added.
 fn apply_desired_metadata(app: &OAuthApp, meta: &mut ObjectMeta) {
-    plan::apply_secret_metadata(app, meta);
+    managed::apply_secret_metadata(app, meta);
     meta.managed_fields = None;
-}
-
-/// Publishes an Event about the app; a failure is logged, never fatal.
-pub async fn publish(ctx: &Context, app: &OAuthApp, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder().publish(&event, &app.object_ref(&())).await {
-        warn!(app = %app_key(app), reason, error = %crate::runtime::error::redact(&e.to_string()), "failed to publish event");
-    }
-}
-
-/// Publishes an Event about the app from a task of its own (tracked by `ctx.background`, which a
-/// shutdown waits for); a failure is logged, never fatal.
-pub fn publish_in_background(
-    ctx: &Context,
-    app: &OAuthApp,
-    type_: EventType,
-    reason: &'static str,
-    note: String,
-) {
-    let recorder = ctx.recorder();
-    let reference = app.object_ref(&());
-    let key = app_key(app);
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    ctx.background.spawn(async move {
-        if let Err(e) = recorder.publish(&event, &reference).await {
-            warn!(app = %key, reason, error = %crate::runtime::error::redact(&e.to_string()), "failed to publish event");
-        }
-    });
 }
 
 /// How long an API caller waits for a rotation already running on the same app in this

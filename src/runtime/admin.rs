@@ -81,8 +81,8 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
                 // Another installation's Secrets are not this one's to re-sign.
                 let elsewhere = ann(crate::model::record::annotations::INSTALLATION)
                     .is_some_and(|i| !installation.is_empty() && i != installation);
-                let old_signature =
-                    ann(crate::model::record::annotations::SIGNATURE).is_some_and(|sig| !ring.looks_current(sig));
+                let old_signature = ann(crate::model::record::annotations::SIGNATURE)
+                    .is_some_and(|sig| !ring.looks_current(sig));
                 let old_seal = ann(crate::model::record::annotations::SEAL)
                     .is_none_or(|seal| !seal.starts_with(&format!("s2.{}.", ring.signing_id())));
                 !elsewhere && (old_signature || old_seal)

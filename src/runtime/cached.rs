@@ -18,20 +18,20 @@ use kube::api::{ObjectMeta, PartialObjectMeta};
 use kube::runtime::reflector::{Lookup, ObjectRef};
 use kube::runtime::watcher;
 
-use crate::controller::plan::reasons;
 use crate::model::crd::{
     OAuthApp, OAuthAppSpec, OAuthAppStatus, PreviousSecret, RolloutRestarts, RotationHistoryEntry,
     RotationTrigger,
 };
 use crate::model::record::{Record, annotations};
+use crate::model::status::reasons;
 
 /// The strings every operator Secret and app repeats, shared by all: the record's keys
 /// ([`Record::KEYS`]), then these.
 const OTHERS: [&str; 24] = [
     annotations::SPEC_METADATA_KEYS,
     crate::runtime::watches::TRIMMED,
-    crate::controller::plan::MANAGED_BY_LABEL,
-    crate::controller::plan::MANAGED_BY,
+    crate::model::managed::MANAGED_BY_LABEL,
+    crate::model::managed::MANAGED_BY,
     "OAuthApp",
     "oauthapp.io/v1alpha1",
     "",
@@ -40,11 +40,11 @@ const OTHERS: [&str; 24] = [
     "True",
     "False",
     "Unknown",
-    crate::controller::plan::CONSUMERS_RESTARTED,
-    crate::provider::sync::PROVIDER_SYNCED,
-    crate::provider::sync::SYNCED,
-    crate::provider::sync::SYNCED_WITHOUT_GRACE,
-    crate::controller::MANAGED_ELSEWHERE,
+    crate::model::status::CONSUMERS_RESTARTED,
+    crate::model::status::PROVIDER_SYNCED,
+    crate::model::status::SYNCED,
+    crate::model::status::SYNCED_WITHOUT_GRACE,
+    crate::model::status::MANAGED_ELSEWHERE,
     reasons::SECRET_READY,
     reasons::SECRET_CONFLICT,
     reasons::CLIENT_ID_CONFLICT,

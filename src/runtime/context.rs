@@ -24,11 +24,11 @@ impl Context {
     }
 }
 
-use crate::controller::plan::ContentCheck;
+use crate::model::record::{KeyCell, RecordKey};
+use crate::model::status::ContentCheck;
 use crate::runtime::error::Error;
 use crate::runtime::hasher::Hasher;
 use crate::runtime::metrics::Metrics;
-use crate::model::record::{KeyCell, RecordKey};
 
 pub struct Context {
     pub client: Client,
@@ -55,14 +55,14 @@ pub struct Context {
     /// Whether the controller may write (closed while this replica does not lead).
     pub leadership: crate::runtime::leader::Leadership,
     /// The operator-wide limit on scheduled rotations (`--max-scheduled-rotations-per-second`).
-    pub scheduled_rotations: crate::model::schedule::ScheduledRotations,
+    pub scheduled_rotations: crate::runtime::scheduled::ScheduledRotations,
     /// Records re-signed with a new key of the ring, at most [`RESIGNS_PER_SECOND`]: a new key
     /// moves every record over in the background, never as a burst of writes.
     pub resigns: governor::DefaultDirectRateLimiter,
     /// The brake on mass repair (crate::runtime::repairs).
     pub repairs: crate::runtime::repairs::RepairBrake,
     /// Repairs start in turn, at most `--max-repairs-per-second`.
-    pub repair_turns: crate::model::schedule::ScheduledRotations,
+    pub repair_turns: crate::runtime::scheduled::ScheduledRotations,
     /// This installation (`<namespace>/<record key Secret>`): recorded on every app it manages;
     /// an app recorded for another is left alone.
     pub installation: String,
@@ -70,7 +70,7 @@ pub struct Context {
     pub ledger: Arc<crate::runtime::ledger::Ledger>,
     /// What this process knows of its apps' identity providers (checks, backoffs, providers
     /// found unreachable).
-    pub providers: Arc<crate::provider::sync::State>,
+    pub providers: Arc<crate::runtime::providers::State>,
 }
 
 /// Repairs started per second at most, by default.
@@ -85,8 +85,8 @@ impl Context {
             controller: crate::model::crd::MANAGER.into(),
             instance: Some(instance),
         };
-        let scheduled_rotations = crate::model::schedule::ScheduledRotations::new(
-            crate::model::schedule::DEFAULT_MAX_PER_SECOND,
+        let scheduled_rotations = crate::runtime::scheduled::ScheduledRotations::new(
+            crate::runtime::scheduled::DEFAULT_MAX_PER_SECOND,
             Some(metrics.clone()),
         );
         Self {
@@ -103,8 +103,13 @@ impl Context {
             leadership: crate::runtime::leader::Leadership::default(),
             scheduled_rotations,
             resigns: governor::RateLimiter::direct(governor::Quota::per_second(RESIGNS_PER_SECOND)),
-            repairs: crate::runtime::repairs::RepairBrake::new(crate::runtime::repairs::BrakeSettings::default()),
-            repair_turns: crate::model::schedule::ScheduledRotations::new(DEFAULT_REPAIRS_PER_SECOND, None),
+            repairs: crate::runtime::repairs::RepairBrake::new(
+                crate::runtime::repairs::BrakeSettings::default(),
+            ),
+            repair_turns: crate::runtime::scheduled::ScheduledRotations::new(
+                DEFAULT_REPAIRS_PER_SECOND,
+                None,
+            ),
             installation: String::new(),
             ledger: Arc::default(),
             providers: Arc::default(),
@@ -119,7 +124,7 @@ impl Context {
 
     /// Repairs start at most `per_second`, in turn, and the brake holds them past `brake`.
     pub fn with_repairs(mut self, per_second: f64, brake: crate::runtime::repairs::BrakeSettings) -> Self {
-        self.repair_turns = crate::model::schedule::ScheduledRotations::new(per_second, None);
+        self.repair_turns = crate::runtime::scheduled::ScheduledRotations::new(per_second, None);
         self.repairs = crate::runtime::repairs::RepairBrake::new(brake);
         self
     }
@@ -127,7 +132,7 @@ impl Context {
     /// At most `per_second` scheduled rotations start per second, operator-wide.
     pub fn with_max_scheduled_rotations_per_second(mut self, per_second: f64) -> Self {
         self.scheduled_rotations =
-            crate::model::schedule::ScheduledRotations::new(per_second, Some(self.metrics.clone()));
+            crate::runtime::scheduled::ScheduledRotations::new(per_second, Some(self.metrics.clone()));
         self
     }
 }
@@ -204,7 +209,10 @@ pub fn content_digest(
 ) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut digest = Sha256::new();
-    for key in [crate::model::crd::CLIENT_ID_KEY, crate::model::crd::CLIENT_SECRET_KEY] {
+    for key in [
+        crate::model::crd::CLIENT_ID_KEY,
+        crate::model::crd::CLIENT_SECRET_KEY,
+    ] {
         let value = data.and_then(|d| d.get(key)).map(|b| b.0.as_slice());
         match value {
             Some(v) => {

@@ -59,12 +59,12 @@ pub enum Error {
         app: String,
         #[source]
         source: Box<Error>,
-        written: Box<crate::rotation::Written>,
+        written: Box<crate::model::rotated::Written>,
     },
     /// The app's identity provider (`spec.providerRef`) could not be given the new secret, or
     /// checked: a rotation that fails here has written nothing.
     #[error(transparent)]
-    Provider(#[from] crate::provider::ProviderError),
+    Provider(#[from] ProviderError),
 }
 
 impl Error {
@@ -141,6 +141,69 @@ pub fn redact(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// What went wrong at (or on the way to) a provider. The text never holds a secret or the
+/// provider's credentials; `reason()` is the condition reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The OAuthProvider named by `spec.providerRef` does not exist.
+    #[error("OAuthProvider {0} not found; create it, or fix spec.providerRef")]
+    NotFound(String),
+    /// The credentials Secret, or a key in it, is missing.
+    #[error(
+        "the credentials of OAuthProvider {provider} are missing: {what}; create the Secret or fix spec.keycloak.credentialsSecretRef"
+    )]
+    CredentialsMissing { provider: String, what: String },
+    /// The provider could not be reached (connection refused, timeout, 5xx).
+    #[error("identity provider at {url} could not be reached: {detail}; the operator retries")]
+    Unreachable { url: String, detail: String },
+    /// A TLS connection to the provider failed (most often: its certificate is not trusted).
+    #[error(
+        "TLS with identity provider at {url} failed: {detail}; if its certificate is issued by a private CA, put that CA in spec.keycloak.caBundle"
+    )]
+    Tls { url: String, detail: String },
+    /// `spec.keycloak.caBundle` holds no usable PEM certificate.
+    #[error(
+        "spec.keycloak.caBundle of the provider for {url} is not usable: {detail}; put PEM CA certificates there"
+    )]
+    InvalidCaBundle { url: String, detail: String },
+    /// The provider refused the operator's credentials (or they may not manage clients).
+    #[error(
+        "identity provider at {url} refused the service account: {detail}; check the credentials Secret and that the account has the realm-management role manage-clients"
+    )]
+    Unauthorized { url: String, detail: String },
+    /// The provider took the service account's credentials but refused it the admin API (HTTP
+    /// 403: in Keycloak, it lacks the realm-management role `manage-clients`).
+    #[error(
+        "identity provider at {url} authenticated the service account but does not let it manage clients: {detail}; give it the realm-management role manage-clients in the realm; the operator retries"
+    )]
+    Forbidden { url: String, detail: String },
+    /// A client with the app's client id exists and was not created by the operator for this app.
+    #[error(
+        "a client with id {client_id} exists at the identity provider and was not created by the operator for this app; delete it there, or choose another spec.clientId"
+    )]
+    ClientConflict { client_id: String },
+    /// The provider answered something else unexpected (a 4xx it should not send).
+    #[error("identity provider at {url} refused the request: {detail}")]
+    Rejected { url: String, detail: String },
+}
+
+impl ProviderError {
+    /// The condition (and Event) reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProviderError::NotFound(_) => "ProviderNotFound",
+            ProviderError::CredentialsMissing { .. } => "CredentialsMissing",
+            ProviderError::Unreachable { .. } => "Unreachable",
+            ProviderError::Tls { .. } => "TLSHandshakeFailed",
+            ProviderError::InvalidCaBundle { .. } => "InvalidCABundle",
+            ProviderError::Unauthorized { .. } => "Unauthorized",
+            ProviderError::Forbidden { .. } => "Forbidden",
+            ProviderError::ClientConflict { .. } => "ClientConflict",
+            ProviderError::Rejected { .. } => "Rejected",
+        }
+    }
 }
 
 #[cfg(test)]

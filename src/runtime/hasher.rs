@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::model::secret::{self, ClientSecret, HashMemory, HashParams};
 use crate::runtime::error::Error;
 use crate::runtime::fair::{FairPermit, FairPermits};
-use crate::model::secret::{self, ClientSecret, HashMemory, HashParams};
 
 /// The workers' argon2 memory goes back to the system after this long without a hash.
 pub const IDLE_RELEASE: Duration = Duration::from_secs(5);

@@ -33,10 +33,7 @@ pub const TTL: Duration = Duration::from_secs(400 * 24 * 3600);
 /// How often the ledger is read back (and pending notes written).
 const POLL: Duration = Duration::from_secs(2);
 
-/// The annotation on the record key Secret by which a person passes a reserved client id on:
-/// while its value is a client id, that id's reservation for the namespace of its last holder
-/// ([`Ledger::reserved_for`]) is set aside, and the oldest claimant in any namespace may take it.
-pub const RELEASE_CLIENT_ID_ANNOTATION: &str = "oauthapp.io/release-client-id";
+pub use crate::model::record::RELEASE_CLIENT_ID_ANNOTATION;
 
 /// One remembered name: its last rotation count and id, when it was noted (Unix seconds) and,
 /// for an app that held a `spec.clientId`, that client id's reservation for its namespace (both

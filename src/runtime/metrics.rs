@@ -8,8 +8,8 @@ use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::runtime::cached::CachedApp;
 use crate::model::crd::RotationTrigger;
+use crate::runtime::cached::CachedApp;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RotationLabels {
@@ -65,11 +65,11 @@ pub struct ReadyLabels {
 /// The reasons `oauthapp_apps_not_ready{reason}` counts by: the Ready reasons that need someone
 /// to act, and `Other` for any reason not listed (so the label stays a fixed, small set).
 pub const NOT_READY_REASONS: [&str; 7] = [
-    crate::controller::plan::reasons::SECRET_CONFLICT,
-    crate::controller::plan::reasons::RECORD_UNVERIFIABLE,
-    crate::controller::plan::reasons::REPAIR_HELD,
-    crate::controller::plan::reasons::REPAIR_BACKOFF,
-    crate::controller::plan::reasons::SECRET_REJECTED,
+    crate::model::status::reasons::SECRET_CONFLICT,
+    crate::model::status::reasons::RECORD_UNVERIFIABLE,
+    crate::model::status::reasons::REPAIR_HELD,
+    crate::model::status::reasons::REPAIR_BACKOFF,
+    crate::model::status::reasons::SECRET_REJECTED,
     // A client id another app already uses (issue 9).
     "ClientIdConflict",
     "Other",

@@ -12,8 +12,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// On the record key Secret (`--record-key-secret`): a new value releases held repairs.
-pub const RELEASE_ANNOTATION: &str = "oauthapp.io/release-repairs";
+pub use crate::model::record::RELEASE_REPAIRS_ANNOTATION as RELEASE_ANNOTATION;
 
 /// The brake's settings.
 #[derive(Debug, Clone, Copy)]

@@ -18,9 +18,9 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::runtime::cached::{CachedApp, CachedSecret};
-use crate::controller::plan::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::model::crd::OAuthApp;
+use crate::model::managed::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::runtime::cached::{CachedApp, CachedSecret};
 use crate::runtime::store::{self, Keyed, Store};
 
 /// What the cached copy of an app keeps of its metadata: managedFields and labels are dropped
@@ -440,7 +440,11 @@ impl Watches {
         claims.owner(id, || self.reserved_for(id, released)) == Some(uid)
     }
 
-    fn reserved_for(&self, client_id: &str, released: Option<&str>) -> Option<crate::runtime::ledger::Reservation> {
+    fn reserved_for(
+        &self,
+        client_id: &str,
+        released: Option<&str>,
+    ) -> Option<crate::runtime::ledger::Reservation> {
         self.ledger.as_ref()?.reserved_for(client_id, released)
     }
 
@@ -645,7 +649,11 @@ impl ClientIds {
     /// `reserved` for a namespace, the claimant of that namespace with the last holder's name
     /// (or, once the reservation is old enough, the namespace's first claimant); else the first
     /// claimant. None while the id is reserved and no claimant may take it.
-    fn owner(&self, id: &str, reserved: impl FnOnce() -> Option<crate::runtime::ledger::Reservation>) -> Option<&str> {
+    fn owner(
+        &self,
+        id: &str,
+        reserved: impl FnOnce() -> Option<crate::runtime::ledger::Reservation>,
+    ) -> Option<&str> {
         let claims = self.by_id.get(id)?;
         let first = claims.values().min()?;
         if !first.not_holding {
@@ -657,9 +665,9 @@ impl ClientIds {
         // Apps of the namespace re-created at once are not ordered by age (the same second) or
         // by their random uids: the name the id was held under gets it.
         let in_namespace = || {
-            claims
-                .values()
-                .filter(|c| crate::runtime::ledger::digest("namespace", &c.namespace) == reservation.namespace)
+            claims.values().filter(|c| {
+                crate::runtime::ledger::digest("namespace", &c.namespace) == reservation.namespace
+            })
         };
         let claim = in_namespace()
             .find(|c| c.ledger_key == reservation.holder)
@@ -780,7 +788,7 @@ mod failpoints {
         let delay = std::env::var("OAUTHAPP_FAILPOINT")
             .ok()
             .and_then(|f| f.strip_prefix("stale-secret-cache=").map(str::to_string))
-            .and_then(|d| crate::controller::plan::parse_interval(&d))
+            .and_then(|d| crate::model::status::parse_interval(&d))
             .and_then(|d| Duration::try_from(d).ok());
         let Some(delay) = delay else {
             return events.boxed();

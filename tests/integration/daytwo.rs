@@ -800,7 +800,7 @@ async fn a_velero_restore_of_a_lost_namespace_replaces_no_secret_and_keeps_every
 }
 
 fn plan_controlled(app: &OAuthApp, secret: &Secret) -> bool {
-    oauthapp_operator::controller::plan::is_controlled_by(&secret.metadata, app)
+    oauthapp_operator::model::managed::is_controlled_by(&secret.metadata, app)
 }
 
 #[tokio::test]
@@ -945,8 +945,11 @@ async fn a_revoked_secret_never_comes_back_through_a_deleted_and_re_created_app(
     assert_eq!(status.previous_secret, None);
     assert_ne!(plaintext_of(&secret), leaked);
     assert!(
-        !oauthapp_operator::model::secret::verify(&leaked, status.client_secret_hash.as_deref().expect("hash"))
-            .unwrap()
+        !oauthapp_operator::model::secret::verify(
+            &leaked,
+            status.client_secret_hash.as_deref().expect("hash")
+        )
+        .unwrap()
     );
     drop(operator);
 }

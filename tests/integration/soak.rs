@@ -258,7 +258,7 @@ async fn soak_with_random_faults() {
     let seconds: u64 = env_or("SOAK_SECONDS", 600);
     let seed: u64 = env_or("SOAK_SEED", rand::random());
     let interval: String = env_or("SOAK_INTERVAL", "2m".to_string());
-    let interval_d = oauthapp_operator::controller::plan::parse_interval(&interval)
+    let interval_d = oauthapp_operator::model::status::parse_interval(&interval)
         .expect("SOAK_INTERVAL is a duration like 2m");
     let duration = Duration::from_secs(seconds);
     eprintln!(

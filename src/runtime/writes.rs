@@ -1,0 +1,133 @@
+//! The writes every part of the operator makes the same way: an app's status (conditional on
+//! the app's resourceVersion, noted so the caches' lag is known), Events, and the key an app is
+//! locked and logged by.
+
+use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use tracing::warn;
+
+use crate::model::crd::{MANAGER, OAuthApp, OAuthAppStatus};
+use crate::model::status;
+use crate::runtime::context::Context;
+use crate::runtime::error::{Error, is_status};
+
+pub fn post_params() -> PostParams {
+    PostParams {
+        dry_run: false,
+        field_manager: Some(MANAGER.into()),
+    }
+}
+
+/// Whether the watch caches lag this process's own last write of `app` or of its Secret
+/// (`secret`: the cached Secret's metadata, None when the cache has none). Both are checked,
+/// whatever the first says: each forgets an entry its cache has caught up with.
+pub fn caches_lag(ctx: &Context, app: &OAuthApp, secret: Option<&ObjectMeta>) -> bool {
+    let app_lags = ctx.own_writes.lagging(
+        &format!("OAuthApp {}", app_key(app)),
+        &app.resource_version().unwrap_or_default(),
+    );
+    let secret_lags = ctx.own_writes.lagging(
+        &format!(
+            "Secret {}/{}",
+            app.namespace().unwrap_or_default(),
+            app.secret_name()
+        ),
+        secret
+            .and_then(|m| m.resource_version.as_deref())
+            .unwrap_or_default(),
+    );
+    app_lags || secret_lags
+}
+
+/// `namespace/name` of an app, the key of its lock.
+pub fn app_key(app: &OAuthApp) -> String {
+    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
+}
+
+/// A failed conditional write of the app's Secret or status: a 409 (a concurrent writer won)
+/// is [`Error::Conflict`].
+pub fn write_error(app: &OAuthApp, e: kube::Error) -> Error {
+    if is_status(&e, 409) {
+        Error::Conflict(app_key(app))
+    } else {
+        Error::Kube(e)
+    }
+}
+
+/// Replaces the app's status (conditional on the app's resourceVersion).
+pub async fn write_status(ctx: &Context, app: &OAuthApp, status: OAuthAppStatus) -> Result<OAuthApp, Error> {
+    let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let mut object = app.clone();
+    object.status = Some(status);
+    // Managed fields are not ours to send back.
+    object.metadata.managed_fields = None;
+    ctx.leadership.check()?;
+    let written = apps
+        .replace_status(&app.name_any(), &post_params(), &object)
+        .await
+        .map_err(|e| {
+            // The app went away between the read and this write.
+            if is_status(&e, 404) {
+                Error::NotFound(app_key(app))
+            } else {
+                write_error(app, e)
+            }
+        })?;
+    ctx.metrics.writes.inc();
+    ctx.own_writes.put(
+        format!("OAuthApp {}", app_key(app)),
+        &app.resource_version().unwrap_or_default(),
+    );
+    if let Some(message) = status::newly_not_ready(app, &written, status::reasons::INVALID_SCHEDULE) {
+        warn!(app = %app_key(app), "{message}");
+        publish_in_background(
+            ctx,
+            app,
+            EventType::Warning,
+            status::reasons::INVALID_SCHEDULE,
+            message,
+        );
+    }
+    Ok(written)
+}
+
+/// Publishes an Event about the app; a failure is logged, never fatal.
+pub async fn publish(ctx: &Context, app: &OAuthApp, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder().publish(&event, &app.object_ref(&())).await {
+        warn!(app = %app_key(app), reason, error = %crate::runtime::error::redact(&e.to_string()), "failed to publish event");
+    }
+}
+
+/// Publishes an Event about the app from a task of its own (tracked by `ctx.background`, which a
+/// shutdown waits for); a failure is logged, never fatal.
+pub fn publish_in_background(
+    ctx: &Context,
+    app: &OAuthApp,
+    type_: EventType,
+    reason: &'static str,
+    note: String,
+) {
+    let recorder = ctx.recorder();
+    let reference = app.object_ref(&());
+    let key = app_key(app);
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    ctx.background.spawn(async move {
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            warn!(app = %key, reason, error = %crate::runtime::error::redact(&e.to_string()), "failed to publish event");
+        }
+    });
+}
