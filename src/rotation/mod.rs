@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::model::crd::{CLIENT_ID_KEY, CLIENT_SECRET_KEY, OAuthApp, RotationHistoryEntry, RotationTrigger};
 use crate::model::record::{self, Record, RecordKey, Verdict, annotations};
@@ -133,6 +133,10 @@ struct Planned<'a> {
     grace: Option<jiff::SignedDuration>,
 }
 
+/// One rotation, step by step: decide whether it may run on what is known, make the secret,
+/// build its record, put both into the Secret object, push the secret to the app's identity
+/// provider, write the Secret, write the status, tell (log and Event). Each step is a function
+/// below, in that order.
 async fn rotate_inner(
     ctx: &Context,
     app: &OAuthApp,
@@ -142,185 +146,19 @@ async fn rotate_inner(
     commit: impl FnOnce() -> bool,
     secret_written: impl FnOnce(),
 ) -> Result<Rotated, Error> {
-    let Planned {
-        trigger,
-        detail: caller,
-        grace,
-    } = planned;
-    let ns = app.namespace().unwrap_or_default();
-    let name = app.name_any();
-    if let Some(installation) = status::managed_elsewhere(&ctx.installation, app, current.as_ref()) {
-        return Err(Error::ManagedElsewhere {
-            app: name,
-            installation,
-        });
-    }
-    let key = ctx.record_key()?;
-    let retired = ctx.ledger.get(&ns, &name);
-    let judged = current.as_ref().map(|meta| {
-        record::judge(
-            app,
-            meta,
-            &key,
-            ctx.hasher.trusted(),
-            Timestamp::now(),
-            retired.as_ref(),
-        )
-    });
-    // Not this app's Secret; or one it adopts (the controller does), which a first secret must
-    // not replace.
-    if let Some(meta) = &current
-        && (judged == Some(Verdict::NotOurs)
-            || (judged == Some(Verdict::Adopt) && trigger == RotationTrigger::Created))
-    {
-        return Err(Error::SecretConflict {
-            secret: meta.name.clone().unwrap_or_default(),
-            app: name,
-        });
-    }
-    // The id is made once: kept from the status, or proven by the Secret's record.
-    let app_id =
-        record::kept_app_id(app, current.as_ref(), &key).ok_or_else(|| Error::MissingUid(name.clone()))?;
-    let client_id = app.spec.client_id.clone().unwrap_or_else(|| app_id.clone());
-    // A Secret ahead of the status holds a rotation whose status write has not landed: another
-    // replica is between its two writes (or crashed there; the controller completes the status).
-    // Replacing that secret now could let the other writer's status write land afterwards and
-    // confirm a secret that is no longer in the Secret (invariant 7), so a requested rotation
-    // waits for the status instead. Repairs (a missing or altered secret) go ahead.
-    if let Some(meta) = &current
-        && matches!(
-            trigger,
-            RotationTrigger::Api | RotationTrigger::Annotation | RotationTrigger::Schedule
-        )
-        && status::secret_ahead_of_status(app, meta)
-    {
-        return Err(Error::StaleView(app_key(app)));
-    }
-
+    let decided = decide(ctx, app, current.as_ref(), planned.trigger)?;
     let (secret, hash) = match generated {
         Some(generated) => generated,
         None => ctx.hasher.generate(&app.namespace().unwrap_or_default()).await?,
     };
-    let hint = secret.hint();
-    let rotation_id = uuid::Uuid::from_u128(rand::random()).simple().to_string();
-    // Whole seconds, as the API server stores times (see status::status_from_secret).
-    let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
-    // What the replaced Secret says counts only when the operator wrote it.
-    let believed = current.as_ref().filter(|_| {
-        matches!(
-            judged,
-            Some(Verdict::Signed | Verdict::Legacy | Verdict::Accepted | Verdict::Adopt)
-        )
-    });
-    let replaced = believed.and_then(|meta| Record::from_annotations("", "", meta));
-    // Counted on from everything known of the name, the ledger's memory of an earlier app of
-    // it included: a record of that app is always older than this one.
-    let previous_count = app
-        .status
+    let built = build_record(ctx, app, current.as_ref(), &decided, &planned, &secret, hash)?;
+    let current = untrimmed(ctx, app, current).await?;
+    // Some (the version replaced, possibly unknown) when a Secret exists; None: one is created.
+    let replaced_version = current
         .as_ref()
-        .map_or(0, |s| s.rotation_count)
-        .max(replaced.as_ref().map_or(0, |r| r.count))
-        .max(retired.as_ref().map_or(0, |r| r.count));
-    // With a grace period, the replaced secret stays valid until now + grace; a previous secret
-    // it still carried is dropped (at most two are valid).
-    let dropped = replaced
-        .as_ref()
-        .and_then(|r| r.previous.clone())
-        .filter(|p| p.valid_at(now));
-    let previous = grace.zip(replaced.as_ref()).map(|(grace, r)| record::Previous {
-        rotation_id: r.rotation_id.clone(),
-        hash: r.hash.clone(),
-        hint: r.hint.clone(),
-        expires_at: (now + grace).to_string(),
-    });
-    let uid = app
-        .metadata
-        .uid
-        .clone()
-        .ok_or_else(|| Error::MissingUid(name.clone()))?;
-    let newest = RotationHistoryEntry {
-        rotation_id: rotation_id.clone(),
-        hint: hint.clone(),
-        trigger,
-        time: Time(now),
-        username: caller
-            .filter(|_| trigger == RotationTrigger::Api)
-            .map(str::to_string),
-    };
-    let history = status::history_after(app, newest, replaced.as_ref());
-    let record = Record {
-        app_uid: uid,
-        client_id: client_id.clone(),
-        namespace: ns.clone(),
-        app_name: Some(name.clone()),
-        app_id: Some(app_id.clone()),
-        installation: installation(ctx),
-        rotation_id: rotation_id.clone(),
-        hash: hash.clone(),
-        hint: hint.clone(),
-        rotated_at: now.to_string(),
-        count: previous_count.saturating_add(1),
-        trigger: trigger.as_str().to_string(),
-        // Any new secret satisfies a pending rotate request: record the current annotation
-        // value (or keep the last one recorded, so that value never rotates again).
-        observed_rotate_token: status::observed_rotate_token(app, believed),
-        previous: previous.clone(),
-        history: Record::history_value(&history),
-    };
-    let ours = record.to_annotations(&key);
-
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    // A cached copy without the Secret's other labels and annotations: the write starts from a
-    // fresh read of the same version, so that it keeps them.
-    let current = match current {
-        Some(meta) if crate::runtime::watches::is_trimmed(&meta) => {
-            let name = meta.name.clone().unwrap_or_default();
-            match secrets.get_metadata_opt(&name).await.map_err(Error::Kube)? {
-                Some(fresh) if fresh.metadata.resource_version == meta.resource_version => {
-                    Some(fresh.metadata)
-                }
-                _ => return Err(Error::StaleView(app_key(app))),
-            }
-        }
-        current => current,
-    };
-    let existed = current.is_some();
-    let replaced = current
-        .as_ref()
-        .and_then(|meta| meta.resource_version.clone())
-        .unwrap_or_default();
-    let mut object = match current {
-        // The data and type are set whole below; the API server keeps the managedFields a
-        // cached copy no longer has.
-        Some(metadata) => Secret {
-            metadata,
-            ..Default::default()
-        },
-        None => new_secret(app),
-    };
-    apply_desired_metadata(app, &mut object.metadata);
-    let ann = object.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    ann.retain(|k, _| !Record::KEYS.contains(&k.as_str()));
-    ann.extend(ours);
-    object.data = Some(BTreeMap::from([
-        (CLIENT_ID_KEY.to_string(), ByteString(client_id.into_bytes())),
-        (
-            CLIENT_SECRET_KEY.to_string(),
-            ByteString(secret.expose().as_bytes().to_vec()),
-        ),
-    ]));
-    object.string_data = None;
-    object.type_ = Some("Opaque".into());
-    let secret_name = object.name_any();
-    #[cfg(feature = "failpoints")]
-    if let Some(d) = ctx
-        .failpoint
-        .as_deref()
-        .and_then(|f| f.strip_prefix("pause-before-secret-write="))
-    {
-        let d = crate::model::status::parse_interval(d).and_then(|d| std::time::Duration::try_from(d).ok());
-        tokio::time::sleep(d.unwrap_or_default()).await;
-    }
+        .map(|meta| meta.resource_version.clone().unwrap_or_default());
+    let object = secret_object(app, current, &built, &decided.key, &secret);
+    pause_before_secret_write(ctx).await;
     if !commit() {
         return Err(Error::Internal(format!(
             "the rotation of {} was abandoned before its Secret write",
@@ -330,67 +168,27 @@ async fn rotate_inner(
     // The app's identity provider gets the new secret before the Secret does (src/provider):
     // it accepts it as soon as anyone can read it. A failure there fails the rotation here,
     // with nothing written.
-    let grace_expiry = previous
+    let grace_expiry = built
+        .record
+        .previous
         .as_ref()
-        .zip(grace)
-        .map(|(p, g)| (p.rotation_id.as_str(), now + g));
+        .zip(planned.grace)
+        .map(|(p, g)| (p.rotation_id.as_str(), built.now + g));
     let pushed = crate::provider::sync::push_rotation(
         ctx,
         app,
-        &record.client_id,
+        &built.record.client_id,
         &secret,
-        &rotation_id,
+        &built.record.rotation_id,
         grace_expiry,
     )
     .await?;
     let app = pushed.as_ref().unwrap_or(app);
-    ctx.leadership.check()?;
-    let written = if existed {
-        secrets.replace(&secret_name, &post_params(), &object).await
-    } else {
-        secrets.create(&post_params(), &object).await
-    };
-    // The Secret object holds the plaintext: drop our copy as soon as it is written.
-    drop(object);
-    let written = written.map_err(|e| match secret_write_error(app, &secret_name, e) {
-        // The Secret changed since it was read, or one was created meanwhile: nothing is written.
-        Error::Conflict(key) => Error::StaleView(key),
-        e => e,
-    })?;
-    ctx.metrics.writes.inc();
+    let written = write_secret(ctx, app, object, replaced_version, &built.record.hash).await?;
     secret_written();
-    let secret_key = format!("{ns}/{}", written.name_any());
-    ctx.own_writes.put(format!("Secret {secret_key}"), &replaced);
-    if let Some(rv) = written.resource_version() {
-        ctx.verified.put(
-            &secret_key,
-            &rv,
-            &hash,
-            crate::runtime::context::content_digest(written.data.as_ref()),
-            ContentCheck {
-                secret_ok: true,
-                client_id_ok: true,
-            },
-        );
-    }
-
-    #[cfg(feature = "failpoints")]
-    if let Some(pause) = ctx
-        .failpoint
-        .as_deref()
-        .and_then(|f| f.strip_prefix("pause-after-secret-write"))
-    {
-        warn!(app = %app_key(app), "failpoint pause-after-secret-write: the Secret is written, the status is not");
-        // `=<duration>` pauses that long; bare, for ever.
-        match pause
-            .strip_prefix('=')
-            .and_then(crate::model::status::parse_interval)
-        {
-            Some(d) => tokio::time::sleep(std::time::Duration::try_from(d).unwrap_or_default()).await,
-            None => std::future::pending::<()>().await,
-        }
-    }
-
+    pause_after_secret_write(ctx, app).await;
+    let rotation_id = built.record.rotation_id.clone();
+    let hint = built.record.hint.clone();
     let app = match write_status_for_secret(ctx, app, &written, &rotation_id).await {
         Ok(app) => app,
         // Someone replaced the Secret after this write: the new secret is no longer in it.
@@ -408,14 +206,377 @@ async fn rotate_inner(
             });
         }
     };
+    tell(ctx, &app, &planned, &built, &written.name_any());
+    Ok(Rotated {
+        secret,
+        hint,
+        rotation_id,
+        app,
+    })
+}
+
+/// What a rotation establishes before it makes a secret: the record key it signs with, the
+/// ledger's memory of an earlier app of the name, how the replaced Secret's record is judged,
+/// and the app's ids.
+struct Decided {
+    key: RecordKey,
+    retired: Option<record::Retired>,
+    judged: Option<Verdict>,
+    app_id: String,
+    client_id: String,
+}
+
+/// Step 1: whether this rotation may run on what is known of the app and its Secret
+/// (`current`), and what it establishes before it does.
+fn decide(
+    ctx: &Context,
+    app: &OAuthApp,
+    current: Option<&ObjectMeta>,
+    trigger: RotationTrigger,
+) -> Result<Decided, Error> {
+    let ns = app.namespace().unwrap_or_default();
+    let name = app.name_any();
+    if let Some(installation) = status::managed_elsewhere(&ctx.installation, app, current) {
+        return Err(Error::ManagedElsewhere {
+            app: name,
+            installation,
+        });
+    }
+    let key = ctx.record_key()?;
+    let retired = ctx.ledger.get(&ns, &name);
+    let judged = current.map(|meta| {
+        record::judge(
+            app,
+            meta,
+            &key,
+            ctx.hasher.trusted(),
+            Timestamp::now(),
+            retired.as_ref(),
+        )
+    });
+    // Not this app's Secret; or one it adopts (the controller does), which a first secret must
+    // not replace.
+    if let Some(meta) = current
+        && (judged == Some(Verdict::NotOurs)
+            || (judged == Some(Verdict::Adopt) && trigger == RotationTrigger::Created))
+    {
+        return Err(Error::SecretConflict {
+            secret: meta.name.clone().unwrap_or_default(),
+            app: name,
+        });
+    }
+    // The id is made once: kept from the status, or proven by the Secret's record.
+    let app_id = record::kept_app_id(app, current, &key).ok_or_else(|| Error::MissingUid(name.clone()))?;
+    let client_id = app.spec.client_id.clone().unwrap_or_else(|| app_id.clone());
+    // A Secret ahead of the status holds a rotation whose status write has not landed: another
+    // replica is between its two writes (or crashed there; the controller completes the status).
+    // Replacing that secret now could let the other writer's status write land afterwards and
+    // confirm a secret that is no longer in the Secret (invariant 7), so a requested rotation
+    // waits for the status instead. Repairs (a missing or altered secret) go ahead.
+    if let Some(meta) = current
+        && matches!(
+            trigger,
+            RotationTrigger::Api | RotationTrigger::Annotation | RotationTrigger::Schedule
+        )
+        && status::secret_ahead_of_status(app, meta)
+    {
+        return Err(Error::StaleView(app_key(app)));
+    }
+    Ok(Decided {
+        key,
+        retired,
+        judged,
+        app_id,
+        client_id,
+    })
+}
+
+/// The new record and what goes with it: when it was made (whole seconds), and the previous
+/// secret it drops early, if any (for the Event).
+struct Built {
+    record: Record,
+    now: Timestamp,
+    dropped: Option<record::Previous>,
+}
+
+/// Step 2: the record of the new secret (`hash` is its hash): counted on from everything known
+/// of the name, carrying the replaced secret as the previous one while a grace period runs, and
+/// the history with the new rotation first.
+fn build_record(
+    ctx: &Context,
+    app: &OAuthApp,
+    current: Option<&ObjectMeta>,
+    decided: &Decided,
+    planned: &Planned<'_>,
+    secret: &ClientSecret,
+    hash: String,
+) -> Result<Built, Error> {
+    let uid = app
+        .metadata
+        .uid
+        .clone()
+        .ok_or_else(|| Error::MissingUid(app.name_any()))?;
+    let rotation_id = uuid::Uuid::from_u128(rand::random()).simple().to_string();
+    // Whole seconds, as the API server stores times (see status::status_from_secret).
+    let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
+    Ok(new_record(
+        app,
+        current,
+        decided,
+        planned,
+        Fresh {
+            uid,
+            installation: installation(ctx),
+            rotation_id,
+            hint: secret.hint(),
+            hash,
+            now,
+        },
+    ))
+}
+
+/// What is new in a rotation's record: made here, not derived from the app.
+struct Fresh {
+    uid: String,
+    installation: Option<String>,
+    rotation_id: String,
+    hint: String,
+    hash: String,
+    now: Timestamp,
+}
+
+/// [`build_record`]'s pure part.
+fn new_record(
+    app: &OAuthApp,
+    current: Option<&ObjectMeta>,
+    decided: &Decided,
+    planned: &Planned<'_>,
+    fresh: Fresh,
+) -> Built {
+    let Fresh {
+        uid,
+        installation,
+        rotation_id,
+        hint,
+        hash,
+        now,
+    } = fresh;
+    // What the replaced Secret says counts only when the operator wrote it.
+    let believed = current.filter(|_| {
+        matches!(
+            decided.judged,
+            Some(Verdict::Signed | Verdict::Legacy | Verdict::Accepted | Verdict::Adopt)
+        )
+    });
+    let replaced = believed.and_then(|meta| Record::from_annotations("", "", meta));
+    // Counted on from everything known of the name, the ledger's memory of an earlier app of
+    // it included: a record of that app is always older than this one.
+    let previous_count = app
+        .status
+        .as_ref()
+        .map_or(0, |s| s.rotation_count)
+        .max(replaced.as_ref().map_or(0, |r| r.count))
+        .max(decided.retired.as_ref().map_or(0, |r| r.count));
+    // With a grace period, the replaced secret stays valid until now + grace; a previous secret
+    // it still carried is dropped (at most two are valid).
+    let dropped = replaced
+        .as_ref()
+        .and_then(|r| r.previous.clone())
+        .filter(|p| p.valid_at(now));
+    let previous = planned.grace.zip(replaced.as_ref()).map(|(grace, r)| record::Previous {
+        rotation_id: r.rotation_id.clone(),
+        hash: r.hash.clone(),
+        hint: r.hint.clone(),
+        expires_at: (now + grace).to_string(),
+    });
+    let newest = RotationHistoryEntry {
+        rotation_id: rotation_id.clone(),
+        hint: hint.clone(),
+        trigger: planned.trigger,
+        time: Time(now),
+        username: planned
+            .detail
+            .filter(|_| planned.trigger == RotationTrigger::Api)
+            .map(str::to_string),
+    };
+    let history = status::history_after(app, newest, replaced.as_ref());
+    let record = Record {
+        app_uid: uid,
+        client_id: decided.client_id.clone(),
+        namespace: app.namespace().unwrap_or_default(),
+        app_name: Some(app.name_any()),
+        app_id: Some(decided.app_id.clone()),
+        installation,
+        rotation_id,
+        hash,
+        hint,
+        rotated_at: now.to_string(),
+        count: previous_count.saturating_add(1),
+        trigger: planned.trigger.as_str().to_string(),
+        // Any new secret satisfies a pending rotate request: record the current annotation
+        // value (or keep the last one recorded, so that value never rotates again).
+        observed_rotate_token: status::observed_rotate_token(app, believed),
+        previous,
+        history: Record::history_value(&history),
+    };
+    Built { record, now, dropped }
+}
+
+/// Step 3a: the Secret's metadata to write over. A cached copy without the Secret's other
+/// labels and annotations is read fresh at the same version, so that the write keeps them; a
+/// newer version means the view is stale.
+async fn untrimmed(ctx: &Context, app: &OAuthApp, current: Option<ObjectMeta>) -> Result<Option<ObjectMeta>, Error> {
+    match current {
+        Some(meta) if crate::runtime::watches::is_trimmed(&meta) => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+            let name = meta.name.clone().unwrap_or_default();
+            match secrets.get_metadata_opt(&name).await.map_err(Error::Kube)? {
+                Some(fresh) if fresh.metadata.resource_version == meta.resource_version => Ok(Some(fresh.metadata)),
+                _ => Err(Error::StaleView(app_key(app))),
+            }
+        }
+        current => Ok(current),
+    }
+}
+
+/// Step 3b: the Secret object to write: the current one's metadata (or a new Secret's) with the
+/// desired labels and annotations and the signed record, and the new secret as its data, whole.
+fn secret_object(
+    app: &OAuthApp,
+    current: Option<ObjectMeta>,
+    built: &Built,
+    key: &RecordKey,
+    secret: &ClientSecret,
+) -> Secret {
+    let mut object = match current {
+        // The data and type are set whole below; the API server keeps the managedFields a
+        // cached copy no longer has.
+        Some(metadata) => Secret {
+            metadata,
+            ..Default::default()
+        },
+        None => new_secret(app),
+    };
+    apply_desired_metadata(app, &mut object.metadata);
+    let ann = object.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    ann.retain(|k, _| !Record::KEYS.contains(&k.as_str()));
+    ann.extend(built.record.to_annotations(key));
+    object.data = Some(BTreeMap::from([
+        (
+            CLIENT_ID_KEY.to_string(),
+            ByteString(built.record.client_id.clone().into_bytes()),
+        ),
+        (
+            CLIENT_SECRET_KEY.to_string(),
+            ByteString(secret.expose().as_bytes().to_vec()),
+        ),
+    ]));
+    object.string_data = None;
+    object.type_ = Some("Opaque".into());
+    object
+}
+
+/// Step 4: writes the Secret (`replaced`: the version it replaces; None: it creates one), fenced
+/// by the leader Lease, and notes the write: the caches' lag, and the content check it makes
+/// needless (the operator wrote what `hash` is the hash of). The object, which holds the
+/// plaintext, is dropped as soon as it is sent.
+async fn write_secret(
+    ctx: &Context,
+    app: &OAuthApp,
+    object: Secret,
+    replaced: Option<String>,
+    hash: &str,
+) -> Result<Secret, Error> {
+    let ns = app.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret_name = object.name_any();
+    ctx.leadership.check()?;
+    let written = if replaced.is_some() {
+        secrets.replace(&secret_name, &post_params(), &object).await
+    } else {
+        secrets.create(&post_params(), &object).await
+    };
+    drop(object);
+    let written = written.map_err(|e| match secret_write_error(app, &secret_name, e) {
+        // The Secret changed since it was read, or one was created meanwhile: nothing is written.
+        Error::Conflict(key) => Error::StaleView(key),
+        e => e,
+    })?;
+    ctx.metrics.writes.inc();
+    let secret_key = format!("{ns}/{}", written.name_any());
+    ctx.own_writes
+        .put(format!("Secret {secret_key}"), &replaced.unwrap_or_default());
+    if let Some(rv) = written.resource_version() {
+        ctx.verified.put(
+            &secret_key,
+            &rv,
+            hash,
+            crate::runtime::context::content_digest(written.data.as_ref()),
+            ContentCheck {
+                secret_ok: true,
+                client_id_ok: true,
+            },
+        );
+    }
+    Ok(written)
+}
+
+/// The test builds' `pause-before-secret-write=<duration>` failpoint.
+async fn pause_before_secret_write(ctx: &Context) {
+    #[cfg(feature = "failpoints")]
+    if let Some(d) = ctx
+        .failpoint
+        .as_deref()
+        .and_then(|f| f.strip_prefix("pause-before-secret-write="))
+    {
+        let d = status::parse_interval(d).and_then(|d| std::time::Duration::try_from(d).ok());
+        tokio::time::sleep(d.unwrap_or_default()).await;
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = ctx;
+}
+
+/// The test builds' `pause-after-secret-write[=<duration>]` failpoint: the Secret is written,
+/// the status is not (bare: for ever).
+async fn pause_after_secret_write(ctx: &Context, app: &OAuthApp) {
+    #[cfg(feature = "failpoints")]
+    if let Some(pause) = ctx
+        .failpoint
+        .as_deref()
+        .and_then(|f| f.strip_prefix("pause-after-secret-write"))
+    {
+        tracing::warn!(app = %app_key(app), "failpoint pause-after-secret-write: the Secret is written, the status is not");
+        match pause.strip_prefix('=').and_then(status::parse_interval) {
+            Some(d) => tokio::time::sleep(std::time::Duration::try_from(d).unwrap_or_default()).await,
+            None => std::future::pending::<()>().await,
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = (ctx, app);
+}
+
+/// Step 6: says what happened: the log line, the audit Event (in the background: an API caller
+/// waits for the answer, not for the Event) and, when a previous secret was retired early,
+/// an Event for that.
+fn tell(ctx: &Context, app: &OAuthApp, planned: &Planned<'_>, built: &Built, secret_name: &str) {
+    let record = &built.record;
     info!(
-        app = %app_key(&app),
-        trigger = trigger.as_str(),
-        rotation_id = %rotation_id,
-        hint = %hint,
-        detail = caller.unwrap_or("-"),
+        app = %app_key(app),
+        trigger = planned.trigger.as_str(),
+        rotation_id = %record.rotation_id,
+        hint = %record.hint,
+        detail = planned.detail.unwrap_or("-"),
         "rotated client secret"
     );
+    for (type_, reason, note) in events(planned, built, secret_name) {
+        publish_in_background(ctx, app, type_, reason, note);
+    }
+}
+
+/// The Events a rotation publishes: its own, and one for a previous secret it retired early.
+fn events(planned: &Planned<'_>, built: &Built, secret_name: &str) -> Vec<(EventType, &'static str, String)> {
+    let trigger = planned.trigger;
+    let caller = planned.detail;
     let (type_, reason) = match trigger {
         RotationTrigger::Created => (EventType::Normal, "SecretCreated"),
         RotationTrigger::Annotation | RotationTrigger::Api | RotationTrigger::Schedule => {
@@ -432,47 +593,36 @@ async fn rotate_inner(
         }
         RotationTrigger::Api => format!("REST API request by {}", caller.unwrap_or("an unknown caller")),
         RotationTrigger::Schedule => "spec.rotation.interval elapsed".to_string(),
-        RotationTrigger::SecretMissing => format!("Secret {} was deleted", written.name_any()),
+        RotationTrigger::SecretMissing => format!("Secret {secret_name} was deleted"),
         RotationTrigger::SecretDrift => format!(
-            "Secret {}: {}",
-            written.name_any(),
+            "Secret {secret_name}: {}",
             caller.unwrap_or(record::Drift::Mismatch.describe())
         ),
     };
-    // The answer (an API caller waits for it) does not wait for the audit Event: one API
-    // round-trip less per rotation.
-    publish_in_background(
-        ctx,
-        &app,
+    let mut events = vec![(
         type_,
         reason,
         format!(
-            "Generated a new client secret ({hint}), trigger {}: {cause}",
+            "Generated a new client secret ({}), trigger {}: {cause}",
+            built.record.hint,
             trigger.as_str()
         ),
-    );
-    if let Some(dropped) = dropped {
-        let why = match &previous {
+    )];
+    if let Some(dropped) = &built.dropped {
+        let why = match &built.record.previous {
             Some(_) => "a new rotation within the grace period replaced it (at most two secrets are valid)",
             None => "the rotation invalidated every earlier secret",
         };
-        publish_in_background(
-            ctx,
-            &app,
+        events.push((
             EventType::Normal,
             "PreviousSecretRevoked",
             format!(
                 "Previous secret {} retired before its expiry {}: {why}",
                 dropped.hint, dropped.expires_at
             ),
-        );
+        ));
     }
-    Ok(Rotated {
-        secret,
-        hint,
-        rotation_id,
-        app,
-    })
+    events
 }
 
 /// Retires the previous secret before its expiry (`oauthapp.io/revoke-previous`, or `DELETE
@@ -879,3 +1029,137 @@ fn apply_desired_metadata(app: &OAuthApp, meta: &mut ObjectMeta) {
 /// How long an API caller waits for a rotation already running on the same app in this
 /// process before the request is answered 409.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::crd::OAuthAppSpec;
+
+    fn app() -> OAuthApp {
+        let mut app = OAuthApp::new("demo", OAuthAppSpec::default());
+        app.metadata.namespace = Some("team-a".into());
+        app.metadata.uid = Some("ffffffff-ffff-ffff-ffff-ffffffffffff".into());
+        app
+    }
+
+    fn decided(key: &RecordKey, judged: Option<Verdict>, retired: Option<record::Retired>) -> Decided {
+        Decided {
+            key: key.clone(),
+            retired,
+            judged,
+            app_id: "app_demo".into(),
+            client_id: "app_demo".into(),
+        }
+    }
+
+    fn fresh(id: &str, now: Timestamp) -> Fresh {
+        Fresh {
+            uid: "ffffffff-ffff-ffff-ffff-ffffffffffff".into(),
+            installation: None,
+            rotation_id: id.into(),
+            hint: format!("oas_{id}...hint"),
+            hash: format!("$argon2id$hash-of-{id}"),
+            now,
+        }
+    }
+
+    fn planned(trigger: RotationTrigger, grace: Option<jiff::SignedDuration>) -> Planned<'static> {
+        Planned {
+            trigger,
+            detail: Some("alice"),
+            grace,
+        }
+    }
+
+    fn meta_of(built: &Built, key: &RecordKey) -> ObjectMeta {
+        ObjectMeta {
+            name: Some("demo-oauth-client".into()),
+            annotations: Some(built.record.to_annotations(key)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_record_counts_on_keeps_the_replaced_secret_through_a_grace_period_and_drops_a_third() {
+        let key = RecordKey::generate().expect("key");
+        let app = app();
+        let t0: Timestamp = "2026-12-01T10:00:00Z".parse().expect("time");
+        let hour = jiff::SignedDuration::from_hours(1);
+        // The first secret: counted on from what the ledger remembers of the name.
+        let first = new_record(
+            &app,
+            None,
+            &decided(&key, None, Some(record::Retired { count: 6, rotation_id: "old".into() })),
+            &planned(RotationTrigger::Created, None),
+            fresh("r1", t0),
+        );
+        assert_eq!(first.record.count, 7);
+        assert_eq!(first.record.previous, None);
+        assert!(first.dropped.is_none());
+        // A rotation with a grace period keeps the replaced secret as the previous one.
+        let current = meta_of(&first, &key);
+        let second = new_record(
+            &app,
+            Some(&current),
+            &decided(&key, Some(Verdict::Signed), None),
+            &planned(RotationTrigger::Api, Some(hour)),
+            fresh("r2", t0 + jiff::SignedDuration::from_mins(5)),
+        );
+        assert_eq!(second.record.count, 8);
+        let previous = second.record.previous.clone().expect("previous");
+        assert_eq!(previous.rotation_id, "r1");
+        assert_eq!(previous.hash, first.record.hash);
+        assert_eq!(previous.expires_at, (t0 + jiff::SignedDuration::from_mins(65)).to_string());
+        let history = Record::from_annotations("", "", &meta_of(&second, &key))
+            .expect("record")
+            .history
+            .expect("a history");
+        assert!(history.find("r2").expect("r2") < history.find("r1").expect("r1"), "newest first: {history}");
+        assert!(history.contains("alice"), "an API rotation names its caller: {history}");
+        // A third within that grace period drops the second's previous secret early, and says so.
+        let current = meta_of(&second, &key);
+        let third = new_record(
+            &app,
+            Some(&current),
+            &decided(&key, Some(Verdict::Signed), None),
+            &planned(RotationTrigger::Annotation, Some(hour)),
+            fresh("r3", t0 + jiff::SignedDuration::from_mins(10)),
+        );
+        assert_eq!(third.dropped.as_ref().map(|p| p.rotation_id.as_str()), Some("r1"));
+        assert_eq!(third.record.previous.as_ref().map(|p| p.rotation_id.as_str()), Some("r2"));
+        let events = events(&planned(RotationTrigger::Annotation, Some(hour)), &third, "demo-oauth-client");
+        let reasons: Vec<&str> = events.iter().map(|(_, reason, _)| *reason).collect();
+        assert_eq!(reasons, ["SecretRotated", "PreviousSecretRevoked"]);
+        assert!(events[1].2.contains("oas_r1...hint"), "{}", events[1].2);
+    }
+
+    #[test]
+    fn a_record_the_operator_did_not_write_counts_for_nothing() {
+        let key = RecordKey::generate().expect("key");
+        let app = app();
+        let t0: Timestamp = "2026-12-01T10:00:00Z".parse().expect("time");
+        let theirs = new_record(
+            &app,
+            None,
+            &decided(&key, None, Some(record::Retired { count: 41, rotation_id: "x".into() })),
+            &planned(RotationTrigger::Created, None),
+            fresh("r1", t0),
+        );
+        let current = meta_of(&theirs, &key);
+        // Judged drift: neither its count nor its secret carries over, whatever the grace.
+        let repaired = new_record(
+            &app,
+            Some(&current),
+            &decided(&key, Some(Verdict::Drift(record::Drift::Mismatch)), None),
+            &planned(RotationTrigger::SecretDrift, Some(jiff::SignedDuration::from_hours(1))),
+            fresh("r2", t0),
+        );
+        assert_eq!(repaired.record.count, 1);
+        assert_eq!(repaired.record.previous, None);
+        let events = events(&planned(RotationTrigger::SecretDrift, None), &repaired, "demo-oauth-client");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].0, EventType::Warning);
+        assert_eq!(events[0].1, "SecretRepaired");
+        assert!(events[0].2.contains("Secret demo-oauth-client: alice"), "{}", events[0].2);
+    }
+}
