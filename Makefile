@@ -1,10 +1,10 @@
-# oauthapp-operator — every command a developer or CI needs. See README.md.
+# oauthapp-operator — every command a developer or CI needs. See README.md and docs/development.md.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CP := tests/controlplane
 CARGO ?= cargo
 
-.PHONY: help build controlplane-bin toxiproxy-bin keycloak-bin previous-operator-bin controlplane controlplane-down run test lint chart-lint unit integration crds bench bench-scale clean-cache openapi schemathesis image node node-down e2e soak
+.PHONY: help build controlplane-bin toxiproxy-bin keycloak-bin previous-operator-bin controlplane controlplane-down run test lint chart-lint docs unit integration crds bench bench-scale clean-cache openapi schemathesis image node node-down e2e soak
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ chart-lint: controlplane-bin ## helm lint --strict and helm template of the char
 	    || { echo "$$out" >&2; exit 1; }; \
 	done
 
+docs: ## build the manual (docs/) as a book with mdBook into target/book/ and check every link and anchor offline (lychee); both pinned, installed by cargo, cached
+	@tests/tools/docs.sh
+
 promtool: controlplane-bin ## promtool check rules and test rules (tests/promtool/) on the chart's PrometheusRule; promtool built from Go modules, cached
 	@set -euo pipefail; helm="$$($(CP)/build.sh)/helm"; promtool="$$(tests/tools/promtool.sh)"; \
 	dir=$$(mktemp -d); trap 'rm -rf "$$dir"' EXIT; \
@@ -74,7 +77,7 @@ promtool: controlplane-bin ## promtool check rules and test rules (tests/promtoo
 	"$$promtool" check rules "$$dir/rules.yaml"; \
 	"$$promtool" test rules "$$dir"/*-test.yaml
 
-test: lint chart-lint promtool controlplane-bin toxiproxy-bin keycloak-bin previous-operator-bin ## every test: lint, chart lint, alert rules, unit and integration tests, API fuzzing, e2e in pods
+test: lint chart-lint promtool docs controlplane-bin toxiproxy-bin keycloak-bin previous-operator-bin ## every test: lint, chart lint, alert rules, the manual's links, unit and integration tests, API fuzzing, e2e in pods
 	$(CARGO) test --all-targets --features failpoints -- --test-threads=$${TEST_THREADS:-4}
 	tests/schemathesis.sh
 	tests/e2e.sh

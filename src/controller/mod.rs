@@ -500,31 +500,10 @@ async fn converge(
     if rotation_expected && let Some(done) = rotate_from_cache(scope, cached, scheduled_turn).await? {
         return Ok(done);
     }
-    let ns = cached.namespace().unwrap_or_default();
-    let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let (name, secret_name) = (cached.name_any(), cached.secret_name());
     let mut generated: Option<rotation::Generated> = None;
     for _ in 0..MAX_STEPS {
-        // Both reads at once: the Secret's name is fixed when the app is created (CEL).
-        let hashing = async {
-            let started = Instant::now();
-            match rotation_expected && generated.is_none() {
-                // A failed hash is made again, and reported, by rotate_with itself.
-                true => ctx.hasher.generate(&ns).await.ok().map(|g| (g, started)),
-                false => None,
-            }
-        };
-        let (app, secret, hashed) =
-            futures::join!(apps.get_opt(&name), secrets.get_opt(&secret_name), hashing);
-        generated = generated.or(hashed);
-        let Some(app) = app? else {
+        let Some((app, secret)) = read_fresh(ctx, cached, rotation_expected, &mut generated).await? else {
             return Ok(Action::await_change());
-        };
-        let secret = if app.secret_name() == secret_name {
-            secret?
-        } else {
-            secrets.get_opt(&app.secret_name()).await?
         };
         if let Some(other) =
             status::managed_elsewhere(&ctx.installation, &app, secret.as_ref().map(|s| &s.metadata))
@@ -539,156 +518,18 @@ async fn converge(
             }
             return Ok(Action::requeue(CLIENT_ID_REQUEUE));
         }
-        let mut check = None;
-        let step = loop {
-            let now = Timestamp::now();
-            let view = secret
-                .as_ref()
-                .map(|s| secret_view(ctx, &app, &s.metadata, check, now))
-                .transpose()?;
-            match plan::plan(&app, view, now) {
-                Step::Verify => match &secret {
-                    Some(s) => check = Some(rotation::check_content(ctx, &app, s).await?),
-                    None => break Step::Done { requeue_after: None },
-                },
-                step => break step,
-            }
+        let step = plan_fresh(ctx, &app, secret.as_ref()).await?;
+        let turns = Turns {
+            scheduled: &mut scheduled_turn,
+            repair: &mut repair_admitted,
         };
-        // Due by the schedule on the fresh view only (the cached one said otherwise): the turn is
-        // taken now, and the app looks again at it if it is later (the lock is not held meanwhile).
-        if matches!(step, Step::Rotate(RotationTrigger::Schedule)) && !scheduled_turn {
-            if let Turn::Wait(wait) = ctx.scheduled_rotations.turn(&key, Instant::now()) {
-                return Ok(Action::requeue(wait));
-            }
-            scheduled_turn = true;
-        }
-        // A writer that fights the operator: its repairs back off.
-        if matches!(step, Step::Drift(_))
-            && let Some(wait) = drift_backed_off(ctx, &app).await?
-        {
+        if let Some(wait) = wait_for_turn(ctx, watches, &key, &app, &step, turns).await? {
             return Ok(wait);
         }
-        // A repair starts in its turn, and only while the brake on mass repair lets it.
-        if is_repair(&step) {
-            if !repair_admitted {
-                if let Some(wait) = repair_gate(ctx, &app, &key, watches).await? {
-                    return Ok(wait);
-                }
-                repair_admitted = true;
-            }
-        } else {
-            ctx.repairs.forget(&key);
-        }
-        let written = match step {
-            Step::Done { requeue_after } => return Ok(requeue(requeue_after, resync)),
-            Step::Verify => unreachable_step(),
-            Step::Rotate(trigger) => rotation::rotate_with(
-                ctx,
-                &app,
-                secret.map(|s| s.metadata),
-                trigger,
-                None,
-                generated.take(),
-            )
-            .await
-            .map(|_| ()),
-            Step::Drift(drift) => {
-                warn!(app = %key, reason = drift.describe(), "the Secret is not what the operator wrote; replacing it");
-                rotation::rotate_with(
-                    ctx,
-                    &app,
-                    secret.map(|s| s.metadata),
-                    RotationTrigger::SecretDrift,
-                    Some(drift.describe()),
-                    generated.take(),
-                )
-                .await
-                .map(|_| ())
-            }
-            Step::RevokePrevious => match secret {
-                Some(s) => rotation::revoke_previous(ctx, &app, s).await.map(|_| ()),
-                None => Ok(()),
-            },
-            Step::SyncSecret => match secret {
-                Some(s) => rotation::sync_secret(ctx, &app, s).await.map(|_| ()),
-                None => Ok(()),
-            },
-            Step::RestartConsumers(targets) => {
-                match crate::controller::restart::restart_consumers(ctx, &app, targets).await {
-                    // Some targets could not be restarted: try again after the backoff.
-                    Ok(Some(wait)) => return Ok(Action::requeue(wait.min(resync))),
-                    result => result.map(|_| ()),
-                }
-            }
-            Step::WriteStatus(status) => {
-                let repaired = app.status.as_ref().and_then(|s| s.rotation_id.clone()) != status.rotation_id
-                    && app.status.as_ref().is_some_and(|s| s.rotation_id.is_some());
-                let rotation_id = status.rotation_id.clone().unwrap_or_default();
-                let expired = app
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.previous_secret.clone())
-                    .filter(|_| status.previous_secret.is_none() && !repaired);
-                let result = writes::write_status(ctx, &app, *status).await;
-                if let (Ok(_), Some(expired)) = (&result, expired) {
-                    info!(app = %key, previous = %expired.rotation_id, "previous client secret expired");
-                    writes::publish_in_background(
-                        ctx,
-                        &app,
-                        EventType::Normal,
-                        "PreviousSecretExpired",
-                        format!(
-                            "Previous secret {} expired at {}; only the current secret is valid",
-                            expired.client_secret_hint, expired.expires_at.0
-                        ),
-                    );
-                }
-                if result.is_ok() && repaired {
-                    info!(app = %key, rotation_id = %rotation_id, "status completed from the Secret; no new secret");
-                    writes::publish(
-                        ctx,
-                        &app,
-                        EventType::Normal,
-                        "StatusRepaired",
-                        format!(
-                            "Status completed from Secret {} (rotation {rotation_id}); no new secret",
-                            app.secret_name()
-                        ),
-                    )
-                    .await;
-                }
-                result.map(|_| ())
-            }
-            Step::Conflict(status) => {
-                if !mark_not_ready(ctx, &app, *status, status::reasons::SECRET_CONFLICT).await? {
-                    continue;
-                }
-                return Ok(Action::requeue(CONFLICT_REQUEUE.min(resync)));
-            }
-            Step::Hold(status) => {
-                if !mark_not_ready(ctx, &app, *status, status::reasons::RECORD_UNVERIFIABLE).await? {
-                    continue;
-                }
-                return Ok(Action::requeue(CONFLICT_REQUEUE.min(resync)));
-            }
-            // Nothing is adopted before the ledger is read: a copy of a retired secret must
-            // not pass for the app's own.
-            Step::Adopt if !ctx.ledger.is_loaded() => return Ok(Action::requeue(LAGGING_REQUEUE)),
-            Step::Adopt => match secret {
-                Some(s) => rotation::adopt(ctx, &app, s).await,
-                None => Ok(()),
-            },
-            Step::Resign => {
-                use governor::clock::Clock as _;
-                if let Err(not_until) = ctx.resigns.check() {
-                    let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-                    return Ok(Action::requeue(wait.max(std::time::Duration::from_millis(100))));
-                }
-                match secret {
-                    Some(s) => rotation::sync_secret(ctx, &app, s).await.map(|_| ()),
-                    None => Ok(()),
-                }
-            }
+        let written = match apply(scope, &key, &app, secret, step, &mut generated).await? {
+            Applied::Wrote(written) => written,
+            Applied::Return(action) => return Ok(action),
+            Applied::Again => continue,
         };
         match written {
             // The write's own watch events bring the app back for its next step, if any (the
@@ -711,6 +552,264 @@ async fn converge(
     }
     // Lost MAX_STEPS races in a row (heavy contention): look again soon.
     Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// The app and its Secret, read fresh (None: the app is gone). Both reads at once, and, when a
+/// rotation is expected and no secret is made yet, the new secret's hash alongside (into
+/// `generated`).
+async fn read_fresh(
+    ctx: &Context,
+    cached: &OAuthApp,
+    rotation_expected: bool,
+    generated: &mut Option<rotation::Generated>,
+) -> Result<Option<(OAuthApp, Option<Secret>)>, Error> {
+    let ns = cached.namespace().unwrap_or_default();
+    let apps: Api<OAuthApp> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    // The Secret's name is fixed when the app is created (CEL).
+    let secret_name = cached.secret_name();
+    let hashing = async {
+        let started = Instant::now();
+        match rotation_expected && generated.is_none() {
+            // A failed hash is made again, and reported, by rotate_with itself.
+            true => ctx.hasher.generate(&ns).await.ok().map(|g| (g, started)),
+            false => None,
+        }
+    };
+    let name = cached.name_any();
+    let (app, secret, hashed) = futures::join!(apps.get_opt(&name), secrets.get_opt(&secret_name), hashing);
+    if generated.is_none() {
+        *generated = hashed;
+    }
+    let Some(app) = app? else {
+        return Ok(None);
+    };
+    let secret = if app.secret_name() == secret_name {
+        secret?
+    } else {
+        secrets.get_opt(&app.secret_name()).await?
+    };
+    Ok(Some((app, secret)))
+}
+
+/// The planner's step on a fresh view, its content check made when it asks for one (a verify
+/// is never the answer).
+async fn plan_fresh(ctx: &Context, app: &OAuthApp, secret: Option<&Secret>) -> Result<Step, Error> {
+    let mut check = None;
+    loop {
+        let now = Timestamp::now();
+        let view = secret
+            .map(|s| secret_view(ctx, app, &s.metadata, check, now))
+            .transpose()?;
+        match plan::plan(app, view, now) {
+            Step::Verify => match secret {
+                Some(s) => check = Some(rotation::check_content(ctx, app, s).await?),
+                None => return Ok(Step::Done { requeue_after: None }),
+            },
+            step => return Ok(step),
+        }
+    }
+}
+
+/// The turns a reconcile has taken: a scheduled rotation's, a repair's.
+struct Turns<'a> {
+    scheduled: &'a mut bool,
+    repair: &'a mut bool,
+}
+
+/// Whether `step` must wait before it is made (Some: requeue so). A scheduled rotation takes
+/// its turn (due by the schedule on the fresh view only: the cached one said otherwise); a
+/// writer that fights the operator has its repairs backed off; a repair starts in its turn, and
+/// only while the brake on mass repair lets it.
+async fn wait_for_turn(
+    ctx: &Context,
+    watches: &Watches,
+    key: &str,
+    app: &OAuthApp,
+    step: &Step,
+    turns: Turns<'_>,
+) -> Result<Option<Action>, Error> {
+    // The app looks again at its turn if it is later (the lock is not held meanwhile).
+    if matches!(step, Step::Rotate(RotationTrigger::Schedule)) && !*turns.scheduled {
+        if let Turn::Wait(wait) = ctx.scheduled_rotations.turn(key, Instant::now()) {
+            return Ok(Some(Action::requeue(wait)));
+        }
+        *turns.scheduled = true;
+    }
+    if matches!(step, Step::Drift(_))
+        && let Some(wait) = drift_backed_off(ctx, app).await?
+    {
+        return Ok(Some(wait));
+    }
+    if is_repair(step) {
+        if !*turns.repair {
+            if let Some(wait) = repair_gate(ctx, app, key, watches).await? {
+                return Ok(Some(wait));
+            }
+            *turns.repair = true;
+        }
+    } else {
+        ctx.repairs.forget(key);
+    }
+    Ok(None)
+}
+
+/// What making a step came to.
+enum Applied {
+    /// A write was made (or failed: the write's error).
+    Wrote(Result<(), Error>),
+    /// Done with this reconcile: this is what comes next.
+    Return(Action),
+    /// The view was stale: read again and plan again.
+    Again,
+}
+
+/// Makes `step` on the fresh view (`app`, `secret`); a rotation uses the secret made while
+/// reading, if one was (`generated`).
+async fn apply(
+    scope: &Scope,
+    key: &str,
+    app: &OAuthApp,
+    secret: Option<Secret>,
+    step: Step,
+    generated: &mut Option<rotation::Generated>,
+) -> Result<Applied, Error> {
+    let (ctx, resync) = (&*scope.ctx, scope.resync);
+    let wrote = match step {
+        Step::Done { requeue_after } => return Ok(Applied::Return(requeue(requeue_after, resync))),
+        Step::Verify => unreachable_step(),
+        Step::Rotate(trigger) => rotation::rotate_with(
+            ctx,
+            app,
+            secret.map(|s| s.metadata),
+            trigger,
+            None,
+            generated.take(),
+        )
+        .await
+        .map(|_| ()),
+        Step::Drift(drift) => {
+            warn!(app = %key, reason = drift.describe(), "the Secret is not what the operator wrote; replacing it");
+            rotation::rotate_with(
+                ctx,
+                app,
+                secret.map(|s| s.metadata),
+                RotationTrigger::SecretDrift,
+                Some(drift.describe()),
+                generated.take(),
+            )
+            .await
+            .map(|_| ())
+        }
+        Step::RevokePrevious => match secret {
+            Some(s) => rotation::revoke_previous(ctx, app, s).await.map(|_| ()),
+            None => Ok(()),
+        },
+        Step::SyncSecret => match secret {
+            Some(s) => rotation::sync_secret(ctx, app, s).await.map(|_| ()),
+            None => Ok(()),
+        },
+        Step::RestartConsumers(targets) => {
+            match crate::controller::restart::restart_consumers(ctx, app, targets).await {
+                // Some targets could not be restarted: try again after the backoff.
+                Ok(Some(wait)) => return Ok(Applied::Return(Action::requeue(wait.min(resync)))),
+                result => result.map(|_| ()),
+            }
+        }
+        Step::WriteStatus(status) => write_derived_status(ctx, key, app, *status).await,
+        Step::Conflict(status) => {
+            return not_ready(ctx, app, *status, status::reasons::SECRET_CONFLICT, resync).await;
+        }
+        Step::Hold(status) => {
+            return not_ready(ctx, app, *status, status::reasons::RECORD_UNVERIFIABLE, resync).await;
+        }
+        // Nothing is adopted before the ledger is read: a copy of a retired secret must
+        // not pass for the app's own.
+        Step::Adopt if !ctx.ledger.is_loaded() => {
+            return Ok(Applied::Return(Action::requeue(LAGGING_REQUEUE)));
+        }
+        Step::Adopt => match secret {
+            Some(s) => rotation::adopt(ctx, app, s).await,
+            None => Ok(()),
+        },
+        Step::Resign => {
+            use governor::clock::Clock as _;
+            if let Err(not_until) = ctx.resigns.check() {
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                return Ok(Applied::Return(Action::requeue(
+                    wait.max(std::time::Duration::from_millis(100)),
+                )));
+            }
+            match secret {
+                Some(s) => rotation::sync_secret(ctx, app, s).await.map(|_| ()),
+                None => Ok(()),
+            }
+        }
+    };
+    Ok(Applied::Wrote(wrote))
+}
+
+/// Reports the app not Ready for `reason` (this status), then looks again after a while; a
+/// stale view reads again.
+async fn not_ready(
+    ctx: &Context,
+    app: &OAuthApp,
+    status: OAuthAppStatus,
+    reason: &'static str,
+    resync: Duration,
+) -> Result<Applied, Error> {
+    if !mark_not_ready(ctx, app, status, reason).await? {
+        return Ok(Applied::Again);
+    }
+    Ok(Applied::Return(Action::requeue(CONFLICT_REQUEUE.min(resync))))
+}
+
+/// Writes the status derived from the Secret, and says what it changed that a person should
+/// know: a previous secret that expired, a status completed from the Secret (its rotation's own
+/// status write was lost).
+async fn write_derived_status(
+    ctx: &Context,
+    key: &str,
+    app: &OAuthApp,
+    status: OAuthAppStatus,
+) -> Result<(), Error> {
+    let repaired = app.status.as_ref().and_then(|s| s.rotation_id.clone()) != status.rotation_id
+        && app.status.as_ref().is_some_and(|s| s.rotation_id.is_some());
+    let rotation_id = status.rotation_id.clone().unwrap_or_default();
+    let expired = app
+        .status
+        .as_ref()
+        .and_then(|s| s.previous_secret.clone())
+        .filter(|_| status.previous_secret.is_none() && !repaired);
+    let result = writes::write_status(ctx, app, status).await;
+    if let (Ok(_), Some(expired)) = (&result, expired) {
+        info!(app = %key, previous = %expired.rotation_id, "previous client secret expired");
+        writes::publish_in_background(
+            ctx,
+            app,
+            EventType::Normal,
+            "PreviousSecretExpired",
+            format!(
+                "Previous secret {} expired at {}; only the current secret is valid",
+                expired.client_secret_hint, expired.expires_at.0
+            ),
+        );
+    }
+    if result.is_ok() && repaired {
+        info!(app = %key, rotation_id = %rotation_id, "status completed from the Secret; no new secret");
+        writes::publish(
+            ctx,
+            app,
+            EventType::Normal,
+            "StatusRepaired",
+            format!(
+                "Status completed from Secret {} (rotation {rotation_id}); no new secret",
+                app.secret_name()
+            ),
+        )
+        .await;
+    }
+    result.map(|_| ())
 }
 
 /// A rotation that the cached view asks for (a requested, scheduled or first secret), made from

@@ -865,7 +865,7 @@ pub fn key_secret(namespace: &str, name: &str, key: Vec<u8>) -> Secret {
             labels: Some(BTreeMap::from([(KEY_LABEL.0.to_string(), KEY_LABEL.1.to_string())])),
             annotations: Some(BTreeMap::from([(
                 "oauthapp.io/purpose".to_string(),
-                "A key that signs or verifies the rotation records oauthapp-operator keeps on app Secrets. Back it up; without it, a restore of app Secrets needs a person (see the README).".to_string(),
+                "A key that signs or verifies the rotation records oauthapp-operator keeps on app Secrets. Back it up; without it, a restore of app Secrets needs a person (see docs/backup-restore-upgrade.md).".to_string(),
             )])),
             ..Default::default()
         },

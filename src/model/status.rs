@@ -410,7 +410,7 @@ pub fn unverifiable_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
     let message = format!(
         "the rotation record on Secret {} is signed by a key this operator does not hold, and there is no status \
          to check it against; nothing is rotated. Restore the record key Secret, or accept the Secret as it is \
-         with the annotation {}=<its rotation id> on this app (see the README)",
+         with the annotation {}=<its rotation id> on this app (see docs/day-two.md)",
         app.secret_name(),
         crate::model::crd::ACCEPT_SECRET_ANNOTATION,
     );
@@ -421,7 +421,7 @@ pub fn unverifiable_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
 pub fn repair_held_status(app: &OAuthApp, now: Timestamp) -> OAuthAppStatus {
     let message = format!(
         "Secret {} needs a repair (it is gone or altered), and too many apps needed one at once: repairs are held until \
-         a person releases them with a new value of the annotation {} on the record key Secret (see the README)",
+         a person releases them with a new value of the annotation {} on the record key Secret (see docs/day-two.md)",
         app.secret_name(),
         crate::model::record::RELEASE_REPAIRS_ANNOTATION,
     );

@@ -383,12 +383,15 @@ fn new_record(
         .as_ref()
         .and_then(|r| r.previous.clone())
         .filter(|p| p.valid_at(now));
-    let previous = planned.grace.zip(replaced.as_ref()).map(|(grace, r)| record::Previous {
-        rotation_id: r.rotation_id.clone(),
-        hash: r.hash.clone(),
-        hint: r.hint.clone(),
-        expires_at: (now + grace).to_string(),
-    });
+    let previous = planned
+        .grace
+        .zip(replaced.as_ref())
+        .map(|(grace, r)| record::Previous {
+            rotation_id: r.rotation_id.clone(),
+            hash: r.hash.clone(),
+            hint: r.hint.clone(),
+            expires_at: (now + grace).to_string(),
+        });
     let newest = RotationHistoryEntry {
         rotation_id: rotation_id.clone(),
         hint: hint.clone(),
@@ -425,13 +428,20 @@ fn new_record(
 /// Step 3a: the Secret's metadata to write over. A cached copy without the Secret's other
 /// labels and annotations is read fresh at the same version, so that the write keeps them; a
 /// newer version means the view is stale.
-async fn untrimmed(ctx: &Context, app: &OAuthApp, current: Option<ObjectMeta>) -> Result<Option<ObjectMeta>, Error> {
+async fn untrimmed(
+    ctx: &Context,
+    app: &OAuthApp,
+    current: Option<ObjectMeta>,
+) -> Result<Option<ObjectMeta>, Error> {
     match current {
         Some(meta) if crate::runtime::watches::is_trimmed(&meta) => {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+            let secrets: Api<Secret> =
+                Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
             let name = meta.name.clone().unwrap_or_default();
             match secrets.get_metadata_opt(&name).await.map_err(Error::Kube)? {
-                Some(fresh) if fresh.metadata.resource_version == meta.resource_version => Ok(Some(fresh.metadata)),
+                Some(fresh) if fresh.metadata.resource_version == meta.resource_version => {
+                    Ok(Some(fresh.metadata))
+                }
                 _ => Err(Error::StaleView(app_key(app))),
             }
         }
@@ -1089,7 +1099,14 @@ mod tests {
         let first = new_record(
             &app,
             None,
-            &decided(&key, None, Some(record::Retired { count: 6, rotation_id: "old".into() })),
+            &decided(
+                &key,
+                None,
+                Some(record::Retired {
+                    count: 6,
+                    rotation_id: "old".into(),
+                }),
+            ),
             &planned(RotationTrigger::Created, None),
             fresh("r1", t0),
         );
@@ -1109,13 +1126,22 @@ mod tests {
         let previous = second.record.previous.clone().expect("previous");
         assert_eq!(previous.rotation_id, "r1");
         assert_eq!(previous.hash, first.record.hash);
-        assert_eq!(previous.expires_at, (t0 + jiff::SignedDuration::from_mins(65)).to_string());
+        assert_eq!(
+            previous.expires_at,
+            (t0 + jiff::SignedDuration::from_mins(65)).to_string()
+        );
         let history = Record::from_annotations("", "", &meta_of(&second, &key))
             .expect("record")
             .history
             .expect("a history");
-        assert!(history.find("r2").expect("r2") < history.find("r1").expect("r1"), "newest first: {history}");
-        assert!(history.contains("alice"), "an API rotation names its caller: {history}");
+        assert!(
+            history.find("r2").expect("r2") < history.find("r1").expect("r1"),
+            "newest first: {history}"
+        );
+        assert!(
+            history.contains("alice"),
+            "an API rotation names its caller: {history}"
+        );
         // A third within that grace period drops the second's previous secret early, and says so.
         let current = meta_of(&second, &key);
         let third = new_record(
@@ -1126,8 +1152,15 @@ mod tests {
             fresh("r3", t0 + jiff::SignedDuration::from_mins(10)),
         );
         assert_eq!(third.dropped.as_ref().map(|p| p.rotation_id.as_str()), Some("r1"));
-        assert_eq!(third.record.previous.as_ref().map(|p| p.rotation_id.as_str()), Some("r2"));
-        let events = events(&planned(RotationTrigger::Annotation, Some(hour)), &third, "demo-oauth-client");
+        assert_eq!(
+            third.record.previous.as_ref().map(|p| p.rotation_id.as_str()),
+            Some("r2")
+        );
+        let events = events(
+            &planned(RotationTrigger::Annotation, Some(hour)),
+            &third,
+            "demo-oauth-client",
+        );
         let reasons: Vec<&str> = events.iter().map(|(_, reason, _)| *reason).collect();
         assert_eq!(reasons, ["SecretRotated", "PreviousSecretRevoked"]);
         assert!(events[1].2.contains("oas_r1...hint"), "{}", events[1].2);
@@ -1141,7 +1174,14 @@ mod tests {
         let theirs = new_record(
             &app,
             None,
-            &decided(&key, None, Some(record::Retired { count: 41, rotation_id: "x".into() })),
+            &decided(
+                &key,
+                None,
+                Some(record::Retired {
+                    count: 41,
+                    rotation_id: "x".into(),
+                }),
+            ),
             &planned(RotationTrigger::Created, None),
             fresh("r1", t0),
         );
@@ -1151,15 +1191,26 @@ mod tests {
             &app,
             Some(&current),
             &decided(&key, Some(Verdict::Drift(record::Drift::Mismatch)), None),
-            &planned(RotationTrigger::SecretDrift, Some(jiff::SignedDuration::from_hours(1))),
+            &planned(
+                RotationTrigger::SecretDrift,
+                Some(jiff::SignedDuration::from_hours(1)),
+            ),
             fresh("r2", t0),
         );
         assert_eq!(repaired.record.count, 1);
         assert_eq!(repaired.record.previous, None);
-        let events = events(&planned(RotationTrigger::SecretDrift, None), &repaired, "demo-oauth-client");
+        let events = events(
+            &planned(RotationTrigger::SecretDrift, None),
+            &repaired,
+            "demo-oauth-client",
+        );
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].0, EventType::Warning);
         assert_eq!(events[0].1, "SecretRepaired");
-        assert!(events[0].2.contains("Secret demo-oauth-client: alice"), "{}", events[0].2);
+        assert!(
+            events[0].2.contains("Secret demo-oauth-client: alice"),
+            "{}",
+            events[0].2
+        );
     }
 }

@@ -177,7 +177,7 @@ async fn all_signed_by(
     true
 }
 
-/// A key Secret of the ring, made as the README's procedure says (a labelled Secret of 32
+/// A key Secret of the ring, made as docs/day-two.md's procedure says (a labelled Secret of 32
 /// random bytes in the operator's namespace).
 fn make_key(ns: &str, name: &str) -> Vec<u8> {
     // 32 bytes of a fresh client secret's random part: as random as the key needs.
