@@ -358,22 +358,7 @@ pub async fn list_oauth_apps(
         .as_deref()
         .map(ListPosition::decode)
         .transpose()?;
-    let mut by_namespace: BTreeMap<String, Vec<Arc<CachedApp>>> = BTreeMap::new();
-    for app in api.watches.apps() {
-        let (ns, name) = (app.namespace(), app.name());
-        if query.namespace.as_deref().is_none_or(|q| q == ns)
-            && after.as_ref().is_none_or(|p| p.before(ns, name))
-        {
-            by_namespace.entry(ns.to_string()).or_default().push(app);
-        }
-    }
-    let namespaces: Vec<(String, Vec<Arc<CachedApp>>)> = by_namespace
-        .into_iter()
-        .map(|(ns, mut apps)| {
-            apps.sort_by(|a, b| a.name().cmp(b.name()));
-            (ns, apps)
-        })
-        .collect();
+    let namespaces = listed(&api, query.namespace.as_deref(), after.as_ref());
     let mut reviews = 0;
     // One review when the caller may list everywhere (a ClusterRole binding): reviews per
     // namespace only for the others, a few at a time, as far as the page needs.
@@ -408,24 +393,7 @@ pub async fn list_oauth_apps(
             }
             let batch = &namespaces[i..(i + budget.min(LIST_REVIEWS_IN_FLIGHT)).min(namespaces.len())];
             reviews += batch.len();
-            let (caller, api) = (&caller, &api);
-            let batch: Vec<String> = batch.iter().map(|(ns, _)| ns.clone()).collect();
-            let answers: Vec<Result<bool, ApiError>> = futures::stream::iter(batch)
-                .map(|ns| async move {
-                    let list = Access {
-                        verb: "list",
-                        namespace: &ns,
-                        name: None,
-                        subresource: None,
-                    };
-                    api.auth.allowed(caller, list).await
-                })
-                .buffered(LIST_REVIEWS_IN_FLIGHT)
-                .collect()
-                .await;
-            for answer in answers {
-                verdicts.push(answer?);
-            }
+            verdicts.extend(may_list(&api, &caller, batch).await?);
         }
         if !cluster_wide && !verdicts[i] {
             last = Some(ListPosition {
@@ -450,6 +418,53 @@ pub async fn list_oauth_apps(
         data,
         continue_token: next.map(|p| p.encode()),
     }))
+}
+
+/// The cached apps a list may show, by namespace in order, each namespace's by name: those in
+/// `namespace` (all when None) after the position `after`.
+fn listed(
+    api: &Shared,
+    namespace: Option<&str>,
+    after: Option<&ListPosition>,
+) -> Vec<(String, Vec<Arc<CachedApp>>)> {
+    let mut by_namespace: BTreeMap<String, Vec<Arc<CachedApp>>> = BTreeMap::new();
+    for app in api.watches.apps() {
+        let (ns, name) = (app.namespace(), app.name());
+        if namespace.is_none_or(|q| q == ns) && after.is_none_or(|p| p.before(ns, name)) {
+            by_namespace.entry(ns.to_string()).or_default().push(app);
+        }
+    }
+    by_namespace
+        .into_iter()
+        .map(|(ns, mut apps)| {
+            apps.sort_by(|a, b| a.name().cmp(b.name()));
+            (ns, apps)
+        })
+        .collect()
+}
+
+/// Whether `caller` may list apps in each namespace of `batch` (SubjectAccessReviews, a few at
+/// a time).
+async fn may_list(
+    api: &Shared,
+    caller: &Caller,
+    batch: &[(String, Vec<Arc<CachedApp>>)],
+) -> Result<Vec<bool>, ApiError> {
+    let batch: Vec<String> = batch.iter().map(|(ns, _)| ns.clone()).collect();
+    let answers: Vec<Result<bool, ApiError>> = futures::stream::iter(batch)
+        .map(|ns| async move {
+            let list = Access {
+                verb: "list",
+                namespace: &ns,
+                name: None,
+                subresource: None,
+            };
+            api.auth.allowed(caller, list).await
+        })
+        .buffered(LIST_REVIEWS_IN_FLIGHT)
+        .collect()
+        .await;
+    answers.into_iter().collect()
 }
 
 /// Get an OAuth app
@@ -534,75 +549,9 @@ pub async fn create_oauth_app(
             "namespace {ns} is not watched by this operator (--watch-namespaces)"
         )));
     }
-    let (resource_name, display_name) = match body.resource_name {
-        Some(resource_name) => (resource_name, Some(body.name)),
-        None => (body.name, None),
-    };
-    if !is_dns_subdomain(&resource_name, MAX_RESOURCE_NAME_LEN) {
-        return Err(ApiError::bad_request(format!(
-            "{resource_name:?} is not a valid resource name: use lowercase letters, digits, '-' and '.', \
-             start and end with a letter or digit, at most {MAX_RESOURCE_NAME_LEN} characters \
-             (or give resource_name, and name becomes the display name)"
-        )));
-    }
-    let app = OAuthApp {
-        metadata: ObjectMeta {
-            name: Some(resource_name.clone()),
-            namespace: Some(ns.clone()),
-            ..Default::default()
-        },
-        spec: OAuthAppSpec {
-            display_name,
-            redirect_uris: body.redirect_uris,
-            scopes: body.scopes.unwrap_or_default(),
-            ..Default::default()
-        },
-        status: None,
-    };
-    let apps: Api<OAuthApp> = Api::namespaced(api.ctx.client.clone(), &ns);
-    // The create runs in a task of its own that hands back the app with its withdrawal armed:
-    // a request dropped while the create is on its way (a timeout, a client gone) drops that
-    // answer unread, and with it the guard, which withdraws the app. From here on, an app whose
-    // secret this request does not answer with is withdrawn: nobody would ever see that secret.
-    let creating = {
-        let (api, ns, name) = (api.clone(), ns.clone(), resource_name.clone());
-        tokio::spawn(async move {
-            let created = apps.create(&writes::post_params(), &app).await?;
-            #[cfg(feature = "failpoints")]
-            if let Some(d) = api
-                .ctx
-                .failpoint
-                .as_deref()
-                .and_then(|f| f.strip_prefix("pause-after-create="))
-                .and_then(crate::model::status::parse_interval)
-                .and_then(|d| Duration::try_from(d).ok())
-            {
-                tokio::time::sleep(d).await;
-            }
-            let guard = WithdrawOnDrop(Some(Withdrawal {
-                api,
-                ns,
-                name,
-                uid: created.uid().unwrap_or_default(),
-            }));
-            Ok::<_, kube::Error>((created, guard))
-        })
-    };
-    let (created, mut guard) = creating
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "the create task failed");
-            ApiError::internal()
-        })?
-        .map_err(|e| match &e {
-            kube::Error::Api(s) if s.code == 409 => ApiError::conflict(format!(
-                "an OAuthApp named {resource_name} already exists in namespace {ns}"
-            )),
-            kube::Error::Api(s) if s.code == 400 || s.code == 422 => ApiError::bad_request(s.message.clone()),
-            // When every namespace is watched, a namespace that does not exist gets this far.
-            kube::Error::Api(s) if s.code == 404 => ApiError::not_found(format!("namespace {ns} not found")),
-            _ => ApiError::from_kube("creating an OAuthApp", &e),
-        })?;
+    let app = new_app(&ns, body)?;
+    let resource_name = app.name_any();
+    let (created, mut guard) = create_armed(&api, app).await?;
     let uid = created.uid().unwrap_or_default();
     info!(app = %format!("{ns}/{resource_name}"), caller = %caller.username, "created OAuthApp through the REST API");
     let provisioned = api
@@ -635,6 +584,84 @@ pub async fn create_oauth_app(
             client_secret: rotated.secret.expose().to_string(),
         },
     ))
+}
+
+/// The app a create asks for, in namespace `ns`: `name` is its resource name, unless
+/// `resource_name` is given (then `name` is its display name).
+fn new_app(ns: &str, body: CreateOAuthApp) -> Result<OAuthApp, ApiError> {
+    let (resource_name, display_name) = match body.resource_name {
+        Some(resource_name) => (resource_name, Some(body.name)),
+        None => (body.name, None),
+    };
+    if !is_dns_subdomain(&resource_name, MAX_RESOURCE_NAME_LEN) {
+        return Err(ApiError::bad_request(format!(
+            "{resource_name:?} is not a valid resource name: use lowercase letters, digits, '-' and '.', \
+             start and end with a letter or digit, at most {MAX_RESOURCE_NAME_LEN} characters \
+             (or give resource_name, and name becomes the display name)"
+        )));
+    }
+    Ok(OAuthApp {
+        metadata: ObjectMeta {
+            name: Some(resource_name),
+            namespace: Some(ns.to_string()),
+            ..Default::default()
+        },
+        spec: OAuthAppSpec {
+            display_name,
+            redirect_uris: body.redirect_uris,
+            scopes: body.scopes.unwrap_or_default(),
+            ..Default::default()
+        },
+        status: None,
+    })
+}
+
+/// Creates `app` and hands it back with its withdrawal armed. The create runs in a task of its
+/// own: a request dropped while the create is on its way (a timeout, a client gone) drops that
+/// answer unread, and with it the guard, which withdraws the app. From here on, an app whose
+/// secret this request does not answer with is withdrawn: nobody would ever see that secret.
+async fn create_armed(api: &Arc<Shared>, app: OAuthApp) -> Result<(OAuthApp, WithdrawOnDrop), ApiError> {
+    let (ns, resource_name) = (app.namespace().unwrap_or_default(), app.name_any());
+    let apps: Api<OAuthApp> = Api::namespaced(api.ctx.client.clone(), &ns);
+    let creating = {
+        let (api, ns, name) = (api.clone(), ns.clone(), resource_name.clone());
+        tokio::spawn(async move {
+            let created = apps.create(&writes::post_params(), &app).await?;
+            #[cfg(feature = "failpoints")]
+            if let Some(d) = api
+                .ctx
+                .failpoint
+                .as_deref()
+                .and_then(|f| f.strip_prefix("pause-after-create="))
+                .and_then(crate::model::status::parse_interval)
+                .and_then(|d| Duration::try_from(d).ok())
+            {
+                tokio::time::sleep(d).await;
+            }
+            let guard = WithdrawOnDrop(Some(Withdrawal {
+                api,
+                ns,
+                name,
+                uid: created.uid().unwrap_or_default(),
+            }));
+            Ok::<_, kube::Error>((created, guard))
+        })
+    };
+    creating
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "the create task failed");
+            ApiError::internal()
+        })?
+        .map_err(|e| match &e {
+            kube::Error::Api(s) if s.code == 409 => ApiError::conflict(format!(
+                "an OAuthApp named {resource_name} already exists in namespace {ns}"
+            )),
+            kube::Error::Api(s) if s.code == 400 || s.code == 422 => ApiError::bad_request(s.message.clone()),
+            // When every namespace is watched, a namespace that does not exist gets this far.
+            kube::Error::Api(s) if s.code == 404 => ApiError::not_found(format!("namespace {ns} not found")),
+            _ => ApiError::from_kube("creating an OAuthApp", &e),
+        })
 }
 
 /// An app a REST create made, to delete unless the create answers with its secret.

@@ -7,6 +7,9 @@
 //! not seen recently takes from the token-review bucket first), the global and the per-caller
 //! rate limits, then the handler (id lookup in the cache, SubjectAccessReview, the operation).
 //! Every error answer is JSON `{code, message}` (see [`error`]).
+//!
+//! May use: [`crate::model`], [`crate::runtime`], and [`crate::rotation`] (the controller only
+//! through `rotate()`).
 
 mod auth;
 mod error;

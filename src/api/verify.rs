@@ -118,45 +118,8 @@ pub async fn verify_client_credentials(
     Extension(caller): Extension<Caller>,
     Body(request): Body<VerifyRequest>,
 ) -> Result<Json<VerifyResult>, ApiError> {
-    api.ready()?;
-    // A view of the apps that may be stale (their watch failing) answers nothing from it: a
-    // secret revoked meanwhile must not verify.
-    if let Some(stale) = api.watches.apps_stale_for()
-        && stale > api.verify_max_staleness
-    {
-        return Err(ApiError::unavailable(format!(
-            "the operator's view of the apps may be stale (their watch has failed for {}s): retry, or ask another replica",
-            stale.as_secs()
-        )));
-    }
-    // Before any lookup, limiter or memory: a string that cannot be a client id.
-    if !crate::model::crd::could_be_client_id(&request.client_id) {
-        return Err(ApiError::bad_request(
-            "client_id is not a client id: an app id (app_ and up to 22 letters and digits) or 1 to 128 of [A-Za-z0-9._:-], starting with a letter or digit",
-        ));
-    }
-    let found = api.watches.find_by_client_id(
-        &request.client_id,
-        api.ctx.record_key.released_client_id().as_deref(),
-    );
-    let permitted = match &found {
-        Some(app) => {
-            let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
-            api.auth
-                .allowed(
-                    &caller,
-                    Access {
-                        verb: "create",
-                        namespace: &ns,
-                        name: Some(&name),
-                        subresource: Some("verify"),
-                    },
-                )
-                .await?
-        }
-        None => false,
-    };
-    let app = found.filter(|_| permitted);
+    usable(&api, &request)?;
+    let app = permitted_app(&api, &caller, &request.client_id).await?;
     let now = Timestamp::now();
     let candidates = app.as_deref().map(|a| valid_secrets(a, now)).unwrap_or_default();
     let digest: [u8; 32] = Sha256::digest(request.client_secret.as_bytes()).into();
@@ -207,6 +170,50 @@ pub async fn verify_client_credentials(
             Ok(Json(VerifyResult::invalid()))
         }
     }
+}
+
+/// Whether a verification can be answered at all: the caches are synced and not stale (a
+/// secret revoked meanwhile must not verify), and `client_id` could be a client id (checked
+/// before any lookup, limiter or memory).
+fn usable(api: &Shared, request: &VerifyRequest) -> Result<(), ApiError> {
+    api.ready()?;
+    if let Some(stale) = api.watches.apps_stale_for()
+        && stale > api.verify_max_staleness
+    {
+        return Err(ApiError::unavailable(format!(
+            "the operator's view of the apps may be stale (their watch has failed for {}s): retry, or ask another replica",
+            stale.as_secs()
+        )));
+    }
+    if !crate::model::crd::could_be_client_id(&request.client_id) {
+        return Err(ApiError::bad_request(
+            "client_id is not a client id: an app id (app_ and up to 22 letters and digits) or 1 to 128 of [A-Za-z0-9._:-], starting with a letter or digit",
+        ));
+    }
+    Ok(())
+}
+
+/// The app that holds `client_id`, if the caller may verify it (SubjectAccessReview: create on
+/// `oauthapps/verify`); None for an unknown id and for an app the caller may not verify alike.
+async fn permitted_app(
+    api: &Shared,
+    caller: &Caller,
+    client_id: &str,
+) -> Result<Option<Arc<OAuthApp>>, ApiError> {
+    let Some(app) = api
+        .watches
+        .find_by_client_id(client_id, api.ctx.record_key.released_client_id().as_deref())
+    else {
+        return Ok(None);
+    };
+    let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
+    let access = Access {
+        verb: "create",
+        namespace: &ns,
+        name: Some(&name),
+        subresource: Some("verify"),
+    };
+    Ok(api.auth.allowed(caller, access).await?.then_some(app))
 }
 
 /// Whose turn a verification's hash waits for ([`crate::runtime::fair`]): a ServiceAccount's namespace

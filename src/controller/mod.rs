@@ -4,6 +4,11 @@
 //! must be written does the reconciler take the app's lock, re-read the app and its Secret from
 //! the API server and plan again on that fresh view. A stale cache therefore never causes a
 //! write — it costs at most two GETs — and the steady state makes no requests at all.
+//!
+//! Lives here: the work queue ([`queue`]) and the slots namespaces share ([`shares`]), the
+//! planner ([`plan`]: pure), this reconcile loop, and rollout restarts ([`restart`]).
+//!
+//! May use: [`crate::model`], [`crate::runtime`], [`crate::provider`], [`crate::rotation`].
 
 pub mod plan;
 pub mod queue;
@@ -13,7 +18,7 @@ pub mod shares;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
@@ -30,7 +35,7 @@ use crate::runtime::error::Error;
 use crate::runtime::metrics::ReasonLabels;
 use crate::runtime::scheduled::{ScheduledRotations, Turn};
 use crate::runtime::store::Store;
-use crate::runtime::watches::{Change, Watches};
+use crate::runtime::watches::{Change, ScopeCaches, Watches};
 use crate::runtime::writes::{self, app_key};
 use plan::{SecretView, Step};
 use queue::{Action, AppKey, Trigger};
@@ -100,30 +105,13 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
             resync_all.clone(),
             shutdown.clone(),
         ));
-        let apps = caches.app_changes().map(|change| match change {
-            Change::Object(app) => Some(Trigger::One(AppKey::new(app.namespace(), app.name()))),
-            // Changes were dropped while this controller lagged: look at everything.
-            Change::Missed => Some(Trigger::All),
-        });
-        let secrets = caches.secret_changes().map(|change| match change {
-            // A Secret maps to its app by its controller reference, or, without one (a
-            // retained or restored Secret), by the app name its record names.
-            Change::Object(secret) => secret_owner(&secret).map(Trigger::One),
-            Change::Missed => Some(Trigger::All),
-        });
         // One namespace watched: its share is the whole.
         let per_namespace = match caches.namespace {
             Some(_) => u16::MAX,
             None => settings.namespace_concurrency,
         };
         let (shares, unparked) = shares::NamespaceShares::new(usize::from(per_namespace));
-        let triggers = futures::stream::select_all([
-            apps.boxed(),
-            secrets.boxed(),
-            resync_all_rx.map(|()| Some(Trigger::All)).boxed(),
-            unparked.map(|app| Some(Trigger::One(app))).boxed(),
-        ])
-        .filter_map(futures::future::ready);
+        let triggers = triggers(caches, resync_all_rx, unparked);
         let scope = Arc::new(Scope {
             ctx: ctx.clone(),
             watches: watches.clone(),
@@ -168,6 +156,33 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
     }
     futures::future::join_all(runs).await;
     info!("controller stopped");
+}
+
+/// What brings an app of a scope to the queue: a change of it or of its Secret, a resync of
+/// every app (`resync_all`), an app whose namespace's share has room again (`unparked`).
+fn triggers(
+    caches: &ScopeCaches,
+    resync_all: futures::channel::mpsc::UnboundedReceiver<()>,
+    unparked: impl Stream<Item = AppKey> + Send + 'static,
+) -> impl Stream<Item = Trigger<AppKey>> + Send + 'static {
+    let apps = caches.app_changes().map(|change| match change {
+        Change::Object(app) => Some(Trigger::One(AppKey::new(app.namespace(), app.name()))),
+        // Changes were dropped while this controller lagged: look at everything.
+        Change::Missed => Some(Trigger::All),
+    });
+    let secrets = caches.secret_changes().map(|change| match change {
+        // A Secret maps to its app by its controller reference, or, without one (a
+        // retained or restored Secret), by the app name its record names.
+        Change::Object(secret) => secret_owner(&secret).map(Trigger::One),
+        Change::Missed => Some(Trigger::All),
+    });
+    futures::stream::select_all([
+        apps.boxed(),
+        secrets.boxed(),
+        resync_all.map(|()| Some(Trigger::All)).boxed(),
+        unparked.map(|app| Some(Trigger::One(app))).boxed(),
+    ])
+    .filter_map(futures::future::ready)
 }
 
 async fn reconcile(cached: &CachedApp, scope: &Scope) -> Result<Action, Error> {
@@ -261,16 +276,7 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
     }
     match step {
         Step::Done { requeue_after } if app.spec.provider_ref.is_some() && !lags => {
-            // In sync here: the app's identity provider is checked at a bounded rate.
-            let check = crate::provider::sync::check_app(ctx, app).await?;
-            let requeue_after = match (
-                requeue_after,
-                check.and_then(|d| SignedDuration::try_from(d).ok()),
-            ) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            Ok(requeue(requeue_after, scope.resync))
+            check_provider(scope, app, requeue_after).await
         }
         Step::Done { requeue_after } => Ok(requeue(requeue_after, scope.resync)),
         _ if lags || ctx.locks.is_held(&key) => Ok(Action::requeue(LAGGING_REQUEUE)),
@@ -284,36 +290,58 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
         // A foreign Secret is not in the (label-filtered) cache, so an app in conflict always
         // looks due a rotation from it, as does one whose Secret is refused: no secret is hashed
         // ahead for those.
-        step => {
-            // A scheduled rotation waits its turn without holding a worker: requeued to its slot.
-            if let Turn::Wait(wait) = turn(&ctx.scheduled_rotations, &key, &step, Instant::now()) {
-                return Ok(Action::requeue(wait));
-            }
-            let in_conflict = app.ready_condition().is_some_and(|c| {
-                c.reason == status::reasons::SECRET_CONFLICT || c.reason == status::reasons::SECRET_REJECTED
-            });
-            let repair = is_repair(&step) && !in_conflict;
-            // A writer that fights the operator: its repairs back off (before the brake counts
-            // them).
-            if matches!(step, Step::Drift(_))
-                && !in_conflict
-                && let Some(wait) = drift_backed_off(ctx, app).await?
-            {
-                return Ok(wait);
-            }
-            if repair && let Some(wait) = repair_gate(ctx, app, &key, &scope.watches).await? {
-                return Ok(wait);
-            }
-            converge(
-                scope,
-                app,
-                matches!(step, Step::Rotate(_) | Step::Drift(_)) && !in_conflict,
-                matches!(step, Step::Rotate(RotationTrigger::Schedule)),
-                repair,
-            )
-            .await
-        }
+        step => write_planned(scope, app, &key, step).await,
     }
+}
+
+/// In sync here: the app's identity provider is checked (at a bounded rate); the app looks
+/// again at the earlier of its next step (`requeue_after`) and the next check.
+async fn check_provider(
+    scope: &Scope,
+    app: &OAuthApp,
+    requeue_after: Option<SignedDuration>,
+) -> Result<Action, Error> {
+    let check = crate::provider::sync::check_app(&scope.ctx, app).await?;
+    let requeue_after = match (
+        requeue_after,
+        check.and_then(|d| SignedDuration::try_from(d).ok()),
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(requeue(requeue_after, scope.resync))
+}
+
+/// A step the cached view says must be written: it waits for its turn (a scheduled rotation's
+/// slot, a repair's brake), then is made on a fresh view ([`converge`]).
+async fn write_planned(scope: &Scope, app: &OAuthApp, key: &str, step: Step) -> Result<Action, Error> {
+    let ctx = &scope.ctx;
+    // A scheduled rotation waits its turn without holding a worker: requeued to its slot.
+    if let Turn::Wait(wait) = turn(&ctx.scheduled_rotations, key, &step, Instant::now()) {
+        return Ok(Action::requeue(wait));
+    }
+    let in_conflict = app.ready_condition().is_some_and(|c| {
+        c.reason == status::reasons::SECRET_CONFLICT || c.reason == status::reasons::SECRET_REJECTED
+    });
+    let repair = is_repair(&step) && !in_conflict;
+    // A writer that fights the operator: its repairs back off (before the brake counts them).
+    if matches!(step, Step::Drift(_))
+        && !in_conflict
+        && let Some(wait) = drift_backed_off(ctx, app).await?
+    {
+        return Ok(wait);
+    }
+    if repair && let Some(wait) = repair_gate(ctx, app, key, &scope.watches).await? {
+        return Ok(wait);
+    }
+    converge(
+        scope,
+        app,
+        matches!(step, Step::Rotate(_) | Step::Drift(_)) && !in_conflict,
+        matches!(step, Step::Rotate(RotationTrigger::Schedule)),
+        repair,
+    )
+    .await
 }
 
 /// A repair: a new secret because the Secret is gone or not what the operator wrote.
@@ -666,6 +694,7 @@ enum Applied {
 
 /// Makes `step` on the fresh view (`app`, `secret`); a rotation uses the secret made while
 /// reading, if one was (`generated`).
+// Long: one arm per step of the planner, each a call or two: the table of what each step writes.
 async fn apply(
     scope: &Scope,
     key: &str,

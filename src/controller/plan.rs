@@ -68,6 +68,7 @@ pub struct SecretView<'a> {
 }
 
 /// Decides the next step for `app` given its Secret (None: there is none).
+// Long: the steps in their order of precedence (the order is the decision), read as one table.
 pub fn plan(app: &OAuthApp, secret: Option<SecretView<'_>>, now: Timestamp) -> Step {
     if app.metadata.deletion_timestamp.is_some() {
         // The Secret goes with the app (ownerReference); nothing to keep in sync.
@@ -306,6 +307,7 @@ mod tests {
     }
 
     #[test]
+    // Long: one scenario, step by step.
     fn restart_targets_are_restarted_once_per_rotation_and_never_for_the_first_secret() {
         let first = owned_secret("r1", "10", None);
         let app = settled(with_targets(app(), &["web", "worker"]), &first);

@@ -47,36 +47,11 @@ pub async fn restart_consumers(
     let Some(rotation_id) = app.status.as_ref().and_then(|s| s.rotation_id.clone()) else {
         return Ok(None);
     };
-    let ns = app.namespace().unwrap_or_default();
-    let mut restarted = Vec::new();
-    let mut failed = Vec::new();
-    let mut reason = "";
-    for target in targets {
-        ctx.leadership.check()?;
-        let result = patch(ctx.client.clone(), &ns, &target, &rotation_id).await;
-        let outcome = match result {
-            Ok(()) => "restarted",
-            Err(e) => {
-                let failure = failure(&e);
-                warn!(app = %app_key(app), target = %target, reason = failure.reason, error = %failure.message, "rollout restart failed; retrying with backoff");
-                if reason.is_empty() {
-                    reason = failure.reason;
-                }
-                failed.push((target.clone(), failure.message));
-                failure.result
-            }
-        };
-        ctx.metrics
-            .rollout_restarts
-            .get_or_create(&crate::runtime::metrics::RestartLabels {
-                kind: target.kind.as_str(),
-                result: outcome,
-            })
-            .inc();
-        if outcome == "restarted" {
-            restarted.push(target);
-        }
-    }
+    let Restarts {
+        restarted,
+        failed,
+        reason,
+    } = restart_each(ctx, app, targets, &rotation_id).await?;
     let now = Timestamp::now();
     let new_status = status::restarts_status(app, &restarted, &failed, reason, now);
     let condition = |s: &crate::model::crd::OAuthAppStatus| {
@@ -122,6 +97,58 @@ pub async fn restart_consumers(
         .duration_since(after.last_transition_time.0)
         .unsigned_abs();
     Ok(Some(failing_for.clamp(MIN_BACKOFF, MAX_BACKOFF)))
+}
+
+/// What a round of restarts came to: the targets restarted, those that failed (and why), and
+/// the reason of the first failure (empty: none failed).
+struct Restarts {
+    restarted: Vec<RestartTarget>,
+    failed: Vec<(RestartTarget, String)>,
+    reason: &'static str,
+}
+
+/// Restarts each of `targets` for `rotation_id`, counting each in the metrics.
+async fn restart_each(
+    ctx: &Context,
+    app: &OAuthApp,
+    targets: Vec<RestartTarget>,
+    rotation_id: &str,
+) -> Result<Restarts, Error> {
+    let ns = app.namespace().unwrap_or_default();
+    let mut restarted = Vec::new();
+    let mut failed = Vec::new();
+    let mut reason = "";
+    for target in targets {
+        ctx.leadership.check()?;
+        let result = patch(ctx.client.clone(), &ns, &target, rotation_id).await;
+        let outcome = match result {
+            Ok(()) => "restarted",
+            Err(e) => {
+                let failure = failure(&e);
+                warn!(app = %app_key(app), target = %target, reason = failure.reason, error = %failure.message, "rollout restart failed; retrying with backoff");
+                if reason.is_empty() {
+                    reason = failure.reason;
+                }
+                failed.push((target.clone(), failure.message));
+                failure.result
+            }
+        };
+        ctx.metrics
+            .rollout_restarts
+            .get_or_create(&crate::runtime::metrics::RestartLabels {
+                kind: target.kind.as_str(),
+                result: outcome,
+            })
+            .inc();
+        if outcome == "restarted" {
+            restarted.push(target);
+        }
+    }
+    Ok(Restarts {
+        restarted,
+        failed,
+        reason,
+    })
 }
 
 /// Sets the target's pod template annotation to the rotation id (a JSON merge patch: nothing

@@ -1042,6 +1042,8 @@ pub fn kept_app_id(app: &OAuthApp, meta: Option<&ObjectMeta>, key: &RecordKey) -
 /// the operator's seal binds its record to this app's namespace and name, nothing else controls
 /// it (no controller, or an earlier app of this name that is gone), and `retired` (what the
 /// operator remembers of the name) shows nothing newer.
+// Long: the verdicts in their order of precedence, a few lines each; split up, the order that
+// decides would be spread over functions.
 pub fn judge(
     app: &OAuthApp,
     meta: &ObjectMeta,
@@ -1369,6 +1371,7 @@ mod tests {
     }
 
     #[test]
+    // Long: one scenario, step by step.
     fn a_sealed_secret_of_an_earlier_app_of_the_name_is_adopted_unless_something_newer_is_known() {
         let now = Timestamp::now();
         let hash = our_hash();
@@ -1465,6 +1468,7 @@ mod tests {
     }
 
     #[test]
+    // Long: one change per field of the record, each checked.
     fn a_signed_record_round_trips_and_any_changed_field_breaks_the_signature() {
         let now = Timestamp::now();
         let hash = our_hash();

@@ -279,6 +279,7 @@ pub fn parse_interval(s: &str) -> Option<SignedDuration> {
 
 /// The status that describes the Secret `meta` (written by the operator) for `app`.
 /// Keeps `lastTransitionTime` of a Ready condition that does not change.
+// Long: the status field by field from the record, each a line or two.
 pub fn status_from_secret(
     app: &OAuthApp,
     meta: &ObjectMeta,

@@ -1,6 +1,8 @@
 //! The `kubectl oauthapp` plugin (`src/bin/kubectl-oauthapp.rs`): what it shows and decides,
-//! as plain functions (`commands` does the I/O around them). It uses the library's ground floor
-//! (`crd`, `id`, `secret`), never the operator's runtime.
+//! as plain functions (`commands` does the I/O around them). It uses the model only
+//! ([`crate::model`]: `crd`, `id`, `secret`, `record`), never the operator's runtime.
+//!
+//! May use: [`crate::model`].
 
 pub mod commands;
 

@@ -11,6 +11,8 @@
 //! with nothing written (the reconcile retries it, the REST API answers 503). A crash between the
 //! two writes leaves the provider ahead of the Secret; the reconcile-time check
 //! ([`sync::check_app`]) puts the Secret's secret back at the provider, without a new rotation.
+//!
+//! May use: [`crate::model`], [`crate::runtime`].
 
 pub mod controller;
 pub mod finalizer;

@@ -13,7 +13,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
 use super::keycloak::Keycloak;
-use super::{DesiredClient, Grace, Holds, IdentityProvider, Previous, ProviderError, Put};
+use super::{DesiredClient, Grace, Holds, IdentityProvider, Previous, ProviderError, Pushed, Put};
 use crate::model::crd::{CLIENT_SECRET_KEY, OAuthApp};
 use crate::model::provider::OAuthProvider;
 use crate::model::record::annotations;
@@ -208,83 +208,106 @@ pub async fn push_rotation(
             if let Some(e) = &pushed.scopes_failed {
                 warn!(app = %key, provider = %reference.name, reason = e.reason(), error = %e, "the identity provider holds the new secret, but the app's scopes could not be set there; the next check sets them");
             }
-            {
-                let now = Instant::now();
-                let mut state = ctx.providers.lock(now);
-                state.push_failures.remove(&key);
-                if pushed.scopes_failed.is_some() {
-                    // Not in sync: the app's next look checks it at once.
-                    state.checked.remove(&key);
-                } else {
-                    state.checked.insert(
-                        key,
-                        Checked {
-                            rotation_id: checked_version(rotation_id, app),
-                            at: now,
-                            failures: 0,
-                        },
-                    );
-                }
-            }
+            note_push(ctx, app, key, rotation_id, &pushed);
             // Tests: a crash between the provider write and the Secret write.
             #[cfg(feature = "failpoints")]
             if ctx.failpoint.as_deref() == Some("pause-after-provider-push") {
                 warn!(app = %app_key(app), "failpoint pause-after-provider-push: the provider holds the new secret, the Secret does not");
                 std::future::pending::<()>().await;
             }
-            let mut synced = app.clone();
-            let status = synced.status.get_or_insert_with(Default::default);
-            let (synced_status, reason, message) = match &pushed.scopes_failed {
-                // The secret is there; the scopes are not: said, and the next check sets them.
-                Some(e) => (
-                    "False",
-                    e.reason(),
-                    format!(
-                        "OAuthProvider {} holds the secret of rotation {rotation_id}, but the app's scopes could not be set: {e}",
-                        reference.name
-                    ),
-                ),
-                None => {
-                    let (reason, message) = synced_condition(
-                        &reference.name,
-                        rotation_id,
-                        with_grace && !pushed.grace_kept,
-                        &pushed.missing_scopes,
-                    );
-                    warn_missing_scopes(ctx, app, &reference.name, &pushed.missing_scopes);
-                    ("True", reason, message)
-                }
-            };
-            set_condition(
-                &mut status.conditions,
-                app.metadata.generation,
-                synced_status,
-                reason,
-                message,
-            );
-            Ok(Some(synced))
+            let grace_lost = with_grace && !pushed.grace_kept;
+            Ok(Some(pushed_condition(
+                ctx,
+                app,
+                &reference.name,
+                rotation_id,
+                grace_lost,
+                &pushed,
+            )))
         }
         Err(e) => {
-            // Checked again after any failed rotation: the provider may hold a secret that did
-            // not reach the Secret (a Secret write that failed after the push).
-            {
-                let now = Instant::now();
-                let mut state = ctx.providers.lock(now);
-                state.checked.remove(&key);
-                if !held {
-                    state.may_land_late(&key, &e, now);
-                }
-                if matches!(e, Error::Provider(_)) && !held {
-                    let (n, at) = state.push_failures.entry(key.clone()).or_insert((0, now));
-                    *n = n.saturating_add(1);
-                    *at = now;
-                }
-            }
+            note_push_failure(ctx, key, held, &e);
             if let Error::Provider(pe) = &e {
                 mark_unsynced(ctx, app, &reference.name, pe).await;
             }
             Err(e)
         }
+    }
+}
+
+/// Remembers a push that reached the provider: no failures in a row, and the rotation in sync
+/// there unless its scopes failed (then the app's next look checks it at once).
+fn note_push(ctx: &Context, app: &OAuthApp, key: String, rotation_id: &str, pushed: &Pushed) {
+    let now = Instant::now();
+    let mut state = ctx.providers.lock(now);
+    state.push_failures.remove(&key);
+    if pushed.scopes_failed.is_some() {
+        state.checked.remove(&key);
+    } else {
+        state.checked.insert(
+            key,
+            Checked {
+                rotation_id: checked_version(rotation_id, app),
+                at: now,
+                failures: 0,
+            },
+        );
+    }
+}
+
+/// The app with its `ProviderSynced` condition after a push (`grace_lost`: the rotation asked
+/// for a grace period the provider did not keep): True, or False when the secret is there and
+/// the scopes are not (the next check sets them).
+fn pushed_condition(
+    ctx: &Context,
+    app: &OAuthApp,
+    provider: &str,
+    rotation_id: &str,
+    grace_lost: bool,
+    pushed: &Pushed,
+) -> OAuthApp {
+    let mut synced = app.clone();
+    let status = synced.status.get_or_insert_with(Default::default);
+    let (synced_status, reason, message) = match &pushed.scopes_failed {
+        Some(e) => (
+            "False",
+            e.reason(),
+            format!(
+                "OAuthProvider {provider} holds the secret of rotation {rotation_id}, but the app's scopes could not be set: {e}"
+            ),
+        ),
+        None => {
+            let (reason, message) =
+                synced_condition(provider, rotation_id, grace_lost, &pushed.missing_scopes);
+            warn_missing_scopes(ctx, app, provider, &pushed.missing_scopes);
+            ("True", reason, message)
+        }
+    };
+    set_condition(
+        &mut status.conditions,
+        app.metadata.generation,
+        synced_status,
+        reason,
+        message,
+    );
+    synced
+}
+
+/// Remembers a failed push. The app is checked again after any failed rotation: the provider
+/// may hold a secret that did not reach the Secret (a Secret write that failed after the push).
+/// A failure without a request (`held`: the provider was held) neither lengthens the backoff
+/// nor may land late.
+fn note_push_failure(ctx: &Context, key: String, held: bool, e: &Error) {
+    let now = Instant::now();
+    let mut state = ctx.providers.lock(now);
+    state.checked.remove(&key);
+    if !held {
+        state.may_land_late(&key, e, now);
+    }
+    if matches!(e, Error::Provider(_)) && !held {
+        let (n, at) = state.push_failures.entry(key).or_insert((0, now));
+        *n = n.saturating_add(1);
+        *at = now;
     }
 }
 
@@ -430,37 +453,13 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
         return Ok(None);
     };
     let key = app_key(app);
-    let condition_true = provider_condition(app).is_some_and(|c| c.status == "True");
-    let version = checked_version(&rotation_id, app);
-    // The same rotation checked before under another generation: the spec changed (a client
-    // that differs is an update, not someone's change at the provider).
-    let (spec_changed, wait) = {
-        let now = Instant::now();
-        let state = ctx.providers.lock(now);
-        let spec_changed = state.checked.get(&key).is_some_and(|c| {
-            let (rotation, generation) = rotation_and_generation(&c.rotation_id);
-            (rotation, generation) != rotation_and_generation(&version) && rotation == rotation_id
-        });
-        let late = state.late_write_possible(&key, now);
-        (
-            spec_changed,
-            wait_before_check(&state.checked, &key, &version, condition_true, late, now),
-        )
-    };
+    let (spec_changed, wait) = when_to_check(ctx, app, &key, &rotation_id);
     if let Some(wait) = wait {
         return Ok(Some(wait));
     }
     let _guard = ctx.locks.lock(&key).await;
     let ns = app.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(secret) = secrets.get_opt(&app.secret_name()).await? else {
-        return Ok(Some(FIRST_RETRY));
-    };
-    // The status lags the Secret (or the other way): the planner repairs that first.
-    if secret.annotations().get(annotations::ROTATION_ID) != Some(&rotation_id) {
-        return Ok(Some(FIRST_RETRY));
-    }
-    let Some(current) = plaintext(&secret) else {
+    let Some(current) = current_plaintext(ctx, app, &rotation_id).await? else {
         return Ok(Some(FIRST_RETRY));
     };
     let client_id = app
@@ -503,108 +502,196 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
     drop(current);
     match outcome {
         Ok((holds, missing)) => {
-            let now = Instant::now();
-            ctx.providers.lock(now).checked.insert(
-                key.clone(),
-                Checked {
-                    rotation_id: checked_version(&rotation_id, app),
-                    at: now,
-                    failures: 0,
-                },
-            );
-            let hint = app
-                .status
-                .as_ref()
-                .and_then(|s| s.client_secret_hint.clone())
-                .unwrap_or_default();
-            let restored = match holds {
-                Holds::Same => None,
-                Holds::PreviousRetired => Some((
-                    "ProviderPreviousSecretRevoked",
-                    format!(
-                        "no longer takes the previous secret of client {client_id}: the app keeps none valid (revoked, or expired), only its current secret ({hint})"
-                    ),
-                )),
-                Holds::Missing => Some((
-                    "ProviderSecretRestored",
-                    format!(
-                        "had no client {client_id}; created it with the Secret's current secret ({hint}), no new secret"
-                    ),
-                )),
-                Holds::Other => Some((
-                    "ProviderSecretRestored",
-                    format!(
-                        "held another secret for client {client_id}; set back to the Secret's current secret ({hint}), no new secret"
-                    ),
-                )),
-                Holds::Outdated if spec_changed => Some((
-                    "ProviderClientUpdated",
-                    format!("client {client_id} updated to the app's name, redirect URIs and scopes"),
-                )),
-                Holds::Outdated => Some((
-                    "ProviderClientRestored",
-                    format!(
-                        "had another name, other redirect URIs or other scopes for client {client_id}; set back to the app's"
-                    ),
-                )),
+            let found = Found {
+                provider: &reference.name,
+                rotation_id: &rotation_id,
+                client_id: &client_id,
+                holds,
+                missing,
+                spec_changed,
             };
-            if let Some((reason, what)) = restored {
-                let type_ = if matches!(reason, "ProviderClientUpdated" | "ProviderPreviousSecretRevoked") {
-                    info!(app = %key, provider = %reference.name, "the identity provider: {what}");
-                    EventType::Normal
-                } else {
-                    warn!(app = %key, provider = %reference.name, "the identity provider {what}");
-                    EventType::Warning
-                };
-                writes::publish_in_background(
-                    ctx,
-                    app,
-                    type_,
-                    reason,
-                    format!("OAuthProvider {} {what}", reference.name),
-                );
-            }
-            // The grace a rotation gave is kept by the provider as it was; only a restored
-            // client loses it (said here).
-            let grace_dropped = provider_condition(app)
-                .filter(|c| {
-                    c.status == "True"
-                        && matches!(holds, Holds::Same | Holds::Outdated | Holds::PreviousRetired)
-                })
-                .is_some_and(|c| {
-                    c.reason == SYNCED_WITHOUT_GRACE
-                        || (c.reason == SYNCED_WITHOUT_SCOPES && c.message.contains(NO_ROTATION_POLICY))
-                });
-            warn_missing_scopes(ctx, app, &reference.name, &missing);
-            let (reason, message) = synced_condition(&reference.name, &rotation_id, grace_dropped, &missing);
-            write_condition(ctx, app, "True", reason, message).await?;
-            let late = ctx
-                .providers
-                .lock(Instant::now())
-                .late_write_possible(&key, Instant::now());
-            Ok(Some(if late { FIRST_RETRY } else { CHECK_INTERVAL }))
+            in_sync(ctx, app, &key, found).await
         }
         Err(Error::Provider(pe)) => {
             mark_unsynced(ctx, app, &reference.name, &pe).await;
-            let failures = {
-                let now = Instant::now();
-                let mut state = ctx.providers.lock(now);
-                state.may_land_late(&key, &Error::Provider(pe), now);
-                let entry = state.checked.entry(key).or_insert(Checked {
-                    rotation_id: String::new(),
-                    at: now,
-                    failures: 0,
-                });
-                entry.rotation_id.clear();
-                // The backoff runs from this failure.
-                entry.at = now;
-                entry.failures = entry.failures.saturating_add(1);
-                entry.failures
-            };
-            Ok(Some(retry_after(failures)))
+            Ok(Some(retry_after(note_failed_check(ctx, key, pe))))
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether the spec changed since this rotation was last found in sync (the same rotation
+/// under another generation: a client that differs is an update, not someone's change at the
+/// provider), and how long to wait before checking (None: now).
+fn when_to_check(ctx: &Context, app: &OAuthApp, key: &str, rotation_id: &str) -> (bool, Option<Duration>) {
+    let condition_true = provider_condition(app).is_some_and(|c| c.status == "True");
+    let version = checked_version(rotation_id, app);
+    let now = Instant::now();
+    let state = ctx.providers.lock(now);
+    let spec_changed = state.checked.get(key).is_some_and(|c| {
+        let (rotation, generation) = rotation_and_generation(&c.rotation_id);
+        (rotation, generation) != rotation_and_generation(&version) && rotation == rotation_id
+    });
+    let late = state.late_write_possible(key, now);
+    (
+        spec_changed,
+        wait_before_check(&state.checked, key, &version, condition_true, late, now),
+    )
+}
+
+/// The Secret's current secret, read fresh, while the Secret holds `rotation_id` (None: it
+/// is missing, or the status lags the Secret or the other way: the planner repairs that first).
+async fn current_plaintext(
+    ctx: &Context,
+    app: &OAuthApp,
+    rotation_id: &str,
+) -> Result<Option<String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let Some(secret) = secrets.get_opt(&app.secret_name()).await? else {
+        return Ok(None);
+    };
+    if secret
+        .annotations()
+        .get(annotations::ROTATION_ID)
+        .map(String::as_str)
+        != Some(rotation_id)
+    {
+        return Ok(None);
+    }
+    Ok(plaintext(&secret))
+}
+
+/// What a check found at the provider: what it held (before the put, if one was made), the
+/// scopes its realm lacks, and whether the spec changed since the last check of this rotation.
+struct Found<'a> {
+    provider: &'a str,
+    rotation_id: &'a str,
+    client_id: &'a str,
+    holds: Holds,
+    missing: Vec<String>,
+    spec_changed: bool,
+}
+
+/// After a check that left the provider in sync: remembers it, says what was put back (an
+/// Event), and writes `ProviderSynced=True`. Answers when to look again.
+async fn in_sync(
+    ctx: &Context,
+    app: &OAuthApp,
+    key: &str,
+    found: Found<'_>,
+) -> Result<Option<Duration>, Error> {
+    let now = Instant::now();
+    ctx.providers.lock(now).checked.insert(
+        key.to_string(),
+        Checked {
+            rotation_id: checked_version(found.rotation_id, app),
+            at: now,
+            failures: 0,
+        },
+    );
+    let hint = app
+        .status
+        .as_ref()
+        .and_then(|s| s.client_secret_hint.clone())
+        .unwrap_or_default();
+    let restored = provider_event(found.holds, found.spec_changed, found.client_id, &hint);
+    if let Some((reason, what)) = restored {
+        let type_ = if matches!(reason, "ProviderClientUpdated" | "ProviderPreviousSecretRevoked") {
+            info!(app = %key, provider = %found.provider, "the identity provider: {what}");
+            EventType::Normal
+        } else {
+            warn!(app = %key, provider = %found.provider, "the identity provider {what}");
+            EventType::Warning
+        };
+        writes::publish_in_background(
+            ctx,
+            app,
+            type_,
+            reason,
+            format!("OAuthProvider {} {what}", found.provider),
+        );
+    }
+    // The grace a rotation gave is kept by the provider as it was; only a restored
+    // client loses it (said here).
+    let grace_dropped = provider_condition(app)
+        .filter(|c| {
+            c.status == "True"
+                && matches!(
+                    found.holds,
+                    Holds::Same | Holds::Outdated | Holds::PreviousRetired
+                )
+        })
+        .is_some_and(|c| {
+            c.reason == SYNCED_WITHOUT_GRACE
+                || (c.reason == SYNCED_WITHOUT_SCOPES && c.message.contains(NO_ROTATION_POLICY))
+        });
+    warn_missing_scopes(ctx, app, found.provider, &found.missing);
+    let (reason, message) =
+        synced_condition(found.provider, found.rotation_id, grace_dropped, &found.missing);
+    write_condition(ctx, app, "True", reason, message).await?;
+    let late = ctx
+        .providers
+        .lock(Instant::now())
+        .late_write_possible(key, Instant::now());
+    Ok(Some(if late { FIRST_RETRY } else { CHECK_INTERVAL }))
+}
+
+/// The Event for what a check put back at the provider (None: it held what the app holds).
+fn provider_event(
+    holds: Holds,
+    spec_changed: bool,
+    client_id: &str,
+    hint: &str,
+) -> Option<(&'static str, String)> {
+    match holds {
+        Holds::Same => None,
+        Holds::PreviousRetired => Some((
+            "ProviderPreviousSecretRevoked",
+            format!(
+                "no longer takes the previous secret of client {client_id}: the app keeps none valid (revoked, or expired), only its current secret ({hint})"
+            ),
+        )),
+        Holds::Missing => Some((
+            "ProviderSecretRestored",
+            format!(
+                "had no client {client_id}; created it with the Secret's current secret ({hint}), no new secret"
+            ),
+        )),
+        Holds::Other => Some((
+            "ProviderSecretRestored",
+            format!(
+                "held another secret for client {client_id}; set back to the Secret's current secret ({hint}), no new secret"
+            ),
+        )),
+        Holds::Outdated if spec_changed => Some((
+            "ProviderClientUpdated",
+            format!("client {client_id} updated to the app's name, redirect URIs and scopes"),
+        )),
+        Holds::Outdated => Some((
+            "ProviderClientRestored",
+            format!(
+                "had another name, other redirect URIs or other scopes for client {client_id}; set back to the app's"
+            ),
+        )),
+    }
+}
+
+/// Notes a failed check of the app `key` (and a write that may land late); answers the
+/// failures in a row.
+fn note_failed_check(ctx: &Context, key: String, pe: ProviderError) -> u32 {
+    let now = Instant::now();
+    let mut state = ctx.providers.lock(now);
+    state.may_land_late(&key, &Error::Provider(pe), now);
+    let entry = state.checked.entry(key).or_insert(Checked {
+        rotation_id: String::new(),
+        at: now,
+        failures: 0,
+    });
+    entry.rotation_id.clear();
+    // The backoff runs from this failure.
+    entry.at = now;
+    entry.failures = entry.failures.saturating_add(1);
+    entry.failures
 }
 
 /// What a check found in sync: the rotation, the spec (`metadata.generation`) and the previous

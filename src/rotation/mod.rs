@@ -2,6 +2,11 @@
 //! the other writes of the reconcile loop. Write order and preconditions (DESIGN.md, invariant 1):
 //! the Secret first, then the status, each with the resourceVersion it was read at; a conflict
 //! is re-read, never overwritten.
+//!
+//! A rotation is a sequence of steps, each a function below `rotate_inner`: decide, build the
+//! record, the Secret object, the provider push, write the Secret, write the status, tell.
+//!
+//! May use: [`crate::model`], [`crate::runtime`], [`crate::provider`].
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

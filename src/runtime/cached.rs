@@ -463,6 +463,7 @@ struct Cond {
 }
 
 impl From<OAuthApp> for CachedApp {
+    // Long: the cached form field by field, each a line or two.
     fn from(app: OAuthApp) -> Self {
         let mut meta = app.metadata;
         let mut buf = Buffer::default();
@@ -882,6 +883,7 @@ mod tests {
         assert_eq!(CachedSecret::from(secret).controller(), ControlledBy::Other);
     }
 
+    // Long: a test fixture with every field set, one per line.
     fn full_app() -> OAuthApp {
         use crate::model::crd::{RestartKind, RestartTarget};
         let time = |s: &str| Time(s.parse().unwrap());

@@ -177,34 +177,8 @@ where
 {
     leadership.set(false);
     metrics.leader.set(0);
-    // The Lease is read (and created when missing) here: an API server that cannot be reached
-    // yet, or a connection reset at this moment, is retried with a growing pause (standby
-    // meanwhile), never a reason to exit.
-    let mut pause = Duration::from_millis(200);
-    let manager = loop {
-        let built = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.name)
-            .with_namespace(&config.namespace)
-            .with_identity(&config.identity)
-            .with_duration(config.duration_secs())
-            .with_grace(config.grace_secs())
-            .build()
-            .await;
-        match built {
-            Ok(manager) => break manager,
-            Err(e) => {
-                warn!(
-                    lease = %format!("{}/{}", config.namespace, config.name),
-                    error = %crate::runtime::error::redact(&e.to_string()),
-                    retry_in = ?pause,
-                    "cannot read or create the leader-election Lease; standing by"
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.cancelled() => return Ok(()),
-                }
-                pause = (pause * 2).min(Duration::from_secs(30));
-            }
-        }
+    let Some(manager) = lease_manager(&client, &config, &shutdown).await else {
+        return Ok(());
     };
     let (mut leading, task) = manager.watch().await;
     let (hold_tx, mut hold) = watch::channel(None);
@@ -213,22 +187,10 @@ where
         config.clone(),
         hold_tx,
     ));
-    let acting_for = |leading: &watch::Receiver<bool>, hold: &watch::Receiver<Option<Timestamp>>| {
-        if *leading.borrow() {
-            remaining(*hold.borrow())
-        } else {
-            None
-        }
-    };
     info!(lease = %format!("{}/{}", config.namespace, config.name), identity = %config.identity, "waiting for leadership");
     'outer: loop {
-        // Standby: until the manager holds the Lease and the API server shows it renewed.
-        while acting_for(&leading, &hold).is_none() {
-            tokio::select! {
-                changed = leading.changed() => if changed.is_err() { break 'outer },
-                changed = hold.changed() => if changed.is_err() { break 'outer },
-                _ = shutdown.cancelled() => break 'outer,
-            }
+        if !standby(&mut leading, &mut hold, &shutdown).await {
+            break 'outer;
         }
         info!("leading: starting the controller");
         leadership.set(true);
@@ -272,6 +234,83 @@ where
     metrics.leader.set(0);
     lease_watch.abort();
     drop(leading);
+    release(task).await;
+    Ok(())
+}
+
+/// How much longer this replica may act as the leader: while the manager holds the Lease, until
+/// the hold the API server last showed runs out (None: it may not).
+fn acting_for(
+    leading: &watch::Receiver<bool>,
+    hold: &watch::Receiver<Option<Timestamp>>,
+) -> Option<Duration> {
+    if *leading.borrow() {
+        remaining(*hold.borrow())
+    } else {
+        None
+    }
+}
+
+/// Standby: until the manager holds the Lease and the API server shows it renewed (true), or
+/// until the election or the Lease watch stops or the process shuts down (false).
+async fn standby(
+    leading: &mut watch::Receiver<bool>,
+    hold: &mut watch::Receiver<Option<Timestamp>>,
+    shutdown: &CancellationToken,
+) -> bool {
+    while acting_for(leading, hold).is_none() {
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() { return false },
+            changed = hold.changed() => if changed.is_err() { return false },
+            _ = shutdown.cancelled() => return false,
+        }
+    }
+    true
+}
+
+/// The Lease manager, once the Lease is read (and created when missing). An API server that
+/// cannot be reached yet, or a connection reset at this moment, is retried with a growing pause
+/// (standby meanwhile), never a reason to exit. None: shut down meanwhile.
+async fn lease_manager(
+    client: &kube::Client,
+    config: &LeaseConfig,
+    shutdown: &CancellationToken,
+) -> Option<kube_lease_manager::LeaseManager> {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let built = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.name)
+            .with_namespace(&config.namespace)
+            .with_identity(&config.identity)
+            .with_duration(config.duration_secs())
+            .with_grace(config.grace_secs())
+            .build()
+            .await;
+        match built {
+            Ok(manager) => return Some(manager),
+            Err(e) => {
+                warn!(
+                    lease = %format!("{}/{}", config.namespace, config.name),
+                    error = %crate::runtime::error::redact(&e.to_string()),
+                    retry_in = ?pause,
+                    "cannot read or create the leader-election Lease; standing by"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Lets go of the Lease when the election task hands its manager back, so that a standby
+/// takes over at once, not when the Lease expires.
+async fn release(
+    task: tokio::task::JoinHandle<
+        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+    >,
+) {
     match task.await {
         Ok(Ok(manager)) => {
             if let Err(e) = manager.release().await {
@@ -281,7 +320,6 @@ where
         Ok(Err(e)) => warn!(error = %e, "leader election failed"),
         Err(e) => warn!(error = %e, "leader election task failed"),
     }
-    Ok(())
 }
 
 #[cfg(test)]

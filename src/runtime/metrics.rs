@@ -195,6 +195,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    // Long: one registration per metric, in the order /metrics lists them: a table, not steps.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("oauthapp");
         let rotations = Family::<RotationLabels, Counter>::default();

@@ -177,6 +177,18 @@ impl<K> Clone for Change<K> {
     }
 }
 
+/// The writers of a scope's two caches (its apps, its Secrets).
+type ScopeWriters = (store::Writer<CachedApp>, store::Writer<CachedSecret>);
+
+/// What every watch pump of a process shares: the client, whether lists stream, the shutdown,
+/// and the count of caches synced.
+struct Pumps {
+    client: Client,
+    streaming: bool,
+    shutdown: CancellationToken,
+    ready: Arc<watch::Sender<usize>>,
+}
+
 /// The caches of one watched scope (a namespace, or the whole cluster).
 #[derive(Clone)]
 pub struct ScopeCaches {
@@ -188,6 +200,22 @@ pub struct ScopeCaches {
 }
 
 impl ScopeCaches {
+    /// Empty caches of the scope `namespace` (None: every namespace), and their writers.
+    fn new(namespace: Option<String>) -> (Self, ScopeWriters) {
+        let (apps, app_writer) = store::store::<CachedApp>();
+        let (secrets, secret_writer) = store::store::<CachedSecret>();
+        let (app_changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let (secret_changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let caches = ScopeCaches {
+            namespace,
+            apps,
+            secrets,
+            app_changes,
+            secret_changes,
+        };
+        (caches, (app_writer, secret_writer))
+    }
+
     /// Every later change of an app in this scope.
     pub fn app_changes(&self) -> impl Stream<Item = Change<CachedApp>> + Send + 'static {
         changes(self.app_changes.subscribe())
@@ -241,35 +269,13 @@ impl Watches {
         ledger: Option<Arc<crate::runtime::ledger::Ledger>>,
         streaming: bool,
     ) -> Arc<Watches> {
-        let initial = |config: watcher::Config| {
-            if streaming {
-                config.streaming_lists()
-            } else {
-                config.any_semantic()
-            }
-        };
         let scopes: Vec<Option<String>> = if namespaces.is_empty() {
             vec![None]
         } else {
             namespaces.iter().cloned().map(Some).collect()
         };
         let (ready_tx, ready_rx) = watch::channel(0usize);
-        let mut caches = Vec::new();
-        let mut writers = Vec::new();
-        for ns in &scopes {
-            let (apps, app_writer) = store::store::<CachedApp>();
-            let (secrets, secret_writer) = store::store::<CachedSecret>();
-            let (app_changes, _) = broadcast::channel(CHANGE_BUFFER);
-            let (secret_changes, _) = broadcast::channel(CHANGE_BUFFER);
-            caches.push(ScopeCaches {
-                namespace: ns.clone(),
-                apps,
-                secrets,
-                app_changes,
-                secret_changes,
-            });
-            writers.push((app_writer, secret_writer));
-        }
+        let (caches, writers): (Vec<_>, Vec<_>) = scopes.into_iter().map(ScopeCaches::new).unzip();
         let watches = Arc::new(Watches {
             scopes: caches,
             index: RwLock::new(UidIndex::default()),
@@ -279,66 +285,93 @@ impl Watches {
             ledger,
             app_watch_failing: std::sync::Mutex::default(),
         });
-        let ready_tx = Arc::new(ready_tx);
-        for (index, (scope, (app_writer, secret_writer))) in watches.scopes.iter().zip(writers).enumerate() {
-            let (apps_api, secrets_api): (Api<OAuthApp>, Api<PartialObjectMeta<Secret>>) =
-                match &scope.namespace {
-                    Some(ns) => (
-                        Api::namespaced(client.clone(), ns),
-                        Api::namespaced(client.clone(), ns),
-                    ),
-                    None => (Api::all(client.clone()), Api::all(client.clone())),
-                };
-            let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
-            // Streaming lists (the API server sends the initial state as watch events): a relist
-            // never holds a page of whole objects (up to 500, each up to 1.5 MiB) before they
-            // are stripped.
-            let app_config = initial(watcher::Config::default());
-            let app_events = move || {
-                watcher(apps_api.clone(), app_config.clone())
-                    .default_backoff()
-                    .modify(strip_app)
-                    .map_ok(CachedApp::event)
-            };
-            let secret_config = initial(watcher::Config::default().labels(&selector));
-            let secret_events = move || {
-                let events = watcher(secrets_api.clone(), secret_config.clone())
-                    .default_backoff()
-                    .modify(strip_secret);
-                #[cfg(feature = "failpoints")]
-                let events = failpoints::stale_secret_cache(events);
-                events.map_ok(CachedSecret::event)
-            };
-            let w = watches.clone();
-            let tx = scope.app_changes.clone();
-            let store = scope.apps.clone();
-            let ns = scope.namespace.clone();
-            let health = watches.clone();
-            tokio::spawn(pump(
-                app_writer,
-                app_events,
-                shutdown.clone(),
-                ready_tx.clone(),
-                "OAuthApp",
-                move |ev| {
-                    w.on_app_event(ev, &store, ns.as_deref());
-                    forward(ev, &store, &tx)
-                },
-                move |current| health.app_view(index, current),
-            ));
-            let tx = scope.secret_changes.clone();
-            let store = scope.secrets.clone();
-            tokio::spawn(pump(
-                secret_writer,
-                secret_events,
-                shutdown.clone(),
-                ready_tx.clone(),
-                "Secret",
-                move |ev| forward(ev, &store, &tx),
-                |_| {},
-            ));
+        let pumps = Pumps {
+            client,
+            streaming,
+            shutdown,
+            ready: Arc::new(ready_tx),
+        };
+        for (index, writers) in writers.into_iter().enumerate() {
+            watches.watch_scope(index, writers, &pumps);
         }
         watches
+    }
+
+    /// Starts the two watches of the scope `index` (its apps, its operator Secrets), each
+    /// filling its cache through `writers` and forwarding its changes.
+    fn watch_scope(self: &Arc<Self>, index: usize, writers: ScopeWriters, pumps: &Pumps) {
+        let Pumps {
+            client,
+            streaming,
+            shutdown,
+            ready,
+        } = pumps;
+        let streaming = *streaming;
+        let initial = move |config: watcher::Config| {
+            if streaming {
+                config.streaming_lists()
+            } else {
+                config.any_semantic()
+            }
+        };
+        let scope = &self.scopes[index];
+        let (app_writer, secret_writer) = writers;
+        let (apps_api, secrets_api): (Api<OAuthApp>, Api<PartialObjectMeta<Secret>>) = match &scope.namespace
+        {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+        // Streaming lists (the API server sends the initial state as watch events): a relist
+        // never holds a page of whole objects (up to 500, each up to 1.5 MiB) before they
+        // are stripped.
+        let app_config = initial(watcher::Config::default());
+        let app_events = move || {
+            watcher(apps_api.clone(), app_config.clone())
+                .default_backoff()
+                .modify(strip_app)
+                .map_ok(CachedApp::event)
+        };
+        let secret_config = initial(watcher::Config::default().labels(&selector));
+        let secret_events = move || {
+            let events = watcher(secrets_api.clone(), secret_config.clone())
+                .default_backoff()
+                .modify(strip_secret);
+            #[cfg(feature = "failpoints")]
+            let events = failpoints::stale_secret_cache(events);
+            events.map_ok(CachedSecret::event)
+        };
+        let w = self.clone();
+        let tx = scope.app_changes.clone();
+        let store = scope.apps.clone();
+        let ns = scope.namespace.clone();
+        let health = self.clone();
+        tokio::spawn(pump(
+            app_writer,
+            app_events,
+            shutdown.clone(),
+            ready.clone(),
+            "OAuthApp",
+            move |ev| {
+                w.on_app_event(ev, &store, ns.as_deref());
+                forward(ev, &store, &tx)
+            },
+            move |current| health.app_view(index, current),
+        ));
+        let tx = scope.secret_changes.clone();
+        let store = scope.secrets.clone();
+        tokio::spawn(pump(
+            secret_writer,
+            secret_events,
+            shutdown.clone(),
+            ready.clone(),
+            "Secret",
+            move |ev| forward(ev, &store, &tx),
+            |_| {},
+        ));
     }
 
     fn app_view(&self, scope: usize, current: bool) {
