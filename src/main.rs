@@ -328,70 +328,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| format!("pid-{}", std::process::id()));
     let instance = format!("{instance}-{}", std::process::id());
-    let mut config = kube::Config::infer()
-        .await
-        .context("no Kubernetes configuration found (in-cluster or KUBECONFIG)")?;
-    // The API server's audit log tells the replicas apart by this (the instance is also the
-    // Lease holder identity).
-    let agent = format!("oauthapp-operator/{} ({instance})", env!("CARGO_PKG_VERSION"));
-    config.headers.push((
-        axum::http::header::USER_AGENT,
-        axum::http::HeaderValue::from_str(&agent).context("the instance name is not a valid header value")?,
-    ));
-    let client = kube::Client::try_from(config).context("creating the Kubernetes client")?;
-    let params = HashParams {
-        m_cost_kib: args.hash_memory_kib,
-        t_cost: args.hash_iterations,
-        p_cost: args.hash_parallelism,
-    };
-    // Refuse bad hash parameters at start, not at the first rotation.
-    oauthapp_operator::model::secret::hash("startup-check", &params).context("invalid argon2 parameters")?;
-    let workers = args
-        .hash_workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let client = kube_client(&instance).await?;
     let metrics = Arc::new(Metrics::new());
-    let key_namespace = args
-        .record_key_namespace
-        .clone()
-        .or_else(|| std::env::var("POD_NAMESPACE").ok())
-        .unwrap_or_else(|| "default".into());
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            Hasher::with_pool(params, workers, args.hash_pool).accepting(&args.hash_accept_params),
-            metrics.clone(),
-            instance.clone(),
-        )
-        .with_installation(format!("{key_namespace}/{}", args.record_key_secret))
-        .with_max_scheduled_rotations_per_second(args.max_scheduled_rotations_per_second)
-        .with_repairs(
-            args.max_repairs_per_second,
-            oauthapp_operator::runtime::repairs::BrakeSettings {
-                share: args.repair_brake_share,
-                min: args.repair_brake_min,
-                window: args.repair_brake_window,
-            },
-        ),
-    );
-
-    {
-        let (ctx, client, name) = (ctx.clone(), client.clone(), args.record_key_secret.clone());
-        let namespaces = args.watch_namespaces.clone();
-        tokio::spawn(async move {
-            let lister = client.clone();
-            let installation = ctx.installation.clone();
-            let signed_records = move || {
-                oauthapp_operator::model::record::count_signed_records(
-                    lister.clone(),
-                    namespaces.clone(),
-                    installation.clone(),
-                )
-            };
-            ctx.record_key
-                .load(client, &key_namespace, &name, signed_records)
-                .await
-        });
-    }
+    let ctx = context(&args, &client, &instance, &metrics)?;
     let background = ctx.background.clone();
     let shutdown = CancellationToken::new();
     // The CRD is checked in the background, retried while the API server cannot be reached (the
@@ -411,66 +350,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(ctx.ledger.clone()),
         args.streaming_lists,
     );
-    {
-        let (ctx, client, shutdown) = (ctx.clone(), client.clone(), shutdown.clone());
-        let name = oauthapp_operator::runtime::ledger::configmap_name(&args.record_key_secret);
-        let namespace = ctx.installation.split('/').next().unwrap_or_default().to_string();
-        tokio::spawn(async move { ctx.ledger.run(client, namespace, name, shutdown).await });
-    }
-
-    {
-        let (ctx, watches, shutdown) = (ctx.clone(), watches.clone(), shutdown.clone());
-        tokio::spawn(async move { ctx.verified.forget_deleted(&watches, shutdown).await });
-    }
-    // The REST API's port is bound first: once /readyz answers, REST connections are accepted.
-    let api_listener = tokio::net::TcpListener::bind(args.api_addr)
-        .await
-        .with_context(|| format!("binding the REST API to {}", args.api_addr))?;
-    let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
-        .await
-        .with_context(|| format!("binding the admin server to {}", args.admin_addr))?;
-    info!(addr = %args.admin_addr, "admin server listening");
-    let connections = oauthapp_operator::runtime::serve::ConnectionLimits {
-        header_read_timeout: args.header_read_timeout,
-        idle_timeout: args.idle_timeout,
-        max_connections: args.max_connections,
-    };
-    let admin = tokio::spawn(oauthapp_operator::runtime::serve::serve(
-        admin_listener,
-        admin::router(AdminState {
-            metrics: metrics.clone(),
-            watches: watches.clone(),
-            context: ctx.clone(),
-        }),
-        connections,
-        shutdown.clone(),
-    ));
-
-    let api_config = ApiConfig {
-        addr: args.api_addr,
-        tls_cert_file: args.tls_cert_file.clone(),
-        tls_key_file: args.tls_key_file.clone(),
-        rate_per_caller: args.rate_limit_per_caller,
-        burst_per_caller: args.rate_limit_per_caller_burst,
-        rate_global: args.rate_limit_global,
-        burst_global: args.rate_limit_global_burst,
-        auth_cache_ttl: args.auth_cache_ttl,
-        audiences: args
-            .api_audiences
-            .iter()
-            .filter(|a| !a.is_empty())
-            .cloned()
-            .collect(),
-        request_timeout: args.api_request_timeout,
-        connections,
-        verify_max_staleness: args.verify_max_staleness,
-    };
-    let api_state = ApiState {
-        ctx: ctx.clone(),
-        watches: watches.clone(),
-    };
-    let api = tokio::spawn(api::serve(api_listener, api_state, api_config, shutdown.clone()));
-
+    spawn_keepers(&args, &ctx, &client, &watches, &shutdown);
+    let servers = serve(&args, &ctx, &watches, &metrics, &shutdown).await?;
     let settings = Settings {
         resync: args.resync_interval,
         concurrency: args.concurrency,
@@ -479,13 +360,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             all => args.namespace_concurrency.unwrap_or(all / 2).clamp(1, all),
         },
     };
-    {
-        let watches = watches.clone();
-        tokio::spawn(async move {
-            watches.wait_until_ready().await;
-            info!("watches synced; ready");
-        });
-    }
     if args.leader_elect {
         let namespace = args
             .lease_namespace
@@ -512,13 +386,192 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.leader.set(1);
         controller::run(ctx, watches, settings, shutdown.clone()).await;
     }
-
     // The controller has stopped (SIGTERM): let the servers drain, then the Events they and the
     // controller are still publishing, within the timeout.
     shutdown.cancel();
-    let drained = tokio::time::timeout(args.shutdown_timeout, async {
-        let _ = admin.await;
-        let served = match api.await {
+    drain(servers, background, args.shutdown_timeout, &crd_refused).await
+}
+
+/// The Kubernetes client, its user agent naming this instance: the API server's audit log tells
+/// the replicas apart by it (the instance is also the Lease holder identity).
+async fn kube_client(instance: &str) -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration found (in-cluster or KUBECONFIG)")?;
+    let agent = format!("oauthapp-operator/{} ({instance})", env!("CARGO_PKG_VERSION"));
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_str(&agent).context("the instance name is not a valid header value")?,
+    ));
+    kube::Client::try_from(config).context("creating the Kubernetes client")
+}
+
+/// The process's shared context, as the flags say: the hasher (its parameters refused at
+/// start, not at the first rotation), this installation, the limits on scheduled rotations and
+/// repairs. The record key is loaded in the background.
+fn context(
+    args: &RunArgs,
+    client: &kube::Client,
+    instance: &str,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<Context>> {
+    let params = HashParams {
+        m_cost_kib: args.hash_memory_kib,
+        t_cost: args.hash_iterations,
+        p_cost: args.hash_parallelism,
+    };
+    oauthapp_operator::model::secret::hash("startup-check", &params).context("invalid argon2 parameters")?;
+    let workers = args
+        .hash_workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let key_namespace = args
+        .record_key_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "default".into());
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Hasher::with_pool(params, workers, args.hash_pool).accepting(&args.hash_accept_params),
+            metrics.clone(),
+            instance.to_string(),
+        )
+        .with_installation(format!("{key_namespace}/{}", args.record_key_secret))
+        .with_max_scheduled_rotations_per_second(args.max_scheduled_rotations_per_second)
+        .with_repairs(
+            args.max_repairs_per_second,
+            oauthapp_operator::runtime::repairs::BrakeSettings {
+                share: args.repair_brake_share,
+                min: args.repair_brake_min,
+                window: args.repair_brake_window,
+            },
+        ),
+    );
+    {
+        let (ctx, client, name) = (ctx.clone(), client.clone(), args.record_key_secret.clone());
+        let namespaces = args.watch_namespaces.clone();
+        tokio::spawn(async move {
+            let lister = client.clone();
+            let installation = ctx.installation.clone();
+            let signed_records = move || {
+                oauthapp_operator::model::record::count_signed_records(
+                    lister.clone(),
+                    namespaces.clone(),
+                    installation.clone(),
+                )
+            };
+            ctx.record_key
+                .load(client, &key_namespace, &name, signed_records)
+                .await
+        });
+    }
+    Ok(ctx)
+}
+
+/// The tasks that keep the shared state current while the process runs: the ledger of apps
+/// that went away, the forgetting of deleted apps' content checks, and the line that says the
+/// watches synced.
+fn spawn_keepers(
+    args: &RunArgs,
+    ctx: &Arc<Context>,
+    client: &kube::Client,
+    watches: &Arc<Watches>,
+    shutdown: &CancellationToken,
+) {
+    {
+        let (ctx, client, shutdown) = (ctx.clone(), client.clone(), shutdown.clone());
+        let name = oauthapp_operator::runtime::ledger::configmap_name(&args.record_key_secret);
+        let namespace = ctx.installation.split('/').next().unwrap_or_default().to_string();
+        tokio::spawn(async move { ctx.ledger.run(client, namespace, name, shutdown).await });
+    }
+    {
+        let (ctx, watches, shutdown) = (ctx.clone(), watches.clone(), shutdown.clone());
+        tokio::spawn(async move { ctx.verified.forget_deleted(&watches, shutdown).await });
+    }
+    {
+        let watches = watches.clone();
+        tokio::spawn(async move {
+            watches.wait_until_ready().await;
+            info!("watches synced; ready");
+        });
+    }
+}
+
+/// The admin server's and the REST API's tasks.
+struct Servers {
+    admin: tokio::task::JoinHandle<std::io::Result<()>>,
+    api: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds and serves the admin server and the REST API. The REST API's port is bound first: once
+/// /readyz answers, REST connections are accepted.
+async fn serve(
+    args: &RunArgs,
+    ctx: &Arc<Context>,
+    watches: &Arc<Watches>,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Servers> {
+    let api_listener = tokio::net::TcpListener::bind(args.api_addr)
+        .await
+        .with_context(|| format!("binding the REST API to {}", args.api_addr))?;
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin server to {}", args.admin_addr))?;
+    info!(addr = %args.admin_addr, "admin server listening");
+    let connections = oauthapp_operator::runtime::serve::ConnectionLimits {
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+    };
+    let admin = tokio::spawn(oauthapp_operator::runtime::serve::serve(
+        admin_listener,
+        admin::router(AdminState {
+            metrics: metrics.clone(),
+            watches: watches.clone(),
+            context: ctx.clone(),
+        }),
+        connections,
+        shutdown.clone(),
+    ));
+    let api_config = ApiConfig {
+        addr: args.api_addr,
+        tls_cert_file: args.tls_cert_file.clone(),
+        tls_key_file: args.tls_key_file.clone(),
+        rate_per_caller: args.rate_limit_per_caller,
+        burst_per_caller: args.rate_limit_per_caller_burst,
+        rate_global: args.rate_limit_global,
+        burst_global: args.rate_limit_global_burst,
+        auth_cache_ttl: args.auth_cache_ttl,
+        audiences: args
+            .api_audiences
+            .iter()
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .collect(),
+        request_timeout: args.api_request_timeout,
+        connections,
+        verify_max_staleness: args.verify_max_staleness,
+    };
+    let api_state = ApiState {
+        ctx: ctx.clone(),
+        watches: watches.clone(),
+    };
+    let api = tokio::spawn(api::serve(api_listener, api_state, api_config, shutdown.clone()));
+    Ok(Servers { admin, api })
+}
+
+/// Waits, within `timeout`, for the servers to drain and the Events still being published to
+/// go out; says why the operator stops when the installed CRD refused it.
+async fn drain(
+    servers: Servers,
+    background: tokio_util::task::TaskTracker,
+    timeout: Duration,
+    crd_refused: &std::sync::OnceLock<String>,
+) -> anyhow::Result<()> {
+    let drained = tokio::time::timeout(timeout, async {
+        let _ = servers.admin.await;
+        let served = match servers.api.await {
             Ok(Err(e)) => Err(e),
             Err(e) => {
                 warn!(error = %e, "REST API server task failed");
@@ -539,10 +592,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         // The REST API could not serve (its address taken, its TLS files unreadable, ...) and
         // stopped the operator: exit non-zero, like any other start-up failure.
         Ok(Err(e)) => return Err(e).context("the REST API server failed"),
-        Err(_) => warn!(
-            "servers did not drain within {:?}; exiting",
-            args.shutdown_timeout
-        ),
+        Err(_) => warn!("servers did not drain within {timeout:?}; exiting"),
     }
     Ok(())
 }

@@ -176,6 +176,7 @@ fn print<T: Serialize>(format: Format, value: &T) -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let (client, default_ns) = connect(&cli).await?;
     let namespace = cli.namespace.clone().unwrap_or(default_ns);
+    let output = cli.output;
     let scope = |all: bool| {
         if all {
             Scope::All
@@ -193,244 +194,320 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             concurrency,
             revoke_previous,
         } => {
-            let targets: Vec<(String, String)> = match (names.is_empty(), selector) {
-                (false, None) if !all_namespaces => {
-                    names.into_iter().map(|n| (namespace.clone(), n)).collect()
-                }
-                (true, Some(selector)) => commands::list(&client, &scope(all_namespaces), Some(&selector))
-                    .await?
-                    .into_iter()
-                    .map(|a| {
-                        (
-                            a.metadata.namespace.unwrap_or_default(),
-                            a.metadata.name.unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
-                _ => bail!("give app names, or -l SELECTOR (with -A for every namespace)"),
-            };
-            if targets.is_empty() {
-                bail!("no OAuthApp matches the selector");
-            }
+            let targets =
+                rotation_targets(&client, &namespace, names, selector, scope(all_namespaces)).await?;
             let options = RotateOptions {
                 wait,
                 timeout,
                 concurrency: usize::from(concurrency),
                 revoke_previous,
             };
-            let outcomes = commands::rotate(&client, targets, &options).await;
-            if let Some(format) = cli.output {
-                print(format, &outcomes)?;
-            } else {
-                let rows: Vec<Vec<String>> = outcomes
-                    .iter()
-                    .map(|o| {
-                        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-                        vec![
-                            o.namespace.clone(),
-                            o.name.clone(),
-                            o.result.to_string(),
-                            dash(&o.hint),
-                            dash(&o.rotation_id),
-                            dash(&o.trigger),
-                            match (o.previous_kept, &o.previous_expires_at) {
-                                (Some(true), Some(t)) => format!("valid until {t}"),
-                                (Some(false), _) if revoke_previous => "revoked".to_string(),
-                                // No grace period: the replaced secret was invalid at once.
-                                (Some(false), _) => "invalid".to_string(),
-                                _ => "-".to_string(),
-                            },
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    plugin::table(
-                        &[
-                            "NAMESPACE",
-                            "NAME",
-                            "RESULT",
-                            "HINT",
-                            "ROTATION ID",
-                            "TRIGGER",
-                            "PREVIOUS"
-                        ],
-                        &rows
-                    )
-                );
-            }
-            let mut failed = 0;
-            for o in outcomes.iter().filter(|o| !o.ok()) {
-                failed += 1;
-                eprintln!(
-                    "error: {}/{}: {}",
-                    o.namespace,
-                    o.name,
-                    o.error.as_deref().unwrap_or(o.result)
-                );
-            }
-            if failed > 0 {
-                eprintln!("{failed} of {} rotations did not complete", outcomes.len());
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
+            rotate(&client, targets, &options, output).await
         }
-        Command::Status { name: Some(name), .. } => {
-            let app = commands::get(&client, &namespace, &name).await?;
-            let row = AppRow::of(&app);
-            let events = commands::events(&client, &app, 10).await;
-            if let Some(format) = cli.output {
-                #[derive(Serialize)]
-                struct Detail<'a> {
-                    #[serde(flatten)]
-                    row: &'a AppRow,
-                    events: &'a [commands::EventLine],
-                }
-                let events = events.as_deref().unwrap_or_default();
-                print(format, &Detail { row: &row, events })?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            print!("{}", detail(&app, &row));
-            match events {
-                Ok(events) if events.is_empty() => println!("Events:          <none>"),
-                Ok(events) => {
-                    println!("Events:");
-                    let rows: Vec<Vec<String>> = events
-                        .into_iter()
-                        .map(|e| vec![e.time, e.type_, e.reason, e.message])
-                        .collect();
-                    for line in plugin::table(&["TIME", "TYPE", "REASON", "MESSAGE"], &rows).lines() {
-                        println!("  {line}");
-                    }
-                }
-                Err(e) => println!("Events:          (not shown: {e})"),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Status { name: Some(name), .. } => status_one(&client, &namespace, &name, output).await,
         Command::Status {
             name: None,
             selector,
             all_namespaces,
         } => {
-            let apps = commands::list(&client, &scope(all_namespaces), selector.as_deref()).await?;
-            let rows: Vec<AppRow> = apps.iter().map(AppRow::of).collect();
-            if let Some(format) = cli.output {
-                print(format, &rows)?;
-            } else if rows.is_empty() {
-                eprintln!("No OAuthApps found.");
-            } else {
-                print!("{}", plugin::status_table(&rows, all_namespaces));
-            }
-            Ok(ExitCode::SUCCESS)
+            status_list(
+                &client,
+                &scope(all_namespaces),
+                selector.as_deref(),
+                all_namespaces,
+                output,
+            )
+            .await
         }
-        Command::Verify { name } => {
-            let app = commands::get(&client, &namespace, &name).await?;
-            if std::io::stdin().is_terminal() {
-                eprintln!("Paste the client secret, then press Enter and Ctrl-D:");
-            }
-            let mut input = String::new();
-            std::io::stdin()
-                .take(MAX_STDIN_BYTES)
-                .read_to_string(&mut input)
-                .context("reading the client secret from stdin")?;
-            let qualified = format!("{namespace}/{name}");
-            let hash = app.status.as_ref().and_then(|s| s.client_secret_hash.as_deref());
-            let previous = app.status.as_ref().and_then(|s| s.previous_secret.as_deref());
-            let hint = app
-                .status
-                .as_ref()
-                .and_then(|s| s.client_secret_hint.clone())
-                .unwrap_or_default();
-            let now = jiff::Timestamp::now();
-            match plugin::verify(&qualified, input.trim(), hash, previous, now)? {
-                Verdict::Current => {
-                    println!("match: current client secret of {qualified} (hint {hint})");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Verdict::Previous { expires_at } => {
-                    let old_hint = previous
-                        .map(|p| p.client_secret_hint.as_str())
-                        .unwrap_or_default();
-                    println!(
-                        "match: previous, valid until {expires_at}: the client secret of {qualified} before its last rotation (hint {old_hint}); move clients to the current one (hint {hint})"
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Verdict::NoMatch { why } => {
-                    let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
-                    let which = if previous.is_some_and(|p| now < p.expires_at.0) {
-                        "neither the current nor the previous"
-                    } else {
-                        "not the current"
-                    };
-                    println!("no match: {which} client secret of {qualified} (hint {hint}){why}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
-        Command::Id { name } => {
-            let app = commands::get(&client, &namespace, &name).await?;
-            let row = AppRow::of(&app);
-            match cli.output {
-                Some(format) => print(format, &IdLine::of(&row))?,
-                None => println!("{}", row.app_id.as_deref().unwrap_or("-")),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Verify { name } => verify(&client, &namespace, &name).await,
+        Command::Id { name } => id(&client, &namespace, &name, output).await,
         Command::Key {
             command: KeyCommand::Rotate { secret },
-        } => {
-            let added = commands::add_key(&client, &namespace, &secret).await?;
-            match cli.output {
-                Some(format) => print(format, &added)?,
-                None => {
-                    println!(
-                        "created key Secret {}/{} (key id {})",
-                        added.namespace, added.secret, added.key_id
-                    );
-                    println!(
-                        "records are re-signed with it in the background; when oauthapp_records_to_resign is 0 on the \
-                         leader, retire the older key(s): kubectl -n {} delete secret {}",
-                        added.namespace,
-                        added.older.join(" ")
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => key_rotate(&client, &namespace, &secret, output).await,
         Command::Find { id } => {
             let scope = match cli.namespace {
                 Some(ns) => Scope::Namespace(ns),
                 None => Scope::All,
             };
-            let found = commands::find(&client, &scope, &FindKey::parse(&id)).await?;
-            let lines: Vec<IdLine> = found.iter().map(|a| IdLine::of(&AppRow::of(a))).collect();
-            if let Some(format) = cli.output {
-                print(format, &lines)?;
-            } else if !lines.is_empty() {
-                let rows: Vec<Vec<String>> = lines
-                    .iter()
-                    .map(|l| {
-                        vec![
-                            l.namespace.clone(),
-                            l.name.clone(),
-                            l.app_id.clone().unwrap_or_default(),
-                            l.client_id.clone().unwrap_or_default(),
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    plugin::table(&["NAMESPACE", "NAME", "APP ID", "CLIENT ID"], &rows)
-                );
-            }
-            if lines.is_empty() {
-                eprintln!("no OAuthApp has app id, uid or client id {id:?}");
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
+            find(&client, &scope, &id, output).await
         }
     }
+}
+
+/// The apps `kubectl oauthapp rotate` names: by name in `namespace`, or by a label selector in
+/// `scope`.
+async fn rotation_targets(
+    client: &Client,
+    namespace: &str,
+    names: Vec<String>,
+    selector: Option<String>,
+    scope: Scope,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let targets: Vec<(String, String)> = match (names.is_empty(), selector) {
+        (false, None) if matches!(scope, Scope::Namespace(_)) => {
+            names.into_iter().map(|n| (namespace.to_string(), n)).collect()
+        }
+        (true, Some(selector)) => commands::list(client, &scope, Some(&selector))
+            .await?
+            .into_iter()
+            .map(|a| {
+                (
+                    a.metadata.namespace.unwrap_or_default(),
+                    a.metadata.name.unwrap_or_default(),
+                )
+            })
+            .collect(),
+        _ => bail!("give app names, or -l SELECTOR (with -A for every namespace)"),
+    };
+    if targets.is_empty() {
+        bail!("no OAuthApp matches the selector");
+    }
+    Ok(targets)
+}
+
+/// `kubectl oauthapp rotate`: rotates `targets`, shows each outcome; fails when any did not
+/// complete.
+async fn rotate(
+    client: &Client,
+    targets: Vec<(String, String)>,
+    options: &RotateOptions,
+    output: Option<Format>,
+) -> anyhow::Result<ExitCode> {
+    let revoke_previous = options.revoke_previous;
+    let outcomes = commands::rotate(client, targets, options).await;
+    if let Some(format) = output {
+        print(format, &outcomes)?;
+    } else {
+        let rows: Vec<Vec<String>> = outcomes
+            .iter()
+            .map(|o| {
+                let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                vec![
+                    o.namespace.clone(),
+                    o.name.clone(),
+                    o.result.to_string(),
+                    dash(&o.hint),
+                    dash(&o.rotation_id),
+                    dash(&o.trigger),
+                    match (o.previous_kept, &o.previous_expires_at) {
+                        (Some(true), Some(t)) => format!("valid until {t}"),
+                        (Some(false), _) if revoke_previous => "revoked".to_string(),
+                        // No grace period: the replaced secret was invalid at once.
+                        (Some(false), _) => "invalid".to_string(),
+                        _ => "-".to_string(),
+                    },
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            plugin::table(
+                &[
+                    "NAMESPACE",
+                    "NAME",
+                    "RESULT",
+                    "HINT",
+                    "ROTATION ID",
+                    "TRIGGER",
+                    "PREVIOUS"
+                ],
+                &rows
+            )
+        );
+    }
+    let mut failed = 0;
+    for o in outcomes.iter().filter(|o| !o.ok()) {
+        failed += 1;
+        eprintln!(
+            "error: {}/{}: {}",
+            o.namespace,
+            o.name,
+            o.error.as_deref().unwrap_or(o.result)
+        );
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} rotations did not complete", outcomes.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kubectl oauthapp status NAME`: one app in detail, with its latest Events.
+async fn status_one(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    output: Option<Format>,
+) -> anyhow::Result<ExitCode> {
+    let app = commands::get(client, namespace, name).await?;
+    let row = AppRow::of(&app);
+    let events = commands::events(client, &app, 10).await;
+    if let Some(format) = output {
+        #[derive(Serialize)]
+        struct Detail<'a> {
+            #[serde(flatten)]
+            row: &'a AppRow,
+            events: &'a [commands::EventLine],
+        }
+        let events = events.as_deref().unwrap_or_default();
+        print(format, &Detail { row: &row, events })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", detail(&app, &row));
+    match events {
+        Ok(events) if events.is_empty() => println!("Events:          <none>"),
+        Ok(events) => {
+            println!("Events:");
+            let rows: Vec<Vec<String>> = events
+                .into_iter()
+                .map(|e| vec![e.time, e.type_, e.reason, e.message])
+                .collect();
+            for line in plugin::table(&["TIME", "TYPE", "REASON", "MESSAGE"], &rows).lines() {
+                println!("  {line}");
+            }
+        }
+        Err(e) => println!("Events:          (not shown: {e})"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kubectl oauthapp status`: the apps in `scope` (matching `selector`) as a table.
+async fn status_list(
+    client: &Client,
+    scope: &Scope,
+    selector: Option<&str>,
+    all_namespaces: bool,
+    output: Option<Format>,
+) -> anyhow::Result<ExitCode> {
+    let apps = commands::list(client, scope, selector).await?;
+    let rows: Vec<AppRow> = apps.iter().map(AppRow::of).collect();
+    if let Some(format) = output {
+        print(format, &rows)?;
+    } else if rows.is_empty() {
+        eprintln!("No OAuthApps found.");
+    } else {
+        print!("{}", plugin::status_table(&rows, all_namespaces));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kubectl oauthapp verify NAME`: whether the secret on stdin is the app's current or previous one.
+async fn verify(client: &Client, namespace: &str, name: &str) -> anyhow::Result<ExitCode> {
+    let app = commands::get(client, namespace, name).await?;
+    if std::io::stdin().is_terminal() {
+        eprintln!("Paste the client secret, then press Enter and Ctrl-D:");
+    }
+    let mut input = String::new();
+    std::io::stdin()
+        .take(MAX_STDIN_BYTES)
+        .read_to_string(&mut input)
+        .context("reading the client secret from stdin")?;
+    let qualified = format!("{namespace}/{name}");
+    let hash = app.status.as_ref().and_then(|s| s.client_secret_hash.as_deref());
+    let previous = app.status.as_ref().and_then(|s| s.previous_secret.as_deref());
+    let hint = app
+        .status
+        .as_ref()
+        .and_then(|s| s.client_secret_hint.clone())
+        .unwrap_or_default();
+    let now = jiff::Timestamp::now();
+    match plugin::verify(&qualified, input.trim(), hash, previous, now)? {
+        Verdict::Current => {
+            println!("match: current client secret of {qualified} (hint {hint})");
+            Ok(ExitCode::SUCCESS)
+        }
+        Verdict::Previous { expires_at } => {
+            let old_hint = previous
+                .map(|p| p.client_secret_hint.as_str())
+                .unwrap_or_default();
+            println!(
+                "match: previous, valid until {expires_at}: the client secret of {qualified} before its last rotation (hint {old_hint}); move clients to the current one (hint {hint})"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Verdict::NoMatch { why } => {
+            let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
+            let which = if previous.is_some_and(|p| now < p.expires_at.0) {
+                "neither the current nor the previous"
+            } else {
+                "not the current"
+            };
+            println!("no match: {which} client secret of {qualified} (hint {hint}){why}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `kubectl oauthapp id NAME`: the app's id.
+async fn id(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    output: Option<Format>,
+) -> anyhow::Result<ExitCode> {
+    let app = commands::get(client, namespace, name).await?;
+    let row = AppRow::of(&app);
+    match output {
+        Some(format) => print(format, &IdLine::of(&row))?,
+        None => println!("{}", row.app_id.as_deref().unwrap_or("-")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kubectl oauthapp key rotate`: a new key Secret of the ring.
+async fn key_rotate(
+    client: &Client,
+    namespace: &str,
+    secret: &str,
+    output: Option<Format>,
+) -> anyhow::Result<ExitCode> {
+    let added = commands::add_key(client, namespace, secret).await?;
+    match output {
+        Some(format) => print(format, &added)?,
+        None => {
+            println!(
+                "created key Secret {}/{} (key id {})",
+                added.namespace, added.secret, added.key_id
+            );
+            println!(
+                "records are re-signed with it in the background; when oauthapp_records_to_resign is 0 on the \
+                 leader, retire the older key(s): kubectl -n {} delete secret {}",
+                added.namespace,
+                added.older.join(" ")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kubectl oauthapp find ID`: the apps with this app id, uid or client id.
+async fn find(client: &Client, scope: &Scope, id: &str, output: Option<Format>) -> anyhow::Result<ExitCode> {
+    let found = commands::find(client, scope, &FindKey::parse(id)).await?;
+    let lines: Vec<IdLine> = found.iter().map(|a| IdLine::of(&AppRow::of(a))).collect();
+    if let Some(format) = output {
+        print(format, &lines)?;
+    } else if !lines.is_empty() {
+        let rows: Vec<Vec<String>> = lines
+            .iter()
+            .map(|l| {
+                vec![
+                    l.namespace.clone(),
+                    l.name.clone(),
+                    l.app_id.clone().unwrap_or_default(),
+                    l.client_id.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            plugin::table(&["NAMESPACE", "NAME", "APP ID", "CLIENT ID"], &rows)
+        );
+    }
+    if lines.is_empty() {
+        eprintln!("no OAuthApp has app id, uid or client id {id:?}");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Serialize)]
