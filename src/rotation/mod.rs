@@ -138,7 +138,7 @@ struct Planned<'a> {
     grace: Option<jiff::SignedDuration>,
 }
 
-/// One rotation, step by step: decide whether it may run on what is known, make the secret,
+/// One rotation, step by step: decide whether it may run on what is known, make the secret and
 /// build its record, put both into the Secret object, push the secret to the app's identity
 /// provider, write the Secret, write the status, tell (log and Event). Each step is a function
 /// below, in that order.
@@ -159,7 +159,7 @@ async fn rotate_inner(
     let built = build_record(ctx, app, current.as_ref(), &decided, &planned, &secret, hash)?;
     let current = untrimmed(ctx, app, current).await?;
     // Some (the version replaced, possibly unknown) when a Secret exists; None: one is created.
-    let replaced_version = current
+    let replaced = current
         .as_ref()
         .map(|meta| meta.resource_version.clone().unwrap_or_default());
     let object = secret_object(app, current, &built, &decided.key, &secret);
@@ -170,54 +170,14 @@ async fn rotate_inner(
             app_key(app)
         )));
     }
-    // The app's identity provider gets the new secret before the Secret does (src/provider):
-    // it accepts it as soon as anyone can read it. A failure there fails the rotation here,
-    // with nothing written.
-    let grace_expiry = built
-        .record
-        .previous
-        .as_ref()
-        .zip(planned.grace)
-        .map(|(p, g)| (p.rotation_id.as_str(), built.now + g));
-    let pushed = crate::provider::sync::push_rotation(
-        ctx,
-        app,
-        &built.record.client_id,
-        &secret,
-        &built.record.rotation_id,
-        grace_expiry,
-    )
-    .await?;
+    let pushed = push_to_provider(ctx, app, &built, &secret, planned.grace).await?;
     let app = pushed.as_ref().unwrap_or(app);
-    let written = write_secret(ctx, app, object, replaced_version, &built.record.hash).await?;
+    let written = write_secret(ctx, app, object, replaced, &built.record.hash).await?;
     secret_written();
     pause_after_secret_write(ctx, app).await;
-    let rotation_id = built.record.rotation_id.clone();
-    let hint = built.record.hint.clone();
-    let app = match write_status_for_secret(ctx, app, &written, &rotation_id).await {
-        Ok(app) => app,
-        // Someone replaced the Secret after this write: the new secret is no longer in it.
-        Err(e) if e.is_conflict() => return Err(e),
-        Err(e) => {
-            return Err(Error::StatusPending {
-                app: app_key(app),
-                source: Box::new(e),
-                written: Box::new(Written(Rotated {
-                    secret,
-                    hint,
-                    rotation_id,
-                    app: app.clone(),
-                })),
-            });
-        }
-    };
-    tell(ctx, &app, &planned, &built, &written.name_any());
-    Ok(Rotated {
-        secret,
-        hint,
-        rotation_id,
-        app,
-    })
+    let rotated = write_rotation_status(ctx, app, &written, secret, &built).await?;
+    tell(ctx, &rotated.app, &planned, &built, &written.name_any());
+    Ok(rotated)
 }
 
 /// What a rotation establishes before it makes a secret: the record key it signs with, the
@@ -491,7 +451,34 @@ fn secret_object(
     object
 }
 
-/// Step 4: writes the Secret (`replaced`: the version it replaces; None: it creates one), fenced
+/// Step 4: the app's identity provider gets the new secret before the Secret does
+/// (src/provider): it accepts it as soon as anyone can read it. A failure there fails the
+/// rotation here, with nothing written. Some: the app with its `ProviderSynced` condition.
+async fn push_to_provider(
+    ctx: &Context,
+    app: &OAuthApp,
+    built: &Built,
+    secret: &ClientSecret,
+    grace: Option<jiff::SignedDuration>,
+) -> Result<Option<OAuthApp>, Error> {
+    let grace_expiry = built
+        .record
+        .previous
+        .as_ref()
+        .zip(grace)
+        .map(|(p, g)| (p.rotation_id.as_str(), built.now + g));
+    crate::provider::sync::push_rotation(
+        ctx,
+        app,
+        &built.record.client_id,
+        secret,
+        &built.record.rotation_id,
+        grace_expiry,
+    )
+    .await
+}
+
+/// Step 5: writes the Secret (`replaced`: the version it replaces; None: it creates one), fenced
 /// by the leader Lease, and notes the write: the caches' lag, and the content check it makes
 /// needless (the operator wrote what `hash` is the hash of). The object, which holds the
 /// plaintext, is dropped as soon as it is sent.
@@ -536,6 +523,40 @@ async fn write_secret(
     Ok(written)
 }
 
+/// Step 6: the status that describes the written Secret. Someone who replaced the Secret since
+/// is a conflict (the new secret is no longer in it); any other failure leaves the rotation
+/// written and its status pending ([`Error::StatusPending`]: the reconcile completes it from the
+/// Secret).
+async fn write_rotation_status(
+    ctx: &Context,
+    app: &OAuthApp,
+    written: &Secret,
+    secret: ClientSecret,
+    built: &Built,
+) -> Result<Rotated, Error> {
+    let rotation_id = built.record.rotation_id.clone();
+    let hint = built.record.hint.clone();
+    match write_status_for_secret(ctx, app, written, &rotation_id).await {
+        Ok(app) => Ok(Rotated {
+            secret,
+            hint,
+            rotation_id,
+            app,
+        }),
+        Err(e) if e.is_conflict() => Err(e),
+        Err(e) => Err(Error::StatusPending {
+            app: app_key(app),
+            source: Box::new(e),
+            written: Box::new(Written(Rotated {
+                secret,
+                hint,
+                rotation_id,
+                app: app.clone(),
+            })),
+        }),
+    }
+}
+
 /// The test builds' `pause-before-secret-write=<duration>` failpoint.
 async fn pause_before_secret_write(ctx: &Context) {
     #[cfg(feature = "failpoints")]
@@ -570,7 +591,7 @@ async fn pause_after_secret_write(ctx: &Context, app: &OAuthApp) {
     let _ = (ctx, app);
 }
 
-/// Step 6: says what happened: the log line, the audit Event (in the background: an API caller
+/// Step 7: says what happened: the log line, the audit Event (in the background: an API caller
 /// waits for the answer, not for the Event) and, when a previous secret was retired early,
 /// an Event for that.
 fn tell(ctx: &Context, app: &OAuthApp, planned: &Planned<'_>, built: &Built, secret_name: &str) {
