@@ -43,7 +43,9 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use oauthapp_operator::model::crd::{CLIENT_ID_KEY, CLIENT_SECRET_KEY, OAuthApp, OAuthAppSpec, ROTATE_ANNOTATION};
+use oauthapp_operator::model::crd::{
+    CLIENT_ID_KEY, CLIENT_SECRET_KEY, OAuthApp, OAuthAppSpec, ROTATE_ANNOTATION,
+};
 use oauthapp_operator::model::secret::{ClientSecret, HashParams};
 use serde_json::json;
 

@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, ObjectList, PartialObjectMeta};
 use kube::runtime::watcher::Event;
 use kube::{Api, Client};
-use oauthapp_operator::runtime::cached::{CachedApp, CachedSecret};
 use oauthapp_operator::model::crd::OAuthApp;
+use oauthapp_operator::runtime::cached::{CachedApp, CachedSecret};
 use oauthapp_operator::runtime::watches::{strip_app, strip_secret};
 
 #[global_allocator]
