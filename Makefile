@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CP := tests/controlplane
 CARGO ?= cargo
 
-.PHONY: help build controlplane-bin toxiproxy-bin keycloak-bin previous-operator-bin controlplane controlplane-down run test lint chart-lint docs unit integration crds bench bench-scale clean-cache openapi schemathesis image node node-down e2e soak
+.PHONY: help build controlplane-bin toxiproxy-bin keycloak-bin previous-operator-bin controlplane controlplane-down run test lint chart-lint docs unit integration crds bench bench-scale openapi schemathesis image node node-down e2e soak
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'

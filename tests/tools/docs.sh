@@ -31,7 +31,10 @@ install() {
     mkdir -p "$dir"
     local start=$SECONDS
     # From the cache directory, so that no cargo configuration of the repository applies.
-    (cd "$dir" && cargo install --locked --quiet --force --root "$dir" --version "$version" "$@" "$crate") >&2
+    # Built for a run of a second over a few hundred files: optimized at level 1, which builds
+    # in about three quarters of the time of the release default (3): 278 s for both here, not 360.
+    (cd "$dir" && CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=false \
+      cargo install --locked --quiet --force --root "$dir" --version "$version" "$@" "$crate") >&2
     echo "docs: $crate $version installed in $((SECONDS - start))s" >&2
   fi
   echo "$bin"
