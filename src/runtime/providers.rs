@@ -14,7 +14,7 @@ use crate::runtime::error::{Error, ProviderError};
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(300);
 
 /// What this operator process remembers about its apps' providers, in memory (a restart checks
-/// every app once): owned by its [`Context`], so that two operators in one process (the tests)
+/// every app once): owned by its [`Context`](crate::runtime::context::Context), so that two operators in one process (the tests)
 /// keep their own. An entry that has not been refreshed for [`FORGET_AFTER`] is dropped: a live
 /// app refreshes its entries at least every [`CHECK_INTERVAL`], so only deleted apps (and
 /// providers) lose theirs, and the maps stay as large as the apps in use.
@@ -37,14 +37,14 @@ pub(crate) struct Inner {
     pub(crate) pruned: Option<Instant>,
     /// Per app (`namespace/name`): until when a write the operator gave up on (a timeout, a
     /// 5xx) may still land at the provider ([`LATE_WRITE_WINDOW`]); meanwhile the app is checked
-    /// every [`FIRST_RETRY`], not every [`CHECK_INTERVAL`].
+    /// every `FIRST_RETRY` (`crate::provider::sync`), not every [`CHECK_INTERVAL`].
     pub(crate) late_writes: HashMap<String, Instant>,
 }
 
 /// How long after the operator gave up on a write to a provider (a timeout, a 5xx) that write
 /// is watched for: a slow provider may still do it, late, and put back a secret the Secret no
-/// longer holds. Such a write is caught by the next check, within [`FIRST_RETRY`] while the window
-/// runs, within [`CHECK_INTERVAL`] after it.
+/// longer holds. Such a write is caught by the next check: within `FIRST_RETRY` (5 s, in
+/// `crate::provider::sync`) while the window runs, within [`CHECK_INTERVAL`] after it.
 pub const LATE_WRITE_WINDOW: Duration = Duration::from_secs(60);
 
 /// An entry not refreshed for this long is forgotten: twice the longest wait between two looks
