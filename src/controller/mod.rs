@@ -352,9 +352,9 @@ fn is_repair(step: &Step) -> bool {
     )
 }
 
-/// Whether the repair of `app` may start now: in its turn (`--max-repairs-per-second`), and
-/// while the brake on mass repair lets it (crate::runtime::repairs). Otherwise when to look again; a
-/// held app is marked `Ready=False, reason=RepairHeld` (its status otherwise kept).
+/// Whether the repair of `app` may start now: in its turn (`--max-repairs-per-second`), and while
+/// the brake on mass repair lets it (crate::runtime::repairs). Otherwise when to look again; a held
+/// app is marked `Ready=False, reason=RepairHeld` (its status otherwise kept).
 async fn repair_gate(
     ctx: &Context,
     app: &OAuthApp,
@@ -911,7 +911,7 @@ fn secret_owner(secret: &CachedSecret) -> Option<AppKey> {
     Some(AppKey::new(secret.namespace(), name))
 }
 
-pub use crate::model::status::MANAGED_ELSEWHERE;
+use crate::model::status::MANAGED_ELSEWHERE;
 
 /// Leaves an app that `other` (another installation) manages alone: no write to its Secret,
 /// no repair; says so once, in a `ManagedElsewhere` condition (kept by the managing

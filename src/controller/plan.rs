@@ -60,7 +60,8 @@ pub struct SecretView<'a> {
     pub check: Option<ContentCheck>,
     /// Whether the record in its annotations is believed ([`crate::model::record::verdict`]).
     pub record: Verdict,
-    /// A believed record signed by an older key of the ring ([`crate::model::record::signed_by_newest`]).
+    /// A believed record signed by an older key of the ring
+    /// ([`crate::model::record::signed_by_newest`]).
     pub resign: bool,
     /// The app id the Secret's record proves ([`crate::model::record::proven_app_id`]): the id a
     /// restored or re-created app keeps.

@@ -558,7 +558,8 @@ fn condition(
 }
 
 /// The other installation that manages `app`, when one does: its status names it, or (no
-/// status claim yet) its Secret's record does. This installation leaves such an app alone.
+/// status claim yet) its Secret's record does. This installation (`installation`: its name;
+/// empty when installations are not told apart) leaves such an app alone.
 pub fn managed_elsewhere(installation: &str, app: &OAuthApp, secret: Option<&ObjectMeta>) -> Option<String> {
     if installation.is_empty() {
         return None;

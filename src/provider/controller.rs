@@ -91,10 +91,10 @@ async fn reconcile(provider: Arc<OAuthProvider>, ctx: Arc<Context>) -> Result<Ac
     Ok(Action::requeue(again))
 }
 
-/// Deletes the clients the operator created in this provider for apps of its namespace whose
-/// app and Secret are both gone. An app's finalizer ([`super::finalizer`]) deletes its client
-/// before the app goes; this look is what catches the rest: a finalizer removed by hand, an app
-/// deleted before its finalizer was added. An app deleted with `Retain` keeps its Secret, and so its
+/// Deletes the clients the operator created in this provider for apps of its namespace whose app
+/// and Secret are both gone. An app's finalizer ([`super::finalizer`]) deletes its client before
+/// the app goes; this look is what catches the rest: a finalizer removed by hand, an app deleted
+/// before its finalizer was added. An app deleted with `Retain` keeps its Secret, and so its
 /// client, for the same app applied again. A provider with `spec.deletionPolicy: Retain` keeps
 /// every client.
 async fn sweep(ctx: &Context, provider: &OAuthProvider, kc: &Keycloak) -> Result<(), Error> {

@@ -1,12 +1,12 @@
 //! Keycloak: a realm's clients through the admin REST API, with a service account's token
 //! (client credentials grant at `{url}/realms/{realm}/protocol/openid-connect/token`).
 //!
-//! Grace periods use Keycloak's client secret rotation (preview feature `client-secret-rotation`
-//! up to 26.7): where a realm's client policy applies the `secret-rotation` executor to the
-//! client, the client attributes `client.secret.rotated` and `client.secret.rotated.expiration.time`
-//! hold a second secret that authenticates until that time, and a PUT of the client may set them.
-//! Where no such policy applies, Keycloak drops those attributes silently: the put reports that the
-//! grace was not kept. (Measured on 26.7.3; a PUT of `secret` alone never moves the old secret to
+//! Grace periods use Keycloak's client secret rotation (preview feature `client-secret-rotation` up
+//! to 26.7): where a realm's client policy applies the `secret-rotation` executor to the client,
+//! the client attributes `client.secret.rotated` and `client.secret.rotated.expiration.time` hold a
+//! second secret that authenticates until that time, and a PUT of the client may set them. Where no
+//! such policy applies, Keycloak drops those attributes silently: the put reports that the grace
+//! was not kept. (Measured on 26.7.3; a PUT of `secret` alone never moves the old secret to
 //! "rotated", only `POST .../client-secret` does, with a secret Keycloak generates.)
 //!
 //! `spec.scopes` become optional client scopes of the client, after the secret:

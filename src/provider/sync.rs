@@ -20,11 +20,11 @@ use crate::model::record::annotations;
 use crate::model::secret::ClientSecret;
 use crate::runtime::context::Context;
 use crate::runtime::error::Error;
-pub use crate::runtime::providers::{CHECK_INTERVAL, LATE_WRITE_WINDOW};
+use crate::runtime::providers::CHECK_INTERVAL;
 use crate::runtime::providers::{Checked, State};
 use crate::runtime::writes::{self, app_key};
 
-pub use crate::model::status::{PROVIDER_SYNCED, SYNCED, SYNCED_WITHOUT_GRACE};
+use crate::model::status::{PROVIDER_SYNCED, SYNCED, SYNCED_WITHOUT_GRACE};
 /// `ProviderSynced=True`: the provider holds the secret, but its realm has no client scope of
 /// some of the app's `spec.scopes` (named in the message); the next check assigns them once they
 /// exist.
@@ -177,7 +177,7 @@ pub async fn push_rotation(
     };
     let ns = app.namespace().unwrap_or_default();
     let previous = match grace {
-        Some((replaced, _)) => previous_plaintext(ctx, app, replaced).await?,
+        Some((replaced, _)) => plaintext_of(ctx, app, replaced).await?,
         None => None,
     };
     let with_grace = grace.is_some() && previous.is_some();
@@ -415,9 +415,11 @@ pub async fn retry_held_apps(ctx: &Context, provider: &OAuthProvider) -> Result<
     Ok(retried)
 }
 
-/// The plaintext of the Secret's current secret when it is rotation `replaced` (the secret a
-/// rotation with grace replaces), read fresh.
-async fn previous_plaintext(ctx: &Context, app: &OAuthApp, replaced: &str) -> Result<Option<String>, Error> {
+/// The plaintext of the Secret's current secret when it is rotation `rotation_id`, read fresh
+/// (None: the Secret is missing or holds another rotation). A rotation with grace reads the
+/// secret it replaces; a check, the one the status names (a status that lags the Secret, or
+/// the other way, is the planner's to repair first).
+async fn plaintext_of(ctx: &Context, app: &OAuthApp, rotation_id: &str) -> Result<Option<String>, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
     let Some(secret) = secrets.get_opt(&app.secret_name()).await? else {
         return Ok(None);
@@ -426,7 +428,7 @@ async fn previous_plaintext(ctx: &Context, app: &OAuthApp, replaced: &str) -> Re
         .annotations()
         .get(annotations::ROTATION_ID)
         .map(String::as_str)
-        != Some(replaced)
+        != Some(rotation_id)
     {
         return Ok(None);
     }
@@ -459,7 +461,7 @@ pub async fn check_app(ctx: &Context, app: &OAuthApp) -> Result<Option<Duration>
     }
     let _guard = ctx.locks.lock(&key).await;
     let ns = app.namespace().unwrap_or_default();
-    let Some(current) = current_plaintext(ctx, app, &rotation_id).await? else {
+    let Some(current) = plaintext_of(ctx, app, &rotation_id).await? else {
         return Ok(Some(FIRST_RETRY));
     };
     let client_id = app
@@ -537,28 +539,6 @@ fn when_to_check(ctx: &Context, app: &OAuthApp, key: &str, rotation_id: &str) ->
         spec_changed,
         wait_before_check(&state.checked, key, &version, condition_true, late, now),
     )
-}
-
-/// The Secret's current secret, read fresh, while the Secret holds `rotation_id` (None: it
-/// is missing, or the status lags the Secret or the other way: the planner repairs that first).
-async fn current_plaintext(
-    ctx: &Context,
-    app: &OAuthApp,
-    rotation_id: &str,
-) -> Result<Option<String>, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
-    let Some(secret) = secrets.get_opt(&app.secret_name()).await? else {
-        return Ok(None);
-    };
-    if secret
-        .annotations()
-        .get(annotations::ROTATION_ID)
-        .map(String::as_str)
-        != Some(rotation_id)
-    {
-        return Ok(None);
-    }
-    Ok(plaintext(&secret))
 }
 
 /// What a check found at the provider: what it held (before the put, if one was made), the
@@ -891,7 +871,7 @@ pub(super) async fn mark_unsynced(ctx: &Context, app: &OAuthApp, provider: &str,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::providers::FORGET_AFTER;
+    use crate::runtime::providers::{FORGET_AFTER, LATE_WRITE_WINDOW};
 
     #[test]
     fn failed_checks_back_off_from_five_seconds_to_the_check_interval() {

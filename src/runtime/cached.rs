@@ -1,12 +1,11 @@
-//! The cached form of an operator Secret: what [`crate::runtime::watches::strip_secret`] keeps of its
-//! metadata, stored compactly. A `PartialObjectMeta<Secret>` costs some 4 KiB in the cache at a
+//! The cached form of an operator Secret: what [`crate::runtime::watches::strip_secret`] keeps of
+//! its metadata, stored compactly. A `PartialObjectMeta<Secret>` costs some 4 KiB in the cache at a
 //! dozen record annotations (an `ObjectMeta` of 424 bytes, a B-tree node per map of 11 slots
-//! whatever it holds, and two allocations per annotation); this form costs about a quarter of
-//! that: the keys the operator writes (its record's, its label) and the OAuthApp owner
-//! reference's kind and apiVersion are shared static strings, and every other string of the
-//! Secret sits in one buffer, referred to by offsets. Nothing is lost: [`CachedSecret::metadata`]
-//! gives back the stripped metadata as it came, which is what the planner reads, once per
-//! reconcile.
+//! whatever it holds, and two allocations per annotation); this form costs about a quarter of that:
+//! the keys the operator writes (its record's, its label) and the OAuthApp owner reference's kind
+//! and apiVersion are shared static strings, and every other string of the Secret sits in one
+//! buffer, referred to by offsets. Nothing is lost: [`CachedSecret::metadata`] gives back the
+//! stripped metadata as it came, which is what the planner reads, once per reconcile.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

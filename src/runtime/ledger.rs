@@ -33,8 +33,6 @@ pub const TTL: Duration = Duration::from_secs(400 * 24 * 3600);
 /// How often the ledger is read back (and pending notes written).
 const POLL: Duration = Duration::from_secs(2);
 
-pub use crate::model::record::RELEASE_CLIENT_ID_ANNOTATION;
-
 /// One remembered name: its last rotation count and id, when it was noted (Unix seconds) and,
 /// for an app that held a `spec.clientId`, that client id's reservation for its namespace (both
 /// as digests).
@@ -149,10 +147,11 @@ impl Ledger {
         self.loaded.load(Ordering::Acquire)
     }
 
-    /// Notes a deleted app's last rotation, as its last cached status shows it, and, when it
-    /// held a `spec.clientId`, that the id stays reserved for its namespace: an app of another
-    /// namespace that asks for it does not get it without a person ([`RELEASE_CLIENT_ID_ANNOTATION`]);
-    /// an app of the same namespace (re-created, restored) does.
+    /// Notes a deleted app's last rotation, as its last cached status shows it, and, when it held a
+    /// `spec.clientId`, that the id stays reserved for its namespace: an app of another namespace
+    /// that asks for it does not get it without a person
+    /// ([`RELEASE_CLIENT_ID_ANNOTATION`](crate::model::record::RELEASE_CLIENT_ID_ANNOTATION)); an
+    /// app of the same namespace (re-created, restored) does.
     pub fn note(&self, app: &OAuthApp) {
         let Some(status) = app.status.as_ref() else {
             return;

@@ -14,10 +14,10 @@ use crate::runtime::error::{Error, ProviderError};
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(300);
 
 /// What this operator process remembers about its apps' providers, in memory (a restart checks
-/// every app once): owned by its [`Context`](crate::runtime::context::Context), so that two operators in one process (the tests)
-/// keep their own. An entry that has not been refreshed for [`FORGET_AFTER`] is dropped: a live
-/// app refreshes its entries at least every [`CHECK_INTERVAL`], so only deleted apps (and
-/// providers) lose theirs, and the maps stay as large as the apps in use.
+/// every app once): owned by its [`Context`](crate::runtime::context::Context), so that two
+/// operators in one process (the tests) keep their own. An entry that has not been refreshed for
+/// [`FORGET_AFTER`] is dropped: a live app refreshes its entries at least every [`CHECK_INTERVAL`],
+/// so only deleted apps (and providers) lose theirs, and the maps stay as large as the apps in use.
 #[derive(Default)]
 pub struct State {
     pub(crate) inner: Mutex<Inner>,

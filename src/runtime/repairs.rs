@@ -1,18 +1,18 @@
 //! A brake on mass repair (DESIGN.md, invariant 9). A repair (`SecretMissing`, `SecretDrift`)
-//! replaces a credential the operator believes is broken. One app at a time that is right; many
-//! at once means something else went wrong (a restore in the wrong order, a sync tool, a bug in
-//! the operator itself), and replacing them all would break every client. So repairs are spread
-//! out (at most `--max-repairs-per-second`, in turn, like scheduled rotations), and once more
-//! than a share of the apps (`--repair-brake-share`, at least `--repair-brake-min`) were
-//! repaired within `--repair-brake-window`, further repairs are held until a person releases
-//! them: a new value of the annotation [`RELEASE_ANNOTATION`] on the record key Secret. Held
-//! apps are `Ready=False, reason=RepairHeld`; `oauthapp_repairs_held` counts them.
+//! replaces a credential the operator believes is broken. One app at a time that is right; many at
+//! once means something else went wrong (a restore in the wrong order, a sync tool, a bug in the
+//! operator itself), and replacing them all would break every client. So repairs are spread out (at
+//! most `--max-repairs-per-second`, in turn, like scheduled rotations), and once more than a share
+//! of the apps (`--repair-brake-share`, at least `--repair-brake-min`) were repaired within
+//! `--repair-brake-window`, further repairs are held until a person releases them: a new value of
+//! the annotation [`RELEASE_REPAIRS_ANNOTATION`] on the record key Secret. Held apps are
+//! `Ready=False, reason=RepairHeld`; `oauthapp_repairs_held` counts them.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub use crate::model::record::RELEASE_REPAIRS_ANNOTATION as RELEASE_ANNOTATION;
+use crate::model::record::RELEASE_REPAIRS_ANNOTATION;
 
 /// The brake's settings.
 #[derive(Debug, Clone, Copy)]
@@ -94,7 +94,7 @@ impl RepairBrake {
                 window = ?window,
                 apps,
                 "more apps needed a repair at once than the brake allows: further repairs are held until a person releases them \
-                 (a new value of the annotation {RELEASE_ANNOTATION} on the record key Secret)"
+                 (a new value of the annotation {RELEASE_REPAIRS_ANNOTATION} on the record key Secret)"
             );
         }
         if s.engaged {

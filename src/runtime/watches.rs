@@ -429,7 +429,7 @@ impl Watches {
     }
 
     /// The app whose client id is `client_id` (its status shows it: the holder), from the cache.
-    /// `released`: the client id a person released ([`crate::runtime::ledger::RELEASE_CLIENT_ID_ANNOTATION`]).
+    /// `released`: the client id a person released ([`crate::model::record::RELEASE_CLIENT_ID_ANNOTATION`]).
     pub fn find_by_client_id(&self, client_id: &str, released: Option<&str>) -> Option<Arc<OAuthApp>> {
         let found = if client_id.starts_with("app_") {
             self.find(&crate::model::id::decode(client_id).ok()?.to_string())

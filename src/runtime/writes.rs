@@ -92,15 +92,20 @@ pub async fn write_status(ctx: &Context, app: &OAuthApp, status: OAuthAppStatus)
     Ok(written)
 }
 
-/// Publishes an Event about the app; a failure is logged, never fatal.
-pub async fn publish(ctx: &Context, app: &OAuthApp, type_: EventType, reason: &str, note: String) {
-    let event = Event {
+/// An Event of the reconcile about an app.
+fn reconcile_event(type_: EventType, reason: &str, note: String) -> Event {
+    Event {
         type_,
         reason: reason.into(),
         note: Some(note),
         action: "Reconcile".into(),
         secondary: None,
-    };
+    }
+}
+
+/// Publishes an Event about the app; a failure is logged, never fatal.
+pub async fn publish(ctx: &Context, app: &OAuthApp, type_: EventType, reason: &str, note: String) {
+    let event = reconcile_event(type_, reason, note);
     if let Err(e) = ctx.recorder().publish(&event, &app.object_ref(&())).await {
         warn!(app = %app_key(app), reason, error = %crate::runtime::error::redact(&e.to_string()), "failed to publish event");
     }
@@ -118,13 +123,7 @@ pub fn publish_in_background(
     let recorder = ctx.recorder();
     let reference = app.object_ref(&());
     let key = app_key(app);
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
+    let event = reconcile_event(type_, reason, note);
     ctx.background.spawn(async move {
         if let Err(e) = recorder.publish(&event, &reference).await {
             warn!(app = %key, reason, error = %crate::runtime::error::redact(&e.to_string()), "failed to publish event");
