@@ -435,7 +435,7 @@ fn status_write_in_flight(app: &OAuthApp, secret: &ObjectMeta, now: Timestamp) -
 fn cached_check(ctx: &Context, secret: &CachedSecret) -> Option<status::ContentCheck> {
     let hash = secret.annotation(record::annotations::HASH)?;
     let key = format!("{}/{}", secret.namespace(), secret.name());
-    ctx.verified.get(&key, secret.resource_version(), hash)
+    ctx.verified.get(&key, secret.resource_version(), &hash)
 }
 
 /// What the planner sees of a Secret: its metadata, the content check at this version if one
@@ -908,7 +908,7 @@ fn secret_owner(secret: &CachedSecret) -> Option<AppKey> {
         ControlledBy::Other => return None,
         ControlledBy::Nothing => secret.annotation(record::annotations::APP_NAME)?,
     };
-    Some(AppKey::new(secret.namespace(), name))
+    Some(AppKey::new(secret.namespace(), &name))
 }
 
 use crate::model::status::MANAGED_ELSEWHERE;

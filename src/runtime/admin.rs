@@ -55,7 +55,7 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         apps.iter()
             .filter(|a| {
                 a.installation()
-                    .is_some_and(|i| !installation.is_empty() && i != installation)
+                    .is_some_and(|i| !installation.is_empty() && *i != **installation)
             })
             .count() as i64,
     );
@@ -77,7 +77,8 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
             .secrets()
             .iter()
             .filter(|secret| {
-                let ann = |key| secret.annotation(key);
+                let ann = secret.metadata().annotations.unwrap_or_default();
+                let ann = |key| ann.get(key).map(String::as_str);
                 // Another installation's Secrets are not this one's to re-sign.
                 let elsewhere = ann(crate::model::record::annotations::INSTALLATION)
                     .is_some_and(|i| !installation.is_empty() && i != installation);

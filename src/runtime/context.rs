@@ -116,8 +116,10 @@ impl Context {
         }
     }
 
-    /// The installation this process belongs to.
+    /// The installation this process belongs to (the caches keep its name once:
+    /// [`crate::runtime::cached::share_installation`]).
     pub fn with_installation(mut self, installation: String) -> Self {
+        crate::runtime::cached::share_installation(&installation);
         self.installation = installation;
         self
     }

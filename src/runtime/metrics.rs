@@ -100,7 +100,7 @@ impl AppCounts {
     pub fn of<'a>(apps: impl IntoIterator<Item = &'a CachedApp>, now: jiff::Timestamp) -> AppCounts {
         let mut counts = AppCounts::default();
         for app in apps {
-            match app.ready() {
+            match app.ready().as_ref().map(|(s, r)| (&**s, &**r)) {
                 Some(("True", _)) => counts.ready += 1,
                 Some(("False", reason)) => {
                     counts.not_ready += 1;

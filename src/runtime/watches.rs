@@ -424,7 +424,7 @@ impl Watches {
             .iter()
             .filter(|s| s.namespace.is_none() || s.namespace == key.namespace)
             .find_map(|s| s.apps.get(&key))
-            .filter(|app| app.uid() == Some(uid))
+            .filter(|app| app.uid().as_deref() == Some(uid))
             .map(|app| Arc::new(app.app()))
     }
 
@@ -525,7 +525,7 @@ impl Watches {
             watcher::Event::InitDone => {
                 index.retain(|uid, r| {
                     let in_scope = namespace.is_none() || r.namespace.as_deref() == namespace;
-                    !in_scope || store.get(r).is_some_and(|app| app.uid() == Some(uid))
+                    !in_scope || store.get(r).is_some_and(|app| app.uid().as_deref() == Some(uid))
                 });
                 claims.retain(|uid| index.contains(uid));
                 kept.retain(|_, uid| index.contains(uid));

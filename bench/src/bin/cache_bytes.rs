@@ -5,7 +5,9 @@
 //! the operator's `store::Store`), and prints one JSON line: the apps and Secrets cached and the bytes
 //! each store holds. `make bench-scale` runs it on the apps it provisioned.
 //!
-//! Usage: `oauthapp-cache-bytes <namespace>`.
+//! Usage: `oauthapp-cache-bytes <namespace> [<installation>]`: the installation the operator
+//! runs as (it tells its caches, which keep it once), by default the one of an operator run
+//! outside a cluster with the default record key, as `make bench-scale` runs it.
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Secret;
@@ -26,7 +28,11 @@ const SELECTOR: &str = "app.kubernetes.io/managed-by=oauthapp-operator";
 async fn main() -> anyhow::Result<()> {
     let namespace = std::env::args()
         .nth(1)
-        .context("usage: oauthapp-cache-bytes <namespace>")?;
+        .context("usage: oauthapp-cache-bytes <namespace> [<installation>]")?;
+    let installation = std::env::args()
+        .nth(2)
+        .unwrap_or_else(|| "default/oauthapp-operator-record-key".into());
+    oauthapp_operator::runtime::cached::share_installation(&installation);
     let _profiler = dhat::Profiler::builder().testing().build();
     let client = Client::try_default().await.context("a client from KUBECONFIG")?;
     let apps: Api<OAuthApp> = Api::namespaced(client.clone(), &namespace);
