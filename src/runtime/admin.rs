@@ -77,14 +77,15 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
             .secrets()
             .iter()
             .filter(|secret| {
-                let ann = secret.metadata().annotations.unwrap_or_default();
-                let ann = |key| ann.get(key).map(String::as_str);
+                // Heads of the signature and seal do for this look (record_marks).
+                let marks = secret.record_marks();
                 // Another installation's Secrets are not this one's to re-sign.
-                let elsewhere = ann(crate::model::record::annotations::INSTALLATION)
-                    .is_some_and(|i| !installation.is_empty() && i != installation);
-                let old_signature = ann(crate::model::record::annotations::SIGNATURE)
-                    .is_some_and(|sig| !ring.looks_current(sig));
-                let old_seal = ann(crate::model::record::annotations::SEAL)
+                let elsewhere = marks
+                    .installation
+                    .is_some_and(|i| !installation.is_empty() && *i != **installation);
+                let old_signature = marks.signature.is_some_and(|sig| !ring.looks_current(&sig));
+                let old_seal = marks
+                    .seal
                     .is_none_or(|seal| !seal.starts_with(&format!("s2.{}.", ring.signing_id())));
                 !elsewhere && (old_signature || old_seal)
             })

@@ -395,8 +395,7 @@ struct Packed {
 impl Packed {
     fn new(head: [&str; 3], body: &impl Serialize) -> Option<Packed> {
         let [namespace, name, version] = head.map(|s| u16::try_from(s.len()).ok());
-        let mut buf = head.concat().into_bytes();
-        buf.extend(postcard::to_allocvec(body).ok()?);
+        let buf = postcard::to_extend(body, head.concat().into_bytes()).ok()?;
         Some(Packed {
             buf: buf.into_boxed_slice(),
             namespace: namespace?,
@@ -467,11 +466,7 @@ fn rest_of(meta: &ObjectMeta, app: bool) -> Option<String> {
         managed_fields: meta.managed_fields.clone(),
         name: None,
         namespace: None,
-        owner_references: if app {
-            meta.owner_references.clone()
-        } else {
-            None
-        },
+        owner_references: if app { meta.owner_references.clone() } else { None },
         resource_version: None,
         self_link: meta.self_link.clone(),
         uid: if app { None } else { meta.uid.clone() },
@@ -482,7 +477,8 @@ fn rest_of(meta: &ObjectMeta, app: bool) -> Option<String> {
 }
 
 fn rest_from(json: Option<&str>) -> ObjectMeta {
-    json.and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default()
+    json.and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default()
 }
 
 fn head_of(meta: &ObjectMeta) -> [&str; 3] {
@@ -626,6 +622,14 @@ pub enum ControlledBy {
     Nothing,
 }
 
+/// A record's installation, signature and seal ([`CachedSecret::record_marks`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RecordMarks<'a> {
+    pub installation: Option<Cow<'a, str>>,
+    pub signature: Option<Cow<'a, str>>,
+    pub seal: Option<Cow<'a, str>>,
+}
+
 #[derive(Clone, Debug)]
 enum SecretForm {
     Packed(Packed),
@@ -681,6 +685,46 @@ impl CachedSecret {
     /// The value of the annotation `key`.
     pub fn annotation(&self, key: &str) -> Option<String> {
         self.metadata().annotations?.remove(key)
+    }
+
+    /// Its record's installation, signature and seal, for a look at who signed it (the records
+    /// a scrape counts as left to re-sign: [`crate::runtime::admin`]), read without unpacking
+    /// the Secret where it can be. A signature or seal may come as its head: the text before
+    /// its MAC, with the dot (a prefix of the value that ends where a key id would).
+    pub fn record_marks(&self) -> RecordMarks<'_> {
+        let unpacked = || {
+            let mut ann = self.metadata().annotations.unwrap_or_default();
+            let mut take = |key| ann.remove(key).map(Cow::Owned);
+            RecordMarks {
+                installation: take(annotations::INSTALLATION),
+                signature: take(annotations::SIGNATURE),
+                seal: take(annotations::SEAL),
+            }
+        };
+        let SecretForm::Packed(p) = &self.0 else {
+            return unpacked();
+        };
+        let Some(body) = p.body::<SecretBody>() else {
+            return unpacked();
+        };
+        let mut marks = RecordMarks::default();
+        for (k, v) in body.annotations.iter().flatten() {
+            let slot = match k {
+                V::Known(i) if known(*i) == annotations::INSTALLATION => &mut marks.installation,
+                V::Known(i) if known(*i) == annotations::SIGNATURE => &mut marks.signature,
+                V::Known(i) if known(*i) == annotations::SEAL => &mut marks.seal,
+                _ => continue,
+            };
+            *slot = Some(match v {
+                V::Installation => Cow::Borrowed(shared_installation().unwrap_or_default()),
+                V::Known(i) => Cow::Borrowed(known(*i)),
+                V::Text(t) => Cow::Owned(t.to_string()),
+                V::Mac { head, .. } => Cow::Owned(format!("{head}.")),
+                // A form that needs the rest of the Secret.
+                _ => return unpacked(),
+            });
+        }
+        marks
     }
 
     /// What controls this Secret (its controller reference).
@@ -1154,7 +1198,12 @@ impl CachedApp {
     /// The Ready condition's status and reason.
     pub fn ready(&self) -> Option<(Cow<'static, str>, Cow<'static, str>)> {
         let owned = |app: &OAuthApp| {
-            let c = app.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?;
+            let c = app
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")?;
             Some((Cow::Owned(c.status.clone()), Cow::Owned(c.reason.clone())))
         };
         match &self.0 {
@@ -1173,7 +1222,9 @@ impl CachedApp {
         let unpacked = |app: &OAuthApp| app.status.as_ref()?.next_rotation_time.clone();
         match &self.0 {
             AppForm::Packed(_, glance) if glance.next_rotation == Glance::NO_TIME => None,
-            AppForm::Packed(p, glance) if glance.next_rotation == Glance::UNPACK_TIME => unpacked(&unpack_app(p)),
+            AppForm::Packed(p, glance) if glance.next_rotation == Glance::UNPACK_TIME => {
+                unpacked(&unpack_app(p))
+            }
             AppForm::Packed(_, glance) => Timestamp::from_second(glance.next_rotation).ok().map(Time),
             AppForm::Whole(app) => unpacked(app),
         }
@@ -1184,7 +1235,9 @@ impl CachedApp {
         let unpacked = |app: &OAuthApp| Some(Cow::Owned(app.status.as_ref()?.installation.clone()?));
         match &self.0 {
             AppForm::Packed(_, glance) if glance.installation == 0 => None,
-            AppForm::Packed(_, glance) if glance.installation == 1 => shared_installation().map(Cow::Borrowed),
+            AppForm::Packed(_, glance) if glance.installation == 1 => {
+                shared_installation().map(Cow::Borrowed)
+            }
             AppForm::Packed(p, _) => unpacked(&unpack_app(p)),
             AppForm::Whole(app) => unpacked(app),
         }
@@ -1307,7 +1360,10 @@ mod tests {
         let cached = CachedSecret::from(secret.clone());
         packed(&cached);
         assert_eq!(cached.metadata(), secret.metadata);
-        assert_eq!(cached.annotation(annotations::ROTATION_ID).as_deref(), Some("r-1"));
+        assert_eq!(
+            cached.annotation(annotations::ROTATION_ID).as_deref(),
+            Some("r-1")
+        );
         assert_eq!(cached.annotation(annotations::SEAL), None);
         assert_eq!(cached.controller(), ControlledBy::App("billing".into()));
         assert_eq!(
@@ -1379,7 +1435,12 @@ mod tests {
     fn a_secret_the_operator_wrote_packs_into_less_than_half_its_text() {
         let meta = written();
         let text: usize = head_of(&meta).iter().map(|s| s.len()).sum::<usize>()
-            + meta.annotations.iter().flatten().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + meta
+                .annotations
+                .iter()
+                .flatten()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
             + 36
             + 9;
         let cached = CachedSecret::from(PartialObjectMeta::<Secret> {
@@ -1405,6 +1466,35 @@ mod tests {
         assert!(matches!(forms[9], V::History(_)), "{forms:?}");
         assert!(matches!(forms[10], V::Same(_)), "{forms:?}");
         assert!(matches!(forms[11], V::Known(_)), "{forms:?}");
+    }
+
+    #[test]
+    fn the_record_marks_read_off_the_packed_secret_agree_with_its_annotations() {
+        let meta = written();
+        let ann = meta.annotations.clone().unwrap();
+        let marks = |meta: &ObjectMeta| {
+            let cached = CachedSecret::from(PartialObjectMeta::<Secret> {
+                metadata: meta.clone(),
+                ..Default::default()
+            });
+            let m = cached.record_marks();
+            [m.installation, m.signature, m.seal].map(|m| m.map(|s| s.into_owned()))
+        };
+        let [installation, signature, seal] = marks(&meta);
+        assert_eq!(
+            installation.as_deref(),
+            ann.get(annotations::INSTALLATION).map(String::as_str)
+        );
+        // Heads with their dot: prefixes of the values, up to the MAC.
+        assert_eq!(signature.as_deref(), Some("v1."));
+        assert_eq!(seal.as_deref(), Some("s2.Pk-KQmvY."));
+        // Values in no binary form come whole; none at all, none.
+        let mut odd = meta.clone();
+        let odd_ann = odd.annotations.as_mut().unwrap();
+        odd_ann.insert(annotations::SIGNATURE.into(), "unsigned".into());
+        odd_ann.remove(annotations::SEAL);
+        let [_, signature, seal] = marks(&odd);
+        assert_eq!((signature.as_deref(), seal), (Some("unsigned"), None));
     }
 
     #[test]
@@ -1681,10 +1771,7 @@ mod tests {
         assert_eq!(second.ready, [Glance::UNPACK; 2]);
         assert_eq!(second.next_rotation, Glance::UNPACK_TIME);
         let cached = CachedApp::from(app.clone());
-        assert_eq!(
-            cached.ready(),
-            Some(("True".into(), "SomethingElse".into()))
-        );
+        assert_eq!(cached.ready(), Some(("True".into(), "SomethingElse".into())));
         assert_eq!(
             cached.next_rotation_time(),
             app.status.as_ref().unwrap().next_rotation_time
