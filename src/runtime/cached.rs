@@ -154,17 +154,15 @@ enum V<'a> {
     History(#[serde(borrow)] Vec<EntryBody<'a>>),
 }
 
-/// A rotation in a history (the record's, the status's).
+/// A rotation in a history (the record's, the status's). This and the bodies below are read
+/// from the packed buffer and may borrow from it (`'de: 'a`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(bound(deserialize = "'de: 'a"))]
 struct EntryBody<'a> {
-    #[serde(borrow)]
     rotation_id: V<'a>,
-    #[serde(borrow)]
     hint: V<'a>,
     trigger: RotationTrigger,
-    #[serde(borrow)]
     time: V<'a>,
-    #[serde(borrow)]
     username: Option<V<'a>>,
 }
 
@@ -504,26 +502,21 @@ type Pairs<'a> = Option<Vec<(V<'a>, V<'a>)>>;
 
 /// A Secret's body: what its metadata holds past its head.
 #[derive(Serialize, Deserialize)]
+#[serde(bound(deserialize = "'de: 'a"))]
 struct SecretBody<'a> {
-    #[serde(borrow)]
     labels: Pairs<'a>,
-    #[serde(borrow)]
     annotations: Pairs<'a>,
-    #[serde(borrow)]
     owners: Option<Vec<OwnerBody<'a>>>,
     #[serde(borrow)]
     rest: Option<Cow<'a, str>>,
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(bound(deserialize = "'de: 'a"))]
 struct OwnerBody<'a> {
-    #[serde(borrow)]
     api_version: V<'a>,
-    #[serde(borrow)]
     kind: V<'a>,
-    #[serde(borrow)]
     name: V<'a>,
-    #[serde(borrow)]
     uid: V<'a>,
     controller: Option<bool>,
     block_owner_deletion: Option<bool>,
@@ -794,85 +787,62 @@ impl Lookup for CachedSecret {
 /// An app's body: its uid first ([`CachedApp::uid`] reads it alone), then the rest of what
 /// [`crate::runtime::watches::strip_app`] keeps.
 #[derive(Serialize, Deserialize)]
+#[serde(bound(deserialize = "'de: 'a"))]
 struct AppBody<'a> {
-    #[serde(borrow)]
     uid: Option<V<'a>>,
     generation: Option<i64>,
-    #[serde(borrow)]
     created: Option<V<'a>>,
-    #[serde(borrow)]
     deleted: Option<V<'a>>,
     #[serde(borrow)]
     rest: Option<Cow<'a, str>>,
     /// The spec's JSON.
     #[serde(borrow)]
     spec: Cow<'a, str>,
-    #[serde(borrow)]
     status: Option<StatusBody<'a>>,
 }
 
 /// [`OAuthAppStatus`], field by field.
 #[derive(Serialize, Deserialize)]
+#[serde(bound(deserialize = "'de: 'a"))]
 struct StatusBody<'a> {
-    #[serde(borrow)]
     app_id: Option<V<'a>>,
-    #[serde(borrow)]
     client_id: Option<V<'a>>,
-    #[serde(borrow)]
     secret_name: Option<V<'a>>,
-    #[serde(borrow)]
     client_secret_hash: Option<V<'a>>,
-    #[serde(borrow)]
     client_secret_hint: Option<V<'a>>,
-    #[serde(borrow)]
     rotation_id: Option<V<'a>>,
-    #[serde(borrow)]
     observed_rotate_token: Option<V<'a>>,
-    #[serde(borrow)]
     secret_resource_version: Option<V<'a>>,
-    #[serde(borrow)]
     installation: Option<V<'a>>,
     rotation_count: i64,
     observed_generation: Option<i64>,
-    #[serde(borrow)]
     last_rotation_time: Option<V<'a>>,
-    #[serde(borrow)]
     next_rotation_time: Option<V<'a>>,
     last_rotation_trigger: Option<RotationTrigger>,
-    #[serde(borrow)]
     previous_secret: Option<PreviousBody<'a>>,
     /// `rolloutRestarts`' JSON.
     #[serde(borrow)]
     rollout_restarts: Option<Cow<'a, str>>,
-    #[serde(borrow)]
     history: Vec<EntryBody<'a>>,
-    #[serde(borrow)]
     conditions: Vec<CondBody<'a>>,
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(bound(deserialize = "'de: 'a"))]
 struct PreviousBody<'a> {
-    #[serde(borrow)]
     rotation_id: V<'a>,
-    #[serde(borrow)]
     hash: V<'a>,
-    #[serde(borrow)]
     hint: V<'a>,
-    #[serde(borrow)]
     expires_at: V<'a>,
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(bound(deserialize = "'de: 'a"))]
 struct CondBody<'a> {
-    #[serde(borrow)]
     type_: V<'a>,
-    #[serde(borrow)]
     status: V<'a>,
-    #[serde(borrow)]
     reason: V<'a>,
-    #[serde(borrow)]
     message: V<'a>,
-    #[serde(borrow)]
     time: V<'a>,
     observed_generation: Option<i64>,
 }
