@@ -238,13 +238,11 @@ async fn reconcile_app(app: &OAuthApp, scope: &Scope) -> Result<Action, Error> {
     };
     let ns = app.namespace().unwrap_or_default();
     let secret_name = app.secret_name();
-    let cached = scope.secrets.lookup(&ns, &secret_name);
-    let cached_meta = cached.as_ref().map(|s| s.metadata());
+    let cached_meta = scope.secrets.lookup(&ns, &secret_name).map(|s| s.metadata());
     let now = Timestamp::now();
-    let view = cached
+    let view = cached_meta
         .as_ref()
-        .zip(cached_meta.as_ref())
-        .map(|(s, meta)| secret_view(ctx, app, meta, cached_check(ctx, s), now))
+        .map(|meta| secret_view(ctx, app, meta, cached_check(ctx, meta), now))
         .transpose()?;
     // A cache still showing the version our own last write replaced lags that write, and a
     // rotation in progress in this process (the REST API's) is about to write: either way the
@@ -431,11 +429,14 @@ fn status_write_in_flight(app: &OAuthApp, secret: &ObjectMeta, now: Timestamp) -
         .is_some_and(|at| now.duration_since(at).abs() < grace)
 }
 
-/// The content check made at the cached Secret's version, if one was (no read, no hash).
-fn cached_check(ctx: &Context, secret: &CachedSecret) -> Option<status::ContentCheck> {
-    let hash = secret.annotation(record::annotations::HASH)?;
-    let key = format!("{}/{}", secret.namespace(), secret.name());
-    ctx.verified.get(&key, secret.resource_version(), &hash)
+/// The content check made at the version of the cached Secret's metadata `meta`, if one was
+/// (no read, no hash).
+fn cached_check(ctx: &Context, meta: &ObjectMeta) -> Option<status::ContentCheck> {
+    let hash = meta.annotations.as_ref()?.get(record::annotations::HASH)?;
+    let (ns, name) = (meta.namespace.as_deref(), meta.name.as_deref());
+    let key = format!("{}/{}", ns.unwrap_or_default(), name.unwrap_or_default());
+    ctx.verified
+        .get(&key, meta.resource_version.as_deref().unwrap_or_default(), hash)
 }
 
 /// What the planner sees of a Secret: its metadata, the content check at this version if one
@@ -864,8 +865,10 @@ async fn rotate_from_cache(
         return Ok(None);
     };
     let ns = app.namespace().unwrap_or_default();
-    let secret = scope.secrets.lookup(&ns, &app.secret_name());
-    let secret_meta = secret.as_ref().map(|s| s.metadata());
+    let secret_meta = scope
+        .secrets
+        .lookup(&ns, &app.secret_name())
+        .map(|s| s.metadata());
     let key = app_key(&app);
     if writes::caches_lag(ctx, &app, secret_meta.as_ref())
         || app.uid() != cached.uid()
@@ -876,10 +879,9 @@ async fn rotate_from_cache(
         return Ok(None);
     }
     let now = Timestamp::now();
-    let view = secret
+    let view = secret_meta
         .as_ref()
-        .zip(secret_meta.as_ref())
-        .map(|(s, meta)| secret_view(ctx, &app, meta, cached_check(ctx, s), now))
+        .map(|meta| secret_view(ctx, &app, meta, cached_check(ctx, meta), now))
         .transpose()?;
     let trigger = match plan::plan(&app, view, now) {
         Step::Rotate(RotationTrigger::Schedule) if !scheduled_turn => return Ok(None),
@@ -903,10 +905,11 @@ async fn rotate_from_cache(
 /// The app a Secret's change concerns: its controller (an OAuthApp), or the app its record
 /// names (`oauthapp.io/app-name`).
 fn secret_owner(secret: &CachedSecret) -> Option<AppKey> {
-    let name = match secret.controller() {
+    let meta = secret.metadata();
+    let name = match ControlledBy::of(&meta) {
         ControlledBy::App(app) => app,
         ControlledBy::Other => return None,
-        ControlledBy::Nothing => secret.annotation(record::annotations::APP_NAME)?,
+        ControlledBy::Nothing => meta.annotations?.remove(record::annotations::APP_NAME)?,
     };
     Some(AppKey::new(secret.namespace(), &name))
 }

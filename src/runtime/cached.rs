@@ -426,9 +426,14 @@ impl Packed {
         [self.namespace(), self.name(), self.version()]
     }
 
-    fn body<'a, T: Deserialize<'a>>(&'a self) -> Option<T> {
+    /// The packed fields, past the head.
+    fn body_bytes(&self) -> Option<&[u8]> {
         let at = usize::from(self.namespace) + usize::from(self.name) + usize::from(self.version);
-        postcard::from_bytes(self.buf.get(at..)?).ok()
+        self.buf.get(at..)
+    }
+
+    fn body<'a, T: Deserialize<'a>>(&'a self) -> Option<T> {
+        postcard::from_bytes(self.body_bytes()?).ok()
     }
 
     fn dec(&self) -> Dec {
@@ -615,6 +620,24 @@ pub enum ControlledBy {
     Nothing,
 }
 
+impl ControlledBy {
+    /// What controls the Secret of this metadata (its controller reference).
+    pub fn of(meta: &ObjectMeta) -> Self {
+        match meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+        {
+            Some(o) if o.kind == "OAuthApp" && o.api_version.starts_with("oauthapp.io/") => {
+                ControlledBy::App(o.name.clone())
+            }
+            Some(_) => ControlledBy::Other,
+            None => ControlledBy::Nothing,
+        }
+    }
+}
+
 /// A record's installation, signature and seal ([`CachedSecret::record_marks`]).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RecordMarks<'a> {
@@ -675,11 +698,6 @@ impl CachedSecret {
         }
     }
 
-    /// The value of the annotation `key`.
-    pub fn annotation(&self, key: &str) -> Option<String> {
-        self.metadata().annotations?.remove(key)
-    }
-
     /// Its record's installation, signature and seal, for a look at who signed it (the records
     /// a scrape counts as left to re-sign: [`crate::runtime::admin`]), read without unpacking
     /// the Secret where it can be. A signature or seal may come as its head: the text before
@@ -718,18 +736,6 @@ impl CachedSecret {
             });
         }
         marks
-    }
-
-    /// What controls this Secret (its controller reference).
-    pub fn controller(&self) -> ControlledBy {
-        let refs = self.metadata().owner_references.unwrap_or_default();
-        match refs.into_iter().find(|o| o.controller == Some(true)) {
-            Some(o) if o.kind == "OAuthApp" && o.api_version.starts_with("oauthapp.io/") => {
-                ControlledBy::App(o.name)
-            }
-            Some(_) => ControlledBy::Other,
-            None => ControlledBy::Nothing,
-        }
     }
 
     /// A watch event of stripped Secret metadata, in this form.
@@ -1124,8 +1130,7 @@ impl CachedApp {
     pub fn uid(&self) -> Option<String> {
         match &self.0 {
             AppForm::Packed(p, _) => {
-                let at = usize::from(p.namespace) + usize::from(p.name) + usize::from(p.version);
-                let (uid, _) = postcard::take_from_bytes::<Option<V>>(p.buf.get(at..)?).ok()?;
+                let (uid, _) = postcard::take_from_bytes::<Option<V>>(p.body_bytes()?).ok()?;
                 p.dec().opt(&uid)
             }
             AppForm::Whole(app) => app.metadata.uid.clone(),
@@ -1330,19 +1335,20 @@ mod tests {
         let cached = CachedSecret::from(secret.clone());
         packed(&cached);
         assert_eq!(cached.metadata(), secret.metadata);
+        let ann = cached.metadata().annotations.unwrap();
+        assert_eq!(ann.get(annotations::ROTATION_ID).map(String::as_str), Some("r-1"));
+        assert_eq!(ann.get(annotations::SEAL), None);
         assert_eq!(
-            cached.annotation(annotations::ROTATION_ID).as_deref(),
-            Some("r-1")
+            ControlledBy::of(&cached.metadata()),
+            ControlledBy::App("billing".into())
         );
-        assert_eq!(cached.annotation(annotations::SEAL), None);
-        assert_eq!(cached.controller(), ControlledBy::App("billing".into()));
         assert_eq!(
             (cached.namespace(), cached.name(), cached.resource_version()),
             ("team-a", "billing", "4711")
         );
         let empty = CachedSecret::from(PartialObjectMeta::<Secret>::default());
         assert_eq!(empty.metadata(), ObjectMeta::default());
-        assert_eq!(empty.controller(), ControlledBy::Nothing);
+        assert_eq!(ControlledBy::of(&empty.metadata()), ControlledBy::Nothing);
         // An empty map is not no map.
         let mut bare = stripped();
         bare.metadata.labels = Some(BTreeMap::new());
@@ -1588,7 +1594,10 @@ mod tests {
         let refs = secret.metadata.owner_references.as_mut().unwrap();
         refs[0].kind = "Deployment".into();
         refs[0].api_version = "apps/v1".into();
-        assert_eq!(CachedSecret::from(secret).controller(), ControlledBy::Other);
+        assert_eq!(
+            ControlledBy::of(&CachedSecret::from(secret).metadata()),
+            ControlledBy::Other
+        );
     }
 
     // Long: a test fixture with every field set, one per line.
