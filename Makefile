@@ -99,10 +99,12 @@ bench: controlplane-bin ## benchmarks on a local control plane, release build, t
 	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --release --manifest-path bench/Cargo.toml
 	target/release/oauthapp-bench
 
-bench-scale: controlplane-bin ## the scale phase alone, at BENCH_APPS (default 100000; about an hour on 2 cores), release build: bench/results/scale-<apps>.md
+bench-scale: controlplane-bin ## the scale phase alone, at BENCH_APPS (default 100000; about 35 min on 2 cores) with the chart's hash workers, release build: bench/results/scale-<apps>.md
 	$(CARGO) build --release
 	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --release --manifest-path bench/Cargo.toml
-	BENCH_SCALE_ONLY=1 BENCH_APPS=$${BENCH_APPS:-100000} BENCH_IDLE_SECS=$${BENCH_IDLE_SECS:-120} target/release/oauthapp-bench
+	BENCH_SCALE_ONLY=1 BENCH_APPS=$${BENCH_APPS:-100000} BENCH_IDLE_SECS=$${BENCH_IDLE_SECS:-120} \
+	  BENCH_HASH_WORKERS=$${BENCH_HASH_WORKERS:-$$(awk '/^hashing:/{h=1} h && /^  workers:/{print $$2; exit}' charts/oauthapp-operator/values.yaml)} \
+	  target/release/oauthapp-bench
 
 soak: controlplane-bin toxiproxy-bin ## the soak, not in make test (~12 min): 50 apps, two replicas behind Toxiproxy, random faults and a leader kill for SOAK_SECONDS (600), seeded (SOAK_SEED); debug build; bench/results/soak.{md,json}
 	$(CARGO) test --features failpoints --test integration -- --ignored --exact soak::soak_with_random_faults --nocapture

@@ -20,7 +20,8 @@
 //! `BENCH_CALLS`, `BENCH_THROUGHPUT_SECS`, `BENCH_IDLE_SECS` (default 300), `BENCH_OPERATOR`
 //! (the operator binary; default target/release/oauthapp-operator), `BENCH_OUT` (default
 //! bench/results), `BENCH_SCALE_ONLY=1` (phase 4 alone, `make bench-scale`: its figures in
-//! `scale-<apps>.md`).
+//! `scale-<apps>.md`), `BENCH_HASH_WORKERS` (the operator's `--hash-workers`; default one per
+//! core, the operator's own default; `make bench-scale` passes the chart's `hashing.workers`).
 
 #![recursion_limit = "512"]
 
@@ -77,6 +78,9 @@ pub struct Settings {
     pub operator: PathBuf,
     pub out: PathBuf,
     pub hash: HashParams,
+    /// The operator's `--hash-workers` (`BENCH_HASH_WORKERS`; default: one per core, as the
+    /// operator's own default).
+    pub hash_workers: usize,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
@@ -108,6 +112,10 @@ impl Settings {
             operator: path("BENCH_OPERATOR", repo.join("target/release/oauthapp-operator")),
             out: path("BENCH_OUT", repo.join("bench/results")),
             hash: HashParams::default(),
+            hash_workers: env_num(
+                "BENCH_HASH_WORKERS",
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )?,
         })
     }
 
@@ -119,6 +127,8 @@ impl Settings {
             self.hash.t_cost.to_string(),
             "--hash-parallelism".into(),
             self.hash.p_cost.to_string(),
+            "--hash-workers".into(),
+            self.hash_workers.to_string(),
         ]
     }
 }

@@ -99,6 +99,7 @@ pub struct Report {
     pub hash_m_kib: u32,
     pub hash_t: u32,
     pub hash_p: u32,
+    pub hash_workers: usize,
 
     pub floor_hash: Stats,
     pub floor_hash_start: Stats,
@@ -303,6 +304,7 @@ impl Report {
             hash_m_kib: settings.hash.m_cost_kib,
             hash_t: settings.hash.t_cost,
             hash_p: settings.hash.p_cost,
+            hash_workers: settings.hash_workers,
             apps: settings.apps,
             idle_secs: settings.idle_secs,
             ..Default::default()
@@ -635,7 +637,7 @@ impl Report {
                 "rustc": self.versions.rustc,
             },
             "argon2": {"algorithm": "argon2id", "m_cost_kib": self.hash_m_kib, "t_cost": self.hash_t,
-                       "p_cost": self.hash_p, "hash_workers": self.machine.cores},
+                       "p_cost": self.hash_p, "hash_workers": self.hash_workers},
             "settings": self.settings,
 
             "floor_hash_ms": r2(self.floor_hash.p50),
@@ -776,7 +778,7 @@ impl Report {
             self.hash_m_kib,
             self.hash_t,
             self.hash_p,
-            m.cores,
+            self.hash_workers,
             self.apps,
             self.idle_secs,
             if self.settings.get("quick") == Some(&json!(true)) {
@@ -858,7 +860,7 @@ impl Report {
             self.rss_idle_anon_mib,
             self.rss_idle_file_mib,
             self.rss_per_app_kib(),
-            m.cores,
+            self.hash_workers,
             self.hash_m_kib,
             mix(&self.rest_requests_per_rotation),
             mix(&self.annotation_requests_per_rotation),
@@ -949,7 +951,7 @@ impl Report {
             ),
             ("RSS with no app".into(), format!("{:.1} MiB", self.rss_empty_mib)),
             (
-                format!("peak RSS provisioning ({} hash workers)", m.cores),
+                format!("peak RSS provisioning ({} hash workers)", self.hash_workers),
                 format!("{:.1} MiB", self.rss_provision_mib),
             ),
             (

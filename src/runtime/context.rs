@@ -186,22 +186,70 @@ impl AppLocks {
 /// label, an annotation, a tool's tracking mark) needs no new argon2 check.
 /// Bounded by the operator's Secrets that exist: [`VerifiedCache::forget_deleted`] drops the
 /// others.
+///
+/// Every Secret the operator writes has an entry until a restart (its write was its check), so
+/// an entry is kept small and in the map's own table, with no allocation of its own: 56 bytes,
+/// where the Secret's name and version as strings and two full digests took some 160 (16 MiB
+/// at 100,000 apps).
 #[derive(Default)]
-pub struct VerifiedCache(Mutex<HashMap<Box<str>, Checked>>);
+pub struct VerifiedCache(Mutex<Verified>);
 
-/// One check, some 100 bytes: the PHC string it was made against is kept as its SHA-256 (the
-/// string itself is 97 bytes), compared as such.
+#[derive(Default)]
+struct Verified {
+    /// By [`Verified::slot`] of the Secret's `namespace/name`.
+    checks: HashMap<u64, Checked>,
+    /// Keys the slots: names are chosen by tenants, so none collide on purpose. Two Secrets
+    /// that do share a slot only take turns in it: an entry answers only for its own
+    /// resourceVersion and hash, which no other Secret has.
+    slots: std::hash::RandomState,
+}
+
+/// One check. Digests are SHA-256 truncated to 128 bits: finding other content (or another PHC
+/// string) with the same 128 bits to pass a check it did not have is beyond reach.
 struct Checked {
-    resource_version: Box<str>,
-    hash: [u8; 32],
-    content: [u8; 32],
+    version: u64,
+    version_digest: bool,
+    hash: [u8; 16],
+    content: [u8; 16],
     check: ContentCheck,
 }
 
+/// A resourceVersion as a check keeps it: the API server's are decimal numbers (etcd revisions),
+/// kept as such (`digest` false); any other as a keyed 64-bit digest (equal to another only by
+/// chance, one in 2^64). Two fields of [`Checked`], so that they pack with the others.
+type Version = (u64, bool);
+
+impl Verified {
+    fn slot(&self, key: &str) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.slots.build_hasher();
+        h.write(key.as_bytes());
+        h.finish()
+    }
+
+    fn version(&self, resource_version: &str) -> Version {
+        use std::hash::{BuildHasher, Hasher};
+        match resource_version.parse::<u64>() {
+            Ok(n) if n.to_string() == resource_version => (n, false),
+            _ => {
+                let mut h = self.slots.build_hasher();
+                h.write(resource_version.as_bytes());
+                (h.finish(), true)
+            }
+        }
+    }
+}
+
 /// What a check remembers of the PHC string it was made against.
-fn hash_digest(hash: &str) -> [u8; 32] {
+fn hash_digest(hash: &str) -> [u8; 16] {
     use sha2::{Digest, Sha256};
-    Sha256::digest(hash.as_bytes()).into()
+    truncated(Sha256::digest(hash.as_bytes()).into())
+}
+
+fn truncated(digest: [u8; 32]) -> [u8; 16] {
+    let mut out = [0; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
 }
 
 /// A SHA-256 over a Secret's `client_id` and `client_secret` (length-prefixed): what a content
@@ -229,11 +277,17 @@ pub fn content_digest(
 }
 
 impl VerifiedCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Verified> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The check made at this exact version and hash.
     pub fn get(&self, key: &str, resource_version: &str, hash: &str) -> Option<ContentCheck> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key)
-            .filter(|c| &*c.resource_version == resource_version && c.hash == hash_digest(hash))
+        let map = self.lock();
+        let version = map.version(resource_version);
+        map.checks
+            .get(&map.slot(key))
+            .filter(|c| (c.version, c.version_digest) == version && c.hash == hash_digest(hash))
             .map(|c| c.check)
     }
 
@@ -246,37 +300,46 @@ impl VerifiedCache {
         hash: &str,
         content: &[u8; 32],
     ) -> Option<ContentCheck> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.lock();
+        let (slot, version) = (map.slot(key), map.version(resource_version));
         let checked = map
-            .get_mut(key)
-            .filter(|c| c.hash == hash_digest(hash) && &c.content == content)?;
-        checked.resource_version = resource_version.into();
+            .checks
+            .get_mut(&slot)
+            .filter(|c| c.hash == hash_digest(hash) && c.content == truncated(*content))?;
+        (checked.version, checked.version_digest) = version;
         Some(checked.check)
     }
 
     pub fn put(&self, key: &str, resource_version: &str, hash: &str, content: [u8; 32], check: ContentCheck) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(
-            key.into(),
+        let mut map = self.lock();
+        let (slot, version) = (map.slot(key), map.version(resource_version));
+        map.checks.insert(
+            slot,
             Checked {
-                resource_version: resource_version.into(),
+                version: version.0,
+                version_digest: version.1,
                 hash: hash_digest(hash),
-                content,
+                content: truncated(content),
                 check,
             },
         );
     }
 
     pub fn forget(&self, key: &str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        let mut map = self.lock();
+        let slot = map.slot(key);
+        map.checks.remove(&slot);
     }
 
-    /// Keeps only the checks of Secrets for which `exists` (`ns/name`) holds.
-    pub fn retain(&self, exists: impl Fn(&str) -> bool) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|key, _| exists(key));
+    /// Keeps only the checks of the Secrets `live` (each `namespace/name`).
+    pub fn retain<S: AsRef<str>>(&self, live: impl IntoIterator<Item = S>) {
+        let mut map = self.lock();
+        let keep: std::collections::HashSet<u64> = live.into_iter().map(|k| map.slot(k.as_ref())).collect();
+        map.checks.retain(|slot, _| keep.contains(slot));
+        if map.checks.capacity() > 64 && map.checks.len() < map.checks.capacity() / 4 {
+            let len = map.checks.len();
+            map.checks.shrink_to(len * 2);
+        }
     }
 
     /// Forgets the check of every Secret the watches see deleted (with its app, or alone),
@@ -309,7 +372,12 @@ impl VerifiedCache {
             };
             match change {
                 None => return,
-                Some(crate::runtime::watches::Change::Missed) => self.retain(cached),
+                Some(crate::runtime::watches::Change::Missed) => self.retain(
+                    watches
+                        .secrets()
+                        .iter()
+                        .map(|secret| format!("{}/{}", secret.namespace(), secret.name())),
+                ),
                 Some(crate::runtime::watches::Change::Object(secret)) => {
                     let key = format!("{}/{}", secret.namespace(), secret.name());
                     // A delete event leaves the object out of the cache (applied first).
@@ -435,7 +503,20 @@ mod tests {
         cache.put("ns/s", "10", "h1", [1; 32], ok);
         assert_eq!(cache.get("ns/s", "10", "h1"), Some(ok));
         assert_eq!(cache.get("ns/s", "11", "h1"), None);
+        assert_eq!(cache.get("ns/s", "010", "h1"), None, "another version's text");
         assert_eq!(cache.get("ns/s", "10", "h2"), None);
+        assert_eq!(cache.get("ns/t", "10", "h1"), None, "another Secret");
+        // A version that is not a number counts by its text too.
+        cache.put("ns/u", "v-7", "h1", [1; 32], ok);
+        assert_eq!(cache.get("ns/u", "v-7", "h1"), Some(ok));
+        assert_eq!(cache.get("ns/u", "v-8", "h1"), None);
+        assert_eq!(cache.get("ns/u", "7", "h1"), None);
+    }
+
+    #[test]
+    fn a_check_is_kept_in_the_table_in_56_bytes() {
+        // No allocation per entry: the Secret's slot, version and digests are all inline.
+        assert!(std::mem::size_of::<(u64, Checked)>() <= 56);
     }
 
     #[test]
@@ -484,7 +565,7 @@ mod tests {
         };
         cache.put("ns/a", "1", "h", [0; 32], ok);
         cache.put("ns/b", "1", "h", [0; 32], ok);
-        cache.retain(|key| key == "ns/a");
+        cache.retain(["ns/a"]);
         assert_eq!(cache.get("ns/a", "1", "h"), Some(ok));
         assert_eq!(cache.get("ns/b", "1", "h"), None);
         cache.forget("ns/a");
