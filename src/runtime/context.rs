@@ -214,9 +214,10 @@ struct Checked {
     check: ContentCheck,
 }
 
-/// A resourceVersion as a check keeps it: the API server's are decimal numbers (etcd revisions),
-/// kept as such (`digest` false); any other as a keyed 64-bit digest (equal to another only by
-/// chance, one in 2^64). Two fields of [`Checked`], so that they pack with the others.
+/// A resourceVersion as a check keeps it, and whether that is a digest: the API server's are
+/// decimal numbers (etcd revisions), kept as such (`false`); any other as a keyed 64-bit digest
+/// (`true`; equal to another only by chance, one in 2^64). Two fields of [`Checked`]
+/// (`version`, `version_digest`), so that they pack with the others.
 type Version = (u64, bool);
 
 impl Verified {
