@@ -124,14 +124,9 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
             namespace = caches.namespace.as_deref().unwrap_or("<all>"),
             "starting controller"
         );
+        // Every app, for a look at all of them: a pointer each, its key made as it starts.
         let store = caches.apps.clone();
-        let all = move || {
-            store
-                .state()
-                .iter()
-                .map(|app| AppKey::new(app.namespace(), app.name()))
-                .collect::<Vec<_>>()
-        };
+        let all = move || store.state();
         runs.push(queue::run(
             triggers,
             all,
@@ -156,6 +151,13 @@ pub async fn run(ctx: Arc<Context>, watches: Arc<Watches>, settings: Settings, s
     }
     futures::future::join_all(runs).await;
     info!("controller stopped");
+}
+
+/// An app of a look at every app ([`queue::Trigger::All`]), as the cache lists it.
+impl From<Arc<CachedApp>> for AppKey {
+    fn from(app: Arc<CachedApp>) -> Self {
+        AppKey::new(app.namespace(), app.name())
+    }
 }
 
 /// What brings an app of a scope to the queue: a change of it or of its Secret, a resync of

@@ -50,8 +50,8 @@ impl Action {
 }
 
 /// An app's key in the queue: `namespace/name`, in one allocation that the queue's entries
-/// share (a resync of every app queues them all at once: some 100 bytes an app while queued,
-/// where an `ObjectRef` and its copies took some 350).
+/// share (a burst of new apps queues them all: some 190 bytes an app while queued, with its
+/// state, where an `ObjectRef` and its copies took some 350).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AppKey(std::sync::Arc<str>);
 
@@ -89,23 +89,34 @@ enum State {
 }
 
 /// The queue's state, apart from the driving loop ([`run`]).
-pub struct WorkQueue<K> {
+///
+/// A look at every app ([`Trigger::All`]: at start, each resync, after missed changes) is a
+/// sweep through a list of the apps (`T`: what the cache lists them by, a pointer each) that
+/// makes each one's key only when it starts. Scheduling every app at once would make a key and
+/// a state for each (some 190 bytes an app: 19 MB at 100,000 apps, every resync).
+pub struct WorkQueue<K, T = K> {
     states: HashMap<K, State>,
     timers: DelayQueue<K>,
     ready: VecDeque<K>,
+    sweep: VecDeque<T>,
+    /// Whether the sweep starts the next app when both it and the ready line have one: they
+    /// take turns, so neither a long sweep nor a stream of triggers holds the other back.
+    sweep_turn: bool,
 }
 
-impl<K: Hash + Eq + Clone> Default for WorkQueue<K> {
+impl<K: Hash + Eq + Clone, T> Default for WorkQueue<K, T> {
     fn default() -> Self {
         Self {
             states: HashMap::new(),
             timers: DelayQueue::new(),
             ready: VecDeque::new(),
+            sweep: VecDeque::new(),
+            sweep_turn: false,
         }
     }
 }
 
-impl<K: Hash + Eq + Clone> WorkQueue<K> {
+impl<K: Hash + Eq + Clone, T: Into<K>> WorkQueue<K, T> {
     /// `key` is due at `at` (now, or later): the earliest time asked for wins.
     pub fn schedule(&mut self, key: K, at: Instant, now: Instant) {
         let state = match self.states.remove(&key) {
@@ -140,11 +151,43 @@ impl<K: Hash + Eq + Clone> WorkQueue<K> {
         }
     }
 
+    /// Every app in `all` is due now: they start in turn with the ready line. A sweep still
+    /// going is replaced (the new list holds its apps, less those deleted since).
+    pub fn sweep(&mut self, all: Vec<T>) {
+        self.sweep = all.into();
+    }
+
     /// The next app to reconcile, marked running.
     pub fn start_next(&mut self) -> Option<K> {
-        let key = self.ready.pop_front()?;
-        self.states.insert(key.clone(), State::Running { again: None });
-        Some(key)
+        loop {
+            let from_sweep = !self.sweep.is_empty() && (self.sweep_turn || self.ready.is_empty());
+            if !from_sweep {
+                let key = self.ready.pop_front()?;
+                self.sweep_turn = true;
+                self.states.insert(key.clone(), State::Running { again: None });
+                return Some(key);
+            }
+            self.sweep_turn = false;
+            let key: K = self.sweep.pop_front()?.into();
+            if self.sweep.is_empty() {
+                self.sweep = VecDeque::new();
+            }
+            // What a trigger now would do ([`WorkQueue::schedule`]): an app in the ready line
+            // starts there, a running one comes back once it ends, a waiting one starts now.
+            match self.states.get_mut(&key) {
+                Some(State::Ready) => continue,
+                Some(State::Running { again }) => {
+                    *again = Some(Instant::now());
+                    continue;
+                }
+                Some(State::Waiting { timer, .. }) => {
+                    self.timers.remove(timer);
+                }
+                None => {}
+            }
+            self.states.insert(key.clone(), State::Running { again: None });
+            return Some(key);
+        }
     }
 
     /// `key`'s reconcile ended and asked for `action`: it is due again at the earlier of that and
@@ -180,13 +223,13 @@ impl<K: Hash + Eq + Clone> WorkQueue<K> {
         }
     }
 
-    /// Apps waiting or running.
+    /// Apps waiting or running (a sweep's apps count as they start).
     pub fn len(&self) -> usize {
         self.states.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.states.is_empty()
+        self.states.is_empty() && self.sweep.is_empty()
     }
 
     /// A resync of every app fills the queue, which then drains: give the room back (the
@@ -205,20 +248,21 @@ impl<K: Hash + Eq + Clone> WorkQueue<K> {
 /// Runs the queue until `shutdown` (or until `triggers` ends): reconciles each app that comes
 /// due with `reconcile`, at most `concurrency` at once. `all` lists every app, for
 /// [`Trigger::All`]. Returns once the running reconciles have ended.
-pub async fn run<K, F, Fut>(
+pub async fn run<K, T, F, Fut>(
     triggers: impl Stream<Item = Trigger<K>>,
-    all: impl Fn() -> Vec<K>,
+    all: impl Fn() -> Vec<T>,
     concurrency: usize,
     mut reconcile: F,
     shutdown: CancellationToken,
 ) where
     K: Hash + Eq + Clone,
+    T: Into<K>,
     F: FnMut(K) -> Fut,
     Fut: Future<Output = Action>,
 {
     let concurrency = concurrency.max(1);
     let mut triggers = std::pin::pin!(triggers);
-    let mut queue = WorkQueue::<K>::default();
+    let mut queue = WorkQueue::<K, T>::default();
     let mut running = FuturesUnordered::new();
     let mut accepting = true;
     loop {
@@ -238,12 +282,7 @@ pub async fn run<K, F, Fut>(
             }
             trigger = triggers.next(), if accepting => match trigger {
                 Some(Trigger::One(key)) => queue.schedule(key, Instant::now(), Instant::now()),
-                Some(Trigger::All) => {
-                    let now = Instant::now();
-                    for key in all() {
-                        queue.schedule(key, now, now);
-                    }
-                }
+                Some(Trigger::All) => queue.sweep(all()),
                 None => accepting = false,
             },
             _ = queue.expired(), if accepting => {}
@@ -272,7 +311,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_trigger_for_a_waiting_app_keeps_the_earliest_time_and_queues_it_once() {
-        let mut q = WorkQueue::default();
+        let mut q: WorkQueue<_> = WorkQueue::default();
         let now = Instant::now();
         q.schedule("a", at(30), now);
         q.schedule("a", at(10), now);
@@ -292,7 +331,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_trigger_while_running_brings_the_app_back_once_after_it_ends() {
-        let mut q = WorkQueue::default();
+        let mut q: WorkQueue<_> = WorkQueue::default();
         q.schedule("a", Instant::now(), Instant::now());
         assert_eq!(q.start_next(), Some("a"));
         q.schedule("a", Instant::now(), Instant::now());
@@ -310,7 +349,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_requeue_comes_due_at_its_time() {
-        let mut q = WorkQueue::default();
+        let mut q: WorkQueue<_> = WorkQueue::default();
         q.schedule("a", Instant::now(), Instant::now());
         assert_eq!(q.start_next(), Some("a"));
         q.finish("a", Action::requeue(Duration::from_secs(5)), Instant::now());
@@ -326,7 +365,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_drained_queue_gives_its_room_back() {
-        let mut q = WorkQueue::default();
+        let mut q: WorkQueue<_> = WorkQueue::default();
         for i in 0..10_000 {
             q.schedule(i, Instant::now(), Instant::now());
         }
@@ -336,6 +375,60 @@ mod tests {
         }
         assert!(q.is_empty());
         assert!(q.states.capacity() < big / 4, "{} of {big}", q.states.capacity());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_holds_no_state_for_an_app_until_it_starts() {
+        let mut q: WorkQueue<u32> = WorkQueue::default();
+        q.sweep((0..10_000).collect());
+        assert_eq!(q.len(), 0, "no key or state made ahead");
+        assert!(!q.is_empty());
+        assert_eq!(q.start_next(), Some(0));
+        assert_eq!(q.len(), 1, "the one running");
+        q.finish(0, Action::await_change(), Instant::now());
+        let rest: Vec<u32> = std::iter::from_fn(|| q.start_next()).collect();
+        assert_eq!(rest, (1..10_000).collect::<Vec<_>>());
+        assert_eq!(q.sweep.capacity(), 0, "the list goes once swept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_and_the_ready_line_take_turns() {
+        let mut q: WorkQueue<u32> = WorkQueue::default();
+        q.sweep(vec![1, 2, 3]);
+        q.schedule(10, Instant::now(), Instant::now());
+        q.schedule(11, Instant::now(), Instant::now());
+        let order: Vec<u32> = std::iter::from_fn(|| q.start_next()).collect();
+        assert_eq!(order, vec![10, 1, 11, 2, 3]);
+        // A new sweep replaces one still going.
+        q.sweep(vec![4, 5]);
+        q.sweep(vec![6]);
+        assert_eq!(q.start_next(), Some(6));
+        assert_eq!(q.start_next(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_swept_app_already_due_or_running_is_not_started_twice() {
+        let mut q: WorkQueue<&str> = WorkQueue::default();
+        // "a" waits in the ready line, "b" runs, "c" waits for its timer, "d" has nothing due.
+        q.schedule("a", Instant::now(), Instant::now());
+        q.schedule("b", Instant::now(), Instant::now());
+        assert_eq!(q.start_next(), Some("a"));
+        q.finish("a", Action::await_change(), Instant::now());
+        q.schedule("a", Instant::now(), Instant::now());
+        assert_eq!(q.start_next(), Some("b"));
+        q.schedule("c", at(60), Instant::now());
+        q.sweep(vec!["a", "b", "c", "d"]);
+        let order: Vec<&str> = std::iter::from_fn(|| q.start_next()).collect();
+        assert_eq!(
+            order,
+            vec!["a", "c", "d"],
+            "a once, from the ready line; b still runs"
+        );
+        assert!(q.timers.is_empty(), "c started now: its timer is gone");
+        // b comes back once, right after it ends, for the sweep that found it running.
+        q.finish("b", Action::await_change(), Instant::now());
+        assert_eq!(q.start_next(), Some("b"));
+        assert_eq!(q.start_next(), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -368,7 +461,7 @@ mod tests {
         tx.unbounded_send(Trigger::All).unwrap();
         let stop = shutdown.clone();
         let log_done = log.clone();
-        let task = tokio::spawn(run(rx, || vec![1, 2, 3, 4], 2, reconcile, shutdown));
+        let task = tokio::spawn(run(rx, || vec![1u32, 2, 3, 4], 2, reconcile, shutdown));
         // Bounded: the loop is driven by paused time until every app has been seen.
         for _ in 0..100 {
             if log_done.lock().unwrap().contains(&4) {
@@ -410,7 +503,7 @@ mod tests {
         for key in 0..4 {
             tx.unbounded_send(Trigger::One(key)).unwrap();
         }
-        let task = tokio::spawn(run(rx, Vec::new, 1, reconcile, shutdown.clone()));
+        let task = tokio::spawn(run(rx, Vec::<u32>::new, 1, reconcile, shutdown.clone()));
         tokio::time::sleep(Duration::from_secs(1)).await;
         shutdown.cancel();
         task.await.unwrap();
