@@ -11,7 +11,6 @@ use std::sync::{Arc, RwLock};
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, PartialObjectMeta};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::{broadcast, watch};
@@ -419,13 +418,8 @@ impl Watches {
 
     /// The app with this uid, from the cache.
     fn find_by_uid(&self, uid: &str) -> Option<Arc<OAuthApp>> {
-        let key = self.index.read().unwrap_or_else(|e| e.into_inner()).get(uid)?;
-        self.scopes
-            .iter()
-            .filter(|s| s.namespace.is_none() || s.namespace == key.namespace)
-            .find_map(|s| s.apps.get(&key))
-            .filter(|app| app.uid().as_deref() == Some(uid))
-            .map(|app| Arc::new(app.app()))
+        let cached = self.index.read().unwrap_or_else(|e| e.into_inner()).get(uid)?;
+        (cached.uid().as_deref() == Some(uid)).then(|| Arc::new(cached.app()))
     }
 
     /// The app whose client id is `client_id` (its status shows it: the holder), from the cache.
@@ -499,13 +493,11 @@ impl Watches {
                         kept.insert(id, uid.clone());
                     }
                 }
-                if let Some(uid) = app.meta().uid.as_deref() {
-                    let meta = &app.metadata;
-                    index.insert(
-                        uid,
-                        meta.namespace.as_deref(),
-                        meta.name.as_deref().unwrap_or_default(),
-                    );
+                // The store's copy (a relist's objects reach it at its end: indexed then).
+                if let (Some(uid), watcher::Event::Apply(_)) = (app.meta().uid.as_deref(), event)
+                    && let Some(stored) = store.lookup(cached.namespace(), cached.name())
+                {
+                    index.insert(uid, stored);
                 }
                 claims.put(app);
             }
@@ -523,10 +515,12 @@ impl Watches {
             // A relist may have dropped apps without a Delete (or replaced one by a namesake):
             // keep only what the store has, by uid.
             watcher::Event::InitDone => {
-                index.retain(|uid, r| {
-                    let in_scope = namespace.is_none() || r.namespace.as_deref() == namespace;
-                    !in_scope || store.get(r).is_some_and(|app| app.uid().as_deref() == Some(uid))
-                });
+                index.retain(|app| namespace.is_some_and(|ns| app.namespace() != ns));
+                for app in store.state() {
+                    if let Some(uid) = app.uid() {
+                        index.insert(&uid, app);
+                    }
+                }
                 claims.retain(|uid| index.contains(uid));
                 kept.retain(|_, uid| index.contains(uid));
             }
@@ -535,14 +529,14 @@ impl Watches {
     }
 }
 
-/// The cached apps by uid, for the REST API. A uid (a UUID, as the API server makes them) is kept
-/// as its 128 bits and the app as `namespace/name` in one allocation: some 80 bytes an app, where
-/// a uid string and an `ObjectRef` took some 300. A uid that is not a UUID (the API server makes
-/// none) is kept as text.
+/// The cached apps by uid, for the REST API: the store's own copy of each (a pointer), kept as
+/// the store changes. A uid (a UUID, as the API server makes them) is kept as its 128 bits: 24
+/// bytes an app and no allocation, where its `namespace/name` and a store lookup took some 80. A
+/// uid that is not a UUID (the API server makes none) is kept as text.
 #[derive(Default)]
 struct UidIndex {
-    uuids: HashMap<u128, Box<str>>,
-    others: HashMap<String, Box<str>>,
+    uuids: HashMap<u128, Arc<CachedApp>>,
+    others: HashMap<String, Arc<CachedApp>>,
 }
 
 impl UidIndex {
@@ -554,35 +548,23 @@ impl UidIndex {
         (u.hyphenated().encode_lower(&mut buf) == uid).then(|| u.as_u128())
     }
 
-    fn insert(&mut self, uid: &str, namespace: Option<&str>, name: &str) {
-        let at: Box<str> = format!("{}/{name}", namespace.unwrap_or_default()).into();
+    fn insert(&mut self, uid: &str, app: Arc<CachedApp>) {
         match Self::uuid(uid) {
             Some(u) => {
-                self.uuids.insert(u, at);
+                self.uuids.insert(u, app);
             }
             None => {
-                self.others.insert(uid.to_string(), at);
+                self.others.insert(uid.to_string(), app);
             }
         }
     }
 
-    fn at(uid: &str, at: &str) -> (String, ObjectRef<CachedApp>) {
-        let (namespace, name) = at.split_once('/').unwrap_or(("", at));
-        let key = ObjectRef::new(name);
-        let key = if namespace.is_empty() {
-            key
-        } else {
-            key.within(namespace)
-        };
-        (uid.to_string(), key)
-    }
-
-    fn get(&self, uid: &str) -> Option<ObjectRef<CachedApp>> {
-        let at = match Self::uuid(uid) {
+    fn get(&self, uid: &str) -> Option<Arc<CachedApp>> {
+        match Self::uuid(uid) {
             Some(u) => self.uuids.get(&u),
             None => self.others.get(uid),
-        }?;
-        Some(Self::at(uid, at).1)
+        }
+        .cloned()
     }
 
     fn remove(&mut self, uid: &str) {
@@ -599,13 +581,10 @@ impl UidIndex {
         }
     }
 
-    /// Keeps the entries for which `keep(uid, app)` holds.
-    fn retain(&mut self, mut keep: impl FnMut(&str, &ObjectRef<CachedApp>) -> bool) {
-        self.uuids.retain(|u, at| {
-            let (uid, key) = Self::at(&uuid::Uuid::from_u128(*u).hyphenated().to_string(), at);
-            keep(&uid, &key)
-        });
-        self.others.retain(|uid, at| keep(uid, &Self::at(uid, at).1));
+    /// Keeps the apps for which `keep` holds.
+    fn retain(&mut self, mut keep: impl FnMut(&CachedApp) -> bool) {
+        self.uuids.retain(|_, app| keep(app));
+        self.others.retain(|_, app| keep(app));
     }
 }
 
@@ -853,30 +832,43 @@ mod tests {
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
+    fn cached_app(namespace: &str, name: &str, uid: &str) -> Arc<CachedApp> {
+        let mut app = OAuthApp::new(name, Default::default());
+        app.metadata.namespace = Some(namespace.into());
+        app.metadata.uid = Some(uid.into());
+        Arc::new(CachedApp::from(app))
+    }
+
     #[test]
     fn the_uid_index_finds_each_app_by_its_uid_and_keeps_what_it_is_told_to() {
         let mut index = UidIndex::default();
         let uuid = "0b5f6c1e-8c4d-4c1a-9f3e-2d7a1b6c5e4f";
-        index.insert(uuid, Some("team-a"), "billing");
+        let upper = "0B5F6C1E-8C4D-4C1A-9F3E-2D7A1B6C5E40";
+        let billing = cached_app("team-a", "billing", uuid);
+        index.insert(uuid, billing.clone());
         // Not the API server's form: kept as text, found as given.
-        index.insert("0B5F6C1E-8C4D-4C1A-9F3E-2D7A1B6C5E40", Some("team-b"), "upper");
-        index.insert("uid-1", Some("team-c"), "plain");
+        index.insert(upper, cached_app("team-b", "upper", upper));
+        index.insert("uid-1", cached_app("team-c", "plain", "uid-1"));
         assert_eq!(index.uuids.len(), 1);
-        assert_eq!(index.get(uuid), Some(ObjectRef::new("billing").within("team-a")));
+        let found = index.get(uuid).expect("by its uuid");
+        assert!(Arc::ptr_eq(&found, &billing), "the store's own copy, no other");
+        drop(found);
         assert_eq!(
-            index.get("0B5F6C1E-8C4D-4C1A-9F3E-2D7A1B6C5E40"),
-            Some(ObjectRef::new("upper").within("team-b"))
+            index.get(upper).map(|a| a.name().to_string()).as_deref(),
+            Some("upper")
         );
-        assert_eq!(index.get("uid-1"), Some(ObjectRef::new("plain").within("team-c")));
-        assert_eq!(index.get("0b5f6c1e-8c4d-4c1a-9f3e-2d7a1b6c5e40"), None);
-        let mut seen = Vec::new();
-        index.retain(|uid, at| {
-            seen.push(uid.to_string());
-            at.namespace.as_deref() != Some("team-c")
-        });
-        seen.sort();
-        assert_eq!(seen, ["0B5F6C1E-8C4D-4C1A-9F3E-2D7A1B6C5E40", uuid, "uid-1"]);
-        assert!(index.contains(uuid) && !index.contains("uid-1"));
+        assert_eq!(
+            index.get("uid-1").map(|a| a.namespace().to_string()).as_deref(),
+            Some("team-c")
+        );
+        assert!(index.get("0b5f6c1e-8c4d-4c1a-9f3e-2d7a1b6c5e40").is_none());
+        // A newer copy replaces the one kept.
+        let newer = cached_app("team-a", "billing", uuid);
+        index.insert(uuid, newer.clone());
+        assert!(Arc::ptr_eq(&index.get(uuid).expect("by its uuid"), &newer));
+        assert_eq!(Arc::strong_count(&billing), 1, "the older copy is let go");
+        index.retain(|app| app.namespace() != "team-c");
+        assert!(index.contains(uuid) && index.contains(upper) && !index.contains("uid-1"));
         index.remove(uuid);
         assert!(!index.contains(uuid));
     }
