@@ -232,10 +232,10 @@ impl<K: Hash + Eq + Clone, T: Into<K>> WorkQueue<K, T> {
         self.states.is_empty() && self.sweep.is_empty()
     }
 
-    /// A resync of every app fills the queue, which then drains: give the room back (the
+    /// A burst of triggered apps fills the queue, which then drains: give the room back (the
     /// idle operator holds entries only for apps with something due).
     fn shrink(&mut self) {
-        if self.states.capacity() > 64 && self.states.len() < self.states.capacity() / 4 {
+        if crate::runtime::store::worth_shrinking(self.states.len(), self.states.capacity()) {
             self.states.shrink_to(self.states.len() * 2);
             self.ready.shrink_to(self.ready.len() * 2);
             if self.timers.len() < self.timers.capacity() / 4 {

@@ -224,22 +224,22 @@ struct Checked {
 type Version = (u64, bool);
 
 impl Verified {
-    fn slot(&self, key: &str) -> u64 {
+    /// The keyed 64-bit hash of `text`.
+    fn keyed(&self, text: &str) -> u64 {
         use std::hash::{BuildHasher, Hasher};
         let mut h = self.slots.build_hasher();
-        h.write(key.as_bytes());
+        h.write(text.as_bytes());
         h.finish()
     }
 
+    fn slot(&self, key: &str) -> u64 {
+        self.keyed(key)
+    }
+
     fn version(&self, resource_version: &str) -> Version {
-        use std::hash::{BuildHasher, Hasher};
         match resource_version.parse::<u64>() {
             Ok(n) if n.to_string() == resource_version => (n, false),
-            _ => {
-                let mut h = self.slots.build_hasher();
-                h.write(resource_version.as_bytes());
-                (h.finish(), true)
-            }
+            _ => (self.keyed(resource_version), true),
         }
     }
 }
@@ -350,7 +350,7 @@ impl VerifiedCache {
         let mut map = self.lock();
         let keep: std::collections::HashSet<u64> = live.into_iter().map(|k| map.slot(k.as_ref())).collect();
         map.checks.retain(|slot, _| keep.contains(slot));
-        if map.checks.capacity() > 64 && map.checks.len() < map.checks.capacity() / 4 {
+        if crate::runtime::store::worth_shrinking(map.checks.len(), map.checks.capacity()) {
             let len = map.checks.len();
             map.checks.shrink_to(len * 2);
         }

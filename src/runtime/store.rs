@@ -74,13 +74,21 @@ impl<K: Keyed> Map<K> {
     /// Gives back the room of a map that shrank a lot (deleted objects, or a relist that
     /// dropped many): a map keeps its largest size otherwise.
     fn shrink(&mut self) {
-        if self.table.capacity() > 64 && self.table.len() < self.table.capacity() / 4 {
+        if worth_shrinking(self.table.len(), self.table.capacity()) {
             let hasher = &self.hasher;
             self.table.shrink_to(self.table.len() * 2, |e| {
                 hasher.hash_one((e.obj.namespace(), e.obj.name()))
             });
         }
     }
+}
+
+/// Whether a table holding `len` entries in room for `capacity` should give room back (to
+/// twice `len`): it is past a small size and under a quarter full. The operator's maps and
+/// queues keep their largest size otherwise, and a burst (a relist, a resync, a first
+/// provisioning) would leave them there.
+pub fn worth_shrinking(len: usize, capacity: usize) -> bool {
+    capacity > 64 && len < capacity / 4
 }
 
 /// The read side: cloned freely, shared by every reader.
