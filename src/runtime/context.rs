@@ -52,6 +52,9 @@ pub struct Context {
     /// Work that outlives the request that started it (Events being published): a shutdown
     /// waits for it, within its timeout, so an audit Event is not lost to a SIGTERM.
     pub background: tokio_util::task::TaskTracker,
+    /// Turns of the Events published in the background
+    /// ([`crate::runtime::writes::EVENTS_IN_FLIGHT`] at once).
+    pub event_turns: Arc<tokio::sync::Semaphore>,
     /// Whether the controller may write (closed while this replica does not lead).
     pub leadership: crate::runtime::leader::Leadership,
     /// The operator-wide limit on scheduled rotations (`--max-scheduled-rotations-per-second`).
@@ -100,6 +103,9 @@ impl Context {
             own_writes: OwnWrites::default(),
             failpoint: failpoint_from_env(),
             background: tokio_util::task::TaskTracker::new(),
+            event_turns: Arc::new(tokio::sync::Semaphore::new(
+                crate::runtime::writes::EVENTS_IN_FLIGHT,
+            )),
             leadership: crate::runtime::leader::Leadership::default(),
             scheduled_rotations,
             resigns: governor::RateLimiter::direct(governor::Quota::per_second(RESIGNS_PER_SECOND)),
