@@ -116,9 +116,9 @@ pub async fn publish(ctx: &Context, app: &OAuthApp, type_: EventType, reason: &s
 }
 
 /// Events published at the same time, at most. A publish holds a request to the API server and
-/// its buffers (some 50 KiB); an Event waiting for its turn holds only itself (a few hundred
-/// bytes). Unbounded, a first provisioning kept some 230 requests in flight against a busy API
-/// server at 20,000 apps (9 MiB of request futures and their buffers), and more at 100,000.
+/// its buffers; an Event waiting for its turn holds only itself (a few hundred bytes). Unbounded,
+/// a burst of Events (a first provisioning, a mass rotation) would have as many requests in
+/// flight as Events not yet published, against an API server that is already the bottleneck.
 pub const EVENTS_IN_FLIGHT: usize = 8;
 
 /// Publishes an Event about the app from a task of its own (tracked by `ctx.background`, which a
