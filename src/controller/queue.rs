@@ -155,7 +155,7 @@ impl<K: Hash + Eq + Clone, T: Into<K>> WorkQueue<K, T> {
     pub fn schedule(&mut self, key: K, at: Instant, now: Instant) {
         let state = match self.states.remove(&key) {
             None if at <= now && self.ended_recently(&key, now) => {
-                self.follow_ups.push_back(key.clone());
+                self.line(true).push_back(key.clone());
                 State::Ready
             }
             None => self.wait_or_ready(&key, at, now),
@@ -165,11 +165,8 @@ impl<K: Hash + Eq + Clone, T: Into<K>> WorkQueue<K, T> {
             },
             Some(State::Waiting { at: due, timer }) if at < due && at <= now => {
                 self.timers.remove(&timer);
-                if self.ended_recently(&key, now) {
-                    self.follow_ups.push_back(key.clone());
-                } else {
-                    self.ready.push_back(key.clone());
-                }
+                let follow_up = self.ended_recently(&key, now);
+                self.line(follow_up).push_back(key.clone());
                 State::Ready
             }
             Some(State::Waiting { at: due, timer }) if at < due => {
@@ -187,6 +184,15 @@ impl<K: Hash + Eq + Clone, T: Into<K>> WorkQueue<K, T> {
         self.recent
             .remove(key)
             .is_some_and(|ended| now.saturating_duration_since(ended) < FOLLOW_UP_WINDOW)
+    }
+
+    /// The line an app due now joins: the follow-ups', or the ready line.
+    fn line(&mut self, follow_up: bool) -> &mut VecDeque<K> {
+        if follow_up {
+            &mut self.follow_ups
+        } else {
+            &mut self.ready
+        }
     }
 
     fn wait_or_ready(&mut self, key: &K, at: Instant, now: Instant) -> State {
@@ -278,7 +284,7 @@ impl<K: Hash + Eq + Clone, T: Into<K>> WorkQueue<K, T> {
         match next {
             // A trigger that came while it ran: a follow-up.
             Some(at) if again.is_some() && at <= now => {
-                self.follow_ups.push_back(key.clone());
+                self.line(true).push_back(key.clone());
                 self.states.insert(key, State::Ready);
             }
             Some(at) => {

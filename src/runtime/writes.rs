@@ -145,7 +145,7 @@ pub fn publish_in_background(
 /// Runs the future `work` makes on `tracker` once `turns` has a permit for it. The future is
 /// made (and allocated) only then, so that a task waiting for its turn holds `work` alone, not
 /// the future's state (a request's, for an Event).
-pub fn spawn_in_turn<F>(
+fn spawn_in_turn<F>(
     tracker: &tokio_util::task::TaskTracker,
     turns: Arc<Semaphore>,
     work: impl FnOnce() -> F + Send + 'static,
