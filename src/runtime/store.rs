@@ -3,12 +3,14 @@
 //! kube's reflector `Store` keys each object by an `ObjectRef` (four strings, some 96 bytes and
 //! two allocations per object) and holds a relist's objects in a second map until the relist
 //! is complete (every object twice at the peak of a restart). This map keys an object by the
-//! name and namespace the object itself holds, so an entry is the object's pointer and a flag;
-//! and a relist replaces the objects in place, then drops the ones it did not see.
+//! name and namespace the object itself holds, so an entry is the object's pointer alone; and a
+//! relist replaces the objects in place, then drops the ones it did not see (it notes the ones
+//! it saw by address, for as long as it lasts).
 //!
 //! Names are chosen by tenants: the map hashes with the standard library's keyed hasher, so no
 //! set of names collides on purpose.
 
+use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -22,15 +24,13 @@ pub trait Keyed {
     fn name(&self) -> &str;
 }
 
-struct Entry<K> {
-    obj: Arc<K>,
-    /// Seen by the relist under way (or since the last one).
-    seen: bool,
-}
-
 struct Map<K> {
-    table: HashTable<Entry<K>>,
+    table: HashTable<Arc<K>>,
     hasher: RandomState,
+    /// While a relist is under way: the objects it put, by address (an object's address is
+    /// its own while the map holds it). 8 bytes an object for the relist's length, where a flag
+    /// in every entry took 8 bytes an object for good (the entry's padding).
+    relisted: Option<HashSet<usize>>,
 }
 
 impl<K: Keyed> Map<K> {
@@ -41,22 +41,22 @@ impl<K: Keyed> Map<K> {
     fn get(&self, namespace: &str, name: &str) -> Option<&Arc<K>> {
         let hash = self.hash(namespace, name);
         self.table
-            .find(hash, |e| e.obj.name() == name && e.obj.namespace() == namespace)
-            .map(|e| &e.obj)
+            .find(hash, |e| e.name() == name && e.namespace() == namespace)
     }
 
     fn put(&mut self, obj: Arc<K>) {
+        if let Some(relisted) = &mut self.relisted {
+            relisted.insert(address(&obj));
+        }
         let hash = self.hash(obj.namespace(), obj.name());
-        let entry = Entry { obj, seen: true };
         let hasher = &self.hasher;
         match self.table.find_mut(hash, |e| {
-            e.obj.name() == entry.obj.name() && e.obj.namespace() == entry.obj.namespace()
+            e.name() == obj.name() && e.namespace() == obj.namespace()
         }) {
-            Some(found) => *found = entry,
+            Some(found) => *found = obj,
             None => {
-                self.table.insert_unique(hash, entry, |e| {
-                    hasher.hash_one((e.obj.namespace(), e.obj.name()))
-                });
+                self.table
+                    .insert_unique(hash, obj, |e| hasher.hash_one((e.namespace(), e.name())));
             }
         }
     }
@@ -65,7 +65,7 @@ impl<K: Keyed> Map<K> {
         let hash = self.hash(namespace, name);
         if let Ok(found) = self
             .table
-            .find_entry(hash, |e| e.obj.name() == name && e.obj.namespace() == namespace)
+            .find_entry(hash, |e| e.name() == name && e.namespace() == namespace)
         {
             found.remove();
         }
@@ -77,10 +77,15 @@ impl<K: Keyed> Map<K> {
         if worth_shrinking(self.table.len(), self.table.capacity()) {
             let hasher = &self.hasher;
             self.table.shrink_to(self.table.len() * 2, |e| {
-                hasher.hash_one((e.obj.namespace(), e.obj.name()))
+                hasher.hash_one((e.namespace(), e.name()))
             });
         }
     }
+}
+
+/// The address of a cached object, which names it while the map holds it.
+fn address<K>(obj: &Arc<K>) -> usize {
+    Arc::as_ptr(obj) as usize
 }
 
 /// Whether a table holding `len` entries in room for `capacity` should give room back (to
@@ -114,6 +119,7 @@ pub fn store<K: Keyed>() -> (Store<K>, Writer<K>) {
     let map = Arc::new(RwLock::new(Map {
         table: HashTable::new(),
         hasher: RandomState::new(),
+        relisted: None,
     }));
     (Store { map: map.clone() }, Writer { map })
 }
@@ -138,7 +144,7 @@ impl<K: Keyed> Store<K> {
 
     /// Every object.
     pub fn state(&self) -> Vec<Arc<K>> {
-        self.read().table.iter().map(|e| e.obj.clone()).collect()
+        self.read().table.iter().cloned().collect()
     }
 
     pub fn len(&self) -> usize {
@@ -166,9 +172,12 @@ impl<K: Keyed + Clone> Writer<K> {
                 map.remove(obj.namespace(), obj.name());
                 map.shrink();
             }
-            watcher::Event::Init => map.table.iter_mut().for_each(|e| e.seen = false),
+            watcher::Event::Init => map.relisted = Some(HashSet::new()),
             watcher::Event::InitDone => {
-                map.table.retain(|e| e.seen);
+                // An InitDone with no Init before it (none comes) keeps everything.
+                if let Some(relisted) = map.relisted.take() {
+                    map.table.retain(|e| relisted.contains(&address(e)));
+                }
                 map.shrink();
             }
         }
@@ -237,6 +246,32 @@ mod tests {
         let mut names: Vec<String> = store.state().iter().map(|o| o.name.clone()).collect();
         names.sort();
         assert_eq!(names, ["changed", "kept", "new"]);
+    }
+
+    #[test]
+    fn a_relist_started_over_keeps_only_what_the_last_one_listed() {
+        let (store, mut writer) = store::<Obj>();
+        for name in ["a", "b", "c"] {
+            writer.apply_watcher_event(&watcher::Event::Apply(obj("ns", name, 1)));
+        }
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(obj("ns", "a", 2)));
+        // The watch failed mid-list and lists again: "a" is not in the new list.
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(obj("ns", "b", 2)));
+        writer.apply_watcher_event(&watcher::Event::InitApply(obj("ns", "c", 1)));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let mut names: Vec<(String, u32)> = store
+            .state()
+            .iter()
+            .map(|o| (o.name.clone(), o.version))
+            .collect();
+        names.sort();
+        assert_eq!(names, [("b".to_string(), 2), ("c".to_string(), 1)]);
+        // Between relists, objects come and go by their own events only.
+        writer.apply_watcher_event(&watcher::Event::Apply(obj("ns", "d", 1)));
+        assert_eq!(store.len(), 3);
+        assert!(store.read().relisted.is_none(), "nothing noted outside a relist");
     }
 
     #[test]
