@@ -494,10 +494,10 @@ impl Watches {
                     }
                 }
                 // The store's copy (a relist's objects reach it at its end: indexed then).
-                if let (Some(uid), watcher::Event::Apply(_)) = (app.meta().uid.as_deref(), event)
+                if let watcher::Event::Apply(_) = event
                     && let Some(stored) = store.lookup(cached.namespace(), cached.name())
                 {
-                    index.insert(uid, stored);
+                    index.insert(stored);
                 }
                 claims.put(app);
             }
@@ -517,9 +517,7 @@ impl Watches {
             watcher::Event::InitDone => {
                 index.retain(|app| namespace.is_some_and(|ns| app.namespace() != ns));
                 for app in store.state() {
-                    if let Some(uid) = app.uid() {
-                        index.insert(&uid, app);
-                    }
+                    index.insert(app);
                 }
                 claims.retain(|uid| index.contains(uid));
                 kept.retain(|_, uid| index.contains(uid));
@@ -530,61 +528,78 @@ impl Watches {
 }
 
 /// The cached apps by uid, for the REST API: the store's own copy of each (a pointer), kept as
-/// the store changes. A uid (a UUID, as the API server makes them) is kept as its 128 bits: 24
-/// bytes an app and no allocation, where its `namespace/name` and a store lookup took some 80. A
-/// uid that is not a UUID (the API server makes none) is kept as text.
-#[derive(Default)]
+/// the store changes. An entry is that pointer alone (8 bytes an app, where the uid as a key
+/// took 24 more): the table is keyed by a hash of the uid, and an entry answers for the uid its
+/// app holds. Uids are the API server's; the hash is keyed all the same.
 struct UidIndex {
-    uuids: HashMap<u128, Arc<CachedApp>>,
-    others: HashMap<String, Arc<CachedApp>>,
+    table: hashbrown::HashTable<Arc<CachedApp>>,
+    hasher: std::hash::RandomState,
+}
+
+impl Default for UidIndex {
+    fn default() -> Self {
+        Self {
+            table: hashbrown::HashTable::new(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
 }
 
 impl UidIndex {
-    /// The uid's 128 bits when it is a UUID written as the API server writes them (lower-case,
-    /// hyphenated), so that it is written back the same.
-    fn uuid(uid: &str) -> Option<u128> {
-        let u = uuid::Uuid::try_parse(uid).ok()?;
-        let mut buf = uuid::Uuid::encode_buffer();
-        (u.hyphenated().encode_lower(&mut buf) == uid).then(|| u.as_u128())
+    fn hash(&self, uid: &str) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.hasher.hash_one(uid)
     }
 
-    fn insert(&mut self, uid: &str, app: Arc<CachedApp>) {
-        match Self::uuid(uid) {
-            Some(u) => {
-                self.uuids.insert(u, app);
-            }
+    /// Indexes `app` by its own uid (an app without one is not indexed), in place of the
+    /// copy kept before.
+    fn insert(&mut self, app: Arc<CachedApp>) {
+        let Some(uid) = app.uid() else { return };
+        let hash = self.hash(&uid);
+        match self
+            .table
+            .find_mut(hash, |e| e.uid().as_deref() == Some(uid.as_str()))
+        {
+            Some(found) => *found = app,
             None => {
-                self.others.insert(uid.to_string(), app);
+                let hasher = &self.hasher;
+                self.table.insert_unique(hash, app, |e| {
+                    use std::hash::BuildHasher as _;
+                    hasher.hash_one(e.uid().unwrap_or_default())
+                });
             }
         }
     }
 
     fn get(&self, uid: &str) -> Option<Arc<CachedApp>> {
-        match Self::uuid(uid) {
-            Some(u) => self.uuids.get(&u),
-            None => self.others.get(uid),
-        }
-        .cloned()
+        self.table
+            .find(self.hash(uid), |e| e.uid().as_deref() == Some(uid))
+            .cloned()
     }
 
     fn remove(&mut self, uid: &str) {
-        match Self::uuid(uid) {
-            Some(u) => self.uuids.remove(&u),
-            None => self.others.remove(uid),
-        };
+        if let Ok(found) = self
+            .table
+            .find_entry(self.hash(uid), |e| e.uid().as_deref() == Some(uid))
+        {
+            found.remove();
+        }
     }
 
     fn contains(&self, uid: &str) -> bool {
-        match Self::uuid(uid) {
-            Some(u) => self.uuids.contains_key(&u),
-            None => self.others.contains_key(uid),
-        }
+        self.get(uid).is_some()
     }
 
     /// Keeps the apps for which `keep` holds.
     fn retain(&mut self, mut keep: impl FnMut(&CachedApp) -> bool) {
-        self.uuids.retain(|_, app| keep(app));
-        self.others.retain(|_, app| keep(app));
+        self.table.retain(|app| keep(app));
+        if store::worth_shrinking(self.table.len(), self.table.capacity()) {
+            let hasher = &self.hasher;
+            self.table.shrink_to(self.table.len() * 2, |e| {
+                use std::hash::BuildHasher as _;
+                hasher.hash_one(e.uid().unwrap_or_default())
+            });
+        }
     }
 }
 
@@ -845,11 +860,13 @@ mod tests {
         let uuid = "0b5f6c1e-8c4d-4c1a-9f3e-2d7a1b6c5e4f";
         let upper = "0B5F6C1E-8C4D-4C1A-9F3E-2D7A1B6C5E40";
         let billing = cached_app("team-a", "billing", uuid);
-        index.insert(uuid, billing.clone());
-        // Not the API server's form: kept as text, found as given.
-        index.insert(upper, cached_app("team-b", "upper", upper));
-        index.insert("uid-1", cached_app("team-c", "plain", "uid-1"));
-        assert_eq!(index.uuids.len(), 1);
+        index.insert(billing.clone());
+        // Not the API server's form: found as given.
+        index.insert(cached_app("team-b", "upper", upper));
+        index.insert(cached_app("team-c", "plain", "uid-1"));
+        // No uid: not indexed.
+        index.insert(cached_app("team-c", "none", ""));
+        assert_eq!(index.table.len(), 3);
         let found = index.get(uuid).expect("by its uuid");
         assert!(Arc::ptr_eq(&found, &billing), "the store's own copy, no other");
         drop(found);
@@ -864,7 +881,7 @@ mod tests {
         assert!(index.get("0b5f6c1e-8c4d-4c1a-9f3e-2d7a1b6c5e40").is_none());
         // A newer copy replaces the one kept.
         let newer = cached_app("team-a", "billing", uuid);
-        index.insert(uuid, newer.clone());
+        index.insert(newer.clone());
         assert!(Arc::ptr_eq(&index.get(uuid).expect("by its uuid"), &newer));
         assert_eq!(Arc::strong_count(&billing), 1, "the older copy is let go");
         index.retain(|app| app.namespace() != "team-c");
