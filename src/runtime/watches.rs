@@ -6,6 +6,7 @@
 //! leader only), which subscribes to the change stream while it runs.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -533,54 +534,50 @@ impl Watches {
 /// app holds. Uids are the API server's; the hash is keyed all the same.
 struct UidIndex {
     table: hashbrown::HashTable<Arc<CachedApp>>,
-    hasher: std::hash::RandomState,
+    hasher: RandomState,
 }
 
 impl Default for UidIndex {
     fn default() -> Self {
         Self {
             table: hashbrown::HashTable::new(),
-            hasher: std::hash::RandomState::new(),
+            hasher: RandomState::new(),
         }
     }
 }
 
-impl UidIndex {
-    fn hash(&self, uid: &str) -> u64 {
-        use std::hash::BuildHasher as _;
-        self.hasher.hash_one(uid)
-    }
+/// The table's hash of an entry: of the uid its app holds.
+fn uid_hash(hasher: &RandomState) -> impl Fn(&Arc<CachedApp>) -> u64 + '_ {
+    |app| hasher.hash_one(app.uid().unwrap_or_default())
+}
 
+impl UidIndex {
     /// Indexes `app` by its own uid (an app without one is not indexed), in place of the
     /// copy kept before.
     fn insert(&mut self, app: Arc<CachedApp>) {
         let Some(uid) = app.uid() else { return };
-        let hash = self.hash(&uid);
+        let hash = self.hasher.hash_one(&uid);
         match self
             .table
             .find_mut(hash, |e| e.uid().as_deref() == Some(uid.as_str()))
         {
             Some(found) => *found = app,
             None => {
-                let hasher = &self.hasher;
-                self.table.insert_unique(hash, app, |e| {
-                    use std::hash::BuildHasher as _;
-                    hasher.hash_one(e.uid().unwrap_or_default())
-                });
+                self.table.insert_unique(hash, app, uid_hash(&self.hasher));
             }
         }
     }
 
     fn get(&self, uid: &str) -> Option<Arc<CachedApp>> {
         self.table
-            .find(self.hash(uid), |e| e.uid().as_deref() == Some(uid))
+            .find(self.hasher.hash_one(uid), |e| e.uid().as_deref() == Some(uid))
             .cloned()
     }
 
     fn remove(&mut self, uid: &str) {
         if let Ok(found) = self
             .table
-            .find_entry(self.hash(uid), |e| e.uid().as_deref() == Some(uid))
+            .find_entry(self.hasher.hash_one(uid), |e| e.uid().as_deref() == Some(uid))
         {
             found.remove();
         }
@@ -594,11 +591,7 @@ impl UidIndex {
     fn retain(&mut self, mut keep: impl FnMut(&CachedApp) -> bool) {
         self.table.retain(|app| keep(app));
         if store::worth_shrinking(self.table.len(), self.table.capacity()) {
-            let hasher = &self.hasher;
-            self.table.shrink_to(self.table.len() * 2, |e| {
-                use std::hash::BuildHasher as _;
-                hasher.hash_one(e.uid().unwrap_or_default())
-            });
+            self.table.shrink_to(self.table.len() * 2, uid_hash(&self.hasher));
         }
     }
 }
